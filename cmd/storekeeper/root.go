@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"storekeeper/store"
+)
+
+// globalOptions are the flags every command has.
+type globalOptions struct {
+	storeURI   string
+	storeDir   string
+	stateDir   string
+	json       bool
+	quiet      bool
+	verbose    bool
+	noProgress bool
+	options    []string // --option NAME=VALUE
+}
+
+func newRootCommand() *cobra.Command {
+	g := &globalOptions{}
+	cmd := &cobra.Command{
+		Use:   "storekeeper",
+		Short: "Fast, safe maintenance and integrity checks for Nix stores",
+		Long: `storekeeper maintains a Nix (or Guix) store in place, beside a running
+nix-daemon, through Nix's own database and lock protocols.
+
+` + exitCodesHelp,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	f := cmd.PersistentFlags()
+	f.StringVar(&g.storeURI, "store", "", "the store: 'local' (default), a root directory like /mnt, or 'local?root=/mnt&store=/gnu/store&state=/var/guix'")
+	f.StringVar(&g.storeDir, "store-dir", "", "logical store directory (default $NIX_STORE_DIR or /nix/store)")
+	f.StringVar(&g.stateDir, "state-dir", "", "state directory (default $NIX_STATE_DIR or /nix/var/nix)")
+	f.BoolVar(&g.json, "json", false, "print machine-readable JSON on stdout")
+	f.BoolVarP(&g.quiet, "quiet", "q", false, "print nothing but errors (for cron)")
+	f.BoolVarP(&g.verbose, "verbose", "v", false, "print more detail")
+	f.BoolVar(&g.noProgress, "no-progress", false, "never draw progress bars")
+	f.StringArrayVar(&g.options, "option", nil, "override a nix.conf setting, as NAME=VALUE (repeatable)")
+	cmd.SetHelpTemplate(cmd.HelpTemplate())
+	cmd.AddCommand(newRootsCommand(g))
+	return cmd
+}
+
+// openStore resolves the layout and settings from the flags and opens the
+// store, read-only when the command only reads.
+func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (*store.Store, error) {
+	lay, err := store.ResolveLayout(store.LayoutOptions{
+		StoreURI: g.storeURI, StoreDir: g.storeDir, StateDir: g.stateDir, Getenv: os.Getenv,
+	})
+	if err != nil {
+		return nil, err
+	}
+	settings, err := g.settings()
+	if err != nil {
+		return nil, err
+	}
+	return store.Open(ctx, store.Options{Layout: lay, Settings: settings, ReadOnly: readOnly})
+}
+
+func (g *globalOptions) settings() (store.Settings, error) {
+	s, err := store.LoadSettings(os.Getenv, os.Geteuid() == 0)
+	if err != nil {
+		return s, err
+	}
+	for _, o := range g.options {
+		name, value, ok := strings.Cut(o, "=")
+		if !ok {
+			return s, fmt.Errorf("--option %q: expected NAME=VALUE", o)
+		}
+		if err := s.Set(strings.TrimSpace(name), strings.TrimSpace(value)); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// printer renders output for humans, for machines (--json) or for cron
+// (--quiet). Results go to stdout, messages to stderr.
+type printer struct {
+	out, err          io.Writer
+	json, quiet, verb bool
+	progress          bool // draw progress bars
+}
+
+func (g *globalOptions) printer(cmd *cobra.Command) *printer {
+	p := &printer{out: cmd.OutOrStdout(), err: cmd.ErrOrStderr(), json: g.json, quiet: g.quiet, verb: g.verbose}
+	if f, ok := p.err.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !g.noProgress && !g.quiet && !g.json {
+		p.progress = true
+	}
+	return p
+}
+
+// Infof prints an informational message on stderr unless --quiet.
+func (p *printer) Infof(format string, a ...any) {
+	if !p.quiet {
+		fmt.Fprintf(p.err, format+"\n", a...)
+	}
+}
+
+// Verbosef prints only with --verbose.
+func (p *printer) Verbosef(format string, a ...any) {
+	if p.verb && !p.quiet {
+		fmt.Fprintf(p.err, format+"\n", a...)
+	}
+}
+
+// Warnf prints a warning on stderr, even under --quiet.
+func (p *printer) Warnf(format string, a ...any) {
+	fmt.Fprintf(p.err, "warning: "+format+"\n", a...)
+}
+
+// JSON writes v as indented JSON on stdout.
+func (p *printer) JSON(v any) error {
+	enc := json.NewEncoder(p.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
