@@ -48,6 +48,7 @@ nix-daemon, through Nix's own database and lock protocols.
 	f.BoolVar(&g.noProgress, "no-progress", false, "never draw progress bars")
 	f.StringArrayVar(&g.options, "option", nil, "override a nix.conf setting, as NAME=VALUE (repeatable)")
 	cmd.SetHelpTemplate(cmd.HelpTemplate())
+	cmd.AddCommand(newInfoCommand(g))
 	cmd.AddCommand(newRootsCommand(g))
 	return cmd
 }
