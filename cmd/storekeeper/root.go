@@ -48,6 +48,7 @@ nix-daemon, through Nix's own database and lock protocols.
 	f.BoolVar(&g.noProgress, "no-progress", false, "never draw progress bars")
 	f.StringArrayVar(&g.options, "option", nil, "override a nix.conf setting, as NAME=VALUE (repeatable)")
 	cmd.SetHelpTemplate(cmd.HelpTemplate())
+	cmd.AddCommand(newGCCommand(g))
 	cmd.AddCommand(newInfoCommand(g))
 	cmd.AddCommand(newRootsCommand(g))
 	return cmd
@@ -56,9 +57,7 @@ nix-daemon, through Nix's own database and lock protocols.
 // openStore resolves the layout and settings from the flags and opens the
 // store, read-only when the command only reads.
 func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (*store.Store, error) {
-	lay, err := store.ResolveLayout(store.LayoutOptions{
-		StoreURI: g.storeURI, StoreDir: g.storeDir, StateDir: g.stateDir, Getenv: os.Getenv,
-	})
+	lay, err := g.layout()
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +66,14 @@ func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (*store.St
 		return nil, err
 	}
 	return store.Open(ctx, store.Options{Layout: lay, Settings: settings, ReadOnly: readOnly})
+}
+
+// layout resolves where the store is from --store, --store-dir,
+// --state-dir and the environment.
+func (g *globalOptions) layout() (store.Layout, error) {
+	return store.ResolveLayout(store.LayoutOptions{
+		StoreURI: g.storeURI, StoreDir: g.storeDir, StateDir: g.stateDir, Getenv: os.Getenv,
+	})
 }
 
 func (g *globalOptions) settings() (store.Settings, error) {

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"storekeeper/gc"
+	"storekeeper/store"
+)
+
+type gcOptions struct {
+	printDead, printLive, dryRun, delete bool
+	maxFreed, ensureFree             string
+	keepOutputs, keepDerivations     bool
+	keepRecent                       time.Duration
+	deleteOlderThan                  string
+	deleteOld                        bool
+}
+
+func newGCCommand(g *globalOptions) *cobra.Command {
+	o := &gcOptions{}
+	cmd := &cobra.Command{
+		Use:   "gc [--delete PATH...]",
+		Short: "Collect garbage: delete every store path no root keeps alive",
+		Long: `Collect garbage with Nix's semantics (the same dead set as nix-store --gc),
+beside a running nix-daemon: gc.lock is taken like Nix does and the gc socket
+is served, so builds keep registering their roots. Only invalidation and a
+rename into <store>/trash happen under the lock; files are deleted afterwards
+by parallel workers. A run that finds trash left by an interrupted one
+empties it first.
+
+Sizes take K, M, G, T suffixes; --ensure-free also takes a percentage of the
+store's file system (e.g. 10%).`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runGC(cmd, g, o, args)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.printDead, "print-dead", false, "print the paths that would be deleted, one a line, and change nothing")
+	f.BoolVar(&o.printLive, "print-live", false, "print the live paths, one a line, and change nothing")
+	f.BoolVar(&o.dryRun, "dry-run", false, "report how many paths and bytes would be freed (counting hard links), change nothing")
+	f.BoolVar(&o.delete, "delete", false, "delete only the given paths, each only if it is dead")
+	f.StringVar(&o.maxFreed, "max-freed", "", "stop after freeing this much (SIZE)")
+	f.StringVar(&o.ensureFree, "ensure-free", "", "collect until the store's file system has this much free (SIZE or PCT%)")
+	f.BoolVar(&o.keepOutputs, "keep-outputs", false, "keep the outputs of live derivations (default: nix.conf keep-outputs)")
+	f.BoolVar(&o.keepDerivations, "keep-derivations", true, "keep the derivations of live outputs (default: nix.conf keep-derivations)")
+	f.DurationVar(&o.keepRecent, "keep-recent", 0, "keep paths registered within this duration (a grace period), e.g. 2h")
+	f.StringVar(&o.deleteOlderThan, "delete-older-than", "", "first delete profile generations older than this (e.g. 30d; never the current one)")
+	f.BoolVarP(&o.deleteOld, "delete-old", "d", false, "first delete all profile generations but the current ones")
+	return cmd
+}
+
+// gcProgress draws a bar per phase and prints Nix's lines.
+type gcProgress struct {
+	p   *printer
+	bar *bar
+}
+
+func (gp *gcProgress) Phase(name string, total int64) {
+	gp.bar.Finish()
+	gp.bar = gp.p.newBar(name, total, false)
+}
+func (gp *gcProgress) Advance(n int64) { gp.bar.Add(n) }
+func (gp *gcProgress) Deleting(path string) {
+	gp.p.Verbosef("deleting '%s'", path)
+}
+func (gp *gcProgress) Info(msg string) { gp.p.Infof("%s", msg) }
+
+func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) error {
+	ctx := cmd.Context()
+	p := g.printer(cmd)
+	opts := gc.Options{Action: gc.Delete, DryRun: o.dryRun, KeepRecent: o.keepRecent}
+	switch {
+	case o.printDead && o.printLive:
+		return fmt.Errorf("--print-dead and --print-live exclude each other")
+	case o.printDead:
+		opts.Action = gc.PrintDead
+	case o.printLive:
+		opts.Action = gc.PrintLive
+	case o.delete:
+		opts.Action = gc.DeleteSpecific
+		opts.Paths = args
+		if len(args) == 0 {
+			return fmt.Errorf("--delete needs the store paths to delete")
+		}
+	}
+	if len(args) > 0 && !o.delete {
+		return fmt.Errorf("unexpected arguments %q (did you mean --delete?)", args)
+	}
+	readOnly := opts.Action == gc.PrintDead || opts.Action == gc.PrintLive || o.dryRun
+	if o.deleteOld || o.deleteOlderThan != "" {
+		readOnly = false
+	}
+	if !readOnly {
+		lay, err := g.layout()
+		if err != nil {
+			return err
+		}
+		if err := ensureWritableStore(lay); err != nil {
+			return err
+		}
+	}
+	s, err := g.openStore(ctx, readOnly)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	opts.KeepOutputs, opts.KeepDerivations = s.Settings.KeepOutputs, s.Settings.KeepDerivations
+	if cmd.Flags().Changed("keep-outputs") {
+		opts.KeepOutputs = o.keepOutputs
+	}
+	if cmd.Flags().Changed("keep-derivations") {
+		opts.KeepDerivations = o.keepDerivations
+	}
+	if o.maxFreed != "" {
+		n, err := store.ParseSize(o.maxFreed)
+		if err != nil {
+			return fmt.Errorf("--max-freed: %w", err)
+		}
+		opts.MaxFreed = n
+		if n == 0 {
+			p.Infof("--max-freed 0: nothing to do")
+			return nil
+		}
+	}
+	if o.ensureFree != "" {
+		want, err := ensureFreeBytes(s.Layout.RealStoreDir, o.ensureFree)
+		if err != nil {
+			return err
+		}
+		if want == 0 {
+			p.Infof("the store's file system already has %s free", o.ensureFree)
+			return nil
+		}
+		if opts.MaxFreed == 0 || want < opts.MaxFreed {
+			opts.MaxFreed = want
+		}
+	}
+
+	var gens []gc.RemovedGeneration
+	if o.deleteOld || o.deleteOlderThan != "" {
+		gopts := gc.GenerationOptions{DeleteOld: o.deleteOld, DryRun: o.dryRun}
+		if o.deleteOlderThan != "" {
+			d, err := gc.ParseOlderThan(o.deleteOlderThan)
+			if err != nil {
+				return err
+			}
+			gopts.OlderThan = d
+		}
+		gens, err = gc.DeleteGenerations(ctx, s.Layout.ProfilesDir(), gopts)
+		for _, r := range gens {
+			verb := "removing"
+			if o.dryRun {
+				verb = "would remove"
+			}
+			p.Infof("%s profile generation %d of %s", verb, r.Number, r.Profile)
+		}
+		if err != nil {
+			return err
+		}
+	}
+
+	gp := &gcProgress{p: p, bar: &bar{}}
+	res, err := gc.Collect(ctx, s, opts, gp)
+	gp.bar.Finish()
+	if err != nil && res == nil {
+		return err
+	}
+	if g.json {
+		type out struct {
+			*gc.Result
+			Generations []gc.RemovedGeneration `json:"generations_removed,omitempty"`
+			DryRun      bool                   `json:"dry_run,omitempty"`
+		}
+		if jerr := p.JSON(out{res, gens, o.dryRun}); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	switch {
+	case opts.Action == gc.PrintDead:
+		writeLines(p, res.Dead)
+	case opts.Action == gc.PrintLive:
+		writeLines(p, res.Live)
+	case o.dryRun:
+		if !p.quiet {
+			fmt.Fprintf(p.out, "would delete %d store paths, freeing %s\n", len(res.Dead), mib(res.BytesFreed))
+		}
+	default:
+		if !p.quiet {
+			if res.LinkSavings != 0 || res.LinksDeleted > 0 {
+				p.Infof("note: currently hard linking saves %.2f MiB", float64(res.LinkSavings)/(1<<20))
+			}
+			fmt.Fprintf(p.out, "%d store paths deleted, %s freed\n", res.PathsDeleted+res.EntriesDeleted, mib(res.BytesFreed))
+			p.Verbosef("gc.lock held for %.2fs of %.2fs", res.LockHeldSeconds, res.TotalSeconds)
+		}
+	}
+	return err
+}
+
+func writeLines(p *printer, lines []string) {
+	var sb strings.Builder
+	for _, l := range lines {
+		sb.WriteString(l)
+		sb.WriteByte('\n')
+	}
+	fmt.Fprint(p.out, sb.String())
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.2f MiB", float64(b)/(1<<20)) }
+
+// ensureFreeBytes turns --ensure-free (SIZE or PCT%) into the number of
+// bytes to free now (0: already enough free).
+func ensureFreeBytes(dir, spec string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	avail := st.Bavail * uint64(st.Bsize)
+	var want uint64
+	if pct, ok := strings.CutSuffix(spec, "%"); ok {
+		f, err := strconv.ParseFloat(pct, 64)
+		if err != nil || f < 0 || f > 100 {
+			return 0, fmt.Errorf("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
+		}
+		want = uint64(f / 100 * float64(st.Blocks*uint64(st.Bsize)))
+	} else {
+		n, err := store.ParseSize(spec)
+		if err != nil {
+			return 0, fmt.Errorf("--ensure-free: %w", err)
+		}
+		want = n
+	}
+	if avail >= want {
+		return 0, nil
+	}
+	return want - avail, nil
+}

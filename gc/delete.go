@@ -1,0 +1,525 @@
+package gc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"storekeeper/lock"
+	"storekeeper/store"
+)
+
+var errRetryBatch = errors.New("gc: batch changed under us")
+
+// invalidateAndMove invalidates the dead paths batch by batch (each batch
+// one transaction, referrers before references, components whole) and
+// moves each committed batch into the trash; then it moves the other
+// dead entries. It runs with gc.lock held.
+func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
+	c.startPhase("invalidation", int64(len(p.deadIDs)+len(p.others)))
+	if err := os.Mkdir(c.trashDir(), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("gc: creating %s: %w", c.trashDir(), err)
+	}
+	storeFd, err := unix.Open(c.lay.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("gc: opening %s: %w", c.lay.RealStoreDir, err)
+	}
+	defer unix.Close(storeFd)
+	trashFd, err := unix.Openat(storeFd, trashName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("gc: opening %s: %w", c.trashDir(), err)
+	}
+	defer unix.Close(trashFd)
+	mv := &mover{c: c, storeFd: storeFd, trashFd: trashFd}
+
+	comps := p.comps
+	if p.limit >= 0 {
+		comps = comps[:p.limit]
+	}
+	for i := 0; i < len(comps); {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var batch [][]store.PathID
+		n := 0
+		for i < len(comps) && n < c.o.BatchSize {
+			batch = append(batch, comps[i])
+			n += len(comps[i])
+			i++
+		}
+		for attempt := 0; ; attempt++ {
+			ids := c.claim(batch)
+			if len(ids) == 0 {
+				break
+			}
+			spare, err := c.invalidate(ctx, ids)
+			if errors.Is(err, errRetryBatch) && attempt < 10 {
+				c.releasePending()
+				continue
+			}
+			if err != nil {
+				c.releasePending()
+				return err
+			}
+			for _, id := range ids {
+				name := c.g.Name(id)
+				if spare[name] {
+					c.res.Spared = append(c.res.Spared, c.g.Path(id))
+					continue
+				}
+				c.progress.Deleting(c.g.Path(id))
+				mv.move(name)
+				c.res.PathsDeleted++
+			}
+			c.releasePending()
+			c.progress.Advance(int64(len(ids)))
+			break
+		}
+	}
+	if p.limit >= 0 && p.limit < len(p.comps) {
+		c.progress.Info(fmt.Sprintf("deleted more than %d bytes; stopping", c.o.MaxFreed))
+		return nil
+	}
+	return c.moveOthers(ctx, p, mv)
+}
+
+// claim drops the components that became alive (a client registered a
+// temporary root through the socket) and marks the rest as being
+// deleted; the socket server holds back its answer for those.
+func (c *collector) claim(batch [][]store.PathID) []store.PathID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ids []store.PathID
+	for _, comp := range batch {
+		keep := true
+		for _, id := range comp {
+			if c.live.alive[id] || c.tempHash[c.g.Name(id)[:store.HashLen]] {
+				keep = false
+				break
+			}
+		}
+		if !keep {
+			for _, id := range comp {
+				c.res.Spared = append(c.res.Spared, c.g.Path(id))
+			}
+			continue
+		}
+		for _, id := range comp {
+			c.pendingID[id] = true
+			c.pendingHash[c.g.Name(id)[:store.HashLen]] = true
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+func (c *collector) releasePending() {
+	c.mu.Lock()
+	clear(c.pendingID)
+	clear(c.pendingHash)
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+func placeholders(n int) string {
+	return "?" + strings.Repeat(",?", n-1)
+}
+
+// invalidate removes the batch from the DB in one transaction. Foreign
+// keys stay on: the batch's own Refs rows go first, then a check that no
+// path outside the batch refers into it (a path registered since the
+// graph was loaded would); if one does, that path's closure is marked
+// alive and errRetryBatch is returned. It returns the names that are
+// valid again under a new id (re-registered meanwhile): those are left
+// in place.
+func (c *collector) invalidate(ctx context.Context, ids []store.PathID) (map[string]bool, error) {
+	db := c.s.DB.SQL
+	// A cancelled context must not leave a half-done batch; the
+	// transaction is short, so let it finish.
+	tctx := context.WithoutCancel(ctx)
+	tx, err := db.BeginTx(tctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	defer tx.Rollback()
+	const chunk = 500
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		args := make([]any, len(part))
+		for j, id := range part {
+			args[j] = c.g.DBID(id)
+		}
+		if _, err := tx.ExecContext(tctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", args...); err != nil {
+			return nil, fmt.Errorf("gc: invalidating: %w", err)
+		}
+	}
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		args := make([]any, len(part))
+		for j, id := range part {
+			args[j] = c.g.DBID(id)
+		}
+		rows, err := tx.QueryContext(tctx, "select r.reference, v.path from Refs r join ValidPaths v on v.id = r.referrer where r.reference in ("+placeholders(len(part))+")", args...)
+		if err != nil {
+			return nil, fmt.Errorf("gc: invalidating: %w", err)
+		}
+		var keep []string
+		for rows.Next() {
+			var ref int64
+			var referrer string
+			if err := rows.Scan(&ref, &referrer); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			keep = append(keep, referrer)
+		}
+		rows.Close()
+		if len(keep) > 0 {
+			tx.Rollback()
+			c.mu.Lock()
+			for _, r := range keep {
+				c.warn("%s was registered during the collection and refers to a dead path; keeping that path", r)
+				if base, err := store.ParseStorePath(c.lay.StoreDir, r); err == nil {
+					c.tempHash[store.HashPart(base)] = true
+				}
+				// Mark what the new path references alive.
+				for _, id := range part {
+					c.live.markRoot(id, "referenced by "+r)
+				}
+			}
+			c.mu.Unlock()
+			return nil, errRetryBatch
+		}
+	}
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		args := make([]any, len(part))
+		for j, id := range part {
+			args[j] = c.g.DBID(id)
+		}
+		if _, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", args...); err != nil {
+			return nil, fmt.Errorf("gc: invalidating: %w", err)
+		}
+	}
+	// A path invalidated and registered again (new id) since the graph
+	// was loaded is valid: leave its directory alone.
+	spare := map[string]bool{}
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		args := make([]any, len(part))
+		for j, id := range part {
+			args[j] = c.g.Path(id)
+		}
+		rows, err := tx.QueryContext(tctx, "select path from ValidPaths where path in ("+placeholders(len(part))+")", args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var p string
+			if rows.Scan(&p) == nil {
+				spare[strings.TrimPrefix(p, c.lay.StoreDir+"/")] = true
+			}
+		}
+		rows.Close()
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("gc: committing invalidation: %w", err)
+	}
+	return spare, nil
+}
+
+// moveOthers moves the dead entries that are not valid paths: invalid
+// leftovers, lock files and temporary links. Right before, it checks
+// again that none of them became valid (registered by a builder since the
+// graph was loaded), and it skips lock files a process holds.
+func (c *collector) moveOthers(ctx context.Context, p *plan, mv *mover) error {
+	var sp []string
+	for _, e := range p.others {
+		if e.isSP {
+			sp = append(sp, c.lay.StoreDir+"/"+e.name)
+		}
+	}
+	nowValid, err := c.s.DB.ValidAmong(ctx, sp)
+	if err != nil {
+		return err
+	}
+	for _, e := range p.others {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		full := c.lay.StoreDir + "/" + e.name
+		if nowValid[full] {
+			continue
+		}
+		if strings.HasSuffix(e.name, ".lock") {
+			if held, _ := lock.IsLocked(filepath.Join(c.lay.RealStoreDir, e.name)); held {
+				continue // a builder holds it
+			}
+		} else if held, _ := lock.IsLocked(filepath.Join(c.lay.RealStoreDir, e.name+".lock")); held {
+			continue // a build in progress owns this entry
+		}
+		c.mu.Lock()
+		var h string
+		if e.isSP {
+			h = store.HashPart(e.name)
+			if c.tempHash[h] {
+				c.mu.Unlock()
+				continue
+			}
+			c.pendingHash[h] = true
+		}
+		c.mu.Unlock()
+		c.progress.Deleting(full)
+		mv.move(e.name)
+		c.res.EntriesDeleted++
+		c.releasePending()
+		c.progress.Advance(1)
+	}
+	return nil
+}
+
+// mover renames store entries into the trash, relative to open directory
+// descriptors (no path is resolved again, so a symlink swapped in cannot
+// redirect it).
+type mover struct {
+	c                *collector
+	storeFd, trashFd int
+	seq              int
+}
+
+func (m *mover) move(name string) {
+	dst := name
+	for try := 0; try < 100; try++ {
+		err := unix.Renameat(m.storeFd, name, m.trashFd, dst)
+		switch {
+		case err == nil, errors.Is(err, unix.ENOENT):
+			return
+		case errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOTEMPTY):
+			m.seq++
+			dst = fmt.Sprintf("%s.%d-%d", name, os.Getpid(), m.seq)
+			continue
+		case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
+			// Moving a directory needs write access to it (for ".."): not
+			// root. Make it writable for its owner, inside the store.
+			var st unix.Stat_t
+			if unix.Fstatat(m.storeFd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR && try == 0 {
+				unix.Fchmodat(m.storeFd, name, (st.Mode&0o7777)|0o700, 0)
+				continue
+			}
+		}
+		m.c.warn("cannot move %s to the trash: %v (it is invalid now; the next run deletes it)", filepath.Join(m.c.lay.RealStoreDir, name), err)
+		return
+	}
+}
+
+// emptyTrash deletes everything in the trash with parallel workers and
+// removes the trash directory. leftover says it is the trash of an
+// earlier, interrupted run.
+func (c *collector) emptyTrash(ctx context.Context, leftover bool) error {
+	names, err := readStoreDir(c.trashDir())
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if _, serr := os.Lstat(c.trashDir()); errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	if leftover {
+		if len(names) == 0 {
+			unix.Rmdir(c.trashDir())
+			return nil
+		}
+		c.progress.Info(fmt.Sprintf("emptying the trash left by an interrupted run (%d entries)", len(names)))
+		c.startPhase("trash", int64(len(names)))
+		c.res.TrashEmptied = len(names)
+	} else {
+		c.startPhase("deletion", int64(len(names)))
+	}
+	trashFd, err := unix.Open(c.trashDir(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("gc: opening %s: %w", c.trashDir(), err)
+	}
+	defer unix.Close(trashFd)
+	workers := c.o.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	work := make(chan string, 256)
+	var freed atomic.Uint64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range work {
+				n, err := removeTree(trashFd, name, filepath.Join(c.trashDir(), name))
+				freed.Add(n)
+				if err != nil {
+					errOnce.Do(func() { firstErr = err })
+				}
+				c.progress.Advance(1)
+			}
+		}()
+	}
+	for _, n := range names {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- n
+	}
+	close(work)
+	wg.Wait()
+	c.res.BytesFreed += freed.Load()
+	if firstErr == nil && ctx.Err() == nil {
+		if err := unix.Rmdir(c.trashDir()); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) {
+			c.warn("removing %s: %v", c.trashDir(), err)
+		}
+	}
+	if firstErr != nil {
+		return fmt.Errorf("gc: deleting the trash: %w (run storekeeper gc again to retry)", firstErr)
+	}
+	return ctx.Err()
+}
+
+// removeTree deletes name (relative to dirfd) and everything below it
+// without following symlinks, and returns the bytes freed: the blocks of
+// each file whose last link it removed. Directories without write
+// permission are made writable first (only inside the trash).
+func removeTree(dirfd int, name, display string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("gc: %s: %w", display, err)
+	}
+	var freed uint64
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if errors.Is(err, unix.EACCES) {
+				unix.Fchmodat(dirfd, name, 0o700, 0)
+				fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			}
+			if err != nil {
+				return 0, fmt.Errorf("gc: %s: %w", display, err)
+			}
+		}
+		if st.Mode&0o200 == 0 && os.Geteuid() != 0 {
+			unix.Fchmod(fd, (st.Mode&0o7777)|0o700)
+		}
+		f := os.NewFile(uintptr(fd), display)
+		for {
+			names, err := f.Readdirnames(1024)
+			for _, n := range names {
+				b, err := removeTree(fd, n, display+"/"+n)
+				freed += b
+				if err != nil {
+					f.Close()
+					return freed, err
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		f.Close()
+		if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+			return freed, fmt.Errorf("gc: removing %s: %w", display, err)
+		}
+		return freed, nil
+	}
+	if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return 0, fmt.Errorf("gc: removing %s: %w", display, err)
+	}
+	if st.Nlink == 1 {
+		freed = uint64(st.Blocks) * 512
+	}
+	return freed, nil
+}
+
+// removeUnusedLinks deletes the .links entries nothing else links to
+// (link count 1) and computes what hard-linking still saves, like Nix.
+// A concurrent optimise may link to an entry just as it is deleted; the
+// file it linked stays intact in its store path (only the sharing is
+// lost), so this needs no lock.
+func (c *collector) removeUnusedLinks(ctx context.Context) error {
+	dir := c.lay.LinksDir()
+	names, err := readStoreDir(dir)
+	if err != nil {
+		if _, serr := os.Lstat(dir); errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	c.startPhase("links", int64(len(names)))
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("gc: opening %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	var actual, unshared int64
+	for i, n := range names {
+		if i&1023 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			continue
+		}
+		if st.Nlink != 1 {
+			actual += st.Size
+			unshared += int64(st.Nlink-1) * st.Size
+			continue
+		}
+		if err := unix.Unlinkat(fd, n, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("gc: deleting %s/%s: %w", dir, n, err)
+		}
+		c.res.LinksDeleted++
+		c.res.BytesFreed += uint64(st.Blocks) * 512
+		if i&255 == 0 {
+			c.progress.Advance(256)
+		}
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) == nil {
+		c.res.LinkSavings = unshared - actual - st.Blocks*512
+	}
+	return nil
+}
+
+// recreateReserved puts back db/reserved (gc-reserved-space bytes), which
+// the collection removed so that a full disk could not block SQLite.
+func (c *collector) recreateReserved() {
+	size := int64(c.s.Settings.GCReservedSpace)
+	if size <= 0 {
+		return
+	}
+	p := filepath.Join(c.lay.DBDir(), "reserved")
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		c.warn("recreating %s: %v", p, err)
+		return
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() == size {
+		return
+	}
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
+		if err := f.Truncate(size); err != nil {
+			c.warn("recreating %s: %v", p, err)
+		}
+	}
+}

@@ -1,0 +1,371 @@
+// Package gc is storekeeper's garbage collector: Nix's semantics (the same
+// dead set, the same survivors as `nix-store --gc` on the same store), on
+// the in-memory reference graph, with the slow part of the work — the
+// deletion of files — done outside the garbage collector lock.
+//
+// A collection runs in phases:
+//
+//  1. lock: take gc.lock exclusively (waiting, like Nix, for another
+//     collector) and serve gc-socket/socket so Nix clients can register
+//     new temporary roots while we run.
+//  2. roots: permanent, runtime and temporary roots (package roots).
+//  3. graph: ValidPaths, Refs and DerivationOutputs in one read.
+//  4. liveness: everything the roots keep alive, through references and
+//     the keep-outputs / keep-derivations edges; the dead set is what
+//     Nix's collector would find dead scanning the store directory.
+//  5. invalidation: dead paths, referrers before references, each strongly
+//     connected component in one transaction, in batches; after each
+//     committed batch its directories are renamed into <store>/trash.
+//  6. unlock: the socket is closed and gc.lock released.
+//  7. deletion: the trash is deleted by parallel workers.
+//  8. links: .links entries no longer linked from anywhere are removed.
+//
+// Crash safety: a path is always invalidated (committed) before its
+// directory leaves its place, and deleted only once it is in the trash.
+// Killed at any instant, the store is one that `nix-store --verify`
+// accepts: at worst invalid leftovers in the store directory (which the
+// next run deletes, as Nix's collector would) and a trash directory
+// (which the next run empties first).
+package gc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"storekeeper/lock"
+	"storekeeper/store"
+)
+
+// Sentinel errors.
+var (
+	ErrAlive        = errors.New("gc: path is alive")
+	ErrNotInStore   = errors.New("gc: not a store path")
+	ErrRootsUnknown = errors.New("gc: cannot read all roots")
+	ErrReadOnly     = errors.New("gc: the store was opened read-only")
+)
+
+// Action is what a collection does.
+type Action int
+
+const (
+	// Delete collects all garbage.
+	Delete Action = iota
+	// PrintDead lists what Delete would delete and changes nothing.
+	PrintDead
+	// PrintLive lists the live paths and changes nothing.
+	PrintLive
+	// DeleteSpecific deletes Options.Paths, each only if it is dead.
+	DeleteSpecific
+)
+
+// Options control a collection.
+type Options struct {
+	Action Action
+	// Paths to delete, for DeleteSpecific: full store paths.
+	Paths []string
+	// DryRun with Delete or DeleteSpecific: plan, measure the bytes that
+	// would really be freed, and change nothing.
+	DryRun bool
+	// MaxFreed stops the collection once this many bytes are freed
+	// (0: no limit).
+	MaxFreed uint64
+	// KeepOutputs / KeepDerivations: nix.conf's keep-outputs and
+	// keep-derivations.
+	KeepOutputs, KeepDerivations bool
+	// KeepRecent keeps every path registered within this duration.
+	KeepRecent time.Duration
+	// Workers deleting the trash in parallel (0: GOMAXPROCS).
+	Workers int
+	// BatchSize is the number of paths invalidated per transaction
+	// (0: 4096).
+	BatchSize int
+	// ProcDir is /proc (tests point it elsewhere).
+	ProcDir string
+	// Now is the current time (tests); zero means time.Now().
+	Now time.Time
+}
+
+// Progress receives progress reports. Implementations must be safe for
+// concurrent use: deletion workers report from several goroutines.
+type Progress interface {
+	// Phase starts a phase; total is its amount of work (-1: unknown).
+	Phase(name string, total int64)
+	// Advance reports n more units of the current phase done.
+	Advance(n int64)
+	// Deleting reports one store entry about to be deleted (Nix prints
+	// "deleting '...'").
+	Deleting(path string)
+	// Info reports a message for humans.
+	Info(msg string)
+}
+
+type nopProgress struct{}
+
+func (nopProgress) Phase(string, int64) {}
+func (nopProgress) Advance(int64)       {}
+func (nopProgress) Deleting(string)     {}
+func (nopProgress) Info(string)         {}
+
+// PhaseTime is how long a phase took.
+type PhaseTime struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Result describes a collection.
+type Result struct {
+	// Dead (PrintDead, DryRun) and Live (PrintLive): sorted full paths.
+	Dead []string `json:"dead,omitempty"`
+	Live []string `json:"live,omitempty"`
+	// PathsDeleted counts valid paths invalidated and removed;
+	// EntriesDeleted counts other store-dir entries removed (invalid
+	// leftovers, stale lock files, temporary links).
+	PathsDeleted   int `json:"paths_deleted"`
+	EntriesDeleted int `json:"entries_deleted"`
+	// BytesFreed is what deleting actually freed (blocks of the last
+	// link of each file); with DryRun, what it would free.
+	BytesFreed uint64 `json:"bytes_freed"`
+	// LinksDeleted counts .links entries removed; LinkSavings is what
+	// hard-linking still saves (Nix's "note: currently hard linking
+	// saves").
+	LinksDeleted int   `json:"links_deleted"`
+	LinkSavings  int64 `json:"link_savings_bytes"`
+	// Spared lists dead paths kept at the last moment because a client
+	// registered them as temporary roots during the run.
+	Spared []string `json:"spared,omitempty"`
+	// TrashEmptied counts entries left in the trash by an earlier,
+	// interrupted run and deleted now.
+	TrashEmptied int `json:"trash_emptied"`
+	// LockHeld is how long gc.lock was held exclusively.
+	LockHeldSeconds float64     `json:"lock_held_seconds"`
+	TotalSeconds    float64     `json:"total_seconds"`
+	Phases          []PhaseTime `json:"phases"`
+	// Warnings are problems that did not stop the collection.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// collector is the state of one run.
+type collector struct {
+	s        *store.Store
+	lay      store.Layout
+	o        Options
+	progress Progress
+	res      *Result
+	phase    string
+	phaseAt  time.Time
+
+	g    *store.Graph
+	edg  *edges
+	deleting bool
+
+	// Guarded by mu: liveness and the temp roots may grow while the
+	// socket server runs; pending is the batch being deleted.
+	mu          sync.Mutex
+	cond        *sync.Cond
+	live        *liveness
+	tempHash    map[string]bool
+	pendingID   map[store.PathID]bool
+	pendingHash map[string]bool
+}
+
+func (c *collector) startPhase(name string, total int64) {
+	now := time.Now()
+	if c.phase != "" {
+		c.res.Phases = append(c.res.Phases, PhaseTime{c.phase, now.Sub(c.phaseAt).Seconds()})
+	}
+	c.phase, c.phaseAt = name, now
+	if name != "" {
+		c.progress.Phase(name, total)
+	}
+}
+
+func (c *collector) warn(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	c.res.Warnings = append(c.res.Warnings, msg)
+	c.progress.Info("warning: " + msg)
+}
+
+// Collect runs a collection on s. Deleting actions need a store opened
+// read-write (and, on a read-only mount, made writable by the caller);
+// PrintDead, PrintLive and DryRun work on a read-only store and change
+// nothing.
+//
+// Concurrency: safe beside a running nix-daemon and Nix clients (gc.lock,
+// the gc socket and temp roots are honoured exactly like Nix's collector
+// does); a second collector waits for the first.
+//
+// Cancellation: when ctx is cancelled the collection stops at the next
+// batch boundary; what was invalidated so far is moved to the trash and
+// deleted, the lock is released, and ctx's error is returned with the
+// partial Result. Crash safety: see the package documentation.
+func Collect(ctx context.Context, s *store.Store, o Options, p Progress) (*Result, error) {
+	if p == nil {
+		p = nopProgress{}
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 4096
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	start := time.Now()
+	c := &collector{s: s, lay: s.Layout, o: o, progress: p, res: &Result{},
+		tempHash: map[string]bool{}, pendingID: map[store.PathID]bool{}, pendingHash: map[string]bool{}}
+	c.cond = sync.NewCond(&c.mu)
+	c.deleting = (o.Action == Delete || o.Action == DeleteSpecific) && !o.DryRun
+	if c.deleting && s.ReadOnly {
+		return nil, ErrReadOnly
+	}
+	err := c.run(ctx)
+	c.startPhase("", 0)
+	c.res.TotalSeconds = time.Since(start).Seconds()
+	return c.res, err
+}
+
+func (c *collector) run(ctx context.Context) error {
+	if c.deleting {
+		// A run killed during deletion leaves its trash: empty it first.
+		// Its contents were invalidated before they were moved, so no
+		// lock is needed.
+		if err := c.emptyTrash(ctx, true); err != nil {
+			return err
+		}
+		// Free the reserved space first, so that a full disk cannot stop
+		// SQLite from committing the invalidations.
+		if err := os.Remove(filepath.Join(c.lay.DBDir(), "reserved")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.warn("removing %s: %v", filepath.Join(c.lay.DBDir(), "reserved"), err)
+		}
+		defer c.recreateReserved()
+	}
+
+	c.startPhase("lock", -1)
+	mode := lock.Shared
+	if c.deleting {
+		mode = lock.Exclusive
+	}
+	gcLock, err := lock.AcquireGCLock(ctx, c.lay.StateDir, mode, true, func() {
+		c.progress.Info("waiting for the big garbage collector lock...")
+	})
+	if err != nil {
+		return fmt.Errorf("gc: taking %s: %w", c.lay.GCLockPath(), err)
+	}
+	lockedAt := time.Now()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			gcLock.Release()
+			if c.deleting {
+				c.res.LockHeldSeconds = time.Since(lockedAt).Seconds()
+			}
+		}
+	}
+	defer release()
+
+	var srv *rootServer
+	if c.deleting {
+		srv, err = startServer(c, c.lay.GCSocketPath())
+		if err != nil {
+			return fmt.Errorf("gc: serving %s: %w", c.lay.GCSocketPath(), err)
+		}
+	}
+	stopServer := func() {
+		if srv != nil {
+			srv.stop()
+			srv = nil
+		}
+	}
+	defer stopServer()
+
+	plan, err := c.plan(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case c.o.Action == PrintDead:
+		c.res.Dead = plan.names(c)
+		return nil
+	case c.o.Action == PrintLive:
+		c.res.Live = c.liveNames(plan)
+		return nil
+	case c.o.DryRun:
+		c.res.Dead = plan.names(c)
+		c.startPhase("size", int64(len(c.res.Dead)))
+		c.res.BytesFreed, err = c.measure(ctx, plan)
+		return err
+	}
+
+	if c.o.MaxFreed > 0 {
+		c.startPhase("size", -1)
+		if err := c.limit(ctx, plan); err != nil {
+			return err
+		}
+	}
+	ierr := c.invalidateAndMove(ctx, plan)
+	stopServer()
+	release()
+	// The rest happens outside the lock, even after cancellation or an
+	// error: everything in the trash is already invalid.
+	derr := c.emptyTrash(context.WithoutCancel(ctx), false)
+	if ierr == nil && derr == nil && ctx.Err() == nil {
+		derr = c.removeUnusedLinks(ctx)
+	}
+	return errors.Join(ierr, derr)
+}
+
+// entry is a name in the store directory.
+type entry struct {
+	name  string
+	id    store.PathID // valid path, or store.NoPath
+	isSP  bool         // parses as a store path
+	valid bool
+}
+
+// plan is what a collection would delete.
+type plan struct {
+	dead    []bool          // valid paths, by PathID
+	deadIDs []store.PathID  // the same, in deletion order
+	comps   [][]store.PathID
+	others  []entry // invalid or non-store-path entries to delete, sorted
+	present []bool  // valid paths present in the store directory
+	// protected: present invalid entries kept by temporary roots.
+	protected []string
+	// limit: with MaxFreed, only comps[:limit] are deleted (-1: all).
+	limit int
+}
+
+func (p *plan) names(c *collector) []string {
+	var out []string
+	for _, id := range p.deadIDs {
+		out = append(out, c.g.Path(id))
+	}
+	for _, e := range p.others {
+		out = append(out, c.lay.StoreDir+"/"+e.name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// liveNames lists the live paths as Nix's --print-live does: live valid
+// paths present in the store directory or kept alive by a root through
+// references, and present entries protected by temporary roots.
+func (c *collector) liveNames(p *plan) []string {
+	var out []string
+	for id := 0; id < c.g.Len(); id++ {
+		if c.live.alive[id] {
+			out = append(out, c.g.Path(store.PathID(id)))
+		}
+	}
+	for _, e := range p.protected {
+		out = append(out, c.lay.StoreDir+"/"+e)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,268 @@
+package gc
+
+import (
+	"strings"
+
+	"storekeeper/store"
+)
+
+// edges gives the liveness edges of Nix's collector on a Graph: u -> v
+// means "if u is alive, v is alive". They are the references (without
+// self-references) and, with keep-derivations, output -> its deriver
+// (when the deriver lists it as an output and is a .drv), and with
+// keep-outputs, derivation -> its valid outputs. Nix's collector walks
+// these edges backwards from each store entry; walking them forwards
+// from the roots gives the same live set in one pass over the graph.
+type edges struct {
+	g               *store.Graph
+	keepOutputs     bool
+	keepDerivations bool
+	isDrv           []bool
+}
+
+func newEdges(g *store.Graph, keepOutputs, keepDerivations bool) *edges {
+	e := &edges{g: g, keepOutputs: keepOutputs, keepDerivations: keepDerivations}
+	if keepDerivations {
+		e.isDrv = make([]bool, g.Len())
+		for id := 0; id < g.Len(); id++ {
+			e.isDrv[id] = strings.HasSuffix(g.Name(store.PathID(id)), ".drv")
+		}
+	}
+	return e
+}
+
+// keepDerivEdge reports whether output u keeps its deriver d alive.
+func (e *edges) keepDerivEdge(u store.PathID) (store.PathID, bool) {
+	d := e.g.Deriver[u]
+	if d == store.NoPath || !e.isDrv[d] {
+		return 0, false
+	}
+	for _, o := range e.g.Outputs(d) {
+		if o.ID == u {
+			return d, true
+		}
+	}
+	return 0, false
+}
+
+// forward calls fn for every v with an edge u -> v.
+func (e *edges) forward(u store.PathID, fn func(store.PathID)) {
+	for _, v := range e.g.References(u) {
+		if v != u {
+			fn(v)
+		}
+	}
+	if e.keepDerivations {
+		if d, ok := e.keepDerivEdge(u); ok {
+			fn(d)
+		}
+	}
+	if e.keepOutputs {
+		for _, o := range e.g.Outputs(u) {
+			if o.ID != store.NoPath && o.ID != u {
+				fn(o.ID)
+			}
+		}
+	}
+}
+
+// backward calls fn for every u with an edge u -> v.
+func (e *edges) backward(v store.PathID, fn func(store.PathID)) {
+	for _, u := range e.g.Referrers(v) {
+		if u != v {
+			fn(u)
+		}
+	}
+	if e.keepDerivations && e.isDrv[v] {
+		for _, o := range e.g.Outputs(v) {
+			if o.ID != store.NoPath && o.ID != v && e.g.Deriver[o.ID] == v {
+				fn(o.ID)
+			}
+		}
+	}
+	if e.keepOutputs {
+		for _, d := range e.g.DerivationsOf(v) {
+			if d != v {
+				fn(d)
+			}
+		}
+	}
+}
+
+// liveness is the collector's view of which valid paths are alive. It is
+// safe for use by one goroutine at a time; the collector guards it with
+// its mutex while the socket server adds roots.
+type liveness struct {
+	e     *edges
+	alive []bool
+	// why[v] is the path that made v alive (NoPath for a root); rootOf
+	// names the root of a path that is one.
+	why    []store.PathID
+	rootOf map[store.PathID]string
+	queue  []store.PathID
+}
+
+func newLiveness(e *edges) *liveness {
+	n := e.g.Len()
+	l := &liveness{e: e, alive: make([]bool, n), why: make([]store.PathID, n), rootOf: map[store.PathID]string{}}
+	return l
+}
+
+// markRoot makes id alive with everything it keeps alive; reason names
+// the root ("LINK -> PATH", "{temp:PID}", "registered within --keep-recent").
+// It returns the number of paths newly marked.
+func (l *liveness) markRoot(id store.PathID, reason string) int {
+	if _, ok := l.rootOf[id]; !ok {
+		l.rootOf[id] = reason
+	}
+	if l.alive[id] {
+		return 0
+	}
+	l.alive[id] = true
+	l.why[id] = store.NoPath
+	n := 1
+	l.queue = append(l.queue[:0], id)
+	for len(l.queue) > 0 {
+		u := l.queue[len(l.queue)-1]
+		l.queue = l.queue[:len(l.queue)-1]
+		l.e.forward(u, func(v store.PathID) {
+			if !l.alive[v] {
+				l.alive[v] = true
+				l.why[v] = u
+				n++
+				l.queue = append(l.queue, v)
+			}
+		})
+	}
+	return n
+}
+
+// chain explains why id is alive: the root, then each path down to id.
+func (l *liveness) chain(id store.PathID) (root string, path []store.PathID) {
+	for cur := id; ; {
+		path = append(path, cur)
+		if l.why[cur] == store.NoPath {
+			root = l.rootOf[cur]
+			break
+		}
+		cur = l.why[cur]
+		if len(path) > l.e.g.Len() {
+			break
+		}
+	}
+	for i, j := 0, len(path)-1; i < j; i, j = i+1, j-1 {
+		path[i], path[j] = path[j], path[i]
+	}
+	return root, path
+}
+
+// deadFrom returns the valid paths Nix's collector finds dead when it
+// scans the store directory: every path that keeps (through the edges)
+// some present, non-alive path. starts are the valid paths present in
+// the store directory. A valid path missing from disk that keeps no
+// present dead path is left alone, as Nix leaves it.
+func (l *liveness) deadFrom(starts []store.PathID) []bool {
+	n := l.e.g.Len()
+	dead := make([]bool, n)
+	var stack []store.PathID
+	for _, s := range starts {
+		if l.alive[s] || dead[s] {
+			continue
+		}
+		dead[s] = true
+		stack = append(stack, s)
+		for len(stack) > 0 {
+			v := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			l.e.backward(v, func(u store.PathID) {
+				if !dead[u] && !l.alive[u] {
+					dead[u] = true
+					stack = append(stack, u)
+				}
+			})
+		}
+	}
+	return dead
+}
+
+// deletionOrder orders the dead paths so that every path comes before the
+// paths it references (referrers first, as the Refs foreign keys
+// require), with each strongly connected component of the reference
+// graph kept together: comps[i] is one component, to be invalidated in
+// the same transaction. It uses Tarjan's algorithm, iteratively.
+func deletionOrder(g *store.Graph, dead []bool) [][]store.PathID {
+	n := g.Len()
+	const unvisited = -1
+	index := make([]int32, n)
+	low := make([]int32, n)
+	for i := range index {
+		index[i] = unvisited
+	}
+	onStack := make([]bool, n)
+	var stack []store.PathID
+	var comps [][]store.PathID
+	type frame struct {
+		v store.PathID
+		i int
+	}
+	var call []frame
+	next := int32(0)
+	for s := 0; s < n; s++ {
+		if !dead[s] || index[s] != unvisited {
+			continue
+		}
+		call = append(call, frame{store.PathID(s), 0})
+		index[s], low[s] = next, next
+		next++
+		stack = append(stack, store.PathID(s))
+		onStack[s] = true
+		for len(call) > 0 {
+			f := &call[len(call)-1]
+			refs := g.References(f.v)
+			if f.i < len(refs) {
+				w := refs[f.i]
+				f.i++
+				if !dead[w] || w == f.v {
+					continue
+				}
+				if index[w] == unvisited {
+					index[w], low[w] = next, next
+					next++
+					stack = append(stack, w)
+					onStack[w] = true
+					call = append(call, frame{w, 0})
+				} else if onStack[w] && index[w] < low[f.v] {
+					low[f.v] = index[w]
+				}
+				continue
+			}
+			v := f.v
+			call = call[:len(call)-1]
+			if len(call) > 0 {
+				p := call[len(call)-1].v
+				if low[v] < low[p] {
+					low[p] = low[v]
+				}
+			}
+			if low[v] == index[v] {
+				var comp []store.PathID
+				for {
+					w := stack[len(stack)-1]
+					stack = stack[:len(stack)-1]
+					onStack[w] = false
+					comp = append(comp, w)
+					if w == v {
+						break
+					}
+				}
+				comps = append(comps, comp)
+			}
+		}
+	}
+	// Tarjan emits a component after everything it references: reverse
+	// for referrers first.
+	for i, j := 0, len(comps)-1; i < j; i, j = i+1, j-1 {
+		comps[i], comps[j] = comps[j], comps[i]
+	}
+	return comps
+}
