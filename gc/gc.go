@@ -161,8 +161,8 @@ type collector struct {
 	phase    string
 	phaseAt  time.Time
 
-	g    *store.Graph
-	edg  *edges
+	g        *store.Graph
+	edg      *edges
 	deleting bool
 
 	// Guarded by mu: liveness and the temp roots may grow while the
@@ -330,8 +330,8 @@ type entry struct {
 
 // plan is what a collection would delete.
 type plan struct {
-	dead    []bool          // valid paths, by PathID
-	deadIDs []store.PathID  // the same, in deletion order
+	dead    []bool         // valid paths, by PathID
+	deadIDs []store.PathID // the same, in deletion order
 	comps   [][]store.PathID
 	others  []entry // invalid or non-store-path entries to delete, sorted
 	present []bool  // valid paths present in the store directory

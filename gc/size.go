@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
-
 )
 
 // usage is what one store entry holds on disk.
@@ -218,5 +217,3 @@ func (p *plan) entryNames(c *collector) []string {
 	}
 	return out
 }
-
-

@@ -15,11 +15,11 @@ import (
 
 type gcOptions struct {
 	printDead, printLive, dryRun, delete bool
-	maxFreed, ensureFree             string
-	keepOutputs, keepDerivations     bool
-	keepRecent                       time.Duration
-	deleteOlderThan                  string
-	deleteOld                        bool
+	maxFreed, ensureFree                 string
+	keepOutputs, keepDerivations         bool
+	keepRecent                           time.Duration
+	deleteOlderThan                      string
+	deleteOld                            bool
 }
 
 func newGCCommand(g *globalOptions) *cobra.Command {
