@@ -24,6 +24,9 @@ var errRetryBatch = errors.New("gc: batch changed under us")
 // moves each committed batch into the trash; then it moves the other
 // dead entries. It runs with gc.lock held.
 func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
+	if c.o.BeforeInvalidation != nil {
+		c.o.BeforeInvalidation()
+	}
 	c.startPhase("invalidation", int64(len(p.deadIDs)+len(p.others)))
 	if err := os.Mkdir(c.trashDir(), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("gc: creating %s: %w", c.trashDir(), err)

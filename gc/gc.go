@@ -90,6 +90,10 @@ type Options struct {
 	ProcDir string
 	// Now is the current time (tests); zero means time.Now().
 	Now time.Time
+	// BeforeInvalidation, if set, is called with gc.lock held and the gc
+	// socket served, right before the first path is invalidated: a
+	// synchronisation point for tests (like Nix's _NIX_TEST_GC_SYNC).
+	BeforeInvalidation func()
 }
 
 // Progress receives progress reports. Implementations must be safe for

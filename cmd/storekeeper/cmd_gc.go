@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -63,6 +64,7 @@ type gcProgress struct {
 
 func (gp *gcProgress) Phase(name string, total int64) {
 	gp.bar.Finish()
+	gp.p.Verbosef("phase: %s", name)
 	gp.bar = gp.p.newBar(name, total, false)
 }
 func (gp *gcProgress) Advance(n int64) { gp.bar.Add(n) }
@@ -165,6 +167,11 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		}
 	}
 
+	if sync := os.Getenv("_STOREKEEPER_TEST_GC_SYNC"); sync != "" {
+		// Test hook (like Nix's _NIX_TEST_GC_SYNC): block on reading this
+		// file (a FIFO) with the lock held, before invalidating.
+		opts.BeforeInvalidation = func() { os.ReadFile(sync) }
+	}
 	gp := &gcProgress{p: p, bar: &bar{}}
 	res, err := gc.Collect(ctx, s, opts, gp)
 	gp.bar.Finish()
