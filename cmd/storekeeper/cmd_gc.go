@@ -21,6 +21,7 @@ type gcOptions struct {
 	keepRecent                           time.Duration
 	deleteOlderThan                      string
 	deleteOld                            bool
+	batchSize                            int
 }
 
 func newGCCommand(g *globalOptions) *cobra.Command {
@@ -53,6 +54,8 @@ store's file system (e.g. 10%).`,
 	f.DurationVar(&o.keepRecent, "keep-recent", 0, "keep paths registered within this duration (a grace period), e.g. 2h")
 	f.StringVar(&o.deleteOlderThan, "delete-older-than", "", "first delete profile generations older than this (e.g. 30d; never the current one)")
 	f.BoolVarP(&o.deleteOld, "delete-old", "d", false, "first delete all profile generations but the current ones")
+	f.IntVar(&o.batchSize, "batch-size", 0, "paths invalidated per transaction (default 4096)")
+	f.MarkHidden("batch-size")
 	return cmd
 }
 
@@ -76,7 +79,7 @@ func (gp *gcProgress) Info(msg string) { gp.p.Infof("%s", msg) }
 func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) error {
 	ctx := cmd.Context()
 	p := g.printer(cmd)
-	opts := gc.Options{Action: gc.Delete, DryRun: o.dryRun, KeepRecent: o.keepRecent}
+	opts := gc.Options{Action: gc.Delete, DryRun: o.dryRun, KeepRecent: o.keepRecent, BatchSize: o.batchSize}
 	switch {
 	case o.printDead && o.printLive:
 		return fmt.Errorf("--print-dead and --print-live exclude each other")
