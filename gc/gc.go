@@ -250,22 +250,34 @@ func (c *collector) run(ctx context.Context) error {
 	}
 
 	c.startPhase("lock", -1)
-	mode := lock.Shared
+	onWait := func() { c.progress.Info("waiting for the big garbage collector lock...") }
+	var gcLock *lock.FileLock
+	var err error
 	if c.deleting {
-		mode = lock.Exclusive
-	}
-	gcLock, err := lock.AcquireGCLock(ctx, c.lay.StateDir, mode, true, func() {
-		c.progress.Info("waiting for the big garbage collector lock...")
-	})
-	if err != nil {
-		return fmt.Errorf("gc: taking %s: %w", c.lay.GCLockPath(), err)
+		gcLock, err = lock.AcquireGCLock(ctx, c.lay.StateDir, lock.Exclusive, true, onWait)
+		if err != nil {
+			return fmt.Errorf("gc: taking %s: %w", c.lay.GCLockPath(), err)
+		}
+	} else {
+		// A query takes gc.lock shared, so that no collector changes the
+		// store under it, but it needs no write access: without one it
+		// runs unlocked (a snapshot, like any read).
+		gcLock, err = lock.AcquireGCLockReadOnly(ctx, c.lay.StateDir, lock.Shared, true, onWait)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			gcLock = nil
+		}
 	}
 	lockedAt := time.Now()
 	released := false
 	release := func() {
 		if !released {
 			released = true
-			gcLock.Release()
+			if gcLock != nil {
+				gcLock.Release()
+			}
 			if c.deleting {
 				c.res.LockHeldSeconds = time.Since(lockedAt).Seconds()
 			}

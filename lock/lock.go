@@ -258,6 +258,14 @@ func AcquireGCLock(ctx context.Context, stateDir string, m Mode, wait bool, onWa
 	return acquireFile(ctx, filepath.Join(stateDir, "gc.lock"), os.O_RDWR|os.O_CREATE, m, wait, onWait)
 }
 
+// AcquireGCLockReadOnly is AcquireGCLock for processes without write
+// access: it opens gc.lock O_RDONLY and never creates it (flock works on
+// read-only descriptors). A missing file yields an error satisfying
+// errors.Is(err, fs.ErrNotExist).
+func AcquireGCLockReadOnly(ctx context.Context, stateDir string, m Mode, wait bool, onWait func()) (*FileLock, error) {
+	return acquireFile(ctx, filepath.Join(stateDir, "gc.lock"), os.O_RDONLY, m, wait, onWait)
+}
+
 // AcquireBigLock locks <dbDir>/big-lock in mode m, waiting until acquired
 // or ctx is done (Nix takes it Shared in every process that opens the
 // database read-write and Exclusive only to upgrade the schema).

@@ -103,7 +103,7 @@ func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
 	}
 
 	db, err := openSQL(ctx, dbPath, o)
-	if err != nil && o.ReadOnly && isCantOpen(err) && !fileExists(dbPath+"-wal") {
+	if err != nil && o.ReadOnly && (isCantOpen(err) || isReadOnlyErr(err)) && !fileExists(dbPath+"-wal") {
 		// A WAL database whose -shm file we may not create: with no WAL
 		// file, the main file is complete; read it as immutable.
 		db, err = openSQLImmutable(ctx, dbPath, o)
@@ -232,6 +232,10 @@ func sqliteCode(err error) int {
 		return se.Code()
 	}
 	return 0
+}
+
+func isReadOnlyErr(err error) bool {
+	return sqliteCode(err)&0xff == sqlite3.SQLITE_READONLY
 }
 
 func isCantOpen(err error) bool {
