@@ -506,23 +506,30 @@ func (c *collector) removeUnusedLinks(ctx context.Context) error {
 // recreateReserved puts back db/reserved (gc-reserved-space bytes), which
 // the collection removed so that a full disk could not block SQLite.
 func (c *collector) recreateReserved() {
-	size := int64(c.s.Settings.GCReservedSpace)
-	if size <= 0 {
-		return
+	if err := RestoreReserved(c.lay, c.s.Settings.GCReservedSpace); err != nil {
+		c.warn("%v", err)
 	}
-	p := filepath.Join(c.lay.DBDir(), "reserved")
+}
+
+// RestoreReserved creates db/reserved with size bytes (Nix's
+// gc-reserved-space) if it is missing or has another size.
+func RestoreReserved(lay store.Layout, size uint64) error {
+	if size == 0 {
+		return nil
+	}
+	p := filepath.Join(lay.DBDir(), "reserved")
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		c.warn("recreating %s: %v", p, err)
-		return
+		return fmt.Errorf("gc: recreating %s: %w", p, err)
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() == size {
-		return
+	if st, err := f.Stat(); err == nil && st.Size() == int64(size) {
+		return nil
 	}
-	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
-		if err := f.Truncate(size); err != nil {
-			c.warn("recreating %s: %v", p, err)
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, int64(size)); err != nil {
+		if err := f.Truncate(int64(size)); err != nil {
+			return fmt.Errorf("gc: recreating %s: %w", p, err)
 		}
 	}
+	return nil
 }

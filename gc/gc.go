@@ -155,6 +155,18 @@ type Result struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
+// ReleaseReserved deletes db/reserved, the gc-reserved-space file Nix
+// keeps so that a collection can run on a full disk. Call it before
+// opening the DB read-write for a collection: on a full disk, even
+// opening SQLite in WAL mode needs space. Collect recreates it at the end.
+func ReleaseReserved(lay store.Layout) error {
+	p := filepath.Join(lay.DBDir(), "reserved")
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("gc: removing %s: %w", p, err)
+	}
+	return nil
+}
+
 // collector is the state of one run.
 type collector struct {
 	s        *store.Store
@@ -241,10 +253,11 @@ func (c *collector) run(ctx context.Context) error {
 		if err := c.emptyTrash(ctx, true); err != nil {
 			return err
 		}
-		// Free the reserved space first, so that a full disk cannot stop
-		// SQLite from committing the invalidations.
-		if err := os.Remove(filepath.Join(c.lay.DBDir(), "reserved")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			c.warn("removing %s: %v", filepath.Join(c.lay.DBDir(), "reserved"), err)
+		// Free the reserved space first (callers should already have, with
+		// ReleaseReserved, before opening the DB), so that a full disk
+		// cannot stop SQLite from committing the invalidations.
+		if err := ReleaseReserved(c.lay); err != nil {
+			c.warn("%v", err)
 		}
 		defer c.recreateReserved()
 	}

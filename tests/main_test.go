@@ -12,8 +12,9 @@ import (
 	"testing"
 )
 
-// binary is the storekeeper built for this test run.
-var binary string
+// binary is the storekeeper built for this test run; mkdemo is
+// cmd/mkdemostore.
+var binary, mkdemo string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "storekeeper-e2e-")
@@ -26,6 +27,13 @@ func TestMain(m *testing.M) {
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building storekeeper:", err)
+		os.Exit(2)
+	}
+	mkdemo = filepath.Join(dir, "mkdemostore")
+	build = exec.Command("go", "build", "-o", mkdemo, "storekeeper/cmd/mkdemostore")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building mkdemostore:", err)
 		os.Exit(2)
 	}
 	code := m.Run()

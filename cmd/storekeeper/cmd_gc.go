@@ -109,6 +109,13 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		if err := ensureWritableStore(lay); err != nil {
 			return err
 		}
+		if (opts.Action == gc.Delete || opts.Action == gc.DeleteSpecific) && !o.dryRun && diskNearlyFull(lay.DBDir()) {
+			// On a full disk even opening SQLite needs room: free the
+			// reserved space before (Collect would do it right after).
+			if err := gc.ReleaseReserved(lay); err != nil {
+				p.Warnf("%v", err)
+			}
+		}
 	}
 	s, err := g.openStore(ctx, readOnly)
 	if err != nil {
@@ -211,6 +218,16 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		}
 	}
 	return err
+}
+
+// diskNearlyFull reports whether dir's file system has less than 1 MiB
+// available.
+func diskNearlyFull(dir string) bool {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil {
+		return false
+	}
+	return st.Bavail*uint64(st.Bsize) < 1<<20
 }
 
 func writeLines(p *printer, lines []string) {

@@ -480,10 +480,12 @@ func (b *builder) writeDB() error {
 		schema, version = guixSchema, store.SchemaGuix
 	}
 	dbDir := b.lay.DBDir()
-	for _, f := range []string{"big-lock", "reserved"} {
-		if err := os.WriteFile(filepath.Join(dbDir, f), nil, 0o600); err != nil {
-			return err
-		}
+	if err := os.WriteFile(filepath.Join(dbDir, "big-lock"), nil, 0o600); err != nil {
+		return err
+	}
+	// Like Nix: gc-reserved-space (8 MiB) set aside for a full disk.
+	if err := os.WriteFile(filepath.Join(dbDir, "reserved"), make([]byte, store.DefaultGCReservedSpace), 0o600); err != nil {
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(b.lay.StateDir, "gc.lock"), nil, 0o600); err != nil {
 		return err
