@@ -3,13 +3,10 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
 	"testing"
-	"time"
 
 	"storekeeper/store"
 	"storekeeper/store/storetest"
@@ -160,19 +157,11 @@ func TestGraphSnapshotConsistency(t *testing.T) {
 // DB-only store of about 315k valid paths, the size of the store in the
 // gc issue.
 func benchStore(b *testing.B, derivations int) store.Layout {
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("storekeeper-bench-graph-%d", derivations))
 	spec := storetest.Spec{Paths: derivations, Seed: 9, MaxDeps: 6, Roots: 200, Generations: 5, Multi: 0.1, DBOnly: true}
-	lay := store.Layout{StoreDir: "/nix/store", RealStoreDir: filepath.Join(dir, "nix/store"), StateDir: filepath.Join(dir, "nix/var/nix"), Root: dir}
-	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
-		return lay
-	}
-	os.RemoveAll(dir)
-	start := time.Now()
-	if _, err := storetest.Build(dir, spec); err != nil {
+	lay, err := storetest.Cached(fmt.Sprintf("storekeeper-bench-graph-%d", derivations), spec)
+	if err != nil {
 		b.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "done"), nil, 0o644)
-	b.Logf("built the benchmark store in %v", time.Since(start))
 	return lay
 }
 
