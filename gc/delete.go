@@ -47,9 +47,43 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 	if p.limit >= 0 {
 		comps = comps[:p.limit]
 	}
-	for i := 0; i < len(comps); {
+	// Two stages: this goroutine claims and invalidates batch k+1 while
+	// a mover renames the directories of the committed batch k into the
+	// trash. Both finish before the lock is released.
+	type committed struct {
+		ids   []store.PathID
+		spare map[string]bool
+	}
+	moves := make(chan committed, 1)
+	moverDone := make(chan struct{})
+	go func() {
+		defer close(moverDone)
+		for b := range moves {
+			n := 0
+			for _, id := range b.ids {
+				name := c.g.Name(id)
+				if b.spare[name] {
+					c.mu.Lock()
+					c.res.Spared = append(c.res.Spared, c.g.Path(id))
+					c.mu.Unlock()
+					continue
+				}
+				c.progress.Deleting(c.g.Path(id))
+				mv.move(name)
+				n++
+			}
+			c.mu.Lock()
+			c.res.PathsDeleted += n
+			c.mu.Unlock()
+			c.releasePending(b.ids)
+			c.progress.Advance(int64(len(b.ids)))
+		}
+	}()
+	var loopErr error
+	for i := 0; i < len(comps) && loopErr == nil; {
 		if err := ctx.Err(); err != nil {
-			return err
+			loopErr = err
+			break
 		}
 		var batch [][]store.PathID
 		n := 0
@@ -65,27 +99,22 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 			}
 			spare, err := c.invalidate(ctx, ids)
 			if errors.Is(err, errRetryBatch) && attempt < 10 {
-				c.releasePending()
+				c.releasePending(ids)
 				continue
 			}
 			if err != nil {
-				c.releasePending()
-				return err
+				c.releasePending(ids)
+				loopErr = err
+				break
 			}
-			for _, id := range ids {
-				name := c.g.Name(id)
-				if spare[name] {
-					c.res.Spared = append(c.res.Spared, c.g.Path(id))
-					continue
-				}
-				c.progress.Deleting(c.g.Path(id))
-				mv.move(name)
-				c.res.PathsDeleted++
-			}
-			c.releasePending()
-			c.progress.Advance(int64(len(ids)))
+			moves <- committed{ids, spare}
 			break
 		}
+	}
+	close(moves)
+	<-moverDone
+	if loopErr != nil {
+		return loopErr
 	}
 	if p.limit >= 0 && p.limit < len(p.comps) {
 		c.progress.Info(fmt.Sprintf("deleted more than %d bytes; stopping", c.o.MaxFreed))
@@ -124,10 +153,18 @@ func (c *collector) claim(batch [][]store.PathID) []store.PathID {
 	return ids
 }
 
-func (c *collector) releasePending() {
+// releasePending ends the deletion of ids (or, with none, of the
+// single-entry deletions of moveOthers) and wakes the socket clients
+// waiting for it.
+func (c *collector) releasePending(ids []store.PathID) {
 	c.mu.Lock()
-	clear(c.pendingID)
-	clear(c.pendingHash)
+	if ids == nil {
+		clear(c.pendingHash)
+	}
+	for _, id := range ids {
+		delete(c.pendingID, id)
+		delete(c.pendingHash, c.g.Name(id)[:store.HashLen])
+	}
 	c.cond.Broadcast()
 	c.mu.Unlock()
 }
@@ -283,7 +320,7 @@ func (c *collector) moveOthers(ctx context.Context, p *plan, mv *mover) error {
 		c.progress.Deleting(full)
 		mv.move(e.name)
 		c.res.EntriesDeleted++
-		c.releasePending()
+		c.releasePending(nil)
 		c.progress.Advance(1)
 	}
 	return nil

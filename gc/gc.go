@@ -177,6 +177,7 @@ type collector struct {
 	phase    string
 	phaseAt  time.Time
 
+	warnMu   sync.Mutex
 	g        *store.Graph
 	edg      *edges
 	deleting bool
@@ -204,7 +205,9 @@ func (c *collector) startPhase(name string, total int64) {
 
 func (c *collector) warn(format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
+	c.warnMu.Lock()
 	c.res.Warnings = append(c.res.Warnings, msg)
+	c.warnMu.Unlock()
 	c.progress.Info("warning: " + msg)
 }
 
