@@ -51,26 +51,18 @@ type result struct {
 // exit status (it does not fail on a non-zero status).
 func run(t testing.TB, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			t.Fatalf("running storekeeper %s: %v", strings.Join(args, " "), err)
-		}
-		code = ee.ExitCode()
-	}
-	return result{out.String(), errb.String(), code}
+	return runCmd(t, exec.Command(binary, args...), args)
 }
 
 // runInNS runs the binary inside ROOT's mount namespace, where the store
 // is at /nix/store.
 func runInNS(t testing.TB, root string, args ...string) result {
 	t.Helper()
-	cmd := nsScript(root, `exec "$@"`, append([]string{binary}, args...)...)
+	return runCmd(t, nsScript(root, `exec "$@"`, append([]string{binary}, args...)...), args)
+}
+
+func runCmd(t testing.TB, cmd *exec.Cmd, args []string) result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
