@@ -392,7 +392,9 @@ func (c *collector) emptyTrash(ctx context.Context, leftover bool) error {
 	defer unix.Close(trashFd)
 	workers := c.o.Workers
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		// Deleting is mostly waiting on the file system: more workers
+		// than cores keep both cores busy.
+		workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	work := make(chan string, 256)
 	var freed atomic.Uint64
@@ -435,57 +437,72 @@ func (c *collector) emptyTrash(ctx context.Context, leftover bool) error {
 
 // removeTree deletes name (relative to dirfd) and everything below it
 // without following symlinks, and returns the bytes freed: the blocks of
-// each file whose last link it removed. Directories without write
-// permission are made writable first (only inside the trash).
+// each file whose last link it removed. Entry types come from getdents,
+// so only regular files are stat'ed (for their link count). Directories
+// without write permission are made writable first (only inside the
+// trash, and only when not root).
 func removeTree(dirfd int, name, display string) (uint64, error) {
+	return removeEntry(dirfd, name, unix.DT_UNKNOWN, display, os.Geteuid() == 0)
+}
+
+func removeEntry(dirfd int, name string, typ uint8, display string, root bool) (uint64, error) {
 	var st unix.Stat_t
-	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if typ == unix.DT_UNKNOWN || typ == unix.DT_REG {
+		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return 0, nil
+			}
+			return 0, fmt.Errorf("gc: %s: %w", display, err)
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			typ = unix.DT_DIR
+		case unix.S_IFREG:
+			typ = unix.DT_REG
+		default:
+			typ = unix.DT_LNK // anything else is unlinked like a symlink
+		}
+	}
+	if typ != unix.DT_DIR {
+		if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return 0, fmt.Errorf("gc: removing %s: %w", display, err)
+		}
+		if typ == unix.DT_REG && st.Nlink == 1 {
+			return uint64(st.Blocks) * 512, nil
+		}
+		return 0, nil
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil && errors.Is(err, unix.EACCES) {
+		unix.Fchmodat(dirfd, name, 0o700, 0)
+		fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return 0, nil
 		}
 		return 0, fmt.Errorf("gc: %s: %w", display, err)
 	}
+	if !root {
+		unix.Fchmod(fd, 0o700)
+	}
+	ents, err := store.ReadDirents(fd, nil)
+	if err != nil {
+		unix.Close(fd)
+		return 0, fmt.Errorf("gc: reading %s: %w", display, err)
+	}
 	var freed uint64
-	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	for _, e := range ents {
+		b, err := removeEntry(fd, e.Name, e.Type, display+"/"+e.Name, root)
+		freed += b
 		if err != nil {
-			if errors.Is(err, unix.EACCES) {
-				unix.Fchmodat(dirfd, name, 0o700, 0)
-				fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			}
-			if err != nil {
-				return 0, fmt.Errorf("gc: %s: %w", display, err)
-			}
+			unix.Close(fd)
+			return freed, err
 		}
-		if st.Mode&0o200 == 0 && os.Geteuid() != 0 {
-			unix.Fchmod(fd, (st.Mode&0o7777)|0o700)
-		}
-		f := os.NewFile(uintptr(fd), display)
-		for {
-			names, err := f.Readdirnames(1024)
-			for _, n := range names {
-				b, err := removeTree(fd, n, display+"/"+n)
-				freed += b
-				if err != nil {
-					f.Close()
-					return freed, err
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		f.Close()
-		if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-			return freed, fmt.Errorf("gc: removing %s: %w", display, err)
-		}
-		return freed, nil
 	}
-	if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-		return 0, fmt.Errorf("gc: removing %s: %w", display, err)
-	}
-	if st.Nlink == 1 {
-		freed = uint64(st.Blocks) * 512
+	unix.Close(fd)
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return freed, fmt.Errorf("gc: removing %s: %w", display, err)
 	}
 	return freed, nil
 }
