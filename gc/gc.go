@@ -221,9 +221,11 @@ func (c *collector) warn(format string, a ...any) {
 // does); a second collector waits for the first.
 //
 // Cancellation: when ctx is cancelled the collection stops at the next
-// batch boundary; what was invalidated so far is moved to the trash and
-// deleted, the lock is released, and ctx's error is returned with the
-// partial Result. Crash safety: see the package documentation.
+// batch boundary: the batch in flight is committed and moved to the trash,
+// the socket is closed, the lock released, db/reserved recreated, and
+// ctx's error is returned with the partial Result. The trash is left for
+// the next run, which empties it first. Crash safety: see the package
+// documentation.
 func Collect(ctx context.Context, s *store.Store, o Options, p Progress) (*Result, error) {
 	if p == nil {
 		p = nopProgress{}
@@ -343,9 +345,15 @@ func (c *collector) run(ctx context.Context) error {
 	ierr := c.invalidateAndMove(ctx, plan)
 	stopServer()
 	release()
-	// The rest happens outside the lock, even after cancellation or an
-	// error: everything in the trash is already invalid.
-	derr := c.emptyTrash(context.WithoutCancel(ctx), false)
+	if ctx.Err() != nil {
+		// Interrupted: what was invalidated is in the trash, and the store
+		// is consistent; the next run empties the trash first.
+		c.progress.Info("interrupted: the paths already invalidated wait in " + c.trashDir() + "; the next run deletes them")
+		return errors.Join(ierr, ctx.Err())
+	}
+	// The rest happens outside the lock: everything in the trash is
+	// already invalid.
+	derr := c.emptyTrash(ctx, false)
 	if ierr == nil && derr == nil && ctx.Err() == nil {
 		derr = c.removeUnusedLinks(ctx)
 	}
