@@ -63,7 +63,22 @@ const (
 	PrintLive
 	// DeleteSpecific deletes Options.Paths, each only if it is dead.
 	DeleteSpecific
+	// Explain says why Options.Paths[0] is alive (Result.Why) and
+	// changes nothing.
+	Explain
 )
+
+// Explanation answers "why is this path still alive?".
+type Explanation struct {
+	Path  string `json:"path"`
+	Alive bool   `json:"alive"`
+	// Root is the root that keeps it ("LINK -> PATH", "{temp:PID}", ...),
+	// and Chain the paths from that root's target down to Path, each
+	// keeping the next alive (a reference, or a keep-outputs /
+	// keep-derivations edge).
+	Root  string   `json:"root,omitempty"`
+	Chain []string `json:"chain,omitempty"`
+}
 
 // Options control a collection.
 type Options struct {
@@ -141,6 +156,8 @@ type Result struct {
 	// saves").
 	LinksDeleted int   `json:"links_deleted"`
 	LinkSavings  int64 `json:"link_savings_bytes"`
+	// Why answers Explain.
+	Why *Explanation `json:"why,omitempty"`
 	// Spared lists dead paths kept at the last moment because a client
 	// registered them as temporary roots during the run.
 	Spared []string `json:"spared,omitempty"`
@@ -323,6 +340,8 @@ func (c *collector) run(ctx context.Context) error {
 		return err
 	}
 	switch {
+	case c.o.Action == Explain:
+		return c.explain()
 	case c.o.Action == PrintDead:
 		c.res.Dead = plan.names(c)
 		return nil

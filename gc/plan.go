@@ -194,6 +194,38 @@ func (c *collector) planSpecific(p *plan, candidates []entry) error {
 	return nil
 }
 
+// explain fills Result.Why for Options.Paths[0].
+func (c *collector) explain() error {
+	if len(c.o.Paths) != 1 {
+		return fmt.Errorf("gc: explain takes one path")
+	}
+	base, err := store.ParseStorePath(c.lay.StoreDir, c.o.Paths[0])
+	if err != nil {
+		// A path below a store path explains its store path.
+		sp, _, err2 := store.ToStorePath(c.lay.StoreDir, c.o.Paths[0])
+		if err2 != nil {
+			return fmt.Errorf("%w: %q: %v", ErrNotInStore, c.o.Paths[0], err)
+		}
+		base, _ = store.ParseStorePath(c.lay.StoreDir, sp)
+	}
+	id, ok := c.g.Lookup(base)
+	if !ok {
+		return fmt.Errorf("%w: %s is not a valid path", ErrNotInStore, c.lay.StorePathOf(base))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := &Explanation{Path: c.g.Path(id), Alive: c.live.alive[id]}
+	if e.Alive {
+		root, chain := c.live.chain(id)
+		e.Root = root
+		for _, v := range chain {
+			e.Chain = append(e.Chain, c.g.Path(v))
+		}
+	}
+	c.res.Why = e
+	return nil
+}
+
 // aliveError names the root that keeps id alive and the chain to it.
 func (c *collector) aliveError(id store.PathID) error {
 	root, chain := c.live.chain(id)

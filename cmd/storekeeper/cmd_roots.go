@@ -5,10 +5,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"storekeeper/gc"
 	"storekeeper/roots"
+	"storekeeper/store"
 )
 
 type rootsOptions struct {
+	why        string
 	pruneStale bool
 	noRuntime  bool
 	noTemp     bool
@@ -35,6 +38,7 @@ target, and for runtime roots the pid, command line and what held the path
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&o.why, "why", "", "explain why PATH is still alive: the root that keeps it and the chain of paths from that root")
 	f.BoolVar(&o.pruneStale, "prune-stale", false, "remove stale links in gcroots/auto (needs write access)")
 	f.BoolVar(&o.noRuntime, "no-runtime", false, "do not scan /proc for runtime roots")
 	f.BoolVar(&o.noTemp, "no-temp", false, "do not read temporary roots")
@@ -49,6 +53,9 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 		return err
 	}
 	defer s.Close()
+	if o.why != "" {
+		return runWhy(cmd, g, p, s, o.why)
+	}
 	res, err := roots.Find(ctx, s, roots.Options{PruneStale: o.pruneStale, NoRuntime: o.noRuntime, NoTemp: o.noTemp})
 	if err != nil {
 		return err
@@ -76,6 +83,36 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 	// The listing is the command's result: printed even under --quiet.
 	for _, r := range res.Roots {
 		fmt.Fprintf(p.out, "%s -> %s\n", r.Link, r.Target)
+	}
+	return nil
+}
+
+// runWhy answers "why is this path still alive?" with the root and the
+// chain of paths that keep it, as the collector sees it (keep-outputs and
+// keep-derivations from nix.conf).
+func runWhy(cmd *cobra.Command, g *globalOptions, p *printer, s *store.Store, path string) error {
+	res, err := gc.Collect(cmd.Context(), s, gc.Options{
+		Action: gc.Explain, Paths: []string{path},
+		KeepOutputs: s.Settings.KeepOutputs, KeepDerivations: s.Settings.KeepDerivations,
+	}, nil)
+	if err != nil {
+		return err
+	}
+	e := res.Why
+	if g.json {
+		return p.JSON(e)
+	}
+	if !e.Alive {
+		fmt.Fprintf(p.out, "%s is dead: no root keeps it alive ('storekeeper gc' would delete it)\n", e.Path)
+		return nil
+	}
+	fmt.Fprintf(p.out, "%s is alive\n  root: %s\n", e.Path, e.Root)
+	for i, c := range e.Chain {
+		if i == 0 {
+			fmt.Fprintf(p.out, "  %s\n", c)
+		} else {
+			fmt.Fprintf(p.out, "  -> %s\n", c)
+		}
 	}
 	return nil
 }
