@@ -166,7 +166,7 @@ func openSQL(ctx context.Context, dbPath string, o DBOptions) (*sql.DB, error) {
 		if !o.FsyncMetadata {
 			sync = "off"
 		}
-		q = "mode=rw&" + q + "&_foreign_keys=1&_synchronous=" + sync
+		q = "mode=rw&" + q + "&_foreign_keys=1&_synchronous=" + sync + "&_pragma=cache_size(-65536)"
 	}
 	db, err := sql.Open("sqlite", "file:"+uriPath(dbPath)+"?"+q)
 	if err != nil {
