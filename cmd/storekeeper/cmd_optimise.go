@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"storekeeper/optimise"
+	"storekeeper/store"
+)
+
+type optimiseOptions struct {
+	dryRun  bool
+	minSize int64
+	jobs    int
+}
+
+func newOptimiseCommand(g *globalOptions) *cobra.Command {
+	o := &optimiseOptions{}
+	cmd := &cobra.Command{
+		Use:   "optimise [PATH...]",
+		Short: "Hard-link identical files under .links (like nix-store --optimise), in parallel",
+		Long: `Replace identical files in the store by hard links to <store>/.links/<hash>,
+exactly as 'nix-store --optimise' and 'auto-optimise-store' do: the same
+.links names (the base-32 SHA-256 of each file's NAR serialisation, so
+executable and non-executable copies stay apart), the same files linked.
+Without PATH every valid path is optimised.
+
+Files are hashed in parallel on every core; files already hard-linked into
+.links are recognised by their inode number without being read, so a run
+over an optimised store costs little more than a directory walk. Writable
+files are skipped as suspicious. A .links entry whose contents do not match
+its name is reported and replaced by the good file; nothing is ever linked
+to it. Each path is protected by a temporary root while it is processed,
+so a garbage collector can run at the same time. Every change is one
+atomic link or rename: the run can be interrupted or killed at any time
+and started again.
+
+With --dry-run nothing is changed and no write access is needed.`,
+		Aliases: []string{"optimize"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runOptimise(cmd, g, o, args)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "only report what would be linked and freed")
+	f.Int64Var(&o.minSize, "min-size", 0, "skip files smaller than this many bytes")
+	f.IntVarP(&o.jobs, "jobs", "j", 0, "hashing workers (default: 8 per CPU, 16 to 64)")
+	return cmd
+}
+
+// optimiseJSON is the --json output.
+type optimiseJSON struct {
+	*optimise.Result
+	MiBFreed float64 `json:"mib_freed"`
+	Seconds  float64 `json:"seconds"`
+	// SavingsMiB is what hard linking saves in the whole store (Nix's
+	// "currently hard linking saves" note); only with --verbose.
+	SavingsMiB *float64 `json:"savings_mib,omitempty"`
+}
+
+func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args []string) error {
+	ctx := cmd.Context()
+	p := g.printer(cmd)
+	if o.minSize < 0 {
+		return fmt.Errorf("--min-size must not be negative")
+	}
+	if !o.dryRun {
+		lay, err := store.ResolveLayout(store.LayoutOptions{
+			StoreURI: g.storeURI, StoreDir: g.storeDir, StateDir: g.stateDir, Getenv: os.Getenv,
+		})
+		if err != nil {
+			return err
+		}
+		if err := ensureWritableStore(lay); err != nil {
+			return err
+		}
+	}
+	s, err := g.openStore(ctx, o.dryRun)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	prog := &optimiseProgress{p: p, start: time.Now()}
+	t0 := time.Now()
+	res, err := optimise.Optimise(ctx, s, optimise.Options{
+		Paths: args, MinSize: o.minSize, DryRun: o.dryRun, Jobs: o.jobs,
+	}, prog)
+	prog.finish()
+	if res == nil {
+		return err
+	}
+	elapsed := time.Since(t0)
+
+	var savings *float64
+	if g.verbose && !o.dryRun {
+		if v, serr := optimise.Savings(s.Layout); serr == nil {
+			mib := float64(v) / (1 << 20)
+			savings = &mib
+		}
+	}
+
+	if g.json {
+		if jerr := p.JSON(optimiseJSON{Result: res, MiBFreed: float64(res.BytesFreed) / (1 << 20), Seconds: elapsed.Seconds(), SavingsMiB: savings}); jerr != nil && err == nil {
+			err = jerr
+		}
+	} else {
+		for _, n := range res.Notices {
+			switch n.Kind {
+			case optimise.KindSuspicious:
+				p.Warnf("skipping suspicious writable file '%s'", n.Path)
+			case optimise.KindCorrupted:
+				p.Warnf("corrupted link '%s' (does not hold what its name says); replaced by '%s'. Files linked to it before are damaged: run 'nix-store --verify --check-contents --repair'", n.Link, n.Path)
+			case optimise.KindTooManyLinks:
+				p.Infof("'%s' has maximum number of links", n.Link)
+			case optimise.KindNoSpace:
+				p.Infof("cannot link '%s' to '%s': %s", n.Link, n.Path, n.Err)
+			default:
+				fmt.Fprintf(p.err, "error: %s: %s\n", n.Path, n.Err)
+			}
+		}
+		p.Verbosef("%d paths, %d files considered, %d already linked, %d hashed (%.2f MiB), %d new .links entries, %.1fs",
+			res.Paths, res.FilesSeen, res.AlreadyLinked, res.FilesHashed, float64(res.BytesHashed)/(1<<20), res.LinksCreated, elapsed.Seconds())
+		if res.StaleTmpLinks > 0 {
+			p.Verbosef("removed %d stale temporary links of dead processes", res.StaleTmpLinks)
+		}
+		if res.RestoredDirs > 0 {
+			p.Verbosef("made %d directories read-only with mtime 1 again", res.RestoredDirs)
+		}
+		if o.dryRun {
+			p.Infof("%.2f MiB would be freed by hard-linking %d files", float64(res.BytesFreed)/(1<<20), res.FilesLinked)
+		} else {
+			p.Infof("%.2f MiB freed by hard-linking %d files", float64(res.BytesFreed)/(1<<20), res.FilesLinked)
+		}
+		if savings != nil {
+			p.Infof("note: currently hard linking saves %.2f MiB", *savings)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if bad := res.Errors(); len(bad) > 0 {
+		return &findingsError{msg: fmt.Sprintf("optimise: %d problems (see above); the files concerned were left unchanged", len(bad))}
+	}
+	return nil
+}
+
+// optimiseProgress draws one bar over the NAR bytes of the paths done,
+// with the bytes hashed and files linked in its description.
+type optimiseProgress struct {
+	p      *printer
+	b      *bar
+	start  time.Time
+	hashed atomic.Int64
+	linked atomic.Int64
+	last   atomic.Int64 // unix nanos of the last description update
+}
+
+func (op *optimiseProgress) Start(paths int, narBytes int64) {
+	op.b = op.p.newBar("optimising", narBytes, true)
+}
+
+func (op *optimiseProgress) PathDone(narBytes int64) {
+	op.b.Add(narBytes)
+	op.describe(false)
+}
+
+func (op *optimiseProgress) Hashed(n int64) { op.hashed.Add(n) }
+
+func (op *optimiseProgress) Linked(int64) { op.linked.Add(1) }
+
+func (op *optimiseProgress) describe(force bool) {
+	if op.b == nil || op.b.pb == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := op.last.Load()
+	if !force && now-last < int64(200*time.Millisecond) {
+		return
+	}
+	if !op.last.CompareAndSwap(last, now) {
+		return
+	}
+	op.b.mu.Lock()
+	op.b.pb.Describe(fmt.Sprintf("optimising (%.0f MiB hashed, %d linked)", float64(op.hashed.Load())/(1<<20), op.linked.Load()))
+	op.b.mu.Unlock()
+}
+
+func (op *optimiseProgress) finish() { op.b.Finish() }

@@ -1,0 +1,1111 @@
+// Package optimise deduplicates a Nix store's files with hard links into
+// <store>/.links, converging with Nix's `nix-store --optimise` and
+// `auto-optimise-store`: the same .links names (the Nix base-32 SHA-256 of
+// each lone file's NAR serialisation, so the executable bit counts), the
+// same files linked, the same bytes freed.
+//
+// Unlike Nix it hashes on every core, reads in inode order (close to disk
+// order), skips already-linked files by the inode numbers of .links read
+// once from the directory entries (no stat per entry), checks the contents
+// of a pre-existing .links entry before linking anything to it, and never
+// holds gc.lock: the walk only reads, and a path with files to link is
+// registered as a temporary root and its validity rechecked (in batches)
+// before any of them is touched. A run over an optimised store registers
+// no root and sends one query.
+//
+// Crash safety: every change is one atomic link(2) or rename(2). A file is
+// only ever replaced by a hard link to an inode whose NAR hash equals its
+// own, through a temporary link in the store directory that is renamed over
+// it. kill -9 at any instant leaves every file with its contents; at worst
+// a `.tmp-link-PID-N` entry in the store directory (removed by the next run
+// once PID is dead, or by any garbage collection) and directories with a
+// fresh mtime (or a write bit, when not running as root): each is written
+// to a journal in storekeeper's state directory before it is touched, and
+// the next run makes them canonical again (0555, mtime 1).
+package optimise
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"storekeeper/lock"
+	"storekeeper/store"
+)
+
+// Sentinel errors; every error Optimise returns for bad input wraps one.
+var (
+	// ErrNotValid: a path given is not (in) a valid store path.
+	ErrNotValid = errors.New("optimise: not a valid store path")
+	// ErrReadOnly: the store was opened read-only but the run would write.
+	ErrReadOnly = errors.New("optimise: store opened read-only")
+	// ErrLinksDir: the .links directory cannot be created or read.
+	ErrLinksDir = errors.New("optimise: cannot use the .links directory")
+)
+
+// Options choose what Optimise does.
+type Options struct {
+	// Paths limits the run to these store paths (full logical paths, or
+	// paths inside store paths). Empty: every valid path, as Nix does.
+	Paths []string
+	// MinSize skips regular files and symlinks smaller than this many
+	// bytes. 0 (Nix's behaviour) considers every file, empty ones too.
+	MinSize int64
+	// DryRun computes what would be linked and freed without changing
+	// anything; it needs no write access.
+	DryRun bool
+	// Jobs is the number of hashing workers; 0 means 8 per CPU, at least
+	// 16 and at most 64 (hashing is I/O bound on a cold cache).
+	Jobs int
+	// TempRoots registers each store path before it is touched; nil makes
+	// Optimise open this process's temporary-roots file itself (unless
+	// DryRun).
+	TempRoots *lock.TempRoots
+}
+
+// Progress receives live updates from the workers. Implementations must be
+// safe for concurrent use. NoProgress ignores everything.
+type Progress interface {
+	// Start is called once with the number of store paths and the sum of
+	// their NAR sizes.
+	Start(paths int, narBytes int64)
+	// PathDone is called when a store path is finished (narBytes is its
+	// NAR size from the database).
+	PathDone(narBytes int64)
+	// Hashed is called after a file of size bytes was hashed.
+	Hashed(bytes int64)
+	// Linked is called after a file of size bytes was replaced by a link.
+	Linked(bytes int64)
+}
+
+// NoProgress is a Progress that does nothing.
+type NoProgress struct{}
+
+func (NoProgress) Start(int, int64) {}
+func (NoProgress) PathDone(int64)   {}
+func (NoProgress) Hashed(int64)     {}
+func (NoProgress) Linked(int64)     {}
+
+// Problem kinds of a Notice.
+const (
+	// KindSuspicious: a writable regular file, skipped as Nix does.
+	KindSuspicious = "suspicious"
+	// KindCorrupted: a .links entry whose size, type or contents do not
+	// match its name. It is replaced by the (good) file being linked; files
+	// already linked to it keep the damage: run
+	// `nix-store --verify --check-contents --repair`.
+	KindCorrupted = "corrupted-link"
+	// KindTooManyLinks: the .links entry has the file system's maximum
+	// number of links (EMLINK); the file is kept as it is.
+	KindTooManyLinks = "too-many-links"
+	// KindNoSpace: the .links directory (or the store directory) is full
+	// (ENOSPC); the file is kept as it is.
+	KindNoSpace = "no-space"
+	// KindError: the file could not be processed (it is unchanged).
+	KindError = "error"
+)
+
+// Notice is one thing worth telling about a file.
+type Notice struct {
+	Kind string `json:"kind"`
+	Path string `json:"path"`           // physical path of the file
+	Link string `json:"link,omitempty"` // the .links entry concerned
+	Err  string `json:"error,omitempty"`
+}
+
+// Result is what a run did (or, with DryRun, would do).
+type Result struct {
+	DryRun        bool  `json:"dry_run"`
+	Paths         int   `json:"paths"`           // store paths processed
+	PathsGone     int   `json:"paths_gone"`      // no longer valid when their turn came
+	FilesSeen     int64 `json:"files_seen"`      // regular files and symlinks considered
+	AlreadyLinked int64 `json:"already_linked"`  // skipped: already hard-linked into .links
+	SkippedSmall  int64 `json:"skipped_small"`   // skipped: below MinSize
+	FilesHashed   int64 `json:"files_hashed"`    //
+	BytesHashed   int64 `json:"bytes_hashed"`    //
+	LinksCreated  int64 `json:"links_created"`   // new .links entries
+	FilesLinked   int64 `json:"files_linked"`    // files replaced by a hard link (Nix's "N files")
+	BytesFreed    int64 `json:"bytes_freed"`     // sum of their sizes (Nix's "X MiB freed")
+	BlocksFreed   int64 `json:"blocks_freed"`    // sum of their st_blocks (512 bytes)
+	TooManyLinks  int64 `json:"too_many_links"`  // kept because of EMLINK
+	NoSpace       int64 `json:"no_space"`        // kept because of ENOSPC
+	RestoredDirs  int64 `json:"restored_dirs"`   // directories made canonical again after a killed run
+	StaleTmpLinks int   `json:"stale_tmp_links"` // .tmp-link-* of dead processes removed
+
+	Notices []Notice `json:"notices"` // sorted by kind, then path
+}
+
+// Errors returns the notices that are problems (corrupted .links entries
+// and files that could not be processed), as opposed to the informational
+// ones Nix also only prints (suspicious files, EMLINK, ENOSPC).
+func (r *Result) Errors() []Notice {
+	var out []Notice
+	for _, n := range r.Notices {
+		if n.Kind == KindCorrupted || n.Kind == KindError {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Optimise replaces identical files of the selected valid store paths by
+// hard links to <store>/.links/<name>, as Nix does (see the package doc).
+//
+// Concurrency: it runs beside nix-daemon, Nix's and storekeeper's garbage
+// collectors and other optimisers. It never holds gc.lock; each path is
+// registered as a temporary root and rechecked for validity before it is
+// walked, so a collector keeps it. A .links entry that a collector removes
+// concurrently (its link count was 1) is recreated or the file skipped; a
+// link that appears concurrently is used.
+//
+// Cancellation: when ctx is done no new file is started, the operations in
+// flight finish (each is a few system calls), directories are restored and
+// the partial Result is returned with an error wrapping ctx.Err().
+//
+// Errors about single files do not stop the run; they are in
+// Result.Notices. The returned error is for what stops it: bad arguments,
+// an unreadable .links directory, the database, cancellation.
+func Optimise(ctx context.Context, s *store.Store, o Options, p Progress) (*Result, error) {
+	return optimiseWith(ctx, s, o, p, realSys)
+}
+
+// optimiseWith is Optimise with the given system calls (tests inject
+// failures through it).
+func optimiseWith(ctx context.Context, s *store.Store, o Options, p Progress, sys sysOps) (*Result, error) {
+	if p == nil {
+		p = NoProgress{}
+	}
+	if s.ReadOnly && !o.DryRun {
+		return nil, fmt.Errorf("%w: optimising writes to the store (use --dry-run for a read-only estimate)", ErrReadOnly)
+	}
+	r := &run{s: s, o: o, p: p, res: &Result{DryRun: o.DryRun}, pid: os.Getpid(), sys: sys}
+	return r.run(ctx)
+}
+
+// sysOps are the system calls that change the store; tests replace them
+// to inject failures (ENOSPC, EMLINK, EACCES).
+type sysOps struct {
+	linkat   func(olddirfd int, oldpath string, newdirfd int, newpath string, flags int) error
+	renameat func(olddirfd int, oldpath string, newdirfd int, newpath string) error
+}
+
+var realSys = sysOps{linkat: unix.Linkat, renameat: unix.Renameat}
+
+type run struct {
+	s   *store.Store
+	o   Options
+	p   Progress
+	res *Result
+	pid int
+	sys sysOps
+
+	storeFd, linksFd int
+	storeDev         uint64
+	storeDir         *dirRef
+	top              map[string]dirent // the store directory's entries
+	journal          *journal
+	shortReadIsEOF   bool // the file system fills getdents buffers until the end
+
+	inodes   *inodeSet
+	verified sync.Map // .links names whose contents were checked (or made) in this run
+
+	corruptMu  sync.Mutex        // serialises replacements of corrupted .links entries
+	dryCorrupt map[string]uint64 // dry run: corrupted entries and the inode that would replace each
+
+	virtMu sync.Mutex
+	virt   map[string]uint64 // dry run: .links entries that would be created, name -> inode
+
+	noticeMu sync.Mutex
+	notices  []Notice
+
+	stop atomic.Bool // ctx done: start nothing new
+}
+
+func (r *run) notice(kind, path, link string, err error) {
+	n := Notice{Kind: kind, Path: path, Link: link}
+	if err != nil {
+		n.Err = err.Error()
+	}
+	r.noticeMu.Lock()
+	r.notices = append(r.notices, n)
+	r.noticeMu.Unlock()
+}
+
+// storePathJob is one store path to walk.
+type storePathJob struct {
+	path    string // logical full path
+	base    string
+	narSize int64
+	pending atomic.Int32 // the walk itself + each file job in flight
+}
+
+func (r *run) pathStep(t *storePathJob) {
+	if t.pending.Add(-1) == 0 {
+		r.p.PathDone(t.narSize)
+	}
+}
+
+// fileJob is one regular file or symlink to hash and maybe link.
+type fileJob struct {
+	dir  *dirRef
+	name string
+	st   unix.Stat_t
+	task *storePathJob
+}
+
+func (r *run) run(ctx context.Context) (*Result, error) {
+	res := r.res
+	lay := r.s.Layout
+
+	paths, sizes, err := r.selectPaths(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	r.storeFd, err = unix.Open(lay.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("optimise: opening the store directory %s: %w", lay.RealStoreDir, err)
+	}
+	defer unix.Close(r.storeFd)
+	var sst unix.Stat_t
+	if err := unix.Fstat(r.storeFd, &sst); err != nil {
+		return nil, fmt.Errorf("optimise: stat %s: %w", lay.RealStoreDir, err)
+	}
+	r.storeDev = sst.Dev
+	r.storeDir = &dirRef{fd: r.storeFd, path: lay.RealStoreDir, isStoreDir: true}
+	r.storeDir.refs.Store(1 << 30) // never closed through refs
+
+	if err := r.openLinks(); err != nil {
+		return nil, err
+	}
+	if r.linksFd >= 0 {
+		defer unix.Close(r.linksFd)
+	}
+	if err := r.listStoreDir(); err != nil {
+		return nil, err
+	}
+	r.sortByInode(paths, sizes)
+	if r.o.DryRun {
+		r.virt = map[string]uint64{}
+	} else {
+		res.StaleTmpLinks = r.removeStaleTmpLinks()
+		res.RestoredDirs = r.replayJournals()
+		if err := r.openJournal(); err != nil {
+			return nil, err
+		}
+		defer r.journal.close()
+	}
+
+	tr := r.o.TempRoots
+	if tr == nil && !r.o.DryRun {
+		tr, err = lock.OpenTempRoots(lay.StateDir)
+		if err != nil {
+			return nil, fmt.Errorf("optimise: opening the temporary roots file: %w (run as root, or as the store's owner)", err)
+		}
+		defer tr.Close()
+	}
+
+	var total int64
+	for _, s := range sizes {
+		total += s
+	}
+	r.p.Start(len(paths), total)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		r.stop.Store(true)
+	}()
+
+	nWalk := max(2, runtime.GOMAXPROCS(0))
+	nHash := r.o.Jobs
+	if nHash <= 0 {
+		// Hashing is bound by I/O on a cold cache: keep many reads in
+		// flight (16 on 2 cores measured faster than 4).
+		nHash = min(64, max(16, 8*runtime.GOMAXPROCS(0)))
+	}
+	tasks := make(chan *storePathJob, 256)
+	gate := make(chan gateItem, 64)
+	jobs := make(chan *fileJob, 512)
+
+	// The feeder hands every path to the walkers. The walk only reads;
+	// a path with files to link passes the gate (temporary root, then
+	// validity rechecked, in batches) before any of them is touched. So a
+	// run over an optimised store registers no root and sends no query.
+	go func() {
+		defer close(tasks)
+		for i, p := range paths {
+			t := &storePathJob{path: p, base: p[len(lay.StoreDir)+1:], narSize: sizes[i]}
+			t.pending.Store(1)
+			select {
+			case tasks <- t:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var gateErr error
+	gateDone := make(chan struct{})
+	go func() {
+		defer close(gateDone)
+		defer close(jobs)
+		gateErr = r.gate(ctx, tr, gate, jobs)
+		if gateErr != nil {
+			r.stop.Store(true)
+			cancel()
+		}
+	}()
+
+	var walkWG, hashWG sync.WaitGroup
+	for range nWalk {
+		walkWG.Add(1)
+		go func() {
+			defer walkWG.Done()
+			var buf []dirent
+			for t := range tasks {
+				if !r.stop.Load() {
+					var found []*fileJob
+					buf = r.walkPath(t, &found, buf)
+					if len(found) > 0 {
+						gate <- gateItem{t, found}
+					}
+				}
+				r.addInt(&r.res.Paths, 1)
+				r.pathStep(t)
+			}
+		}()
+	}
+	for range nHash {
+		hashWG.Add(1)
+		go func() {
+			defer hashWG.Done()
+			for j := range jobs {
+				if !r.stop.Load() {
+					r.process(j)
+				}
+				r.jobDone(j)
+			}
+		}()
+	}
+	walkWG.Wait()
+	close(gate)
+	<-gateDone
+	hashWG.Wait()
+
+	res.Notices = r.notices
+	sort.SliceStable(res.Notices, func(i, j int) bool {
+		a, b := res.Notices[i], res.Notices[j]
+		if a.Kind != b.Kind {
+			return a.Kind < b.Kind
+		}
+		return a.Path < b.Path
+	})
+	if res.Notices == nil {
+		res.Notices = []Notice{}
+	}
+	if gateErr != nil {
+		return res, gateErr
+	}
+	if err := ctx.Err(); err != nil {
+		return res, fmt.Errorf("optimise: interrupted: %w", err)
+	}
+	return res, nil
+}
+
+// selectPaths returns the logical store paths to optimise, sorted, and
+// their NAR sizes.
+func (r *run) selectPaths(ctx context.Context) ([]string, []int64, error) {
+	sd := r.s.Layout.StoreDir
+	if len(r.o.Paths) == 0 {
+		// One query for every valid path (sorted like Nix's set).
+		rows, err := r.s.DB.SQL.QueryContext(ctx, "select path, narSize from ValidPaths")
+		if err != nil {
+			return nil, nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
+		}
+		defer rows.Close()
+		type ps struct {
+			p string
+			n int64
+		}
+		var all []ps
+		for rows.Next() {
+			var p string
+			var n sql.NullInt64
+			if err := rows.Scan(&p, &n); err != nil {
+				return nil, nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
+			}
+			if _, err := store.ParseStorePath(sd, p); err != nil {
+				continue // not a path of this store: never touch it
+			}
+			all = append(all, ps{p, n.Int64})
+		}
+		if err := rows.Err(); err != nil {
+			return nil, nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].p < all[j].p })
+		paths := make([]string, len(all))
+		sizes := make([]int64, len(all))
+		for i, x := range all {
+			paths[i], sizes[i] = x.p, x.n
+		}
+		return paths, sizes, nil
+	}
+	g, err := r.s.LoadGraph(ctx, store.GraphOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	seen := map[string]bool{}
+	var paths []string
+	for _, a := range r.o.Paths {
+		p := a
+		if r.s.Layout.RealStoreDir != sd && store.IsInStore(r.s.Layout.RealStoreDir, p) {
+			p = sd + p[len(r.s.Layout.RealStoreDir):]
+		}
+		sp, _, err := store.ToStorePath(sd, filepath.Clean(p))
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrNotValid, err)
+		}
+		if _, ok := g.Lookup(sp); !ok {
+			return nil, nil, fmt.Errorf("%w: %s is not registered in %s", ErrNotValid, sp, r.s.DB.Path)
+		}
+		if !seen[sp] {
+			seen[sp] = true
+			paths = append(paths, sp)
+		}
+	}
+	sort.Strings(paths)
+	sizes := make([]int64, len(paths))
+	for i, p := range paths {
+		id, _ := g.Lookup(p)
+		sizes[i] = int64(g.NarSize[id])
+	}
+	return paths, sizes, nil
+}
+
+// openLinks opens (creating it unless DryRun) the .links directory and
+// loads the inode numbers of its entries from the directory entries alone.
+func (r *run) openLinks() error {
+	ld := r.s.Layout.LinksDir()
+	fd, err := unix.Open(ld, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == unix.ENOENT && !r.o.DryRun {
+		if err = unix.Mkdirat(r.storeFd, ".links", 0o755); err != nil && err != unix.EEXIST {
+			return fmt.Errorf("%w: creating %s: %v", ErrLinksDir, ld, err)
+		}
+		fd, err = unix.Open(ld, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err == unix.ENOENT && r.o.DryRun {
+		// Nothing linked yet, and a dry run creates nothing.
+		r.linksFd = -1
+		r.inodes = newInodeSet(1024)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: opening %s: %v", ErrLinksDir, ld, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Dev != r.storeDev {
+		unix.Close(fd)
+		if err == nil {
+			err = errors.New("it is on another file system than the store")
+		}
+		return fmt.Errorf("%w: %s: %v", ErrLinksDir, ld, err)
+	}
+	ents, err := readDirents(fd, nil)
+	if err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("%w: reading %s: %v", ErrLinksDir, ld, err)
+	}
+	r.inodes = newInodeSet(len(ents) + 1024)
+	for _, e := range ents {
+		r.inodes.add(e.ino)
+	}
+	r.linksFd = fd
+	return nil
+}
+
+// listStoreDir reads the store directory's entries once: their inode
+// numbers and types let the walk skip already-linked top-level files and
+// open top-level directories without a stat each.
+func (r *run) listStoreDir() error {
+	fd, err := unix.Openat(r.storeFd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("optimise: opening %s: %w", r.s.Layout.RealStoreDir, err)
+	}
+	defer unix.Close(fd)
+	ents, err := readDirents(fd, nil)
+	if err != nil {
+		return fmt.Errorf("optimise: reading %s: %w", r.s.Layout.RealStoreDir, err)
+	}
+	r.top = make(map[string]dirent, len(ents))
+	for _, e := range ents {
+		r.top[e.name] = e
+	}
+	return nil
+}
+
+// sortByInode orders the paths by the inode number of their top-level
+// entry: roughly the order they were written in, and so the order their
+// inodes and contents lie on disk. Reading in that order instead of by
+// name turns a cold run's random reads into mostly sequential ones. The
+// result does not depend on the order.
+func (r *run) sortByInode(paths []string, sizes []int64) {
+	type ps struct {
+		ino uint64
+		p   string
+		n   int64
+	}
+	off := len(r.s.Layout.StoreDir) + 1
+	all := make([]ps, len(paths))
+	for i, p := range paths {
+		ino := uint64(1<<64 - 1)
+		if e, ok := r.top[p[off:]]; ok {
+			ino = e.ino
+		}
+		all[i] = ps{ino, p, sizes[i]}
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].ino < all[j].ino })
+	for i, x := range all {
+		paths[i], sizes[i] = x.p, x.n
+	}
+}
+
+// removeStaleTmpLinks removes .tmp-link-PID-N entries of the store
+// directory whose process is dead: left by a killed optimiser (ours or
+// Nix's). They are only extra hard links to .links entries.
+func (r *run) removeStaleTmpLinks() int {
+	n := 0
+	for name := range r.top {
+		rest, ok := strings.CutPrefix(name, ".tmp-link-")
+		if !ok {
+			continue
+		}
+		pidStr, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 || pid == r.pid {
+			continue
+		}
+		if err := unix.Kill(pid, 0); err != unix.ESRCH {
+			continue // alive (or not ours to judge)
+		}
+		if unix.Unlinkat(r.storeFd, name, 0) == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// gateItem is a walked store path with the files it has to link.
+type gateItem struct {
+	t    *storePathJob
+	jobs []*fileJob
+}
+
+func (r *run) jobDone(j *fileJob) {
+	j.dir.unref()
+	r.pathStep(j.task)
+}
+
+// gate registers each store path that has files to link as a temporary
+// root, then rechecks its validity (one query per batch), and passes the
+// files of the paths still valid on to the hashers. The files of a path
+// that was collected meanwhile are dropped untouched.
+func (r *run) gate(ctx context.Context, tr *lock.TempRoots, in <-chan gateItem, out chan<- *fileJob) error {
+	const batch = 128
+	var pend []gateItem
+	var failed error
+	drop := func(items []gateItem) {
+		for _, it := range items {
+			for _, j := range it.jobs {
+				r.jobDone(j)
+			}
+		}
+	}
+	flush := func() {
+		items := pend
+		pend = nil
+		if failed != nil || r.stop.Load() {
+			drop(items)
+			return
+		}
+		var valid map[string]bool
+		if !r.o.DryRun {
+			part := make([]string, len(items))
+			for i, it := range items {
+				part[i] = it.t.path
+				if tr != nil {
+					if err := tr.Add(ctx, it.t.path); err != nil {
+						if ctx.Err() == nil {
+							failed = fmt.Errorf("optimise: registering %s as a temporary root: %w", it.t.path, err)
+						}
+						drop(items)
+						return
+					}
+				}
+			}
+			var err error
+			valid, err = r.s.DB.ValidAmong(ctx, part)
+			if err != nil {
+				if ctx.Err() == nil {
+					failed = fmt.Errorf("optimise: rechecking validity: %w", err)
+				}
+				drop(items)
+				return
+			}
+		}
+		for _, it := range items {
+			if valid != nil && !valid[it.t.path] {
+				r.addInt(&r.res.PathsGone, 1)
+				drop([]gateItem{it})
+				continue
+			}
+			for _, j := range it.jobs {
+				out <- j
+			}
+		}
+	}
+	for it := range in {
+		pend = append(pend, it)
+		// Batch what is waiting, but never hold work back when the
+		// walkers have nothing more to offer right now.
+		for len(pend) < batch {
+			select {
+			case more, ok := <-in:
+				if !ok {
+					flush()
+					return failed
+				}
+				pend = append(pend, more)
+				continue
+			default:
+			}
+			break
+		}
+		flush()
+	}
+	flush()
+	return failed
+}
+
+func (r *run) addInt(p *int, n int) {
+	r.noticeMu.Lock()
+	*p += n
+	r.noticeMu.Unlock()
+}
+
+func (r *run) realPath(d *dirRef, name string) string {
+	return d.path + "/" + name
+}
+
+// walkPath walks one store path and queues its candidate files.
+func (r *run) walkPath(t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent {
+	if e, ok := r.top[t.base]; ok {
+		if r.inodes.has(e.ino) {
+			atomic.AddInt64(&r.res.FilesSeen, 1)
+			atomic.AddInt64(&r.res.AlreadyLinked, 1)
+			return buf
+		}
+		if e.typ == unix.DT_DIR {
+			return r.walkDir(r.storeDir, t.base, t, jobs, buf)
+		}
+	}
+	var st unix.Stat_t
+	if err := fstatat(r.storeFd, t.base, &st); err != nil {
+		if err != unix.ENOENT {
+			r.notice(KindError, r.realPath(r.storeDir, t.base), "", err)
+		}
+		return buf
+	}
+	return r.consider(r.storeDir, t.base, &st, t, jobs, buf)
+}
+
+// consider handles one node: recurse into a directory, queue a candidate
+// file, skip the rest.
+func (r *run) consider(d *dirRef, name string, st *unix.Stat_t, t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return r.walkDir(d, name, t, jobs, buf)
+	case unix.S_IFREG:
+		if st.Mode&unix.S_IWUSR != 0 {
+			r.notice(KindSuspicious, r.realPath(d, name), "", nil)
+			return buf
+		}
+	case unix.S_IFLNK:
+	default:
+		return buf
+	}
+	atomic.AddInt64(&r.res.FilesSeen, 1)
+	if st.Nlink > 1 && r.inodes.has(st.Ino) {
+		atomic.AddInt64(&r.res.AlreadyLinked, 1)
+		return buf
+	}
+	if st.Size < r.o.MinSize {
+		atomic.AddInt64(&r.res.SkippedSmall, 1)
+		return buf
+	}
+	d.ref()
+	t.pending.Add(1)
+	*jobs = append(*jobs, &fileJob{dir: d, name: name, st: *st, task: t})
+	return buf
+}
+
+// walkDir walks the directory name in d, skipping entries whose inode is
+// already in .links without a stat.
+func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent {
+	disp := r.realPath(parent, name)
+	fd, err := openat(parent.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	if err != nil {
+		if err != unix.ENOENT {
+			r.notice(KindError, disp, "", err)
+		}
+		return buf
+	}
+	d := &dirRef{fd: fd, path: disp, r: r}
+	d.refs.Store(1)
+	defer d.unref()
+	start := len(buf)
+	buf, err = readDirents(fd, buf)
+	if err != nil {
+		// ENOENT: the directory was deleted under us (a collector
+		// removing a dead path that was not registered yet).
+		if err != unix.ENOENT {
+			r.notice(KindError, disp, "", err)
+		}
+		return buf[:start]
+	}
+	ents := buf[start:]
+	// Inode order is close to disk order (see sortByInode).
+	sort.Slice(ents, func(i, j int) bool { return ents[i].ino < ents[j].ino })
+	var subdirs []string
+	for _, e := range ents {
+		if r.inodes.has(e.ino) {
+			atomic.AddInt64(&r.res.FilesSeen, 1)
+			atomic.AddInt64(&r.res.AlreadyLinked, 1)
+			continue
+		}
+		if e.typ == unix.DT_DIR {
+			subdirs = append(subdirs, e.name)
+			continue
+		}
+		if e.typ != unix.DT_REG && e.typ != unix.DT_LNK && e.typ != unix.DT_UNKNOWN {
+			continue
+		}
+		var fst unix.Stat_t
+		if err := fstatat(fd, e.name, &fst); err != nil {
+			if err != unix.ENOENT {
+				r.notice(KindError, disp+"/"+e.name, "", err)
+			}
+			continue
+		}
+		if fst.Mode&unix.S_IFMT == unix.S_IFDIR {
+			subdirs = append(subdirs, e.name)
+			continue
+		}
+		if r.stop.Load() {
+			break
+		}
+		r.consider(d, e.name, &fst, t, jobs, nil)
+	}
+	buf = buf[:start]
+	for _, sd := range subdirs {
+		if r.stop.Load() {
+			break
+		}
+		buf = r.walkDir(d, sd, t, jobs, buf)
+	}
+	return buf
+}
+
+// process hashes one file and links it.
+func (r *run) process(j *fileJob) {
+	if r.inodes.has(j.st.Ino) {
+		atomic.AddInt64(&r.res.AlreadyLinked, 1)
+		return
+	}
+	disp := r.realPath(j.dir, j.name)
+	st := j.st
+	h, err := store.HashNodeAt(j.dir.fd, j.name, disp, &st)
+	for try := 0; try < 3 && store.IsChanged(err); try++ {
+		// Another optimiser replaced it by a link meanwhile: look again.
+		h, st, err = store.HashPathAt(j.dir.fd, j.name, disp)
+	}
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return // vanished
+		}
+		r.notice(KindError, disp, "", fmt.Errorf("hashing: %w", err))
+		return
+	}
+	if st.Mode&unix.S_IFMT != j.st.Mode&unix.S_IFMT || (st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&unix.S_IWUSR != 0) {
+		return // replaced meanwhile by something we would not link
+	}
+	atomic.AddInt64(&r.res.FilesHashed, 1)
+	atomic.AddInt64(&r.res.BytesHashed, st.Size)
+	r.p.Hashed(st.Size)
+	r.link(j.dir, j.name, h.Base32(), &st)
+}
+
+// link makes the file name in d (whose NAR hash is lname and whose lstat
+// is st) share its inode with .links/lname, following Nix's steps.
+func (r *run) link(d *dirRef, name, lname string, st *unix.Stat_t) {
+	disp := r.realPath(d, name)
+	linkDisp := r.s.Layout.LinksDir() + "/" + lname
+	for attempt := 0; attempt < 5; attempt++ {
+		var lst unix.Stat_t
+		var err error = unix.ENOENT
+		if r.linksFd >= 0 {
+			err = fstatat(r.linksFd, lname, &lst)
+		}
+		if err == unix.ENOENT {
+			if r.o.DryRun {
+				r.virtMu.Lock()
+				ino, ok := r.virt[lname]
+				if !ok {
+					r.virt[lname] = st.Ino
+				}
+				r.virtMu.Unlock()
+				if !ok {
+					r.inodes.add(st.Ino)
+					atomic.AddInt64(&r.res.LinksCreated, 1)
+				} else if ino != st.Ino {
+					r.counted(st)
+				}
+				return
+			}
+			err := r.sys.linkat(d.fd, name, r.linksFd, lname, 0)
+			switch err {
+			case nil:
+				r.inodes.add(st.Ino)
+				r.verified.Store(lname, true)
+				atomic.AddInt64(&r.res.LinksCreated, 1)
+				return
+			case unix.EEXIST:
+				continue // another process made it: use it
+			case unix.ENOSPC:
+				atomic.AddInt64(&r.res.NoSpace, 1)
+				r.notice(KindNoSpace, disp, linkDisp, err)
+				return
+			case unix.ENOENT:
+				return // the file vanished
+			case unix.EMLINK:
+				atomic.AddInt64(&r.res.TooManyLinks, 1)
+				r.notice(KindTooManyLinks, disp, linkDisp, err)
+				return
+			default:
+				r.notice(KindError, disp, linkDisp, fmt.Errorf("creating the .links entry: %w", err))
+				return
+			}
+		}
+		if err != nil {
+			r.notice(KindError, disp, linkDisp, fmt.Errorf("lstat of the .links entry: %w", err))
+			return
+		}
+		if lst.Ino == st.Ino {
+			r.inodes.add(st.Ino)
+			return // already linked
+		}
+		ok, gone := r.entryOK(lname, &lst, st)
+		if gone {
+			continue // collected meanwhile: create it again
+		}
+		if !ok {
+			if r.replaceCorrupted(d, name, lname, st, &lst) {
+				continue // another worker replaced it meanwhile: look again
+			}
+			return
+		}
+		if r.o.DryRun {
+			r.counted(st)
+			return
+		}
+		switch r.replace(d, name, lname, st) {
+		case replRetry:
+			continue
+		default:
+			return
+		}
+	}
+}
+
+func (r *run) counted(st *unix.Stat_t) {
+	atomic.AddInt64(&r.res.FilesLinked, 1)
+	atomic.AddInt64(&r.res.BytesFreed, st.Size)
+	atomic.AddInt64(&r.res.BlocksFreed, st.Blocks)
+	r.p.Linked(st.Size)
+}
+
+// entryOK checks that the existing .links entry (lstat lst) holds what
+// its name says, as a file with lstat st does: same type, executable bit
+// and size, and (once per entry and run) the NAR hash of its contents.
+// gone reports that the entry vanished meanwhile.
+func (r *run) entryOK(lname string, lst, st *unix.Stat_t) (ok, gone bool) {
+	if lst.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT || lst.Size != st.Size {
+		return false, false
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && (lst.Mode&unix.S_IXUSR != 0) != (st.Mode&unix.S_IXUSR != 0) {
+		return false, false
+	}
+	if _, ok := r.verified.Load(lname); ok {
+		return true, false
+	}
+	h, hst, err := store.HashPathAt(r.linksFd, lname, r.s.Layout.LinksDir()+"/"+lname)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, true
+		}
+		return false, false
+	}
+	if hst.Ino != lst.Ino {
+		return false, true // replaced meanwhile: look again
+	}
+	if h.Base32() != lname {
+		return false, false
+	}
+	r.verified.Store(lname, true)
+	return true, false
+}
+
+// replaceCorrupted reports a corrupted .links entry (whose lstat was bad)
+// and, unless DryRun, atomically puts the (good) file in its place, as
+// Nix removes it and links the file anew. The file itself is not touched.
+// Replacements are serialised; retry reports that the entry is no longer
+// the one found corrupted, so the caller should look again.
+func (r *run) replaceCorrupted(d *dirRef, name, lname string, st, bad *unix.Stat_t) (retry bool) {
+	r.corruptMu.Lock()
+	defer r.corruptMu.Unlock()
+	var now unix.Stat_t
+	if err := fstatat(r.linksFd, lname, &now); err != nil || now.Ino != bad.Ino {
+		return true
+	}
+	if r.o.DryRun {
+		// Simulate the replacement: report the entry once; the first file
+		// would take its place, later ones would be linked to it.
+		if r.dryCorrupt == nil {
+			r.dryCorrupt = map[string]uint64{}
+		}
+		if ino, seen := r.dryCorrupt[lname]; seen {
+			if ino != st.Ino {
+				r.counted(st)
+			}
+			return false
+		}
+		r.dryCorrupt[lname] = st.Ino
+		r.inodes.add(st.Ino)
+	}
+	disp := r.realPath(d, name)
+	linkDisp := r.s.Layout.LinksDir() + "/" + lname
+	r.notice(KindCorrupted, disp, linkDisp, errors.New("the .links entry does not match its name; files already linked to it are damaged: run 'nix-store --verify --check-contents --repair'"))
+	if r.o.DryRun {
+		return false
+	}
+	tmp := r.tmpName()
+	if err := r.sys.linkat(d.fd, name, r.storeFd, tmp, 0); err != nil {
+		r.notice(KindError, disp, linkDisp, fmt.Errorf("replacing the corrupted .links entry: %w", err))
+		return false
+	}
+	if err := r.sys.renameat(r.storeFd, tmp, r.linksFd, lname); err != nil {
+		unix.Unlinkat(r.storeFd, tmp, 0)
+		r.notice(KindError, disp, linkDisp, fmt.Errorf("replacing the corrupted .links entry: %w", err))
+		return false
+	}
+	unix.Unlinkat(r.storeFd, tmp, 0) // in case both names were one inode already
+	r.inodes.add(st.Ino)
+	r.verified.Store(lname, true)
+	return false
+}
+
+type replOutcome int
+
+const (
+	replDone replOutcome = iota
+	replRetry
+)
+
+// replace atomically replaces the file name in d by a hard link to
+// .links/lname: a temporary link in the store directory, renamed over it.
+func (r *run) replace(d *dirRef, name, lname string, st *unix.Stat_t) replOutcome {
+	disp := r.realPath(d, name)
+	linkDisp := r.s.Layout.LinksDir() + "/" + lname
+	tmp := r.tmpName()
+	switch err := r.sys.linkat(r.linksFd, lname, r.storeFd, tmp, 0); err {
+	case nil:
+	case unix.EMLINK:
+		atomic.AddInt64(&r.res.TooManyLinks, 1)
+		r.notice(KindTooManyLinks, disp, linkDisp, err)
+		return replDone
+	case unix.ENOENT:
+		return replRetry // a collector removed the entry: start over
+	case unix.ENOSPC:
+		atomic.AddInt64(&r.res.NoSpace, 1)
+		r.notice(KindNoSpace, disp, linkDisp, err)
+		return replDone
+	default:
+		r.notice(KindError, disp, linkDisp, fmt.Errorf("creating a temporary link %s: %w", tmp, err))
+		return replDone
+	}
+	d.acquire()
+	err := r.sys.renameat(r.storeFd, tmp, d.fd, name)
+	if err == unix.EACCES || err == unix.EPERM {
+		if d.makeWritable() {
+			err = r.sys.renameat(r.storeFd, tmp, d.fd, name)
+		}
+	}
+	d.release(err == nil)
+	if err != nil {
+		unix.Unlinkat(r.storeFd, tmp, 0)
+		switch err {
+		case unix.EMLINK:
+			atomic.AddInt64(&r.res.TooManyLinks, 1)
+			r.notice(KindTooManyLinks, disp, linkDisp, err)
+		case unix.ENOENT:
+			// The file or the temporary link vanished (a collector).
+		default:
+			r.notice(KindError, disp, linkDisp, fmt.Errorf("renaming %s over it: %w", tmp, err))
+		}
+		return replDone
+	}
+	// rename(2) does nothing when both names are links to one inode
+	// already (another optimiser got there first): drop ours. A lookup is
+	// cheaper than an unlink, which locks the store directory.
+	var tst unix.Stat_t
+	if fstatat(r.storeFd, tmp, &tst) == nil {
+		unix.Unlinkat(r.storeFd, tmp, 0)
+	}
+	r.counted(st)
+	return replDone
+}
+
+func (r *run) tmpName() string {
+	return fmt.Sprintf(".tmp-link-%d-%d", r.pid, rand.Int32())
+}
+
+func fstatat(dirfd int, name string, st *unix.Stat_t) error {
+	for {
+		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func openat(dirfd int, name string, flags int) (int, error) {
+	for {
+		fd, err := unix.Openat(dirfd, name, flags, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}

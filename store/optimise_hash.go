@@ -1,0 +1,145 @@
+package store
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// topStat records the lstat of the top node of a walk and passes every
+// call on to the visitor it wraps.
+type topStat struct {
+	narVisitor
+	st  unix.Stat_t
+	set bool
+}
+
+func (t *topStat) note(rel string, st *unix.Stat_t) {
+	if rel == "" && !t.set {
+		t.st, t.set = *st, true
+	}
+}
+
+func (t *topStat) regular(dirfd int, name, rel, disp string, st *unix.Stat_t) error {
+	t.note(rel, st)
+	return t.narVisitor.regular(dirfd, name, rel, disp, st)
+}
+
+func (t *topStat) symlink(rel, target string, st *unix.Stat_t) error {
+	t.note(rel, st)
+	return t.narVisitor.symlink(rel, target, st)
+}
+
+func (t *topStat) dirStart(rel string, st *unix.Stat_t) error {
+	t.note(rel, st)
+	return t.narVisitor.dirStart(rel, st)
+}
+
+// DumpPathAt writes the NAR serialisation of the node called name in the
+// directory open at dirfd (a regular file, symlink or directory tree) to w,
+// exactly as DumpPath does for a path, and returns the bytes written and
+// the node's lstat. It never follows a symlink, name included: the node is
+// reached with fstatat(AT_SYMLINK_NOFOLLOW) and opened with O_NOFOLLOW
+// relative to dirfd, so no path is resolved again from the root. A regular
+// file is read through a descriptor whose device and inode are checked
+// against the lstat, so the returned stat describes exactly the inode whose
+// contents were hashed. disp names the node in errors.
+//
+// Concurrency: a node that changes type, size or inode while it is read
+// gives an error, never a silently wrong result.
+func DumpPathAt(w io.Writer, dirfd int, name, disp string) (int64, unix.Stat_t, error) {
+	nw := newNarWriter(w)
+	defer nw.release()
+	nw.str("nix-archive-1")
+	ts := &topStat{narVisitor: &narDumper{nw: nw}}
+	t := treeWalker{root: disp, v: ts}
+	err := t.node(dirfd, name, "")
+	if err == nil {
+		err = nw.flush()
+	}
+	return nw.written, ts.st, err
+}
+
+// HashPathAt returns the SHA-256 of the NAR serialisation of the node
+// called name in the directory open at dirfd, with the node's lstat (see
+// DumpPathAt). For a lone regular file or symlink this is the hash Nix
+// names the node's entry in the store's .links directory after.
+func HashPathAt(dirfd int, name, disp string) (NarHash, unix.Stat_t, error) {
+	h := sha256.New()
+	_, st, err := DumpPathAt(h, dirfd, name, disp)
+	if err != nil {
+		return NarHash{}, st, err
+	}
+	var nh NarHash
+	h.Sum(nh[:0])
+	return nh, st, nil
+}
+
+// HashSymlinkNAR returns the NAR hash of a lone symlink with the given
+// target.
+func HashSymlinkNAR(target string) NarHash {
+	h := sha256.New()
+	nw := newNarWriter(h)
+	defer nw.release()
+	nw.str("nix-archive-1")
+	d := narDumper{nw: nw}
+	if err := d.symlink("", target, nil); err == nil {
+		nw.flush()
+	}
+	var nh NarHash
+	h.Sum(nh[:0])
+	return nh
+}
+
+// IsChanged reports whether err says that a node changed (size, type or
+// inode) while it was being serialised.
+func IsChanged(err error) bool { return errors.Is(err, errChanged) }
+
+// HashNodeAt is HashPathAt for a caller that has just lstat'ed the node
+// (lst, from fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)): it saves that
+// system call. A regular file is opened with O_NOFOLLOW and its device and
+// inode must still be lst's, a symlink's target must still have lst's
+// length, or the error wraps the "changed" condition (see IsChanged) and
+// the caller should look again with HashPathAt. A directory is walked as
+// by HashPathAt.
+func HashNodeAt(dirfd int, name, disp string, lst *unix.Stat_t) (NarHash, error) {
+	h := sha256.New()
+	nw := newNarWriter(h)
+	defer nw.release()
+	nw.str("nix-archive-1")
+	d := &narDumper{nw: nw}
+	var err error
+	switch lst.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		err = d.regular(dirfd, name, "", disp, lst)
+	case unix.S_IFLNK:
+		var target string
+		target, err = narReadlinkat(dirfd, name, lst.Size)
+		switch {
+		case err == unix.EINVAL:
+			err = fmt.Errorf("store: %s: %w: no longer a symlink", disp, errChanged)
+		case err != nil:
+			err = &os.PathError{Op: "readlink", Path: disp, Err: err}
+		case int64(len(target)) != lst.Size:
+			err = fmt.Errorf("store: %s: %w: symlink target changed", disp, errChanged)
+		default:
+			err = d.symlink("", target, lst)
+		}
+	default:
+		t := treeWalker{root: disp, v: d}
+		err = t.node(dirfd, name, "")
+	}
+	if err == nil {
+		err = nw.flush()
+	}
+	if err != nil {
+		return NarHash{}, err
+	}
+	var nh NarHash
+	h.Sum(nh[:0])
+	return nh, nil
+}
