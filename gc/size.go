@@ -2,7 +2,6 @@ package gc
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,6 +9,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/store"
 )
 
 // usage is what one store entry holds on disk.
@@ -67,27 +68,15 @@ func linkInodes(dir string) (map[uint64]bool, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	out := map[uint64]bool{}
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := unix.Getdents(fd, buf)
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			return out, nil
-		}
-		for off := 0; off < n; {
-			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name
-			ino := binary.NativeEndian.Uint64(buf[off:])
-			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
-			if reclen == 0 {
-				break
-			}
-			out[ino] = true
-			off += reclen
-		}
+	ents, err := store.ReadDirents(fd, nil)
+	if err != nil {
+		return nil, err
 	}
+	out := make(map[uint64]bool, len(ents))
+	for _, e := range ents {
+		out[e.Ino] = true
+	}
+	return out, nil
 }
 
 // usages measures the given entries in parallel.
