@@ -51,6 +51,7 @@ nix-daemon, through Nix's own database and lock protocols.
 	cmd.AddCommand(newGCCommand(g))
 	cmd.AddCommand(newInfoCommand(g))
 	cmd.AddCommand(newRootsCommand(g))
+	cmd.AddCommand(newVerifyCommand(g))
 	cmd.AddCommand(newOptimiseCommand(g))
 	return cmd
 }

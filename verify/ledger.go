@@ -1,0 +1,190 @@
+package verify
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+)
+
+// The ledger says when each store path was last content-verified. It is
+// two files in the state directory:
+//
+//   - ledger: a snapshot, one line per path "UNIXTIME STATUS BASENAME",
+//     replaced only by write-to-temp, fsync, rename, fsync of the dir;
+//   - ledger.log: lines in the same format appended while a run goes on.
+//     Each line is written (write(2), not just buffered) before the path
+//     is reported verified, so kill -9 loses no reported entry; the log is
+//     fsynced at the end of the run, folded into a new snapshot and only
+//     then removed. A torn last line is ignored.
+//
+// Loading reads the snapshot then the log; a later line for a path wins.
+
+const (
+	ledgerName    = "ledger"
+	ledgerLogName = "ledger.log"
+)
+
+// LedgerEntry is what the ledger knows of one path.
+type LedgerEntry struct {
+	Time   int64  // Unix seconds of the last content check
+	Status string // "ok" or "damaged"
+}
+
+type ledger struct {
+	dir     string
+	entries map[string]LedgerEntry
+	log     *os.File
+	w       *bufio.Writer
+}
+
+// loadLedger reads the ledger in dir (missing files are empty).
+func loadLedger(dir string) (*ledger, error) {
+	l := &ledger{dir: dir, entries: map[string]LedgerEntry{}}
+	for _, n := range []string{ledgerName, ledgerLogName} {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		l.parse(b)
+	}
+	return l, nil
+}
+
+func (l *ledger) parse(b []byte) {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return // a torn last line
+		}
+		line := b[:i]
+		b = b[i+1:]
+		f := bytes.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		t, err := strconv.ParseInt(string(f[0]), 10, 64)
+		if err != nil {
+			continue
+		}
+		l.entries[string(f[2])] = LedgerEntry{Time: t, Status: string(f[1])}
+	}
+}
+
+// openLog opens ledger.log for appending.
+func (l *ledger) openLog() error {
+	f, err := os.OpenFile(filepath.Join(l.dir, ledgerLogName), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	// A torn last line from a crash: start on a fresh line.
+	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		var last [1]byte
+		if r, err := os.Open(f.Name()); err == nil {
+			if _, err := r.ReadAt(last[:], st.Size()-1); err == nil && last[0] != '\n' {
+				f.Write([]byte("\n"))
+			}
+			r.Close()
+		}
+	}
+	l.log = f
+	l.w = bufio.NewWriterSize(f, 64<<10)
+	return nil
+}
+
+// record notes that name was checked at t. The line is buffered; flush
+// writes it out.
+func (l *ledger) record(name string, t int64, status string) error {
+	l.entries[name] = LedgerEntry{Time: t, Status: status}
+	if l.w == nil {
+		return nil
+	}
+	_, err := fmt.Fprintf(l.w, "%d %s %s\n", t, status, name)
+	return err
+}
+
+// flush writes buffered lines to the log file (safe against kill -9).
+func (l *ledger) flush() error {
+	if l.w == nil {
+		return nil
+	}
+	return l.w.Flush()
+}
+
+// commit fsyncs the log, writes a new snapshot of the entries whose name
+// keep accepts (all if keep is nil), and removes the log. A crash at any
+// point leaves either the old snapshot and the log, or the new snapshot
+// (and perhaps the log, whose lines it already holds).
+func (l *ledger) commit(keep func(name string) bool) error {
+	if l.log != nil {
+		if err := l.w.Flush(); err != nil {
+			return err
+		}
+		if err := l.log.Sync(); err != nil {
+			return err
+		}
+	}
+	names := make([]string, 0, len(l.entries))
+	for n := range l.entries {
+		if keep == nil || keep(n) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	tmp := filepath.Join(l.dir, ledgerName+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	for _, n := range names {
+		e := l.entries[n]
+		fmt.Fprintf(w, "%d %s %s\n", e.Time, e.Status, n)
+	}
+	err = w.Flush()
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(l.dir, ledgerName))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	syncDir(l.dir)
+	if l.log != nil {
+		l.log.Close()
+		l.log, l.w = nil, nil
+		os.Remove(filepath.Join(l.dir, ledgerLogName))
+		syncDir(l.dir)
+	}
+	return nil
+}
+
+// close flushes and syncs the log without folding it (for error paths).
+func (l *ledger) close() {
+	if l.log != nil {
+		l.w.Flush()
+		l.log.Sync()
+		l.log.Close()
+		l.log, l.w = nil, nil
+	}
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}

@@ -1,0 +1,497 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
+
+	"storekeeper/store"
+)
+
+// pathResult is what a worker found in one path.
+type pathResult struct {
+	id    store.PathID
+	hash  store.NarHash
+	size  int64
+	files int64
+	err   error
+	man   *Manifest // the path's current manifest, when computed
+	meta  []Finding
+}
+
+// worker is one reader's reusable state.
+type worker struct {
+	v       *verifier
+	b3      *blake3.Hasher
+	entries []Entry
+	pending int // index of the regular file whose digest is being computed, or -1
+	path    string
+	meta    []Finding
+	files   int64
+	inodes  map[devIno]*inodeUse
+	collect bool
+	check   bool // metadata checks
+}
+
+type devIno struct{ dev, ino uint64 }
+
+type inodeUse struct {
+	nlink uint64
+	seen  uint64
+	path  string // the first store path seen holding it
+	file  string
+}
+
+func (w *worker) finishDigest() {
+	if w.pending >= 0 {
+		w.b3.Sum(w.entries[w.pending].Digest[:0])
+		w.pending = -1
+	}
+}
+
+// visit is the store.NodeFunc of a path's walk.
+func (w *worker) visit(n *store.Node) (io.Writer, error) {
+	w.finishDigest()
+	if n.Type == store.FileRegular {
+		w.files++
+	}
+	if w.check {
+		if err := w.checkMeta(n); err != nil {
+			return nil, err
+		}
+	}
+	if !w.collect {
+		return nil, nil
+	}
+	st, err := n.Stat()
+	if err != nil {
+		return nil, err
+	}
+	e := Entry{Name: n.Rel, Type: n.Type, Mode: st.Mode & 0o7777, Size: n.Size, Target: n.Target}
+	w.entries = append(w.entries, e)
+	if n.Type == store.FileRegular {
+		w.pending = len(w.entries) - 1
+		w.b3.Reset()
+		return blake3Writer{w.b3}, nil
+	}
+	return nil, nil
+}
+
+// checkMeta checks what Nix canonicalises but never verifies.
+func (w *worker) checkMeta(n *store.Node) error {
+	st, err := n.Stat()
+	if err != nil {
+		return err
+	}
+	file := n.Rel
+	full := w.path
+	if file != "" {
+		full += "/" + file
+	}
+	add := func(kind, exp, got, msg string) {
+		w.meta = append(w.meta, Finding{Kind: kind, Path: w.path, File: file, Expected: exp, Got: got,
+			Message: msg, Fix: "nix-store --repair-path " + w.path})
+	}
+	if st.Uid != w.v.storeUID {
+		add(KindBadOwner, fmt.Sprint(w.v.storeUID), fmt.Sprint(st.Uid),
+			fmt.Sprintf("'%s' is owned by uid %d, not by the store's owner (uid %d)", full, st.Uid, w.v.storeUID))
+	}
+	if st.Mtim.Sec != 1 {
+		add(KindBadMtime, "1", fmt.Sprint(st.Mtim.Sec),
+			fmt.Sprintf("'%s' has mtime %d, not 1", full, st.Mtim.Sec))
+	}
+	if n.Type != store.FileSymlink {
+		perm := st.Mode & 0o7777
+		want := uint32(0o444)
+		if n.Type == store.FileDirectory || perm&0o100 != 0 {
+			want = 0o555
+		}
+		switch {
+		case perm&(unix.S_ISUID|unix.S_ISGID) != 0:
+			add(KindSetuid, fmt.Sprintf("%04o", want), fmt.Sprintf("%04o", perm),
+				fmt.Sprintf("'%s' has the setuid or setgid bit (mode %04o)", full, perm))
+		case perm&0o222 != 0:
+			add(KindWritable, fmt.Sprintf("%04o", want), fmt.Sprintf("%04o", perm),
+				fmt.Sprintf("'%s' is writable (mode %04o)", full, perm))
+		case perm != want:
+			add(KindBadMode, fmt.Sprintf("%04o", want), fmt.Sprintf("%04o", perm),
+				fmt.Sprintf("'%s' has mode %04o, not %04o", full, perm, want))
+		}
+	}
+	if w.inodes != nil && n.Type == store.FileRegular && st.Nlink > 1 {
+		k := devIno{uint64(st.Dev), st.Ino}
+		u := w.inodes[k]
+		if u == nil {
+			u = &inodeUse{nlink: uint64(st.Nlink), path: w.path, file: file}
+			w.inodes[k] = u
+		}
+		u.seen++
+	}
+	return nil
+}
+
+// hashPath NAR-hashes one path (or only walks it for metadata).
+func (w *worker) run(id store.PathID) pathResult {
+	v := w.v
+	g := v.g
+	w.path = g.Path(id)
+	w.meta = nil
+	w.files = 0
+	w.entries = w.entries[:0]
+	w.pending = -1
+	w.check = v.o.Metadata
+	real := v.lay.RealPath(w.path)
+	r := pathResult{id: id}
+	if !v.o.CheckContents {
+		w.collect = false
+		r.err = store.WalkPathStat(real, w.visit)
+		r.meta, r.files = w.meta, w.files
+		return r
+	}
+	w.collect = v.recording && !v.hasMan[id]
+	r.hash, r.size, r.err = store.HashPathFiles(real, w.visit)
+	w.finishDigest()
+	r.meta, r.files = w.meta, w.files
+	if r.err != nil {
+		return r
+	}
+	if w.collect {
+		r.man = w.manifest(g.Name(id), r.hash)
+	} else if r.hash != g.NarHash[id] && v.hasMan[id] {
+		// Damaged, and a manifest to compare with: read it again for the
+		// per-file digests (damage is rare; clean paths are read once).
+		w.collect, w.check = true, false
+		w.entries = w.entries[:0]
+		if h, _, err := store.HashPathFiles(real, w.visit); err == nil && h == r.hash {
+			w.finishDigest()
+			r.man = w.manifest(g.Name(id), r.hash)
+		}
+		w.pending = -1
+	}
+	return r
+}
+
+func (w *worker) manifest(name string, h store.NarHash) *Manifest {
+	return &Manifest{Name: name, NarHash: h, Entries: append([]Entry(nil), w.entries...)}
+}
+
+// checkPaths hashes (or walks) the selected paths in parallel and
+// collects the results in one goroutine, which alone writes manifests and
+// the ledger.
+func (v *verifier) checkPaths(ctx context.Context) error {
+	g := v.g
+	n := g.Len()
+	var cand []store.PathID
+	for i := 0; i < n; i++ {
+		if v.selected[i] && v.exists[i] {
+			cand = append(cand, store.PathID(i))
+		}
+	}
+	v.hasMan = make([]bool, n)
+	if v.o.CheckContents && v.mlog != nil {
+		for _, id := range cand {
+			v.hasMan[id] = v.mlog.has(g.Name(id), g.NarHash[id])
+		}
+	}
+	// Disk order: by the inode number of the path's top entry, which on
+	// ext4, xfs and btrfs follows allocation order, so that the readers
+	// together sweep the disk mostly forward instead of seeking. Paths
+	// are small next to the number of readers, so balance needs no
+	// largest-first order (the largest of a 63k-path store is ~1 MB).
+	byDisk := func(ids []store.PathID) {
+		sort.Slice(ids, func(a, b int) bool {
+			if v.ino[ids[a]] != v.ino[ids[b]] {
+				return v.ino[ids[a]] < v.ino[ids[b]]
+			}
+			return ids[a] < ids[b]
+		})
+	}
+	order := cand
+	budgeted := v.o.BudgetTime > 0 || v.o.BudgetBytes > 0
+	if budgeted {
+		led := v.led.entries
+		sort.Slice(order, func(a, b int) bool {
+			na, nb := g.Name(order[a]), g.Name(order[b])
+			ta, tb := led[na].Time, led[nb].Time
+			if ta != tb {
+				return ta < tb
+			}
+			return na < nb
+		})
+		if v.o.BudgetBytes > 0 {
+			var cum int64
+			k := 0
+			// Like a time budget: go on until it is spent (the last
+			// path may overshoot it), so N runs of 1/N cover the store.
+			for k < len(order) && cum < v.o.BudgetBytes {
+				cum += int64(g.NarSize[order[k]])
+				k++
+			}
+			if k < len(order) {
+				v.sum.Stopped = "size budget spent"
+			}
+			v.sum.Remaining = len(order) - k
+			order = append([]store.PathID(nil), order[:k]...)
+			byDisk(order)
+		}
+	} else {
+		byDisk(order)
+	}
+	var total int64
+	for _, id := range order {
+		total += int64(g.NarSize[id])
+	}
+	phase := "metadata"
+	if v.o.CheckContents {
+		phase = "contents"
+	}
+	v.prog.Phase(phase, total, true)
+	if v.o.Metadata && v.fullRun {
+		v.inodes = &inodeCounter{m: map[devIno]*inodeUse{}}
+	}
+	var deadline time.Time
+	if v.o.BudgetTime > 0 {
+		deadline = v.start.Add(v.o.BudgetTime)
+	}
+	var next atomic.Int64
+	var timeUp atomic.Bool
+	results := make(chan pathResult, 1024)
+	var wg sync.WaitGroup
+	for j := 0; j < v.o.Jobs; j++ {
+		wg.Add(1)
+		w := &worker{v: v, b3: blake3.New(), pending: -1}
+		if v.inodes != nil {
+			w.inodes = map[devIno]*inodeUse{}
+		}
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if !deadline.IsZero() && time.Now().After(deadline) {
+					timeUp.Store(true)
+					break
+				}
+				i := int(next.Add(1) - 1)
+				if i >= len(order) {
+					break
+				}
+				results <- w.run(order[i])
+			}
+			if w.inodes != nil {
+				v.inodes.merge(w.inodes)
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+	done := 0
+	var pending []pathResult
+	flush := func() {
+		if err := v.led.flush(); err != nil && v.recording {
+			v.sum.Recording = "ledger write failed: " + err.Error()
+		}
+		for _, r := range pending {
+			v.prog.Verified(g.Path(r.id), r.err == nil && r.hash == g.NarHash[r.id])
+		}
+		pending = pending[:0]
+	}
+	for r := range results {
+		done++
+		v.collect(&r)
+		v.prog.Add(int64(g.NarSize[r.id]))
+		if v.o.CheckContents {
+			pending = append(pending, r)
+			if len(results) == 0 || len(pending) >= 256 {
+				flush()
+			}
+		}
+	}
+	flush()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if timeUp.Load() && done < len(order) {
+		v.sum.Stopped = "time budget spent"
+	}
+	if budgeted && v.o.BudgetBytes == 0 {
+		v.sum.Remaining = len(order) - done
+	}
+	return nil
+}
+
+// collect turns one worker result into findings, manifests and a ledger
+// entry. It runs in one goroutine only.
+func (v *verifier) collect(r *pathResult) {
+	g := v.g
+	id := r.id
+	p := g.Path(id)
+	v.findings = append(v.findings, r.meta...)
+	v.sum.Files += r.files
+	if r.err != nil {
+		if errors.Is(r.err, os.ErrNotExist) && !v.o.CheckContents {
+			return
+		}
+		v.add(Finding{Kind: KindIOError, Path: p, Got: r.err.Error(),
+			Message: fmt.Sprintf("error checking path '%s': %v", p, r.err),
+			Fix:     "check the disk, then: nix-store --repair-path " + p})
+		return
+	}
+	if !v.o.CheckContents {
+		return
+	}
+	v.sum.ContentsChecked++
+	v.sum.Bytes += r.size
+	now := v.now().Unix()
+	dbHash := g.NarHash[id]
+	hashText := ""
+	if len(g.HashText) > 0 {
+		hashText = g.HashText[id]
+	}
+	switch {
+	case hashText != "" || dbHash == (store.NarHash{}):
+		exp := hashText
+		v.add(Finding{Kind: KindMissingHash, Path: p, Expected: exp, Got: r.hash.String(),
+			Message: fmt.Sprintf("path '%s' has no valid hash in the database (%q); its contents hash to '%s'", p, exp, r.hash.String()),
+			Fix:     "storekeeper verify --check-contents --repair " + p})
+		v.fillInfo[id] = narInfo{r.hash, uint64(r.size)}
+		v.led.record(g.Name(id), now, "unhashed")
+	case r.hash != dbHash:
+		v.add(Finding{Kind: KindModified, Path: p, Expected: dbHash.String(), Got: r.hash.String(),
+			Message: fmt.Sprintf("path '%s' was modified! expected hash '%s', got '%s'", p, dbHash.String(), r.hash.String()),
+			Fix:     "nix-store --repair-path " + p})
+		if v.hasMan[id] && r.man != nil {
+			if old, err := v.mlog.get(g.Name(id)); err == nil && old != nil && old.NarHash == dbHash {
+				for _, c := range Diff(old, r.man) {
+					v.add(fileFinding(p, c))
+				}
+			}
+		}
+		v.led.record(g.Name(id), now, "damaged")
+	default:
+		switch dbSize := g.NarSize[id]; {
+		case dbSize == 0:
+			v.add(Finding{Kind: KindMissingNarSize, Path: p, Expected: "0", Got: fmt.Sprint(r.size),
+				Message: fmt.Sprintf("path '%s' has no NAR size in the database; it is %d", p, r.size),
+				Fix:     "storekeeper verify --check-contents --repair " + p})
+			v.fillInfo[id] = narInfo{r.hash, uint64(r.size)}
+		case dbSize != uint64(r.size):
+			v.add(Finding{Kind: KindNarSize, Path: p, Expected: fmt.Sprint(dbSize), Got: fmt.Sprint(r.size),
+				Message: fmt.Sprintf("path '%s' has incorrect NAR size: the database says %d, the contents are %d bytes", p, dbSize, r.size),
+				Fix:     "storekeeper verify --check-contents --repair " + p})
+			v.fillInfo[id] = narInfo{r.hash, uint64(r.size)}
+		}
+		if r.man != nil && v.recording {
+			if err := v.mlog.add(r.man); err == nil {
+				v.sum.ManifestsRecorded++
+				v.hasMan[id] = true
+			}
+		}
+		v.led.record(g.Name(id), now, "ok")
+	}
+}
+
+func fileFinding(p string, c FileChange) Finding {
+	full := p
+	if c.File != "" {
+		full += "/" + c.File
+	}
+	f := Finding{Path: p, File: c.File, Expected: c.Expected, Got: c.Got, Fix: "nix-store --repair-path " + p}
+	switch c.Kind {
+	case "changed":
+		f.Kind = KindFileChanged
+		f.Message = fmt.Sprintf("  changed: '%s' (was %s, now %s)", full, c.Expected, c.Got)
+	case "added":
+		f.Kind = KindFileAdded
+		f.Message = fmt.Sprintf("  added:   '%s' (%s)", full, c.Got)
+	default:
+		f.Kind = KindFileRemoved
+		f.Message = fmt.Sprintf("  removed: '%s' (was %s)", full, c.Expected)
+	}
+	return f
+}
+
+// inodeCounter counts, over the whole store, how many names of each
+// multiply linked inode are inside valid paths, .links and the other
+// entries of the store directory.
+type inodeCounter struct {
+	mu sync.Mutex
+	m  map[devIno]*inodeUse
+}
+
+func (c *inodeCounter) merge(m map[devIno]*inodeUse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, u := range m {
+		if e := c.m[k]; e != nil {
+			e.seen += u.seen
+			if u.path < e.path || (u.path == e.path && u.file < e.file) {
+				e.path, e.file = u.path, u.file
+			}
+		} else {
+			c.m[k] = u
+		}
+	}
+}
+
+// checkForeignLinks adds the names in .links and in unregistered store
+// entries, then reports inodes with more links than were found.
+func (v *verifier) checkForeignLinks(ctx context.Context) {
+	v.sum.ForeignLinksCheck = true
+	extra := map[devIno]uint64{}
+	count := func(st *unix.Stat_t) {
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink > 1 {
+			k := devIno{uint64(st.Dev), st.Ino}
+			if _, ok := v.inodes.m[k]; ok {
+				extra[k]++
+			}
+		}
+	}
+	if d, err := os.Open(v.lay.LinksDir()); err == nil {
+		names, _ := d.Readdirnames(-1)
+		for _, nm := range names {
+			var st unix.Stat_t
+			if unix.Fstatat(int(d.Fd()), nm, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+				count(&st)
+			}
+		}
+		d.Close()
+	}
+	for _, nm := range v.dirNames {
+		if ctx.Err() != nil {
+			return
+		}
+		if _, valid := v.g.Lookup(nm); valid || nm == ".links" {
+			continue
+		}
+		store.WalkPathStat(filepath.Join(v.lay.RealStoreDir, nm), func(n *store.Node) (io.Writer, error) {
+			if st, err := n.Stat(); err == nil {
+				count(st)
+			}
+			return nil, nil
+		})
+	}
+	for k, u := range v.inodes.m {
+		seen := u.seen + extra[k]
+		if u.nlink > seen {
+			full := u.path
+			if u.file != "" {
+				full += "/" + u.file
+			}
+			v.add(Finding{Kind: KindForeignLink, Path: u.path, File: u.file,
+				Expected: fmt.Sprint(seen), Got: fmt.Sprint(u.nlink),
+				Message: fmt.Sprintf("'%s' has %d hard links, but only %d are in the store's paths and .links: %d are elsewhere", full, u.nlink, seen, u.nlink-seen),
+				Fix:     "nix-store --repair-path " + u.path})
+		}
+	}
+}
