@@ -21,3 +21,7 @@ echo "== storekeeper info"
 bin/storekeeper "$@" info
 echo "== storekeeper roots"
 bin/storekeeper "$@" roots
+echo "== storekeeper gc --dry-run (what a collection would free; nothing is deleted)"
+bin/storekeeper "$@" gc --dry-run
+echo "== storekeeper verify --check-contents --no-record (read-only audit)"
+bin/storekeeper "$@" verify --check-contents --no-record
