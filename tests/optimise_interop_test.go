@@ -27,30 +27,15 @@ var optFreedRe = regexp.MustCompile(`([0-9.]+ MiB) freed by hard-linking ([0-9]+
 // optCloneStore copies a store root (cp -a keeps modes, mtimes, hard links).
 func optCloneStore(t testing.TB, root string) string {
 	t.Helper()
-	dst := filepath.Join(t.TempDir(), "root")
-	if out, err := exec.Command("cp", "-a", root, dst).CombinedOutput(); err != nil {
-		t.Fatalf("cp -a: %v: %s", err, out)
-	}
-	return dst
+	return copyStore(t, root)
 }
 
 // optNsRun runs args in root's namespace and returns stdout, stderr and the
 // exit status without failing.
 func optNsRun(t testing.TB, root string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := nsScript(root, `exec "$@"`, args...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			t.Fatalf("%v: %v", args, err)
-		}
-		code = ee.ExitCode()
-	}
-	return out.String(), errb.String(), code
+	r := runCmd(t, nsScript(root, `exec "$@"`, args...), args)
+	return r.stdout, r.stderr, r.code
 }
 
 func optLinksSet(t testing.TB, root string) []string {

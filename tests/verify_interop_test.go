@@ -1,38 +1,22 @@
 package tests
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 )
 
-var storePathRE = regexp.MustCompile(`/nix/store/[0-9a-df-np-sv-z]{32}-[^\s'"/]+`)
-
 // runNSAll runs a command in ROOT's namespace and returns stdout, stderr
 // and the exit status, whatever it is.
 func runNSAll(t testing.TB, root string, args ...string) result {
 	t.Helper()
-	cmd := nsScript(root, `exec "$@"`, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			t.Fatalf("%s: %v", strings.Join(args, " "), err)
-		}
-		code = ee.ExitCode()
-	}
-	return result{out.String(), errb.String(), code}
+	return runCmd(t, nsScript(root, `exec "$@"`, args...), args)
 }
 
 // linesWith returns the store paths named in the lines containing s.
@@ -40,7 +24,7 @@ func linesWith(text, s string) map[string]bool {
 	m := map[string]bool{}
 	for _, l := range strings.Split(text, "\n") {
 		if strings.Contains(l, s) {
-			if p := storePathRE.FindString(l); p != "" {
+			if p := storePathRe.FindString(l); p != "" {
 				m[p] = true
 			}
 		}
@@ -160,7 +144,7 @@ func TestInteropVerifyMatchesNix(t *testing.T) {
 	if fileSum(t, dbPath) != before {
 		t.Fatal("verify without --repair changed the database")
 	}
-	all := setOf(storePathRE.FindAllString(r.stdout+r.stderr, -1)...)
+	all := setOf(storePathRe.FindAllString(r.stdout+r.stderr, -1)...)
 	sameSet(t, "reported paths", all, setOf(changed, intruded, gone, goneUsed))
 	sameSet(t, "modified", linesWith(r.stdout, "was modified! expected hash 'sha256:"), setOf(changed, intruded))
 	sameSet(t, "still referenced", linesWith(r.stdout, "disappeared, but it still has valid referrers!"), setOf(goneUsed))
@@ -208,7 +192,7 @@ func TestInteropVerifyRepairMissing(t *testing.T) {
 	}
 	sameSet(t, "dropped", linesWith(r.stdout, "disappeared, removing from database"), setOf(gone))
 	valid := runNS(t, ns.Root, nil, "sh", "-c", "nix-store --check-validity --print-invalid "+gone+" "+goneUsed)
-	sameSet(t, "invalid after repair", setOf(storePathRE.FindAllString(valid, -1)...), setOf(gone))
+	sameSet(t, "invalid after repair", setOf(storePathRe.FindAllString(valid, -1)...), setOf(gone))
 	n := runNSAll(t, ns.Root, "nix-store", "--verify")
 	if strings.Contains(n.stderr, "removing from database") {
 		t.Errorf("nix still had something to drop:\n%s", n.stderr)
