@@ -1,75 +1,20 @@
 package optimise
 
 import (
-	"encoding/binary"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"storekeeper/store"
 )
 
 // dirent is one directory entry as getdents64 returns it: no stat needed.
-type dirent struct {
-	ino  uint64
-	typ  uint8 // unix.DT_*
-	name string
-}
-
-var direntBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 64<<10)
-	return &b
-}}
+type dirent = store.Dirent
 
 // readDirents reads every entry of the directory open at fd, without "."
-// and "..", in the order the file system returns them. It calls getdents
-// until it returns 0: a short read is not the end on every file system
-// (not even on ext4, where hashed directories may return fewer entries
-// than fit).
-func readDirents(fd int, out []dirent) ([]dirent, error) {
-	bp := direntBufPool.Get().(*[]byte)
-	defer direntBufPool.Put(bp)
-	buf := *bp
-	for {
-		n, err := unix.Getdents(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return out, err
-		}
-		if n <= 0 {
-			return out, nil
-		}
-		out = parseDirents(buf[:n], out)
-	}
-}
+// and "..", in the order the file system returns them.
+func readDirents(fd int, out []dirent) ([]dirent, error) { return store.ReadDirents(fd, out) }
 
 // parseDirents appends the linux_dirent64 records in b to out.
-func parseDirents(b []byte, out []dirent) []dirent {
-	for len(b) >= 19 {
-		ino := binary.NativeEndian.Uint64(b[0:8])
-		reclen := int(binary.NativeEndian.Uint16(b[16:18]))
-		if reclen < 19 || reclen > len(b) {
-			break
-		}
-		typ := b[18]
-		nameb := b[19:reclen]
-		for i, c := range nameb {
-			if c == 0 {
-				nameb = nameb[:i]
-				break
-			}
-		}
-		b = b[reclen:]
-		if ino == 0 {
-			continue
-		}
-		if len(nameb) == 1 && nameb[0] == '.' || len(nameb) == 2 && nameb[0] == '.' && nameb[1] == '.' {
-			continue
-		}
-		out = append(out, dirent{ino: ino, typ: typ, name: string(nameb)})
-	}
-	return out
-}
+func parseDirents(b []byte, out []dirent) []dirent { return store.ParseDirents(b, out) }
 
 // inodeSet is a concurrent set of inode numbers, sharded to keep lock
 // contention low when every worker looks inodes up.

@@ -217,7 +217,6 @@ type run struct {
 	storeDir         *dirRef
 	top              map[string]dirent // the store directory's entries
 	journal          *journal
-	shortReadIsEOF   bool // the file system fills getdents buffers until the end
 
 	inodes   *inodeSet
 	verified sync.Map // .links names whose contents were checked (or made) in this run
@@ -531,7 +530,7 @@ func (r *run) openLinks() error {
 	}
 	r.inodes = newInodeSet(len(ents) + 1024)
 	for _, e := range ents {
-		r.inodes.add(e.ino)
+		r.inodes.add(e.Ino)
 	}
 	r.linksFd = fd
 	return nil
@@ -552,7 +551,7 @@ func (r *run) listStoreDir() error {
 	}
 	r.top = make(map[string]dirent, len(ents))
 	for _, e := range ents {
-		r.top[e.name] = e
+		r.top[e.Name] = e
 	}
 	return nil
 }
@@ -573,7 +572,7 @@ func (r *run) sortByInode(paths []string, sizes []int64) {
 	for i, p := range paths {
 		ino := uint64(1<<64 - 1)
 		if e, ok := r.top[p[off:]]; ok {
-			ino = e.ino
+			ino = e.Ino
 		}
 		all[i] = ps{ino, p, sizes[i]}
 	}
@@ -713,12 +712,12 @@ func (r *run) realPath(d *dirRef, name string) string {
 // walkPath walks one store path and queues its candidate files.
 func (r *run) walkPath(t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent {
 	if e, ok := r.top[t.base]; ok {
-		if r.inodes.has(e.ino) {
+		if r.inodes.has(e.Ino) {
 			atomic.AddInt64(&r.res.FilesSeen, 1)
 			atomic.AddInt64(&r.res.AlreadyLinked, 1)
 			return buf
 		}
-		if e.typ == unix.DT_DIR {
+		if e.Type == unix.DT_DIR {
 			return r.walkDir(r.storeDir, t.base, t, jobs, buf)
 		}
 	}
@@ -788,36 +787,36 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 	}
 	ents := buf[start:]
 	// Inode order is close to disk order (see sortByInode).
-	sort.Slice(ents, func(i, j int) bool { return ents[i].ino < ents[j].ino })
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Ino < ents[j].Ino })
 	var subdirs []string
 	for _, e := range ents {
-		if r.inodes.has(e.ino) {
+		if r.inodes.has(e.Ino) {
 			atomic.AddInt64(&r.res.FilesSeen, 1)
 			atomic.AddInt64(&r.res.AlreadyLinked, 1)
 			continue
 		}
-		if e.typ == unix.DT_DIR {
-			subdirs = append(subdirs, e.name)
+		if e.Type == unix.DT_DIR {
+			subdirs = append(subdirs, e.Name)
 			continue
 		}
-		if e.typ != unix.DT_REG && e.typ != unix.DT_LNK && e.typ != unix.DT_UNKNOWN {
+		if e.Type != unix.DT_REG && e.Type != unix.DT_LNK && e.Type != unix.DT_UNKNOWN {
 			continue
 		}
 		var fst unix.Stat_t
-		if err := fstatat(fd, e.name, &fst); err != nil {
+		if err := fstatat(fd, e.Name, &fst); err != nil {
 			if err != unix.ENOENT {
-				r.notice(KindError, disp+"/"+e.name, "", err)
+				r.notice(KindError, disp+"/"+e.Name, "", err)
 			}
 			continue
 		}
 		if fst.Mode&unix.S_IFMT == unix.S_IFDIR {
-			subdirs = append(subdirs, e.name)
+			subdirs = append(subdirs, e.Name)
 			continue
 		}
 		if r.stop.Load() {
 			break
 		}
-		r.consider(d, e.name, &fst, t, jobs, nil)
+		r.consider(d, e.Name, &fst, t, jobs, nil)
 	}
 	buf = buf[:start]
 	for _, sd := range subdirs {

@@ -596,8 +596,8 @@ func FuzzParseDirents(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24, 0, 8, 'a', 'b', 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, e := range parseDirents(b, nil) {
-			if e.name == "." || e.name == ".." || strings.ContainsRune(e.name, 0) {
-				t.Fatalf("bad entry %q", e.name)
+			if e.Name == "." || e.Name == ".." || strings.ContainsRune(e.Name, 0) {
+				t.Fatalf("bad entry %q", e.Name)
 			}
 		}
 	})

@@ -36,24 +36,31 @@ func ReadDirents(fd int, out []Dirent) ([]Dirent, error) {
 		if n <= 0 {
 			return out, nil
 		}
-		for b := buf[:n]; len(b) >= 19; {
-			// struct linux_dirent64 { u64 ino; s64 off; u16 reclen; u8 type; char name[]; }
-			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
-			if reclen < 19 || reclen > len(b) {
+		out = ParseDirents(buf[:n], out)
+	}
+}
+
+// ParseDirents appends the linux_dirent64 records in b (a getdents64
+// buffer) to out, without "." and ".." and entries with inode 0.
+func ParseDirents(b []byte, out []Dirent) []Dirent {
+	for len(b) >= 19 {
+		// struct linux_dirent64 { u64 ino; s64 off; u16 reclen; u8 type; char name[]; }
+		reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+		if reclen < 19 || reclen > len(b) {
+			break
+		}
+		ino, typ, name := binary.NativeEndian.Uint64(b[0:8]), b[18], b[19:reclen]
+		for i, c := range name {
+			if c == 0 {
+				name = name[:i]
 				break
 			}
-			ino, typ, name := binary.NativeEndian.Uint64(b[0:8]), b[18], b[19:reclen]
-			for i, c := range name {
-				if c == 0 {
-					name = name[:i]
-					break
-				}
-			}
-			b = b[reclen:]
-			if ino == 0 || string(name) == "." || string(name) == ".." {
-				continue
-			}
-			out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
 		}
+		b = b[reclen:]
+		if ino == 0 || string(name) == "." || string(name) == ".." {
+			continue
+		}
+		out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
 	}
+	return out
 }
