@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 
@@ -192,52 +191,66 @@ func (nw *narWriter) str(s string) {
 	nw.pad(uint64(len(s)))
 }
 
-// contents writes "contents", the size and exactly size bytes read from r,
-// then the padding. It fails if r holds fewer or more bytes than size.
-func (nw *narWriter) contents(r io.Reader, size int64, name string) error {
+// symlink writes a symlink node.
+func (nw *narWriter) symlink(target string) {
+	nw.str("(")
+	nw.str("type")
+	nw.str("symlink")
+	nw.str("target")
+	nw.str(target)
+	nw.str(")")
+}
+
+// contents writes "contents", size and the bytes of the open file fd from
+// its current offset, then the padding, and copies the bytes to w if not
+// nil. Each read asks for one byte more than is left, so the file's end
+// shows as a short read without a final empty read; a file found shorter
+// or longer than size is an error (errChanged) naming disp.
+func (nw *narWriter) contents(fd int, w io.Writer, size int64, disp string) error {
 	if size < 0 {
-		return fmt.Errorf("store: %s: negative size %d", name, size)
+		return fmt.Errorf("store: %s: negative size %d", disp, size)
 	}
 	nw.str("contents")
 	nw.u64(uint64(size))
 	left := size
-	for left > 0 && nw.err == nil {
+	for nw.err == nil {
 		if nw.n == len(nw.buf) {
 			nw.flush()
 			continue
 		}
 		chunk := nw.buf[nw.n:]
-		if int64(len(chunk)) > left {
-			chunk = chunk[:left]
+		if int64(len(chunk)) > left+1 {
+			chunk = chunk[:left+1]
 		}
-		m, err := r.Read(chunk)
+		m, err := fdReader(fd).Read(chunk)
+		if err == io.EOF {
+			m, err = 0, nil
+		}
+		if err != nil {
+			return &os.PathError{Op: "read", Path: disp, Err: err}
+		}
+		if int64(m) > left {
+			return fmt.Errorf("store: %s: %w: more than the %d bytes announced", disp, errChanged, size)
+		}
+		if m > 0 && w != nil {
+			if _, err := w.Write(chunk[:m]); err != nil {
+				return err
+			}
+		}
 		nw.n += m
 		left -= int64(m)
-		if err == io.EOF || (err == nil && m == 0) {
+		if m == 0 {
 			if left > 0 {
-				return fmt.Errorf("store: %s: %w: %d bytes announced, only %d read", name, errChanged, size, size-left)
+				return fmt.Errorf("store: %s: %w: %d bytes announced, only %d read", disp, errChanged, size, size-left)
 			}
 			break
 		}
-		if err != nil {
-			return &os.PathError{Op: "read", Path: name, Err: err}
+		if left == 0 && m < len(chunk) {
+			break // the short read was the end of the file
 		}
 	}
 	if nw.err != nil {
 		return nw.err
-	}
-	var one [1]byte
-	for {
-		m, err := r.Read(one[:])
-		if m > 0 {
-			return fmt.Errorf("store: %s: %w: more than the %d bytes announced", name, errChanged, size)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return &os.PathError{Op: "read", Path: name, Err: err}
-		}
 	}
 	nw.pad(uint64(size))
 	return nw.err
@@ -262,36 +275,6 @@ func (fd fdReader) Read(p []byte) (int, error) {
 	}
 }
 
-// narVisitor receives the nodes of a file system tree in NAR order.
-type narVisitor interface {
-	// regular is called for a regular file; dirfd and name locate it
-	// (without following symlinks), st is its lstat.
-	regular(dirfd int, name, rel, disp string, st *unix.Stat_t) error
-	symlink(rel, target string, st *unix.Stat_t) error
-	dirStart(rel string, st *unix.Stat_t) error
-	entryStart(name string) error
-	entryEnd() error
-	dirEnd() error
-}
-
-// treeWalker walks a tree without following symlinks: each node is reached
-// by an *at system call relative to its parent directory's descriptor.
-type treeWalker struct {
-	root   string
-	v      narVisitor
-	dirbuf []byte
-}
-
-func (t *treeWalker) display(rel string) string {
-	switch {
-	case rel == "":
-		return t.root
-	case strings.HasSuffix(t.root, "/"):
-		return t.root + rel
-	}
-	return t.root + "/" + rel
-}
-
 // cleanTop strips trailing slashes, which would make the kernel follow a
 // symlink at the top.
 func cleanTop(p string) string {
@@ -300,96 +283,6 @@ func cleanTop(p string) string {
 		return "/"
 	}
 	return q
-}
-
-func (t *treeWalker) walkTop(p string) error {
-	t.root = p
-	return t.node(unix.AT_FDCWD, cleanTop(p), "")
-}
-
-func (t *treeWalker) node(dirfd int, name, rel string) error {
-	disp := t.display(rel)
-	var st unix.Stat_t
-	if err := narFstatat(dirfd, name, &st); err != nil {
-		return &os.PathError{Op: "lstat", Path: disp, Err: err}
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		return t.v.regular(dirfd, name, rel, disp, &st)
-	case unix.S_IFLNK:
-		target, err := narReadlinkat(dirfd, name, st.Size)
-		if err != nil {
-			return &os.PathError{Op: "readlink", Path: disp, Err: err}
-		}
-		return t.v.symlink(rel, target, &st)
-	case unix.S_IFDIR:
-		return t.dir(dirfd, name, rel, disp, &st)
-	}
-	return fmt.Errorf("%w: %s is a %s", ErrUnsupportedFileType, disp, fileKind(st.Mode))
-}
-
-func (t *treeWalker) dir(dirfd int, name, rel, disp string, lst *unix.Stat_t) error {
-	fd, err := narOpenat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
-	if err != nil {
-		if err == unix.ELOOP || err == unix.ENOTDIR {
-			return fmt.Errorf("store: %s: %w: no longer a directory", disp, errChanged)
-		}
-		return &os.PathError{Op: "open", Path: disp, Err: err}
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return &os.PathError{Op: "fstat", Path: disp, Err: err}
-	}
-	if st.Dev != lst.Dev || st.Ino != lst.Ino {
-		return fmt.Errorf("store: %s: %w: replaced by another directory", disp, errChanged)
-	}
-	names, err := t.readNames(fd)
-	if err != nil {
-		return &os.PathError{Op: "readdir", Path: disp, Err: err}
-	}
-	slices.Sort(names)
-	if err := t.v.dirStart(rel, &st); err != nil {
-		return err
-	}
-	for _, n := range names {
-		if err := t.v.entryStart(n); err != nil {
-			return err
-		}
-		crel := n
-		if rel != "" {
-			crel = rel + "/" + n
-		}
-		if err := t.node(fd, n, crel); err != nil {
-			return err
-		}
-		if err := t.v.entryEnd(); err != nil {
-			return err
-		}
-	}
-	return t.v.dirEnd()
-}
-
-// readNames reads all entry names of the directory open at fd, without "."
-// and "..".
-func (t *treeWalker) readNames(fd int) ([]string, error) {
-	if t.dirbuf == nil {
-		t.dirbuf = make([]byte, 32<<10)
-	}
-	var names []string
-	for {
-		n, err := unix.Getdents(fd, t.dirbuf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			return names, nil
-		}
-		_, _, names = unix.ParseDirent(t.dirbuf[:n], -1, names)
-	}
 }
 
 func narFstatat(dirfd int, name string, st *unix.Stat_t) error {
@@ -445,84 +338,6 @@ func fileKind(mode uint32) string {
 	return fmt.Sprintf("file of type %#o", mode&unix.S_IFMT)
 }
 
-// narDumper is the narVisitor that writes the NAR.
-type narDumper struct {
-	nw *narWriter
-}
-
-func (d *narDumper) regular(dirfd int, name, rel, disp string, lst *unix.Stat_t) error {
-	// O_NONBLOCK so that a file swapped for a fifo cannot block the open.
-	fd, err := narOpenat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
-	if err != nil {
-		if err == unix.ELOOP {
-			return fmt.Errorf("store: %s: %w: no longer a regular file", disp, errChanged)
-		}
-		return &os.PathError{Op: "open", Path: disp, Err: err}
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return &os.PathError{Op: "fstat", Path: disp, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != lst.Dev || st.Ino != lst.Ino {
-		return fmt.Errorf("store: %s: %w: replaced by another file", disp, errChanged)
-	}
-	return d.file(fdReader(fd), st.Size, st.Mode&unix.S_IXUSR != 0, disp)
-}
-
-func (d *narDumper) file(r io.Reader, size int64, executable bool, disp string) error {
-	nw := d.nw
-	nw.str("(")
-	nw.str("type")
-	nw.str("regular")
-	if executable {
-		nw.str("executable")
-		nw.str("")
-	}
-	if err := nw.contents(r, size, disp); err != nil {
-		return err
-	}
-	nw.str(")")
-	return nw.err
-}
-
-func (d *narDumper) symlink(rel, target string, st *unix.Stat_t) error {
-	nw := d.nw
-	nw.str("(")
-	nw.str("type")
-	nw.str("symlink")
-	nw.str("target")
-	nw.str(target)
-	nw.str(")")
-	return nw.err
-}
-
-func (d *narDumper) dirStart(rel string, st *unix.Stat_t) error {
-	d.nw.str("(")
-	d.nw.str("type")
-	d.nw.str("directory")
-	return d.nw.err
-}
-
-func (d *narDumper) entryStart(name string) error {
-	d.nw.str("entry")
-	d.nw.str("(")
-	d.nw.str("name")
-	d.nw.str(name)
-	d.nw.str("node")
-	return d.nw.err
-}
-
-func (d *narDumper) entryEnd() error {
-	d.nw.str(")")
-	return d.nw.err
-}
-
-func (d *narDumper) dirEnd() error {
-	d.nw.str(")")
-	return d.nw.err
-}
-
 // DumpPath writes the NAR serialisation of path to w, exactly as
 // `nix-store --dump` does, and returns the number of bytes written.
 //
@@ -537,7 +352,7 @@ func DumpPath(w io.Writer, path string) (int64, error) {
 	nw := newNarWriter(w)
 	defer nw.release()
 	nw.str("nix-archive-1")
-	t := treeWalker{v: &narDumper{nw: nw}}
+	t := treeWalker{nw: nw}
 	err := t.walkTop(path)
 	if err == nil {
 		err = nw.flush()
@@ -556,58 +371,4 @@ func HashPath(path string) (NarHash, int64, error) {
 	var nh NarHash
 	h.Sum(nh[:0])
 	return nh, n, nil
-}
-
-// HashRegularFileNAR returns the NAR hash of a lone regular file (the name
-// Nix gives a file in the store's .links directory) whose contents are the
-// next size bytes of f, read from its current offset; executable sets the
-// NAR's executable flag. It fails unless f holds exactly size more bytes.
-func HashRegularFileNAR(f *os.File, size int64, executable bool) (NarHash, error) {
-	h := sha256.New()
-	nw := newNarWriter(h)
-	defer nw.release()
-	nw.str("nix-archive-1")
-	d := narDumper{nw: nw}
-	err := d.file(f, size, executable, f.Name())
-	if err == nil {
-		err = nw.flush()
-	}
-	if err != nil {
-		return NarHash{}, err
-	}
-	var nh NarHash
-	h.Sum(nh[:0])
-	return nh, nil
-}
-
-// narWalkFunc adapts a WalkNAR callback to narVisitor.
-type narWalkFunc func(rel string, typ FileType, mode uint32, size int64, target string) error
-
-func (f narWalkFunc) regular(dirfd int, name, rel, disp string, st *unix.Stat_t) error {
-	return f(rel, FileRegular, st.Mode, st.Size, "")
-}
-
-func (f narWalkFunc) symlink(rel, target string, st *unix.Stat_t) error {
-	return f(rel, FileSymlink, st.Mode, int64(len(target)), target)
-}
-
-func (f narWalkFunc) dirStart(rel string, st *unix.Stat_t) error {
-	return f(rel, FileDirectory, st.Mode, 0, "")
-}
-
-func (narWalkFunc) entryStart(string) error { return nil }
-func (narWalkFunc) entryEnd() error         { return nil }
-func (narWalkFunc) dirEnd() error           { return nil }
-
-// WalkNAR calls fn for every node of the tree at path in NAR order (a
-// directory before its entries, entries sorted bytewise), walking it exactly
-// as DumpPath does without reading file contents. rel is the node's path
-// relative to path ("" for path itself, "a/b" below it); mode is its
-// st_mode (from lstat, or for a directory from fstat of the opened
-// directory); size is a regular file's size or a symlink target's length;
-// target is a symlink's target. An error from fn stops the walk and is
-// returned as is.
-func WalkNAR(path string, fn func(rel string, typ FileType, mode uint32, size int64, target string) error) error {
-	t := treeWalker{v: narWalkFunc(fn)}
-	return t.walkTop(path)
 }

@@ -374,8 +374,19 @@ func parseNAR(t *testing.T, b []byte) *narNode {
 	return n
 }
 
-// checkNARAgainstWalk checks that nar holds what WalkNAR and the file
-// system say about p.
+// walkNAR calls fn for every node WalkPathStat meets, with its mode.
+func walkNAR(path string, fn func(rel string, typ FileType, mode uint32, size int64, target string) error) error {
+	return WalkPathStat(path, func(n *Node) (io.Writer, error) {
+		st, err := n.Stat()
+		if err != nil {
+			return nil, err
+		}
+		return nil, fn(n.Rel, n.Type, st.Mode, n.Size, n.Target)
+	})
+}
+
+// checkNARAgainstWalk checks that nar holds what WalkPathStat and the
+// file system say about p.
 func checkNARAgainstWalk(t *testing.T, p string, nar []byte) {
 	t.Helper()
 	type item struct {
@@ -396,7 +407,7 @@ func checkNARAgainstWalk(t *testing.T, p string, nar []byte) {
 	}
 	flatten("", parseNAR(t, nar))
 	i := 0
-	err := WalkNAR(p, func(rel string, typ FileType, mode uint32, size int64, target string) error {
+	err := walkNAR(p, func(rel string, typ FileType, mode uint32, size int64, target string) error {
 		if i >= len(flat) {
 			return fmt.Errorf("WalkNAR: extra node %q", rel)
 		}
@@ -437,48 +448,6 @@ func checkNARAgainstWalk(t *testing.T, p string, nar []byte) {
 	}
 }
 
-func TestHashRegularFileNAR(t *testing.T) {
-	dir := t.TempDir()
-	buildNARFixtures(t, dir)
-	for _, name := range []string{"regular", "empty", "executable", "exec-not-owner", "eight", "nine"} {
-		p := filepath.Join(dir, name)
-		g := readNARGolden(t, name)
-		f, err := os.Open(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, _ := f.Stat()
-		h, err := HashRegularFileNAR(f, st.Size(), st.Mode()&0o100 != 0)
-		f.Close()
-		if err != nil || h.Hex() != g.hex {
-			t.Errorf("HashRegularFileNAR(%s) = %s, %v; want %s", name, h.Hex(), err, g.hex)
-		}
-	}
-
-	// From the current offset.
-	p := filepath.Join(dir, "offset")
-	narTestFile(t, p, []byte("junk!hello\n"), 0o644)
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	f.Seek(5, io.SeekStart)
-	h, err := HashRegularFileNAR(f, 6, false)
-	if want := readNARGolden(t, "regular"); err != nil || h.Hex() != want.hex {
-		t.Errorf("HashRegularFileNAR at offset 5 = %s, %v; want %s", h.Hex(), err, want.hex)
-	}
-
-	// A size that does not match the file is an error naming it.
-	for _, size := range []int64{5, 7, 100} {
-		f.Seek(5, io.SeekStart)
-		_, err := HashRegularFileNAR(f, size, false)
-		if err == nil || !strings.Contains(err.Error(), p) {
-			t.Errorf("HashRegularFileNAR with size %d of 6: %v", size, err)
-		}
-	}
-}
-
 func TestNARContentsSizeCheck(t *testing.T) {
 	for _, c := range []struct {
 		data string
@@ -491,9 +460,18 @@ func TestNARContentsSizeCheck(t *testing.T) {
 		{"", 0, true},
 		{"x", 0, false},
 	} {
+		p := filepath.Join(t.TempDir(), "f")
+		if err := os.WriteFile(p, []byte(c.data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
 		nw := newNarWriter(io.Discard)
-		err := nw.contents(narOneByteReader{strings.NewReader(c.data)}, c.size, "/some/file")
+		err = nw.contents(int(f.Fd()), nil, c.size, "/some/file")
 		nw.release()
+		f.Close()
 		if c.ok != (err == nil) {
 			t.Errorf("contents(%q, %d): %v", c.data, c.size, err)
 		}
@@ -501,16 +479,6 @@ func TestNARContentsSizeCheck(t *testing.T) {
 			t.Errorf("contents(%q, %d): %v", c.data, c.size, err)
 		}
 	}
-}
-
-// narOneByteReader reads one byte at a time.
-type narOneByteReader struct{ r io.Reader }
-
-func (o narOneByteReader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	return o.r.Read(p[:1])
 }
 
 func narSymlinkBytes(target string) []byte {
@@ -561,29 +529,6 @@ func TestDumpPathSymlinks(t *testing.T) {
 	}
 }
 
-// narSwapVisitor wraps the NAR dumper and, when the walk enters directory
-// "a", replaces it by a symlink to an outside directory.
-type narSwapVisitor struct {
-	*narDumper
-	t         *testing.T
-	root, out string
-	swapped   bool
-}
-
-func (s *narSwapVisitor) dirStart(rel string, st *unix.Stat_t) error {
-	if rel == "a" {
-		a := filepath.Join(s.root, "a")
-		if err := os.Rename(a, a+".moved"); err != nil {
-			s.t.Fatal(err)
-		}
-		if err := os.Symlink(s.out, a); err != nil {
-			s.t.Fatal(err)
-		}
-		s.swapped = true
-	}
-	return s.narDumper.dirStart(rel, st)
-}
-
 // TestDumpPathSwapMidWalk replaces a directory by a symlink to elsewhere
 // after it has been opened: the walk goes on in the original directory, by
 // descriptor, and never reaches the outside one.
@@ -599,15 +544,30 @@ func TestDumpPathSwapMidWalk(t *testing.T) {
 	nw := newNarWriter(&buf)
 	defer nw.release()
 	nw.str("nix-archive-1")
-	v := &narSwapVisitor{narDumper: &narDumper{nw: nw}, t: t, root: root, out: out}
-	tw := treeWalker{v: v}
+	swapped := false
+	// When the walk has opened directory "a", replace it by a symlink to
+	// the outside directory.
+	swap := func(n *Node) (io.Writer, error) {
+		if n.Rel == "a" {
+			a := filepath.Join(root, "a")
+			if err := os.Rename(a, a+".moved"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(out, a); err != nil {
+				t.Fatal(err)
+			}
+			swapped = true
+		}
+		return nil, nil
+	}
+	tw := treeWalker{nw: nw, fn: swap}
 	if err := tw.walkTop(root); err != nil {
 		t.Fatal(err)
 	}
 	if err := nw.flush(); err != nil {
 		t.Fatal(err)
 	}
-	if !v.swapped {
+	if !swapped {
 		t.Fatal("the swap did not happen")
 	}
 	if bytes.Contains(buf.Bytes(), []byte("OUTSIDE")) || !bytes.Contains(buf.Bytes(), []byte("inside")) {
@@ -714,7 +674,7 @@ func TestWalkNARStops(t *testing.T) {
 	buildNARFixtures(t, dir)
 	stop := errors.New("stop")
 	var seen []string
-	err := WalkNAR(filepath.Join(dir, "tree"), func(rel string, typ FileType, mode uint32, size int64, target string) error {
+	err := walkNAR(filepath.Join(dir, "tree"), func(rel string, typ FileType, mode uint32, size int64, target string) error {
 		seen = append(seen, rel)
 		if rel == "bin" {
 			return stop
@@ -744,7 +704,7 @@ func TestNARWriterSmallWrites(t *testing.T) {
 		bw := bufio.NewWriter(&got)
 		nw := &narWriter{w: bw, buf: make([]byte, size)}
 		nw.str("nix-archive-1")
-		tw := treeWalker{v: &narDumper{nw: nw}}
+		tw := treeWalker{nw: nw}
 		if err := tw.walkTop(p); err != nil {
 			t.Fatal(err)
 		}

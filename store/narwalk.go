@@ -7,8 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -67,43 +65,25 @@ func (n *Node) Stat() (*unix.Stat_t, error) {
 // and is returned as is.
 type NodeFunc func(n *Node) (io.Writer, error)
 
-// hashWalker walks a tree like treeWalker (every node reached by an *at
-// call relative to its parent's descriptor, never following a symlink)
-// but with fewer system calls per node, which is what a whole-store audit
-// is made of: the entry types from getdents spare the lstat of regular
-// files and directories (the opened descriptor's fstat says what was
-// opened, and O_NOFOLLOW|O_NONBLOCK make opening a swapped-in symlink or
-// fifo fail or harmless), and a regular file is read with requests one
-// byte larger than what is left, so the short read that ends it also
-// shows its end without a final empty read.
-type hashWalker struct {
-	nw      *narWriter // nil: walk without reading contents
-	fn      NodeFunc
-	node    Node
-	root    string
-	dirbuf  []byte
-	dirbufp *[]byte
+// treeWalker walks a tree in NAR order, writing the NAR to nw if not nil
+// and handing each node to fn if not nil. Every node is reached by an *at
+// call relative to its parent directory's descriptor and nothing is
+// followed: a symlink is read with readlinkat, files and directories are
+// opened with O_NOFOLLOW. It keeps system calls per node low, which is
+// what a whole-store audit is made of: the entry types from getdents
+// spare the lstat of regular files and directories (the opened
+// descriptor's fstat says what was opened, and O_NOFOLLOW|O_NONBLOCK make
+// opening a swapped-in symlink or fifo fail or harmless), and a regular
+// file is read with requests one byte larger than what is left, so the
+// short read that ends it also shows its end (narWriter.contents).
+type treeWalker struct {
+	nw   *narWriter // nil: walk without reading contents
+	fn   NodeFunc
+	node Node
+	root string
 }
 
-var dirBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 32<<10)
-	return &b
-}}
-
-// release returns the walker's buffer to the pool.
-func (t *hashWalker) release() {
-	if t.dirbufp != nil {
-		dirBufPool.Put(t.dirbufp)
-		t.dirbufp, t.dirbuf = nil, nil
-	}
-}
-
-type dirEntry struct {
-	name string
-	typ  uint8
-}
-
-func (t *hashWalker) display(rel string) string {
+func (t *treeWalker) display(rel string) string {
 	switch {
 	case rel == "":
 		return t.root
@@ -115,7 +95,7 @@ func (t *hashWalker) display(rel string) string {
 
 // report calls the visitor. st is the node's stat if known (nil: fetch
 // it on demand from fd, or from dirfd and name for a symlink).
-func (t *hashWalker) report(rel string, typ FileType, size int64, st *unix.Stat_t, fd, dirfd int, name, target string) (io.Writer, error) {
+func (t *treeWalker) report(rel string, typ FileType, size int64, st *unix.Stat_t, fd, dirfd int, name, target string) (io.Writer, error) {
 	if t.fn == nil {
 		return nil, nil
 	}
@@ -126,18 +106,24 @@ func (t *hashWalker) report(rel string, typ FileType, size int64, st *unix.Stat_
 	return t.fn(&t.node)
 }
 
-func (t *hashWalker) walkTop(p string) error {
-	t.root = p
-	name := cleanTop(p)
+func (t *treeWalker) walkTop(p string) error {
+	_, err := t.walkAt(unix.AT_FDCWD, cleanTop(p), p)
+	return err
+}
+
+// walkAt walks the node called name in the directory open at dirfd; disp
+// names it in errors. It returns the node's lstat.
+func (t *treeWalker) walkAt(dirfd int, name, disp string) (unix.Stat_t, error) {
+	t.root = disp
 	var st unix.Stat_t
-	if err := narFstatat(unix.AT_FDCWD, name, &st); err != nil {
-		return &os.PathError{Op: "lstat", Path: p, Err: err}
+	if err := narFstatat(dirfd, name, &st); err != nil {
+		return st, &os.PathError{Op: "lstat", Path: disp, Err: err}
 	}
-	return t.nodeStat(unix.AT_FDCWD, name, "", &st)
+	return st, t.nodeStat(dirfd, name, "", &st)
 }
 
 // nodeStat handles a node whose lstat is known.
-func (t *hashWalker) nodeStat(dirfd int, name, rel string, lst *unix.Stat_t) error {
+func (t *treeWalker) nodeStat(dirfd int, name, rel string, lst *unix.Stat_t) error {
 	switch lst.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		return t.regular(dirfd, name, rel, lst)
@@ -153,24 +139,19 @@ func (t *hashWalker) nodeStat(dirfd int, name, rel string, lst *unix.Stat_t) err
 	return fmt.Errorf("%w: %s is a %s", ErrUnsupportedFileType, t.display(rel), fileKind(lst.Mode))
 }
 
-func (t *hashWalker) symlink(dirfd int, name, rel, target string, lst *unix.Stat_t) error {
+func (t *treeWalker) symlink(dirfd int, name, rel, target string, lst *unix.Stat_t) error {
 	if _, err := t.report(rel, FileSymlink, int64(len(target)), lst, -1, dirfd, name, target); err != nil {
 		return err
 	}
-	if nw := t.nw; nw != nil {
-		nw.str("(")
-		nw.str("type")
-		nw.str("symlink")
-		nw.str("target")
-		nw.str(target)
-		nw.str(")")
-		return nw.err
+	if t.nw != nil {
+		t.nw.symlink(target)
+		return t.nw.err
 	}
 	return nil
 }
 
 // entry handles a directory entry whose type getdents reported.
-func (t *hashWalker) entry(dirfd int, name, rel string, typ uint8) error {
+func (t *treeWalker) entry(dirfd int, name, rel string, typ uint8) error {
 	switch typ {
 	case unix.DT_REG:
 		if t.nw != nil {
@@ -192,7 +173,7 @@ func (t *hashWalker) entry(dirfd int, name, rel string, typ uint8) error {
 	return t.lstatNode(dirfd, name, rel)
 }
 
-func (t *hashWalker) lstatNode(dirfd int, name, rel string) error {
+func (t *treeWalker) lstatNode(dirfd int, name, rel string) error {
 	var st unix.Stat_t
 	if err := narFstatat(dirfd, name, &st); err != nil {
 		return &os.PathError{Op: "lstat", Path: t.display(rel), Err: err}
@@ -203,7 +184,7 @@ func (t *hashWalker) lstatNode(dirfd int, name, rel string) error {
 // regular reads a regular file. lst is its lstat, or nil when only
 // getdents' type is known (then whatever the name holds when opened is
 // what gets serialised).
-func (t *hashWalker) regular(dirfd int, name, rel string, lst *unix.Stat_t) error {
+func (t *treeWalker) regular(dirfd int, name, rel string, lst *unix.Stat_t) error {
 	if t.nw == nil {
 		_, err := t.report(rel, FileRegular, lst.Size, lst, -1, dirfd, name, "")
 		return err
@@ -246,66 +227,14 @@ func (t *hashWalker) regular(dirfd int, name, rel string, lst *unix.Stat_t) erro
 		nw.str("executable")
 		nw.str("")
 	}
-	if err := t.contents(fd, w, st.Size, rel); err != nil {
+	if err := nw.contents(fd, w, st.Size, t.display(rel)); err != nil {
 		return err
 	}
 	nw.str(")")
 	return nw.err
 }
 
-// contents writes the NAR contents of the open file fd (size bytes by its
-// fstat) and copies them to w if not nil. Each read asks for one byte
-// more than is left, so the file's end shows as a short read; a file
-// found shorter or longer than size is an error (errChanged).
-func (t *hashWalker) contents(fd int, w io.Writer, size int64, rel string) error {
-	nw := t.nw
-	nw.str("contents")
-	nw.u64(uint64(size))
-	left := size
-	for nw.err == nil {
-		if nw.n == len(nw.buf) {
-			nw.flush()
-			continue
-		}
-		chunk := nw.buf[nw.n:]
-		if int64(len(chunk)) > left+1 {
-			chunk = chunk[:left+1]
-		}
-		m, err := fdReader(fd).Read(chunk)
-		if err == io.EOF {
-			m, err = 0, nil
-		}
-		if err != nil {
-			return &os.PathError{Op: "read", Path: t.display(rel), Err: err}
-		}
-		if int64(m) > left {
-			return fmt.Errorf("store: %s: %w: more than the %d bytes announced", t.display(rel), errChanged, size)
-		}
-		if m > 0 && w != nil {
-			if _, err := w.Write(chunk[:m]); err != nil {
-				return err
-			}
-		}
-		nw.n += m
-		left -= int64(m)
-		if m == 0 {
-			if left > 0 {
-				return fmt.Errorf("store: %s: %w: %d bytes announced, only %d read", t.display(rel), errChanged, size, size-left)
-			}
-			break
-		}
-		if left == 0 && m < len(chunk) {
-			break // the short read was the end of the file
-		}
-	}
-	if nw.err != nil {
-		return nw.err
-	}
-	nw.pad(uint64(size))
-	return nw.err
-}
-
-func (t *hashWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {
+func (t *treeWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {
 	fd, err := narOpenat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		if err == unix.ELOOP || err == unix.ENOTDIR {
@@ -346,14 +275,14 @@ func (t *hashWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {
 			nw.str("entry")
 			nw.str("(")
 			nw.str("name")
-			nw.str(e.name)
+			nw.str(e.Name)
 			nw.str("node")
 		}
-		crel := e.name
+		crel := e.Name
 		if rel != "" {
-			crel = rel + "/" + e.name
+			crel = rel + "/" + e.Name
 		}
-		if err := t.entry(fd, e.name, crel, e.typ); err != nil {
+		if err := t.entry(fd, e.Name, crel, e.Type); err != nil {
 			return err
 		}
 		if nw != nil {
@@ -369,46 +298,12 @@ func (t *hashWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {
 
 // readEntries reads the names and types of the directory open at fd,
 // without "." and "..", sorted bytewise.
-func (t *hashWalker) readEntries(fd int) ([]dirEntry, error) {
-	if t.dirbuf == nil {
-		t.dirbufp = dirBufPool.Get().(*[]byte)
-		t.dirbuf = *t.dirbufp
+func (t *treeWalker) readEntries(fd int) ([]Dirent, error) {
+	ents, err := ReadDirents(fd, nil)
+	if err != nil {
+		return nil, err
 	}
-	var ents []dirEntry
-	for {
-		n, err := unix.Getdents(fd, t.dirbuf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			break
-		}
-		b := t.dirbuf[:n]
-		for len(b) > 0 {
-			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
-			if len(b) < 19 {
-				return nil, unix.EIO
-			}
-			reclen := int(*(*uint16)(unsafe.Pointer(&b[16])))
-			if reclen < 19 || reclen > len(b) {
-				return nil, unix.EIO
-			}
-			typ := b[18]
-			nb := b[19:reclen]
-			if i := slices.Index(nb, 0); i >= 0 {
-				nb = nb[:i]
-			}
-			b = b[reclen:]
-			if len(nb) == 0 || (nb[0] == '.' && (len(nb) == 1 || (len(nb) == 2 && nb[1] == '.'))) {
-				continue
-			}
-			ents = append(ents, dirEntry{name: string(nb), typ: typ})
-		}
-	}
-	slices.SortFunc(ents, func(a, b dirEntry) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(ents, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 	return ents, nil
 }
 
@@ -418,15 +313,10 @@ func (t *hashWalker) readEntries(fd int) ([]dirEntry, error) {
 // through the writer fn returns, each regular file's contents: the tree
 // is read once.
 //
-// Like DumpPath it never follows symlinks (every node is reached by an *at
-// call relative to its parent directory with O_NOFOLLOW; a symlink at the
-// top is hashed as a symlink), a fifo, socket or device is an error
-// wrapping ErrUnsupportedFileType, and a file found shorter or longer than
-// its fstat size, or a node replaced by one of another type between the
-// lstat and the open, is an error naming the file. It issues fewer system
-// calls than DumpPath (see hashWalker); one difference follows: a file
-// that grows while being read after its last byte was read by a short
-// read may go unnoticed, as in Nix.
+// It walks the tree exactly as DumpPath does (see there and treeWalker):
+// no symlink is followed, and a file that changes size or type while it
+// is read is an error naming it (a file that grows after its last byte
+// was read by a short read may go unnoticed, as in Nix).
 //
 // fn is called from the calling goroutine only; HashPathFiles may run in
 // many goroutines at once.
@@ -435,8 +325,7 @@ func HashPathFiles(path string, fn NodeFunc) (NarHash, int64, error) {
 	nw := newNarWriter(h)
 	defer nw.release()
 	nw.str("nix-archive-1")
-	t := hashWalker{nw: nw, fn: fn}
-	defer t.release()
+	t := treeWalker{nw: nw, fn: fn}
 	err := t.walkTop(path)
 	if err == nil {
 		err = nw.flush()
@@ -453,7 +342,6 @@ func HashPathFiles(path string, fn NodeFunc) (NarHash, int64, error) {
 // walking it as HashPathFiles does but without opening regular files:
 // their Stat is their lstat. The writer fn returns is ignored.
 func WalkPathStat(path string, fn NodeFunc) error {
-	t := hashWalker{fn: fn}
-	defer t.release()
+	t := treeWalker{fn: fn}
 	return t.walkTop(path)
 }

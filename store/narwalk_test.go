@@ -88,7 +88,7 @@ func TestHashPathFilesMatchesHashPath(t *testing.T) {
 			t.Fatalf("%s with visitor: %v %s", p, err, got2)
 		}
 		var walked []string
-		WalkNAR(p, func(rel string, typ FileType, mode uint32, size int64, target string) error {
+		walkNAR(p, func(rel string, typ FileType, mode uint32, size int64, target string) error {
 			walked = append(walked, rel)
 			if typ == FileRegular {
 				b, err := os.ReadFile(filepath.Join(p, rel))

@@ -10,35 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// topStat records the lstat of the top node of a walk and passes every
-// call on to the visitor it wraps.
-type topStat struct {
-	narVisitor
-	st  unix.Stat_t
-	set bool
-}
-
-func (t *topStat) note(rel string, st *unix.Stat_t) {
-	if rel == "" && !t.set {
-		t.st, t.set = *st, true
-	}
-}
-
-func (t *topStat) regular(dirfd int, name, rel, disp string, st *unix.Stat_t) error {
-	t.note(rel, st)
-	return t.narVisitor.regular(dirfd, name, rel, disp, st)
-}
-
-func (t *topStat) symlink(rel, target string, st *unix.Stat_t) error {
-	t.note(rel, st)
-	return t.narVisitor.symlink(rel, target, st)
-}
-
-func (t *topStat) dirStart(rel string, st *unix.Stat_t) error {
-	t.note(rel, st)
-	return t.narVisitor.dirStart(rel, st)
-}
-
 // DumpPathAt writes the NAR serialisation of the node called name in the
 // directory open at dirfd (a regular file, symlink or directory tree) to w,
 // exactly as DumpPath does for a path, and returns the bytes written and
@@ -55,13 +26,12 @@ func DumpPathAt(w io.Writer, dirfd int, name, disp string) (int64, unix.Stat_t, 
 	nw := newNarWriter(w)
 	defer nw.release()
 	nw.str("nix-archive-1")
-	ts := &topStat{narVisitor: &narDumper{nw: nw}}
-	t := treeWalker{root: disp, v: ts}
-	err := t.node(dirfd, name, "")
+	t := treeWalker{nw: nw}
+	st, err := t.walkAt(dirfd, name, disp)
 	if err == nil {
 		err = nw.flush()
 	}
-	return nw.written, ts.st, err
+	return nw.written, st, err
 }
 
 // HashPathAt returns the SHA-256 of the NAR serialisation of the node
@@ -77,22 +47,6 @@ func HashPathAt(dirfd int, name, disp string) (NarHash, unix.Stat_t, error) {
 	var nh NarHash
 	h.Sum(nh[:0])
 	return nh, st, nil
-}
-
-// HashSymlinkNAR returns the NAR hash of a lone symlink with the given
-// target.
-func HashSymlinkNAR(target string) NarHash {
-	h := sha256.New()
-	nw := newNarWriter(h)
-	defer nw.release()
-	nw.str("nix-archive-1")
-	d := narDumper{nw: nw}
-	if err := d.symlink("", target, nil); err == nil {
-		nw.flush()
-	}
-	var nh NarHash
-	h.Sum(nh[:0])
-	return nh
 }
 
 // IsChanged reports whether err says that a node changed (size, type or
@@ -111,11 +65,9 @@ func HashNodeAt(dirfd int, name, disp string, lst *unix.Stat_t) (NarHash, error)
 	nw := newNarWriter(h)
 	defer nw.release()
 	nw.str("nix-archive-1")
-	d := &narDumper{nw: nw}
+	t := treeWalker{nw: nw, root: disp}
 	var err error
 	switch lst.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		err = d.regular(dirfd, name, "", disp, lst)
 	case unix.S_IFLNK:
 		var target string
 		target, err = narReadlinkat(dirfd, name, lst.Size)
@@ -127,11 +79,11 @@ func HashNodeAt(dirfd int, name, disp string, lst *unix.Stat_t) (NarHash, error)
 		case int64(len(target)) != lst.Size:
 			err = fmt.Errorf("store: %s: %w: symlink target changed", disp, errChanged)
 		default:
-			err = d.symlink("", target, lst)
+			nw.symlink(target)
+			err = nw.err
 		}
 	default:
-		t := treeWalker{root: disp, v: d}
-		err = t.node(dirfd, name, "")
+		err = t.nodeStat(dirfd, name, "", lst)
 	}
 	if err == nil {
 		err = nw.flush()

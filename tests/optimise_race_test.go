@@ -12,9 +12,8 @@ import (
 	"time"
 )
 
-// optCollector is a garbage collector that runs beside optimise. Only the
-// real Nix one for now; `storekeeper gc` joins the table once it can
-// collect (add {"storekeeper gc", []string{binary, "gc"}}).
+// optCollector is a garbage collector that runs beside optimise: real
+// Nix's and ours.
 type optCollector struct {
 	name string
 	args []string
@@ -23,6 +22,7 @@ type optCollector struct {
 func optCollectors() []optCollector {
 	return []optCollector{
 		{"nix-store --gc", []string{"nix-store", "--gc"}},
+		{"storekeeper gc", []string{binary, "gc"}},
 	}
 }
 
