@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	sqlite "modernc.org/sqlite"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"storekeeper/lock"
@@ -65,6 +65,10 @@ type DB struct {
 	HasUltimate, HasSigs, HasCA bool
 
 	bigLock *lock.FileLock
+	// rawURI opens the file read-only for LoadGraph's bulk reads, as the
+	// main connection was opened (immutable or not).
+	rawURI     string
+	busyMillis int64
 }
 
 // OpenDB opens the database in dbDir after checking db/schema. It refuses
@@ -102,11 +106,13 @@ func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
 		bl = nil
 	}
 
+	rawURI := "file:" + uriPath(dbPath) + "?mode=ro"
 	db, err := openSQL(ctx, dbPath, o)
 	if err != nil && o.ReadOnly && (isCantOpen(err) || isReadOnlyErr(err)) && !fileExists(dbPath+"-wal") {
 		// A WAL database whose -shm file we may not create: with no WAL
 		// file, the main file is complete; read it as immutable.
 		db, err = openSQLImmutable(ctx, dbPath, o)
+		rawURI += "&immutable=1"
 	}
 	if err != nil {
 		if bl != nil {
@@ -114,7 +120,7 @@ func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
 		}
 		return nil, classifyDBError(dbPath, err)
 	}
-	d := &DB{SQL: db, Path: dbPath, Schema: schema, ReadOnly: o.ReadOnly, bigLock: bl}
+	d := &DB{SQL: db, Path: dbPath, Schema: schema, ReadOnly: o.ReadOnly, bigLock: bl, rawURI: rawURI, busyMillis: busyMillis(o)}
 	if err := d.inspectColumns(ctx); err != nil {
 		d.Close()
 		return nil, classifyDBError(dbPath, err)
@@ -227,7 +233,7 @@ func fileExists(p string) bool {
 }
 
 func sqliteCode(err error) int {
-	var se *sqlite.Error
+	var se interface{ Code() int } // *sqlite.Error, *rawError
 	if errors.As(err, &se) {
 		return se.Code()
 	}

@@ -2,14 +2,15 @@ package store
 
 import (
 	"context"
-	"database/sql/driver"
+
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"unsafe"
 )
 
 // PathID identifies a valid path inside one Graph: a dense index 0..Len()-1
@@ -125,8 +126,11 @@ func (g *Graph) DerivationsOf(id PathID) []PathID {
 // Lookup finds a path by its full logical path or base name. The name
 // index is built on first use in O(paths).
 func (g *Graph) Lookup(p string) (PathID, bool) {
-	base := strings.TrimPrefix(p, g.StoreDir+"/")
-	if strings.Contains(base, "/") {
+	base := p
+	if sd := g.StoreDir; len(p) > len(sd) && p[len(sd)] == '/' && p[:len(sd)] == sd {
+		base = p[len(sd)+1:]
+	}
+	if strings.IndexByte(base, '/') >= 0 {
 		return NoPath, false
 	}
 	g.byNameOnce.Do(g.buildByName)
@@ -279,28 +283,20 @@ var ErrGraph = errors.New("store: inconsistent database")
 //
 // Cancellation: ctx aborts the transaction; nothing is held afterwards.
 func (d *DB) LoadGraph(ctx context.Context, storeDir string, o GraphOptions) (*Graph, error) {
-	conn, err := d.SQL.Conn(ctx)
+	c, err := openRaw(d.rawURI, d.busyMillis)
 	if err != nil {
 		return nil, classifyDBError(d.Path, err)
 	}
-	defer conn.Close()
+	defer c.close()
+	// Map the file instead of copying it page by page through read(2).
+	c.exec("pragma mmap_size = 4294967296")
+	// One read transaction: the three tables are read from one snapshot.
+	if err := c.exec("begin"); err != nil {
+		return nil, classifyDBError(d.Path, err)
+	}
+	defer c.exec("rollback")
 	g := &Graph{StoreDir: storeDir}
-	err = conn.Raw(func(dc any) error {
-		c, ok := dc.(interface {
-			driver.ConnBeginTx
-			driver.QueryerContext
-		})
-		if !ok {
-			return fmt.Errorf("store: sqlite driver lacks BeginTx/QueryContext")
-		}
-		tx, err := c.BeginTx(ctx, driver.TxOptions{ReadOnly: true})
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback()
-		return d.loadGraph(ctx, c, g, o)
-	})
-	if err != nil {
+	if err := d.loadGraph(ctx, c, g, o); err != nil {
 		if errors.Is(err, ErrGraph) {
 			return nil, err
 		}
@@ -315,41 +311,59 @@ type GraphProblems struct {
 	DanglingDrvOutputs int // DerivationOutputs rows naming a missing derivation
 }
 
-func (d *DB) loadGraph(ctx context.Context, c driver.QueryerContext, g *Graph, o GraphOptions) error {
+// rawQuery prepares sql and calls row for each result row.
+func rawQuery(ctx context.Context, c *rawConn, sql string, row func(st *rawStmt) error) error {
+	st, err := c.prepare(sql)
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	for n := 1; ; n++ {
+		ok, err := st.next()
+		if err != nil || !ok {
+			return err
+		}
+		if err := row(st); err != nil {
+			return err
+		}
+		if n&0xffff == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// bytesView returns b as a string without copying; only for use before
+// b's memory changes (the next step of its statement).
+func bytesView(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+func (d *DB) loadGraph(ctx context.Context, c *rawConn, g *Graph, o GraphOptions) error {
 	prefix := g.StoreDir + "/"
 	cols := "id, path, registrationTime, narSize, deriver"
-	extra := 0
+	k := 5
+	hashCol, sigsCol, caCol, ultCol := -1, -1, -1, -1
 	if o.Hashes {
 		cols += ", hash"
-		extra++
+		hashCol, k = k, k+1
 	}
-	wantSigs := o.Sigs && d.HasSigs
-	if wantSigs {
+	if o.Sigs && d.HasSigs {
 		cols += ", sigs"
-		extra++
+		sigsCol, k = k, k+1
 	}
-	wantCA := o.CA && d.HasCA
-	if wantCA {
+	if o.CA && d.HasCA {
 		cols += ", ca"
-		extra++
+		caCol, k = k, k+1
 	}
 	if d.HasUltimate {
 		cols += ", ultimate"
-		extra++
+		ultCol = k
 	}
 	// Capacity hints: ids grow monotonically, so max(id) bounds the
 	// number of rows (an O(1) query) unless many paths were deleted.
 	hint := func(q string) int {
-		r, err := c.QueryContext(ctx, q, nil)
-		if err != nil {
-			return 0
-		}
-		defer r.Close()
-		v := make([]driver.Value, 1)
-		if r.Next(v) != nil {
-			return 0
-		}
-		n, _ := v[0].(int64)
+		n := int64(0)
+		rawQuery(ctx, c, q, func(st *rawStmt) error { n = st.int64(0); return nil })
 		return int(min(max(n, 0), 4<<20))
 	}
 	nHint := hint("select max(id) from ValidPaths")
@@ -358,110 +372,82 @@ func (d *DB) loadGraph(ctx context.Context, c driver.QueryerContext, g *Graph, o
 	g.names = make([]byte, 0, nHint*48)
 	g.RegTime = make([]int64, 0, nHint)
 	g.NarSize = make([]uint64, 0, nHint)
-	derivers := make([]string, 0, nHint)
+	// The deriver column, as one arena: resolved once the name index
+	// exists.
+	drvOff := make([]uint32, 1, nHint+1)
+	drvNames := make([]byte, 0, nHint*16)
 
-	rows, err := c.QueryContext(ctx, "select "+cols+" from ValidPaths order by id", nil)
-	if err != nil {
-		return err
-	}
-	dest := make([]driver.Value, 5+extra)
-	for {
-		if err := rows.Next(dest); err != nil {
-			rows.Close()
-			if err == io.EOF {
-				break
-			}
-			return err
-		}
-		id, _ := dest[0].(int64)
-		p := asString(dest[1])
-		if !strings.HasPrefix(p, prefix) {
-			rows.Close()
+	err := rawQuery(ctx, c, "select "+cols+" from ValidPaths order by id", func(st *rawStmt) error {
+		id := st.int64(0)
+		p := st.text(1)
+		if len(p) <= len(prefix) || string(p[:len(prefix)]) != prefix {
 			return fmt.Errorf("%w: ValidPaths row %d holds %q, which is not in the store dir %s (wrong --store-dir?)", ErrGraph, id, p, g.StoreDir)
 		}
 		g.dbID = append(g.dbID, id)
 		g.names = append(g.names, p[len(prefix):]...)
 		g.nameOff = append(g.nameOff, uint32(len(g.names)))
-		rt, _ := dest[2].(int64)
-		g.RegTime = append(g.RegTime, rt)
-		ns, _ := dest[3].(int64)
-		g.NarSize = append(g.NarSize, uint64(ns))
-		derivers = append(derivers, asString(dest[4]))
-		k := 5
-		if o.Hashes {
-			ht := asString(dest[k])
-			h, err := parseDBHash(ht)
+		g.RegTime = append(g.RegTime, st.int64(2))
+		g.NarSize = append(g.NarSize, uint64(st.int64(3)))
+		drvNames = append(drvNames, st.text(4)...)
+		drvOff = append(drvOff, uint32(len(drvNames)))
+		if hashCol >= 0 {
+			ht := st.text(hashCol)
+			h, err := parseDBHash(bytesView(ht))
 			g.NarHash = append(g.NarHash, h)
 			if err != nil {
 				if g.HashText == nil {
 					g.HashText = make([]string, len(g.dbID)-1, cap(g.dbID))
 				}
-				g.HashText = append(g.HashText, ht)
+				g.HashText = append(g.HashText, string(ht))
 			} else if g.HashText != nil {
 				g.HashText = append(g.HashText, "")
 			}
-			k++
 		}
-		if wantSigs {
-			g.Sigs = append(g.Sigs, asString(dest[k]))
-			k++
+		if sigsCol >= 0 {
+			g.Sigs = append(g.Sigs, string(st.text(sigsCol)))
 		}
-		if wantCA {
-			g.CA = append(g.CA, asString(dest[k]))
-			k++
+		if caCol >= 0 {
+			g.CA = append(g.CA, string(st.text(caCol)))
 		}
-		if d.HasUltimate {
-			u, _ := dest[k].(int64)
-			g.Ultimate = append(g.Ultimate, u != 0)
-			k++
+		if ultCol >= 0 {
+			g.Ultimate = append(g.Ultimate, st.int64(ultCol) != 0)
 		}
-		if len(g.dbID)&0xfff == 0 {
-			if err := ctx.Err(); err != nil {
-				rows.Close()
-				return err
-			}
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if g.HashText != nil && len(g.HashText) < len(g.dbID) {
 		g.HashText = append(g.HashText, make([]string, len(g.dbID)-len(g.HashText))...)
 	}
-	if uint64(len(g.names)) > uint64(^uint32(0)) {
+	if uint64(len(g.names)) > uint64(^uint32(0)) || uint64(len(drvNames)) > uint64(^uint32(0)) {
 		return fmt.Errorf("%w: store path names exceed 4 GiB", ErrGraph)
 	}
 	n := len(g.dbID)
 	idm := newIDMapper(g.dbID)
 
-	// Refs: read all pairs, then counting-sort into CSR.
-	rows, err = c.QueryContext(ctx, "select referrer, reference from Refs", nil)
-	if err != nil {
-		return err
-	}
+	// Refs. The primary key's index hands the rows over sorted by
+	// (referrer, reference), which is PathID order: the CSR arrays are
+	// filled in one pass. Should the planner choose otherwise, the rows
+	// are sorted here instead.
 	eHint := hint("select max(rowid) from Refs")
 	from, to := make([]PathID, 0, eHint), make([]PathID, 0, eHint)
-	dest = dest[:2]
-	for {
-		if err := rows.Next(dest); err != nil {
-			rows.Close()
-			if err == io.EOF {
-				break
-			}
-			return err
-		}
-		a, _ := dest[0].(int64)
-		b, _ := dest[1].(int64)
-		fa, tb := idm.get(a), idm.get(b)
+	sorted := true
+	err = rawQuery(ctx, c, "select referrer, reference from Refs order by referrer, reference", func(st *rawStmt) error {
+		fa, tb := idm.get(st.int64(0)), idm.get(st.int64(1))
 		if fa == NoPath || tb == NoPath {
 			g.Problems.DanglingRefs++
-			continue
+			return nil
+		}
+		if k := len(from) - 1; k >= 0 && (fa < from[k] || (fa == from[k] && tb <= to[k])) {
+			sorted = false
 		}
 		from = append(from, fa)
 		to = append(to, tb)
-		if len(from)&0xffff == 0 {
-			if err := ctx.Err(); err != nil {
-				rows.Close()
-				return err
-			}
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	g.refOff = make([]uint32, n+1)
 	for _, f := range from {
@@ -470,78 +456,80 @@ func (d *DB) loadGraph(ctx context.Context, c driver.QueryerContext, g *Graph, o
 	for i := 0; i < n; i++ {
 		g.refOff[i+1] += g.refOff[i]
 	}
-	g.refs = make([]PathID, len(from))
-	pos := make([]uint32, n)
-	copy(pos, g.refOff[:n])
-	for i, f := range from {
-		g.refs[pos[f]] = to[i]
-		pos[f]++
+	if sorted {
+		g.refs = to
+	} else {
+		g.refs = make([]PathID, len(from))
+		pos := make([]uint32, n)
+		copy(pos, g.refOff[:n])
+		for i, f := range from {
+			g.refs[pos[f]] = to[i]
+			pos[f]++
+		}
+		for i := 0; i < n; i++ {
+			slices.Sort(g.refs[g.refOff[i]:g.refOff[i+1]])
+		}
 	}
 	from, to = nil, nil
-	for i := 0; i < n; i++ {
-		r := g.refs[g.refOff[i]:g.refOff[i+1]]
-		sort.Slice(r, func(a, b int) bool { return r[a] < r[b] })
-	}
 
 	// Derivers, resolved through the name index.
 	g.Deriver = make([]PathID, n)
-	for i, dv := range derivers {
+	for i := range n {
 		g.Deriver[i] = NoPath
-		if dv == "" {
+		dv := drvNames[drvOff[i]:drvOff[i+1]]
+		if len(dv) == 0 {
 			continue
 		}
-		if id, ok := g.Lookup(dv); ok {
+		if id, ok := g.Lookup(bytesView(dv)); ok {
 			g.Deriver[i] = id
 			continue
 		}
 		if g.DeriverRaw == nil {
 			g.DeriverRaw = make([]string, n)
 		}
-		g.DeriverRaw[i] = dv
+		g.DeriverRaw[i] = string(dv)
 	}
 
-	// DerivationOutputs, grouped by derivation.
-	rows, err = c.QueryContext(ctx, "select drv, id, path from DerivationOutputs", nil)
-	if err != nil {
-		return err
-	}
+	// DerivationOutputs, grouped by derivation, outputs by name (the
+	// primary key's order).
 	type row struct {
 		drv PathID
 		out DrvOutput
 	}
 	var outs []row
 	names := map[string]string{}
-	dest = dest[:3]
-	for {
-		if err := rows.Next(dest); err != nil {
-			rows.Close()
-			if err == io.EOF {
-				break
-			}
-			return err
-		}
-		dbDrv, _ := dest[0].(int64)
-		drv := idm.get(dbDrv)
+	sorted = true
+	err = rawQuery(ctx, c, "select drv, id, path from DerivationOutputs order by drv, id", func(st *rawStmt) error {
+		drv := idm.get(st.int64(0))
 		if drv == NoPath {
 			g.Problems.DanglingDrvOutputs++
-			continue
+			return nil
 		}
-		name := asString(dest[1])
-		if s, ok := names[name]; ok {
-			name = s
-		} else {
+		nb := st.text(1)
+		name, ok := names[bytesView(nb)]
+		if !ok {
+			name = string(nb)
 			names[name] = name
 		}
-		p := asString(dest[2])
+		p := string(st.text(2))
 		id, _ := g.Lookup(p)
-		outs = append(outs, row{drv, DrvOutput{Name: name, Path: p, ID: id}})
-	}
-	sort.SliceStable(outs, func(a, b int) bool {
-		if outs[a].drv != outs[b].drv {
-			return outs[a].drv < outs[b].drv
+		if k := len(outs) - 1; k >= 0 && (drv < outs[k].drv || (drv == outs[k].drv && name < outs[k].out.Name)) {
+			sorted = false
 		}
-		return outs[a].out.Name < outs[b].out.Name
+		outs = append(outs, row{drv, DrvOutput{Name: name, Path: p, ID: id}})
+		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if !sorted {
+		sort.SliceStable(outs, func(a, b int) bool {
+			if outs[a].drv != outs[b].drv {
+				return outs[a].drv < outs[b].drv
+			}
+			return outs[a].out.Name < outs[b].out.Name
+		})
+	}
 	g.drvOutOff = make([]uint32, n+1)
 	g.drvOuts = make([]DrvOutput, len(outs))
 	for i, r := range outs {
@@ -552,16 +540,6 @@ func (d *DB) loadGraph(ctx context.Context, c driver.QueryerContext, g *Graph, o
 		g.drvOutOff[i+1] += g.drvOutOff[i]
 	}
 	return nil
-}
-
-func asString(v driver.Value) string {
-	switch s := v.(type) {
-	case string:
-		return s
-	case []byte:
-		return string(s)
-	}
-	return ""
 }
 
 // parseDBHash parses the DB's hash column: "sha256:" + 64 hex digits (Nix
