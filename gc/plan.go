@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"storekeeper/lock"
 	"storekeeper/roots"
@@ -22,21 +23,52 @@ const trashName = "trash"
 // plan finds the roots, loads the graph, computes liveness and returns
 // what to delete. It runs with gc.lock held.
 func (c *collector) plan(ctx context.Context) (*plan, error) {
-	c.startPhase("roots", -1)
-	rr, err := roots.Find(ctx, c.s, roots.Options{NoTemp: true, ProcDir: c.o.ProcDir})
-	if err != nil {
-		return nil, fmt.Errorf("gc: finding roots: %w", err)
+	// The store dir listing and the roots do not depend on the graph:
+	// read them while the DB is read. (Listing before the graph is as
+	// safe as after: a name listed but registered after the graph was
+	// loaded is protected by the temporary root its builder registers
+	// through our socket first, as Nix's protocol requires.)
+	type listing struct {
+		names []string
+		err   error
 	}
+	listed := make(chan listing, 1)
+	go func() {
+		names, err := readStoreDir(c.lay.RealStoreDir)
+		listed <- listing{names, err}
+	}()
+	type found struct {
+		rr   *roots.Result
+		temp lock.TempRootsScan
+		err  error
+	}
+	rootsFound := make(chan found, 1)
+	go func() {
+		rr, err := roots.Find(ctx, c.s, roots.Options{NoTemp: true, ProcDir: c.o.ProcDir})
+		if err != nil {
+			rootsFound <- found{err: fmt.Errorf("gc: finding roots: %w", err)}
+			return
+		}
+		// Like Nix's collector, remove stale temp-roots files of dead
+		// processes, but only when we are the (exclusive) collector.
+		temp, err := lock.ReadTempRoots(c.lay.StateDir, c.deleting)
+		if err != nil {
+			rootsFound <- found{err: fmt.Errorf("gc: reading temporary roots: %w", err)}
+			return
+		}
+		rootsFound <- found{rr: rr, temp: temp}
+	}()
+
+	c.startPhase("roots", -1)
+	f := <-rootsFound
+	if f.err != nil {
+		return nil, f.err
+	}
+	rr, temp := f.rr, f.temp
 	for _, n := range rr.Notes {
 		if strings.HasPrefix(n.Message, "cannot read") {
 			c.progress.Info(n.Message + ": " + n.Link)
 		}
-	}
-	// Like Nix's collector, remove stale temp-roots files of dead
-	// processes, but only when we are the (exclusive) collector.
-	temp, err := lock.ReadTempRoots(c.lay.StateDir, c.deleting)
-	if err != nil {
-		return nil, fmt.Errorf("gc: reading temporary roots: %w", err)
 	}
 	if len(temp.Errors) > 0 && c.deleting {
 		return nil, fmt.Errorf("%w: %v (nothing was deleted)", ErrRootsUnknown, errors.Join(temp.Errors...))
@@ -87,10 +119,11 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 	c.progress.Advance(int64(g.Len()))
 
 	c.startPhase("scan", -1)
-	ents, err := readStoreDir(c.lay.RealStoreDir)
-	if err != nil {
-		return nil, err
+	l := <-listed
+	if l.err != nil {
+		return nil, l.err
 	}
+	ents := l.names
 	p := &plan{present: make([]bool, g.Len()), limit: -1}
 	var starts []store.PathID
 	var candidates []entry
@@ -239,14 +272,18 @@ func (c *collector) aliveError(id store.PathID) error {
 
 // readStoreDir lists the store directory's names, unsorted.
 func readStoreDir(dir string) ([]string, error) {
-	f, err := os.Open(dir)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("gc: opening %s: %w", dir, err)
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
+	defer unix.Close(fd)
+	ents, err := store.ReadDirents(fd, nil)
 	if err != nil {
 		return nil, fmt.Errorf("gc: reading %s: %w", dir, err)
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name
 	}
 	return names, nil
 }

@@ -21,7 +21,7 @@ type gcOptions struct {
 	keepRecent                           time.Duration
 	deleteOlderThan                      string
 	deleteOld                            bool
-	batchSize                            int
+	batchSize, workers                   int
 }
 
 func newGCCommand(g *globalOptions) *cobra.Command {
@@ -56,6 +56,8 @@ store's file system (e.g. 10%).`,
 	f.BoolVarP(&o.deleteOld, "delete-old", "d", false, "first delete all profile generations but the current ones")
 	f.IntVar(&o.batchSize, "batch-size", 0, "paths invalidated per transaction (default 4096)")
 	f.MarkHidden("batch-size")
+	f.IntVar(&o.workers, "delete-workers", 0, "workers deleting the trash (default 2 per CPU)")
+	f.MarkHidden("delete-workers")
 	return cmd
 }
 
@@ -79,7 +81,7 @@ func (gp *gcProgress) Info(msg string) { gp.p.Infof("%s", msg) }
 func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) error {
 	ctx := cmd.Context()
 	p := g.printer(cmd)
-	opts := gc.Options{Action: gc.Delete, DryRun: o.dryRun, KeepRecent: o.keepRecent, BatchSize: o.batchSize}
+	opts := gc.Options{Action: gc.Delete, DryRun: o.dryRun, KeepRecent: o.keepRecent, BatchSize: o.batchSize, Workers: o.workers}
 	switch {
 	case o.printDead && o.printLive:
 		return fmt.Errorf("--print-dead and --print-live exclude each other")

@@ -15,8 +15,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	cmd := newRootCommand()
+	cmd, finish := newRootCommand()
 	err := cmd.ExecuteContext(ctx)
+	finish()
 	interrupted := ctx.Err() != nil
 	stop()
 	os.Exit(exitCode(err, interrupted))

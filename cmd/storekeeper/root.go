@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -24,10 +25,14 @@ type globalOptions struct {
 	verbose    bool
 	noProgress bool
 	options    []string // --option NAME=VALUE
+	cpuProfile string   // hidden --cpu-profile FILE, for performance work
 }
 
-func newRootCommand() *cobra.Command {
+// newRootCommand returns the command tree and a function that finishes
+// what the run started (the CPU profile); call it before exiting.
+func newRootCommand() (*cobra.Command, func()) {
 	g := &globalOptions{}
+	var stopProfile func()
 	cmd := &cobra.Command{
 		Use:   "storekeeper",
 		Short: "Fast, safe maintenance and integrity checks for Nix stores",
@@ -37,6 +42,21 @@ nix-daemon, through Nix's own database and lock protocols.
 ` + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if g.cpuProfile == "" {
+				return nil
+			}
+			f, err := os.Create(g.cpuProfile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				f.Close()
+				return err
+			}
+			stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+			return nil
+		},
 	}
 	f := cmd.PersistentFlags()
 	f.StringVar(&g.storeURI, "store", "", "the store: 'local' (default), a root directory like /mnt, or 'local?root=/mnt&store=/gnu/store&state=/var/guix'")
@@ -47,13 +67,19 @@ nix-daemon, through Nix's own database and lock protocols.
 	f.BoolVarP(&g.verbose, "verbose", "v", false, "print more detail")
 	f.BoolVar(&g.noProgress, "no-progress", false, "never draw progress bars")
 	f.StringArrayVar(&g.options, "option", nil, "override a nix.conf setting, as NAME=VALUE (repeatable)")
+	f.StringVar(&g.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the run to this file")
+	f.MarkHidden("cpu-profile")
 	cmd.SetHelpTemplate(cmd.HelpTemplate())
 	cmd.AddCommand(newGCCommand(g))
 	cmd.AddCommand(newInfoCommand(g))
 	cmd.AddCommand(newRootsCommand(g))
 	cmd.AddCommand(newVerifyCommand(g))
 	cmd.AddCommand(newOptimiseCommand(g))
-	return cmd
+	return cmd, func() {
+		if stopProfile != nil {
+			stopProfile()
+		}
+	}
 }
 
 // openStore resolves the layout and settings from the flags and opens the
