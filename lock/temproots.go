@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -343,6 +344,78 @@ func (t *TempRoots) Add(ctx context.Context, storePath string) error {
 			delay = pollMax
 		}
 	}
+}
+
+// AddAll registers every path in paths as a temporary root, as Add does
+// for each, but when no collector is running (the common case) with one
+// lock and one write for the whole batch. When it returns nil, every path
+// is a temporary root. On an error some of them may already be.
+func (t *TempRoots) AddAll(ctx context.Context, paths []string) error {
+	for _, p := range paths {
+		if p == "" || !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "\x00\n") {
+			return fmt.Errorf("lock: invalid store path %q for a temporary root", p)
+		}
+	}
+	if t.closed.Load() {
+		return ErrClosed
+	}
+	if done, err := t.addAllUnlocked(paths); done || err != nil {
+		return err
+	}
+	// A collector is running: every root goes through its socket.
+	for _, p := range paths {
+		if err := t.Add(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addAllUnlocked is AddAll's fast path: with gc.lock taken shared (no
+// collector can be running), append all new roots in one write. done is
+// false when a collector holds the lock.
+func (t *TempRoots) addAllUnlocked(paths []string) (done bool, err error) {
+	s := t.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false, ErrClosed
+	}
+	var buf []byte
+	var added []string
+	for _, p := range paths {
+		if !s.roots[p] && !slices.Contains(added, p) {
+			buf = append(buf, p...)
+			buf = append(buf, 0)
+			added = append(added, p)
+		}
+	}
+	if len(buf) == 0 {
+		return true, nil
+	}
+	if s.gc == nil {
+		f, err := os.OpenFile(filepath.Join(s.stateDir, "gc.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return false, fmt.Errorf("opening global GC lock: %w", err)
+		}
+		s.gc = f
+	}
+	if err := tryLock(s.gc, unix.LOCK_SH); err != nil {
+		if errors.Is(err, ErrWouldBlock) {
+			return false, nil
+		}
+		return false, err
+	}
+	s.closeSock()
+	_, werr := s.f.Write(buf)
+	uerr := Unlock(s.gc)
+	if werr != nil {
+		return false, fmt.Errorf("writing temporary roots: %w", werr)
+	}
+	for _, p := range added {
+		s.roots[p] = true
+	}
+	return true, uerr
 }
 
 func (s *tempRootsState) appendRoot(storePath string) error {

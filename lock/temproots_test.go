@@ -455,3 +455,57 @@ func TestAddCancelledWhileWaitingForAck(t *testing.T) {
 		t.Fatalf("root written without acknowledgement: %q", s)
 	}
 }
+
+// TestAddAll: without a collector the batch is written at once (and
+// gc.lock released after); with one running, every new root goes through
+// its socket; roots already registered are not sent again.
+func TestAddAll(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rootC := "/nix/store/cccccccccccccccccccccccccccccccc-c"
+
+	dir := t.TempDir()
+	tr, err := OpenTempRoots(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.AddAll(ctx, []string{rootA, rootB, rootA}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.AddAll(ctx, []string{rootB}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, tr.Path()); got != rootA+"\x00"+rootB+"\x00" {
+		t.Fatalf("file content %q", got)
+	}
+	if err := tr.AddAll(ctx, []string{rootC, "relative"}); err == nil {
+		t.Error("AddAll accepted a relative path")
+	}
+	gl, err := AcquireGCLock(ctx, dir, Exclusive, false, nil)
+	if err != nil {
+		t.Fatalf("gc.lock still held after AddAll: %v", err)
+	}
+	gl.Release()
+
+	dir2 := t.TempDir()
+	c := startFakeCollector(t, dir2, func(string) bool { return true })
+	tr2, err := OpenTempRoots(dir2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr2.Close()
+	if err := tr2.Add(ctx, rootA); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr2.AddAll(ctx, []string{rootA, rootB, rootC}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := c.lines()
+	if !reflect.DeepEqual(got, []string{rootA, rootB, rootC}) {
+		t.Fatalf("collector got %q", got)
+	}
+	if s := readFile(t, tr2.Path()); s != rootA+"\x00"+rootB+"\x00"+rootC+"\x00" {
+		t.Fatalf("file content %q", s)
+	}
+}

@@ -84,6 +84,13 @@ func (d *dirRef) release(renamed bool) {
 	if d.writers > 0 || d.isStoreDir || !(d.touched || d.writable) {
 		return
 	}
+	if !d.writable {
+		// Only renamed into (as root): the mode is as it was, only the
+		// mtime needs setting back.
+		futimens(d.fd, []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: 1}})
+		d.touched = false
+		return
+	}
 	var st unix.Stat_t
 	if unix.Fstat(d.fd, &st) == nil {
 		d.canonicaliseLocked(&st)

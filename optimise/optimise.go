@@ -67,8 +67,8 @@ type Options struct {
 	// DryRun computes what would be linked and freed without changing
 	// anything; it needs no write access.
 	DryRun bool
-	// Jobs is the number of hashing workers; 0 means 8 per CPU, at least
-	// 16 and at most 64 (hashing is I/O bound on a cold cache).
+	// Jobs is the number of hashing and linking workers; 0 means 2 per
+	// CPU.
 	Jobs int
 	// TempRoots registers each store path before it is touched; nil makes
 	// Optimise open this process's temporary-roots file itself (unless
@@ -220,6 +220,10 @@ type run struct {
 
 	inodes   *inodeSet
 	verified sync.Map // .links names whose contents were checked (or made) in this run
+	// names: hashes of the .links names known to exist (listed at the
+	// start, or met or made since). A name not in it is linked without
+	// looking it up first; should it exist after all, link(2) says so.
+	names *inodeSet
 
 	corruptMu  sync.Mutex        // serialises replacements of corrupted .links entries
 	dryCorrupt map[string]uint64 // dry run: corrupted entries and the inode that would replace each
@@ -333,9 +337,12 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	nWalk := max(2, runtime.GOMAXPROCS(0))
 	nHash := r.o.Jobs
 	if nHash <= 0 {
-		// Hashing is bound by I/O on a cold cache: keep many reads in
-		// flight (16 on 2 cores measured faster than 4).
-		nHash = min(64, max(16, 8*runtime.GOMAXPROCS(0)))
+		// Two per core. More keep more reads in flight on a cold
+		// cache (16 on 2 cores was faster there), but on a warm one the
+		// extra linkers contend for the .links and store directory locks
+		// in the kernel and burn the CPU: on the 63k-path store, 2 cores,
+		// warm cache, -j 2: 19-22 s, -j 4: 22 s, -j 16: 26-29 s.
+		nHash = 2 * runtime.GOMAXPROCS(0)
 	}
 	tasks := make(chan *storePathJob, 256)
 	gate := make(chan gateItem, 64)
@@ -404,6 +411,9 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	close(gate)
 	<-gateDone
 	hashWG.Wait()
+	if !r.o.DryRun {
+		r.removeOwnTmpLinks()
+	}
 
 	res.Notices = r.notices
 	sort.SliceStable(res.Notices, func(i, j int) bool {
@@ -510,6 +520,7 @@ func (r *run) openLinks() error {
 		// Nothing linked yet, and a dry run creates nothing.
 		r.linksFd = -1
 		r.inodes = newInodeSet(1024)
+		r.names = newInodeSet(1024)
 		return nil
 	}
 	if err != nil {
@@ -529,11 +540,24 @@ func (r *run) openLinks() error {
 		return fmt.Errorf("%w: reading %s: %v", ErrLinksDir, ld, err)
 	}
 	r.inodes = newInodeSet(len(ents) + 1024)
+	r.names = newInodeSet(len(ents) + 1024)
 	for _, e := range ents {
 		r.inodes.add(e.Ino)
+		r.names.add(nameKey(e.Name))
 	}
 	r.linksFd = fd
 	return nil
+}
+
+// nameKey is the key of a .links name in run.names: FNV-1a of the name.
+// A collision only costs a lookup.
+func nameKey(name string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	return h
 }
 
 // listStoreDir reads the store directory's entries once: their inode
@@ -645,14 +669,14 @@ func (r *run) gate(ctx context.Context, tr *lock.TempRoots, in <-chan gateItem, 
 			part := make([]string, len(items))
 			for i, it := range items {
 				part[i] = it.t.path
-				if tr != nil {
-					if err := tr.Add(ctx, it.t.path); err != nil {
-						if ctx.Err() == nil {
-							failed = fmt.Errorf("optimise: registering %s as a temporary root: %w", it.t.path, err)
-						}
-						drop(items)
-						return
+			}
+			if tr != nil {
+				if err := tr.AddAll(ctx, part); err != nil {
+					if ctx.Err() == nil {
+						failed = fmt.Errorf("optimise: registering temporary roots: %w", err)
 					}
+					drop(items)
+					return
 				}
 			}
 			var err error
@@ -865,7 +889,7 @@ func (r *run) link(d *dirRef, name, lname string, st *unix.Stat_t) {
 	for attempt := 0; attempt < 5; attempt++ {
 		var lst unix.Stat_t
 		var err error = unix.ENOENT
-		if r.linksFd >= 0 {
+		if r.linksFd >= 0 && r.names.has(nameKey(lname)) {
 			err = fstatat(r.linksFd, lname, &lst)
 		}
 		if err == unix.ENOENT {
@@ -888,11 +912,13 @@ func (r *run) link(d *dirRef, name, lname string, st *unix.Stat_t) {
 			switch err {
 			case nil:
 				r.inodes.add(st.Ino)
+				r.names.add(nameKey(lname))
 				r.verified.Store(lname, true)
 				atomic.AddInt64(&r.res.LinksCreated, 1)
 				return
 			case unix.EEXIST:
-				continue // another process made it: use it
+				r.names.add(nameKey(lname))
+				continue // it exists (made by another process): use it
 			case unix.ENOSPC:
 				atomic.AddInt64(&r.res.NoSpace, 1)
 				r.notice(KindNoSpace, disp, linkDisp, err)
@@ -1077,14 +1103,29 @@ func (r *run) replace(d *dirRef, name, lname string, st *unix.Stat_t) replOutcom
 		return replDone
 	}
 	// rename(2) does nothing when both names are links to one inode
-	// already (another optimiser got there first): drop ours. A lookup is
-	// cheaper than an unlink, which locks the store directory.
-	var tst unix.Stat_t
-	if fstatat(r.storeFd, tmp, &tst) == nil {
-		unix.Unlinkat(r.storeFd, tmp, 0)
-	}
+	// already (another optimiser linked the file meanwhile): then the
+	// temporary link stays. removeOwnTmpLinks drops such leftovers at
+	// the end of the run, instead of a lookup after every rename.
 	r.counted(st)
 	return replDone
+}
+
+// removeOwnTmpLinks removes this run's temporary links still in the
+// store directory (see replace); a killed run's are removed by the next
+// (removeStaleTmpLinks).
+func (r *run) removeOwnTmpLinks() {
+	fd, err := unix.Openat(r.storeFd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	ents, _ := readDirents(fd, nil)
+	prefix := fmt.Sprintf(".tmp-link-%d-", r.pid)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name, prefix) {
+			unix.Unlinkat(r.storeFd, e.Name, 0)
+		}
+	}
 }
 
 func (r *run) tmpName() string {

@@ -48,7 +48,7 @@ With --dry-run nothing is changed and no write access is needed.`,
 	f := cmd.Flags()
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "only report what would be linked and freed")
 	f.Int64Var(&o.minSize, "min-size", 0, "skip files smaller than this many bytes")
-	f.IntVarP(&o.jobs, "jobs", "j", 0, "hashing workers (default: 8 per CPU, 16 to 64)")
+	f.IntVarP(&o.jobs, "jobs", "j", 0, "hashing and linking workers (default: 2 per CPU; more help on a cold cache)")
 	return cmd
 }
 
