@@ -299,12 +299,8 @@ func (t *TempRoots) Add(ctx context.Context, storePath string) error {
 	if s.roots[storePath] {
 		return nil
 	}
-	if s.gc == nil {
-		f, err := os.OpenFile(filepath.Join(s.stateDir, "gc.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-		if err != nil {
-			return fmt.Errorf("opening global GC lock: %w", err)
-		}
-		s.gc = f
+	if err := s.openGCLock(); err != nil {
+		return err
 	}
 	delay := pollMin
 	for {
@@ -393,12 +389,8 @@ func (t *TempRoots) addAllUnlocked(paths []string) (done bool, err error) {
 	if len(buf) == 0 {
 		return true, nil
 	}
-	if s.gc == nil {
-		f, err := os.OpenFile(filepath.Join(s.stateDir, "gc.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-		if err != nil {
-			return false, fmt.Errorf("opening global GC lock: %w", err)
-		}
-		s.gc = f
+	if err := s.openGCLock(); err != nil {
+		return false, err
 	}
 	if err := tryLock(s.gc, unix.LOCK_SH); err != nil {
 		if errors.Is(err, ErrWouldBlock) {
@@ -416,6 +408,20 @@ func (t *TempRoots) addAllUnlocked(paths []string) (done bool, err error) {
 		s.roots[p] = true
 	}
 	return true, uerr
+}
+
+// openGCLock opens gc.lock once (it is probed shared before each write
+// of a root). Call with s.mu held.
+func (s *tempRootsState) openGCLock() error {
+	if s.gc != nil {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(s.stateDir, "gc.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening global GC lock: %w", err)
+	}
+	s.gc = f
+	return nil
 }
 
 func (s *tempRootsState) appendRoot(storePath string) error {

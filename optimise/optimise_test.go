@@ -602,3 +602,32 @@ func FuzzParseDirents(f *testing.F) {
 		}
 	})
 }
+
+// TestNoOpRenameLeavesNoTmpLink: when another optimiser links a file to
+// the same .links entry between our hashing and our rename, rename(2)
+// between two links to one inode does nothing and our temporary link
+// stays; the run removes it before it ends.
+func TestNoOpRenameLeavesNoTmpLink(t *testing.T) {
+	_, s := fixture(t, dupSpec())
+	var once sync.Once
+	ops := sysOps{
+		linkat: unix.Linkat,
+		renameat: func(od int, op string, nd int, np string) error {
+			once.Do(func() {
+				// The other optimiser: the file becomes a link to the
+				// .links entry our temporary link points at.
+				if err := unix.Linkat(od, op, nd, np+".other", 0); err != nil {
+					t.Error(err)
+				}
+				if err := unix.Renameat(nd, np+".other", nd, np); err != nil {
+					t.Error(err)
+				}
+			})
+			return unix.Renameat(od, op, nd, np)
+		},
+	}
+	if _, err := optimiseWith(context.Background(), s, Options{}, nil, ops); err != nil {
+		t.Fatal(err)
+	}
+	checkStore(t, s) // fails on a .tmp-link-* left in the store dir
+}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -426,21 +425,16 @@ func (d *DB) loadGraph(ctx context.Context, c *rawConn, g *Graph, o GraphOptions
 	n := len(g.dbID)
 	idm := newIDMapper(g.dbID)
 
-	// Refs. The primary key's index hands the rows over sorted by
-	// (referrer, reference), which is PathID order: the CSR arrays are
-	// filled in one pass. Should the planner choose otherwise, the rows
-	// are sorted here instead.
+	// Refs, in (referrer, reference) order, which is PathID order (ids
+	// map to PathIDs monotonically): the CSR arrays fill in one pass.
+	// SQLite reads the primary key's index for it, no sort.
 	eHint := hint("select max(rowid) from Refs")
 	from, to := make([]PathID, 0, eHint), make([]PathID, 0, eHint)
-	sorted := true
 	err = rawQuery(ctx, c, "select referrer, reference from Refs order by referrer, reference", func(st *rawStmt) error {
 		fa, tb := idm.get(st.int64(0)), idm.get(st.int64(1))
 		if fa == NoPath || tb == NoPath {
 			g.Problems.DanglingRefs++
 			return nil
-		}
-		if k := len(from) - 1; k >= 0 && (fa < from[k] || (fa == from[k] && tb <= to[k])) {
-			sorted = false
 		}
 		from = append(from, fa)
 		to = append(to, tb)
@@ -456,20 +450,7 @@ func (d *DB) loadGraph(ctx context.Context, c *rawConn, g *Graph, o GraphOptions
 	for i := 0; i < n; i++ {
 		g.refOff[i+1] += g.refOff[i]
 	}
-	if sorted {
-		g.refs = to
-	} else {
-		g.refs = make([]PathID, len(from))
-		pos := make([]uint32, n)
-		copy(pos, g.refOff[:n])
-		for i, f := range from {
-			g.refs[pos[f]] = to[i]
-			pos[f]++
-		}
-		for i := 0; i < n; i++ {
-			slices.Sort(g.refs[g.refOff[i]:g.refOff[i+1]])
-		}
-	}
+	g.refs = to
 	from, to = nil, nil
 
 	// Derivers, resolved through the name index.
@@ -491,14 +472,13 @@ func (d *DB) loadGraph(ctx context.Context, c *rawConn, g *Graph, o GraphOptions
 	}
 
 	// DerivationOutputs, grouped by derivation, outputs by name (the
-	// primary key's order).
+	// primary key's order, so again no sort).
 	type row struct {
 		drv PathID
 		out DrvOutput
 	}
 	var outs []row
 	names := map[string]string{}
-	sorted = true
 	err = rawQuery(ctx, c, "select drv, id, path from DerivationOutputs order by drv, id", func(st *rawStmt) error {
 		drv := idm.get(st.int64(0))
 		if drv == NoPath {
@@ -513,22 +493,11 @@ func (d *DB) loadGraph(ctx context.Context, c *rawConn, g *Graph, o GraphOptions
 		}
 		p := string(st.text(2))
 		id, _ := g.Lookup(p)
-		if k := len(outs) - 1; k >= 0 && (drv < outs[k].drv || (drv == outs[k].drv && name < outs[k].out.Name)) {
-			sorted = false
-		}
 		outs = append(outs, row{drv, DrvOutput{Name: name, Path: p, ID: id}})
 		return nil
 	})
 	if err != nil {
 		return err
-	}
-	if !sorted {
-		sort.SliceStable(outs, func(a, b int) bool {
-			if outs[a].drv != outs[b].drv {
-				return outs[a].drv < outs[b].drv
-			}
-			return outs[a].out.Name < outs[b].out.Name
-		})
 	}
 	g.drvOutOff = make([]uint32, n+1)
 	g.drvOuts = make([]DrvOutput, len(outs))

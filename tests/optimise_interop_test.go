@@ -86,15 +86,9 @@ func optNixVerify(t testing.TB, root string) {
 // for temporary links inside store paths.
 func optCheckNARs(t testing.TB, root string) {
 	t.Helper()
-	lay, err := store.ResolveLayout(store.LayoutOptions{StoreURI: "local?root=" + root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true), ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openChroot(t, root)
+	defer s.Close() // now: the commands run next need no reader holding the DB
+	lay := s.Layout
 	g, err := s.LoadGraph(context.Background(), store.GraphOptions{Hashes: true})
 	if err != nil {
 		t.Fatal(err)
