@@ -265,8 +265,11 @@ func (r *run) pathStep(t *storePathJob) {
 type fileJob struct {
 	dir  *dirRef
 	name string
-	st   unix.Stat_t
+	st   unix.Stat_t // the lstat; only st.Ino (from getdents) when byName
 	task *storePathJob
+	// byName: getdents called it a regular file and it was not stat'ed;
+	// the worker opens it and takes its fstat (processRegular).
+	byName bool
 }
 
 func (r *run) run(ctx context.Context) (*Result, error) {
@@ -761,28 +764,38 @@ func (r *run) consider(d *dirRef, name string, st *unix.Stat_t, t *storePathJob,
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		return r.walkDir(d, name, t, jobs, buf)
-	case unix.S_IFREG:
-		if st.Mode&unix.S_IWUSR != 0 {
-			r.notice(KindSuspicious, r.realPath(d, name), "", nil)
+	case unix.S_IFREG, unix.S_IFLNK:
+		if !r.candidate(d, name, st) {
 			return buf
 		}
-	case unix.S_IFLNK:
 	default:
-		return buf
-	}
-	atomic.AddInt64(&r.res.FilesSeen, 1)
-	if st.Nlink > 1 && r.inodes.has(st.Ino) {
-		atomic.AddInt64(&r.res.AlreadyLinked, 1)
-		return buf
-	}
-	if st.Size < r.o.MinSize {
-		atomic.AddInt64(&r.res.SkippedSmall, 1)
 		return buf
 	}
 	d.ref()
 	t.pending.Add(1)
 	*jobs = append(*jobs, &fileJob{dir: d, name: name, st: *st, task: t})
 	return buf
+}
+
+// candidate applies the checks a regular file or symlink (lstat st)
+// passes before it is hashed: a writable file is reported as suspicious;
+// the rest count as seen, and those already linked or under MinSize are
+// counted and skipped.
+func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t) bool {
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&unix.S_IWUSR != 0 {
+		r.notice(KindSuspicious, r.realPath(d, name), "", nil)
+		return false
+	}
+	atomic.AddInt64(&r.res.FilesSeen, 1)
+	if st.Nlink > 1 && r.inodes.has(st.Ino) {
+		atomic.AddInt64(&r.res.AlreadyLinked, 1)
+		return false
+	}
+	if st.Size < r.o.MinSize {
+		atomic.AddInt64(&r.res.SkippedSmall, 1)
+		return false
+	}
+	return true
 }
 
 // walkDir walks the directory name in d, skipping entries whose inode is
@@ -826,6 +839,18 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 		if e.Type != unix.DT_REG && e.Type != unix.DT_LNK && e.Type != unix.DT_UNKNOWN {
 			continue
 		}
+		if r.stop.Load() {
+			break
+		}
+		if e.Type == unix.DT_REG {
+			// No stat here: the worker's open and fstat tell it all.
+			d.ref()
+			t.pending.Add(1)
+			j := &fileJob{dir: d, name: e.Name, task: t, byName: true}
+			j.st.Ino = e.Ino
+			*jobs = append(*jobs, j)
+			continue
+		}
 		var fst unix.Stat_t
 		if err := fstatat(fd, e.Name, &fst); err != nil {
 			if err != unix.ENOENT {
@@ -836,9 +861,6 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 		if fst.Mode&unix.S_IFMT == unix.S_IFDIR {
 			subdirs = append(subdirs, e.Name)
 			continue
-		}
-		if r.stop.Load() {
-			break
 		}
 		r.consider(d, e.Name, &fst, t, jobs, nil)
 	}
@@ -855,7 +877,14 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 // process hashes one file and links it.
 func (r *run) process(j *fileJob) {
 	if r.inodes.has(j.st.Ino) {
+		if j.byName {
+			atomic.AddInt64(&r.res.FilesSeen, 1)
+		}
 		atomic.AddInt64(&r.res.AlreadyLinked, 1)
+		return
+	}
+	if j.byName {
+		r.processRegular(j)
 		return
 	}
 	disp := r.realPath(j.dir, j.name)
@@ -874,6 +903,51 @@ func (r *run) process(j *fileJob) {
 	}
 	if st.Mode&unix.S_IFMT != j.st.Mode&unix.S_IFMT || (st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&unix.S_IWUSR != 0) {
 		return // replaced meanwhile by something we would not link
+	}
+	atomic.AddInt64(&r.res.FilesHashed, 1)
+	atomic.AddInt64(&r.res.BytesHashed, st.Size)
+	r.p.Hashed(st.Size)
+	r.link(j.dir, j.name, h.Base32(), &st)
+}
+
+// processRegular handles a file getdents called regular. One descriptor
+// serves for its fstat and its contents, and stays open until the file is
+// linked: when the rename replaces the file's last name, its inode is then
+// released (its blocks freed) by the close, not inside rename(2) with the
+// kernel's rename locks held, so the workers' frees run in parallel.
+func (r *run) processRegular(j *fileJob) {
+	disp := r.realPath(j.dir, j.name)
+	fd, err := openat(j.dir.fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
+	switch err {
+	case nil:
+	case unix.ENOENT:
+		return // vanished
+	case unix.ELOOP:
+		// No longer a regular file: look at what it is now.
+		var st unix.Stat_t
+		if err := fstatat(j.dir.fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK && r.candidate(j.dir, j.name, &st) {
+			j.byName = false
+			j.st = st
+			r.process(j)
+		}
+		return
+	default:
+		r.notice(KindError, disp, "", fmt.Errorf("opening: %w", err))
+		return
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		r.notice(KindError, disp, "", fmt.Errorf("fstat: %w", err))
+		return
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || !r.candidate(j.dir, j.name, &st) {
+		return // replaced since getdents by something we would not link
+	}
+	h, err := store.HashOpenFile(fd, &st, disp)
+	if err != nil {
+		r.notice(KindError, disp, "", fmt.Errorf("hashing: %w", err))
+		return
 	}
 	atomic.AddInt64(&r.res.FilesHashed, 1)
 	atomic.AddInt64(&r.res.BytesHashed, st.Size)

@@ -201,6 +201,23 @@ func (nw *narWriter) symlink(target string) {
 	nw.str(")")
 }
 
+// regular writes a regular file node: its header, the contents of the
+// open file fd (see contents) and the closing token.
+func (nw *narWriter) regular(fd int, w io.Writer, st *unix.Stat_t, disp string) error {
+	nw.str("(")
+	nw.str("type")
+	nw.str("regular")
+	if st.Mode&unix.S_IXUSR != 0 {
+		nw.str("executable")
+		nw.str("")
+	}
+	if err := nw.contents(fd, w, st.Size, disp); err != nil {
+		return err
+	}
+	nw.str(")")
+	return nw.err
+}
+
 // contents writes "contents", size and the bytes of the open file fd from
 // its current offset, then the padding, and copies the bytes to w if not
 // nil. Each read asks for one byte more than is left, so the file's end

@@ -219,19 +219,7 @@ func (t *treeWalker) regular(dirfd int, name, rel string, lst *unix.Stat_t) erro
 	if err != nil {
 		return err
 	}
-	nw := t.nw
-	nw.str("(")
-	nw.str("type")
-	nw.str("regular")
-	if st.Mode&unix.S_IXUSR != 0 {
-		nw.str("executable")
-		nw.str("")
-	}
-	if err := nw.contents(fd, w, st.Size, t.display(rel)); err != nil {
-		return err
-	}
-	nw.str(")")
-	return nw.err
+	return t.nw.regular(fd, w, &st, t.display(rel))
 }
 
 func (t *treeWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {

@@ -95,3 +95,30 @@ func HashNodeAt(dirfd int, name, disp string, lst *unix.Stat_t) (NarHash, error)
 	h.Sum(nh[:0])
 	return nh, nil
 }
+
+// HashOpenFile returns the NAR hash of the regular file open at fd, read
+// from its current offset (the start, for a fresh descriptor), whose
+// fstat is st: the name Nix gives its entry in the .links directory. It
+// reads through fd only, so it hashes exactly the inode st describes
+// whatever happens to the file's name meanwhile; a file found shorter or
+// longer than st.Size gives an error wrapping the "changed" condition
+// (see IsChanged). disp names the file in errors.
+func HashOpenFile(fd int, st *unix.Stat_t, disp string) (NarHash, error) {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return NarHash{}, fmt.Errorf("store: %s: %w: not a regular file", disp, errChanged)
+	}
+	h := sha256.New()
+	nw := newNarWriter(h)
+	defer nw.release()
+	nw.str("nix-archive-1")
+	err := nw.regular(fd, nil, st, disp)
+	if err == nil {
+		err = nw.flush()
+	}
+	if err != nil {
+		return NarHash{}, err
+	}
+	var nh NarHash
+	h.Sum(nh[:0])
+	return nh, nil
+}
