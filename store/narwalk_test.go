@@ -189,3 +189,55 @@ func TestNodeStatMatchesLstat(t *testing.T) {
 		}
 	}
 }
+
+// HashOpenFile gives every regular file the hash HashPathAt gives it, and
+// reports a file whose size is not the one announced.
+func TestHashOpenFileMatchesHashPathAt(t *testing.T) {
+	root := makeTree(t)
+	for _, rel := range []string{"zero", "one", "seven", "eight", "bin/tool", "a/b/c/buf", "a/b/c/buf-1", "a/b/c/buf+1", "a/big"} {
+		dir, name := filepath.Split(filepath.Join(root, rel))
+		dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _, err := HashPathAt(dfd, name, rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.Openat(dfd, name, unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		got, err := HashOpenFile(fd, &st, rel)
+		if err != nil || got != want {
+			t.Errorf("%s: HashOpenFile = %v, %v; HashPathAt = %v", rel, got, err, want)
+		}
+		// The same descriptor, announced one byte short and one long.
+		for _, delta := range []int64{-1, 1} {
+			if st.Size+delta < 0 {
+				continue
+			}
+			if _, err := unix.Seek(fd, 0, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			bad := st
+			bad.Size += delta
+			if _, err := HashOpenFile(fd, &bad, rel); !IsChanged(err) {
+				t.Errorf("%s announced %d bytes (has %d): err = %v, want a changed error", rel, bad.Size, st.Size, err)
+			}
+		}
+		unix.Close(fd)
+		unix.Close(dfd)
+	}
+	dfd, _ := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	unix.Fstat(dfd, &st)
+	if _, err := HashOpenFile(dfd, &st, "root"); !IsChanged(err) {
+		t.Errorf("a directory: err = %v, want a changed error", err)
+	}
+}
