@@ -173,13 +173,16 @@ func placeholders(n int) string {
 	return "?" + strings.Repeat(",?", n-1)
 }
 
-// invalidate removes the batch from the DB in one transaction. Foreign
-// keys stay on: the batch's own Refs rows go first, then a check that no
-// path outside the batch refers into it (a path registered since the
-// graph was loaded would); if one does, that path's closure is marked
+// invalidate removes the batch from the DB in one transaction, with
+// foreign keys on: the batch's own Refs rows first, then its ValidPaths
+// rows. A path registered since the graph was loaded that refers into
+// the batch makes the second step fail (the schema's "on delete
+// restrict"): then nothing is changed, that path's closure is marked
 // alive and errRetryBatch is returned. It returns the names that are
-// valid again under a new id (re-registered meanwhile): those are left
-// in place.
+// valid again under a new id (invalidated and registered again
+// meanwhile): those are left in place. Only the rows that were not there
+// to delete are looked up for that, so an undisturbed batch costs two
+// statements per chunk.
 func (c *collector) invalidate(ctx context.Context, ids []store.PathID) (map[string]bool, error) {
 	db := c.s.DB.SQL
 	// A cancelled context must not leave a half-done batch; the
@@ -191,76 +194,44 @@ func (c *collector) invalidate(ctx context.Context, ids []store.PathID) (map[str
 	}
 	defer tx.Rollback()
 	const chunk = 500
-	for i := 0; i < len(ids); i += chunk {
-		part := ids[i:min(i+chunk, len(ids))]
+	dbIDs := func(part []store.PathID) []any {
 		args := make([]any, len(part))
 		for j, id := range part {
 			args[j] = c.g.DBID(id)
 		}
-		if _, err := tx.ExecContext(tctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", args...); err != nil {
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
+		return args
 	}
 	for i := 0; i < len(ids); i += chunk {
 		part := ids[i:min(i+chunk, len(ids))]
-		args := make([]any, len(part))
-		for j, id := range part {
-			args[j] = c.g.DBID(id)
+		if _, err := tx.ExecContext(tctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", dbIDs(part)...); err != nil {
+			return nil, fmt.Errorf("gc: invalidating: %w", err)
 		}
-		rows, err := tx.QueryContext(tctx, "select r.reference, v.path from Refs r join ValidPaths v on v.id = r.referrer where r.reference in ("+placeholders(len(part))+")", args...)
+	}
+	var missing []store.PathID // rows not found under the id the graph has
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		res, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", dbIDs(part)...)
+		if store.IsConstraintError(err) {
+			tx.Rollback()
+			return nil, c.keepReferenced(tctx, ids, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("gc: invalidating: %w", err)
 		}
-		var keep []string
-		for rows.Next() {
-			var ref int64
-			var referrer string
-			if err := rows.Scan(&ref, &referrer); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			keep = append(keep, referrer)
-		}
-		rows.Close()
-		if len(keep) > 0 {
-			tx.Rollback()
-			c.mu.Lock()
-			for _, r := range keep {
-				c.warn("%s was registered during the collection and refers to a dead path; keeping that path", r)
-				if base, err := store.ParseStorePath(c.lay.StoreDir, r); err == nil {
-					c.tempHash[store.HashPart(base)] = true
-				}
-				// Mark what the new path references alive.
-				for _, id := range part {
-					c.live.markRoot(id, "referenced by "+r)
-				}
-			}
-			c.mu.Unlock()
-			return nil, errRetryBatch
+		if n, err := res.RowsAffected(); err != nil || n != int64(len(part)) {
+			missing = append(missing, part...)
 		}
 	}
-	for i := 0; i < len(ids); i += chunk {
-		part := ids[i:min(i+chunk, len(ids))]
-		args := make([]any, len(part))
-		for j, id := range part {
-			args[j] = c.g.DBID(id)
-		}
-		if _, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", args...); err != nil {
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
-	}
-	// A path invalidated and registered again (new id) since the graph
-	// was loaded is valid: leave its directory alone.
 	spare := map[string]bool{}
-	for i := 0; i < len(ids); i += chunk {
-		part := ids[i:min(i+chunk, len(ids))]
+	for i := 0; i < len(missing); i += chunk {
+		part := missing[i:min(i+chunk, len(missing))]
 		args := make([]any, len(part))
 		for j, id := range part {
 			args[j] = c.g.Path(id)
 		}
 		rows, err := tx.QueryContext(tctx, "select path from ValidPaths where path in ("+placeholders(len(part))+")", args...)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("gc: invalidating: %w", err)
 		}
 		for rows.Next() {
 			var p string
@@ -268,12 +239,79 @@ func (c *collector) invalidate(ctx context.Context, ids []store.PathID) (map[str
 				spare[strings.TrimPrefix(p, c.lay.StoreDir+"/")] = true
 			}
 		}
+		err = rows.Err()
 		rows.Close()
+		if err != nil {
+			return nil, fmt.Errorf("gc: invalidating: %w", err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("gc: committing invalidation: %w", err)
 	}
 	return spare, nil
+}
+
+// keepReferenced runs after the batch ids could not be invalidated
+// because of a foreign key (cause): it finds the valid paths outside the
+// batch that refer into it, which were registered during the collection,
+// keeps them and marks the batch paths they refer to (and so their
+// closures) alive, and returns errRetryBatch. If there is no such path,
+// it returns cause.
+func (c *collector) keepReferenced(ctx context.Context, ids []store.PathID, cause error) error {
+	const chunk = 500
+	found := false
+	for i := 0; i < len(ids); i += chunk {
+		part := ids[i:min(i+chunk, len(ids))]
+		args := make([]any, len(part))
+		byDBID := make(map[int64]store.PathID, len(part))
+		for j, id := range part {
+			args[j] = c.g.DBID(id)
+			byDBID[c.g.DBID(id)] = id
+		}
+		ph := placeholders(len(part))
+		// The batch's own Refs rows are still there (the transaction was
+		// rolled back): only referrers outside the batch count.
+		rows, err := c.s.DB.SQL.QueryContext(ctx, "select r.reference, v.path from Refs r join ValidPaths v on v.id = r.referrer where r.reference in ("+ph+") and r.referrer not in ("+ph+")", append(args, args...)...)
+		if err != nil {
+			return fmt.Errorf("gc: invalidating: %w", err)
+		}
+		type hit struct {
+			ref      int64
+			referrer string
+		}
+		var hits []hit
+		for rows.Next() {
+			var h hit
+			if err := rows.Scan(&h.ref, &h.referrer); err != nil {
+				rows.Close()
+				return fmt.Errorf("gc: invalidating: %w", err)
+			}
+			hits = append(hits, h)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return fmt.Errorf("gc: invalidating: %w", err)
+		}
+		c.mu.Lock()
+		for _, h := range hits {
+			id, ok := byDBID[h.ref]
+			if !ok {
+				continue
+			}
+			found = true
+			c.warn("%s was registered during the collection and refers to %s; keeping it", h.referrer, c.g.Path(id))
+			if base, err := store.ParseStorePath(c.lay.StoreDir, h.referrer); err == nil {
+				c.tempHash[store.HashPart(base)] = true
+			}
+			c.live.markRoot(id, "referenced by "+h.referrer)
+		}
+		c.mu.Unlock()
+	}
+	if !found {
+		return fmt.Errorf("gc: invalidating: %w", cause)
+	}
+	return errRetryBatch
 }
 
 // moveOthers moves the dead entries that are not valid paths: invalid

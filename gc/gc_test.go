@@ -579,3 +579,149 @@ func TestExplain(t *testing.T) {
 		}
 	}
 }
+
+// registrationRace builds a store, picks a dead output path with a
+// dead referrer (so the path's deletion depends on the batch order and
+// foreign keys), and returns the store, its dead set and that path.
+func registrationRace(t *testing.T) (*storetest.Built, map[string]bool, string) {
+	t.Helper()
+	b := build(t, storetest.Spec{Paths: 60, Seed: 11, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	ro := openStore(t, b.Layout, true)
+	dead := map[string]bool{}
+	for _, p := range collect(t, ro, gc.Options{Action: gc.PrintDead}).Dead {
+		dead[p] = true
+	}
+	ro.Close()
+	for _, p := range b.Valid {
+		if !dead[p] || strings.HasSuffix(p, ".drv") {
+			continue
+		}
+		for q, refs := range b.Refs {
+			if q != p && dead[q] && !strings.HasSuffix(q, ".drv") && sort.SearchStrings(refs, p) < len(refs) && refs[sort.SearchStrings(refs, p)] == p {
+				return b, dead, p
+			}
+		}
+	}
+	t.Fatal("no dead path with a dead referrer: the fixture does not test anything")
+	return nil, nil, ""
+}
+
+func openRaw(t *testing.T, lay store.Layout) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+lay.DBPath()+"?_busy_timeout=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// TestRegisteredDuringCollectionKeepsItsReferences: a path registered
+// while the collector holds gc.lock (as a build finishing then does) that
+// refers to a dead path keeps that path and its closure alive; the rest
+// of the garbage still goes, and the DB stays consistent.
+func TestRegisteredDuringCollectionKeepsItsReferences(t *testing.T) {
+	b, dead, victim := registrationRace(t)
+	lay := b.Layout
+	newPath := lay.StoreDir + "/" + strings.Repeat("1", 32) + "-registered-meanwhile"
+	if err := os.Mkdir(lay.RealPath(newPath), 0o555); err != nil {
+		t.Fatal(err)
+	}
+	rw := openStore(t, lay, false)
+	res := collect(t, rw, gc.Options{Action: gc.Delete, BeforeInvalidation: func() {
+		db := openRaw(t, lay)
+		var id int64
+		err := db.QueryRow("insert into ValidPaths (path, hash, registrationTime, narSize) values (?, ?, 1, 112) returning id",
+			newPath, "sha256:"+strings.Repeat("0", 64)).Scan(&id)
+		if err == nil {
+			_, err = db.Exec("insert into Refs (referrer, reference) select ?, id from ValidPaths where path = ?", id, victim)
+		}
+		if err != nil {
+			t.Error(err)
+		}
+	}})
+	g, err := rw.LoadGraph(context.Background(), store.GraphOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for p := range dead {
+		_, valid := g.Lookup(p)
+		_, serr := os.Lstat(lay.RealPath(p))
+		if valid != (serr == nil) {
+			t.Errorf("%s: valid %v but on disk %v", p, valid, serr == nil)
+		}
+		if valid {
+			kept++
+		}
+	}
+	if _, ok := g.Lookup(victim); !ok {
+		t.Fatalf("%s, referred to by a path registered during the collection, was deleted", victim)
+	}
+	if _, ok := g.Lookup(newPath); !ok {
+		t.Fatal("the path registered during the collection was invalidated")
+	}
+	for _, r := range b.Refs[victim] {
+		if _, ok := g.Lookup(r); !ok {
+			t.Errorf("%s, in the closure of %s, was deleted", r, victim)
+		}
+	}
+	if kept == len(dead) || res.PathsDeleted == 0 {
+		t.Errorf("nothing else was collected (kept %d of %d dead)", kept, len(dead))
+	}
+	if !strings.Contains(strings.Join(res.Warnings, "\n"), "registered during the collection") {
+		t.Errorf("no warning about the kept path: %q", res.Warnings)
+	}
+	var n int
+	if err := rw.DB.SQL.QueryRow("select count(*) from pragma_foreign_key_check").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d foreign key violations after gc (%v)", n, err)
+	}
+}
+
+// TestReregisteredDuringCollectionIsSpared: a dead path invalidated and
+// registered again (under a new id) while the collector runs is valid:
+// its directory stays and it is reported as spared.
+func TestReregisteredDuringCollectionIsSpared(t *testing.T) {
+	b, dead, victim := registrationRace(t)
+	lay := b.Layout
+	rw := openStore(t, lay, false)
+	res := collect(t, rw, gc.Options{Action: gc.Delete, BeforeInvalidation: func() {
+		db := openRaw(t, lay)
+		var hash string
+		var size int64
+		err := db.QueryRow("select hash, narSize from ValidPaths where path = ?", victim).Scan(&hash, &size)
+		for _, q := range []string{
+			"delete from Refs where reference in (select id from ValidPaths where path = ?1) or referrer in (select id from ValidPaths where path = ?1)",
+			"delete from ValidPaths where path = ?1",
+		} {
+			if err == nil {
+				_, err = db.Exec(q, victim)
+			}
+		}
+		if err == nil {
+			_, err = db.Exec("insert into ValidPaths (path, hash, registrationTime, narSize) values (?, ?, 1, ?)", victim, hash, size)
+		}
+		if err != nil {
+			t.Error(err)
+		}
+	}})
+	if _, err := os.Lstat(lay.RealPath(victim)); err != nil {
+		t.Fatalf("%s, registered again during the collection, was deleted: %v", victim, err)
+	}
+	if fmt.Sprint(res.Spared) != fmt.Sprint([]string{victim}) {
+		t.Errorf("spared %q, want %q", res.Spared, victim)
+	}
+	delete(dead, victim)
+	g, err := rw.LoadGraph(context.Background(), store.GraphOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Lookup(victim); !ok {
+		t.Errorf("%s is not valid any more", victim)
+	}
+	for p := range dead {
+		if _, ok := g.Lookup(p); ok {
+			t.Errorf("dead path %s still valid", p)
+		}
+	}
+}

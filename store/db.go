@@ -172,7 +172,10 @@ func openSQL(ctx context.Context, dbPath string, o DBOptions) (*sql.DB, error) {
 		if !o.FsyncMetadata {
 			sync = "off"
 		}
-		q = "mode=rw&" + q + "&_foreign_keys=1&_synchronous=" + sync + "&_pragma=cache_size(-65536)"
+		// A 32 MiB page cache: on a 315k-path store (170 MB DB) the
+		// collector's invalidation is as fast as with 64 MiB, and its
+		// peak memory 80 MB lower (239 MB instead of 320 MB).
+		q = "mode=rw&" + q + "&_foreign_keys=1&_synchronous=" + sync + "&_pragma=cache_size(-32768)"
 	}
 	db, err := sql.Open("sqlite", "file:"+uriPath(dbPath)+"?"+q)
 	if err != nil {
@@ -238,6 +241,12 @@ func sqliteCode(err error) int {
 		return se.Code()
 	}
 	return 0
+}
+
+// IsConstraintError reports whether err is SQLite's "constraint failed"
+// (a foreign key, unique or not-null constraint).
+func IsConstraintError(err error) bool {
+	return sqliteCode(err)&0xff == sqlite3.SQLITE_CONSTRAINT
 }
 
 func isReadOnlyErr(err error) bool {
