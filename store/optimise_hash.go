@@ -61,39 +61,23 @@ func IsChanged(err error) bool { return errors.Is(err, errChanged) }
 // the caller should look again with HashPathAt. A directory is walked as
 // by HashPathAt.
 func HashNodeAt(dirfd int, name, disp string, lst *unix.Stat_t) (NarHash, error) {
-	h := sha256.New()
-	nw := newNarWriter(h)
-	defer nw.release()
-	nw.str("nix-archive-1")
-	t := treeWalker{nw: nw, root: disp}
-	var err error
-	switch lst.Mode & unix.S_IFMT {
-	case unix.S_IFLNK:
-		var target string
-		target, err = narReadlinkat(dirfd, name, lst.Size)
+	return narHash(func(nw *narWriter) error {
+		if lst.Mode&unix.S_IFMT != unix.S_IFLNK {
+			t := treeWalker{nw: nw, root: disp}
+			return t.nodeStat(dirfd, name, "", lst)
+		}
+		target, err := narReadlinkat(dirfd, name, lst.Size)
 		switch {
 		case err == unix.EINVAL:
-			err = fmt.Errorf("store: %s: %w: no longer a symlink", disp, errChanged)
+			return fmt.Errorf("store: %s: %w: no longer a symlink", disp, errChanged)
 		case err != nil:
-			err = &os.PathError{Op: "readlink", Path: disp, Err: err}
+			return &os.PathError{Op: "readlink", Path: disp, Err: err}
 		case int64(len(target)) != lst.Size:
-			err = fmt.Errorf("store: %s: %w: symlink target changed", disp, errChanged)
-		default:
-			nw.symlink(target)
-			err = nw.err
+			return fmt.Errorf("store: %s: %w: symlink target changed", disp, errChanged)
 		}
-	default:
-		err = t.nodeStat(dirfd, name, "", lst)
-	}
-	if err == nil {
-		err = nw.flush()
-	}
-	if err != nil {
-		return NarHash{}, err
-	}
-	var nh NarHash
-	h.Sum(nh[:0])
-	return nh, nil
+		nw.symlink(target)
+		return nw.err
+	})
 }
 
 // HashOpenFile returns the NAR hash of the regular file open at fd, read
@@ -107,11 +91,16 @@ func HashOpenFile(fd int, st *unix.Stat_t, disp string) (NarHash, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return NarHash{}, fmt.Errorf("store: %s: %w: not a regular file", disp, errChanged)
 	}
+	return narHash(func(nw *narWriter) error { return nw.regular(fd, nil, st, disp) })
+}
+
+// narHash returns the SHA-256 of a NAR whose single node fill writes.
+func narHash(fill func(nw *narWriter) error) (NarHash, error) {
 	h := sha256.New()
 	nw := newNarWriter(h)
 	defer nw.release()
 	nw.str("nix-archive-1")
-	err := nw.regular(fd, nil, st, disp)
+	err := fill(nw)
 	if err == nil {
 		err = nw.flush()
 	}
