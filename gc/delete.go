@@ -173,6 +173,27 @@ func placeholders(n int) string {
 	return "?" + strings.Repeat(",?", n-1)
 }
 
+// sqlChunk is how many paths one invalidation statement names.
+const sqlChunk = 500
+
+// chunks splits ids into runs of at most sqlChunk.
+func chunks(ids []store.PathID) [][]store.PathID {
+	var out [][]store.PathID
+	for i := 0; i < len(ids); i += sqlChunk {
+		out = append(out, ids[i:min(i+sqlChunk, len(ids))])
+	}
+	return out
+}
+
+// dbIDs returns the DB ids of part as statement arguments.
+func (c *collector) dbIDs(part []store.PathID) []any {
+	args := make([]any, len(part))
+	for j, id := range part {
+		args[j] = c.g.DBID(id)
+	}
+	return args
+}
+
 // invalidate removes the batch from the DB in one transaction, with
 // foreign keys on: the batch's own Refs rows first, then its ValidPaths
 // rows. A path registered since the graph was loaded that refers into
@@ -193,24 +214,14 @@ func (c *collector) invalidate(ctx context.Context, ids []store.PathID) (map[str
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	defer tx.Rollback()
-	const chunk = 500
-	dbIDs := func(part []store.PathID) []any {
-		args := make([]any, len(part))
-		for j, id := range part {
-			args[j] = c.g.DBID(id)
-		}
-		return args
-	}
-	for i := 0; i < len(ids); i += chunk {
-		part := ids[i:min(i+chunk, len(ids))]
-		if _, err := tx.ExecContext(tctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", dbIDs(part)...); err != nil {
+	for _, part := range chunks(ids) {
+		if _, err := tx.ExecContext(tctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", c.dbIDs(part)...); err != nil {
 			return nil, fmt.Errorf("gc: invalidating: %w", err)
 		}
 	}
 	var missing []store.PathID // rows not found under the id the graph has
-	for i := 0; i < len(ids); i += chunk {
-		part := ids[i:min(i+chunk, len(ids))]
-		res, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", dbIDs(part)...)
+	for _, part := range chunks(ids) {
+		res, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", c.dbIDs(part)...)
 		if store.IsConstraintError(err) {
 			tx.Rollback()
 			return nil, c.keepReferenced(tctx, ids, err)
@@ -223,8 +234,7 @@ func (c *collector) invalidate(ctx context.Context, ids []store.PathID) (map[str
 		}
 	}
 	spare := map[string]bool{}
-	for i := 0; i < len(missing); i += chunk {
-		part := missing[i:min(i+chunk, len(missing))]
+	for _, part := range chunks(missing) {
 		args := make([]any, len(part))
 		for j, id := range part {
 			args[j] = c.g.Path(id)
@@ -258,14 +268,11 @@ func (c *collector) invalidate(ctx context.Context, ids []store.PathID) (map[str
 // closures) alive, and returns errRetryBatch. If there is no such path,
 // it returns cause.
 func (c *collector) keepReferenced(ctx context.Context, ids []store.PathID, cause error) error {
-	const chunk = 500
 	found := false
-	for i := 0; i < len(ids); i += chunk {
-		part := ids[i:min(i+chunk, len(ids))]
-		args := make([]any, len(part))
+	for _, part := range chunks(ids) {
+		args := c.dbIDs(part)
 		byDBID := make(map[int64]store.PathID, len(part))
-		for j, id := range part {
-			args[j] = c.g.DBID(id)
+		for _, id := range part {
 			byDBID[c.g.DBID(id)] = id
 		}
 		ph := placeholders(len(part))
