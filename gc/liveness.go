@@ -259,10 +259,97 @@ func deletionOrder(g *store.Graph, dead []bool) [][]store.PathID {
 			}
 		}
 	}
-	// Tarjan emits a component after everything it references: reverse
-	// for referrers first.
-	for i, j := 0, len(comps)-1; i < j; i, j = i+1, j-1 {
-		comps[i], comps[j] = comps[j], comps[i]
+	return newestFirst(g, dead, comps)
+}
+
+// newestFirst orders the components referrers first (Kahn's algorithm on
+// the graph of components), taking among the ready ones the component
+// with the newest path (the highest DB id) first. Nix registers a path
+// after its references, so this mostly deletes in descending id order:
+// the rows of one batch then sit together in the ValidPaths and Refs
+// B-trees, and a transaction rewrites far fewer pages than one that
+// deletes in graph-walk order.
+func newestFirst(g *store.Graph, dead []bool, comps [][]store.PathID) [][]store.PathID {
+	compOf := make([]int32, g.Len())
+	key := make([]store.PathID, len(comps))
+	for ci, comp := range comps {
+		for _, v := range comp {
+			compOf[v] = int32(ci)
+			key[ci] = max(key[ci], v)
+		}
 	}
-	return comps
+	// waiting[c]: edges from other components into c not yet released.
+	waiting := make([]int32, len(comps))
+	for ci, comp := range comps {
+		for _, v := range comp {
+			for _, w := range g.References(v) {
+				if dead[w] && compOf[w] != int32(ci) {
+					waiting[compOf[w]]++
+				}
+			}
+		}
+	}
+	h := compHeap{key: key}
+	for ci := range comps {
+		if waiting[ci] == 0 {
+			h.push(int32(ci))
+		}
+	}
+	out := make([][]store.PathID, 0, len(comps))
+	for len(h.c) > 0 {
+		ci := h.pop()
+		out = append(out, comps[ci])
+		for _, v := range comps[ci] {
+			for _, w := range g.References(v) {
+				if dead[w] && compOf[w] != ci {
+					if waiting[compOf[w]]--; waiting[compOf[w]] == 0 {
+						h.push(compOf[w])
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// compHeap is a max-heap of component indexes by key.
+type compHeap struct {
+	c   []int32
+	key []store.PathID
+}
+
+func (h *compHeap) less(i, j int) bool { return h.key[h.c[i]] > h.key[h.c[j]] }
+
+func (h *compHeap) push(ci int32) {
+	h.c = append(h.c, ci)
+	for i := len(h.c) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !h.less(i, p) {
+			break
+		}
+		h.c[i], h.c[p] = h.c[p], h.c[i]
+		i = p
+	}
+}
+
+func (h *compHeap) pop() int32 {
+	top := h.c[0]
+	last := len(h.c) - 1
+	h.c[0] = h.c[last]
+	h.c = h.c[:last]
+	for i := 0; ; {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < last && h.less(l, m) {
+			m = l
+		}
+		if r < last && h.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		h.c[i], h.c[m] = h.c[m], h.c[i]
+		i = m
+	}
+	return top
 }
