@@ -13,9 +13,12 @@
 //  4. liveness: everything the roots keep alive, through references and
 //     the keep-outputs / keep-derivations edges; the dead set is what
 //     Nix's collector would find dead scanning the store directory.
-//  5. invalidation: dead paths, referrers before references, each strongly
-//     connected component in one transaction, in batches; after each
-//     committed batch its directories are renamed into <store>/trash.
+//  5. invalidation: dead paths, referrers before references (newest
+//     first), each strongly connected component in one transaction, in
+//     batches of up to 65536 paths that shrink towards the end; after
+//     each committed batch its directories are renamed into
+//     <store>/trash. On a nearly full disk the batches are small, the WAL
+//     is checkpointed after each, and each batch is deleted at once.
 //  6. unlock: the socket is closed and gc.lock released.
 //  7. deletion: the trash is deleted by parallel workers.
 //  8. links: .links entries no longer linked from anywhere are removed.
@@ -98,8 +101,8 @@ type Options struct {
 	KeepRecent time.Duration
 	// Workers deleting the trash in parallel (0: GOMAXPROCS).
 	Workers int
-	// BatchSize is the number of paths invalidated per transaction
-	// (0: 4096).
+	// BatchSize is the most paths invalidated in one transaction (0:
+	// 65536); see batchSize for how the batches are cut.
 	BatchSize int
 	// ProcDir is /proc (tests point it elsewhere).
 	ProcDir string
@@ -248,7 +251,7 @@ func Collect(ctx context.Context, s *store.Store, o Options, p Progress) (*Resul
 		p = nopProgress{}
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = 4096
+		o.BatchSize = defaultBatchSize
 	}
 	if o.Now.IsZero() {
 		o.Now = time.Now()

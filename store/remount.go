@@ -57,3 +57,13 @@ func RemountWritable(dir string) error {
 	}
 	return nil
 }
+
+// FreeSpace returns the bytes available to unprivileged users and the
+// total size of the file system holding dir.
+func FreeSpace(dir string) (avail, total uint64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, 0, fmt.Errorf("store: statfs %s: %w", dir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
+}

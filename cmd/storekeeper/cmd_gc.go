@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"storekeeper/gc"
 	"storekeeper/store"
@@ -54,7 +53,7 @@ store's file system (e.g. 10%).`,
 	f.DurationVar(&o.keepRecent, "keep-recent", 0, "keep paths registered within this duration (a grace period), e.g. 2h")
 	f.StringVar(&o.deleteOlderThan, "delete-older-than", "", "first delete profile generations older than this (e.g. 30d; never the current one)")
 	f.BoolVarP(&o.deleteOld, "delete-old", "d", false, "first delete all profile generations but the current ones")
-	f.IntVar(&o.batchSize, "batch-size", 0, "paths invalidated per transaction (default 4096)")
+	f.IntVar(&o.batchSize, "batch-size", 0, "most paths invalidated per transaction (default 65536)")
 	f.MarkHidden("batch-size")
 	f.IntVar(&o.workers, "delete-workers", 0, "workers deleting the trash (default 2 per CPU)")
 	f.MarkHidden("delete-workers")
@@ -225,11 +224,8 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 // diskNearlyFull reports whether dir's file system has less than 1 MiB
 // available.
 func diskNearlyFull(dir string) bool {
-	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) != nil {
-		return false
-	}
-	return st.Bavail*uint64(st.Bsize) < 1<<20
+	avail, _, err := store.FreeSpace(dir)
+	return err == nil && avail < 1<<20
 }
 
 func writeLines(p *printer, lines []string) {
@@ -246,18 +242,17 @@ func mib(b uint64) string { return fmt.Sprintf("%.2f MiB", float64(b)/(1<<20)) }
 // ensureFreeBytes turns --ensure-free (SIZE or PCT%) into the number of
 // bytes to free now (0: already enough free).
 func ensureFreeBytes(dir, spec string) (uint64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	avail, total, err := store.FreeSpace(dir)
+	if err != nil {
+		return 0, err
 	}
-	avail := st.Bavail * uint64(st.Bsize)
 	var want uint64
 	if pct, ok := strings.CutSuffix(spec, "%"); ok {
 		f, err := strconv.ParseFloat(pct, 64)
 		if err != nil || f < 0 || f > 100 {
 			return 0, fmt.Errorf("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
 		}
-		want = uint64(f / 100 * float64(st.Blocks*uint64(st.Bsize)))
+		want = uint64(f / 100 * float64(total))
 	} else {
 		n, err := store.ParseSize(spec)
 		if err != nil {
