@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/store"
 )
 
 // journal records, before the first rename into a directory, which
@@ -109,7 +111,7 @@ func (r *run) restoreDir(rel string) bool {
 			unix.Close(fd)
 			return false
 		}
-		nfd, err := openat(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+		nfd, err := store.OpenAt(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 		unix.Close(fd)
 		if err != nil {
 			return false

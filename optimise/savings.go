@@ -31,7 +31,7 @@ func Savings(lay store.Layout) (int64, error) {
 	var actual, unshared int64
 	for _, e := range ents {
 		var st unix.Stat_t
-		if err := fstatat(fd, e.Name, &st); err != nil {
+		if err := store.LstatAt(fd, e.Name, &st); err != nil {
 			continue // removed meanwhile
 		}
 		if st.Nlink != 1 {

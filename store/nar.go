@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -302,7 +303,8 @@ func cleanTop(p string) string {
 	return q
 }
 
-func narFstatat(dirfd int, name string, st *unix.Stat_t) error {
+// LstatAt is fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW), retried on EINTR.
+func LstatAt(dirfd int, name string, st *unix.Stat_t) error {
 	for {
 		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
 		if err != unix.EINTR {
@@ -311,9 +313,28 @@ func narFstatat(dirfd int, name string, st *unix.Stat_t) error {
 	}
 }
 
-func narOpenat(dirfd int, name string, flags int) (int, error) {
+// readNoatime is cleared the first time the kernel refuses O_NOATIME.
+var readNoatime atomic.Bool
+
+func init() { readNoatime.Store(true) }
+
+// OpenAt opens name in dirfd (openat(2) with flags), retrying on EINTR.
+// It asks for O_NOATIME: reading a store never writes to it, not even the
+// access time of every inode it reads (which on a relatime mount is a
+// journal write per file the first time a copied or day-old file is
+// read). The kernel allows that only to the file's owner or with
+// CAP_FOWNER; the first EPERM turns it off for the rest of the process.
+func OpenAt(dirfd int, name string, flags int) (int, error) {
 	for {
-		fd, err := unix.Openat(dirfd, name, flags, 0)
+		f := flags
+		if readNoatime.Load() {
+			f |= unix.O_NOATIME
+		}
+		fd, err := unix.Openat(dirfd, name, f, 0)
+		if err == unix.EPERM && f != flags {
+			readNoatime.Store(false)
+			continue
+		}
 		if err != unix.EINTR {
 			return fd, err
 		}

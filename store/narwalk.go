@@ -46,7 +46,7 @@ func (n *Node) Stat() (*unix.Stat_t, error) {
 	if n.fd >= 0 {
 		err = unix.Fstat(n.fd, &n.st)
 	} else {
-		err = narFstatat(n.dirfd, n.name, &n.st)
+		err = LstatAt(n.dirfd, n.name, &n.st)
 		if err == nil && n.st.Mode&unix.S_IFMT != unix.S_IFLNK {
 			err = fmt.Errorf("store: %s: %w: no longer a symlink", n.Rel, errChanged)
 		}
@@ -116,7 +116,7 @@ func (t *treeWalker) walkTop(p string) error {
 func (t *treeWalker) walkAt(dirfd int, name, disp string) (unix.Stat_t, error) {
 	t.root = disp
 	var st unix.Stat_t
-	if err := narFstatat(dirfd, name, &st); err != nil {
+	if err := LstatAt(dirfd, name, &st); err != nil {
 		return st, &os.PathError{Op: "lstat", Path: disp, Err: err}
 	}
 	return st, t.nodeStat(dirfd, name, "", &st)
@@ -175,7 +175,7 @@ func (t *treeWalker) entry(dirfd int, name, rel string, typ uint8) error {
 
 func (t *treeWalker) lstatNode(dirfd int, name, rel string) error {
 	var st unix.Stat_t
-	if err := narFstatat(dirfd, name, &st); err != nil {
+	if err := LstatAt(dirfd, name, &st); err != nil {
 		return &os.PathError{Op: "lstat", Path: t.display(rel), Err: err}
 	}
 	return t.nodeStat(dirfd, name, rel, &st)
@@ -189,7 +189,7 @@ func (t *treeWalker) regular(dirfd int, name, rel string, lst *unix.Stat_t) erro
 		_, err := t.report(rel, FileRegular, lst.Size, lst, -1, dirfd, name, "")
 		return err
 	}
-	fd, err := narOpenat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
+	fd, err := OpenAt(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
 	if err != nil {
 		if err == unix.ELOOP {
 			if lst == nil {
@@ -223,7 +223,7 @@ func (t *treeWalker) regular(dirfd int, name, rel string, lst *unix.Stat_t) erro
 }
 
 func (t *treeWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {
-	fd, err := narOpenat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	fd, err := OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		if err == unix.ELOOP || err == unix.ENOTDIR {
 			if lst == nil {

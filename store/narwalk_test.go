@@ -241,3 +241,35 @@ func TestHashOpenFileMatchesHashPathAt(t *testing.T) {
 		t.Errorf("a directory: err = %v, want a changed error", err)
 	}
 }
+
+// TestHashingLeavesAccessTimes: reading a tree to hash it does not
+// update the access times of what it reads (O_NOATIME), on a file system
+// that would (relatime updates an atime older than the ctime).
+func TestHashingLeavesAccessTimes(t *testing.T) {
+	dir := t.TempDir()
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil || fs.Flags&(unix.ST_NOATIME|unix.ST_RDONLY) != 0 {
+		t.Skip("atimes are not updated here anyway")
+	}
+	top := filepath.Join(dir, "p")
+	os.MkdirAll(filepath.Join(top, "sub"), 0o755)
+	os.WriteFile(filepath.Join(top, "sub", "f"), []byte("contents"), 0o444)
+	old := unix.NsecToTimespec(2e9)
+	for _, p := range []string{filepath.Join(top, "sub", "f"), filepath.Join(top, "sub"), top} {
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{old, old}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := HashPath(top); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{filepath.Join(top, "sub", "f"), filepath.Join(top, "sub"), top} {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Atim.Sec != 2 {
+			t.Errorf("%s: atime %d after hashing, want 2 (unchanged)", p, st.Atim.Sec)
+		}
+	}
+}
