@@ -70,6 +70,9 @@ type Options struct {
 	// Jobs is the number of hashing and linking workers; 0 means 2 per
 	// CPU.
 	Jobs int
+	// Full walks every selected path, also those that an earlier run
+	// left fully linked and that are unchanged since (see state.go).
+	Full bool
 	// TempRoots registers each store path before it is touched; nil makes
 	// Optimise open this process's temporary-roots file itself (unless
 	// DryRun).
@@ -128,22 +131,26 @@ type Notice struct {
 
 // Result is what a run did (or, with DryRun, would do).
 type Result struct {
-	DryRun        bool  `json:"dry_run"`
-	Paths         int   `json:"paths"`           // store paths processed
-	PathsGone     int   `json:"paths_gone"`      // no longer valid when their turn came
-	FilesSeen     int64 `json:"files_seen"`      // regular files and symlinks considered
-	AlreadyLinked int64 `json:"already_linked"`  // skipped: already hard-linked into .links
-	SkippedSmall  int64 `json:"skipped_small"`   // skipped: below MinSize
-	FilesHashed   int64 `json:"files_hashed"`    //
-	BytesHashed   int64 `json:"bytes_hashed"`    //
-	LinksCreated  int64 `json:"links_created"`   // new .links entries
-	FilesLinked   int64 `json:"files_linked"`    // files replaced by a hard link (Nix's "N files")
-	BytesFreed    int64 `json:"bytes_freed"`     // sum of their sizes (Nix's "X MiB freed")
-	BlocksFreed   int64 `json:"blocks_freed"`    // sum of their st_blocks (512 bytes)
-	TooManyLinks  int64 `json:"too_many_links"`  // kept because of EMLINK
-	NoSpace       int64 `json:"no_space"`        // kept because of ENOSPC
-	RestoredDirs  int64 `json:"restored_dirs"`   // directories made canonical again after a killed run
-	StaleTmpLinks int   `json:"stale_tmp_links"` // .tmp-link-* of dead processes removed
+	DryRun         bool  `json:"dry_run"`
+	Paths          int   `json:"paths"`           // store paths processed
+	PathsUnchanged int   `json:"paths_unchanged"` // of which skipped: fully linked by an earlier run and unchanged since
+	PathsGone      int   `json:"paths_gone"`      // no longer valid when their turn came
+	FilesSeen      int64 `json:"files_seen"`      // regular files and symlinks considered
+	AlreadyLinked  int64 `json:"already_linked"`  // skipped: already hard-linked into .links
+	SkippedSmall   int64 `json:"skipped_small"`   // skipped: below MinSize
+	FilesHashed    int64 `json:"files_hashed"`    //
+	BytesHashed    int64 `json:"bytes_hashed"`    //
+	LinksCreated   int64 `json:"links_created"`   // new .links entries
+	FilesLinked    int64 `json:"files_linked"`    // files replaced by a hard link (Nix's "N files")
+	BytesFreed     int64 `json:"bytes_freed"`     // sum of their sizes (Nix's "X MiB freed")
+	BlocksFreed    int64 `json:"blocks_freed"`    // sum of their st_blocks (512 bytes)
+	TooManyLinks   int64 `json:"too_many_links"`  // kept because of EMLINK
+	NoSpace        int64 `json:"no_space"`        // kept because of ENOSPC
+	RestoredDirs   int64 `json:"restored_dirs"`   // directories made canonical again after a killed run
+	StaleTmpLinks  int   `json:"stale_tmp_links"` // .tmp-link-* of dead processes removed
+	// StateError says why the linked-paths state could not be saved
+	// (the next run then walks every path again).
+	StateError string `json:"state_error,omitempty"`
 
 	Notices []Notice `json:"notices"` // sorted by kind, then path
 }
@@ -219,7 +226,8 @@ type run struct {
 	journal          *journal
 
 	inodes   *inodeSet
-	verified sync.Map // .links names whose contents were checked (or made) in this run
+	linked   *linkedState // the linked-paths state; nil in a dry run without one
+	verified sync.Map     // .links names whose contents were checked (or made) in this run
 	// names: hashes of the .links names known to exist (listed at the
 	// start, or met or made since). A name not in it is linked without
 	// looking it up first; should it exist after all, link(2) says so.
@@ -252,13 +260,57 @@ type storePathJob struct {
 	path    string // logical full path
 	base    string
 	narSize int64
+	dbID    int64
 	pending atomic.Int32 // the walk itself + each file job in flight
+	top     uint64       // the inode of its top-level directory, when walked as one
+	rec     pathRecord
 }
 
 func (r *run) pathStep(t *storePathJob) {
 	if t.pending.Add(-1) == 0 {
+		r.finishPath(t)
 		r.p.PathDone(t.narSize)
 	}
+}
+
+// finishPath updates the linked-paths state once every file of t is
+// done: a path walked as a top-level directory and left fully linked
+// gets a record, any other loses its record.
+func (r *run) finishPath(t *storePathJob) {
+	if r.linked == nil || r.o.DryRun {
+		return
+	}
+	var rec *linkedRec
+	if t.top != 0 && !r.stop.Load() {
+		rec = t.rec.finish(t.dbID, t.top, r.o.MinSize)
+	}
+	r.linked.mu.Lock()
+	if rec != nil {
+		r.linked.recs[t.base] = rec
+	} else {
+		delete(r.linked.recs, t.base)
+	}
+	r.linked.mu.Unlock()
+}
+
+// skipUnchanged reports whether the path t, whose top-level directory is
+// inode top, is unchanged since a run left it fully linked, and if so
+// counts its files as that walk would.
+func (r *run) skipUnchanged(t *storePathJob, top uint64) bool {
+	if r.linked == nil || r.o.Full {
+		return false
+	}
+	r.linked.mu.Lock()
+	rec := r.linked.recs[t.base]
+	r.linked.mu.Unlock()
+	if rec == nil || !rec.unchanged(t.dbID, top, r.o.MinSize, r.inodes) {
+		return false
+	}
+	atomic.AddInt64(&r.res.FilesSeen, rec.files+rec.small)
+	atomic.AddInt64(&r.res.AlreadyLinked, rec.files)
+	atomic.AddInt64(&r.res.SkippedSmall, rec.small)
+	r.addInt(&r.res.PathsUnchanged, 1)
+	return true
 }
 
 // fileJob is one regular file or symlink to hash and maybe link.
@@ -276,7 +328,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	res := r.res
 	lay := r.s.Layout
 
-	paths, sizes, err := r.selectPaths(ctx)
+	paths, err := r.selectPaths(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +355,8 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	if err := r.listStoreDir(); err != nil {
 		return nil, err
 	}
-	r.sortByInode(paths, sizes)
+	r.sortByInode(paths)
+	r.linked = loadLinkedState(r.linkedStatePath())
 	if r.o.DryRun {
 		r.virt = map[string]uint64{}
 	} else {
@@ -325,8 +378,8 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	}
 
 	var total int64
-	for _, s := range sizes {
-		total += s
+	for _, t := range paths {
+		total += t.narSize
 	}
 	r.p.Start(len(paths), total)
 
@@ -357,8 +410,8 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	// run over an optimised store registers no root and sends no query.
 	go func() {
 		defer close(tasks)
-		for i, p := range paths {
-			t := &storePathJob{path: p, base: p[len(lay.StoreDir)+1:], narSize: sizes[i]}
+		for _, p := range paths {
+			t := &storePathJob{path: p.path, base: p.path[len(lay.StoreDir)+1:], narSize: p.narSize, dbID: p.dbID}
 			t.pending.Store(1)
 			select {
 			case tasks <- t:
@@ -416,6 +469,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	hashWG.Wait()
 	if !r.o.DryRun {
 		r.removeOwnTmpLinks()
+		r.saveLinkedState(paths)
 	}
 
 	res.Notices = r.notices
@@ -438,47 +492,46 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	return res, nil
 }
 
-// selectPaths returns the logical store paths to optimise, sorted, and
-// their NAR sizes.
-func (r *run) selectPaths(ctx context.Context) ([]string, []int64, error) {
+// target is a store path to optimise.
+type target struct {
+	path    string // logical full path
+	narSize int64
+	dbID    int64  // its ValidPaths id
+	ino     uint64 // its top-level inode (sortByInode)
+}
+
+// selectPaths returns the logical store paths to optimise, sorted.
+func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 	sd := r.s.Layout.StoreDir
 	if len(r.o.Paths) == 0 {
 		// One query for every valid path (sorted like Nix's set).
-		rows, err := r.s.DB.SQL.QueryContext(ctx, "select path, narSize from ValidPaths")
+		rows, err := r.s.DB.SQL.QueryContext(ctx, "select id, path, narSize from ValidPaths")
 		if err != nil {
-			return nil, nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
+			return nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
 		}
 		defer rows.Close()
-		type ps struct {
-			p string
-			n int64
-		}
-		var all []ps
+		var all []target
 		for rows.Next() {
-			var p string
+			var t target
 			var n sql.NullInt64
-			if err := rows.Scan(&p, &n); err != nil {
-				return nil, nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
+			if err := rows.Scan(&t.dbID, &t.path, &n); err != nil {
+				return nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
 			}
-			if _, err := store.ParseStorePath(sd, p); err != nil {
+			if _, err := store.ParseStorePath(sd, t.path); err != nil {
 				continue // not a path of this store: never touch it
 			}
-			all = append(all, ps{p, n.Int64})
+			t.narSize = n.Int64
+			all = append(all, t)
 		}
 		if err := rows.Err(); err != nil {
-			return nil, nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
+			return nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
 		}
-		sort.Slice(all, func(i, j int) bool { return all[i].p < all[j].p })
-		paths := make([]string, len(all))
-		sizes := make([]int64, len(all))
-		for i, x := range all {
-			paths[i], sizes[i] = x.p, x.n
-		}
-		return paths, sizes, nil
+		sort.Slice(all, func(i, j int) bool { return all[i].path < all[j].path })
+		return all, nil
 	}
 	g, err := r.s.LoadGraph(ctx, store.GraphOptions{})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	seen := map[string]bool{}
 	var paths []string
@@ -489,10 +542,10 @@ func (r *run) selectPaths(ctx context.Context) ([]string, []int64, error) {
 		}
 		sp, _, err := store.ToStorePath(sd, filepath.Clean(p))
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: %v", ErrNotValid, err)
+			return nil, fmt.Errorf("%w: %v", ErrNotValid, err)
 		}
 		if _, ok := g.Lookup(sp); !ok {
-			return nil, nil, fmt.Errorf("%w: %s is not registered in %s", ErrNotValid, sp, r.s.DB.Path)
+			return nil, fmt.Errorf("%w: %s is not registered in %s", ErrNotValid, sp, r.s.DB.Path)
 		}
 		if !seen[sp] {
 			seen[sp] = true
@@ -500,12 +553,12 @@ func (r *run) selectPaths(ctx context.Context) ([]string, []int64, error) {
 		}
 	}
 	sort.Strings(paths)
-	sizes := make([]int64, len(paths))
+	out := make([]target, len(paths))
 	for i, p := range paths {
 		id, _ := g.Lookup(p)
-		sizes[i] = int64(g.NarSize[id])
+		out[i] = target{path: p, narSize: int64(g.NarSize[id]), dbID: g.DBID(id)}
 	}
-	return paths, sizes, nil
+	return out, nil
 }
 
 // openLinks opens (creating it unless DryRun) the .links directory and
@@ -588,25 +641,15 @@ func (r *run) listStoreDir() error {
 // inodes and contents lie on disk. Reading in that order instead of by
 // name turns a cold run's random reads into mostly sequential ones. The
 // result does not depend on the order.
-func (r *run) sortByInode(paths []string, sizes []int64) {
-	type ps struct {
-		ino uint64
-		p   string
-		n   int64
-	}
+func (r *run) sortByInode(paths []target) {
 	off := len(r.s.Layout.StoreDir) + 1
-	all := make([]ps, len(paths))
-	for i, p := range paths {
-		ino := uint64(1<<64 - 1)
-		if e, ok := r.top[p[off:]]; ok {
-			ino = e.Ino
+	for i := range paths {
+		paths[i].ino = 1<<64 - 1
+		if e, ok := r.top[paths[i].path[off:]]; ok {
+			paths[i].ino = e.Ino
 		}
-		all[i] = ps{ino, p, sizes[i]}
 	}
-	sort.SliceStable(all, func(i, j int) bool { return all[i].ino < all[j].ino })
-	for i, x := range all {
-		paths[i], sizes[i] = x.p, x.n
-	}
+	sort.SliceStable(paths, func(i, j int) bool { return paths[i].ino < paths[j].ino })
 }
 
 // removeStaleTmpLinks removes .tmp-link-PID-N entries of the store
@@ -745,11 +788,15 @@ func (r *run) walkPath(t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent
 			return buf
 		}
 		if e.Type == unix.DT_DIR {
+			if r.skipUnchanged(t, e.Ino) {
+				return buf
+			}
+			t.top = e.Ino
 			return r.walkDir(r.storeDir, t.base, t, jobs, buf)
 		}
 	}
 	var st unix.Stat_t
-	if err := fstatat(r.storeFd, t.base, &st); err != nil {
+	if err := store.LstatAt(r.storeFd, t.base, &st); err != nil {
 		if err != unix.ENOENT {
 			r.notice(KindError, r.realPath(r.storeDir, t.base), "", err)
 		}
@@ -765,48 +812,74 @@ func (r *run) consider(d *dirRef, name string, st *unix.Stat_t, t *storePathJob,
 	case unix.S_IFDIR:
 		return r.walkDir(d, name, t, jobs, buf)
 	case unix.S_IFREG, unix.S_IFLNK:
-		if !r.candidate(d, name, st) {
+		switch r.candidate(d, name, st) {
+		case candLink:
+		case candLinked:
+			t.rec.linked(st.Ino)
+			return buf
+		case candSmall:
+			t.rec.skippedSmall()
+			return buf
+		default:
+			t.rec.spoil()
 			return buf
 		}
 	default:
 		return buf
 	}
-	d.ref()
-	t.pending.Add(1)
-	*jobs = append(*jobs, &fileJob{dir: d, name: name, st: *st, task: t})
+	r.queue(d, &fileJob{dir: d, name: name, st: *st, task: t}, jobs)
 	return buf
 }
+
+// queue adds a file job of d to jobs.
+func (r *run) queue(d *dirRef, j *fileJob, jobs *[]*fileJob) {
+	d.ref()
+	j.task.pending.Add(1)
+	j.task.rec.queued()
+	*jobs = append(*jobs, j)
+}
+
+// What candidate says of a file.
+type candVerdict int
+
+const (
+	candLink       candVerdict = iota // hash it and link it
+	candLinked                        // already linked into .links
+	candSmall                         // under MinSize
+	candSuspicious                    // a writable regular file
+)
 
 // candidate applies the checks a regular file or symlink (lstat st)
 // passes before it is hashed: a writable file is reported as suspicious;
 // the rest count as seen, and those already linked or under MinSize are
 // counted and skipped.
-func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t) bool {
+func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t) candVerdict {
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&unix.S_IWUSR != 0 {
 		r.notice(KindSuspicious, r.realPath(d, name), "", nil)
-		return false
+		return candSuspicious
 	}
 	atomic.AddInt64(&r.res.FilesSeen, 1)
 	if st.Nlink > 1 && r.inodes.has(st.Ino) {
 		atomic.AddInt64(&r.res.AlreadyLinked, 1)
-		return false
+		return candLinked
 	}
 	if st.Size < r.o.MinSize {
 		atomic.AddInt64(&r.res.SkippedSmall, 1)
-		return false
+		return candSmall
 	}
-	return true
+	return candLink
 }
 
 // walkDir walks the directory name in d, skipping entries whose inode is
 // already in .links without a stat.
 func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent {
 	disp := r.realPath(parent, name)
-	fd, err := openat(parent.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	fd, err := store.OpenAt(parent.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		if err != unix.ENOENT {
 			r.notice(KindError, disp, "", err)
 		}
+		t.rec.spoil()
 		return buf
 	}
 	d := &dirRef{fd: fd, path: disp, r: r}
@@ -820,6 +893,7 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 		if err != unix.ENOENT {
 			r.notice(KindError, disp, "", err)
 		}
+		t.rec.spoil()
 		return buf[:start]
 	}
 	ents := buf[start:]
@@ -830,6 +904,7 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 		if r.inodes.has(e.Ino) {
 			atomic.AddInt64(&r.res.FilesSeen, 1)
 			atomic.AddInt64(&r.res.AlreadyLinked, 1)
+			t.rec.linked(e.Ino)
 			continue
 		}
 		if e.Type == unix.DT_DIR {
@@ -844,18 +919,17 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 		}
 		if e.Type == unix.DT_REG {
 			// No stat here: the worker's open and fstat tell it all.
-			d.ref()
-			t.pending.Add(1)
 			j := &fileJob{dir: d, name: e.Name, task: t, byName: true}
 			j.st.Ino = e.Ino
-			*jobs = append(*jobs, j)
+			r.queue(d, j, jobs)
 			continue
 		}
 		var fst unix.Stat_t
-		if err := fstatat(fd, e.Name, &fst); err != nil {
+		if err := store.LstatAt(fd, e.Name, &fst); err != nil {
 			if err != unix.ENOENT {
 				r.notice(KindError, disp+"/"+e.Name, "", err)
 			}
+			t.rec.spoil()
 			continue
 		}
 		if fst.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -881,6 +955,7 @@ func (r *run) process(j *fileJob) {
 			atomic.AddInt64(&r.res.FilesSeen, 1)
 		}
 		atomic.AddInt64(&r.res.AlreadyLinked, 1)
+		j.task.rec.settle(j.st.Ino)
 		return
 	}
 	if j.byName {
@@ -907,7 +982,7 @@ func (r *run) process(j *fileJob) {
 	atomic.AddInt64(&r.res.FilesHashed, 1)
 	atomic.AddInt64(&r.res.BytesHashed, st.Size)
 	r.p.Hashed(st.Size)
-	r.link(j.dir, j.name, h.Base32(), &st)
+	r.link(j, h.Base32(), &st)
 }
 
 // processRegular handles a file getdents called regular. One descriptor
@@ -917,7 +992,7 @@ func (r *run) process(j *fileJob) {
 // kernel's rename locks held, so the workers' frees run in parallel.
 func (r *run) processRegular(j *fileJob) {
 	disp := r.realPath(j.dir, j.name)
-	fd, err := openat(j.dir.fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
+	fd, err := store.OpenAt(j.dir.fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
 	switch err {
 	case nil:
 	case unix.ENOENT:
@@ -925,10 +1000,12 @@ func (r *run) processRegular(j *fileJob) {
 	case unix.ELOOP:
 		// No longer a regular file: look at what it is now.
 		var st unix.Stat_t
-		if err := fstatat(j.dir.fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK && r.candidate(j.dir, j.name, &st) {
-			j.byName = false
-			j.st = st
-			r.process(j)
+		if err := store.LstatAt(j.dir.fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			if r.considered(j, &st) {
+				j.byName = false
+				j.st = st
+				r.process(j)
+			}
 		}
 		return
 	default:
@@ -941,8 +1018,11 @@ func (r *run) processRegular(j *fileJob) {
 		r.notice(KindError, disp, "", fmt.Errorf("fstat: %w", err))
 		return
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || !r.candidate(j.dir, j.name, &st) {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return // replaced since getdents by something we would not link
+	}
+	if !r.considered(j, &st) {
+		return
 	}
 	h, err := store.HashOpenFile(fd, &st, disp)
 	if err != nil {
@@ -952,19 +1032,35 @@ func (r *run) processRegular(j *fileJob) {
 	atomic.AddInt64(&r.res.FilesHashed, 1)
 	atomic.AddInt64(&r.res.BytesHashed, st.Size)
 	r.p.Hashed(st.Size)
-	r.link(j.dir, j.name, h.Base32(), &st)
+	r.link(j, h.Base32(), &st)
 }
 
-// link makes the file name in d (whose NAR hash is lname and whose lstat
-// is st) share its inode with .links/lname, following Nix's steps.
-func (r *run) link(d *dirRef, name, lname string, st *unix.Stat_t) {
+// considered applies candidate to the file of j as a worker found it
+// (stat st): it reports whether to hash it, and settles the job of a
+// file that is linked already or too small.
+func (r *run) considered(j *fileJob, st *unix.Stat_t) bool {
+	switch r.candidate(j.dir, j.name, st) {
+	case candLink:
+		return true
+	case candLinked:
+		j.task.rec.settle(st.Ino)
+	case candSmall:
+		j.task.rec.settleSmall()
+	}
+	return false
+}
+
+// link makes the file of j (whose NAR hash is lname and whose lstat is
+// st) share its inode with .links/lname, following Nix's steps.
+func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
+	d, name := j.dir, j.name
 	disp := r.realPath(d, name)
 	linkDisp := r.s.Layout.LinksDir() + "/" + lname
 	for attempt := 0; attempt < 5; attempt++ {
 		var lst unix.Stat_t
 		var err error = unix.ENOENT
 		if r.linksFd >= 0 && r.names.has(nameKey(lname)) {
-			err = fstatat(r.linksFd, lname, &lst)
+			err = store.LstatAt(r.linksFd, lname, &lst)
 		}
 		if err == unix.ENOENT {
 			if r.o.DryRun {
@@ -989,6 +1085,7 @@ func (r *run) link(d *dirRef, name, lname string, st *unix.Stat_t) {
 				r.names.add(nameKey(lname))
 				r.verified.Store(lname, true)
 				atomic.AddInt64(&r.res.LinksCreated, 1)
+				j.task.rec.settle(st.Ino)
 				return
 			case unix.EEXIST:
 				r.names.add(nameKey(lname))
@@ -1014,6 +1111,7 @@ func (r *run) link(d *dirRef, name, lname string, st *unix.Stat_t) {
 		}
 		if lst.Ino == st.Ino {
 			r.inodes.add(st.Ino)
+			j.task.rec.settle(st.Ino)
 			return // already linked
 		}
 		ok, gone := r.entryOK(lname, &lst, st)
@@ -1030,7 +1128,7 @@ func (r *run) link(d *dirRef, name, lname string, st *unix.Stat_t) {
 			r.counted(st)
 			return
 		}
-		switch r.replace(d, name, lname, st) {
+		switch r.replace(j, lname, st, &lst) {
 		case replRetry:
 			continue
 		default:
@@ -1086,7 +1184,7 @@ func (r *run) replaceCorrupted(d *dirRef, name, lname string, st, bad *unix.Stat
 	r.corruptMu.Lock()
 	defer r.corruptMu.Unlock()
 	var now unix.Stat_t
-	if err := fstatat(r.linksFd, lname, &now); err != nil || now.Ino != bad.Ino {
+	if err := store.LstatAt(r.linksFd, lname, &now); err != nil || now.Ino != bad.Ino {
 		return true
 	}
 	if r.o.DryRun {
@@ -1133,9 +1231,11 @@ const (
 	replRetry
 )
 
-// replace atomically replaces the file name in d by a hard link to
-// .links/lname: a temporary link in the store directory, renamed over it.
-func (r *run) replace(d *dirRef, name, lname string, st *unix.Stat_t) replOutcome {
+// replace atomically replaces the file of j (lstat st) by a hard link to
+// .links/lname (lstat lst): a temporary link in the store directory,
+// renamed over it.
+func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcome {
+	d, name := j.dir, j.name
 	disp := r.realPath(d, name)
 	linkDisp := r.s.Layout.LinksDir() + "/" + lname
 	tmp := r.tmpName()
@@ -1181,6 +1281,7 @@ func (r *run) replace(d *dirRef, name, lname string, st *unix.Stat_t) replOutcom
 	// temporary link stays. removeOwnTmpLinks drops such leftovers at
 	// the end of the run, instead of a lookup after every rename.
 	r.counted(st)
+	j.task.rec.settle(lst.Ino)
 	return replDone
 }
 
@@ -1204,22 +1305,4 @@ func (r *run) removeOwnTmpLinks() {
 
 func (r *run) tmpName() string {
 	return fmt.Sprintf(".tmp-link-%d-%d", r.pid, rand.Int32())
-}
-
-func fstatat(dirfd int, name string, st *unix.Stat_t) error {
-	for {
-		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
-		if err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func openat(dirfd int, name string, flags int) (int, error) {
-	for {
-		fd, err := unix.Openat(dirfd, name, flags, 0)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
 }

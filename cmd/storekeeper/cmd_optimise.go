@@ -16,6 +16,7 @@ type optimiseOptions struct {
 	dryRun  bool
 	minSize int64
 	jobs    int
+	full    bool
 }
 
 func newOptimiseCommand(g *globalOptions) *cobra.Command {
@@ -30,8 +31,12 @@ executable and non-executable copies stay apart), the same files linked.
 Without PATH every valid path is optimised.
 
 Files are hashed in parallel on every core; files already hard-linked into
-.links are recognised by their inode number without being read, so a run
-over an optimised store costs little more than a directory walk. Writable
+.links are recognised by their inode number without being read. A path
+that an earlier run left fully linked is not walked again while it is
+unchanged (the same registration, the same top-level directory, every
+file it had still linked into .links; recorded in storekeeper's state
+directory), so after a large install only the new paths are walked;
+--full walks every path, as Nix does. Writable
 files are skipped as suspicious. A .links entry whose contents do not match
 its name is reported and replaced by the good file; nothing is ever linked
 to it. Each path is protected by a temporary root while it is processed,
@@ -49,6 +54,7 @@ With --dry-run nothing is changed and no write access is needed.`,
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "only report what would be linked and freed")
 	f.Int64Var(&o.minSize, "min-size", 0, "skip files smaller than this many bytes")
 	f.IntVarP(&o.jobs, "jobs", "j", 0, "hashing and linking workers (default: 2 per CPU; more help on a cold cache)")
+	f.BoolVar(&o.full, "full", false, "walk every path, also those left fully linked by an earlier run and unchanged since")
 	return cmd
 }
 
@@ -88,7 +94,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 	prog := &optimiseProgress{p: p, start: time.Now()}
 	t0 := time.Now()
 	res, err := optimise.Optimise(ctx, s, optimise.Options{
-		Paths: args, MinSize: o.minSize, DryRun: o.dryRun, Jobs: o.jobs,
+		Paths: args, MinSize: o.minSize, DryRun: o.dryRun, Jobs: o.jobs, Full: o.full,
 	}, prog)
 	prog.finish()
 	if res == nil {
@@ -123,8 +129,11 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 				fmt.Fprintf(p.err, "error: %s: %s\n", n.Path, n.Err)
 			}
 		}
-		p.Verbosef("%d paths, %d files considered, %d already linked, %d hashed (%.2f MiB), %d new .links entries, %.1fs",
-			res.Paths, res.FilesSeen, res.AlreadyLinked, res.FilesHashed, float64(res.BytesHashed)/(1<<20), res.LinksCreated, elapsed.Seconds())
+		p.Verbosef("%d paths (%d unchanged since an earlier run linked them), %d files considered, %d already linked, %d hashed (%.2f MiB), %d new .links entries, %.1fs",
+			res.Paths, res.PathsUnchanged, res.FilesSeen, res.AlreadyLinked, res.FilesHashed, float64(res.BytesHashed)/(1<<20), res.LinksCreated, elapsed.Seconds())
+		if res.StateError != "" {
+			p.Warnf("could not record the fully linked paths (the next run walks every path): %s", res.StateError)
+		}
 		if res.StaleTmpLinks > 0 {
 			p.Verbosef("removed %d stale temporary links of dead processes", res.StaleTmpLinks)
 		}
