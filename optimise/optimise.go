@@ -25,6 +25,7 @@
 package optimise
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -34,6 +35,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -263,6 +265,7 @@ type storePathJob struct {
 	dbID    int64
 	pending atomic.Int32 // the walk itself + each file job in flight
 	top     uint64       // the inode of its top-level directory, when walked as one
+	skipped bool         // not walked: unchanged since an earlier run (its record stays)
 	rec     pathRecord
 }
 
@@ -277,7 +280,7 @@ func (r *run) pathStep(t *storePathJob) {
 // done: a path walked as a top-level directory and left fully linked
 // gets a record, any other loses its record.
 func (r *run) finishPath(t *storePathJob) {
-	if r.linked == nil || r.o.DryRun {
+	if r.linked == nil || r.o.DryRun || t.skipped {
 		return
 	}
 	var rec *linkedRec
@@ -287,8 +290,10 @@ func (r *run) finishPath(t *storePathJob) {
 	r.linked.mu.Lock()
 	if rec != nil {
 		r.linked.recs[t.base] = rec
-	} else {
+		r.linked.changed = true
+	} else if _, ok := r.linked.recs[t.base]; ok {
 		delete(r.linked.recs, t.base)
+		r.linked.changed = true
 	}
 	r.linked.mu.Unlock()
 }
@@ -649,7 +654,12 @@ func (r *run) sortByInode(paths []target) {
 			paths[i].ino = e.Ino
 		}
 	}
-	sort.SliceStable(paths, func(i, j int) bool { return paths[i].ino < paths[j].ino })
+	slices.SortFunc(paths, func(a, b target) int {
+		if c := cmp.Compare(a.ino, b.ino); c != 0 {
+			return c
+		}
+		return strings.Compare(a.path, b.path)
+	})
 }
 
 // removeStaleTmpLinks removes .tmp-link-PID-N entries of the store
@@ -789,6 +799,7 @@ func (r *run) walkPath(t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent
 		}
 		if e.Type == unix.DT_DIR {
 			if r.skipUnchanged(t, e.Ino) {
+				t.skipped = true
 				return buf
 			}
 			t.top = e.Ino

@@ -40,8 +40,9 @@ import (
 // ignored (the next run walks everything), so no ordering against the
 // store's own writes is needed: a record only ever lets a run skip work.
 type linkedState struct {
-	mu   sync.Mutex
-	recs map[string]*linkedRec // by store path base name
+	mu      sync.Mutex
+	recs    map[string]*linkedRec // by store path base name
+	changed bool                  // since loaded: save writes only then
 }
 
 type linkedRec struct {
@@ -280,9 +281,13 @@ func (r *run) saveLinkedState(paths []target) {
 		for name := range r.linked.recs {
 			if !valid[name] {
 				delete(r.linked.recs, name)
+				r.linked.changed = true
 			}
 		}
 		r.linked.mu.Unlock()
+	}
+	if !r.linked.changed {
+		return
 	}
 	if err := r.linked.save(r.linkedStatePath(), r.pid); err != nil {
 		r.res.StateError = err.Error()

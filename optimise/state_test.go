@@ -59,6 +59,14 @@ func TestUnchangedPathsAreNotWalkedAgain(t *testing.T) {
 	if second.PathsUnchanged != dirs || second.FilesHashed != 0 {
 		t.Errorf("second run: %d of %d directory paths unchanged, %d files hashed", second.PathsUnchanged, dirs, second.FilesHashed)
 	}
+	// Skipping keeps the records: a third run skips as much.
+	third, err := Optimise(ctx, s, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.PathsUnchanged != dirs {
+		t.Errorf("third run: %d of %d directory paths unchanged", third.PathsUnchanged, dirs)
+	}
 	full, err := Optimise(ctx, s, Options{Full: true}, nil)
 	if err != nil {
 		t.Fatal(err)
