@@ -676,6 +676,31 @@ func TestRegisteredDuringCollectionKeepsItsReferences(t *testing.T) {
 	if err := rw.DB.SQL.QueryRow("select count(*) from pragma_foreign_key_check").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d foreign key violations after gc (%v)", n, err)
 	}
+	checkForeignKeysOn(t, rw)
+}
+
+// checkForeignKeysOn: every connection of the pool enforces foreign keys
+// again after a collection (invalidation turns it off on its own).
+func checkForeignKeysOn(t *testing.T, s *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	var conns []*sql.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 4; i++ {
+		c, err := s.DB.SQL.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		var on int
+		if err := c.QueryRowContext(ctx, "pragma foreign_keys").Scan(&on); err != nil || on != 1 {
+			t.Errorf("connection %d: foreign_keys = %d (%v) after gc", i, on, err)
+		}
+	}
 }
 
 // TestReregisteredDuringCollectionIsSpared: a dead path invalidated and

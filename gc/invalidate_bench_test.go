@@ -56,7 +56,7 @@ func BenchmarkInvalidate(b *testing.B) {
 		start := time.Now()
 		var batch []store.PathID
 		flush := func() {
-			if _, err := c.invalidate(context.Background(), batch); err != nil {
+			if _, err := c.invalidate(context.Background(), s.DB.SQL, batch); err != nil {
 				b.Fatal(err)
 			}
 			batch = batch[:0]
