@@ -104,6 +104,19 @@ func expected(nodes []node) (files, bytes int64, names map[string]bool) {
 	return files, bytes, names
 }
 
+// checkAllLinked asserts that every file shares its inode with its
+// .links entry.
+func checkAllLinked(t testing.TB, b *storetest.Built, s *store.Store) {
+	t.Helper()
+	for _, n := range scan(t, b) {
+		var st, lst unix.Stat_t
+		unix.Lstat(n.path, &st)
+		if err := unix.Lstat(filepath.Join(s.Layout.LinksDir(), n.hash), &lst); err != nil || lst.Ino != st.Ino {
+			t.Errorf("%s is not linked to .links/%s", n.path, n.hash)
+		}
+	}
+}
+
 // checkStore asserts the invariants every run must leave: the NAR hash of
 // every valid path equals the DB's, every .links entry holds what its
 // name says, no temporary link is left, directories are canonical.
@@ -189,14 +202,7 @@ func TestOptimiseMatchesModel(t *testing.T) {
 			t.Errorf(".links lacks %s", n)
 		}
 	}
-	// Every file now shares its inode with its .links entry.
-	for _, n := range scan(t, b) {
-		var st, lst unix.Stat_t
-		unix.Lstat(n.path, &st)
-		if err := unix.Lstat(filepath.Join(s.Layout.LinksDir(), n.hash), &lst); err != nil || lst.Ino != st.Ino {
-			t.Errorf("%s is not linked to .links/%s", n.path, n.hash)
-		}
-	}
+	checkAllLinked(t, b, s)
 	checkStore(t, s)
 
 	// A second run hashes nothing and links nothing.

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+
+	"storekeeper/store"
 )
 
 // The linked-paths state lets a run skip the store paths that an earlier
@@ -77,59 +79,31 @@ func loadLinkedState(p string) *linkedState {
 	if crc32.Checksum(body, crcTable) != sum {
 		return s
 	}
-	d := stateDecoder{b: body[len(linkedStateMagic):]}
+	d := store.Decoder{B: body[len(linkedStateMagic):], Bad: errBadState}
 	recs := map[string]*linkedRec{}
-	for len(d.b) > 0 && d.err == nil {
-		name := string(d.bytes(d.uvarint()))
-		rec := &linkedRec{dbID: int64(d.uvarint()), top: d.uvarint(), minSize: int64(d.uvarint()), files: int64(d.uvarint()), small: int64(d.uvarint())}
-		n := d.uvarint()
-		if n > uint64(len(d.b)) {
-			d.err = errBadState
+	for len(d.B) > 0 && d.Err == nil {
+		name := d.String()
+		rec := &linkedRec{dbID: int64(d.Uvarint()), top: d.Uvarint(), minSize: int64(d.Uvarint()), files: int64(d.Uvarint()), small: int64(d.Uvarint())}
+		n := d.Uvarint()
+		if n > uint64(len(d.B)) {
+			d.Err = errBadState
 			break
 		}
 		rec.inodes = make([]uint64, n)
 		var prev uint64
 		for i := range rec.inodes {
-			prev += d.uvarint()
+			prev += d.Uvarint()
 			rec.inodes[i] = prev
 		}
 		recs[name] = rec
 	}
-	if d.err == nil {
+	if d.Err == nil {
 		s.recs = recs
 	}
 	return s
 }
 
 var errBadState = errors.New("optimise: damaged linked-paths state")
-
-type stateDecoder struct {
-	b   []byte
-	err error
-}
-
-func (d *stateDecoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = errBadState
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *stateDecoder) bytes(n uint64) []byte {
-	if d.err != nil || n > uint64(len(d.b)) {
-		d.err = errBadState
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
-}
 
 // marshal encodes the state, records sorted by name.
 func (s *linkedState) marshal() []byte {
@@ -141,8 +115,7 @@ func (s *linkedState) marshal() []byte {
 	b := []byte(linkedStateMagic)
 	for _, n := range names {
 		rec := s.recs[n]
-		b = binary.AppendUvarint(b, uint64(len(n)))
-		b = append(b, n...)
+		b = store.AppendString(b, n)
 		b = binary.AppendUvarint(b, uint64(rec.dbID))
 		b = binary.AppendUvarint(b, rec.top)
 		b = binary.AppendUvarint(b, uint64(rec.minSize))

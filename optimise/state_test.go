@@ -148,13 +148,7 @@ func TestChangedPathsAreWalkedAgain(t *testing.T) {
 	if res.PathsUnchanged == 0 || res.PathsUnchanged >= dirPaths(t, b)-1 {
 		t.Errorf("%d paths skipped as unchanged; want all but the two changed ones (and those sharing the removed entry)", res.PathsUnchanged)
 	}
-	for _, n := range scan(t, b) {
-		var st, lst unix.Stat_t
-		unix.Lstat(n.path, &st)
-		if err := unix.Lstat(filepath.Join(s.Layout.LinksDir(), n.hash), &lst); err != nil || lst.Ino != st.Ino {
-			t.Errorf("%s is not linked to .links/%s after the rerun", n.path, n.hash)
-		}
-	}
+	checkAllLinked(t, b, s)
 	checkStore(t, s)
 }
 

@@ -36,21 +36,15 @@ type Manifest struct {
 	Entries []Entry       // in NAR order (sorted by name bytewise, parents first)
 }
 
-// appendUvarint and friends encode a manifest record body.
-func appendString(b []byte, s string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(s)))
-	return append(b, s...)
-}
-
 // marshal encodes m compactly: name, hash, then per entry its name, type,
 // mode, size and digest or target.
 func (m *Manifest) marshal(b []byte) []byte {
-	b = appendString(b, m.Name)
+	b = store.AppendString(b, m.Name)
 	b = append(b, m.NarHash[:]...)
 	b = binary.AppendUvarint(b, uint64(len(m.Entries)))
 	for i := range m.Entries {
 		e := &m.Entries[i]
-		b = appendString(b, e.Name)
+		b = store.AppendString(b, e.Name)
 		b = append(b, byte(e.Type))
 		b = binary.AppendUvarint(b, uint64(e.Mode))
 		switch e.Type {
@@ -58,52 +52,19 @@ func (m *Manifest) marshal(b []byte) []byte {
 			b = binary.AppendUvarint(b, uint64(e.Size))
 			b = append(b, e.Digest[:]...)
 		case store.FileSymlink:
-			b = appendString(b, e.Target)
+			b = store.AppendString(b, e.Target)
 		}
 	}
 	return b
 }
 
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = fmt.Errorf("%w: truncated number", ErrBadManifest)
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) bytes(n uint64) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.b)) {
-		d.err = fmt.Errorf("%w: truncated field", ErrBadManifest)
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) string() string { return string(d.bytes(d.uvarint())) }
-
 // unmarshalHeader decodes the name and hash at the start of a record body.
 func unmarshalHeader(body []byte) (string, store.NarHash, []byte, error) {
-	d := decoder{b: body}
-	name := d.string()
+	d := store.Decoder{B: body, Bad: ErrBadManifest}
+	name := d.String()
 	var h store.NarHash
-	copy(h[:], d.bytes(32))
-	return name, h, d.b, d.err
+	copy(h[:], d.Bytes(32))
+	return name, h, d.B, d.Err
 }
 
 func unmarshalManifest(body []byte) (*Manifest, error) {
@@ -112,39 +73,39 @@ func unmarshalManifest(body []byte) (*Manifest, error) {
 		return nil, err
 	}
 	m := &Manifest{Name: name, NarHash: h}
-	d := decoder{b: rest}
-	n := d.uvarint()
+	d := store.Decoder{B: rest, Bad: ErrBadManifest}
+	n := d.Uvarint()
 	if n > uint64(len(body)) {
 		return nil, fmt.Errorf("%w: %d entries in %d bytes", ErrBadManifest, n, len(body))
 	}
 	m.Entries = make([]Entry, 0, n)
-	for i := uint64(0); i < n && d.err == nil; i++ {
+	for i := uint64(0); i < n && d.Err == nil; i++ {
 		var e Entry
-		e.Name = d.string()
-		t := d.bytes(1)
-		if d.err != nil {
+		e.Name = d.String()
+		t := d.Bytes(1)
+		if d.Err != nil {
 			break
 		}
 		e.Type = store.FileType(t[0])
-		e.Mode = uint32(d.uvarint())
+		e.Mode = uint32(d.Uvarint())
 		switch e.Type {
 		case store.FileRegular:
-			e.Size = int64(d.uvarint())
-			copy(e.Digest[:], d.bytes(32))
+			e.Size = int64(d.Uvarint())
+			copy(e.Digest[:], d.Bytes(32))
 		case store.FileSymlink:
-			e.Target = d.string()
+			e.Target = d.String()
 			e.Size = int64(len(e.Target))
 		case store.FileDirectory:
 		default:
-			d.err = fmt.Errorf("%w: unknown file type %d", ErrBadManifest, t[0])
+			d.Err = fmt.Errorf("%w: unknown file type %d", ErrBadManifest, t[0])
 		}
 		m.Entries = append(m.Entries, e)
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%w: %d trailing bytes", ErrBadManifest, len(d.b))
+	if d.Err == nil && len(d.B) != 0 {
+		d.Err = fmt.Errorf("%w: %d trailing bytes", ErrBadManifest, len(d.B))
 	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, d.Err
 	}
 	return m, nil
 }
