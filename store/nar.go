@@ -154,7 +154,10 @@ func (nw *narWriter) flush() error {
 	return err
 }
 
-func (nw *narWriter) raw(s string) {
+func (nw *narWriter) raw(s string) { narRaw(nw, s) }
+
+// narRaw writes bytes through nw's buffer.
+func narRaw[T ~string | ~[]byte](nw *narWriter, s T) {
 	for len(s) > 0 && nw.err == nil {
 		if nw.n == len(nw.buf) {
 			nw.flush()
@@ -205,6 +208,12 @@ func (nw *narWriter) symlink(target string) {
 // regular writes a regular file node: its header, the contents of the
 // open file fd (see contents) and the closing token.
 func (nw *narWriter) regular(fd int, w io.Writer, st *unix.Stat_t, disp string) error {
+	return nw.regularAfter(nil, fd, w, st, disp)
+}
+
+// regularAfter is regular for a file whose first bytes, prefix, were
+// already read from fd (or all of it: then fd is -1).
+func (nw *narWriter) regularAfter(prefix []byte, fd int, w io.Writer, st *unix.Stat_t, disp string) error {
 	nw.str("(")
 	nw.str("type")
 	nw.str("regular")
@@ -212,26 +221,36 @@ func (nw *narWriter) regular(fd int, w io.Writer, st *unix.Stat_t, disp string) 
 		nw.str("executable")
 		nw.str("")
 	}
-	if err := nw.contents(fd, w, st.Size, disp); err != nil {
+	if err := nw.contents(prefix, fd, w, st.Size, disp); err != nil {
 		return err
 	}
 	nw.str(")")
 	return nw.err
 }
 
-// contents writes "contents", size and the bytes of the open file fd from
-// its current offset, then the padding, and copies the bytes to w if not
-// nil. Each read asks for one byte more than is left, so the file's end
-// shows as a short read without a final empty read; a file found shorter
-// or longer than size is an error (errChanged) naming disp.
-func (nw *narWriter) contents(fd int, w io.Writer, size int64, disp string) error {
+// contents writes "contents", size, prefix and the rest of the open file
+// fd from its current offset (none if fd is -1), then the padding, and
+// copies the bytes to w if not nil. Each read asks for one byte more than
+// is left, so the file's end shows as a short read without a final empty
+// read; a file found shorter or longer than size is an error (errChanged)
+// naming disp.
+func (nw *narWriter) contents(prefix []byte, fd int, w io.Writer, size int64, disp string) error {
 	if size < 0 {
 		return fmt.Errorf("store: %s: negative size %d", disp, size)
 	}
+	if int64(len(prefix)) > size {
+		return fmt.Errorf("store: %s: %w: more than the %d bytes announced", disp, errChanged, size)
+	}
 	nw.str("contents")
 	nw.u64(uint64(size))
-	left := size
-	for nw.err == nil {
+	if len(prefix) > 0 && w != nil {
+		if _, err := w.Write(prefix); err != nil {
+			return err
+		}
+	}
+	narRaw(nw, prefix)
+	left := size - int64(len(prefix))
+	for nw.err == nil && fd >= 0 {
 		if nw.n == len(nw.buf) {
 			nw.flush()
 			continue
@@ -258,9 +277,6 @@ func (nw *narWriter) contents(fd int, w io.Writer, size int64, disp string) erro
 		nw.n += m
 		left -= int64(m)
 		if m == 0 {
-			if left > 0 {
-				return fmt.Errorf("store: %s: %w: %d bytes announced, only %d read", disp, errChanged, size, size-left)
-			}
 			break
 		}
 		if left == 0 && m < len(chunk) {
@@ -269,6 +285,9 @@ func (nw *narWriter) contents(fd int, w io.Writer, size int64, disp string) erro
 	}
 	if nw.err != nil {
 		return nw.err
+	}
+	if left > 0 {
+		return fmt.Errorf("store: %s: %w: %d bytes announced, only %d read", disp, errChanged, size, size-left)
 	}
 	nw.pad(uint64(size))
 	return nw.err

@@ -469,7 +469,7 @@ func TestNARContentsSizeCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 		nw := newNarWriter(io.Discard)
-		err = nw.contents(int(f.Fd()), nil, c.size, "/some/file")
+		err = nw.contents(nil, int(f.Fd()), nil, c.size, "/some/file")
 		nw.release()
 		f.Close()
 		if c.ok != (err == nil) {

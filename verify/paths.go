@@ -33,6 +33,7 @@ type pathResult struct {
 type worker struct {
 	v       *verifier
 	b3      *blake3.Hasher
+	bh      *store.BatchHasher // nil without io_uring: plain HashPathFiles
 	entries []Entry
 	pending int // index of the regular file whose digest is being computed, or -1
 	path    string
@@ -159,7 +160,7 @@ func (w *worker) run(id store.PathID) pathResult {
 		return r
 	}
 	w.collect = v.recording && !v.hasMan[id]
-	r.hash, r.size, r.err = store.HashPathFiles(real, w.visit)
+	r.hash, r.size, r.err = w.bh.HashPathFiles(real, w.visit)
 	w.finishDigest()
 	r.meta, r.files = w.meta, w.files
 	if r.err != nil {
@@ -172,7 +173,7 @@ func (w *worker) run(id store.PathID) pathResult {
 		// per-file digests (damage is rare; clean paths are read once).
 		w.collect, w.check = true, false
 		w.entries = w.entries[:0]
-		if h, _, err := store.HashPathFiles(real, w.visit); err == nil && h == r.hash {
+		if h, _, err := w.bh.HashPathFiles(real, w.visit); err == nil && h == r.hash {
 			w.finishDigest()
 			r.man = w.manifest(g.Name(id), r.hash)
 		}
@@ -273,8 +274,12 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 		if v.inodes != nil {
 			w.inodes = map[devIno]*inodeUse{}
 		}
+		if v.o.CheckContents {
+			w.bh, _ = store.NewBatchHasher() // on error nil, which hashes path by path
+		}
 		go func() {
 			defer wg.Done()
+			defer w.bh.Close()
 			for ctx.Err() == nil {
 				if !deadline.IsZero() && time.Now().After(deadline) {
 					timeUp.Store(true)

@@ -562,3 +562,15 @@ func TestPathArguments(t *testing.T) {
 		t.Error("a path outside the store was accepted")
 	}
 }
+
+// TestWithoutIOURing runs the finding tests again with the plain walker
+// (verify batches file reads through io_uring where the kernel has it).
+func TestWithoutIOURing(t *testing.T) {
+	t.Setenv("STOREKEEPER_NO_IO_URING", "1")
+	for name, f := range map[string]func(*testing.T){
+		"CleanStore": TestCleanStore, "FileLevelDiff": TestFileLevelDiff, "Disappeared": TestDisappeared,
+		"IOError": TestIOErrorDoesNotStopTheAudit, "Metadata": TestMetadata, "Links": TestLinks,
+	} {
+		t.Run(name, f)
+	}
+}

@@ -1,0 +1,25 @@
+//go:build !(linux && amd64)
+
+package store
+
+import "errors"
+
+// ErrNoIOURing means the kernel offers no usable io_uring; batched
+// hashing is built for linux/amd64 only.
+var ErrNoIOURing = errors.New("store: io_uring is not available")
+
+// BatchHasher is HashPathFiles with io_uring batching where it is built;
+// here NewBatchHasher always fails and a nil *BatchHasher hashes with
+// HashPathFiles.
+type BatchHasher struct{ Batched, Fallbacks int64 }
+
+// NewBatchHasher returns ErrNoIOURing on this platform.
+func NewBatchHasher() (*BatchHasher, error) { return nil, ErrNoIOURing }
+
+// HashPathFiles is HashPathFiles(path, fn).
+func (b *BatchHasher) HashPathFiles(path string, fn NodeFunc) (NarHash, int64, error) {
+	return HashPathFiles(path, fn)
+}
+
+// Close does nothing.
+func (b *BatchHasher) Close() error { return nil }
