@@ -14,21 +14,24 @@ import (
 )
 
 // BatchHasher computes what HashPathFiles computes, with fewer system
-// calls: it lists a path's tree first (directories are read with getdents
-// as usual), then opens, fstats and reads its regular files through
-// io_uring, many files per io_uring_enter(2), and only then builds the
-// NAR and calls the visitor. A whole-store audit is made of small files,
-// and on a virtual machine where a system call costs a microsecond the
-// four calls per file (open, fstat, read, close) are most of its time.
+// calls: it lists a path's tree first (directories read with getdents as
+// usual, each regular file lstat'ed), then opens, reads and closes the
+// files smaller than batchReadSize through io_uring, many files per
+// io_uring_enter(2), and only then builds the NAR and calls the visitor.
+// A whole-store audit is made of small files, and on a virtual machine
+// where a system call costs a microsecond the four calls per file (open,
+// fstat, read, close) are most of its time.
 //
-// The result and the visitor's calls are exactly HashPathFiles': same
-// nodes, same order, same Stat (the statx of the opened file, converted),
-// same bytes through the writer. Whenever something is not as the
-// listing said (a file vanished, changed type or size, an error on any
-// call, a tree too big to hold: more than batchMaxFiles regular files or
-// batchMaxDirs directories), the path is walked again by HashPathFiles
+// The result and the visitor's calls are HashPathFiles': same nodes, same
+// order, same bytes through the writer, and the same Stat except that a
+// small file's is its lstat, taken just before it was opened (the read
+// must then return exactly that many bytes). Whenever something is not
+// as the listing said (a file vanished, changed type or size, an error on
+// any call, a tree too big to hold: more than batchMaxFiles regular files
+// or batchMaxDirs directories), the path is walked again by HashPathFiles
 // from the start, before the visitor has seen anything, so errors are
-// reported in its words.
+// reported in its words. Larger files are read as HashPathFiles reads
+// them, while the NAR is written.
 //
 // A BatchHasher is used by one goroutine at a time; each goroutine of a
 // parallel audit has its own. Close releases its ring and the
