@@ -52,11 +52,12 @@ type BatchHasher struct {
 }
 
 const (
-	batchChunk    = 64       // files per submission
-	batchReadSize = 16 << 10 // bytes of each file read in the batch; a larger file's rest is read after
-	batchMaxFiles = 256      // more regular files in one path: walked by HashPathFiles
-	batchMaxDirs  = 128      // more directories (held open while a path is hashed): likewise
-	batchEntries  = 256      // SQEs per ring
+	batchChunk     = 64       // files per submission
+	batchReadSize  = 16 << 10 // smaller files are read in the batch, larger ones while the NAR is written
+	batchArenaSize = 1 << 20  // bytes of small files held per path; the rest are read while the NAR is written
+	batchMaxFiles  = 256      // more regular files in one path: walked by HashPathFiles
+	batchMaxDirs   = 128      // more directories (held open while a path is hashed): likewise
+	batchEntries   = 256      // SQEs per ring
 )
 
 // bnode is one node of a listed tree, in NAR order.
@@ -299,7 +300,7 @@ func (b *BatchHasher) read() bool {
 	small, total := b.small[:0], 0
 	for _, ni := range b.files {
 		n := &b.nodes[ni]
-		if n.st.Size+1 <= batchReadSize {
+		if n.st.Size+1 <= batchReadSize && total+int(n.st.Size)+1 <= batchArenaSize {
 			small = append(small, ni)
 			n.off = total
 			total += int(n.st.Size) + 1

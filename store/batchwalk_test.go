@@ -76,7 +76,13 @@ func batchTrees(t *testing.T) []string {
 	for _, n := range []int{0, 1, batchReadSize - 1, batchReadSize, batchReadSize + 1, 2 * batchReadSize, narBufSize + 3} {
 		narTestFile(t, filepath.Join(sizes, fmt.Sprint("f", n)), narDetBytes(n, uint32(n)), 0o555)
 	}
-	paths := []string{root, root + "/", filepath.Join(root, "a/big"), filepath.Join(root, "bin/link"),
+	// More small files than the batch holds at once.
+	full := filepath.Join(t.TempDir(), "full")
+	narTestDir(t, full)
+	for i := 0; i < 2*batchArenaSize/(batchReadSize-100); i++ {
+		narTestFile(t, filepath.Join(full, fmt.Sprint(i)), narDetBytes(batchReadSize-100, uint32(i)), 0o444)
+	}
+	paths := []string{full, root, root + "/", filepath.Join(root, "a/big"), filepath.Join(root, "bin/link"),
 		filepath.Join(root, "empty"), filepath.Join(root, "zero"), filepath.Join(root, "bin/tool"), sizes}
 	for _, f := range narFixtures {
 		paths = append(paths, filepath.Join(fix, f.name))
