@@ -116,7 +116,7 @@ func deleteProfileGenerations(ctx context.Context, profile string, o GenerationO
 		if err != nil {
 			return nil, fmt.Errorf("gc: locking profile %s: %w", profile, err)
 		}
-		defer pl.Unlock(false)
+		defer pl.Unlock(true) // as Nix's lockProfile: the lock file goes with the lock
 	}
 	dir, base := filepath.Dir(profile), filepath.Base(profile)
 	cur, err := os.Readlink(profile)
