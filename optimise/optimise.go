@@ -27,7 +27,6 @@ package optimise
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -509,29 +508,21 @@ type target struct {
 func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 	sd := r.s.Layout.StoreDir
 	if len(r.o.Paths) == 0 {
-		// One query for every valid path (sorted like Nix's set).
-		rows, err := r.s.DB.SQL.QueryContext(ctx, "select id, path, narSize from ValidPaths")
+		// Every valid path, in one read of the DB (no references).
+		g, err := r.s.LoadGraph(ctx, store.GraphOptions{PathsOnly: true})
 		if err != nil {
-			return nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
+			return nil, err
 		}
-		defer rows.Close()
-		var all []target
-		for rows.Next() {
-			var t target
-			var n sql.NullInt64
-			if err := rows.Scan(&t.dbID, &t.path, &n); err != nil {
-				return nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
-			}
-			if _, err := store.ParseStorePath(sd, t.path); err != nil {
+		all := make([]target, 0, g.Len())
+		for i := range g.Len() {
+			id := store.PathID(i)
+			p := g.Path(id)
+			if _, err := store.ParseStorePath(sd, p); err != nil {
 				continue // not a path of this store: never touch it
 			}
-			t.narSize = n.Int64
-			all = append(all, t)
+			all = append(all, target{path: p, narSize: int64(g.NarSize[id]), dbID: g.DBID(id)})
 		}
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("optimise: listing valid paths in %s: %w", r.s.DB.Path, err)
-		}
-		sort.Slice(all, func(i, j int) bool { return all[i].path < all[j].path })
+		slices.SortFunc(all, func(a, b target) int { return strings.Compare(a.path, b.path) })
 		return all, nil
 	}
 	g, err := r.s.LoadGraph(ctx, store.GraphOptions{})
@@ -595,16 +586,19 @@ func (r *run) openLinks() error {
 		}
 		return fmt.Errorf("%w: %s: %v", ErrLinksDir, ld, err)
 	}
-	ents, err := readDirents(fd, nil)
+	// A .links entry per distinct file of the store: size the sets from
+	// the directory's size (ext4: about 72 bytes per entry) and list it
+	// without a string per name.
+	hint := int(min(max(st.Size/64, 1024), 4<<20))
+	r.inodes = newInodeSet(hint)
+	r.names = newInodeSet(hint)
+	err = store.ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
+		r.inodes.add(ino)
+		r.names.add(nameKey(name))
+	})
 	if err != nil {
 		unix.Close(fd)
 		return fmt.Errorf("%w: reading %s: %v", ErrLinksDir, ld, err)
-	}
-	r.inodes = newInodeSet(len(ents) + 1024)
-	r.names = newInodeSet(len(ents) + 1024)
-	for _, e := range ents {
-		r.inodes.add(e.Ino)
-		r.names.add(nameKey(e.Name))
 	}
 	r.linksFd = fd
 	return nil
@@ -612,7 +606,7 @@ func (r *run) openLinks() error {
 
 // nameKey is the key of a .links name in run.names: FNV-1a of the name.
 // A collision only costs a lookup.
-func nameKey(name string) uint64 {
+func nameKey[T ~string | ~[]byte](name T) uint64 {
 	h := uint64(14695981039346656037)
 	for i := 0; i < len(name); i++ {
 		h ^= uint64(name[i])

@@ -22,6 +22,18 @@ var direntBuf = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b
 // (from its current offset), without "." and "..". It is safe for
 // concurrent use on different descriptors.
 func ReadDirents(fd int, out []Dirent) ([]Dirent, error) {
+	err := ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
+		out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
+	})
+	return out, err
+}
+
+// ScanDirents calls fn for every entry of the directory open at fd (from
+// its current offset), without "." and "..", with the name in a buffer
+// that is reused after fn returns: listing a directory of a million
+// entries this way allocates nothing per entry. It is safe for concurrent
+// use on different descriptors.
+func ScanDirents(fd int, fn func(name []byte, ino uint64, typ uint8)) error {
 	bp := direntBuf.Get().(*[]byte)
 	defer direntBuf.Put(bp)
 	buf := *bp
@@ -31,18 +43,25 @@ func ReadDirents(fd int, out []Dirent) ([]Dirent, error) {
 			continue
 		}
 		if err != nil {
-			return out, err
+			return err
 		}
 		if n <= 0 {
-			return out, nil
+			return nil
 		}
-		out = ParseDirents(buf[:n], out)
+		parseDirents(buf[:n], fn)
 	}
 }
 
 // ParseDirents appends the linux_dirent64 records in b (a getdents64
 // buffer) to out, without "." and ".." and entries with inode 0.
 func ParseDirents(b []byte, out []Dirent) []Dirent {
+	parseDirents(b, func(name []byte, ino uint64, typ uint8) {
+		out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
+	})
+	return out
+}
+
+func parseDirents(b []byte, fn func(name []byte, ino uint64, typ uint8)) {
 	for len(b) >= 19 {
 		// struct linux_dirent64 { u64 ino; s64 off; u16 reclen; u8 type; char name[]; }
 		reclen := int(binary.NativeEndian.Uint16(b[16:18]))
@@ -60,7 +79,6 @@ func ParseDirents(b []byte, out []Dirent) []Dirent {
 		if ino == 0 || string(name) == "." || string(name) == ".." {
 			continue
 		}
-		out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
+		fn(name, ino, typ)
 	}
-	return out
 }

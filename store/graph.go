@@ -25,6 +25,9 @@ type GraphOptions struct {
 	Hashes bool // the NAR hash of every path (verify)
 	Sigs   bool // the sigs column (verify --sigs-needed)
 	CA     bool // the ca column
+	// PathsOnly reads the valid paths alone: the graph has no
+	// references, no derivers and no derivation outputs (optimise).
+	PathsOnly bool
 }
 
 // DrvOutput is one DerivationOutputs row of a derivation.
@@ -423,6 +426,15 @@ func (d *DB) loadGraph(ctx context.Context, c *rawConn, g *Graph, o GraphOptions
 		return fmt.Errorf("%w: store path names exceed 4 GiB", ErrGraph)
 	}
 	n := len(g.dbID)
+	if o.PathsOnly {
+		g.refOff = make([]uint32, n+1)
+		g.drvOutOff = make([]uint32, n+1)
+		g.Deriver = make([]PathID, n)
+		for i := range g.Deriver {
+			g.Deriver[i] = NoPath
+		}
+		return nil
+	}
 	idm := newIDMapper(g.dbID)
 
 	// Refs, in (referrer, reference) order, which is PathID order (ids

@@ -193,3 +193,39 @@ func BenchmarkLoadGraph300k(b *testing.B) {
 	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heapMiB")
 	runtime.KeepAlive(g)
 }
+
+// TestGraphPathsOnly: PathsOnly reads the same paths, ids and sizes, and
+// nothing else.
+func TestGraphPathsOnly(t *testing.T) {
+	b := demo(t, storetest.Spec{Paths: 40, Seed: 4, MaxDeps: 5, Files: 1, FileSize: 100, Multi: 0.3, Roots: 2, Generations: 1})
+	s, err := openRO(t, b.Layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	full, err := s.LoadGraph(context.Background(), store.GraphOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := s.LoadGraph(context.Background(), store.GraphOptions{PathsOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Len() != full.Len() || g.Len() == 0 {
+		t.Fatalf("%d paths, want %d", g.Len(), full.Len())
+	}
+	edges := 0
+	for i := range g.Len() {
+		id := store.PathID(i)
+		if g.Path(id) != full.Path(id) || g.DBID(id) != full.DBID(id) || g.NarSize[id] != full.NarSize[id] || g.RegTime[id] != full.RegTime[id] {
+			t.Errorf("path %d differs: %s", i, g.Path(id))
+		}
+		if len(g.References(id)) != 0 || g.Deriver[id] != store.NoPath || len(g.Outputs(id)) != 0 {
+			t.Errorf("%s: edges in a PathsOnly graph", g.Path(id))
+		}
+		edges += len(full.References(id))
+	}
+	if edges == 0 {
+		t.Error("the fixture has no references: the test shows nothing")
+	}
+}
