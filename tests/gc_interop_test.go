@@ -111,6 +111,19 @@ func TestInteropGCMatchesNix(t *testing.T) {
 			if onlyNix, onlyUs := diffSets(nixDead, ourDead); len(onlyNix)+len(onlyUs) > 0 {
 				t.Fatalf("dead sets differ\nonly nix: %v\nonly storekeeper: %v", onlyNix, onlyUs)
 			}
+			// --print-live: Nix's live set, sorted, one a line.
+			nixLive := deadSet(runNS(t, a, nil, "nix-store", "--gc", "--print-live"))
+			live := runInNS(t, b, "gc", "--print-live")
+			if live.code != 0 {
+				t.Fatalf("gc --print-live: exit %d: %s", live.code, live.stderr)
+			}
+			if onlyNix, onlyUs := diffSets(nixLive, deadSet(live.stdout)); len(onlyNix)+len(onlyUs) > 0 || len(nixLive) == 0 {
+				t.Fatalf("live sets differ\nonly nix: %v\nonly storekeeper: %v", onlyNix, onlyUs)
+			}
+			lines := strings.Split(strings.TrimSpace(live.stdout), "\n")
+			if !sort.StringsAreSorted(lines) || len(lines) != len(nixLive) {
+				t.Errorf("gc --print-live: %d lines, sorted %v; want %d sorted paths", len(lines), sort.StringsAreSorted(lines), len(nixLive))
+			}
 			runNS(t, a, nil, "nix-store", "--gc")
 			res := runInNS(t, b, "gc")
 			if res.code != 0 {
