@@ -34,8 +34,9 @@ import (
 // them, while the NAR is written.
 //
 // A BatchHasher is used by one goroutine at a time; each goroutine of a
-// parallel audit has its own. Close releases its ring and the
-// descriptors it still holds.
+// parallel audit has its own. It holds at most BatchHasherFDs
+// descriptors. Close releases its ring and the descriptors it still
+// holds.
 type BatchHasher struct {
 	r      *uring
 	res    []int32
@@ -56,8 +57,12 @@ const (
 	batchReadSize  = 16 << 10 // smaller files are read in the batch, larger ones while the NAR is written
 	batchArenaSize = 1 << 20  // bytes of small files held per path; the rest are read while the NAR is written
 	batchMaxFiles  = 256      // more regular files in one path: walked by HashPathFiles
-	batchMaxDirs   = 128      // more directories (held open while a path is hashed): likewise
-	batchEntries   = 256      // SQEs per ring
+	batchMaxDirs   = 64       // more directories (held open while a path is hashed): likewise
+	batchMaxCloses = 32       // descriptors left open between paths, to close with the next submission
+
+	// BatchHasherFDs bounds the descriptors one BatchHasher holds open.
+	BatchHasherFDs = batchMaxDirs + batchMaxCloses + 1
+	batchEntries   = 256 // SQEs per ring
 )
 
 // bnode is one node of a listed tree, in NAR order.
@@ -167,7 +172,7 @@ func (b *BatchHasher) release() {
 		b.nodes[i] = bnode{}
 	}
 	b.nodes, b.files, b.ndirs = b.nodes[:0], b.files[:0], 0
-	if len(b.closes) > batchEntries/2 {
+	if len(b.closes) > batchMaxCloses {
 		b.flushCloses(0)
 	}
 }

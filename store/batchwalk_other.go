@@ -13,6 +13,9 @@ var ErrNoIOURing = errors.New("store: io_uring is not available")
 // HashPathFiles.
 type BatchHasher struct{ Batched, Fallbacks int64 }
 
+// BatchHasherFDs bounds the descriptors one BatchHasher holds open.
+const BatchHasherFDs = 1
+
 // NewBatchHasher returns ErrNoIOURing on this platform.
 func NewBatchHasher() (*BatchHasher, error) { return nil, ErrNoIOURing }
 

@@ -268,13 +268,21 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	var timeUp atomic.Bool
 	results := make(chan pathResult, 1024)
 	var wg sync.WaitGroup
+	// Batched hashing holds descriptors open: give it to as many workers
+	// as the open-file limit allows with room to spare (the others, and
+	// the plain walker, need a few each).
+	batchers := v.o.Jobs
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil {
+		batchers = min(batchers, max(0, (int(min(lim.Cur, 1<<20))-512)/store.BatchHasherFDs))
+	}
 	for j := 0; j < v.o.Jobs; j++ {
 		wg.Add(1)
 		w := &worker{v: v, b3: blake3.New(), pending: -1}
 		if v.inodes != nil {
 			w.inodes = map[devIno]*inodeUse{}
 		}
-		if v.o.CheckContents {
+		if v.o.CheckContents && j < batchers {
 			w.bh, _ = store.NewBatchHasher() // on error nil, which hashes path by path
 		}
 		go func() {

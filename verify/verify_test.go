@@ -563,6 +563,27 @@ func TestPathArguments(t *testing.T) {
 	}
 }
 
+// TestLowOpenFileLimit: under a small RLIMIT_NOFILE fewer workers batch
+// (batched hashing holds descriptors open) and the audit still finds
+// nothing wrong on a clean store.
+func TestLowOpenFileLimit(t *testing.T) {
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	low := old
+	low.Cur = min(old.Cur, 700)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Skip(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	TestCleanStore(t)
+	f := newFixture(t, smallSpec())
+	if res := f.verify(Options{CheckContents: true, Jobs: 64}); len(res.Findings) != 0 {
+		t.Errorf("64 workers under a 700-file limit: %+v", res.Findings)
+	}
+}
+
 // TestWithoutIOURing runs the finding tests again with the plain walker
 // (verify batches file reads through io_uring where the kernel has it).
 func TestWithoutIOURing(t *testing.T) {
