@@ -525,7 +525,7 @@ func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 		slices.SortFunc(all, func(a, b target) int { return strings.Compare(a.path, b.path) })
 		return all, nil
 	}
-	g, err := r.s.LoadGraph(ctx, store.GraphOptions{})
+	g, err := r.s.LoadGraph(ctx, store.GraphOptions{PathsOnly: true})
 	if err != nil {
 		return nil, err
 	}

@@ -69,7 +69,7 @@ type iouSQE struct {
 	off      uint64 // or addr2
 	addr     uint64
 	len      uint32
-	opFlags  uint32 // open_flags, statx_flags, rw_flags
+	opFlags  uint32 // open_flags, rw_flags
 	userData uint64
 	bufIndex uint16
 	pers     uint16

@@ -212,7 +212,8 @@ func (nw *narWriter) regular(fd int, w io.Writer, st *unix.Stat_t, disp string) 
 }
 
 // regularAfter is regular for a file whose first bytes, prefix, were
-// already read from fd (or all of it: then fd is -1).
+// already read from fd; with fd -1, prefix is the whole file (batched
+// hashing reads small files that way).
 func (nw *narWriter) regularAfter(prefix []byte, fd int, w io.Writer, st *unix.Stat_t, disp string) error {
 	nw.str("(")
 	nw.str("type")
