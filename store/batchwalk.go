@@ -47,6 +47,9 @@ type BatchHasher struct {
 	names  [][]byte // NUL-terminated names of a chunk's files
 	arena  []byte   // the small files' contents
 	ndirs  int
+	// endMarked: the path's file system marks the end of a listing
+	// (DirEndMarked); learnt from its top directory.
+	endMarked bool
 
 	// Batched and Fallbacks count the paths hashed each way.
 	Batched, Fallbacks int64
@@ -259,8 +262,9 @@ func (b *BatchHasher) dir(dirfd int, name, rel string, depth int32, lst *unix.St
 			return false
 		}
 		n.haveSt = true
+		b.endMarked = DirEndMarked(fd, n.st.Dev)
 	}
-	ents, err := ReadDirents(fd, nil)
+	ents, err := ReadDirentsMarked(fd, b.endMarked, nil)
 	if err != nil {
 		return false
 	}

@@ -34,11 +34,65 @@ func ReadDirents(fd int, out []Dirent) ([]Dirent, error) {
 // entries this way allocates nothing per entry. It is safe for concurrent
 // use on different descriptors.
 func ScanDirents(fd int, fn func(name []byte, ino uint64, typ uint8)) error {
+	return scanDirents(fd, false, fn)
+}
+
+// ReadDirentsMarked is ReadDirents for a directory on a file system for
+// which DirEndMarked said true: when the first getdents64 returns the
+// whole directory, it knows so and spares the second call that would
+// return nothing. Any other directory is read as by ReadDirents.
+func ReadDirentsMarked(fd int, marked bool, out []Dirent) ([]Dirent, error) {
+	err := scanDirents(fd, marked, func(name []byte, ino uint64, typ uint8) {
+		out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
+	})
+	return out, err
+}
+
+// ScanDirentsMarked is ScanDirents with ReadDirentsMarked's shortcut.
+func ScanDirentsMarked(fd int, marked bool, fn func(name []byte, ino uint64, typ uint8)) error {
+	return scanDirents(fd, marked, fn)
+}
+
+// dirOffEnd is the position ext4 gives after the last entry of an
+// indexed directory (every directory of a file system with dir_index,
+// one-block ones included) for a 64-bit reader: EXT4_HTREE_EOF_64BIT.
+// getdents64 writes the position after the last entry it returned into
+// that entry's d_off, so this value there means the listing is complete.
+// No entry's own position can be it (ext4 never gives a name the hash
+// that would make it). A listing cut short, by a full buffer or by a
+// pending signal (filldir64 stops early then), ends with the position of
+// the first entry it did not return instead.
+const dirOffEnd = 1<<63 - 1
+
+// getdents is unix.Getdents; tests count the calls through it.
+var getdents = unix.Getdents
+
+var endMarked sync.Map // device number -> bool
+
+// DirEndMarked reports whether the file system holding the directory
+// open at fd (whose st_dev is dev) marks the end of a listing as ext4
+// does (see dirOffEnd), so that ReadDirentsMarked can stop after one
+// getdents64 call. The answer is found once per device (one fstatfs) and
+// remembered for the life of the process.
+func DirEndMarked(fd int, dev uint64) bool {
+	if v, ok := endMarked.Load(dev); ok {
+		return v.(bool)
+	}
+	var sfs unix.Statfs_t
+	if unix.Fstatfs(fd, &sfs) != nil {
+		return false
+	}
+	ok := sfs.Type == unix.EXT4_SUPER_MAGIC // also ext2 and ext3: the same driver
+	endMarked.Store(dev, ok)
+	return ok
+}
+
+func scanDirents(fd int, marked bool, fn func(name []byte, ino uint64, typ uint8)) error {
 	bp := direntBuf.Get().(*[]byte)
 	defer direntBuf.Put(bp)
 	buf := *bp
 	for {
-		n, err := unix.Getdents(fd, buf)
+		n, err := getdents(fd, buf)
 		if err == unix.EINTR {
 			continue
 		}
@@ -48,7 +102,9 @@ func ScanDirents(fd int, fn func(name []byte, ino uint64, typ uint8)) error {
 		if n <= 0 {
 			return nil
 		}
-		parseDirents(buf[:n], fn)
+		if lastOff := parseDirents(buf[:n], fn); marked && lastOff == dirOffEnd {
+			return nil
+		}
 	}
 }
 
@@ -61,7 +117,10 @@ func ParseDirents(b []byte, out []Dirent) []Dirent {
 	return out
 }
 
-func parseDirents(b []byte, fn func(name []byte, ino uint64, typ uint8)) {
+// parseDirents calls fn for each record in b (see ParseDirents) and
+// returns the d_off of the last one (-1 if there is none).
+func parseDirents(b []byte, fn func(name []byte, ino uint64, typ uint8)) int64 {
+	last := int64(-1)
 	for len(b) >= 19 {
 		// struct linux_dirent64 { u64 ino; s64 off; u16 reclen; u8 type; char name[]; }
 		reclen := int(binary.NativeEndian.Uint16(b[16:18]))
@@ -69,6 +128,7 @@ func parseDirents(b []byte, fn func(name []byte, ino uint64, typ uint8)) {
 			break
 		}
 		ino, typ, name := binary.NativeEndian.Uint64(b[0:8]), b[18], b[19:reclen]
+		last = int64(binary.NativeEndian.Uint64(b[8:16]))
 		for i, c := range name {
 			if c == 0 {
 				name = name[:i]
@@ -81,4 +141,5 @@ func parseDirents(b []byte, fn func(name []byte, ino uint64, typ uint8)) {
 		}
 		fn(name, ino, typ)
 	}
+	return last
 }

@@ -81,6 +81,9 @@ type treeWalker struct {
 	fn   NodeFunc
 	node Node
 	root string
+	// endMarked: the tree's file system marks the end of a directory
+	// listing (DirEndMarked), learnt from its top directory.
+	endMarked bool
 }
 
 func (t *treeWalker) display(rel string) string {
@@ -244,6 +247,7 @@ func (t *treeWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {
 			return fmt.Errorf("store: %s: %w: replaced by another directory", t.display(rel), errChanged)
 		}
 		stp = &st
+		t.endMarked = DirEndMarked(fd, st.Dev)
 	}
 	ents, err := t.readEntries(fd)
 	if err != nil {
@@ -287,7 +291,7 @@ func (t *treeWalker) dir(dirfd int, name, rel string, lst *unix.Stat_t) error {
 // readEntries reads the names and types of the directory open at fd,
 // without "." and "..", sorted bytewise.
 func (t *treeWalker) readEntries(fd int) ([]Dirent, error) {
-	ents, err := ReadDirents(fd, nil)
+	ents, err := ReadDirentsMarked(fd, t.endMarked, nil)
 	if err != nil {
 		return nil, err
 	}
