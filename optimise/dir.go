@@ -30,25 +30,39 @@ type dirRef struct {
 
 func (d *dirRef) ref() { d.refs.Add(1) }
 
+// unref drops a reference; the last one sets back the mtime of a
+// directory that was only renamed into (see release) and closes it.
 func (d *dirRef) unref() {
 	if d.refs.Add(-1) == 0 && !d.isStoreDir {
+		d.mu.Lock()
+		if d.touched {
+			futimens(d.fd, []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: 1}})
+			d.touched = false
+		}
+		d.mu.Unlock()
 		unix.Close(d.fd)
 	}
 }
 
-// acquire marks a rename into d as starting. The first time, d is written
-// to the journal (before anything changes it), so that a kill -9 from now
-// on is repaired by the next run.
+// acquire marks a rename into d as starting. d is in the journal by then
+// (the gate writes the directories of a batch of paths before any of
+// their files is handed out; acquire writes it otherwise), so that a
+// kill -9 from now on is repaired by the next run.
 func (d *dirRef) acquire() {
 	d.mu.Lock()
 	d.writers++
 	if !d.journaled && !d.isStoreDir {
 		d.journaled = true
-		if rel, ok := strings.CutPrefix(d.path, d.r.s.Layout.RealStoreDir+"/"); ok {
+		if rel, ok := d.rel(); ok {
 			d.r.journal.note(rel)
 		}
 	}
 	d.mu.Unlock()
+}
+
+// rel is d's path relative to the store directory.
+func (d *dirRef) rel() (string, bool) {
+	return strings.CutPrefix(d.path, d.r.s.Layout.RealStoreDir+"/")
 }
 
 // makeWritable adds the owner's write bit, as Nix does when the process
@@ -73,22 +87,18 @@ func (d *dirRef) makeWritable() bool {
 	return true
 }
 
-// release marks a rename as finished; the last one out makes the
-// directory canonical again: mode 0555 (0444 without the owner's x bit)
-// and mtime 1, as Nix's MakeReadOnly does.
+// release marks a rename as finished. A directory made writable for it
+// is made canonical again by the last rename out: mode 0555 (0444
+// without the owner's x bit) and mtime 1, as Nix's MakeReadOnly does. A
+// directory that was only renamed into (as root: its mode never changed)
+// gets its mtime back once, when its last file is done (unref), instead
+// of after every rename.
 func (d *dirRef) release(renamed bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.writers--
 	d.touched = d.touched || renamed
-	if d.writers > 0 || d.isStoreDir || !(d.touched || d.writable) {
-		return
-	}
-	if !d.writable {
-		// Only renamed into (as root): the mode is as it was, only the
-		// mtime needs setting back.
-		futimens(d.fd, []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: 1}})
-		d.touched = false
+	if d.writers > 0 || d.isStoreDir || !d.writable {
 		return
 	}
 	var st unix.Stat_t

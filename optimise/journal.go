@@ -59,6 +59,39 @@ func (j *journal) note(rel string) error {
 	return err
 }
 
+// noteAll appends every directory of dirs not yet in the journal, in one
+// write. It must not run concurrently with renames into those
+// directories (the gate calls it before their files are handed out).
+func (j *journal) noteAll(dirs []*dirRef) error {
+	if j == nil {
+		return nil
+	}
+	var buf []byte
+	var noted []*dirRef
+	for _, d := range dirs {
+		if d.journaled || d.isStoreDir {
+			continue
+		}
+		if rel, ok := d.rel(); ok {
+			d.journaled = true // also marks duplicates in dirs as seen
+			noted = append(noted, d)
+			buf = append(append(buf, rel...), 0)
+		}
+	}
+	if len(buf) == 0 {
+		return nil
+	}
+	j.mu.Lock()
+	_, err := j.f.Write(buf)
+	j.mu.Unlock()
+	if err != nil {
+		for _, d := range noted {
+			d.journaled = false // acquire tries again
+		}
+	}
+	return err
+}
+
 // close removes the journal: every directory it names was restored.
 func (j *journal) close() {
 	if j == nil {

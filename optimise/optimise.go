@@ -222,6 +222,7 @@ type run struct {
 
 	storeFd, linksFd int
 	storeDev         uint64
+	endMarked        bool // the store's file system marks the end of a listing (store.DirEndMarked)
 	storeDir         *dirRef
 	top              map[string]dirent // the store directory's entries
 	journal          *journal
@@ -244,6 +245,8 @@ type run struct {
 	notices  []Notice
 
 	stop atomic.Bool // ctx done: start nothing new
+
+	closer *closePool // closes the descriptors of replaced files (closer.go)
 }
 
 func (r *run) notice(kind, path, link string, err error) {
@@ -326,6 +329,9 @@ type fileJob struct {
 	// byName: getdents called it a regular file and it was not stat'ed;
 	// the worker opens it and takes its fstat (processRegular).
 	byName bool
+	// replaced: the file's name now links to the .links entry, so the
+	// descriptor processRegular holds may be the inode's last reference.
+	replaced bool
 }
 
 func (r *run) run(ctx context.Context) (*Result, error) {
@@ -347,6 +353,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("optimise: stat %s: %w", lay.RealStoreDir, err)
 	}
 	r.storeDev = sst.Dev
+	r.endMarked = store.DirEndMarked(r.storeFd, sst.Dev)
 	r.storeDir = &dirRef{fd: r.storeFd, path: lay.RealStoreDir, isStoreDir: true}
 	r.storeDir.refs.Store(1 << 30) // never closed through refs
 
@@ -436,6 +443,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 		}
 	}()
 
+	r.closer = newClosePool()
 	var walkWG, hashWG sync.WaitGroup
 	for range nWalk {
 		walkWG.Add(1)
@@ -471,6 +479,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	close(gate)
 	<-gateDone
 	hashWG.Wait()
+	r.closer.wait()
 	if !r.o.DryRun {
 		r.removeOwnTmpLinks()
 		r.saveLinkedState(paths)
@@ -739,6 +748,21 @@ func (r *run) gate(ctx context.Context, tr *lock.TempRoots, in <-chan gateItem, 
 				return
 			}
 		}
+		if r.journal != nil {
+			// The directories that renames may touch, in one write
+			// before any of their files is handed out.
+			var dirs []*dirRef
+			for _, it := range items {
+				if valid == nil || valid[it.t.path] {
+					for _, j := range it.jobs {
+						if n := len(dirs); n == 0 || dirs[n-1] != j.dir {
+							dirs = append(dirs, j.dir)
+						}
+					}
+				}
+			}
+			r.journal.noteAll(dirs)
+		}
 		for _, it := range items {
 			if valid != nil && !valid[it.t.path] {
 				r.addInt(&r.res.PathsGone, 1)
@@ -891,7 +915,7 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 	d.refs.Store(1)
 	defer d.unref()
 	start := len(buf)
-	buf, err = readDirents(fd, buf)
+	buf, err = store.ReadDirentsMarked(fd, r.endMarked, buf)
 	if err != nil {
 		// ENOENT: the directory was deleted under us (a collector
 		// removing a dead path that was not registered yet).
@@ -1017,7 +1041,13 @@ func (r *run) processRegular(j *fileJob) {
 		r.notice(KindError, disp, "", fmt.Errorf("opening: %w", err))
 		return
 	}
-	defer unix.Close(fd)
+	defer func() {
+		if j.replaced {
+			r.closeLater(fd)
+		} else {
+			unix.Close(fd)
+		}
+	}()
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		r.notice(KindError, disp, "", fmt.Errorf("fstat: %w", err))
@@ -1286,6 +1316,7 @@ func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcom
 	// temporary link stays. removeOwnTmpLinks drops such leftovers at
 	// the end of the run, instead of a lookup after every rename.
 	r.counted(st)
+	j.replaced = true
 	j.task.rec.settle(lst.Ino)
 	return replDone
 }
