@@ -332,6 +332,8 @@ type fileJob struct {
 	// replaced: the file's name now links to the .links entry, so the
 	// descriptor processRegular holds may be the inode's last reference.
 	replaced bool
+	// held: processRegular holds the file open (replace need not).
+	held bool
 }
 
 func (r *run) run(ctx context.Context) (*Result, error) {
@@ -413,7 +415,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	}
 	tasks := make(chan *storePathJob, 256)
 	gate := make(chan gateItem, 64)
-	jobs := make(chan *fileJob, 512)
+	jobs := make(chan []*fileJob, 64)
 
 	// The feeder hands every path to the walkers. The walk only reads;
 	// a path with files to link passes the gate (temporary root, then
@@ -467,11 +469,10 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 		hashWG.Add(1)
 		go func() {
 			defer hashWG.Done()
-			for j := range jobs {
-				if !r.stop.Load() {
-					r.process(j)
-				}
-				r.jobDone(j)
+			h := r.newHasher()
+			defer h.close()
+			for js := range jobs {
+				h.processBatch(js)
 			}
 		}()
 	}
@@ -705,7 +706,7 @@ func (r *run) jobDone(j *fileJob) {
 // root, then rechecks its validity (one query per batch), and passes the
 // files of the paths still valid on to the hashers. The files of a path
 // that was collected meanwhile are dropped untouched.
-func (r *run) gate(ctx context.Context, tr *lock.TempRoots, in <-chan gateItem, out chan<- *fileJob) error {
+func (r *run) gate(ctx context.Context, tr *lock.TempRoots, in <-chan gateItem, out chan<- []*fileJob) error {
 	const batch = 128
 	var pend []gateItem
 	var failed error
@@ -769,8 +770,8 @@ func (r *run) gate(ctx context.Context, tr *lock.TempRoots, in <-chan gateItem, 
 				drop([]gateItem{it})
 				continue
 			}
-			for _, j := range it.jobs {
-				out <- j
+			for s := 0; s < len(it.jobs); s += batchSize {
+				out <- it.jobs[s:min(s+batchSize, len(it.jobs))]
 			}
 		}
 	}
@@ -1019,7 +1020,13 @@ func (r *run) process(j *fileJob) {
 // linked: when the rename replaces the file's last name, its inode is then
 // released (its blocks freed) by the close, not inside rename(2) with the
 // kernel's rename locks held, so the workers' frees run in parallel.
-func (r *run) processRegular(j *fileJob) {
+func (r *run) processRegular(j *fileJob) { r.processRegularStat(j, false) }
+
+// processRegularStat is processRegular for a file that was counted
+// already (candidate applied to its lstat) when counted is set: then it
+// is not counted again, and a file found writable now is left alone
+// without a second notice.
+func (r *run) processRegularStat(j *fileJob, counted bool) {
 	disp := r.realPath(j.dir, j.name)
 	fd, err := store.OpenAt(j.dir.fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
 	switch err {
@@ -1030,7 +1037,7 @@ func (r *run) processRegular(j *fileJob) {
 		// No longer a regular file: look at what it is now.
 		var st unix.Stat_t
 		if err := store.LstatAt(j.dir.fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
-			if r.considered(j, &st) {
+			if counted || r.considered(j, &st) {
 				j.byName = false
 				j.st = st
 				r.process(j)
@@ -1041,6 +1048,7 @@ func (r *run) processRegular(j *fileJob) {
 		r.notice(KindError, disp, "", fmt.Errorf("opening: %w", err))
 		return
 	}
+	j.held = true
 	defer func() {
 		if j.replaced {
 			r.closeLater(fd)
@@ -1056,7 +1064,11 @@ func (r *run) processRegular(j *fileJob) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return // replaced since getdents by something we would not link
 	}
-	if !r.considered(j, &st) {
+	if counted {
+		if st.Mode&unix.S_IWUSR != 0 {
+			return
+		}
+	} else if !r.considered(j, &st) {
 		return
 	}
 	h, err := store.HashOpenFile(fd, &st, disp)
@@ -1290,6 +1302,14 @@ func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcom
 		r.notice(KindError, disp, linkDisp, fmt.Errorf("creating a temporary link %s: %w", tmp, err))
 		return replDone
 	}
+	// Hold the inode being replaced, so that it is freed by the close
+	// (in the pool, see closer.go), not inside rename(2).
+	pin := -1
+	if j.byName && !j.held {
+		if fd, err := store.OpenAt(d.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC); err == nil {
+			pin = fd
+		}
+	}
 	d.acquire()
 	err := r.sys.renameat(r.storeFd, tmp, d.fd, name)
 	if err == unix.EACCES || err == unix.EPERM {
@@ -1298,6 +1318,13 @@ func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcom
 		}
 	}
 	d.release(err == nil)
+	if pin >= 0 {
+		if err == nil {
+			r.closeLater(pin)
+		} else {
+			unix.Close(pin)
+		}
+	}
 	if err != nil {
 		unix.Unlinkat(r.storeFd, tmp, 0)
 		switch err {

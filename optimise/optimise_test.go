@@ -165,12 +165,34 @@ func checkStore(t testing.TB, s *store.Store) {
 	}
 }
 
+// TestOptimiseMatchesModel runs with small files read through io_uring
+// (where the kernel allows) and without.
 func TestOptimiseMatchesModel(t *testing.T) {
+	for _, mode := range []string{"io_uring", "plain"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "plain" {
+				t.Setenv("STOREKEEPER_NO_IO_URING", "1")
+			}
+			testOptimiseMatchesModel(t)
+		})
+	}
+}
+
+func testOptimiseMatchesModel(t *testing.T) {
 	b, s := fixture(t, dupSpec())
 	before := scan(t, b)
 	wantFiles, wantBytes, wantNames := expected(before)
 	if wantFiles == 0 {
 		t.Fatal("fixture has no duplicates")
+	}
+	large := 0
+	for _, n := range before {
+		if n.size > store.SmallFileMax {
+			large++
+		}
+	}
+	if large == 0 || large == len(before) {
+		t.Fatalf("fixture has %d files larger than store.SmallFileMax of %d: want both kinds", large, len(before))
 	}
 	dry, err := Optimise(context.Background(), s, Options{DryRun: true}, nil)
 	if err != nil {

@@ -4,8 +4,6 @@ package store
 
 import (
 	"crypto/sha256"
-	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"unsafe"
@@ -46,6 +44,7 @@ type BatchHasher struct {
 	closes []int32
 	names  [][]byte // NUL-terminated names of a chunk's files
 	arena  []byte   // the small files' contents
+	reads  []smallRead
 	ndirs  int
 	// endMarked: the path's file system marks the end of a listing
 	// (DirEndMarked); learnt from its top directory.
@@ -88,46 +87,11 @@ type bnode struct {
 // read at the file position and close: Linux 5.6 and later) or when the
 // environment sets STOREKEEPER_NO_IO_URING.
 func NewBatchHasher() (*BatchHasher, error) {
-	if os.Getenv("STOREKEEPER_NO_IO_URING") != "" {
-		return nil, ErrNoIOURing
-	}
-	r, err := newURing(batchEntries)
+	r, err := newFileRing()
 	if err != nil {
 		return nil, err
 	}
-	b := &BatchHasher{r: r, res: make([]int32, 3*batchChunk), names: make([][]byte, batchChunk)}
-	slots := make([]int32, batchChunk)
-	for i := range slots {
-		slots[i] = -1 // a sparse table: the slots are filled by openat
-	}
-	if _, _, errno := unix.Syscall6(sysIOUringRegister, uintptr(r.fd), iouRegisterFiles, uintptr(unsafe.Pointer(&slots[0])), uintptr(len(slots)), 0, 0); errno != 0 {
-		r.close()
-		return nil, fmt.Errorf("%w: registering a file table: %v", ErrNoIOURing, errno)
-	}
-	if err := b.probe(); err != nil {
-		r.close()
-		return nil, err
-	}
-	return b, nil
-}
-
-// probe opens the root directory into a slot of the ring, reads it
-// (EISDIR: the read request itself is understood) and closes it, all
-// three hard-linked as read does it.
-func (b *BatchHasher) probe() error {
-	b.names[0] = append(b.names[0][:0], '/', 0)
-	buf := make([]byte, 64)
-	b.r.push(iouSQE{opcode: iouOpOpenat, flags: iouSQEHardlink, fd: unix.AT_FDCWD, addr: ptrOf(b.names[0]), opFlags: unix.O_RDONLY | unix.O_DIRECTORY, fileIdx: 1, userData: 0})
-	b.r.push(iouSQE{opcode: iouOpRead, flags: iouSQEHardlink | iouSQEFixedFile, fd: 0, addr: ptrOf(buf), len: uint32(len(buf)), userData: 1})
-	b.r.push(iouSQE{opcode: iouOpClose, fileIdx: 1, userData: 2})
-	b.res[0], b.res[1], b.res[2] = -1, -1, -1
-	if err := b.r.submit(b.res, b.names[0], buf); err != nil {
-		return err
-	}
-	if b.res[0] != 0 || b.res[1] != -int32(unix.EISDIR) || b.res[2] != 0 {
-		return fmt.Errorf("%w: openat, read and close through a file slot gave %d, %d, %d", ErrNoIOURing, b.res[0], b.res[1], b.res[2])
-	}
-	return nil
+	return &BatchHasher{r: r, res: make([]int32, 3*batchChunk), names: make([][]byte, batchChunk)}, nil
 }
 
 // Close closes the descriptors the hasher still holds and its ring.
@@ -302,10 +266,6 @@ func (b *BatchHasher) dir(dirfd int, name, rel string, depth int32, lst *unix.St
 // closed, the three requests hard-linked so the close runs whatever the
 // others did. Larger files are read while the NAR is written.
 func (b *BatchHasher) read() bool {
-	flags := uint32(unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_NOCTTY)
-	if readNoatime.Load() {
-		flags |= unix.O_NOATIME
-	}
 	small, total := b.small[:0], 0
 	for _, ni := range b.files {
 		n := &b.nodes[ni]
@@ -323,22 +283,18 @@ func (b *BatchHasher) read() bool {
 	for start := 0; start < len(small); start += batchChunk {
 		chunk := small[start:min(start+batchChunk, len(small))]
 		b.flushCloses(3 * len(chunk))
-		for k, ni := range chunk {
+		b.reads = b.reads[:0]
+		for _, ni := range chunk {
 			n := &b.nodes[ni]
-			b.names[k] = append(append(b.names[k][:0], n.name...), 0)
-			b.res[3*k], b.res[3*k+1] = -1, -1
-			b.r.push(iouSQE{opcode: iouOpOpenat, flags: iouSQEHardlink, fd: int32(n.dirfd), addr: ptrOf(b.names[k]),
-				opFlags: flags, fileIdx: uint32(k + 1), userData: uint64(3 * k)})
-			b.r.push(iouSQE{opcode: iouOpRead, flags: iouSQEHardlink | iouSQEFixedFile, fd: int32(k),
-				addr: ptrOf(b.arena[n.off:]), len: uint32(n.st.Size + 1), userData: uint64(3*k + 1)})
-			b.r.push(iouSQE{opcode: iouOpClose, fileIdx: uint32(k + 1), userData: uint64(3*k + 2)})
+			b.reads = append(b.reads, smallRead{dirfd: n.dirfd, name: n.name, size: n.st.Size, off: n.off})
 		}
+		pushSmallReads(b.r, b.names, b.res, b.arena, b.reads)
 		if b.r.submit(b.res, b.names, b.arena) != nil {
 			return false
 		}
 		for k, ni := range chunk {
 			n := &b.nodes[ni]
-			if b.res[3*k] != 0 || int64(b.res[3*k+1]) != n.st.Size {
+			if !readWhole(b.res, k, n.st.Size) {
 				return false // changed since its lstat, or an error: the plain walker reports it
 			}
 			n.data = b.arena[n.off : n.off+int(n.st.Size)]

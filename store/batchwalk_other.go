@@ -26,3 +26,27 @@ func (b *BatchHasher) HashPathFiles(path string, fn NodeFunc) (NarHash, int64, e
 
 // Close does nothing.
 func (b *BatchHasher) Close() error { return nil }
+
+// SmallFileMax is the largest file SmallFileReader reads.
+const SmallFileMax = 16<<10 - 1
+
+// SmallFile is one file for SmallFileReader.ReadFiles.
+type SmallFile struct {
+	Dirfd int
+	Name  string
+	Size  int64
+	Data  []byte
+}
+
+// SmallFileReader batches reads with io_uring where it is built; here
+// NewSmallFileReader always fails.
+type SmallFileReader struct{}
+
+// NewSmallFileReader returns ErrNoIOURing on this platform.
+func NewSmallFileReader() (*SmallFileReader, error) { return nil, ErrNoIOURing }
+
+// ReadFiles returns ErrNoIOURing.
+func (s *SmallFileReader) ReadFiles([]SmallFile) error { return ErrNoIOURing }
+
+// Close does nothing.
+func (s *SmallFileReader) Close() error { return nil }
