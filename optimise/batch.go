@@ -123,7 +123,7 @@ func (h *hasher) prepare(j *fileJob) bool {
 // j.st) and links it.
 func (h *hasher) hashSmall(j *fileJob, data []byte) {
 	r := h.r
-	hash, err := store.HashFileBytes(data, &j.st, r.realPath(j.dir, j.name))
+	hash, err := store.HashFileBytes(data, &j.st) // its path is only built for an error
 	if err != nil {
 		r.notice(KindError, r.realPath(j.dir, j.name), "", fmt.Errorf("hashing: %w", err))
 		return

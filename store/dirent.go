@@ -21,12 +21,7 @@ var direntBuf = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b
 // ReadDirents appends to out every entry of the directory open at fd
 // (from its current offset), without "." and "..". It is safe for
 // concurrent use on different descriptors.
-func ReadDirents(fd int, out []Dirent) ([]Dirent, error) {
-	err := ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
-		out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
-	})
-	return out, err
-}
+func ReadDirents(fd int, out []Dirent) ([]Dirent, error) { return ReadDirentsMarked(fd, false, out) }
 
 // ScanDirents calls fn for every entry of the directory open at fd (from
 // its current offset), without "." and "..", with the name in a buffer
@@ -46,11 +41,6 @@ func ReadDirentsMarked(fd int, marked bool, out []Dirent) ([]Dirent, error) {
 		out = append(out, Dirent{Name: string(name), Ino: ino, Type: typ})
 	})
 	return out, err
-}
-
-// ScanDirentsMarked is ScanDirents with ReadDirentsMarked's shortcut.
-func ScanDirentsMarked(fd int, marked bool, fn func(name []byte, ino uint64, typ uint8)) error {
-	return scanDirents(fd, marked, fn)
 }
 
 // dirOffEnd is the position ext4 gives after the last entry of an

@@ -115,10 +115,12 @@ func narHash(fill func(nw *narWriter) error) (NarHash, error) {
 // HashFileBytes returns the NAR hash of a lone regular file whose
 // contents are data and whose lstat is st (its size must be len(data);
 // of its mode only the owner's executable bit counts): what HashOpenFile
-// returns for that file, for a caller that has read it already.
-func HashFileBytes(data []byte, st *unix.Stat_t, disp string) (NarHash, error) {
+// returns for that file, for a caller that has read it already. The
+// error (wrapping the "changed" condition, see IsChanged) names no file:
+// the caller knows which it is.
+func HashFileBytes(data []byte, st *unix.Stat_t) (NarHash, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != int64(len(data)) {
-		return NarHash{}, fmt.Errorf("store: %s: %w: not a regular file of %d bytes", disp, errChanged, len(data))
+		return NarHash{}, fmt.Errorf("store: %w: not a regular file of %d bytes", errChanged, len(data))
 	}
-	return narHash(func(nw *narWriter) error { return nw.regularAfter(data, -1, nil, st, disp) })
+	return narHash(func(nw *narWriter) error { return nw.regularAfter(data, -1, nil, st, "") })
 }

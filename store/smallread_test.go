@@ -100,11 +100,11 @@ func TestHashFileBytes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := HashFileBytes(data, &st, p)
+		got, err := HashFileBytes(data, &st)
 		if err != nil || got != want {
 			t.Errorf("mode %o: %v %s, want %s", mode, err, got.Base32(), want.Base32())
 		}
-		if _, err := HashFileBytes(data[1:], &st, p); !IsChanged(err) {
+		if _, err := HashFileBytes(data[1:], &st); !IsChanged(err) {
 			t.Errorf("mode %o: size mismatch gave %v, want a changed error", mode, err)
 		}
 	}
