@@ -659,3 +659,43 @@ func TestNoOpRenameLeavesNoTmpLink(t *testing.T) {
 	}
 	checkStore(t, s) // fails on a .tmp-link-* left in the store dir
 }
+
+// TestNoDescriptorLeft: every descriptor a run opens is closed when it
+// returns, those of replaced files (held across the rename, closed in the
+// pool) included, with and without io_uring.
+func TestNoDescriptorLeft(t *testing.T) {
+	// The database's descriptors are the store's (its connections stay
+	// open until it is closed): not counted.
+	countFDs := func(s *store.Store) int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip(err)
+		}
+		n := 0
+		for _, e := range ents {
+			if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); !strings.HasPrefix(l, filepath.Dir(s.DB.Path)+"/") {
+				n++
+			}
+		}
+		return n
+	}
+	for _, mode := range []string{"io_uring", "plain"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "plain" {
+				t.Setenv("STOREKEEPER_NO_IO_URING", "1")
+			}
+			_, s := fixture(t, dupSpec())
+			before := countFDs(s)
+			res, err := Optimise(context.Background(), s, Options{}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.FilesLinked == 0 {
+				t.Fatal("nothing was linked")
+			}
+			if after := countFDs(s); after != before {
+				t.Errorf("%d descriptors open before the run, %d after", before, after)
+			}
+		})
+	}
+}
