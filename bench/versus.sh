@@ -7,7 +7,7 @@
 # copies of one store, each first run followed by a second run on the same
 # copy. TEMPLATE is a root holding nix/ (a store made by Nix or by
 # mkstore.py); WORK is scratch space for a copy of it. Needs root
-# (private mount namespaces) and nix-bin.
+# (private mount namespaces), nix-bin and Go (to build bench/readfloor).
 #
 # Each side gets a fresh copy that is synced and left to settle first: the
 # copy's writeback and the discards of the previous copy's deletion
@@ -33,7 +33,8 @@ inroot() {
 	unshare -m --propagation private sh -c 'mount --bind "$0/nix" /nix && exec "$@"' "$root" "$@"
 }
 now() { date +%s.%N; }
-# timed VAR CMD...: run CMD (output discarded, status ignored), seconds in VAR.
+# timed VAR CMD...: run CMD (output discarded; a failure is reported on
+# stderr), its wall time in seconds in VAR.
 timed() {
 	local var=$1 t0; shift
 	t0=$(now)

@@ -31,37 +31,44 @@ func main() {
 		os.Exit(2)
 	}
 	start := time.Now()
-	files := make(chan string, 4096)
-	var bytes, count, failed atomic.Int64
+	t := readTree(flag.Arg(0), *jobs)
+	fmt.Printf("%d files, %d bytes in %.2f s (%d unreadable)\n", t.files, t.bytes, time.Since(start).Seconds(), t.failed)
+}
+
+type totals struct{ files, bytes, failed int64 }
+
+// readTree reads every regular file under root once, with jobs readers;
+// failed counts the files and directories that could not be read.
+func readTree(root string, jobs int) totals {
+	paths := make(chan string, 4096)
+	var files, bytes, failed atomic.Int64
 	var wg sync.WaitGroup
-	for range max(1, *jobs) {
+	for range max(1, jobs) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, 1<<20)
-			for p := range files {
+			for p := range paths {
 				n, err := readAll(p, buf)
 				bytes.Add(n)
-				count.Add(1)
+				files.Add(1)
 				if err != nil {
 					failed.Add(1)
 				}
 			}
 		}()
 	}
-	err := filepath.WalkDir(flag.Arg(0), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			files <- p
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			failed.Add(1)
+		} else if d.Type().IsRegular() {
+			paths <- p
 		}
 		return nil
 	})
-	close(files)
+	close(paths)
 	wg.Wait()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "readfloor:", err)
-		os.Exit(1)
-	}
-	fmt.Printf("%d files, %d bytes in %.2f s (%d unreadable)\n", count.Load(), bytes.Load(), time.Since(start).Seconds(), failed.Load())
+	return totals{files.Load(), bytes.Load(), failed.Load()}
 }
 
 // readAll reads the file at p to its end through buf.
