@@ -26,10 +26,9 @@ reads() { awk -v d="$dev" '$3==d {print $4, $5, $6}' /proc/diskstats; }
 
 sync
 echo 3 > /proc/sys/vm/drop_caches
-mkdir -p /nix
+HERE=$(dirname "$(readlink -f "$0")")
 r0=$(reads)
 TIMEFORMAT='%R s wall %U user %S sys'
-{ time unshare -m --propagation private sh -c 'mount --bind "$0/nix" /nix && exec "$@"' "$ROOT" "$@" \
-	> /dev/null 2>&1 || echo "cold.sh: '$*' exited with status $?" >&2; } 2>&1
+{ time "$HERE/inroot.sh" "$ROOT" "$@" > /dev/null 2>&1 || echo "cold.sh: '$*' exited with status $?" >&2; } 2>&1
 r1=$(reads)
 echo "$r0 $r1" | awk '{ n = $4 - $1; printf "disk: %d read requests, %d merged, %.0f MiB, %.1f KiB a request\n", n, $5 - $2, ($6 - $3) / 2048, n ? ($6 - $3) / 2 / n : 0 }'

@@ -14,16 +14,13 @@
 # each run, then the sums over all repetitions and their ratio, the share
 # of the collector's time spent holding gc.lock and its peak memory.
 set -euo pipefail
+HERE=$(dirname "$(readlink -f "$0")")
 [ $# -ge 3 ] || { echo "usage: gcfloor.sh BIN TEMPLATE WORK [REPS]" >&2; exit 2; }
 BIN=$(readlink -f "$1"); T=$(readlink -f "$2"); W=$3; REPS=${4:-2}
 [ -d "$T/nix/store" ] || { echo "gcfloor.sh: $T/nix/store is not a directory" >&2; exit 2; }
 
 # inroot ROOT CMD...: run CMD with ROOT/nix mounted on /nix.
-inroot() {
-	local root=$1; shift
-	mkdir -p /nix
-	unshare -m --propagation private sh -c 'mount --bind "$0/nix" /nix && exec "$@"' "$root" "$@"
-}
+inroot() { "$HERE/inroot.sh" "$@"; }
 now() { date +%s.%N; }
 
 floor_sum=0; tool_sum=0; lock_sum=0
@@ -39,7 +36,7 @@ for rep in $(seq 1 "$REPS"); do
 	}
 	tool() {
 		local t0; t0=$(now)
-		/usr/bin/time -f "%M" -o "$W/rss" bash -c "$(declare -f inroot); inroot '$W/tool' '$BIN' gc --json > '$W/gc.json'"
+		/usr/bin/time -f "%M" -o "$W/rss" "$HERE/inroot.sh" "$W/tool" "$BIN" gc --json > "$W/gc.json"
 		g=$(echo "$(now) - $t0" | bc)
 		l=$(python3 -c "import json; print(json.load(open('$W/gc.json'))['lock_held_seconds'])")
 	}

@@ -22,16 +22,13 @@
 # across CPUs (virtual machines) that, not the reading, is most of its
 # time.
 set -euo pipefail
+HERE=$(dirname "$(readlink -f "$0")")
 [ $# -ge 3 ] || { echo "usage: versus.sh BIN TEMPLATE WORK [REPS]" >&2; exit 2; }
 BIN=$(readlink -f "$1"); T=$(readlink -f "$2"); W=$3; REPS=${4:-1}
 [ -d "$T/nix/store" ] || { echo "versus.sh: $T/nix/store is not a directory" >&2; exit 2; }
 command -v nix-store >/dev/null || { echo "versus.sh: needs nix-store (apt-get install nix-bin)" >&2; exit 2; }
 
-inroot() {
-	local root=$1; shift
-	mkdir -p /nix
-	unshare -m --propagation private sh -c 'mount --bind "$0/nix" /nix && exec "$@"' "$root" "$@"
-}
+inroot() { "$HERE/inroot.sh" "$@"; }
 now() { date +%s.%N; }
 # timed VAR CMD...: run CMD (output discarded; a failure is reported on
 # stderr), its wall time in seconds in VAR.

@@ -1,0 +1,63 @@
+package tests
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestBenchScripts runs bench/inroot.sh (which gcfloor.sh, versus.sh and
+// cold.sh run every command through) and bench/cold.sh on a demo store.
+func TestBenchScripts(t *testing.T) {
+	requireNix(t) // root and mount namespaces, as the scripts need
+	root := t.TempDir()
+	buildDemo(t, root)
+	ents, err := os.ReadDir(filepath.Join(root, "nix", "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := func(name string, args ...string) (string, int) {
+		t.Helper()
+		out, err := exec.Command(filepath.Join("..", "bench", name), args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return string(out), code
+	}
+
+	out, code := script("inroot.sh", root, "sh", "-c", "ls -A /nix/store | wc -l")
+	if n, _ := strconv.Atoi(strings.TrimSpace(out)); code != 0 || n != len(ents) {
+		t.Fatalf("inroot.sh sees %q entries (status %d), want %d", out, code, len(ents))
+	}
+	if _, code := script("inroot.sh", root); code != 2 {
+		t.Fatalf("inroot.sh without a command: status %d, want 2", code)
+	}
+	if _, code := script("cold.sh", filepath.Join(root, "missing"), "true"); code != 2 {
+		t.Fatalf("cold.sh on a root without a store: status %d, want 2", code)
+	}
+
+	if f, err := os.OpenFile("/proc/sys/vm/drop_caches", os.O_WRONLY, 0); err != nil {
+		t.Skipf("cold.sh needs to drop the page cache: %v", err)
+	} else {
+		f.Close()
+	}
+	out, code = script("cold.sh", root, binary, "verify", "--no-record")
+	if strings.Contains(out, "no disk statistics") {
+		t.Skipf("cold.sh: %s", out)
+	}
+	report := regexp.MustCompile(`^[0-9.]+ s wall [0-9.]+ user [0-9.]+ sys\n` +
+		`disk: [0-9]+ read requests, [0-9]+ merged, [0-9]+ MiB, [0-9.]+ KiB a request\n$`)
+	if code != 0 || !report.MatchString(out) {
+		t.Fatalf("cold.sh printed (status %d):\n%s", code, out)
+	}
+	if out, _ := script("cold.sh", root, "false"); !strings.Contains(out, "cold.sh: 'false' exited with status 1") {
+		t.Fatalf("cold.sh did not report the command's failure:\n%s", out)
+	}
+}
