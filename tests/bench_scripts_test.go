@@ -10,8 +10,9 @@ import (
 	"testing"
 )
 
-// TestBenchScripts runs bench/inroot.sh (which gcfloor.sh, versus.sh and
-// cold.sh run every command through) and bench/cold.sh on a demo store.
+// TestBenchScripts runs bench/inroot.sh (which gcfloor.sh, versus.sh,
+// cold.sh and busy.sh run every command through), bench/busy.sh and
+// bench/cold.sh on a demo store.
 func TestBenchScripts(t *testing.T) {
 	requireNix(t) // root and mount namespaces, as the scripts need
 	root := t.TempDir()
@@ -38,6 +39,21 @@ func TestBenchScripts(t *testing.T) {
 	}
 	if _, code := script("inroot.sh", root); code != 2 {
 		t.Fatalf("inroot.sh without a command: status %d, want 2", code)
+	}
+	// busy.sh: a timeline line per half second, then the times and the
+	// cores' use; the command's failure is reported and passed on.
+	out, code = script("busy.sh", "-t", root, "sh", "-c", "ls -R /nix/store > /dev/null && sleep 1.2")
+	busy := regexp.MustCompile(`^(?: +[0-9.]+ s  busy [0-9.]+  sys [0-9.]+  iowait [0-9.]+\n){2,}` +
+		`[0-9.]+ s wall [0-9.]+ user [0-9.]+ sys\n` +
+		`cores: [0-9.]+ of [0-9]+ busy, [0-9]+% idle, [0-9]+% iowait\n$`)
+	if code != 0 || !busy.MatchString(out) {
+		t.Fatalf("busy.sh -t printed (status %d):\n%s", code, out)
+	}
+	if out, code := script("busy.sh", root, "false"); code != 1 || !strings.Contains(out, "busy.sh: 'false' exited with status 1") {
+		t.Fatalf("busy.sh did not report the command's failure (status %d):\n%s", code, out)
+	}
+	if _, code := script("busy.sh", root); code != 2 {
+		t.Fatalf("busy.sh without a command: status %d, want 2", code)
 	}
 	if _, code := script("cold.sh", filepath.Join(root, "missing"), "true"); code != 2 {
 		t.Fatalf("cold.sh on a root without a store: status %d, want 2", code)
