@@ -25,20 +25,24 @@ ROOT=$(readlink -f "$1"); shift
 HERE=$(dirname "$(readlink -f "$0")")
 cores=$(getconf _NPROCESSORS_ONLN)
 hz=$(getconf CLK_TCK)
-# cpu line of /proc/stat: user nice system idle iowait irq softirq steal
-stat() { awk '$1=="cpu" {print $2+$3, $4+$7+$8, $5, $6, $9}' /proc/stat; }
+# From the cpu line of /proc/stat (user nice system idle iowait irq
+# softirq ...), in clock ticks: user, system, idle, iowait.
+stat() { awk '$1=="cpu" {print $2+$3, $4+$7+$8, $5, $6}' /proc/stat; }
 
 s0=$(stat)
 t0=$(date +%s.%N)
 sampler=
 if [ -n "$timeline" ]; then
 	(
-		prev=$s0
+		prev="$t0 $s0"
 		while sleep 0.5; do
-			cur=$(stat)
-			echo "$(date +%s.%N) $t0 $prev $cur $hz" | awk '{
-				printf "%6.1f s  busy %.2f  sys %.2f  iowait %.2f\n", $1 - $2,
-					(($8 - $3) + ($9 - $4)) / $13 / 0.5, ($9 - $4) / $13 / 0.5, ($11 - $6) / $13 / 0.5 }'
+			cur="$(date +%s.%N) $(stat)"
+			# $1 start; $2-$6 the previous sample, $7-$11 this one (time,
+			# user, system, idle, iowait); $12 ticks a second
+			echo "$t0 $prev $cur $hz" | awk '{
+				ticks = ($7 - $2) * $12
+				printf "%6.1f s  busy %.2f  sys %.2f  iowait %.2f\n", $7 - $1,
+					($8 - $3 + $9 - $4) / ticks, ($9 - $4) / ticks, ($11 - $6) / ticks }'
 			prev=$cur
 		done
 	) &
@@ -53,9 +57,11 @@ times=$(tail -1 "$tf")
 [ -n "$sampler" ] && kill "$sampler" 2>/dev/null && wait "$sampler" 2>/dev/null || true
 s1=$(stat)
 [ "$status" = 0 ] || echo "busy.sh: '$*' exited with status $status" >&2
-echo "$times $s0 $s1 $hz $cores" | awk '{
-	wall = $1; hz = $14; cores = $15
-	busy = (($9 - $4) + ($10 - $5)) / hz; idle = ($11 - $6) / hz; io = ($12 - $7) / hz
+# $1-$3 wall, user and system seconds; $4-$7 and $8-$11 the samples
+# before and after (user, system, idle, iowait ticks); $12 the cores
+echo "$times $s0 $s1 $cores" | awk '{
+	wall = $1; cores = $12
+	busy = $8 - $4 + $9 - $5; idle = $10 - $6; io = $11 - $7
 	total = busy + idle + io
 	if (total <= 0) total = 1
 	avg = cores * busy / total
