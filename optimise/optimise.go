@@ -227,9 +227,12 @@ type run struct {
 	top              map[string]dirent // the store directory's entries
 	journal          *journal
 
-	inodes   *inodeSet
-	linked   *linkedState // the linked-paths state; nil in a dry run without one
-	verified sync.Map     // .links names whose contents were checked (or made) in this run
+	inodes *inodeSet
+	linked *linkedState // the linked-paths state; nil in a dry run without one
+	// verified: the .links entries whose contents were checked (or
+	// made) in this run, name -> linkInfo of the inode found or made, so
+	// that a later file with the same hash needs no lstat of the entry.
+	verified sync.Map
 	// names: hashes of the .links names known to exist (listed at the
 	// start, or met or made since). A name not in it is linked without
 	// looking it up first; should it exist after all, link(2) says so.
@@ -1107,7 +1110,12 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 		var lst unix.Stat_t
 		var err error = unix.ENOENT
 		if r.linksFd >= 0 && r.names.has(nameKey(lname)) {
-			err = store.LstatAt(r.linksFd, lname, &lst)
+			if v, ok := r.verified.Load(lname); ok {
+				v.(linkInfo).fill(&lst)
+				err = nil
+			} else {
+				err = store.LstatAt(r.linksFd, lname, &lst)
+			}
 		}
 		if err == unix.ENOENT {
 			if r.o.DryRun {
@@ -1130,7 +1138,7 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 			case nil:
 				r.inodes.add(st.Ino)
 				r.names.add(nameKey(lname))
-				r.verified.Store(lname, true)
+				r.verified.Store(lname, infoOf(st))
 				atomic.AddInt64(&r.res.LinksCreated, 1)
 				j.task.rec.settle(st.Ino)
 				return
@@ -1184,6 +1192,21 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 	}
 }
 
+// linkInfo is what link needs of a .links entry's lstat: kept for the
+// entries this run made or checked, it stands in for another lstat. The
+// entry can only change under it by being removed (a collector removes
+// entries with a link count of 1; nothing rewrites a good one), and then
+// the link(2) to it fails with ENOENT and the name is looked up again.
+type linkInfo struct {
+	ino  uint64
+	size int64
+	mode uint32
+}
+
+func infoOf(st *unix.Stat_t) linkInfo { return linkInfo{ino: st.Ino, size: st.Size, mode: st.Mode} }
+
+func (l linkInfo) fill(st *unix.Stat_t) { st.Ino, st.Size, st.Mode = l.ino, l.size, l.mode }
+
 func (r *run) counted(st *unix.Stat_t) {
 	atomic.AddInt64(&r.res.FilesLinked, 1)
 	atomic.AddInt64(&r.res.BytesFreed, st.Size)
@@ -1218,7 +1241,7 @@ func (r *run) entryOK(lname string, lst, st *unix.Stat_t) (ok, gone bool) {
 	if h.Base32() != lname {
 		return false, false
 	}
-	r.verified.Store(lname, true)
+	r.verified.Store(lname, infoOf(lst))
 	return true, false
 }
 
@@ -1267,7 +1290,7 @@ func (r *run) replaceCorrupted(d *dirRef, name, lname string, st, bad *unix.Stat
 	}
 	unix.Unlinkat(r.storeFd, tmp, 0) // in case both names were one inode already
 	r.inodes.add(st.Ino)
-	r.verified.Store(lname, true)
+	r.verified.Store(lname, infoOf(st))
 	return false
 }
 
@@ -1293,7 +1316,8 @@ func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcom
 		r.notice(KindTooManyLinks, disp, linkDisp, err)
 		return replDone
 	case unix.ENOENT:
-		return replRetry // a collector removed the entry: start over
+		r.verified.Delete(lname) // look it up again, or make it anew
+		return replRetry         // a collector removed the entry: start over
 	case unix.ENOSPC:
 		atomic.AddInt64(&r.res.NoSpace, 1)
 		r.notice(KindNoSpace, disp, linkDisp, err)

@@ -525,6 +525,60 @@ func TestInjectedFailuresLeaveFilesAlone(t *testing.T) {
 	}
 }
 
+// TestLinksEntryCollectedMidRun: a collector removes a .links entry this
+// run made, just before a duplicate is linked to it. The run must look
+// the name up again and make the entry anew from the duplicate (not keep
+// linking to the inode it remembers), and a second run links the rest.
+func TestLinksEntryCollectedMidRun(t *testing.T) {
+	b, s := fixture(t, dupSpec())
+	_, _, names := expected(scan(t, b))
+	var mu sync.Mutex
+	removed := map[string]bool{}
+	ops := sysOps{
+		linkat: func(od int, op string, nd int, np string, fl int) error {
+			if strings.HasPrefix(np, ".tmp-link-") && names[op] {
+				mu.Lock()
+				first := !removed[op] && len(removed) < 5
+				if first {
+					removed[op] = true
+				}
+				mu.Unlock()
+				if first {
+					if err := unix.Unlinkat(od, op, 0); err != nil {
+						t.Errorf("removing .links/%s: %v", op, err)
+					}
+				}
+			}
+			return unix.Linkat(od, op, nd, np, fl)
+		},
+		renameat: unix.Renameat,
+	}
+	res, err := optimiseWith(context.Background(), s, Options{}, nil, ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) == 0 {
+		t.Fatal("no duplicate was linked: the fixture has none")
+	}
+	if len(res.Errors()) != 0 {
+		t.Errorf("errors: %+v", res.Errors())
+	}
+	for name := range removed {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(s.Layout.LinksDir(), name), &st); err != nil {
+			t.Errorf(".links/%s was not made again: %v", name, err)
+		} else if st.Nlink < 2 {
+			t.Errorf(".links/%s was made again but nothing is linked to it", name)
+		}
+	}
+	checkStore(t, s)
+	if _, err := Optimise(context.Background(), s, Options{Full: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkAllLinked(t, b, s)
+	checkStore(t, s)
+}
+
 // TestRealEMLINK: a .links entry that already has the file system's
 // maximum number of links (65000 on ext4) is left alone, and so is the
 // file that would have been linked to it.
