@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -26,10 +27,12 @@ type globalOptions struct {
 	noProgress bool
 	options    []string // --option NAME=VALUE
 	cpuProfile string   // hidden --cpu-profile FILE, for performance work
+	trace      string   // hidden --trace FILE: a Go execution trace, likewise
 }
 
 // newRootCommand returns the command tree and a function that finishes
-// what the run started (the CPU profile); call it before exiting.
+// what the run started (the CPU profile, the execution trace); call it
+// before exiting.
 func newRootCommand() (*cobra.Command, func()) {
 	g := &globalOptions{}
 	var stopProfile func()
@@ -43,18 +46,34 @@ nix-daemon, through Nix's own database and lock protocols.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			if g.cpuProfile == "" {
-				return nil
+			var stops []func()
+			stopProfile = func() {
+				for _, stop := range stops {
+					stop()
+				}
 			}
-			f, err := os.Create(g.cpuProfile)
-			if err != nil {
-				return err
+			if g.cpuProfile != "" {
+				f, err := os.Create(g.cpuProfile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					f.Close()
+					return err
+				}
+				stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
 			}
-			if err := pprof.StartCPUProfile(f); err != nil {
-				f.Close()
-				return err
+			if g.trace != "" {
+				f, err := os.Create(g.trace)
+				if err != nil {
+					return err
+				}
+				if err := trace.Start(f); err != nil {
+					f.Close()
+					return err
+				}
+				stops = append(stops, func() { trace.Stop(); f.Close() })
 			}
-			stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
 			return nil
 		},
 	}
@@ -69,6 +88,8 @@ nix-daemon, through Nix's own database and lock protocols.
 	f.StringArrayVar(&g.options, "option", nil, "override a nix.conf setting, as NAME=VALUE (repeatable)")
 	f.StringVar(&g.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the run to this file")
 	f.MarkHidden("cpu-profile")
+	f.StringVar(&g.trace, "trace", "", "write a Go execution trace of the run to this file")
+	f.MarkHidden("trace")
 	cmd.SetHelpTemplate(cmd.HelpTemplate())
 	cmd.AddCommand(newGCCommand(g))
 	cmd.AddCommand(newInfoCommand(g))
