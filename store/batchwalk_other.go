@@ -2,7 +2,10 @@
 
 package store
 
-import "errors"
+import (
+	"errors"
+	"syscall"
+)
 
 // ErrNoIOURing means the kernel offers no usable io_uring; batched
 // hashing is built for linux/amd64 only.
@@ -50,3 +53,16 @@ func (s *SmallFileReader) ReadFiles([]SmallFile) error { return ErrNoIOURing }
 
 // Close does nothing.
 func (s *SmallFileReader) Close() error { return nil }
+
+// AsyncCloser closes descriptors through io_uring where it is built;
+// here NewAsyncCloser always fails.
+type AsyncCloser struct{}
+
+// NewAsyncCloser returns ErrNoIOURing on this platform.
+func NewAsyncCloser() (*AsyncCloser, error) { return nil, ErrNoIOURing }
+
+// Close closes fd at once.
+func (c *AsyncCloser) Close(fd int) { syscall.Close(fd) }
+
+// Wait does nothing.
+func (c *AsyncCloser) Wait() {}
