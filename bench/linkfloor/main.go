@@ -43,6 +43,7 @@ import (
 func main() {
 	jobs := flag.Int("j", 2, "parallel linkers")
 	closers := flag.Int("c", 16, "parallel closers of replaced copies (0: rename frees them)")
+	flag.BoolVar(&useRing, "uring", true, "close replaced copies in io_uring's kernel threads, as optimise does (else in -c goroutines)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: linkfloor [-j N] STOREDIR")
@@ -144,10 +145,15 @@ type stats struct {
 
 // link carries out p with jobs workers: first every entry, then every
 // copy, each worker taking the next file in order. With closers > 0 a
-// copy is held open (O_PATH) across its rename and closed by one of
-// that many closers, so that its inode is freed outside rename(2) and
-// its locks, in parallel (as storekeeper optimise does); with 0 the
-// rename frees it (as nix-store --optimise does).
+// copy is held open (O_PATH) across its rename and closed afterwards, so
+// that its inode is freed outside rename(2) and its locks, in parallel,
+// as storekeeper optimise does: in io_uring's kernel threads (useRing,
+// where the kernel can) or else by that many closer goroutines; with 0
+// the rename frees it (as nix-store --optimise does).
+// useRing: with closers > 0, close the pinned copies through a
+// store.AsyncCloser when the kernel has one, as optimise does.
+var useRing bool
+
 func link(dir string, p *linkPlan, jobs, closers int) (stats, error) {
 	var s stats
 	storeFd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -168,6 +174,10 @@ func link(dir string, p *linkPlan, jobs, closers int) (stats, error) {
 	unix.Getrusage(unix.RUSAGE_SELF, &ru0)
 	start := time.Now()
 	var entries, replaced, failed atomic.Int64
+	var ring *store.AsyncCloser
+	if useRing && closers > 0 {
+		ring, _ = store.NewAsyncCloser()
+	}
 	toClose := make(chan int, 1024)
 	var closeWG sync.WaitGroup
 	for range closers {
@@ -214,7 +224,11 @@ func link(dir string, p *linkPlan, jobs, closers int) (stats, error) {
 					}
 					err := unix.Renameat(storeFd, tmp, storeFd, f.rel)
 					if pin >= 0 {
-						toClose <- pin
+						if ring != nil {
+							ring.Close(pin)
+						} else {
+							toClose <- pin
+						}
 					}
 					if err != nil {
 						unix.Unlinkat(storeFd, tmp, 0)
@@ -231,6 +245,9 @@ func link(dir string, p *linkPlan, jobs, closers int) (stats, error) {
 	pass(false)
 	close(toClose)
 	closeWG.Wait()
+	if ring != nil {
+		ring.Wait()
+	}
 	s.wall = time.Since(start)
 	unix.Getrusage(unix.RUSAGE_SELF, &ru1)
 	s.user = time.Duration(ru1.Utime.Nano() - ru0.Utime.Nano())
