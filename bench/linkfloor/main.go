@@ -43,7 +43,7 @@ import (
 func main() {
 	jobs := flag.Int("j", 2, "parallel linkers")
 	closers := flag.Int("c", 16, "parallel closers of replaced copies (0: rename frees them)")
-	flag.BoolVar(&useRing, "uring", true, "close replaced copies in io_uring's kernel threads, as optimise does (else in -c goroutines)")
+	useRing := flag.Bool("uring", true, "close replaced copies in io_uring's kernel threads, as optimise does (else in -c goroutines)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: linkfloor [-j N] STOREDIR")
@@ -58,7 +58,7 @@ func main() {
 	}
 	fmt.Printf("planned %d files: %d contents, %d copies (%d bytes) in %.2f s\n",
 		len(p.files), p.entries(), p.copies(), p.copyBytes, time.Since(start).Seconds())
-	s, err := link(dir, p, *jobs, *closers)
+	s, err := link(dir, p, *jobs, *closers, *useRing)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "linkfloor:", err)
 		os.Exit(1)
@@ -147,14 +147,11 @@ type stats struct {
 // copy, each worker taking the next file in order. With closers > 0 a
 // copy is held open (O_PATH) across its rename and closed afterwards, so
 // that its inode is freed outside rename(2) and its locks, in parallel,
-// as storekeeper optimise does: in io_uring's kernel threads (useRing,
-// where the kernel can) or else by that many closer goroutines; with 0
-// the rename frees it (as nix-store --optimise does).
-// useRing: with closers > 0, close the pinned copies through a
-// store.AsyncCloser when the kernel has one, as optimise does.
-var useRing bool
-
-func link(dir string, p *linkPlan, jobs, closers int) (stats, error) {
+// as storekeeper optimise does: with useRing in io_uring's kernel
+// threads (store.AsyncCloser, where the kernel has it), else by that
+// many closer goroutines; with 0 the rename frees it (as nix-store
+// --optimise does). Every descriptor is closed when link returns.
+func link(dir string, p *linkPlan, jobs, closers int, useRing bool) (stats, error) {
 	var s stats
 	storeFd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

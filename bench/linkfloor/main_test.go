@@ -10,9 +10,14 @@ import (
 
 // TestLinkFloor: two store paths with the same file, a unique file, a
 // symlink and a writable file: the copies end up as one .links entry,
-// the writable file is left alone, and both passes' counts add up.
+// the writable file is left alone, both passes' counts add up, and no
+// descriptor is left open, whichever way the copies are freed.
 func TestLinkFloor(t *testing.T) {
-	for _, closers := range []int{0, 4} {
+	for _, c := range []struct {
+		closers int
+		ring    bool
+	}{{0, false}, {4, false}, {4, true}} {
+		closers := c.closers
 		dir := t.TempDir()
 		must := func(err error) {
 			t.Helper()
@@ -33,10 +38,14 @@ func TestLinkFloor(t *testing.T) {
 			t.Fatalf("plan: %d files, %d entries, %d copies, %d bytes; want 4, 3, 1, 13",
 				len(p.files), p.entries(), p.copies(), p.copyBytes)
 		}
-		s, err := link(dir, p, 2, closers)
+		fds := openFds(t)
+		s, err := link(dir, p, 2, closers, c.ring)
 		must(err)
 		if s.entries != 3 || s.replaced != 1 || s.failed != 0 {
-			t.Fatalf("link (closers %d): %+v", closers, s)
+			t.Fatalf("link (closers %d, ring %v): %+v", closers, c.ring, s)
+		}
+		if n := openFds(t); n != fds {
+			t.Fatalf("link (closers %d, ring %v): %d descriptors open before, %d after", closers, c.ring, fds, n)
 		}
 		var a, b, w unix.Stat_t
 		must(unix.Lstat(filepath.Join(dir, "aaa-one/same"), &a))
@@ -51,4 +60,14 @@ func TestLinkFloor(t *testing.T) {
 			t.Fatalf("store directory has %d entries, want 3", len(ents))
 		}
 	}
+}
+
+// openFds counts the test process's open file descriptors.
+func openFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count descriptors: %v", err)
+	}
+	return len(ents)
 }
