@@ -3,7 +3,7 @@
 // (issue #4) on this machine, below which no implementation of Nix's
 // .links protocol can go, however it hashes.
 //
-//	go run ./bench/linkfloor [-j N] STOREDIR
+//	go run ./bench/linkfloor [-j N] [-c N] [-uring=false] STOREDIR
 //
 // It changes STOREDIR as an optimise does: run it on a copy. First,
 // untimed, it lists every regular file and symlink under STOREDIR's
@@ -46,7 +46,7 @@ func main() {
 	useRing := flag.Bool("uring", true, "close replaced copies in io_uring's kernel threads, as optimise does (else in -c goroutines)")
 	flag.Parse()
 	if flag.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: linkfloor [-j N] STOREDIR")
+		fmt.Fprintln(os.Stderr, "usage: linkfloor [-j N] [-c N] [-uring=false] STOREDIR")
 		os.Exit(2)
 	}
 	dir := flag.Arg(0)
@@ -177,7 +177,11 @@ func link(dir string, p *linkPlan, jobs, closers int, useRing bool) (stats, erro
 	}
 	toClose := make(chan int, 1024)
 	var closeWG sync.WaitGroup
-	for range closers {
+	goClosers := closers
+	if ring != nil {
+		goClosers = 0 // the ring closes them all
+	}
+	for range goClosers {
 		closeWG.Add(1)
 		go func() {
 			defer closeWG.Done()
