@@ -15,6 +15,7 @@ import (
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -99,6 +100,7 @@ func (w *worker) checkMeta(n *store.Node) error {
 	if file != "" {
 		full += "/" + file
 	}
+	full = report.Name(full) // for the messages; Path and File stay raw
 	add := func(kind, exp, got, msg string) {
 		w.meta = append(w.meta, Finding{Kind: kind, Path: w.path, File: file, Expected: exp, Got: got,
 			Message: msg, Fix: "nix-store --repair-path " + w.path})
@@ -356,7 +358,7 @@ func (v *verifier) collect(r *pathResult) {
 			return
 		}
 		v.add(Finding{Kind: KindIOError, Path: p, Got: r.err.Error(),
-			Message: fmt.Sprintf("error checking path '%s': %v", p, r.err),
+			Message: fmt.Sprintf("error checking path '%s': %s", p, report.Name(r.err.Error())),
 			Fix:     "check the disk, then: nix-store --repair-path " + p})
 		return
 	}
@@ -419,6 +421,7 @@ func fileFinding(p string, c FileChange) Finding {
 	if c.File != "" {
 		full += "/" + c.File
 	}
+	full = report.Name(full)
 	f := Finding{Path: p, File: c.File, Expected: c.Expected, Got: c.Got, Fix: "nix-store --repair-path " + p}
 	switch c.Kind {
 	case "changed":
@@ -501,6 +504,7 @@ func (v *verifier) checkForeignLinks(ctx context.Context) {
 			if u.file != "" {
 				full += "/" + u.file
 			}
+			full = report.Name(full)
 			v.add(Finding{Kind: KindForeignLink, Path: u.path, File: u.file,
 				Expected: fmt.Sprint(seen), Got: fmt.Sprint(u.nlink),
 				Message: fmt.Sprintf("'%s' has %d hard links, but only %d are in the store's paths and .links: %d are elsewhere", full, u.nlink, seen, u.nlink-seen),

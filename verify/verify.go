@@ -34,6 +34,7 @@ import (
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -369,7 +370,7 @@ func (v *verifier) selectPaths() error {
 				}
 			}
 			if !v.lay.IsInStore(lp) {
-				return fmt.Errorf("%w: '%s' is not in the store %s", ErrNotValid, p, v.lay.StoreDir)
+				return fmt.Errorf("%w: '%s' is not in the store %s", ErrNotValid, report.Name(p), v.lay.StoreDir)
 			}
 			base := strings.TrimPrefix(lp, v.lay.StoreDir+"/")
 			if i := strings.IndexByte(base, '/'); i >= 0 {
@@ -377,7 +378,7 @@ func (v *verifier) selectPaths() error {
 			}
 			id, ok := g.Lookup(base)
 			if !ok {
-				return fmt.Errorf("%w: path '%s' is not valid (not registered in %s)", ErrNotValid, v.lay.StorePathOf(base), v.lay.DBPath())
+				return fmt.Errorf("%w: path '%s' is not valid (not registered in %s)", ErrNotValid, report.Name(v.lay.StorePathOf(base)), v.lay.DBPath())
 			}
 			v.selected[id] = true
 		}
@@ -532,8 +533,8 @@ func (v *verifier) checkDB() {
 		if id, ok := byHash[nm[:32]]; ok {
 			p := v.lay.StorePathOf(nm)
 			v.add(Finding{Kind: KindNameClash, Path: g.Path(id), File: p, Got: p,
-				Message: fmt.Sprintf("unregistered entry '%s' has the hash of valid path '%s'", p, g.Path(id)),
-				Fix:     fmt.Sprintf("inspect it, then remove it: rm -rf %s", v.lay.RealPath(p))})
+				Message: fmt.Sprintf("unregistered entry '%s' has the hash of valid path '%s'", report.Name(p), g.Path(id)),
+				Fix:     "inspect it, then remove it: rm -rf " + report.ShellArg(v.lay.RealPath(p))})
 		}
 	}
 }
@@ -763,12 +764,12 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 				continue // removed meanwhile (gc, optimise)
 			}
 			v.add(Finding{Kind: KindIOError, File: lp, Got: r.err.Error(),
-				Message: fmt.Sprintf("error checking link '%s': %v", lp, r.err)})
+				Message: fmt.Sprintf("error checking link '%s': %s", report.Name(lp), report.Name(r.err.Error()))})
 			continue
 		}
 		if got := r.got.Base32(); got != r.name {
 			v.add(Finding{Kind: KindLinkModified, File: lp, Expected: r.name, Got: got,
-				Message: fmt.Sprintf("link '%s' was modified! expected hash '%s', got '%s'", lp, r.name, got),
+				Message: fmt.Sprintf("link '%s' was modified! expected hash '%s', got '%s'", report.Name(lp), report.Name(r.name), got),
 				Fix:     "storekeeper verify --check-contents --repair"})
 			v.badLinks = append(v.badLinks, r.name)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"storekeeper/gc"
+	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -231,7 +232,7 @@ func diskNearlyFull(dir string) bool {
 func writeLines(p *printer, lines []string) {
 	var sb strings.Builder
 	for _, l := range lines {
-		sb.WriteString(l)
+		sb.WriteString(report.Name(l))
 		sb.WriteByte('\n')
 	}
 	fmt.Fprint(p.out, sb.String())

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"storekeeper/gc"
+	"storekeeper/report"
 	"storekeeper/roots"
 	"storekeeper/store"
 )
@@ -68,21 +69,21 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 	}
 	for _, n := range res.Notes {
 		if n.Target != "" {
-			p.Verbosef("%s: '%s' -> '%s'", n.Message, n.Link, n.Target)
+			p.Verbosef("%s: '%s' -> '%s'", n.Message, report.Name(n.Link), report.Name(n.Target))
 		} else {
-			p.Verbosef("%s: '%s'", n.Message, n.Link)
+			p.Verbosef("%s: '%s'", n.Message, report.Name(n.Link))
 		}
 	}
 	for _, st := range res.Stale {
 		if st.Removed {
-			p.Infof("removed stale link from '%s' to '%s'", st.Link, st.Target)
+			p.Infof("removed stale link from '%s' to '%s'", report.Name(st.Link), report.Name(st.Target))
 		} else {
-			p.Infof("stale link from '%s' to '%s' (remove it with 'storekeeper roots --prune-stale')", st.Link, st.Target)
+			p.Infof("stale link from '%s' to '%s' (remove it with 'storekeeper roots --prune-stale')", report.Name(st.Link), report.Name(st.Target))
 		}
 	}
 	// The listing is the command's result: printed even under --quiet.
 	for _, r := range res.Roots {
-		fmt.Fprintf(p.out, "%s -> %s\n", r.Link, r.Target)
+		fmt.Fprintf(p.out, "%s -> %s\n", report.Name(r.Link), report.Name(r.Target))
 	}
 	return nil
 }
@@ -106,7 +107,7 @@ func runWhy(cmd *cobra.Command, g *globalOptions, p *printer, s *store.Store, pa
 		fmt.Fprintf(p.out, "%s is dead: no root keeps it alive ('storekeeper gc' would delete it)\n", e.Path)
 		return nil
 	}
-	fmt.Fprintf(p.out, "%s is alive\n  root: %s\n", e.Path, e.Root)
+	fmt.Fprintf(p.out, "%s is alive\n  root: %s\n", e.Path, report.Name(e.Root))
 	for i, c := range e.Chain {
 		if i == 0 {
 			fmt.Fprintf(p.out, "  %s\n", c)

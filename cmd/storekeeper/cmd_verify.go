@@ -212,7 +212,7 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	} else {
 		// Findings are the result: printed even under --quiet.
 		for _, f := range res.Findings {
-			fmt.Fprintln(p.out, f.Message)
+			p.Textln(f.Message)
 		}
 		printVerifySummary(p, res, vo)
 	}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"storekeeper/report"
 )
 
 func main() {
@@ -51,7 +53,7 @@ func exitCode(err error, interrupted bool) int {
 	var fe *findingsError
 	if errors.As(err, &fe) {
 		if fe.msg != "" {
-			fmt.Fprintln(os.Stderr, "storekeeper:", fe.msg)
+			fmt.Fprintln(os.Stderr, report.Text("storekeeper: "+fe.msg))
 		}
 		return exitFindings
 	}
@@ -59,6 +61,6 @@ func exitCode(err error, interrupted bool) int {
 		fmt.Fprintln(os.Stderr, "storekeeper: interrupted")
 		return exitInterrupted
 	}
-	fmt.Fprintln(os.Stderr, "storekeeper: error:", err)
+	fmt.Fprintln(os.Stderr, report.Text("storekeeper: error: "+err.Error()))
 	return exitCannotRun
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -159,22 +160,34 @@ func (g *globalOptions) printer(cmd *cobra.Command) *printer {
 }
 
 // Infof prints an informational message on stderr unless --quiet.
+//
+// Infof, Verbosef, Warnf and Textln pass every message through
+// report.Text: whatever a name from the store holds, no control character
+// but the message's own newlines reaches the terminal or the log. Names
+// in a message should also be quoted with report.Name (a newline in a
+// name would otherwise start a line of its own).
 func (p *printer) Infof(format string, a ...any) {
 	if !p.quiet {
-		fmt.Fprintf(p.err, format+"\n", a...)
+		fmt.Fprintln(p.err, report.Text(fmt.Sprintf(format, a...)))
 	}
 }
 
 // Verbosef prints only with --verbose.
 func (p *printer) Verbosef(format string, a ...any) {
 	if p.verb && !p.quiet {
-		fmt.Fprintf(p.err, format+"\n", a...)
+		fmt.Fprintln(p.err, report.Text(fmt.Sprintf(format, a...)))
 	}
 }
 
 // Warnf prints a warning on stderr, even under --quiet.
 func (p *printer) Warnf(format string, a ...any) {
-	fmt.Fprintf(p.err, "warning: "+format+"\n", a...)
+	fmt.Fprintln(p.err, report.Text("warning: "+fmt.Sprintf(format, a...)))
+}
+
+// Textln prints one result line (or several, separated by newlines) on
+// stdout, even under --quiet.
+func (p *printer) Textln(s string) {
+	fmt.Fprintln(p.out, report.Text(s))
 }
 
 // JSON writes v as indented JSON on stdout.
