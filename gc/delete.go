@@ -467,7 +467,7 @@ func (m *mover) move(name string) {
 		switch {
 		case err == nil:
 			if m.deleteNow {
-				n, err := removeTree(m.trashFd, dst, filepath.Join(m.c.trashDir(), dst))
+				n, err := store.RemoveTree(m.trashFd, dst, filepath.Join(m.c.trashDir(), dst))
 				m.c.mu.Lock()
 				m.c.res.BytesFreed += n
 				m.c.mu.Unlock()
@@ -542,7 +542,7 @@ func (c *collector) emptyTrash(ctx context.Context, leftover bool) error {
 		go func() {
 			defer wg.Done()
 			for name := range work {
-				n, err := removeTree(trashFd, name, filepath.Join(c.trashDir(), name))
+				n, err := store.RemoveTree(trashFd, name, filepath.Join(c.trashDir(), name))
 				freed.Add(n)
 				if err != nil {
 					errOnce.Do(func() { firstErr = err })
@@ -569,78 +569,6 @@ func (c *collector) emptyTrash(ctx context.Context, leftover bool) error {
 		return fmt.Errorf("gc: deleting the trash: %w (run storekeeper gc again to retry)", firstErr)
 	}
 	return ctx.Err()
-}
-
-// removeTree deletes name (relative to dirfd) and everything below it
-// without following symlinks, and returns the bytes freed: the blocks of
-// each file whose last link it removed. Entry types come from getdents,
-// so only regular files are stat'ed (for their link count). Directories
-// without write permission are made writable first (only inside the
-// trash, and only when not root).
-func removeTree(dirfd int, name, display string) (uint64, error) {
-	return removeEntry(dirfd, name, unix.DT_UNKNOWN, display, os.Geteuid() == 0)
-}
-
-func removeEntry(dirfd int, name string, typ uint8, display string, root bool) (uint64, error) {
-	var st unix.Stat_t
-	if typ == unix.DT_UNKNOWN || typ == unix.DT_REG {
-		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				return 0, nil
-			}
-			return 0, fmt.Errorf("gc: %s: %w", display, err)
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFDIR:
-			typ = unix.DT_DIR
-		case unix.S_IFREG:
-			typ = unix.DT_REG
-		default:
-			typ = unix.DT_LNK // anything else is unlinked like a symlink
-		}
-	}
-	if typ != unix.DT_DIR {
-		if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-			return 0, fmt.Errorf("gc: removing %s: %w", display, err)
-		}
-		if typ == unix.DT_REG && st.Nlink == 1 {
-			return uint64(st.Blocks) * 512, nil
-		}
-		return 0, nil
-	}
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil && errors.Is(err, unix.EACCES) {
-		unix.Fchmodat(dirfd, name, 0o700, 0)
-		fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	}
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("gc: %s: %w", display, err)
-	}
-	if !root {
-		unix.Fchmod(fd, 0o700)
-	}
-	ents, err := store.ReadDirents(fd, nil)
-	if err != nil {
-		unix.Close(fd)
-		return 0, fmt.Errorf("gc: reading %s: %w", display, err)
-	}
-	var freed uint64
-	for _, e := range ents {
-		b, err := removeEntry(fd, e.Name, e.Type, display+"/"+e.Name, root)
-		freed += b
-		if err != nil {
-			unix.Close(fd)
-			return freed, err
-		}
-	}
-	unix.Close(fd)
-	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		return freed, fmt.Errorf("gc: removing %s: %w", display, err)
-	}
-	return freed, nil
 }
 
 // removeUnusedLinks deletes the .links entries nothing else links to
