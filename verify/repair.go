@@ -5,12 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
 	"storekeeper/lock"
+	"storekeeper/store"
 )
 
 // repair does the local fixes, in this order:
@@ -23,11 +23,14 @@ import (
 //     and delete Refs and DerivationOutputs rows that name no valid path.
 //     Either all of it is committed or nothing: kill -9 leaves the DB as
 //     it was or as repaired.
-//  2. Remove damaged .links entries (as Nix does): a store file linked to
-//     one shares its inode, so it was reported modified with its path; the
-//     intact files of a replaced entry get a fresh entry from the next
-//     `storekeeper optimise` or `nix-store --optimise`. Removing a .links
-//     name never removes data (the store's own names keep the inode).
+//  2. Remove damaged .links entries (as Nix does), of any type: a file, a
+//     directory tree, a symlink (never followed), a fifo; each removed
+//     relative to the open .links directory (store.RemoveTree). A store
+//     file linked to a damaged entry shares its inode, so it was reported
+//     modified with its path; the intact files of a replaced entry get a
+//     fresh entry from the next `storekeeper optimise` or `nix-store
+//     --optimise`. Removing a .links name never removes data (the store's
+//     own names keep the inode).
 //
 // Damaged contents are not touched: they need a substitute (the findings
 // name `nix-store --repair-path`).
@@ -132,13 +135,24 @@ func (v *verifier) repair(ctx context.Context) error {
 	}
 	removedLinks := map[string]bool{}
 	var linkErr error
-	for _, name := range v.badLinks {
-		p := filepath.Join(v.lay.LinksDir(), name)
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			linkErr = errors.Join(linkErr, fmt.Errorf("removing corrupt link '%s': %w", p, err))
-			continue
+	if len(v.badLinks) > 0 {
+		dir := v.lay.LinksDir()
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			linkErr = fmt.Errorf("opening %s to remove corrupt links: %w", dir, err)
+		} else {
+			for _, name := range v.badLinks {
+				// Any type: a file, a directory tree, a symlink (never
+				// followed), a fifo.
+				p := filepath.Join(dir, name)
+				if _, err := store.RemoveTree(fd, name, p); err != nil {
+					linkErr = errors.Join(linkErr, fmt.Errorf("removing corrupt link '%s': %w", p, err))
+					continue
+				}
+				removedLinks[filepath.Join(v.lay.StoreDir, ".links", name)] = true
+			}
+			unix.Close(fd)
 		}
-		removedLinks[filepath.Join(v.lay.StoreDir, ".links", name)] = true
 	}
 	for i := range v.findings {
 		f := &v.findings[i]

@@ -763,6 +763,15 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 			if errors.Is(r.err, os.ErrNotExist) {
 				continue // removed meanwhile (gc, optimise)
 			}
+			if errors.Is(r.err, store.ErrUnsupportedFileType) {
+				// A fifo, socket or device (at the top or inside a
+				// directory): no NAR has one, so no link can be one.
+				v.add(Finding{Kind: KindLinkModified, File: lp, Expected: r.name, Got: r.err.Error(),
+					Message: fmt.Sprintf("link '%s' cannot be a link of Nix's: %v", lp, r.err),
+					Fix:     "storekeeper verify --check-contents --repair"})
+				v.badLinks = append(v.badLinks, r.name)
+				continue
+			}
 			v.add(Finding{Kind: KindIOError, File: lp, Got: r.err.Error(),
 				Message: fmt.Sprintf("error checking link '%s': %s", report.Name(lp), report.Name(r.err.Error()))})
 			continue
