@@ -361,6 +361,10 @@ func OpenAt(dirfd int, name string, flags int) (int, error) {
 	}
 }
 
+// ReadlinkAt is readlinkat(dirfd, name) whatever the target's length,
+// retried on EINTR.
+func ReadlinkAt(dirfd int, name string) (string, error) { return narReadlinkat(dirfd, name, 0) }
+
 func narReadlinkat(dirfd int, name string, size int64) (string, error) {
 	n := 256
 	if size >= int64(n) {
