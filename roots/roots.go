@@ -14,11 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"storekeeper/lock"
 	"storekeeper/store"
@@ -76,6 +77,14 @@ type Options struct {
 	NoRuntime, NoTemp bool
 	// ProcDir is /proc; tests may point it elsewhere.
 	ProcDir string
+	// Strict makes a potential root under gcroots/ or profiles/ that may
+	// not be read (EACCES or EPERM on a directory, a link, or the symlink
+	// an indirect root names: a private home directory, an NFS home with
+	// root_squash) an error wrapping ErrRootsUnreadable, where Nix (and
+	// Find without Strict) notes "cannot read potential root" and goes
+	// on without it. The collector sets it whenever it deletes: what such
+	// a root holds must not be collected.
+	Strict bool
 }
 
 // Result is every root, sorted by link then target (Nix's order).
@@ -99,6 +108,14 @@ func (r *Result) Targets() []string {
 	return out
 }
 
+// ErrRootsUnreadable is wrapped by every error of Find that means some
+// roots could not be read, with the path and what to do: an I/O error, a
+// directory loop under gcroots/ or profiles/ (a bind mount of a directory
+// into itself), a tree past the walk's limits (maxWalkDepth,
+// maxWalkEntries), and with Options.Strict a root it may not read. Find
+// never returns a partial set of roots instead.
+var ErrRootsUnreadable = errors.New("roots: cannot read all roots")
+
 // ErrPruneReadOnly is returned when PruneStale is asked of a read-only store.
 var ErrPruneReadOnly = errors.New("roots: --prune-stale needs write access to the store")
 
@@ -112,10 +129,19 @@ type candidate struct {
 // all candidates (in batches, never one query per root). It changes
 // nothing unless o.PruneStale is set.
 //
+// Roots are found at any depth under gcroots/ and profiles/ (see walk).
+// When some cannot be read, Find returns an error wrapping
+// ErrRootsUnreadable and no result, never a result without them; the
+// failures Nix ignores (a root that may not be read, unless o.Strict; one
+// that vanished) are skipped, the first noted in Result.Notes.
+//
 // Concurrency: roots can appear and vanish while Find runs; Find reports a
 // consistent snapshot only when the caller holds gc.lock exclusively (as
 // the collector does). A link that disappears mid-scan is skipped, not an
-// error.
+// error; an entry replaced by one of another type (a directory by a
+// symlink) is taken as what it is now, never followed. Cancelling ctx
+// stops the walk with ctx's error; Find holds no descriptor after it
+// returns.
 func Find(ctx context.Context, s *store.Store, o Options) (*Result, error) {
 	if o.PruneStale && s.ReadOnly {
 		return nil, ErrPruneReadOnly
@@ -152,6 +178,9 @@ type finder struct {
 	lay   store.Layout
 	res   *Result
 	cands []candidate
+	// entries counts the entries listed under gcroots/ and profiles/,
+	// against maxWalkEntries.
+	entries int
 }
 
 func (f *finder) note(link, target, msg string) {
@@ -176,92 +205,267 @@ func (f *finder) toStorePath(target string) (string, bool) {
 	return p, true
 }
 
-// scan walks a roots directory like Nix's findRoots: directories are
-// entered (never through symlinks), symlinks into the store are roots,
-// symlinks elsewhere are followed one hop (indirect roots), regular files
-// named after a store path are roots.
-func (f *finder) scan(ctx context.Context, dir string, kind Kind) error {
-	st, err := os.Lstat(dir)
-	if err != nil {
-		return f.ioErr(dir, err)
-	}
-	return f.visit(ctx, dir, st.Mode().Type(), kind, 0)
+// The limits of the walk of gcroots/ and profiles/, each far beyond any
+// real tree (Nix itself cannot read a root nested more than about 2000
+// directories deep: its full path would pass PATH_MAX). A tree beyond
+// them is an error wrapping ErrRootsUnreadable, never a tree searched in
+// part. Variables so that tests can lower them.
+var (
+	// maxWalkDepth bounds how deep directories nest below gcroots/ or
+	// profiles/. The walk holds one descriptor per directory on its
+	// current path, so this (plus one) is also its descriptor budget.
+	maxWalkDepth = 4096
+	// maxWalkEntries bounds the entries (of every type) Find lists in
+	// gcroots/ and profiles/ together, and so the memory and time the
+	// walk takes.
+	maxWalkEntries = 1 << 22
+)
+
+// walk is one walk of a roots directory (gcroots/ or profiles/) like
+// Nix's findRoots: directories are entered (never through a symlink),
+// symlinks into the store are roots, symlinks elsewhere are followed one
+// hop (indirect roots), regular files named after a store path are roots.
+//
+// Unlike Nix's, the walk works relative to open directory descriptors
+// (openat with O_NOFOLLOW|O_DIRECTORY, fstatat and readlinkat on names),
+// so a root is found at any depth, also where its full path is longer
+// than the kernel accepts (the full path is still the Link reported, as
+// Nix prints it), and a directory replaced by a symlink while the walk
+// runs is looked at again as the symlink it now is, never followed.
+// Every directory on the current path stays open (one descriptor each,
+// at most maxWalkDepth, closed on the way back up); nothing is reopened
+// by name or through "..".
+//
+// A directory that is one of its own ancestors again (the same device
+// and inode: a bind mount of a directory into itself, a damaged file
+// system) is an error, as is a tree past the limits above: the roots
+// there cannot all be read, and a collection must not go on without them.
+type walk struct {
+	f    *finder
+	ctx  context.Context
+	kind Kind
+	top  string            // the directory walked
+	dirs []walkDir         // the directories on the current path, outermost first
+	on   map[devIno]string // their identities, to their paths
 }
 
-const maxDepth = 64
+type walkDir struct {
+	fd   int
+	path string
+}
 
-// visit handles one entry; typ is its file type bits (0 for a regular file).
-func (f *finder) visit(ctx context.Context, p string, typ fs.FileMode, kind Kind, depth int) error {
-	if err := ctx.Err(); err != nil {
+type devIno struct{ dev, ino uint64 }
+
+// scan walks the roots directory dir (which may be missing).
+func (f *finder) scan(ctx context.Context, dir string, kind Kind) error {
+	w := &walk{f: f, ctx: ctx, kind: kind, top: dir, on: map[devIno]string{}}
+	return w.visit(unix.AT_FDCWD, dir, dir, unix.DT_UNKNOWN, false)
+}
+
+// visit handles the entry name of the directory open at dirfd, whose full
+// path is p and whose type (unix.DT_*) is typ, DT_UNKNOWN if not known.
+// again is set when the entry changed type since it was listed, and is
+// being looked at a second time.
+func (w *walk) visit(dirfd int, name, p string, typ uint8, again bool) error {
+	if err := w.ctx.Err(); err != nil {
 		return err
 	}
-	switch {
-	case typ&fs.ModeDir != 0:
-		if depth > maxDepth {
-			f.note(p, "", "directory nesting too deep; not searched further")
-			return nil
+	if typ == unix.DT_UNKNOWN {
+		var st unix.Stat_t
+		if err := store.LstatAt(dirfd, name, &st); err != nil {
+			return w.f.walkErr(p, err)
 		}
-		ents, err := os.ReadDir(p)
-		if err != nil {
-			return f.ioErr(p, err)
+		typ = dirType(st.Mode)
+	}
+	switch typ {
+	case unix.DT_DIR:
+		return w.dir(dirfd, name, p, again)
+	case unix.DT_LNK:
+		return w.link(dirfd, name, p, again)
+	case unix.DT_REG:
+		base := name
+		if i := strings.LastIndexByte(base, '/'); i >= 0 { // the top of the walk, by full path
+			base = base[i+1:]
 		}
-		for _, e := range ents {
-			if err := f.visit(ctx, filepath.Join(p, e.Name()), e.Type(), kind, depth+1); err != nil {
-				return err
-			}
-		}
-	case typ&fs.ModeSymlink != 0:
-		target, err := os.Readlink(p)
-		if err != nil {
-			return f.ioErr(p, err)
-		}
-		if sp, ok := f.toStorePath(target); ok {
-			f.cands = append(f.cands, candidate{Root{Kind: kind, Link: p, Target: sp}, true})
-			return nil
-		}
-		// Indirect: the link names a symlink elsewhere that points into
-		// the store.
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(p), target)
-		}
-		target = filepath.Clean(target)
-		st, err := os.Lstat(target)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-				if isInDir(p, filepath.Join(f.lay.GCRootsDir(), "auto")) {
-					f.stale(p, target)
-				}
-				return nil
-			}
-			return f.ioErr(target, err)
-		}
-		if st.Mode()&fs.ModeSymlink == 0 {
-			return nil
-		}
-		target2, err := os.Readlink(target)
-		if err != nil {
-			return f.ioErr(target, err)
-		}
-		if sp, ok := f.toStorePath(target2); ok {
-			k := Indirect
-			if kind == Profile || isInDir(target, f.lay.ProfilesDir()) {
-				k = Profile
-			}
-			f.cands = append(f.cands, candidate{Root{Kind: k, Link: target, Target: sp}, true})
-		}
-	case typ == 0: // a regular file
-		base := filepath.Base(p)
 		if store.ValidateBaseName(base) == nil {
-			f.cands = append(f.cands, candidate{Root{Kind: kind, Link: p, Target: f.lay.StoreDir + "/" + base}, true})
+			w.f.cands = append(w.f.cands, candidate{Root{Kind: w.kind, Link: p, Target: w.f.lay.StoreDir + "/" + base}, true})
 		}
 	}
 	return nil
 }
 
-func (f *finder) stale(link, target string) {
+// changed is visit's answer when an entry changed type twice while it
+// was read.
+func changed(p string) error {
+	return fmt.Errorf("%w: %s keeps changing between a directory and something else while it is read; run again", ErrRootsUnreadable, p)
+}
+
+func (w *walk) dir(dirfd int, name, p string, again bool) error {
+	if len(w.dirs) > maxWalkDepth {
+		return fmt.Errorf("%w: %s: directories nested more than %d deep under %s, deeper than storekeeper searches; move the roots there nearer the top, or remove the tree if it holds none",
+			ErrRootsUnreadable, p, maxWalkDepth, w.top)
+	}
+	fd, err := store.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	switch {
+	case err == nil:
+	case err == unix.ENOTDIR || err == unix.ELOOP:
+		if again {
+			return changed(p)
+		}
+		// Replaced since it was listed (by a symlink, say): look at what
+		// is there now.
+		return w.visit(dirfd, name, p, unix.DT_UNKNOWN, true)
+	case err == unix.EMFILE || err == unix.ENFILE:
+		return fmt.Errorf("%w: opening %s, %d directories deep: %w; raise the limit on open files (ulimit -n) above %d",
+			ErrRootsUnreadable, p, len(w.dirs), err, maxWalkDepth+64)
+	default:
+		return w.f.walkErr(p, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return w.f.walkErr(p, err)
+	}
+	id := devIno{uint64(st.Dev), st.Ino}
+	if anc, ok := w.on[id]; ok {
+		return fmt.Errorf("%w: %s is %s again, a directory loop (a bind mount of a directory into itself, or a damaged file system) that storekeeper does not search; unmount or remove it",
+			ErrRootsUnreadable, p, anc)
+	}
+	ents, err := w.list(fd, p)
+	if err != nil {
+		return err
+	}
+	w.on[id] = p
+	w.dirs = append(w.dirs, walkDir{fd, p})
+	defer func() {
+		delete(w.on, id)
+		w.dirs = w.dirs[:len(w.dirs)-1]
+	}()
+	for _, e := range ents {
+		if err := w.visit(fd, e.Name, p+"/"+e.Name, e.Type, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// list reads the entries of the directory open at fd (full path p),
+// sorted by name, counting them against maxWalkEntries.
+func (w *walk) list(fd int, p string) ([]store.Dirent, error) {
+	var ents []store.Dirent
+	over := false
+	err := store.ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
+		if w.f.entries >= maxWalkEntries {
+			over = true
+			return
+		}
+		w.f.entries++
+		ents = append(ents, store.Dirent{Name: string(name), Ino: ino, Type: typ})
+	})
+	if err != nil {
+		return nil, w.f.walkErr(p, err)
+	}
+	if over {
+		return nil, fmt.Errorf("%w: more than %d entries under %s and %s (the last read in %s), more than storekeeper searches; remove the ones that are not roots",
+			ErrRootsUnreadable, maxWalkEntries, w.f.lay.GCRootsDir(), w.f.lay.ProfilesDir(), p)
+	}
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Name < ents[j].Name })
+	return ents, nil
+}
+
+// link handles the symlink name in the directory open at dirfd.
+func (w *walk) link(dirfd int, name, p string, again bool) error {
+	f := w.f
+	target, err := store.ReadlinkAt(dirfd, name)
+	if err == unix.EINVAL { // no longer a symlink
+		if again {
+			return changed(p)
+		}
+		return w.visit(dirfd, name, p, unix.DT_UNKNOWN, true)
+	}
+	if err != nil {
+		return f.walkErr(p, err)
+	}
+	if sp, ok := f.toStorePath(target); ok {
+		f.cands = append(f.cands, candidate{Root{Kind: w.kind, Link: p, Target: sp}, true})
+		return nil
+	}
+	// Indirect: the link names a symlink elsewhere that points into the
+	// store.
+	tfd, tname, tpath := w.resolve(p, target)
+	var st unix.Stat_t
+	if err := store.LstatAt(tfd, tname, &st); err != nil {
+		if err == unix.ENOENT || err == unix.ENOTDIR {
+			if isInDir(p, filepath.Join(f.lay.GCRootsDir(), "auto")) {
+				f.stale(dirfd, name, p, tpath)
+			}
+			return nil
+		}
+		return f.walkErr(tpath, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		return nil
+	}
+	target2, err := store.ReadlinkAt(tfd, tname)
+	if err == unix.EINVAL { // no longer a symlink: not a root
+		return nil
+	}
+	if err != nil {
+		return f.walkErr(tpath, err)
+	}
+	if sp, ok := f.toStorePath(target2); ok {
+		k := Indirect
+		if w.kind == Profile || isInDir(tpath, f.lay.ProfilesDir()) {
+			k = Profile
+		}
+		f.cands = append(f.cands, candidate{Root{Kind: k, Link: tpath, Target: sp}, true})
+	}
+	return nil
+}
+
+// resolve names the file the target of the symlink at p names, as Nix
+// does: an absolute target as it is, a relative one joined to the link's
+// directory, both cleaned lexically ("a/../b" is "b"). It returns the
+// cleaned full path, and a directory descriptor and a name relative to
+// it that reach the same file: where the target stays within the
+// directories the walk has open, the descriptor of the one it names and
+// the rest of the path, so that a target whose full path is longer than
+// the kernel accepts is still read.
+func (w *walk) resolve(p, target string) (dirfd int, name, full string) {
+	if filepath.IsAbs(target) {
+		full = filepath.Clean(target)
+		return unix.AT_FDCWD, full, full
+	}
+	if len(w.dirs) == 0 { // the top of the walk is the link
+		full = filepath.Join(filepath.Dir(p), target)
+		return unix.AT_FDCWD, full, full
+	}
+	full = filepath.Clean(w.dirs[len(w.dirs)-1].path + "/" + target)
+	rel, up := filepath.Clean(target), 0
+	for rel == ".." || strings.HasPrefix(rel, "../") {
+		up++
+		rel = strings.TrimPrefix(rel[2:], "/")
+	}
+	if rel == "" {
+		rel = "."
+	}
+	d := len(w.dirs) - 1 - up
+	if d < 0 {
+		return unix.AT_FDCWD, full, full
+	}
+	return w.dirs[d].fd, rel, full
+}
+
+// dirType is the unix.DT_* type of a stat mode (IFTODT).
+func dirType(mode uint32) uint8 { return uint8((mode & unix.S_IFMT) >> 12) }
+
+// stale records the stale indirect root link (the entry name of the
+// directory open at dirfd) and, with Options.PruneStale, removes it
+// (unlinkat: no path is looked up again).
+func (f *finder) stale(dirfd int, name, link, target string) {
 	s := Stale{Link: link, Target: target}
 	if f.o.PruneStale {
-		if err := os.Remove(link); err == nil || errors.Is(err, fs.ErrNotExist) {
+		if err := unix.Unlinkat(dirfd, name, 0); err == nil || err == unix.ENOENT {
 			s.Removed = true
 		} else {
 			f.note(link, target, fmt.Sprintf("cannot remove stale link: %v", err))
@@ -279,7 +483,19 @@ func (f *finder) ioErr(p string, err error) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("roots: reading %s: %w", p, err)
+	return fmt.Errorf("%w: reading %s: %w", ErrRootsUnreadable, p, err)
+}
+
+// walkErr is ioErr for the walk of gcroots/ and profiles/, except that
+// with Options.Strict a potential root it may not read (EACCES, EPERM)
+// is an error rather than a note: Nix skips it and collects what it
+// roots. A root that vanished (ENOENT) is still skipped: it is no root.
+func (f *finder) walkErr(p string, err error) error {
+	if f.o.Strict && errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w: %s: %w; it may hold roots: make it readable to this user, or remove it if it holds none",
+			ErrRootsUnreadable, p, err)
+	}
+	return f.ioErr(p, err)
 }
 
 func isInDir(p, dir string) bool {
