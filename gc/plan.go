@@ -44,9 +44,11 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 	}
 	rootsFound := make(chan found, 1)
 	go func() {
-		rr, err := roots.Find(ctx, c.s, roots.Options{NoTemp: true, ProcDir: c.o.ProcDir})
+		// Strict: a root it may not read stops a deleting collection
+		// (Nix skips it and deletes what it roots).
+		rr, err := roots.Find(ctx, c.s, roots.Options{NoTemp: true, ProcDir: c.o.ProcDir, Strict: c.deleting})
 		if err != nil {
-			rootsFound <- found{err: fmt.Errorf("gc: finding roots: %w", err)}
+			rootsFound <- found{err: fmt.Errorf("gc: finding roots: %w (nothing was deleted)", err)}
 			return
 		}
 		// Like Nix's collector, remove stale temp-roots files of dead
