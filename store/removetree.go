@@ -11,8 +11,8 @@ import (
 // RemoveTree deletes name (relative to the open directory dirfd) and
 // everything below it, whatever its type (regular file, directory tree,
 // symlink, fifo, socket, device), and returns the bytes freed: the blocks
-// of each regular file whose last link it removed. display names name in
-// errors. An entry already gone is not an error.
+// of each regular file whose last link it removed itself. display names
+// name in errors. An entry already gone is not an error.
 //
 // It never follows a symlink: every entry is opened or unlinked relative
 // to its parent's descriptor with O_NOFOLLOW, so a symlink swapped in
@@ -21,13 +21,21 @@ import (
 // When not root, a directory inside the tree that lacks write or search
 // permission is made accessible to its owner first (it is being removed).
 //
-// Concurrency: nothing stops another process from adding entries while it
-// runs; a directory that gains one is left behind with an error. Crash
-// or cancellation: a partly removed tree is left, and a second call
-// removes the rest.
+// Concurrency: another process may remove the same tree at the same time:
+// an entry or directory that disappears under it (ENOENT from a stat, an
+// open, a listing or an unlink) is skipped, and its blocks are counted by
+// whoever unlinked it, never by both. Nothing stops another process from
+// adding entries while it runs; a directory that gains one is left behind
+// with an error. Crash or cancellation: a partly removed tree is left, and
+// a second call removes the rest.
 func RemoveTree(dirfd int, name, display string) (uint64, error) {
 	return removeEntry(dirfd, name, unix.DT_UNKNOWN, display, os.Geteuid() == 0)
 }
+
+// testHookRemoving, set by tests, runs with the display path of each
+// entry RemoveTree is about to delete: after its stat, before its unlink;
+// for a directory, after opening it, before listing it.
+var testHookRemoving func(path string)
 
 func removeEntry(dirfd int, name string, typ uint8, display string, root bool) (uint64, error) {
 	var st unix.Stat_t
@@ -48,7 +56,13 @@ func removeEntry(dirfd int, name string, typ uint8, display string, root bool) (
 		}
 	}
 	if typ != unix.DT_DIR {
-		if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		if testHookRemoving != nil {
+			testHookRemoving(display)
+		}
+		if err := unix.Unlinkat(dirfd, name, 0); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return 0, nil // someone else removed it, and freed its blocks
+			}
 			return 0, fmt.Errorf("removing %s: %w", display, err)
 		}
 		if typ == unix.DT_REG && st.Nlink == 1 {
@@ -70,9 +84,15 @@ func removeEntry(dirfd int, name string, typ uint8, display string, root bool) (
 	if !root {
 		unix.Fchmod(fd, 0o700)
 	}
+	if testHookRemoving != nil {
+		testHookRemoving(display)
+	}
 	ents, err := ReadDirents(fd, nil)
 	if err != nil {
 		unix.Close(fd)
+		if errors.Is(err, unix.ENOENT) {
+			return 0, nil // removed since we opened it (getdents on a dead directory)
+		}
 		return 0, fmt.Errorf("reading %s: %w", display, err)
 	}
 	var freed uint64
