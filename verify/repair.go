@@ -34,6 +34,12 @@ import (
 //
 // Damaged contents are not touched: they need a substitute (the findings
 // name `nix-store --repair-path`).
+//
+// None of this runs on a store directory that looks unmounted or half
+// missing (checkPresence, store.CheckPresence): Verify then stops with
+// ErrRepairRefused before reading contents, and neither the database nor
+// .links changes, unless Options.AllowMassDrop says the missing paths are
+// really gone.
 func (v *verifier) repair(ctx context.Context) error {
 	g := v.g
 	hasDB := len(v.dropPaths) > 0 || len(v.fillInfo) > 0 ||
@@ -220,4 +226,61 @@ func (v *verifier) withImmediateTx(ctx context.Context, fn func(*sql.Conn) error
 		return err
 	}
 	return nil
+}
+
+// checkPresence asks store.CheckPresence whether the store directory
+// looks like the store the DB describes (not an unmounted mount point, a
+// half-missing tree or another file system), counting as missing only the
+// paths still valid now (a collector running meanwhile is not a mass
+// disappearance). With Repair (and without AllowMassDrop) a suspect store
+// directory stops the run before anything is read or changed; otherwise
+// the verdict goes into the summary.
+func (v *verifier) checkPresence(ctx context.Context) error {
+	g := v.g
+	var missing []string
+	for i, ok := range v.exists {
+		if !ok {
+			missing = append(missing, g.Path(store.PathID(i)))
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	valid, err := v.s.DB.ValidAmong(ctx, missing)
+	if err != nil {
+		return err
+	}
+	still := 0
+	for _, p := range missing {
+		if valid[p] {
+			still++
+		}
+	}
+	v.suspect = store.CheckPresence(v.lay, store.Presence{
+		Valid: g.Len() - (len(missing) - still), Missing: still, Names: v.dirNames,
+		Dropping: true, IdentityDir: v.o.StateDir,
+	})
+	if v.suspect == nil {
+		return nil
+	}
+	if v.o.Repair && !v.o.AllowMassDrop {
+		return fmt.Errorf("%w: %w Nothing was changed: mount the store's file system and run again; if the missing paths are really gone, 'storekeeper verify --repair --allow-mass-drop' drops their rows.",
+			ErrRepairRefused, v.suspect)
+	}
+	if !v.o.Repair {
+		v.sum.StoreSuspect = v.suspect.Error()
+	}
+	return nil
+}
+
+// recordFS records which file system the store directory is on
+// (store.RecordFSIdentity), for the next runs' checkPresence: only when it
+// looked whole, or when the admin overrode the check with AllowMassDrop
+// and the repair ran. It is best effort, like the ledger: a state dir that
+// cannot be written (not root, read-only) records nothing.
+func (v *verifier) recordFS() {
+	if v.o.NoRecord || (v.suspect != nil && !(v.o.Repair && v.o.AllowMassDrop)) {
+		return
+	}
+	store.RecordFSIdentity(v.lay, v.o.StateDir)
 }

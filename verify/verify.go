@@ -44,6 +44,10 @@ var (
 	ErrNotValid = errors.New("verify: path is not valid")
 	// ErrBadOptions: inconsistent options.
 	ErrBadOptions = errors.New("verify: bad options")
+	// ErrRepairRefused: --repair changed nothing because the store
+	// directory looks unmounted or half missing; it wraps the
+	// *store.UnmountedError that says why.
+	ErrRepairRefused = errors.New("verify: refusing to --repair")
 )
 
 // Finding kinds. Every kind but the informational ones makes Verify's
@@ -105,8 +109,14 @@ type Options struct {
 	// Metadata checks modes, mtimes, owners and hard links.
 	Metadata bool
 	// Repair fixes what can be fixed locally. The store must have been
-	// opened read-write.
+	// opened read-write. It refuses to run (changing nothing) on a store
+	// directory that store.CheckPresence finds suspect: empty, a large
+	// share of the valid paths missing at once, or another file system
+	// than the one recorded (see ErrRepairRefused).
 	Repair bool
+	// AllowMassDrop lets Repair run on a suspect store directory: the
+	// admin says the missing paths are really gone.
+	AllowMassDrop bool
 	// BudgetTime / BudgetBytes: verify contents of the least recently
 	// verified paths first and stop when the budget is spent. They imply
 	// CheckContents.
@@ -167,6 +177,7 @@ type Summary struct {
 	Remaining         int           `json:"remaining,omitempty"` // budgeted runs: paths left for later runs
 	Stopped           string        `json:"stopped,omitempty"`   // why a budgeted run stopped early
 	ForeignLinksCheck bool          `json:"foreign_links_checked"`
+	StoreSuspect      string        `json:"store_suspect,omitempty"` // without --repair: why the store dir looks unmounted or half missing (store.CheckPresence)
 	Elapsed           time.Duration `json:"elapsed_ns"`
 }
 
@@ -216,6 +227,7 @@ type verifier struct {
 
 	inodes   *inodeCounter
 	lockFile *os.File
+	suspect  error // store.CheckPresence's verdict on the store dir
 }
 
 type narInfo struct {
@@ -282,6 +294,9 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog Progress) (*Res
 	if err := v.readStoreDir(); err != nil {
 		return nil, err
 	}
+	if err := v.checkPresence(ctx); err != nil {
+		return nil, err
+	}
 	v.checkDB()
 	v.checkExistence()
 	if o.SigsNeeded > 0 {
@@ -313,6 +328,7 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog Progress) (*Res
 	if err := v.commitState(); err != nil && v.sum.Recording == "yes" {
 		v.sum.Recording = "ledger not committed: " + err.Error()
 	}
+	v.recordFS()
 	sortFindings(v.findings)
 	res := &Result{Findings: v.findings, Summary: v.sum}
 	if res.Findings == nil {

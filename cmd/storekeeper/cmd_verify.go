@@ -17,6 +17,7 @@ type verifyOptions struct {
 	checkContents bool
 	metadata      bool
 	repair        bool
+	allowMassDrop bool
 	budget        string
 	subset        string
 	sigsNeeded    int
@@ -60,6 +61,15 @@ Unlike 'nix-store --verify' it does not drop vanished paths unless asked.
                     naming no valid path, remove damaged .links entries.
                     Damaged contents need a substitute: each finding names
                     the command that fixes it (see --json).
+                    It refuses, changing nothing and exiting with 2, when
+                    the store directory looks unmounted or half missing:
+                    no valid path is in it (it is empty), or more than 10%
+                    and more than 20 of the valid paths are missing at
+                    once, or paths are missing and it is on another file
+                    system than when storekeeper last saw it whole (or it
+                    was a mount point and nothing is mounted on it now).
+  --allow-mass-drop with --repair: the missing paths are really gone;
+                    drop their rows even so.
 
 Manifests and the ledger of when each path was last verified live in
 storekeeper's own state directory beside Nix's (e.g. /nix/var/storekeeper),
@@ -84,6 +94,7 @@ to (Nix drops such a path silently; here it stays reported until
 	f.BoolVar(&o.checkContents, "check-contents", false, "NAR-hash every path and check .links entries")
 	f.BoolVar(&o.metadata, "metadata", false, "check modes, mtimes, owners, setuid bits and hard links")
 	f.BoolVar(&o.repair, "repair", false, "fix what can be fixed locally (needs write access)")
+	f.BoolVar(&o.allowMassDrop, "allow-mass-drop", false, "with --repair: drop the rows of missing paths even when the store directory looks unmounted or half missing")
 	f.StringVar(&o.budget, "budget", "", "verify the least recently verified paths first, for at most this duration (30m) or NAR size (10GiB)")
 	f.StringVar(&o.subset, "subset", "", "verify only slice N of M (N/M) of the store")
 	f.IntVar(&o.sigsNeeded, "sigs-needed", 0, "report paths with fewer valid signatures by trusted-public-keys")
@@ -158,7 +169,7 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	ctx := cmd.Context()
 	p := g.printer(cmd)
 	vo := verify.Options{
-		Paths: args, CheckContents: o.checkContents, Metadata: o.metadata, Repair: o.repair,
+		Paths: args, CheckContents: o.checkContents, Metadata: o.metadata, Repair: o.repair, AllowMassDrop: o.allowMassDrop,
 		SigsNeeded: o.sigsNeeded, Jobs: o.jobs, NoRecord: o.noRecord,
 	}
 	if o.budget != "" {
@@ -177,6 +188,9 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	}
 	if o.sigsNeeded < 0 {
 		return fmt.Errorf("--sigs-needed %d: must not be negative", o.sigsNeeded)
+	}
+	if o.allowMassDrop && !o.repair {
+		return fmt.Errorf("--allow-mass-drop only applies to --repair")
 	}
 	s, err := g.openStore(ctx, !o.repair)
 	if err != nil {
@@ -215,6 +229,9 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 			p.Textln(f.Message)
 		}
 		printVerifySummary(p, res, vo)
+	}
+	if res.Summary.StoreSuspect != "" {
+		p.Warnf("%s 'storekeeper verify --repair' changes nothing until it looks whole (--allow-mass-drop overrides).", res.Summary.StoreSuspect)
 	}
 	if res.Problems() {
 		return &findingsError{msg: fmt.Sprintf("%d damaged paths (%d findings); see above for the command that fixes each (--json)", res.Summary.Damaged, res.Summary.Findings-res.Summary.Repaired)}
