@@ -149,6 +149,13 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 		}
 		candidates = append(candidates, e)
 	}
+	if c.deleting {
+		// Valid paths registered and none on disk: the store's file
+		// system is not mounted. That is no garbage.
+		if err := store.CheckPresence(c.lay, store.Presence{Valid: g.Len(), Missing: g.Len() - len(starts), Names: ents}); err != nil {
+			return nil, fmt.Errorf("gc: %w Nothing was deleted: mount the store's file system and run again; if its paths are really gone, drop their rows first with 'storekeeper verify --repair --allow-mass-drop'.", err)
+		}
+	}
 
 	if c.o.Action == DeleteSpecific {
 		if err := c.planSpecific(p, candidates); err != nil {
