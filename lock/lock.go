@@ -59,25 +59,103 @@ const (
 // that window.
 var testHookBeforeLock func(lockPath string)
 
-// OpenLockFile opens path read-write like Nix's openLockFile:
-// O_RDWR|O_CLOEXEC, plus O_CREAT with mode 0600 (minus umask) when create is
-// true. With create=false a missing file yields an error satisfying
+// ErrNotRegular is returned (wrapped; test with errors.Is) when a lock
+// file is not a regular file: a symbolic link (never followed), a FIFO, a
+// directory, a socket or a device. Nix never makes one; whoever controls
+// the directory does, so nothing is locked, written or removed through it.
+var ErrNotRegular = errors.New("not a regular file")
+
+// ErrNotLockFile is returned (wrapped) when a lock file holds data but is
+// not stale by Nix's protocol, or keeps being replaced by stale ones: it
+// is not a lock file any process is following the protocol on.
+var ErrNotLockFile = errors.New("not a usable lock file")
+
+// openFlags are added to every open of a lock file: never follow a
+// symbolic link, never leak into a child, never block opening a FIFO.
+const openFlags = unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+
+// openRegularAt opens name relative to dirfd (unix.AT_FDCWD for a path)
+// with flags|openFlags (mode for O_CREAT) and returns it only if it is a
+// regular file, with its fstat. disp names it in errors. Anything else
+// (a symbolic link, FIFO, directory, socket or device) is refused with
+// an error wrapping ErrNotRegular, and closed without being read or
+// written. Other errors wrap the errno in an *os.PathError, so
+// errors.Is(err, fs.ErrNotExist) works.
+func openRegularAt(dirfd int, name, disp string, flags int, mode uint32) (*os.File, unix.Stat_t, error) {
+	var st unix.Stat_t
+	var fd int
+	var err error
+	for {
+		fd, err = unix.Openat(dirfd, name, flags|openFlags, mode)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		// ELOOP (a symlink under O_NOFOLLOW), ENXIO (a socket), EISDIR
+		// (a directory opened for writing): say what is there.
+		if err == unix.ELOOP || err == unix.ENXIO || err == unix.EISDIR || err == unix.ENODEV {
+			if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
+				return nil, st, notRegular(disp, st.Mode)
+			}
+		}
+		return nil, st, fmt.Errorf("opening lock file: %w", &os.PathError{Op: "open", Path: disp, Err: err})
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, st, fmt.Errorf("stat %s: %w", disp, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, st, notRegular(disp, st.Mode)
+	}
+	return os.NewFile(uintptr(fd), disp), st, nil
+}
+
+func notRegular(disp string, mode uint32) error {
+	what := "a special file"
+	switch mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		what = "a symbolic link"
+	case unix.S_IFIFO:
+		what = "a FIFO"
+	case unix.S_IFDIR:
+		what = "a directory"
+	case unix.S_IFSOCK:
+		what = "a socket"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		what = "a device"
+	}
+	return fmt.Errorf("lock file %s is %s, %w: it is neither followed nor used (remove it if no process is using it)", disp, what, ErrNotRegular)
+}
+
+// OpenLockFile opens path read-write like Nix's openLockFile: O_RDWR,
+// plus O_CREAT with mode 0600 (minus umask) when create is true, and
+// always O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK. Only a regular file is
+// returned: a symbolic link is never followed, and a FIFO, directory,
+// socket or device is refused, with an error wrapping ErrNotRegular that
+// names path. With create=false a missing file yields an error satisfying
 // errors.Is(err, fs.ErrNotExist).
+//
+// The file is opened in its directory as that directory's trust allows
+// (see LockPaths): as root, in a directory another user owns, it is
+// opened (and created) with that user's file-system ids, never as root.
 //
 // Opening takes no lock. Every call returns a new open file description, so
 // two OpenLockFile calls on the same path in one process conflict with each
 // other exactly as two processes would.
 func OpenLockFile(path string, create bool) (*os.File, error) {
-	flag := os.O_RDWR
-	if create {
-		flag |= os.O_CREATE
-	}
-	// os.OpenFile always adds O_CLOEXEC.
-	f, err := os.OpenFile(path, flag, 0o600)
+	d, err := openLockDir(filepath.Dir(path))
 	if err != nil {
-		return nil, fmt.Errorf("opening lock file: %w", err)
+		return nil, err
 	}
-	return f, nil
+	defer d.close()
+	flag := unix.O_RDWR
+	if create {
+		flag |= unix.O_CREAT
+	}
+	f, _, err := d.open(filepath.Base(path), flag)
+	return f, err
 }
 
 // flock runs flock(2) on f, retrying on EINTR.
@@ -149,7 +227,7 @@ func Lock(ctx context.Context, f *os.File, m Mode, wait bool) error {
 		}
 		return nil
 	}
-	delay := pollMin
+	var b backoff
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -158,16 +236,8 @@ func Lock(ctx context.Context, f *os.File, m Mode, wait bool) error {
 		if !errors.Is(err, ErrWouldBlock) {
 			return err
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		delay = delay * 3 / 2
-		if delay > pollMax {
-			delay = pollMax
+		if err := b.wait(ctx); err != nil {
+			return err
 		}
 	}
 }
@@ -224,9 +294,14 @@ func acquireFile(ctx context.Context, path string, flag int, m Mode, wait bool, 
 	if _, err := m.op(); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, flag, 0o600)
+	d, err := openLockDir(filepath.Dir(path))
 	if err != nil {
-		return nil, fmt.Errorf("opening lock file: %w", err)
+		return nil, err
+	}
+	f, _, err := d.open(filepath.Base(path), flag)
+	d.close()
+	if err != nil {
+		return nil, err
 	}
 	err = Lock(ctx, f, m, false)
 	if errors.Is(err, ErrWouldBlock) && wait {
@@ -286,14 +361,16 @@ func AcquireBigLock(ctx context.Context, dbDir string, m Mode, readOnly bool) (*
 // IsLocked reports whether some process (or another open file description
 // in this one) holds any flock lock on the existing file at path. It opens
 // the file read-only, tries a non-blocking exclusive lock and, if that
-// succeeds, releases it at once. A missing file yields (false, nil).
+// succeeds, releases it at once. A missing file yields (false, nil); a
+// symbolic link (never followed) or any other non-regular file yields
+// false and an error wrapping ErrNotRegular, without blocking on a FIFO.
 //
 // The answer is only a snapshot: the file can be locked or unlocked right
 // after. For a brief moment the probe itself holds the lock, so a
 // concurrent non-blocking attempt by someone else (e.g. a Nix builder's
 // PathLocks with wait=false) may fail once and be retried by its owner.
 func IsLocked(path string) (bool, error) {
-	f, err := os.Open(path)
+	f, _, err := openRegularAt(unix.AT_FDCWD, path, path, unix.O_RDONLY, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return false, nil

@@ -59,9 +59,17 @@ type TempRootsScan struct {
 //   - removeStale=true (the collector, needs write access): the file is
 //     opened O_RDWR; it is unlinked and "d" is written into it (so a
 //     process that opened it but has not locked it yet notices and creates
-//     a fresh one), exactly like Nix.
+//     a fresh one), exactly like Nix; but only if the directory is ours
+//     (owned by the effective uid, writable by nobody else): in one that
+//     another user controls nothing is unlinked or written.
 //   - removeStale=false (read-only reporting): the file is opened O_RDONLY,
 //     the lock is released at once and nothing is modified.
+//
+// A symbolic link (never followed) or any other non-regular file in the
+// directory is not a temproots file: it is reported in Errors (wrapping
+// ErrNotRegular), and neither opened through nor removed. Files are
+// opened relative to the directory as OpenLockFile does (as root in a
+// directory another user owns, with that user's file-system ids).
 //
 // Otherwise the owner is alive and the whole file is read without a lock
 // and split at NUL; a trailing entry without its NUL (an append in
@@ -76,6 +84,14 @@ type TempRootsScan struct {
 func ReadTempRoots(stateDir string, removeStale bool) (TempRootsScan, error) {
 	var scan TempRootsScan
 	dir := TempRootsDir(stateDir)
+	d, err := openLockDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return scan, nil
+		}
+		return scan, fmt.Errorf("reading temporary roots directory: %w", err)
+	}
+	defer d.close()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -90,7 +106,7 @@ func ReadTempRoots(stateDir string, removeStale bool) (TempRootsScan, error) {
 			continue
 		}
 		path := filepath.Join(dir, name)
-		file, stale, err := readTempRootsFile(path, removeStale)
+		file, stale, err := readTempRootsFile(d, name, removeStale)
 		switch {
 		case err != nil:
 			scan.Errors = append(scan.Errors, err)
@@ -103,14 +119,18 @@ func ReadTempRoots(stateDir string, removeStale bool) (TempRootsScan, error) {
 	return scan, nil
 }
 
-// readTempRootsFile handles one temproots file. It returns (nil, false,
-// nil) if the file disappeared.
-func readTempRootsFile(path string, removeStale bool) (*TempRootsFile, bool, error) {
-	flag := os.O_RDONLY
+// readTempRootsFile handles the temproots file name in d. It returns
+// (nil, false, nil) if the file disappeared. A stale file is removed
+// only where lock files may be deleted (d is ours): in a directory
+// another user controls it is reported stale and left alone.
+func readTempRootsFile(d *lockDir, name string, removeStale bool) (*TempRootsFile, bool, error) {
+	path := filepath.Join(d.path, name)
+	removeStale = removeStale && d.ours()
+	flag := unix.O_RDONLY
 	if removeStale {
-		flag = os.O_RDWR
+		flag = unix.O_RDWR
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	f, st, err := d.open(name, flag)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, false, nil
@@ -123,8 +143,8 @@ func readTempRootsFile(path string, removeStale bool) (*TempRootsFile, bool, err
 	if err == nil {
 		// Nobody holds it: the owner is dead.
 		if removeStale {
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return nil, true, fmt.Errorf("removing stale temporary roots file: %w", err)
+			if err := unlinkIfSame(d.fd, name, &st); err != nil {
+				return nil, true, fmt.Errorf("removing stale temporary roots file %s: %w", path, err)
 			}
 			if _, err := f.Write([]byte("d")); err != nil {
 				return nil, true, fmt.Errorf("marking stale temporary roots file %s: %w", path, err)
@@ -194,7 +214,10 @@ var ErrClosed = errors.New("lock: temporary roots file closed")
 // any stale file with our pid, create and open it, take the exclusive lock
 // (blocking: a collector only holds it for an instant), then fstat; if the
 // file is no longer empty a collector found it unlocked, deleted it and
-// wrote "d" into it, so start over.
+// wrote "d" into it, so start over (after 2ms growing to 100ms, at most
+// 50 times; a non-empty file still in place, which no collector released,
+// is an error wrapping ErrNotLockFile rather than a reason to retry).
+// The file is opened as OpenLockFile does: never through a symbolic link.
 //
 // If this process already has the file open for stateDir, the existing
 // file is shared and a new handle returned.
@@ -225,14 +248,14 @@ func OpenTempRoots(stateDir string) (*TempRoots, error) {
 
 	path := filepath.Join(dir, strconv.Itoa(os.Getpid()))
 	var f *os.File
-	var err error
-	for {
+	var b backoff
+	for attempt := 1; ; attempt++ {
 		// It must be stale: no two live processes share a pid.
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("removing stale temporary roots file: %w", err)
 		}
-		f, err = OpenLockFile(path, true)
-		if err != nil {
+		var err error
+		if f, err = OpenLockFile(path, true); err != nil {
 			return nil, err
 		}
 		if testHookBeforeLock != nil {
@@ -242,16 +265,24 @@ func OpenTempRoots(stateDir string) (*TempRoots, error) {
 			f.Close()
 			return nil, err
 		}
-		fi, err := f.Stat()
-		if err != nil {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("stat %s: %w", path, err)
 		}
-		if fi.Size() == 0 {
+		if st.Size == 0 {
 			break
 		}
-		// A collector deleted it between our open and our lock.
+		// A collector deleted it between our open and our lock (it
+		// unlinks before it writes "d"), unless it is still in place.
 		f.Close()
+		if stillLinked(unix.AT_FDCWD, path, &st) {
+			return nil, fmt.Errorf("temporary roots file %s holds %d bytes although no collector released it, %w", path, st.Size, ErrNotLockFile)
+		}
+		if attempt >= maxStaleRetries {
+			return nil, fmt.Errorf("temporary roots file %s was deleted by a collector %d times in a row, %w", path, attempt, ErrNotLockFile)
+		}
+		b.wait(context.Background())
 	}
 	s := &tempRootsState{key: key, stateDir: stateDir, path: path, refs: 1, f: f, roots: map[string]bool{}}
 	tempRootsRegistry.m[key] = s
@@ -302,7 +333,7 @@ func (t *TempRoots) Add(ctx context.Context, storePath string) error {
 	if err := s.openGCLock(); err != nil {
 		return err
 	}
-	delay := pollMin
+	var b backoff
 	for {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("adding temporary root %s: %w", storePath, err)
@@ -328,16 +359,8 @@ func (t *TempRoots) Add(ctx context.Context, storePath string) error {
 		if !retry {
 			return s.appendRoot(storePath)
 		}
-		tm := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			tm.Stop()
-			return fmt.Errorf("adding temporary root %s: %w", storePath, ctx.Err())
-		case <-tm.C:
-		}
-		delay = delay * 3 / 2
-		if delay > pollMax {
-			delay = pollMax
+		if err := b.wait(ctx); err != nil {
+			return fmt.Errorf("adding temporary root %s: %w", storePath, err)
 		}
 	}
 }
@@ -416,7 +439,7 @@ func (s *tempRootsState) openGCLock() error {
 	if s.gc != nil {
 		return nil
 	}
-	f, err := os.OpenFile(filepath.Join(s.stateDir, "gc.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := OpenLockFile(filepath.Join(s.stateDir, "gc.lock"), true)
 	if err != nil {
 		return fmt.Errorf("opening global GC lock: %w", err)
 	}
