@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +31,135 @@ func TestParseOlderThan(t *testing.T) {
 		if (err == nil) != c.ok || got != c.want {
 			t.Errorf("ParseOlderThan(%q) = %v, %v", c.in, got, err)
 		}
+	}
+}
+
+// TestParseOlderThanBounds: ages that do not fit a time.Duration (about
+// 292 years) are rejected with an error that says so and gives the limit,
+// never wrapped around (213504d used to act as about 25 minutes).
+func TestParseOlderThanBounds(t *testing.T) {
+	day := 24 * time.Hour
+	for _, c := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"106751d", 106751 * day}, {"15250w", 15250 * 7 * day}, {"2562047h", 2562047 * time.Hour},
+	} {
+		if got, err := gc.ParseOlderThan(c.in); err != nil || got != c.want {
+			t.Errorf("ParseOlderThan(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	for _, in := range []string{
+		"106752d", "213504d", "15251w", "2562048h", "2147483647d", "9223372036854775807d",
+		"9223372036854775808d", "99999999999999999999999d", "-1d", "-106752d", "+-1d", "1e9d", "0x10d",
+	} {
+		got, err := gc.ParseOlderThan(in)
+		if err == nil {
+			t.Errorf("ParseOlderThan(%q) = %v, want an error", in, got)
+			continue
+		}
+		if !strings.Contains(err.Error(), in) {
+			t.Errorf("ParseOlderThan(%q): error %q does not name the input", in, err)
+		}
+	}
+	for _, in := range []string{"106752d", "9223372036854775808d", "2562048h"} {
+		if _, err := gc.ParseOlderThan(in); err == nil || !strings.Contains(err.Error(), "106751d") {
+			t.Errorf("ParseOlderThan(%q): error %v does not give the limit 106751d", in, err)
+		}
+	}
+}
+
+// TestDeleteGenerationsDirSwappedForSymlink: a user swaps the directory
+// of a profile being collected for a symlink to another directory that
+// has links of the same names. The collector goes on in the directory it
+// opened (unlinkat relative to its descriptor): the other directory's
+// links are untouched.
+func TestDeleteGenerationsDirSwappedForSymlink(t *testing.T) {
+	now := time.Now()
+	profiles := t.TempDir()
+	user := filepath.Join(profiles, "per-user", "alice")
+	p := profile(t, user, "profile", []time.Duration{2 * time.Hour, time.Hour, 0}, 3, now)
+	victim := t.TempDir()
+	victimProfile := profile(t, victim, "profile", []time.Duration{2 * time.Hour, time.Hour, 0}, 3, now)
+	moved := filepath.Join(profiles, "per-user", "alice-moved")
+	gc.SetTestHookBeforeGenerations(func(profile string) {
+		if profile != p {
+			return
+		}
+		if err := os.Rename(user, moved); err != nil {
+			t.Error(err)
+		}
+		if err := os.Symlink(victim, user); err != nil {
+			t.Error(err)
+		}
+	})
+	defer gc.SetTestHookBeforeGenerations(nil)
+	if _, err := gc.DeleteGenerations(context.Background(), profiles, gc.GenerationOptions{DeleteOld: true, Now: now}); err != nil {
+		t.Fatal(err)
+	}
+	if got := generations(t, victimProfile); fmt.Sprint(got) != "[1 2 3]" {
+		t.Errorf("generations %v left in the symlink's target, want [1 2 3]", got)
+	}
+	if got := generations(t, filepath.Join(moved, "profile")); fmt.Sprint(got) != "[3]" {
+		t.Errorf("generations %v left in the profile's own directory, want [3]", got)
+	}
+}
+
+// TestDeleteGenerationsSkipsBadLock: a profile whose lock file is a
+// symlink or a non-empty file is skipped with a warning naming the lock
+// file, promptly; the other profiles are still collected, and the
+// symlink's target is not created.
+func TestDeleteGenerationsSkipsBadLock(t *testing.T) {
+	now := time.Now()
+	ages := []time.Duration{2 * time.Hour, time.Hour, 0}
+	profiles := t.TempDir()
+	good := profile(t, profiles, "default", ages, 3, now)
+	sym := profile(t, filepath.Join(profiles, "per-user", "alice"), "profile", ages, 3, now)
+	full := profile(t, filepath.Join(profiles, "per-user", "bob"), "profile", ages, 3, now)
+	target := filepath.Join(t.TempDir(), "pwned")
+	if err := os.Symlink(target, sym+".lock"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(full+".lock", []byte("not a lock\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := gc.DeleteGenerations(ctx, profiles, gc.GenerationOptions{DeleteOld: true, Now: now,
+			Warn: func(msg string) { warnings = append(warnings, msg) }})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("DeleteGenerations still running after 10s: it spins on a bad lock file")
+	}
+	if got := generations(t, good); fmt.Sprint(got) != "[3]" {
+		t.Errorf("%s: generations %v left, want [3]", good, got)
+	}
+	for _, q := range []string{sym, full} {
+		if got := generations(t, q); fmt.Sprint(got) != "[1 2 3]" {
+			t.Errorf("%s: generations %v left, want all three (skipped)", q, got)
+		}
+		found := false
+		for _, w := range warnings {
+			found = found || strings.Contains(w, q+".lock")
+		}
+		if !found {
+			t.Errorf("no warning names %s.lock: %q", q, warnings)
+		}
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the lock symlink's target was created: %v", err)
+	}
+	if b, _ := os.ReadFile(full + ".lock"); string(b) != "not a lock\n" {
+		t.Errorf("the non-empty lock file now holds %q", b)
 	}
 }
 
