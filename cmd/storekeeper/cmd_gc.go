@@ -52,7 +52,7 @@ store's file system (e.g. 10%).`,
 	f.BoolVar(&o.keepOutputs, "keep-outputs", false, "keep the outputs of live derivations (default: nix.conf keep-outputs)")
 	f.BoolVar(&o.keepDerivations, "keep-derivations", true, "keep the derivations of live outputs (default: nix.conf keep-derivations)")
 	f.DurationVar(&o.keepRecent, "keep-recent", 0, "keep paths registered within this duration (a grace period), e.g. 2h")
-	f.StringVar(&o.deleteOlderThan, "delete-older-than", "", "first delete profile generations older than this (e.g. 30d; never the current one)")
+	f.StringVar(&o.deleteOlderThan, "delete-older-than", "", "first delete profile generations older than this (e.g. 30d, at most 106751d; never the current one)")
 	f.BoolVarP(&o.deleteOld, "delete-old", "d", false, "first delete all profile generations but the current ones")
 	f.IntVar(&o.batchSize, "batch-size", 0, "most paths invalidated per transaction (default 65536)")
 	f.MarkHidden("batch-size")
@@ -99,6 +99,25 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	if len(args) > 0 && !o.delete {
 		return fmt.Errorf("unexpected arguments %q (did you mean --delete?)", args)
 	}
+	// Values are checked before anything is opened or changed.
+	if o.keepRecent < 0 {
+		return fmt.Errorf("--keep-recent %s: must not be negative", o.keepRecent)
+	}
+	gopts := gc.GenerationOptions{DeleteOld: o.deleteOld, DryRun: o.dryRun, Warn: func(msg string) { p.Warnf("%s", msg) }}
+	if o.deleteOlderThan != "" {
+		d, err := gc.ParseOlderThan(o.deleteOlderThan)
+		if err != nil {
+			return fmt.Errorf("--delete-older-than: %w", err)
+		}
+		gopts.OlderThan = d
+	}
+	if o.maxFreed != "" {
+		n, err := store.ParseSize(o.maxFreed)
+		if err != nil {
+			return fmt.Errorf("--max-freed: %w", err)
+		}
+		opts.MaxFreed = n
+	}
 	readOnly := opts.Action == gc.PrintDead || opts.Action == gc.PrintLive || o.dryRun
 	if o.deleteOld || o.deleteOlderThan != "" {
 		readOnly = false
@@ -131,16 +150,9 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	if cmd.Flags().Changed("keep-derivations") {
 		opts.KeepDerivations = o.keepDerivations
 	}
-	if o.maxFreed != "" {
-		n, err := store.ParseSize(o.maxFreed)
-		if err != nil {
-			return fmt.Errorf("--max-freed: %w", err)
-		}
-		opts.MaxFreed = n
-		if n == 0 {
-			p.Infof("--max-freed 0: nothing to do")
-			return nil
-		}
+	if o.maxFreed != "" && opts.MaxFreed == 0 {
+		p.Infof("--max-freed 0: nothing to do")
+		return nil
 	}
 	if o.ensureFree != "" {
 		want, err := ensureFreeBytes(s.Layout.RealStoreDir, o.ensureFree)
@@ -158,14 +170,6 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 
 	var gens []gc.RemovedGeneration
 	if o.deleteOld || o.deleteOlderThan != "" {
-		gopts := gc.GenerationOptions{DeleteOld: o.deleteOld, DryRun: o.dryRun}
-		if o.deleteOlderThan != "" {
-			d, err := gc.ParseOlderThan(o.deleteOlderThan)
-			if err != nil {
-				return err
-			}
-			gopts.OlderThan = d
-		}
 		gens, err = gc.DeleteGenerations(ctx, s.Layout.ProfilesDir(), gopts)
 		for _, r := range gens {
 			verb := "removing"
@@ -250,7 +254,7 @@ func ensureFreeBytes(dir, spec string) (uint64, error) {
 	var want uint64
 	if pct, ok := strings.CutSuffix(spec, "%"); ok {
 		f, err := strconv.ParseFloat(pct, 64)
-		if err != nil || f < 0 || f > 100 {
+		if err != nil || !(f >= 0 && f <= 100) { // NaN too
 			return 0, fmt.Errorf("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
 		}
 		want = uint64(f / 100 * float64(total))

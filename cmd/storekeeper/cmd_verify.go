@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,15 +105,26 @@ to (Nix drops such a path silently; here it stays reported until
 	return cmd
 }
 
-// parseBudget reads a duration ("30m", "1h30m") or a size ("10GiB", "500MB").
+// durationSyntax is what time.ParseDuration reads; a value of this form
+// that it refuses is out of range.
+var durationSyntax = regexp.MustCompile(`^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$`)
+
+// parseBudget reads a duration ("30m", "1h30m") or a size ("10GiB",
+// "500MB"). Values that do not fit (a duration over about 292 years, a
+// size over 8 EiB) are errors, never wrapped around.
 func parseBudget(s string) (time.Duration, int64, error) {
 	if d, err := time.ParseDuration(s); err == nil {
 		if d <= 0 {
 			return 0, 0, fmt.Errorf("--budget %q: must be positive", s)
 		}
 		return d, 0, nil
+	} else if durationSyntax.MatchString(s) {
+		return 0, 0, fmt.Errorf("--budget %q: too long: a duration is at most %dh (about 292 years)", s, math.MaxInt64/int64(time.Hour))
 	}
 	n, err := humanize.ParseBytes(s)
+	if err == nil && n > math.MaxInt64 || err != nil && strings.Contains(err.Error(), "too large") {
+		return 0, 0, fmt.Errorf("--budget %q: too large: a size is at most 8EiB", s)
+	}
 	if err != nil || n == 0 {
 		return 0, 0, fmt.Errorf("--budget %q: expected a duration (30m, 2h) or a size (10GiB, 500MB)", s)
 	}
