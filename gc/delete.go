@@ -8,10 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -30,20 +27,17 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 		c.o.BeforeInvalidation()
 	}
 	c.startPhase("invalidation", int64(len(p.deadIDs)+len(p.others)))
-	if err := os.Mkdir(c.trashDir(), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("gc: creating %s: %w", c.trashDir(), err)
+	run, err := c.newTrashRun()
+	if err != nil {
+		return err
 	}
+	c.trash = run
 	storeFd, err := unix.Open(c.lay.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("gc: opening %s: %w", c.lay.RealStoreDir, err)
 	}
 	defer unix.Close(storeFd)
-	trashFd, err := unix.Openat(storeFd, trashName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("gc: opening %s: %w", c.trashDir(), err)
-	}
-	defer unix.Close(trashFd)
-	mv := &mover{c: c, storeFd: storeFd, trashFd: trashFd}
+	mv := &mover{c: c, fromFd: storeFd, toFd: run.fd, from: c.lay.RealStoreDir, to: run.path}
 	conn, doneConn, err := c.invalidationConn(ctx)
 	if err != nil {
 		return err
@@ -448,26 +442,29 @@ func (c *collector) moveOthers(ctx context.Context, p *plan, mv *mover) error {
 	return nil
 }
 
-// mover renames store entries into the trash, relative to open directory
-// descriptors (no path is resolved again, so a symlink swapped in cannot
-// redirect it).
+// mover renames entries of a directory (the store dir) into a run
+// directory of the trash, relative to open directory descriptors (no path
+// is resolved again, so a symlink swapped in cannot redirect it).
 type mover struct {
-	c                *collector
-	storeFd, trashFd int
-	seq              int
+	c            *collector
+	fromFd, toFd int
+	from, to     string // their paths, for messages
+	seq          int
 	// deleteNow deletes each entry right after moving it (low space:
-	// see spaceIsLow), instead of leaving it to emptyTrash.
+	// see spaceIsLow), instead of leaving it to deleteTrash.
 	deleteNow bool
 }
 
+// move moves name; an entry already gone (deleted, or claimed by another
+// collection) is skipped.
 func (m *mover) move(name string) {
 	dst := name
 	for try := 0; try < 100; try++ {
-		err := unix.Renameat(m.storeFd, name, m.trashFd, dst)
+		err := unix.Renameat(m.fromFd, name, m.toFd, dst)
 		switch {
 		case err == nil:
 			if m.deleteNow {
-				n, err := store.RemoveTree(m.trashFd, dst, filepath.Join(m.c.trashDir(), dst))
+				n, err := store.RemoveTree(m.toFd, dst, m.to+"/"+dst)
 				m.c.mu.Lock()
 				m.c.res.BytesFreed += n
 				m.c.mu.Unlock()
@@ -486,96 +483,24 @@ func (m *mover) move(name string) {
 			// Moving a directory needs write access to it (for ".."): not
 			// root. Make it writable for its owner, inside the store.
 			var st unix.Stat_t
-			if unix.Fstatat(m.storeFd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR && try == 0 {
-				unix.Fchmodat(m.storeFd, name, (st.Mode&0o7777)|0o700, 0)
+			if unix.Fstatat(m.fromFd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR && try == 0 {
+				unix.Fchmodat(m.fromFd, name, (st.Mode&0o7777)|0o700, 0)
 				continue
 			}
 		}
-		m.c.warn("cannot move %s to the trash: %v (it is invalid now; the next run deletes it)", filepath.Join(m.c.lay.RealStoreDir, name), err)
+		m.c.warn("cannot move %s to %s: %v (it is invalid now; the next run deletes it)", filepath.Join(m.from, name), m.to, err)
 		return
 	}
-}
-
-// emptyTrash deletes everything in the trash with parallel workers and
-// removes the trash directory. leftover says it is the trash of an
-// earlier, interrupted run.
-func (c *collector) emptyTrash(ctx context.Context, leftover bool) error {
-	names, err := readStoreDir(c.trashDir())
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if _, serr := os.Lstat(c.trashDir()); errors.Is(serr, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	if leftover {
-		if len(names) == 0 {
-			unix.Rmdir(c.trashDir())
-			return nil
-		}
-		c.progress.Info(fmt.Sprintf("emptying the trash left by an interrupted run (%d entries)", len(names)))
-		c.startPhase("trash", int64(len(names)))
-		c.res.TrashEmptied = len(names)
-	} else {
-		c.startPhase("deletion", int64(len(names)))
-	}
-	trashFd, err := unix.Open(c.trashDir(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("gc: opening %s: %w", c.trashDir(), err)
-	}
-	defer unix.Close(trashFd)
-	workers := c.o.Workers
-	if workers <= 0 {
-		// Deleting is mostly waiting on the file system: more workers
-		// than cores keep both cores busy.
-		workers = 2 * runtime.GOMAXPROCS(0)
-	}
-	work := make(chan string, 256)
-	var freed atomic.Uint64
-	var firstErr error
-	var errOnce sync.Once
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for name := range work {
-				n, err := store.RemoveTree(trashFd, name, filepath.Join(c.trashDir(), name))
-				freed.Add(n)
-				if err != nil {
-					errOnce.Do(func() { firstErr = err })
-				}
-				c.progress.Advance(1)
-			}
-		}()
-	}
-	for _, n := range names {
-		if ctx.Err() != nil {
-			break
-		}
-		work <- n
-	}
-	close(work)
-	wg.Wait()
-	c.res.BytesFreed += freed.Load()
-	if firstErr == nil && ctx.Err() == nil {
-		if err := unix.Rmdir(c.trashDir()); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) {
-			c.warn("removing %s: %v", c.trashDir(), err)
-		}
-	}
-	if firstErr != nil {
-		return fmt.Errorf("gc: deleting the trash: %w (run storekeeper gc again to retry)", firstErr)
-	}
-	return ctx.Err()
 }
 
 // removeUnusedLinks deletes the .links entries nothing else links to
 // (link count 1) and computes what hard-linking still saves, like Nix.
 // A concurrent optimise may link to an entry just as it is deleted; the
 // file it linked stays intact in its store path (only the sharing is
-// lost), so this needs no lock.
+// lost), so this needs no lock of its own. It runs under gc.lock shared,
+// like the deletion of the trash: Nix's collector, which does the same
+// pass and fails when an entry disappears under it, waits meanwhile. An
+// entry someone else removes first is neither an error nor counted.
 func (c *collector) removeUnusedLinks(ctx context.Context) error {
 	dir := c.lay.LinksDir()
 	names, err := readStoreDir(dir)
@@ -605,7 +530,10 @@ func (c *collector) removeUnusedLinks(ctx context.Context) error {
 			unshared += int64(st.Nlink-1) * st.Size
 			continue
 		}
-		if err := unix.Unlinkat(fd, n, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := unix.Unlinkat(fd, n, 0); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // removed by someone else, who freed it
+			}
 			return fmt.Errorf("gc: deleting %s/%s: %w", dir, n, err)
 		}
 		c.res.LinksDeleted++

@@ -1,34 +1,46 @@
 // Package gc is storekeeper's garbage collector: Nix's semantics (the same
 // dead set, the same survivors as `nix-store --gc` on the same store), on
 // the in-memory reference graph, with the slow part of the work — the
-// deletion of files — done outside the garbage collector lock.
+// deletion of files — done outside the exclusive garbage collector lock.
 //
 // A collection runs in phases:
 //
-//  1. lock: take gc.lock exclusively (waiting, like Nix, for another
+//  1. trash: what collections that did not finish left in <store>/trash
+//     (run directories whose lock is free) is deleted, under gc.lock
+//     shared (see trash.go).
+//  2. lock: take gc.lock exclusively (waiting, like Nix, for another
 //     collector) and serve gc-socket/socket so Nix clients can register
 //     new temporary roots while we run.
-//  2. roots: permanent, runtime and temporary roots (package roots).
-//  3. graph: ValidPaths, Refs and DerivationOutputs in one read.
-//  4. liveness: everything the roots keep alive, through references and
+//  3. roots: permanent, runtime and temporary roots (package roots).
+//  4. graph: ValidPaths, Refs and DerivationOutputs in one read.
+//  5. liveness: everything the roots keep alive, through references and
 //     the keep-outputs / keep-derivations edges; the dead set is what
 //     Nix's collector would find dead scanning the store directory.
-//  5. invalidation: dead paths, referrers before references (newest
+//  6. invalidation: dead paths, referrers before references (newest
 //     first), each strongly connected component in one transaction, in
 //     batches of up to 65536 paths that shrink towards the end; after
-//     each committed batch its directories are renamed into
-//     <store>/trash. On a nearly full disk the batches are small, the WAL
-//     is checkpointed after each, and each batch is deleted at once.
-//  6. unlock: the socket is closed and gc.lock released.
-//  7. deletion: the trash is deleted by parallel workers.
-//  8. links: .links entries no longer linked from anywhere are removed.
+//     each committed batch its directories are renamed into this run's
+//     own locked directory in <store>/trash. On a nearly full disk the
+//     batches are small, the WAL is checkpointed after each, and each
+//     batch is deleted at once.
+//  7. unlock: the socket is closed and gc.lock downgraded to shared:
+//     Nix clients no longer need the socket, another collector (ours or
+//     Nix's) still waits.
+//  8. deletion: the run's trash is deleted by parallel workers.
+//  9. links: .links entries no longer linked from anywhere are removed;
+//     then gc.lock is released.
 //
 // Crash safety: a path is always invalidated (committed) before its
 // directory leaves its place, and deleted only once it is in the trash.
 // Killed at any instant, the store is one that `nix-store --verify`
 // accepts: at worst invalid leftovers in the store directory (which the
-// next run deletes, as Nix's collector would) and a trash directory
-// (which the next run empties first).
+// next run deletes, as Nix's collector would) and a run directory in the
+// trash, whose lock the kernel released with the process (the next run
+// empties it first).
+//
+// Concurrency: two collections never delete the same entries (each
+// deletes only its own run directory and abandoned ones it locked), and
+// each reports only the bytes it unlinked itself.
 package gc
 
 import (
@@ -151,8 +163,9 @@ type Result struct {
 	// leftovers, stale lock files, temporary links).
 	PathsDeleted   int `json:"paths_deleted"`
 	EntriesDeleted int `json:"entries_deleted"`
-	// BytesFreed is what deleting actually freed (blocks of the last
-	// link of each file); with DryRun, what it would free.
+	// BytesFreed is what this collection's own deletions freed (blocks
+	// of the last link of each file it unlinked; never what another
+	// process deleted first); with DryRun, what it would free.
 	BytesFreed uint64 `json:"bytes_freed"`
 	// LinksDeleted counts .links entries removed; LinkSavings is what
 	// hard-linking still saves (Nix's "note: currently hard linking
@@ -164,8 +177,8 @@ type Result struct {
 	// Spared lists dead paths kept at the last moment because a client
 	// registered them as temporary roots during the run.
 	Spared []string `json:"spared,omitempty"`
-	// TrashEmptied counts entries left in the trash by an earlier,
-	// interrupted run and deleted now.
+	// TrashEmptied counts entries left in the trash by earlier runs that
+	// did not finish (killed or interrupted) and deleted now.
 	TrashEmptied int `json:"trash_emptied"`
 	// LockHeld is how long gc.lock was held exclusively.
 	LockHeldSeconds float64     `json:"lock_held_seconds"`
@@ -201,6 +214,9 @@ type collector struct {
 	g        *store.Graph
 	edg      *edges
 	deleting bool
+	// trash is this run's directory in the trash (see trash.go), from
+	// the start of the invalidation.
+	trash *trashRun
 
 	// Guarded by mu: liveness and the temp roots may grow while the
 	// socket server runs; pending is the batch being deleted.
@@ -238,14 +254,18 @@ func (c *collector) warn(format string, a ...any) {
 //
 // Concurrency: safe beside a running nix-daemon and Nix clients (gc.lock,
 // the gc socket and temp roots are honoured exactly like Nix's collector
-// does); a second collector waits for the first.
+// does). A second collector, ours or `nix-store --gc`, waits for the
+// first to finish, deletion included (gc.lock is held shared while the
+// trash is deleted); it leaves alone the trash of a collection still
+// running, and reports only what it freed itself.
 //
 // Cancellation: when ctx is cancelled the collection stops at the next
 // batch boundary: the batch in flight is committed and moved to the trash,
 // the socket is closed, the lock released, db/reserved recreated, and
 // ctx's error is returned with the partial Result. The trash is left for
-// the next run, which empties it first. Crash safety: see the package
-// documentation.
+// the next run, which empties it first; cancelled during the deletion,
+// the rest of the trash is left the same way. Crash safety: see the
+// package documentation.
 func Collect(ctx context.Context, s *store.Store, o Options, p Progress) (*Result, error) {
 	if p == nil {
 		p = nopProgress{}
@@ -271,11 +291,11 @@ func Collect(ctx context.Context, s *store.Store, o Options, p Progress) (*Resul
 }
 
 func (c *collector) run(ctx context.Context) error {
+	onWait := func() { c.progress.Info("waiting for the big garbage collector lock...") }
 	if c.deleting {
-		// A run killed during deletion leaves its trash: empty it first.
-		// Its contents were invalidated before they were moved, so no
-		// lock is needed.
-		if err := c.emptyTrash(ctx, true); err != nil {
+		// Runs that did not finish leave their trash: empty it first (it
+		// was invalidated before it was moved).
+		if err := c.emptyAbandonedTrash(ctx, onWait); err != nil {
 			return err
 		}
 		// Free the reserved space first (callers should already have, with
@@ -288,7 +308,6 @@ func (c *collector) run(ctx context.Context) error {
 	}
 
 	c.startPhase("lock", -1)
-	onWait := func() { c.progress.Info("waiting for the big garbage collector lock...") }
 	var gcLock *lock.FileLock
 	var err error
 	if c.deleting {
@@ -308,20 +327,28 @@ func (c *collector) run(ctx context.Context) error {
 			gcLock = nil
 		}
 	}
+	defer gcLock.Release()
 	lockedAt := time.Now()
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			if gcLock != nil {
-				gcLock.Release()
-			}
-			if c.deleting {
-				c.res.LockHeldSeconds = time.Since(lockedAt).Seconds()
-			}
+	exclusive := c.deleting
+	// endExclusive downgrades gc.lock to shared once the store is no
+	// longer changed: another collector (ours or Nix's) still waits until
+	// the trash is deleted, Nix clients registering roots go on.
+	endExclusive := func() {
+		if !exclusive {
+			return
 		}
+		exclusive = false
+		if err := gcLock.Downgrade(); err != nil {
+			// Cannot happen on Linux (nothing conflicts with a lock held
+			// exclusively). Without gc.lock the deletion is still correct,
+			// but a Nix collector starting now may stumble on the trash.
+			c.warn("downgrading %s: %v; releasing it", c.lay.GCLockPath(), err)
+			gcLock.Release()
+		}
+		c.res.LockHeldSeconds = time.Since(lockedAt).Seconds()
 	}
-	defer release()
+	defer endExclusive()
+	defer c.closeTrash()
 
 	var srv *rootServer
 	if c.deleting {
@@ -366,16 +393,21 @@ func (c *collector) run(ctx context.Context) error {
 	}
 	ierr := c.invalidateAndMove(ctx, plan)
 	stopServer()
-	release()
+	endExclusive()
 	if ctx.Err() != nil {
 		// Interrupted: what was invalidated is in the trash, and the store
 		// is consistent; the next run empties the trash first.
-		c.progress.Info("interrupted: the paths already invalidated wait in " + c.trashDir() + "; the next run deletes them")
+		if c.trash != nil {
+			c.progress.Info("interrupted: the paths already invalidated wait in " + c.trash.path + "; the next run deletes them")
+		}
 		return errors.Join(ierr, ctx.Err())
 	}
-	// The rest happens outside the lock: everything in the trash is
+	// The rest happens under gc.lock shared: everything in the trash is
 	// already invalid.
-	derr := c.emptyTrash(ctx, false)
+	var derr error
+	if c.trash != nil {
+		_, derr = c.deleteTrash(ctx, []*trashRun{c.trash}, false)
+	}
 	if ierr == nil && derr == nil && ctx.Err() == nil {
 		derr = c.removeUnusedLinks(ctx)
 	}

@@ -1,0 +1,185 @@
+package tests
+
+// Hardening of gc (#21 item 8): collections started at the same time,
+// two of storekeeper's or one beside `nix-store --gc`, all succeed, end
+// like one collection alone, and report only what each freed itself.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// fileBlocks maps the inode of every regular file under dir to its size
+// on disk (st_blocks * 512), and says whether any has more than one link.
+func fileBlocks(t testing.TB, dir string) (map[uint64]uint64, bool) {
+	t.Helper()
+	out := map[uint64]uint64{}
+	linked := false
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			return err
+		}
+		out[st.Ino] = uint64(st.Blocks) * 512
+		linked = linked || st.Nlink > 1
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, linked
+}
+
+// freedBetween is what the files present in before and gone in after
+// occupied.
+func freedBetween(before, after map[uint64]uint64) uint64 {
+	var n uint64
+	for ino, b := range before {
+		if _, ok := after[ino]; !ok {
+			n += b
+		}
+	}
+	return n
+}
+
+// gcJSON reads the bytes_freed of a `storekeeper --json gc` output file.
+func gcJSON(t testing.TB, file string) uint64 {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		BytesFreed *uint64 `json:"bytes_freed"`
+	}
+	if err := json.Unmarshal(data, &r); err != nil || r.BytesFreed == nil {
+		t.Fatalf("%s: not a gc result: %v: %q", file, err, data)
+	}
+	return *r.BytesFreed
+}
+
+// concurrentGCScripts start two collections at once in the store's
+// namespace: started together, or the second one started while the first
+// (a storekeeper gc) holds gc.lock at its sync point, so that it waits
+// for the lock and runs right after the first releases it, while the
+// first deletes its trash. The script prints "RC1 n" and "RC2 n".
+var concurrentGCScripts = map[string]string{
+	"together": `
+$FIRST > "$DIR/1.out" 2> "$DIR/1.err" & p1=$!
+$SECOND > "$DIR/2.out" 2> "$DIR/2.err" & p2=$!
+wait $p1; echo "RC1 $?"
+wait $p2; echo "RC2 $?"
+`,
+	"second waits for the lock": `
+mkfifo "$DIR/sync"
+_STOREKEEPER_TEST_GC_SYNC="$DIR/sync" $FIRST > "$DIR/1.out" 2> "$DIR/1.err" & p1=$!
+i=0; while [ ! -S /nix/var/nix/gc-socket/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+$SECOND > "$DIR/2.out" 2> "$DIR/2.err" & p2=$!
+i=0; while ! grep -q "waiting for the big garbage collector lock" "$DIR/2.err" && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+echo go > "$DIR/sync"
+wait $p1; echo "RC1 $?"
+wait $p2; echo "RC2 $?"
+`,
+}
+
+// runConcurrentGC runs script with the two commands on root and fails
+// unless both exit 0. It returns the directory holding 1.out, 2.out, ...
+func runConcurrentGC(t *testing.T, root, script, first, second string) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := nsScript(root, script)
+	cmd.Env = append(cmd.Env, "DIR="+dir, "FIRST="+first, "SECOND="+second)
+	out, err := cmd.CombinedOutput()
+	e1, _ := os.ReadFile(filepath.Join(dir, "1.err"))
+	e2, _ := os.ReadFile(filepath.Join(dir, "2.err"))
+	if err != nil || !strings.Contains(string(out), "RC1 0") || !strings.Contains(string(out), "RC2 0") {
+		t.Fatalf("%q and %q: %v\n%s\nfirst's stderr:\n%s\nsecond's stderr:\n%s", first, second, err, out, tail(string(e1), 2000), tail(string(e2), 2000))
+	}
+	return dir
+}
+
+// checkLikeNixAlone: the store holds the same valid paths and entries as
+// after `nix-store --gc` alone, no trash is left, and Nix accepts it.
+func checkLikeNixAlone(t *testing.T, root, wantValid, wantEntries string) {
+	t.Helper()
+	if v := fmt.Sprint(validPaths(t, root)); v != wantValid {
+		t.Fatalf("valid paths differ from nix-store --gc alone:\nwant %s\ngot  %s", wantValid, v)
+	}
+	if e := fmt.Sprint(entries(t, root)); e != wantEntries {
+		t.Fatalf("store entries differ from nix-store --gc alone:\nwant %s\ngot  %s", wantEntries, e)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "nix/store/trash")); err == nil {
+		t.Errorf("a trash directory is left in the store")
+	}
+	nixVerify(t, root)
+}
+
+// TestHardeningGCConcurrentRuns: two `storekeeper gc` started at the same
+// time on one store both exit 0, the store ends as `nix-store --gc` alone
+// leaves it, and the bytes they report add up to what was freed, never
+// more (each counts only what it deleted itself). Repeated to make the
+// race likely, in both orders of arrival.
+func TestHardeningGCConcurrentRuns(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 31, Files: 4, Roots: 4, Gens: 2, Leftover: 4})
+	ref := copyStore(t, ns.Root)
+	runNS(t, ref, nil, "nix-store", "--gc")
+	wantValid, wantEntries := fmt.Sprint(validPaths(t, ref)), fmt.Sprint(entries(t, ref))
+	sk := binary + " --json gc"
+	for name, script := range concurrentGCScripts {
+		for trial := 0; trial < 3; trial++ {
+			t.Run(fmt.Sprintf("%s/%d", name, trial), func(t *testing.T) {
+				root := copyStore(t, ns.Root)
+				before, linked := fileBlocks(t, filepath.Join(root, "nix/store"))
+				dir := runConcurrentGC(t, root, script, sk, sk)
+				after, _ := fileBlocks(t, filepath.Join(root, "nix/store"))
+				checkLikeNixAlone(t, root, wantValid, wantEntries)
+				freed := freedBetween(before, after)
+				r1, r2 := gcJSON(t, filepath.Join(dir, "1.out")), gcJSON(t, filepath.Join(dir, "2.out"))
+				if r1+r2 > freed {
+					t.Fatalf("the two runs report %d + %d = %d bytes freed, but only %d were", r1, r2, r1+r2, freed)
+				}
+				if !linked && r1+r2 != freed {
+					t.Fatalf("the two runs report %d + %d = %d bytes freed, but %d were (no file has two links: they must agree)", r1, r2, r1+r2, freed)
+				}
+			})
+		}
+	}
+}
+
+// TestHardeningGCBesideNix: `storekeeper gc` and `nix-store --gc` started
+// together both exit 0 and the store ends as after `nix-store --gc`
+// alone: neither deletes what the other is deleting under it (Nix's own
+// deletion fails when an entry disappears under it).
+func TestHardeningGCBesideNix(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 32, Files: 4, Roots: 4, Gens: 2, Leftover: 4})
+	ref := copyStore(t, ns.Root)
+	runNS(t, ref, nil, "nix-store", "--gc")
+	wantValid, wantEntries := fmt.Sprint(validPaths(t, ref)), fmt.Sprint(entries(t, ref))
+	sk, nix := binary+" gc", "nix-store --gc"
+	cases := []struct{ name, script, first, second string }{
+		{"together", concurrentGCScripts["together"], sk, nix},
+		{"together, nix first", concurrentGCScripts["together"], nix, sk},
+		{"nix waits for the lock", concurrentGCScripts["second waits for the lock"], sk, nix},
+	}
+	for _, c := range cases {
+		for trial := 0; trial < 3; trial++ {
+			t.Run(fmt.Sprintf("%s/%d", c.name, trial), func(t *testing.T) {
+				root := copyStore(t, ns.Root)
+				runConcurrentGC(t, root, c.script, c.first, c.second)
+				checkLikeNixAlone(t, root, wantValid, wantEntries)
+			})
+		}
+	}
+}
