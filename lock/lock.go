@@ -227,7 +227,7 @@ func Lock(ctx context.Context, f *os.File, m Mode, wait bool) error {
 		}
 		return nil
 	}
-	var b backoff
+	var b Backoff
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -236,7 +236,7 @@ func Lock(ctx context.Context, f *os.File, m Mode, wait bool) error {
 		if !errors.Is(err, ErrWouldBlock) {
 			return err
 		}
-		if err := b.wait(ctx); err != nil {
+		if err := b.Wait(ctx); err != nil {
 			return err
 		}
 	}

@@ -229,13 +229,14 @@ func unlinkIfSame(dirfd int, name string, st *unix.Stat_t) error {
 	}
 }
 
-// backoff is the delay of a retry loop: it starts at pollMin and grows by
-// half after each wait, up to pollMax. The zero value is ready to use.
-type backoff struct{ d time.Duration }
+// Backoff is the delay of a retry loop: it starts at 2ms and grows by
+// half after each wait, up to 100ms. The zero value is ready to use. Every
+// retry loop of storekeeper waits through one, so that none spins.
+type Backoff struct{ d time.Duration }
 
-// wait sleeps for the current delay, or until ctx is done (it then
+// Wait sleeps for the current delay, or until ctx is done (it then
 // returns ctx.Err() at once), and grows the delay.
-func (b *backoff) wait(ctx context.Context) error {
+func (b *Backoff) Wait(ctx context.Context) error {
 	if b.d == 0 {
 		b.d = pollMin
 	}

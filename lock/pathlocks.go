@@ -149,7 +149,7 @@ func lockSorted(ctx context.Context, paths []string, wait bool, waitMsg func(str
 // out stale.
 func lockAt(ctx context.Context, d *lockDir, name, p string, wait bool, waitMsg func(string)) (heldLock, error) {
 	lockPath := filepath.Join(d.path, name)
-	var b backoff
+	var b Backoff
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return heldLock{}, fmt.Errorf("locking %s: %w", lockPath, err)
@@ -193,7 +193,7 @@ func lockAt(ctx context.Context, d *lockDir, name, p string, wait bool, waitMsg 
 		if attempt >= maxStaleRetries {
 			return heldLock{}, fmt.Errorf("lock file %s was stale %d times in a row, %w: something keeps replacing it", lockPath, attempt, ErrNotLockFile)
 		}
-		if err := b.wait(ctx); err != nil {
+		if err := b.Wait(ctx); err != nil {
 			return heldLock{}, fmt.Errorf("locking %s: %w", lockPath, err)
 		}
 	}

@@ -248,7 +248,7 @@ func OpenTempRoots(stateDir string) (*TempRoots, error) {
 
 	path := filepath.Join(dir, strconv.Itoa(os.Getpid()))
 	var f *os.File
-	var b backoff
+	var b Backoff
 	for attempt := 1; ; attempt++ {
 		// It must be stale: no two live processes share a pid.
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -282,7 +282,7 @@ func OpenTempRoots(stateDir string) (*TempRoots, error) {
 		if attempt >= maxStaleRetries {
 			return nil, fmt.Errorf("temporary roots file %s was deleted by a collector %d times in a row, %w", path, attempt, ErrNotLockFile)
 		}
-		b.wait(context.Background())
+		b.Wait(context.Background())
 	}
 	s := &tempRootsState{key: key, stateDir: stateDir, path: path, refs: 1, f: f, roots: map[string]bool{}}
 	tempRootsRegistry.m[key] = s
@@ -333,7 +333,7 @@ func (t *TempRoots) Add(ctx context.Context, storePath string) error {
 	if err := s.openGCLock(); err != nil {
 		return err
 	}
-	var b backoff
+	var b Backoff
 	for {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("adding temporary root %s: %w", storePath, err)
@@ -359,7 +359,7 @@ func (t *TempRoots) Add(ctx context.Context, storePath string) error {
 		if !retry {
 			return s.appendRoot(storePath)
 		}
-		if err := b.wait(ctx); err != nil {
+		if err := b.Wait(ctx); err != nil {
 			return fmt.Errorf("adding temporary root %s: %w", storePath, err)
 		}
 	}
