@@ -3,6 +3,7 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sync"
@@ -10,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/lock"
 )
 
 const (
@@ -135,8 +138,12 @@ func (c *AsyncCloser) submit(fds []int) {
 }
 
 // enter submits toSubmit queued closes and waits for at least wait
-// completions, then counts every completion that has arrived.
+// completions, then counts every completion that has arrived. EAGAIN and
+// EBUSY are retried after a growing pause while nothing completes, so
+// they never spin; there is no context to check: closes in flight must
+// be waited for.
 func (c *AsyncCloser) enter(toSubmit, wait int) {
+	var pause lock.Backoff
 	for {
 		var flags uintptr
 		if wait > 0 {
@@ -156,6 +163,9 @@ func (c *AsyncCloser) enter(toSubmit, wait int) {
 		atomic.StoreUint32(c.r.cqHead, tail)
 		if c.broken || (toSubmit <= 0 && wait <= 0) {
 			return
+		}
+		if (errno == unix.EAGAIN || errno == unix.EBUSY) && got == 0 {
+			pause.Wait(context.Background())
 		}
 	}
 }

@@ -3,6 +3,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -10,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/lock"
 )
 
 // The small part of io_uring(7) that batched reading needs: a ring whose
@@ -188,6 +191,12 @@ func (r *uring) submit(res []int32, keep ...any) error {
 	r.queued = 0
 	submitted, done := 0, 0
 	var failed error
+	// EAGAIN and EBUSY (the kernel short of memory, or its completion
+	// queue full) are retried after a growing pause while they reap
+	// nothing, so they never spin. The loop takes no context: it must
+	// not return while an operation is in flight (their buffers would be
+	// reused), and each one is a bounded read or close.
+	var pause lock.Backoff
 	for done < n {
 		toSubmit, wait := n-submitted, n-done
 		if failed != nil {
@@ -215,7 +224,11 @@ func (r *uring) submit(res []int32, keep ...any) error {
 			}
 			done++
 		}
+		reaped := head != atomic.LoadUint32(r.cqHead)
 		atomic.StoreUint32(r.cqHead, head)
+		if (errno == unix.EAGAIN || errno == unix.EBUSY) && !reaped {
+			pause.Wait(context.Background())
+		}
 	}
 	runtime.KeepAlive(keep)
 	if failed != nil {
