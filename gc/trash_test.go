@@ -2,6 +2,7 @@ package gc_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -234,5 +235,54 @@ func TestTwoCollectionsAtOnce(t *testing.T) {
 		if got, freed := results[0].BytesFreed+results[1].BytesFreed, freedSince(t, lay.RealStoreDir, before); got != freed {
 			t.Fatalf("trial %d: the collections report %d + %d = %d bytes freed; %d were", trial, results[0].BytesFreed, results[1].BytesFreed, got, freed)
 		}
+	}
+}
+
+// TestForeignTrashIsRefused: a <store>/trash that storekeeper did not make
+// (a symlink, a file, a directory of another user) is neither followed,
+// written into nor emptied: the collection fails before changing
+// anything, with a message naming it and saying what to do.
+func TestForeignTrashIsRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the trash to another user")
+	}
+	for _, kind := range []string{"symlink", "file", "other user's"} {
+		t.Run(kind, func(t *testing.T) {
+			b := build(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1, Invalid: 1})
+			lay := b.Layout
+			trash := filepath.Join(lay.RealStoreDir, "trash")
+			elsewhere := filepath.Join(t.TempDir(), "elsewhere")
+			victim := filepath.Join(elsewhere, "00000000000000000000000000000000-victim")
+			if err := os.MkdirAll(victim, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			switch kind {
+			case "symlink":
+				os.Symlink(elsewhere, trash)
+			case "file":
+				os.WriteFile(trash, []byte("x"), 0o644)
+			default:
+				os.Mkdir(trash, 0o755)
+				os.Mkdir(filepath.Join(trash, "00000000000000000000000000000000-victim"), 0o755)
+				os.Chown(trash, 65534, 65534)
+			}
+			deadBefore := fmt.Sprint(collect(t, openStore(t, lay, true), gc.Options{Action: gc.PrintDead}).Dead)
+			rw := openStore(t, lay, false)
+			_, err := gc.Collect(context.Background(), rw, gc.Options{Action: gc.Delete, ProcDir: t.TempDir()}, nil)
+			if err == nil || !strings.Contains(err.Error(), trash) || !strings.Contains(err.Error(), "remove it") {
+				t.Fatalf("got %v; want an error naming %s and saying to remove it", err, trash)
+			}
+			if _, err := os.Stat(victim); err != nil {
+				t.Fatalf("the symlink's target was emptied: %v", err)
+			}
+			if kind == "other user's" {
+				if _, err := os.Stat(filepath.Join(trash, "00000000000000000000000000000000-victim")); err != nil {
+					t.Fatalf("the other user's directory was emptied: %v", err)
+				}
+			}
+			if dead := fmt.Sprint(collect(t, openStore(t, lay, true), gc.Options{Action: gc.PrintDead}).Dead); dead != deadBefore || dead == "[]" {
+				t.Fatalf("the failed collection deleted something: dead before %s, after %s", deadBefore, dead)
+			}
+		})
 	}
 }

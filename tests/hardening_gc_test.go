@@ -87,7 +87,7 @@ mkfifo "$DIR/sync"
 _STOREKEEPER_TEST_GC_SYNC="$DIR/sync" $FIRST > "$DIR/1.out" 2> "$DIR/1.err" & p1=$!
 i=0; while [ ! -S /nix/var/nix/gc-socket/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 $SECOND > "$DIR/2.out" 2> "$DIR/2.err" & p2=$!
-i=0; while ! grep -q "waiting for the big garbage collector lock" "$DIR/2.err" && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+i=0; while ! grep -q "waiting for the big garbage collector lock" "$DIR/2.err" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 echo go > "$DIR/sync"
 wait $p1; echo "RC1 $?"
 wait $p2; echo "RC2 $?"
