@@ -1,18 +1,23 @@
 package tests
 
-// Hardening of gc (#21 item 8): collections started at the same time,
-// two of storekeeper's or one beside `nix-store --gc`, all succeed, end
-// like one collection alone, and report only what each freed itself.
+// Hardening of gc (#21 items 7 and 8): the gc socket survives bad
+// clients; collections started at the same time, two of storekeeper's or
+// one beside `nix-store --gc`, all succeed, end like one collection
+// alone, and report only what each freed itself.
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // fileBlocks maps the inode of every regular file under dir to its size
@@ -182,4 +187,73 @@ func TestHardeningGCBesideNix(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestHardeningGCSocketBadClients: while `storekeeper gc` serves its gc
+// socket (held at its sync point), a client that sends 1 MiB without a
+// newline and one that sends a control-character line have their
+// connections closed unanswered; a real Nix client still registers its
+// root; the collection finishes with exit 0, and its stderr holds one
+// short, escaped line per bad client.
+func TestHardeningGCSocketBadClients(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 33, Roots: 2})
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "new.txt"), []byte("added during the collection\n"), 0o644)
+	script := `
+mkfifo "$DIR/sync"
+_STOREKEEPER_TEST_GC_SYNC="$DIR/sync" "$BIN" gc > "$DIR/gc.out" 2> "$DIR/gc.err" & gc=$!
+i=0; while [ ! -e "$DIR/clients-done" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+timeout 20 nix-store --add "$DIR/new.txt" > "$DIR/new.path" || echo "add failed"
+echo go > "$DIR/sync"
+wait $gc; echo "GC $?"
+`
+	cmd := nsScript(ns.Root, script)
+	cmd.Env = append(cmd.Env, "DIR="+dir, "BIN="+binary)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(ns.Root, "nix/var/nix/gc-socket/socket")
+	for i := 0; i < 400; i++ {
+		if fi, err := os.Stat(socket); err == nil && fi.Mode()&fs.ModeSocket != 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, line := range [][]byte{
+		append([]byte("/nix/store/"), bytes.Repeat([]byte("x"), 1<<20)...),
+		[]byte("\x1b]0;owned\x07/nix/store/junk\n"),
+	} {
+		conn, err := net.Dial("unix", socket)
+		if err != nil {
+			t.Fatalf("dialing the gc socket: %v", err)
+		}
+		go conn.Write(line)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := conn.Read(make([]byte, 1))
+		var ne net.Error
+		if n != 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("a bad line of %d bytes: read %d bytes, %v; want the connection closed without an answer", len(line), n, err)
+		}
+		conn.Close()
+	}
+	os.WriteFile(filepath.Join(dir, "clients-done"), nil, 0o644)
+	if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "GC 0") || strings.Contains(out.String(), "add failed") {
+		e, _ := os.ReadFile(filepath.Join(dir, "gc.err"))
+		t.Fatalf("%v\n%s\ngc stderr:\n%s", err, out.String(), tail(string(e), 2000))
+	}
+	errText, _ := os.ReadFile(filepath.Join(dir, "gc.err"))
+	if len(errText) > 2000 || strings.ContainsAny(string(errText), "\x1b\x07") || strings.Count(string(errText), "gc socket: closed the connection") != 2 {
+		t.Fatalf("gc's stderr (%d bytes) should hold two short, escaped lines about the bad clients:\n%q", len(errText), tail(string(errText), 2000))
+	}
+	newPath, _ := os.ReadFile(filepath.Join(dir, "new.path"))
+	found := false
+	for _, p := range validPaths(t, ns.Root) {
+		found = found || p == strings.TrimSpace(string(newPath))
+	}
+	if !found {
+		t.Fatalf("%q, added through the gc socket during the collection, is not valid after it", newPath)
+	}
+	nixVerify(t, ns.Root)
 }
