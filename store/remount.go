@@ -3,13 +3,25 @@ package store
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
 
-// ErrReadOnlyStore is returned when the store is on a read-only mount that
-// cannot be made writable.
-var ErrReadOnlyStore = errors.New("store: the store is on a read-only file system")
+// Sentinel errors about the file systems the store lives on. Each error
+// wrapping one names the directory, the mount it is on and what to do.
+var (
+	// ErrReadOnlyStore: the store is on a read-only mount that cannot be
+	// made writable.
+	ErrReadOnlyStore = errors.New("store: the store is on a read-only file system")
+	// ErrReadOnlyFS: the state directory or the database directory, which
+	// a command that writes must write to, is on a read-only mount.
+	ErrReadOnlyFS = errors.New("store: read-only file system")
+	// ErrDiskFull: the database cannot even be read, because SQLite
+	// cannot create the file it needs on the full disk (see OpenDB).
+	ErrDiskFull = errors.New("store: disk full")
+)
 
 // PrivateNamespaceEnv marks a storekeeper process that was re-executed in
 // a private mount namespace of its own (see cmd/storekeeper/remount.go).
@@ -27,11 +39,64 @@ func IsReadOnlyMount(dir string) (bool, error) {
 	return st.Flags&unix.ST_RDONLY != 0, nil
 }
 
-// RemountWritable remounts the bind mount at dir read-write, keeping its
-// other flags. It must only be called in a private mount namespace (a
-// process started with CLONE_NEWNS and private propagation), so that the
-// writable mount is seen by no other process and vanishes with it. It is
-// what Nix does before a collection on NixOS.
+// CheckWritableDir returns an error wrapping ErrReadOnlyFS, naming dir,
+// its mount point and the command that makes it writable, if dir is on a
+// read-only mount; nil otherwise (a dir that cannot be examined is left
+// to the open that follows to report).
+func CheckWritableDir(dir string) error {
+	if ro, err := IsReadOnlyMount(dir); err != nil || !ro {
+		return nil
+	}
+	return readOnlyDirError(ErrReadOnlyFS, dir, "", "", nil, "or use a command that only reads")
+}
+
+// readOnlyDirError says that dir is on a read-only mount, why that
+// matters (why and its cause, both optional) and how to remount it (mp,
+// the mount point, is looked up if ""), then what else to do (alt, may
+// be empty). It wraps sentinel and cause. It never tells root to run as
+// root.
+func readOnlyDirError(sentinel error, dir, mp, why string, cause error, alt string) error {
+	if mp == "" {
+		mp = MountPointOf(dir)
+	}
+	msg := fmt.Sprintf("%s is on a read-only file system (mounted at %s)", dir, mp)
+	if why != "" {
+		msg += ": " + why
+	}
+	if alt != "" {
+		alt = ", " + alt
+	}
+	if cause == nil {
+		return fmt.Errorf("%w: %s; remount it read-write (mount -o remount,rw %s)%s", sentinel, msg, mp, alt)
+	}
+	return fmt.Errorf("%w: %s (%w); remount it read-write (mount -o remount,rw %s)%s", sentinel, msg, cause, mp, alt)
+}
+
+// MountPointOf returns where the mount dir is on is mounted (/nix for
+// /nix/var/nix/db on a /nix mount), following symbolic links in dir: the
+// mount found by statx's mount id in /proc/self/mountinfo. It returns dir
+// itself when that cannot be found, for messages only.
+func MountPointOf(dir string) string {
+	var sx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, dir, 0, unix.STATX_MNT_ID, &sx); err != nil || sx.Mask&unix.STATX_MNT_ID == 0 {
+		return dir
+	}
+	if _, _, on := mountOf(sx.Mnt_id); on != "" {
+		return on
+	}
+	return dir
+}
+
+// RemountWritable makes dir writable for this process: it remounts the
+// mount dir is on read-write, keeping its other flags. When dir is not a
+// mount point of its own (the read-only mount is a parent, /nix rather
+// than /nix/store), it first bind-mounts dir onto itself, so that only dir
+// becomes writable. It must only be called in a private mount namespace
+// (a process started with CLONE_NEWNS and private propagation), so that
+// the writable mount is seen by no other process and vanishes with it. It
+// is what Nix does before a collection on NixOS, where /nix/store is a
+// read-only bind mount. A file system that is read-only itself (not only
+// through the mount) stays read-only, and the error says so.
 func RemountWritable(dir string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -39,6 +104,22 @@ func RemountWritable(dir string) error {
 	}
 	if st.Flags&unix.ST_RDONLY == 0 {
 		return nil
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		real, err = filepath.Abs(real)
+	}
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", dir, err)
+	}
+	mp := MountPointOf(real)
+	if mp != real {
+		if err := unix.Mount(real, real, "", unix.MS_BIND, ""); err != nil {
+			return remountError(dir, mp, err)
+		}
+		if err := unix.Statfs(real, &st); err != nil {
+			return fmt.Errorf("store: statfs %s: %w", dir, err)
+		}
 	}
 	flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND)
 	for _, f := range []struct{ st, ms int64 }{
@@ -49,13 +130,30 @@ func RemountWritable(dir string) error {
 			flags |= uintptr(f.ms)
 		}
 	}
-	if err := unix.Mount("", dir, "", flags, ""); err != nil {
-		return fmt.Errorf("%w: remounting %s read-write in a private mount namespace: %v (run as root, or remount it yourself)", ErrReadOnlyStore, dir, err)
+	if err := unix.Mount("", real, "", flags, ""); err != nil {
+		return remountError(dir, mp, err)
 	}
-	if ro, err := IsReadOnlyMount(dir); err != nil || ro {
-		return fmt.Errorf("%w: %s is still read-only after remounting", ErrReadOnlyStore, dir)
+	if ro, err := IsReadOnlyMount(real); err != nil || ro {
+		return readOnlyDirError(ErrReadOnlyStore, dir, mp, "the file system itself is read-only, not only the mount, so storekeeper cannot make it writable for itself", nil, "")
 	}
 	return nil
+}
+
+// remountError reports a failed private remount of dir, on the mount at
+// mp: as root, what to do instead; otherwise that it takes root.
+func remountError(dir, mp string, err error) error {
+	if os.Geteuid() != 0 {
+		return RemountNeedsRoot(dir)
+	}
+	return readOnlyDirError(ErrReadOnlyStore, dir, mp, "making it writable in a private mount namespace failed", err, "")
+}
+
+// RemountNeedsRoot is the error for a user other than root whose command
+// must write to the store dir on a read-only mount: only root can make
+// it writable for one process.
+func RemountNeedsRoot(dir string) error {
+	mp := MountPointOf(dir)
+	return fmt.Errorf("%w: %s is on a read-only mount (%s); only root can make it writable for storekeeper alone (in a private mount namespace): run as root, or remount it read-write (mount -o remount,rw %s)", ErrReadOnlyStore, dir, mp, mp)
 }
 
 // FreeSpace returns the bytes available to unprivileged users and the

@@ -17,7 +17,19 @@ import (
 // and the child remounts the store read-write there, seen by no other
 // process. The parent forwards signals, waits and exits with the child's
 // status; it never returns in that case.
+//
+// The database and state directories are checked first: if they are on a
+// read-only mount, the command cannot run whatever happens to the store,
+// and the error names them and the mount to remount (store.ErrReadOnlyFS).
+// storekeeper does not make them writable for itself, as Nix does not:
+// only /nix/store is read-only by design (NixOS), a read-only /nix is an
+// administrator's choice.
 func ensureWritableStore(lay store.Layout) error {
+	for _, d := range []string{lay.DBDir(), lay.StateDir} {
+		if err := store.CheckWritableDir(d); err != nil {
+			return err
+		}
+	}
 	ro, err := store.IsReadOnlyMount(lay.RealStoreDir)
 	if err != nil || !ro {
 		return err
@@ -26,7 +38,7 @@ func ensureWritableStore(lay store.Layout) error {
 		return store.RemountWritable(lay.RealStoreDir)
 	}
 	if os.Geteuid() != 0 {
-		return errors.Join(store.ErrReadOnlyStore, errors.New("only root can remount it writable in a private mount namespace"))
+		return store.RemountNeedsRoot(lay.RealStoreDir)
 	}
 	self, err := os.Executable()
 	if err != nil {
