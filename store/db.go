@@ -40,7 +40,11 @@ const (
 type DBOptions struct {
 	// ReadOnly opens the DB with SQLite's mode=ro and the big-lock with
 	// O_RDONLY: no write access to the state dir is needed and nothing is
-	// ever written (SQLite may still create the WAL index file if it can).
+	// ever written to the database (SQLite creates the empty db.sqlite-wal
+	// and its index db.sqlite-shm if it can, as every reader of a WAL
+	// database does). Where SQLite cannot create or grow db.sqlite-shm (a
+	// full disk, a read-only file system, no write access) the DB is read
+	// another way that needs no new space; see openReadOnly.
 	ReadOnly bool
 	// BusyTimeout is how long a statement waits for a lock held by another
 	// process (a nix-daemon in a long transaction) before failing with
@@ -74,7 +78,13 @@ type DB struct {
 // OpenDB opens the database in dbDir after checking db/schema. It refuses
 // an unknown schema version, a missing or corrupt database and a database
 // it cannot read, with an error that says which file and what to do; in
-// every such case nothing has been written.
+// every such case nothing has been written. A read-only open reads the
+// database even where SQLite cannot create or grow its WAL index
+// db.sqlite-shm (a full disk, a read-only file system), never ignoring a
+// transaction committed in db.sqlite-wal, or says why it cannot
+// (ErrDiskFull, ErrReadOnlyFS); see openReadOnly. A read-write open of a
+// directory on a read-only mount is refused with ErrReadOnlyFS, naming
+// the directory and the mount to remount.
 //
 // Cancellation: ctx bounds the wait for the big-lock and the first query.
 func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
@@ -90,8 +100,8 @@ func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
 		return nil, fmt.Errorf("%w: %v", ErrDBAccess, err)
 	}
 	if !o.ReadOnly {
-		if err := unix.Access(dbDir, unix.W_OK|unix.R_OK); err != nil {
-			return nil, fmt.Errorf("%w: the database directory %s is not writable (%v); run as the store's owner (usually root)", ErrDBAccess, dbDir, err)
+		if err := checkWritableDBDir(dbDir); err != nil {
+			return nil, err
 		}
 	}
 
@@ -106,13 +116,13 @@ func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
 		bl = nil
 	}
 
-	rawURI := "file:" + uriPath(dbPath) + "?mode=ro"
-	db, err := openSQL(ctx, dbPath, o)
-	if err != nil && o.ReadOnly && (isCantOpen(err) || isReadOnlyErr(err)) && !fileExists(dbPath+"-wal") {
-		// A WAL database whose -shm file we may not create: with no WAL
-		// file, the main file is complete; read it as immutable.
-		db, err = openSQLImmutable(ctx, dbPath, o)
-		rawURI += "&immutable=1"
+	var db *sql.DB
+	var rawURI string
+	if o.ReadOnly {
+		db, rawURI, err = openReadOnly(ctx, dbPath, o)
+	} else {
+		db, err = openSQL(ctx, dbPath, o, "")
+		rawURI = roURI(dbPath)
 	}
 	if err != nil {
 		if bl != nil {
@@ -163,10 +173,176 @@ func busyMillis(o DBOptions) int64 {
 	return o.BusyTimeout.Milliseconds()
 }
 
-func openSQL(ctx context.Context, dbPath string, o DBOptions) (*sql.DB, error) {
+// checkWritableDBDir is the check of a read-write open: the database
+// directory and the state directory holding it must be writable, and if
+// they are on a read-only mount the error says which and how to remount
+// it (never "run as root" to root).
+func checkWritableDBDir(dbDir string) error {
+	for _, d := range []string{dbDir, filepath.Dir(dbDir)} {
+		if err := CheckWritableDir(d); err != nil {
+			return err
+		}
+	}
+	if err := unix.Access(dbDir, unix.W_OK|unix.R_OK); err != nil {
+		if errors.Is(err, unix.EROFS) {
+			return readOnlyDirError(ErrReadOnlyFS, dbDir, "", "", nil, "or use a command that only reads")
+		}
+		return fmt.Errorf("%w: the database directory %s is not writable (%w); %s", ErrDBAccess, dbDir, err, accessHint(dbDir))
+	}
+	return nil
+}
+
+// accessHint says what to do about a file or directory this process may
+// not open: run as the store's owner, or, for root, look at what denies
+// even root.
+func accessHint(p string) string {
+	if os.Geteuid() == 0 {
+		return fmt.Sprintf("root is denied access too: check the permissions, attributes (lsattr) and mount of %s", p)
+	}
+	return "run as the store's owner (usually root)"
+}
+
+// roURI is the plain read-only URI of the database file; openReadOnly
+// appends the parameters of the way it found to read it.
+func roURI(dbPath string) string { return "file:" + uriPath(dbPath) + "?mode=ro" }
+
+// openReadOnly opens the database for reading only and returns the
+// database/sql handle and the URI the raw connections of LoadGraph open,
+// which reads the file the same way. It tries, in this order:
+//
+//  1. plain mode=ro, as every reader of a WAL database: SQLite creates
+//     db.sqlite-shm, the WAL index shared by all connections, and grows it
+//     to 32 KiB. On a full disk growing it fails (SQLITE_IOERR_SHMSIZE);
+//     on a read-only file system, or without write access to the
+//     directory, creating it fails.
+//  2. readonly_shm=1, where db.sqlite-shm exists (step 1 leaves one
+//     created on a full disk): SQLite opens it read-only, never writes or
+//     grows it, and, when no live connection maintains it, builds a
+//     private copy of the WAL index in memory from db.sqlite-wal at each
+//     transaction. It takes the same shared WAL read locks as any reader,
+//     which keep a writer from checkpointing under it, and it notices a
+//     writer that attaches, appends or restarts the WAL; so every
+//     committed frame of the WAL is read, as a plain reader would.
+//  3. immutable=1, only where db.sqlite-wal is absent or holds no frame
+//     (32 bytes or less): the main file is then the whole database. This
+//     is the way left where db.sqlite-shm cannot even be created (no free
+//     inode, a read-only file system, no write access to the directory,
+//     as for a user other than the store's owner). SQLite takes no lock
+//     at all then: a writer that starts during the run is not seen (the
+//     run reads the database as it was before), and one that checkpoints
+//     its transactions into the main file while the run reads it (Nix
+//     does when its last connection closes) can make SQLite read a mix
+//     of old and new pages: a wrong result or a corruption error. Nothing
+//     is written either way. On a full disk no writer can start (it would
+//     need db.sqlite-shm too).
+//
+// Otherwise the database is refused, never read without its WAL: a
+// committed transaction may be only there. The error says why: the disk
+// is full (ErrDiskFull), the directory is on a read-only file system
+// (ErrReadOnlyFS), or access is denied.
+//
+// None of these takes an exclusive lock (a locking_mode=EXCLUSIVE
+// connection keeps the WAL index in its own memory, but holds the
+// database's EXCLUSIVE lock until it closes: every nix-daemon client
+// would wait for the whole run), and none writes to the database.
+func openReadOnly(ctx context.Context, dbPath string, o DBOptions) (*sql.DB, string, error) {
+	base := roURI(dbPath)
+	bm := busyMillis(o)
+	extra := ""
+	err := probeRead(base, bm)
+	if err != nil && shmUnusable(err) {
+		first := err
+		if fileExists(dbPath + "-shm") {
+			extra = "&readonly_shm=1"
+			err = probeRead(base+extra, bm)
+		}
+		if err != nil && !walHasFrames(dbPath) {
+			extra = "&immutable=1"
+			err = probeRead(base+extra, bm)
+		}
+		if err != nil {
+			return nil, "", cannotReadError(dbPath, first)
+		}
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	db, err := openSQL(ctx, dbPath, o, extra)
+	if err != nil {
+		return nil, "", err
+	}
+	return db, base + extra, nil
+}
+
+// probeRead opens uri read-only on a raw connection and reads the schema,
+// which opens the WAL and maps its index: the first read of any command.
+func probeRead(uri string, busyMillis int64) error {
+	c, err := openRaw(uri, busyMillis)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return c.exec("select count(*) from sqlite_master")
+}
+
+// shmUnusable reports whether err from a plain read-only open may come
+// from SQLite's failing to create, open or grow db.sqlite-shm or
+// db.sqlite-wal (an I/O error, no space, a read-only file, a file it
+// cannot open), so that another way of reading may work. Corruption,
+// locks and the like are not retried.
+func shmUnusable(err error) bool {
+	switch sqliteCode(err) & 0xff {
+	case sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN:
+		return true
+	}
+	return false
+}
+
+// walHeaderSize is the size of a WAL file's header; frames follow it.
+const walHeaderSize = 32
+
+// walHasFrames reports whether dbPath's WAL file may hold frames: it
+// exists and is longer than its header (or cannot be examined).
+func walHasFrames(dbPath string) bool {
+	st, err := os.Lstat(dbPath + "-wal")
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	return err != nil || !st.Mode().IsRegular() || st.Size() > walHeaderSize
+}
+
+// minFreeForSQLite is the free space below which a failure to set up
+// db.sqlite-shm is put down to a full disk: a reader needs 32 KiB for it.
+const minFreeForSQLite = 1 << 20
+
+// cannotReadError explains why no way of reading the database worked,
+// from first, the error of the plain open: a read-only file system, a
+// full disk, or what classifyDBError makes of it.
+func cannotReadError(dbPath string, first error) error {
+	dbDir := filepath.Dir(dbPath)
+	why := fmt.Sprintf("SQLite cannot create %s-shm, the index it needs to read the transactions still in %s-wal", dbPath, dbPath)
+	if ro, _ := IsReadOnlyMount(dbDir); ro {
+		return readOnlyDirError(ErrReadOnlyFS, dbDir, "", why, first, "")
+	}
+	var st unix.Statfs_t
+	if unix.Statfs(dbDir, &st) == nil {
+		avail := st.Bavail * uint64(st.Bsize)
+		noInodes := st.Files > 0 && st.Ffree == 0
+		if avail < minFreeForSQLite || noInodes {
+			inodes := ""
+			if noInodes {
+				inodes = ", no free inodes"
+			}
+			return fmt.Errorf("%w: the disk holding %s is full (%d bytes free%s): %s (%w); free space or run storekeeper gc", ErrDiskFull, dbDir, avail, inodes, why, first)
+		}
+	}
+	return classifyDBError(dbPath, first)
+}
+
+func openSQL(ctx context.Context, dbPath string, o DBOptions, roExtra string) (*sql.DB, error) {
 	q := fmt.Sprintf("_busy_timeout=%d", busyMillis(o))
 	if o.ReadOnly {
-		q = "mode=ro&" + q + "&_query_only=1"
+		q = "mode=ro" + roExtra + "&" + q + "&_query_only=1"
 	} else {
 		sync := "normal"
 		if !o.FsyncMetadata {
@@ -182,18 +358,6 @@ func openSQL(ctx context.Context, dbPath string, o DBOptions) (*sql.DB, error) {
 		q = "mode=rw&" + q + "&_foreign_keys=1&_synchronous=" + sync + "&_pragma=cache_size(-32768)&_pragma=wal_autocheckpoint(40000)"
 	}
 	db, err := sql.Open("sqlite", "file:"+uriPath(dbPath)+"?"+q)
-	if err != nil {
-		return nil, err
-	}
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return db, nil
-}
-
-func openSQLImmutable(ctx context.Context, dbPath string, o DBOptions) (*sql.DB, error) {
-	db, err := sql.Open("sqlite", "file:"+uriPath(dbPath)+"?mode=ro&immutable=1&_query_only=1")
 	if err != nil {
 		return nil, err
 	}
@@ -253,18 +417,10 @@ func IsConstraintError(err error) bool {
 	return sqliteCode(err)&0xff == sqlite3.SQLITE_CONSTRAINT
 }
 
-func isReadOnlyErr(err error) bool {
-	return sqliteCode(err)&0xff == sqlite3.SQLITE_READONLY
-}
-
-func isCantOpen(err error) bool {
-	return sqliteCode(err)&0xff == sqlite3.SQLITE_CANTOPEN
-}
-
 // classifyDBError wraps a SQLite error in the matching sentinel with a
 // message that says what to run next.
 func classifyDBError(dbPath string, err error) error {
-	for _, known := range []error{ErrNoDB, ErrSchemaVersion, ErrCorruptDB, ErrDBLocked, ErrDBAccess, ErrGraph} {
+	for _, known := range []error{ErrNoDB, ErrSchemaVersion, ErrCorruptDB, ErrDBLocked, ErrDBAccess, ErrGraph, ErrDiskFull, ErrReadOnlyFS} {
 		if errors.Is(err, known) {
 			return err
 		}
@@ -275,7 +431,10 @@ func classifyDBError(dbPath string, err error) error {
 	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
 		return fmt.Errorf("%w: %s: %v (another process, usually nix-daemon, holds a long write transaction; try again later)", ErrDBLocked, dbPath, err)
 	case sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH:
-		return fmt.Errorf("%w: %s: %v (run as the store's owner, usually root)", ErrDBAccess, dbPath, err)
+		if ro, _ := IsReadOnlyMount(filepath.Dir(dbPath)); ro {
+			return readOnlyDirError(ErrReadOnlyFS, filepath.Dir(dbPath), "", "opening "+dbPath, err, "")
+		}
+		return fmt.Errorf("%w: %s: %w (%s)", ErrDBAccess, dbPath, err, accessHint(dbPath))
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err

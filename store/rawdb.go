@@ -36,7 +36,9 @@ func (e *rawError) Error() string { return e.msg }
 func (e *rawError) Code() int     { return e.code }
 
 // openRaw opens uri (an SQLite "file:" URI) read-only, with busy timeout
-// busyMillis.
+// busyMillis. The DB's raw connections open the URI its database/sql
+// connections were opened with (see openReadOnly), so both read the file
+// the same way.
 func openRaw(uri string, busyMillis int64) (*rawConn, error) {
 	c := &rawConn{tls: libc.NewTLS()}
 	curi, err := libc.CString(uri)
@@ -60,6 +62,9 @@ func openRaw(uri string, busyMillis int64) (*rawConn, error) {
 		c.close()
 		return nil, err
 	}
+	// Extended codes (SQLITE_IOERR_SHMSIZE, not only SQLITE_IOERR), as the
+	// database/sql driver reports them.
+	sqlite3.Xsqlite3_extended_result_codes(c.tls, c.db, 1)
 	sqlite3.Xsqlite3_busy_timeout(c.tls, c.db, int32(min(busyMillis, 1<<31-1)))
 	return c, nil
 }

@@ -29,7 +29,7 @@ func main() {
 const (
 	exitOK          = 0   // success; for verify: the store is clean
 	exitFindings    = 1   // the command ran and found problems (verify: damage)
-	exitCannotRun   = 2   // bad usage, bad store, DB missing/corrupt/locked, no permission
+	exitCannotRun   = 2   // bad usage, bad store, DB missing/corrupt/locked, no permission, read-only or full disk
 	exitInterrupted = 130 // SIGINT/SIGTERM: stopped cleanly, cleanup finished
 )
 
@@ -37,7 +37,9 @@ const exitCodesHelp = `Exit status:
   0    success (verify: no problem found)
   1    the command ran and found problems (verify: damaged paths)
   2    the command could not run: bad usage, no such store, missing,
-       corrupt or locked database, unknown schema, permission denied
+       corrupt or locked database, unknown schema, permission denied,
+       a read-only file system where it must write, a disk too full to
+       read the database
   130  interrupted by SIGINT or SIGTERM; cleanup finished, the store is
        consistent and the next run continues`
 
