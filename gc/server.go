@@ -2,6 +2,7 @@ package gc
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,8 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"time"
 
+	"storekeeper/lock"
 	"storekeeper/store"
 )
 
@@ -67,8 +68,8 @@ type rootServer struct {
 	wg   sync.WaitGroup
 	// slots holds a token per connection being served (maxRootConns).
 	slots chan struct{}
-	done  chan struct{} // closed by stop
-	once  sync.Once
+	ctx   context.Context // done once stop is called
+	stopC context.CancelFunc
 
 	rejected atomic.Int64
 
@@ -100,7 +101,8 @@ func startServerLimit(c *collector, socketPath string, limit int) (*rootServer, 
 		return nil, err
 	}
 	s := &rootServer{c: c, ln: ln, path: socketPath, conns: map[net.Conn]bool{},
-		slots: make(chan struct{}, limit), done: make(chan struct{})}
+		slots: make(chan struct{}, limit)}
+	s.ctx, s.stopC = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
@@ -108,10 +110,11 @@ func startServerLimit(c *collector, socketPath string, limit int) (*rootServer, 
 
 func (s *rootServer) accept() {
 	defer s.wg.Done()
+	var backoff lock.Backoff
 	for {
 		select {
 		case s.slots <- struct{}{}:
-		case <-s.done:
+		case <-s.ctx.Done():
 			return
 		}
 		conn, err := s.ln.Accept()
@@ -122,13 +125,12 @@ func (s *rootServer) accept() {
 			}
 			// EMFILE and the like: that client finds its connection
 			// reset (it retries); pause so as not to spin, then go on.
-			select {
-			case <-s.done:
+			if backoff.Wait(s.ctx) != nil {
 				return
-			case <-time.After(10 * time.Millisecond):
 			}
 			continue
 		}
+		backoff = lock.Backoff{}
 		s.mu.Lock()
 		if s.conns == nil {
 			s.mu.Unlock()
@@ -196,11 +198,8 @@ func (s *rootServer) reject(line []byte, what string) {
 // stop closes the socket and every connection and waits for the handlers.
 // It may be called more than once.
 func (s *rootServer) stop() {
-	first := false
-	s.once.Do(func() {
-		first = true
-		close(s.done)
-	})
+	first := s.ctx.Err() == nil
+	s.stopC()
 	s.ln.Close()
 	s.mu.Lock()
 	for c := range s.conns {
