@@ -13,6 +13,12 @@
 // before any of them is touched. A run over an optimised store registers
 // no root and sends one query.
 //
+// Unlike Nix it never spreads an inode the store's owner does not
+// control alone (another owner, a mode other than 0444/0555, links
+// outside the store): such a file is neither made a .links entry nor
+// replaced by a link, nothing is linked to such an entry, and both are
+// reported (trust.go).
+//
 // Crash safety: every change is one atomic link(2) or rename(2). A file is
 // only ever replaced by a hard link to an inode whose NAR hash equals its
 // own, through a temporary link in the store directory that is renamed over
@@ -120,6 +126,18 @@ const (
 	KindNoSpace = "no-space"
 	// KindError: the file could not be processed (it is unchanged).
 	KindError = "error"
+	// KindRefused: a file that the store's owner does not control alone
+	// (another owner, a mode other than 0444/0555, or hard links that are
+	// not names in the store's paths and .links), so neither made a
+	// .links entry nor replaced by a link: anyone who can write its inode
+	// could otherwise rewrite every store file linked to it. It is left
+	// as it is; Problems says why, in verify --metadata's words.
+	KindRefused = "refused"
+	// KindUntrustedLink: a .links entry failing the same checks (its
+	// store-path names are not looked at); nothing is linked to it and
+	// the files with its contents are left as they are. Reported once
+	// per entry, with the first file concerned as Path.
+	KindUntrustedLink = "untrusted-link"
 )
 
 // Notice is one thing worth telling about a file.
@@ -128,6 +146,26 @@ type Notice struct {
 	Path string `json:"path"`           // physical path of the file
 	Link string `json:"link,omitempty"` // the .links entry concerned
 	Err  string `json:"error,omitempty"`
+
+	// For KindRefused and KindUntrustedLink: the store path (logical)
+	// and the file inside it ("" for a path that is a single file), what
+	// the lstat of the file (KindRefused) or of the .links entry
+	// (KindUntrustedLink) said, and what is wrong with it.
+	StorePath string              `json:"store_path,omitempty"`
+	File      string              `json:"file,omitempty"`
+	Inode     *InodeInfo          `json:"inode,omitempty"`
+	Problems  []store.MetaProblem `json:"problems,omitempty"`
+}
+
+// InodeInfo is the ownership of a refused file or .links entry.
+type InodeInfo struct {
+	UID      uint32 `json:"uid"`
+	StoreUID uint32 `json:"store_uid"` // the store directory's owner
+	Mode     string `json:"mode"`      // permission bits, octal
+	Nlink    uint64 `json:"nlink"`
+	// StoreNames: the names of the inode this run saw in the store
+	// paths it walked (0 when the owner or the mode already failed).
+	StoreNames uint64 `json:"store_names"`
 }
 
 // Result is what a run did (or, with DryRun, would do).
@@ -147,6 +185,7 @@ type Result struct {
 	BlocksFreed    int64 `json:"blocks_freed"`    // sum of their st_blocks (512 bytes)
 	TooManyLinks   int64 `json:"too_many_links"`  // kept because of EMLINK
 	NoSpace        int64 `json:"no_space"`        // kept because of ENOSPC
+	Refused        int64 `json:"refused"`         // kept because the file or its .links entry failed the ownership checks (KindRefused, KindUntrustedLink)
 	RestoredDirs   int64 `json:"restored_dirs"`   // directories made canonical again after a killed run
 	StaleTmpLinks  int   `json:"stale_tmp_links"` // .tmp-link-* of dead processes removed
 	// StateError says why the linked-paths state could not be saved
@@ -156,13 +195,15 @@ type Result struct {
 	Notices []Notice `json:"notices"` // sorted by kind, then path
 }
 
-// Errors returns the notices that are problems (corrupted .links entries
-// and files that could not be processed), as opposed to the informational
-// ones Nix also only prints (suspicious files, EMLINK, ENOSPC).
+// Errors returns the notices that are problems (corrupted .links entries,
+// files and entries refused by the ownership checks, files that could not
+// be processed), as opposed to the informational ones Nix also only
+// prints (suspicious files, EMLINK, ENOSPC).
 func (r *Result) Errors() []Notice {
 	var out []Notice
 	for _, n := range r.Notices {
-		if n.Kind == KindCorrupted || n.Kind == KindError {
+		switch n.Kind {
+		case KindCorrupted, KindError, KindRefused, KindUntrustedLink:
 			out = append(out, n)
 		}
 	}
@@ -222,7 +263,8 @@ type run struct {
 
 	storeFd, linksFd int
 	storeDev         uint64
-	endMarked        bool // the store's file system marks the end of a listing (store.DirEndMarked)
+	storeUID         uint32 // the store directory's owner: every file linked must be its (trust.go)
+	endMarked        bool   // the store's file system marks the end of a listing (store.DirEndMarked)
 	storeDir         *dirRef
 	top              map[string]dirent // the store directory's entries
 	journal          *journal
@@ -250,6 +292,16 @@ type run struct {
 	stop atomic.Bool // ctx done: start nothing new
 
 	closer *closePool // closes the descriptors of replaced files (closer.go)
+
+	// The link-count check (trust.go). nameCount: the names this run
+	// saw of each inode with more than one link that is not a .links
+	// entry. walkDone: every name of the walk was counted, so a file
+	// whose links are not all counted is refused, no longer deferred.
+	nameCount *inodeCounter
+	walkDone  atomic.Bool
+	deferMu   sync.Mutex
+	deferred  []deferredFile
+	badLinks  sync.Map // .links names reported as untrusted
 }
 
 func (r *run) notice(kind, path, link string, err error) {
@@ -358,6 +410,8 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("optimise: stat %s: %w", lay.RealStoreDir, err)
 	}
 	r.storeDev = sst.Dev
+	r.storeUID = sst.Uid
+	r.nameCount = newInodeCounter()
 	r.endMarked = store.DirEndMarked(r.storeFd, sst.Dev)
 	r.storeDir = &dirRef{fd: r.storeFd, path: lay.RealStoreDir, isStoreDir: true}
 	r.storeDir.refs.Store(1 << 30) // never closed through refs
@@ -483,6 +537,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	close(gate)
 	<-gateDone
 	hashWG.Wait()
+	r.runDeferred(nHash)
 	r.closer.wait()
 	if !r.o.DryRun {
 		r.removeOwnTmpLinks()
@@ -845,7 +900,7 @@ func (r *run) consider(d *dirRef, name string, st *unix.Stat_t, t *storePathJob,
 	case unix.S_IFDIR:
 		return r.walkDir(d, name, t, jobs, buf)
 	case unix.S_IFREG, unix.S_IFLNK:
-		switch r.candidate(d, name, st) {
+		switch r.candidate(d, name, st, t) {
 		case candLink:
 		case candLinked:
 			t.rec.linked(st.Ino)
@@ -880,13 +935,17 @@ const (
 	candLinked                        // already linked into .links
 	candSmall                         // under MinSize
 	candSuspicious                    // a writable regular file
+	candRefused                       // another owner or mode (trust.go)
 )
 
-// candidate applies the checks a regular file or symlink (lstat st)
-// passes before it is hashed: a writable file is reported as suspicious;
-// the rest count as seen, and those already linked or under MinSize are
-// counted and skipped.
-func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t) candVerdict {
+// candidate applies the checks a regular file or symlink (lstat st) of
+// store path t passes before it is hashed: a file writable by its owner
+// is reported as suspicious (as Nix does); the rest count as seen, and
+// those already linked or under MinSize are counted and skipped; one
+// with another owner or a mode other than 0444/0555 is refused and
+// reported. A name of an inode with more links is counted for the
+// link-count check (trust.go).
+func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t, t *storePathJob) candVerdict {
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&unix.S_IWUSR != 0 {
 		r.notice(KindSuspicious, r.realPath(d, name), "", nil)
 		return candSuspicious
@@ -899,6 +958,13 @@ func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t) candVerdict {
 	if st.Size < r.o.MinSize {
 		atomic.AddInt64(&r.res.SkippedSmall, 1)
 		return candSmall
+	}
+	if r.untrusted(st) {
+		r.refuse(d, name, t, st, 0)
+		return candRefused
+	}
+	if st.Nlink > 1 {
+		r.nameCount.add(st.Ino)
 	}
 	return candLink
 }
@@ -1089,7 +1155,7 @@ func (r *run) processRegularStat(j *fileJob, counted bool) {
 // (stat st): it reports whether to hash it, and settles the job of a
 // file that is linked already or too small.
 func (r *run) considered(j *fileJob, st *unix.Stat_t) bool {
-	switch r.candidate(j.dir, j.name, st) {
+	switch r.candidate(j.dir, j.name, st, j.task) {
 	case candLink:
 		return true
 	case candLinked:
@@ -1101,7 +1167,9 @@ func (r *run) considered(j *fileJob, st *unix.Stat_t) bool {
 }
 
 // link makes the file of j (whose NAR hash is lname and whose lstat is
-// st) share its inode with .links/lname, following Nix's steps.
+// st) share its inode with .links/lname, following Nix's steps. Before
+// the file becomes the entry or is replaced by a link to it, the file
+// and an entry that exists must pass the checks of trust.go.
 func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 	d, name := j.dir, j.name
 	disp := r.realPath(d, name)
@@ -1109,10 +1177,14 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 	for attempt := 0; attempt < 5; attempt++ {
 		var lst unix.Stat_t
 		var err error = unix.ENOENT
-		if r.linksFd >= 0 && r.names.has(nameKey(lname)) {
+		cached := false
+		// A file with more links is looked up even where the name is
+		// not known: another optimiser may have made it the entry since
+		// .links was listed (then the extra link is explained).
+		if r.linksFd >= 0 && (r.names.has(nameKey(lname)) || st.Nlink > 1) {
 			if v, ok := r.verified.Load(lname); ok {
 				v.(linkInfo).fill(&lst)
-				err = nil
+				err, cached = nil, true
 			} else {
 				err = store.LstatAt(r.linksFd, lname, &lst)
 			}
@@ -1121,6 +1193,15 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 			if r.o.DryRun {
 				r.virtMu.Lock()
 				ino, ok := r.virt[lname]
+				r.virtMu.Unlock()
+				if ok && ino == st.Ino {
+					return
+				}
+				if !r.mayLink(j, lname, st) {
+					return
+				}
+				r.virtMu.Lock()
+				ino, ok = r.virt[lname]
 				if !ok {
 					r.virt[lname] = st.Ino
 				}
@@ -1131,6 +1212,9 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 				} else if ino != st.Ino {
 					r.counted(st)
 				}
+				return
+			}
+			if !r.mayLink(j, lname, st) {
 				return
 			}
 			err := r.sys.linkat(d.fd, name, r.linksFd, lname, 0)
@@ -1168,6 +1252,14 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 			r.inodes.add(st.Ino)
 			j.task.rec.settle(st.Ino)
 			return // already linked
+		}
+		// An entry of this run's making or checking passed already.
+		if !cached && r.untrustedEntry(&lst) {
+			r.refuseLink(j, lname, &lst)
+			return
+		}
+		if !r.mayLink(j, lname, st) {
+			return
 		}
 		ok, gone := r.entryOK(lname, &lst, st)
 		if gone {
