@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"storekeeper/optimise"
+	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -37,7 +39,13 @@ unchanged (the same registration, the same top-level directory, every
 file it had still linked into .links; recorded in storekeeper's state
 directory), so after a large install only the new paths are walked;
 --full walks every path, as Nix does. Writable
-files are skipped as suspicious. A .links entry whose contents do not match
+files are skipped as suspicious. A file the store's owner does not control
+alone (another owner, a mode other than 0444/0555, or hard links that are
+not names in the store's paths or .links) never becomes a .links entry and
+is never replaced by a link, and nothing is linked to such a .links entry:
+linking would let whoever controls that inode rewrite every copy. Such
+files are reported and left as they are, and the exit status is 1. A
+.links entry whose contents do not match
 its name is reported and replaced by the good file; nothing is ever linked
 to it. Each path is protected by a temporary root while it is processed,
 so a garbage collector can run at the same time. Every change is one
@@ -125,6 +133,12 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 				p.Infof("'%s' has maximum number of links", n.Link)
 			case optimise.KindNoSpace:
 				p.Infof("cannot link '%s' to '%s': %s", n.Link, n.Path, n.Err)
+			case optimise.KindRefused:
+				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: not linked, left as it is (fix: nix-store --repair-path %s)",
+					problemText(n.Problems), report.Name(n.StorePath))))
+			case optimise.KindUntrustedLink:
+				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: nothing is linked to it, the files with its contents are left as they are (fix: remove it, then 'storekeeper verify --metadata' names the store files that share its inode)",
+					problemText(n.Problems))))
 			default:
 				fmt.Fprintf(p.err, "error: %s: %s\n", n.Path, n.Err)
 			}
@@ -139,6 +153,9 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 		}
 		if res.RestoredDirs > 0 {
 			p.Verbosef("made %d directories read-only with mtime 1 again", res.RestoredDirs)
+		}
+		if res.Refused > 0 {
+			p.Infof("%d files left unlinked: they or their .links entry fail the ownership checks (see above)", res.Refused)
 		}
 		if o.dryRun {
 			p.Infof("%.2f MiB would be freed by hard-linking %d files", float64(res.BytesFreed)/(1<<20), res.FilesLinked)
@@ -156,6 +173,15 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 		return &findingsError{msg: fmt.Sprintf("optimise: %d problems (see above); the files concerned were left unchanged", len(bad))}
 	}
 	return nil
+}
+
+// problemText joins the messages of a refused file's problems.
+func problemText(ps []store.MetaProblem) string {
+	msgs := make([]string, len(ps))
+	for i, pr := range ps {
+		msgs[i] = pr.Message
+	}
+	return strings.Join(msgs, "; ")
 }
 
 // optimiseProgress draws one bar over the NAR bytes of the paths done,
