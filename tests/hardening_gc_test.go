@@ -115,10 +115,37 @@ func runConcurrentGC(t *testing.T, root, script, first, second string) string {
 	return dir
 }
 
-// checkLikeNixAlone: the store holds the same valid paths and entries as
-// after `nix-store --gc` alone, no trash is left, and Nix accepts it.
-func checkLikeNixAlone(t *testing.T, root, wantValid, wantEntries string) {
+// nixAlone starts `nix-store --gc` alone on a copy of src, at the same
+// time as the collections it is compared with, and returns a function
+// that waits for it and gives the valid paths and store entries it left.
+// It runs at the same time because Nix and storekeeper both take the
+// runtime roots of every process of the machine: a process of another
+// test (the fixtures share their first derivations, so their hashes)
+// keeps a path of the same name alive only while it runs.
+func nixAlone(t *testing.T, src string) func() (valid, entries string) {
 	t.Helper()
+	ref := copyStore(t, src)
+	cmd := nsScript(ref, `exec nix-store --gc`)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return func() (string, string) {
+		t.Helper()
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("nix-store --gc alone: %v\n%s", err, tail(errb.String(), 2000))
+		}
+		return fmt.Sprint(validPaths(t, ref)), fmt.Sprint(entries(t, ref))
+	}
+}
+
+// checkLikeNixAlone: the store holds the same valid paths and entries as
+// after `nix-store --gc` alone (ref, from nixAlone), no trash is left, and
+// Nix accepts it.
+func checkLikeNixAlone(t *testing.T, root string, ref func() (string, string)) {
+	t.Helper()
+	wantValid, wantEntries := ref()
 	if v := fmt.Sprint(validPaths(t, root)); v != wantValid {
 		t.Fatalf("valid paths differ from nix-store --gc alone:\nwant %s\ngot  %s", wantValid, v)
 	}
@@ -138,18 +165,16 @@ func checkLikeNixAlone(t *testing.T, root, wantValid, wantEntries string) {
 // race likely, in both orders of arrival.
 func TestHardeningGCConcurrentRuns(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 31, Files: 4, Roots: 4, Gens: 2, Leftover: 4})
-	ref := copyStore(t, ns.Root)
-	runNS(t, ref, nil, "nix-store", "--gc")
-	wantValid, wantEntries := fmt.Sprint(validPaths(t, ref)), fmt.Sprint(entries(t, ref))
 	sk := binary + " --json gc"
 	for name, script := range concurrentGCScripts {
 		for trial := 0; trial < 3; trial++ {
 			t.Run(fmt.Sprintf("%s/%d", name, trial), func(t *testing.T) {
 				root := copyStore(t, ns.Root)
 				before, linked := fileBlocks(t, filepath.Join(root, "nix/store"))
+				ref := nixAlone(t, ns.Root)
 				dir := runConcurrentGC(t, root, script, sk, sk)
 				after, _ := fileBlocks(t, filepath.Join(root, "nix/store"))
-				checkLikeNixAlone(t, root, wantValid, wantEntries)
+				checkLikeNixAlone(t, root, ref)
 				freed := freedBetween(before, after)
 				r1, r2 := gcJSON(t, filepath.Join(dir, "1.out")), gcJSON(t, filepath.Join(dir, "2.out"))
 				if r1+r2 > freed {
@@ -169,9 +194,6 @@ func TestHardeningGCConcurrentRuns(t *testing.T) {
 // deletion fails when an entry disappears under it).
 func TestHardeningGCBesideNix(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 32, Files: 4, Roots: 4, Gens: 2, Leftover: 4})
-	ref := copyStore(t, ns.Root)
-	runNS(t, ref, nil, "nix-store", "--gc")
-	wantValid, wantEntries := fmt.Sprint(validPaths(t, ref)), fmt.Sprint(entries(t, ref))
 	sk, nix := binary+" gc", "nix-store --gc"
 	cases := []struct{ name, script, first, second string }{
 		{"together", concurrentGCScripts["together"], sk, nix},
@@ -182,8 +204,9 @@ func TestHardeningGCBesideNix(t *testing.T) {
 		for trial := 0; trial < 3; trial++ {
 			t.Run(fmt.Sprintf("%s/%d", c.name, trial), func(t *testing.T) {
 				root := copyStore(t, ns.Root)
+				ref := nixAlone(t, ns.Root)
 				runConcurrentGC(t, root, c.script, c.first, c.second)
-				checkLikeNixAlone(t, root, wantValid, wantEntries)
+				checkLikeNixAlone(t, root, ref)
 			})
 		}
 	}
