@@ -22,49 +22,7 @@ import (
 // becomes \\, so the escaped form is unambiguous. Printable text, spaces
 // and quotes are kept, so an ordinary name is returned unchanged (and
 // without allocating).
-func Name(s string) string { return escape(s, false) }
-
-// escape is Name; with utf8Bytes, escaped characters beyond ASCII are
-// written as their UTF-8 bytes (\xNN each) rather than as \uNNNN, which
-// bash's $'...' reads back the same in every locale.
-func escape(s string, utf8Bytes bool) string {
-	i := 0
-	for i < len(s) {
-		c := s[i]
-		if c >= 0x20 && c < 0x7f && c != '\\' {
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if needsEscape(r, size) {
-			break
-		}
-		i += size
-	}
-	if i == len(s) {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s) + 16)
-	b.WriteString(s[:i])
-	for i < len(s) {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if !needsEscape(r, size) {
-			b.WriteString(s[i : i+size])
-			i += size
-			continue
-		}
-		if utf8Bytes && r >= 0x80 && size > 1 {
-			for j := i; j < i+size; j++ {
-				escapeRune(&b, utf8.RuneError, s[j], 1)
-			}
-		} else {
-			escapeRune(&b, r, s[i], size)
-		}
-		i += size
-	}
-	return b.String()
-}
+func Name(s string) string { return escape(s, quoteName) }
 
 // Text makes a whole message safe to print, as the last step before a
 // line reaches a terminal or a log: it escapes what Name escapes except
@@ -72,16 +30,33 @@ func escape(s string, utf8Bytes bool) string {
 // library already quoted with Name are not escaped twice). Names inside
 // a message should still be quoted with Name, so that a newline in a name
 // cannot forge a line.
-func Text(s string) string {
+func Text(s string) string { return escape(s, quoteText) }
+
+type quoteMode int
+
+const (
+	quoteName  quoteMode = iota // Name
+	quoteText                   // Text: newlines and backslashes kept
+	quoteShell                  // Name, but characters beyond ASCII as their UTF-8 bytes (\xNN each), which bash's $'...' reads back the same in every locale
+)
+
+// escape returns s with what mode escapes escaped, or s itself when
+// nothing is.
+func escape(s string, mode quoteMode) string {
+	esc := func(r rune, size int) bool {
+		if mode == quoteText && (r == '\n' || r == '\\') {
+			return false
+		}
+		return needsEscape(r, size)
+	}
 	i := 0
 	for i < len(s) {
-		c := s[i]
-		if c >= 0x20 && c < 0x7f || c == '\n' {
+		if c := s[i]; c >= 0x20 && c < 0x7f && c != '\\' {
 			i++
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
-		if needsEscape(r, size) {
+		if esc(r, size) {
 			break
 		}
 		i += size
@@ -94,9 +69,14 @@ func Text(s string) string {
 	b.WriteString(s[:i])
 	for i < len(s) {
 		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == '\n' || r == '\\' || !needsEscape(r, size) {
+		switch {
+		case !esc(r, size):
 			b.WriteString(s[i : i+size])
-		} else {
+		case mode == quoteShell && r >= 0x80 && size > 1:
+			for j := i; j < i+size; j++ {
+				escapeRune(&b, utf8.RuneError, s[j], 1)
+			}
+		default:
 			escapeRune(&b, r, s[i], size)
 		}
 		i += size
@@ -170,5 +150,5 @@ func ShellArg(s string) string {
 	if Name(s) == s {
 		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 	}
-	return "$'" + strings.ReplaceAll(escape(s, true), "'", `\'`) + "'"
+	return "$'" + strings.ReplaceAll(escape(s, quoteShell), "'", `\'`) + "'"
 }
