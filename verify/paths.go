@@ -105,31 +105,13 @@ func (w *worker) checkMeta(n *store.Node) error {
 		w.meta = append(w.meta, Finding{Kind: kind, Path: w.path, File: file, Expected: exp, Got: got,
 			Message: msg, Fix: "nix-store --repair-path " + w.path})
 	}
-	if st.Uid != w.v.storeUID {
-		add(KindBadOwner, fmt.Sprint(w.v.storeUID), fmt.Sprint(st.Uid),
-			fmt.Sprintf("'%s' is owned by uid %d, not by the store's owner (uid %d)", full, st.Uid, w.v.storeUID))
+	var probs [3]store.MetaProblem
+	for _, pr := range store.OwnerModeProblems(probs[:0], full, st, w.v.storeUID) {
+		add(pr.Kind, pr.Expected, pr.Got, pr.Message)
 	}
 	if st.Mtim.Sec != 1 {
 		add(KindBadMtime, "1", fmt.Sprint(st.Mtim.Sec),
 			fmt.Sprintf("'%s' has mtime %d, not 1", full, st.Mtim.Sec))
-	}
-	if n.Type != store.FileSymlink {
-		perm := st.Mode & 0o7777
-		want := uint32(0o444)
-		if n.Type == store.FileDirectory || perm&0o100 != 0 {
-			want = 0o555
-		}
-		switch {
-		case perm&(unix.S_ISUID|unix.S_ISGID) != 0:
-			add(KindSetuid, fmt.Sprintf("%04o", want), fmt.Sprintf("%04o", perm),
-				fmt.Sprintf("'%s' has the setuid or setgid bit (mode %04o)", full, perm))
-		case perm&0o222 != 0:
-			add(KindWritable, fmt.Sprintf("%04o", want), fmt.Sprintf("%04o", perm),
-				fmt.Sprintf("'%s' is writable (mode %04o)", full, perm))
-		case perm != want:
-			add(KindBadMode, fmt.Sprintf("%04o", want), fmt.Sprintf("%04o", perm),
-				fmt.Sprintf("'%s' has mode %04o, not %04o", full, perm, want))
-		}
 	}
 	if w.inodes != nil && n.Type == store.FileRegular && st.Nlink > 1 {
 		k := devIno{uint64(st.Dev), st.Ino}
@@ -504,11 +486,9 @@ func (v *verifier) checkForeignLinks(ctx context.Context) {
 			if u.file != "" {
 				full += "/" + u.file
 			}
-			full = report.Name(full)
-			v.add(Finding{Kind: KindForeignLink, Path: u.path, File: u.file,
-				Expected: fmt.Sprint(seen), Got: fmt.Sprint(u.nlink),
-				Message: fmt.Sprintf("'%s' has %d hard links, but only %d are in the store's paths and .links: %d are elsewhere", full, u.nlink, seen, u.nlink-seen),
-				Fix:     "nix-store --repair-path " + u.path})
+			pr := store.ForeignLinkProblem(report.Name(full), u.nlink, seen)
+			v.add(Finding{Kind: pr.Kind, Path: u.path, File: u.file, Expected: pr.Expected, Got: pr.Got,
+				Message: pr.Message, Fix: "nix-store --repair-path " + u.path})
 		}
 	}
 }

@@ -67,14 +67,14 @@ const (
 	KindDanglingRefs          = "dangling-refs"          // Refs rows naming ids not in ValidPaths
 	KindDanglingDrvOutputs    = "dangling-drv-outputs"   // DerivationOutputs rows of unregistered derivations
 	KindOutputsOfNonDrv       = "outputs-of-non-derivation"
-	KindNameClash             = "name-clash"   // an unregistered entry has a valid path's hash part
-	KindUntrusted             = "untrusted"    // fewer valid signatures than --sigs-needed
-	KindBadMode               = "bad-mode"     // mode other than 0444/0555 (directories 0555)
-	KindSetuid                = "setuid"       // setuid or setgid bit
-	KindWritable              = "writable"     // a write permission bit
-	KindBadMtime              = "bad-mtime"    // mtime other than 1
-	KindBadOwner              = "bad-owner"    // not owned by the store directory's owner
-	KindForeignLink           = "foreign-link" // hard links outside the store's valid paths and .links
+	KindNameClash             = "name-clash"          // an unregistered entry has a valid path's hash part
+	KindUntrusted             = "untrusted"           // fewer valid signatures than --sigs-needed
+	KindBadMode               = store.MetaBadMode     // mode other than 0444/0555 (directories 0555)
+	KindSetuid                = store.MetaSetuid      // setuid or setgid bit
+	KindWritable              = store.MetaWritable    // a write permission bit
+	KindBadMtime              = "bad-mtime"           // mtime other than 1
+	KindBadOwner              = store.MetaBadOwner    // not owned by the store directory's owner
+	KindForeignLink           = store.MetaForeignLink // hard links outside the store's valid paths and .links
 )
 
 // kindRank orders findings of one path.
