@@ -32,9 +32,14 @@ func newGCCommand(g *globalOptions) *cobra.Command {
 		Long: `Collect garbage with Nix's semantics (the same dead set as nix-store --gc),
 beside a running nix-daemon: gc.lock is taken like Nix does and the gc socket
 is served, so builds keep registering their roots. Only invalidation and a
-rename into <store>/trash happen under the lock; files are deleted afterwards
-by parallel workers. A run that finds trash left by an interrupted one
-empties it first.
+rename into this run's own locked directory in <store>/trash happen under
+the exclusive lock; files are deleted afterwards, with the lock held shared,
+by parallel workers (another collector waits, Nix clients go on). A run
+that finds trash left by a killed or interrupted one empties it first.
+
+A deleting run stops before deleting anything when a root cannot be read
+(a directory loop under gcroots/, a root it may not read) or when the store
+dir holds none of the valid paths (a store that failed to mount).
 
 Sizes take K, M, G, T suffixes; --ensure-free also takes a percentage of the
 store's file system (e.g. 10%).`,
@@ -214,6 +219,8 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		if !p.quiet {
 			fmt.Fprintf(p.out, "would delete %d store paths, freeing %s\n", len(res.Dead), mib(res.BytesFreed))
 		}
+	case err != nil && res.PathsDeleted+res.EntriesDeleted == 0 && res.BytesFreed == 0:
+		// Refused or interrupted before deleting anything: the error says it.
 	default:
 		if !p.quiet {
 			if res.LinkSavings != 0 || res.LinksDeleted > 0 {
