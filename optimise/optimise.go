@@ -442,7 +442,14 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	if tr == nil && !r.o.DryRun {
 		tr, err = lock.OpenTempRoots(lay.StateDir)
 		if err != nil {
-			return nil, fmt.Errorf("optimise: opening the temporary roots file: %w (run as root, or as the store's owner)", err)
+			if werr := store.CheckWritableDir(lay.StateDir); werr != nil {
+				return nil, fmt.Errorf("optimise: opening the temporary roots file: %w", werr)
+			}
+			hint := "run as root, or as the store's owner"
+			if os.Geteuid() == 0 {
+				hint = "check the permissions and attributes (lsattr) of " + filepath.Join(lay.StateDir, "temproots")
+			}
+			return nil, fmt.Errorf("optimise: opening the temporary roots file: %w (%s)", err, hint)
 		}
 		defer tr.Close()
 	}
