@@ -164,7 +164,7 @@ func checkLikeNixAlone(t *testing.T, root string, ref func() (string, string)) {
 // more (each counts only what it deleted itself). Repeated to make the
 // race likely, in both orders of arrival.
 func TestHardeningGCConcurrentRuns(t *testing.T) {
-	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 31, Files: 4, Roots: 4, Gens: 2, Leftover: 4})
+	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 31, Files: 4, Roots: 4, Gens: 2, Leftover: 4, Salt: t.Name()})
 	sk := binary + " --json gc"
 	for name, script := range concurrentGCScripts {
 		for trial := 0; trial < 3; trial++ {
@@ -193,7 +193,7 @@ func TestHardeningGCConcurrentRuns(t *testing.T) {
 // alone: neither deletes what the other is deleting under it (Nix's own
 // deletion fails when an entry disappears under it).
 func TestHardeningGCBesideNix(t *testing.T) {
-	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 32, Files: 4, Roots: 4, Gens: 2, Leftover: 4})
+	ns := buildNixStore(t, nixSpec{Paths: 150, Seed: 32, Files: 4, Roots: 4, Gens: 2, Leftover: 4, Salt: t.Name()})
 	sk, nix := binary+" gc", "nix-store --gc"
 	cases := []struct{ name, script, first, second string }{
 		{"together", concurrentGCScripts["together"], sk, nix},

@@ -63,7 +63,9 @@ func TestHardeningQuotedNames(t *testing.T) {
 
 	// JSON keeps the raw names.
 	j := runInNS(t, ns.Root, "verify", "--check-contents", "--json")
-	var res struct{ Findings []struct{ Kind, Path, File string } }
+	var res struct {
+		Findings []struct{ Kind, Path, File string }
+	}
 	if err := json.Unmarshal([]byte(j.stdout), &res); err != nil {
 		t.Fatalf("--json: %v\n%s", err, j.stdout)
 	}

@@ -111,6 +111,12 @@ type nixSpec struct {
 	Gens     int
 	NixConf  string // extra nix.conf text
 	Leftover int
+	// Salt, when set, goes into every derivation, so that no other
+	// fixture shares this store's paths: Nix and storekeeper take every
+	// process's open store paths as runtime roots, by name, whichever
+	// namespace the process is in, so a test comparing collections needs
+	// names no concurrent test uses.
+	Salt string
 }
 
 // buildNixStore builds a store with real Nix under a new temp dir.
@@ -164,6 +170,10 @@ func buildNixStore(t testing.TB, spec nixSpec) *nixStore {
 			deps[i] = append(deps[i], dep{j, o})
 		}
 	}
+	salt := ""
+	if spec.Salt != "" {
+		salt = fmt.Sprintf(" // { salt = %q; }", spec.Salt)
+	}
 	var expr strings.Builder
 	expr.WriteString("let\n  depsTable = [\n")
 	for i := 0; i < n; i++ {
@@ -185,10 +195,10 @@ func buildNixStore(t testing.TB, spec nixSpec) *nixStore {
     builder = "/bin/sh";
     args = [ "-c" "exit 1" ];
     deps = builtins.elemAt depsTable i;
-  } // (if builtins.elemAt multiTable i then { outputs = [ "out" "dev" ]; } else {}));
+  } // (if builtins.elemAt multiTable i then { outputs = [ "out" "dev" ]; } else {})%s);
   drvs = builtins.genList mk %d;
 in drvs
-`, n)
+`, salt, n)
 	exprFile := filepath.Join(root, "store.nix")
 	if err := os.WriteFile(exprFile, []byte(expr.String()), 0o644); err != nil {
 		t.Fatal(err)
