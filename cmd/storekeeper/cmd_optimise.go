@@ -126,13 +126,13 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 		for _, n := range res.Notices {
 			switch n.Kind {
 			case optimise.KindSuspicious:
-				p.Warnf("skipping suspicious writable file '%s'", n.Path)
+				p.Warnf("skipping suspicious writable file '%s'", report.Name(n.Path))
 			case optimise.KindCorrupted:
-				p.Warnf("corrupted link '%s' (does not hold what its name says); replaced by '%s'. Files linked to it before are damaged: run 'nix-store --verify --check-contents --repair'", n.Link, n.Path)
+				p.Warnf("corrupted link '%s' (does not hold what its name says); replaced by '%s'. Files linked to it before are damaged: run 'nix-store --verify --check-contents --repair'", report.Name(n.Link), report.Name(n.Path))
 			case optimise.KindTooManyLinks:
-				p.Infof("'%s' has maximum number of links", n.Link)
+				p.Infof("'%s' has maximum number of links", report.Name(n.Link))
 			case optimise.KindNoSpace:
-				p.Infof("cannot link '%s' to '%s': %s", n.Link, n.Path, n.Err)
+				p.Infof("cannot link '%s' to '%s': %s", report.Name(n.Link), report.Name(n.Path), report.Name(n.Err))
 			case optimise.KindRefused:
 				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: not linked, left as it is (fix: nix-store --repair-path %s)",
 					problemText(n.Problems), report.Name(n.StorePath))))
@@ -140,7 +140,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: nothing is linked to it, the files with its contents are left as they are (fix: remove it, then 'storekeeper verify --metadata' names the store files that share its inode)",
 					problemText(n.Problems))))
 			default:
-				fmt.Fprintf(p.err, "error: %s: %s\n", n.Path, n.Err)
+				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: %s", report.Name(n.Path), report.Name(n.Err))))
 			}
 		}
 		p.Verbosef("%d paths (%d unchanged since an earlier run linked them), %d files considered, %d already linked, %d hashed (%.2f MiB), %d new .links entries, %.1fs",
