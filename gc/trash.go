@@ -182,6 +182,10 @@ func (c *collector) closeTrash() {
 	}
 }
 
+// testHookTrashOpened, when set, runs between opening <store>/trash and
+// listing it (tests remove it there, as a concurrent collector may).
+var testHookTrashOpened func()
+
 // emptyAbandonedTrash deletes what collections that did not finish left
 // in <store>/trash: the run directories whose lock it can take, and the
 // entries of the old layout. It runs before the collection takes gc.lock
@@ -197,8 +201,14 @@ func (c *collector) emptyAbandonedTrash(ctx context.Context, onWait func()) erro
 	if err != nil {
 		return err
 	}
+	if testHookTrashOpened != nil {
+		testHookTrashOpened()
+	}
 	ents, err := store.ReadDirents(parent, nil)
 	unix.Close(parent)
+	if errors.Is(err, unix.ENOENT) {
+		return nil // removed since it was opened: another collector emptied it
+	}
 	if err != nil {
 		return fmt.Errorf("gc: reading %s: %w", c.trashDir(), err)
 	}
@@ -220,7 +230,9 @@ func (c *collector) emptyAbandonedTrash(ctx context.Context, onWait func()) erro
 		return err
 	}
 	defer unix.Close(parent)
-	if ents, err = store.ReadDirents(parent, nil); err != nil {
+	if ents, err = store.ReadDirents(parent, nil); errors.Is(err, unix.ENOENT) {
+		return nil // removed since it was opened
+	} else if err != nil {
 		return fmt.Errorf("gc: reading %s: %w", c.trashDir(), err)
 	}
 	var runs []*trashRun

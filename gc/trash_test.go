@@ -286,3 +286,27 @@ func TestForeignTrashIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestTrashRemovedWhileOpened: a trash directory that another collector
+// removes between this run's open and its listing (the kernel then lists
+// it with ENOENT) is no error: the collection goes on and succeeds.
+func TestTrashRemovedWhileOpened(t *testing.T) {
+	b := build(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	lay := b.Layout
+	trash := filepath.Join(lay.RealStoreDir, "trash")
+	if err := os.Mkdir(trash, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	removed := false
+	gc.SetTestHookTrashOpened(func() {
+		if !removed {
+			removed = os.Remove(trash) == nil
+		}
+	})
+	defer gc.SetTestHookTrashOpened(nil)
+	rw := openStore(t, lay, false)
+	collect(t, rw, gc.Options{Action: gc.Delete})
+	if !removed {
+		t.Fatal("the hook did not remove the trash")
+	}
+}
