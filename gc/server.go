@@ -95,7 +95,12 @@ func startServerLimit(c *collector, socketPath string, limit int) (*rootServer, 
 	if err != nil {
 		return nil, err
 	}
-	ln.SetUnlinkOnClose(true)
+	// The socket file stays after the server stops, as Nix's does: the
+	// server stops while gc.lock is still held exclusively, and a Nix
+	// client that connects then must get ECONNREFUSED (on which it goes
+	// back to waiting for the lock), not ENOENT (on which it fails). The
+	// next collection replaces the file.
+	ln.SetUnlinkOnClose(false)
 	if err := os.Chmod(socketPath, 0o666); err != nil {
 		ln.Close()
 		return nil, err

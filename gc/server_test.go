@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,4 +250,23 @@ func TestServerBoundsRejectLogs(t *testing.T) {
 	if len(m) != maxRejectLogs+1 || !strings.Contains(m[len(m)-1], "5 more") {
 		t.Fatalf("%d messages: %q", len(m), m)
 	}
+}
+
+// TestServerLeavesSocketRefusing: once stopped (gc.lock may still be
+// held), the socket file is left in place and refuses connections, as
+// Nix's does: a Nix client retries on ECONNREFUSED but fails on ENOENT.
+func TestServerLeavesSocketRefusing(t *testing.T) {
+	s, _, _, path := serveForTest(t)
+	s.stop()
+	_, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("connecting to a stopped server: %v, want ECONNREFUSED", err)
+	}
+	// The next collection's server replaces the stale file.
+	s2, err := startServer(s.c, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.stop()
+	dialForTest(t, path)
 }
