@@ -267,22 +267,40 @@ func (id FSIdentity) describe() string {
 }
 
 // change says how now differs from the recorded old identity of the same
-// store directory, or "" if it is the same file system. Where the file
-// system has an fsid (ext4, btrfs, xfs, tmpfs: from its UUID or device)
-// that decides; otherwise the device number does.
+// store directory, or "" if it is the same file system as far as can be
+// told without false alarms after a reboot:
+//   - a different file-system type is another file system;
+//   - a different fsid is, only on file systems whose fsid comes from
+//     their UUID (ext2/3/4, btrfs, zfs, bcachefs); xfs's and f2fs's come
+//     from the device number, and NFS, FUSE and others report none, and
+//     device numbers change across reboots (device-mapper minors, disk
+//     order, anonymous devices), so they prove nothing;
+//   - a store dir recorded as a mount point that is none now, on another
+//     device. (One on the same device is a bind mount of the same file
+//     system, such as the one a collection makes in its private mount
+//     namespace; a bind mount that is gone leaves the store dir empty or
+//     half missing, which CheckPresence's other rules catch.)
 func (old FSIdentity) change(now FSIdentity) string {
 	if old.StoreDir != now.StoreDir {
 		return "" // a record of another directory: nothing to compare
 	}
 	switch {
-	case old.MountPoint && !now.MountPoint:
+	case old.MountPoint && !now.MountPoint && old.Dev != now.Dev:
 		return fmt.Sprintf("it was a mount point of %s, and nothing is mounted on it now", old.describe())
 	case old.Type != now.Type,
-		old.Fsid != [2]int32{} && now.Fsid != [2]int32{} && old.Fsid != now.Fsid,
-		(old.Fsid == [2]int32{} || now.Fsid == [2]int32{}) && old.Dev != now.Dev:
+		stableFsid[old.Type] && old.Fsid != [2]int32{} && now.Fsid != [2]int32{} && old.Fsid != now.Fsid:
 		return fmt.Sprintf("it was on %s, and it is on another file system now", old.describe())
 	}
 	return ""
+}
+
+// stableFsid lists the f_types whose statfs fsid is derived from the file
+// system's UUID, so it survives reboots and device renumbering.
+var stableFsid = map[int64]bool{
+	0xef53:     true, // ext2/3/4
+	0x9123683e: true, // btrfs
+	0x2fc12fc1: true, // zfs
+	0xca451a4e: true, // bcachefs
 }
 
 const fsIdentityMagic = "storekeeper store-fs 1"

@@ -75,7 +75,7 @@ func TestCheckPresenceRecordedIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := now
-	old.MountPoint = true
+	old.MountPoint, old.Dev = true, now.Dev+1
 	if err := SaveFSIdentity(state, old); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestFSIdentityChange(t *testing.T) {
 		{func(n *FSIdentity) { n.MountPoint = true }, ""}, // mounted now, same file system
 		{func(n *FSIdentity) { n.Type = 0x01021994 }, "another file system"},
 		{func(n *FSIdentity) { n.Fsid[1] = 3 }, "another file system"},
-		{func(n *FSIdentity) { n.Fsid = [2]int32{}; n.Dev = 7 }, "another file system"},
+		{func(n *FSIdentity) { n.Fsid = [2]int32{}; n.Dev = 7 }, ""}, // no fsid: nothing to compare
 		{func(n *FSIdentity) { n.StoreDir = "/gnu/store"; n.Type = 1 }, ""},
 	} {
 		now := base
@@ -129,8 +129,19 @@ func TestFSIdentityChange(t *testing.T) {
 	}
 	mp := base
 	mp.MountPoint = true
+	if got := mp.change(base); got != "" {
+		t.Errorf("a bind mount of the same file system gone: %q", got)
+	}
+	mp.Dev = 2050
 	if got := mp.change(base); !strings.Contains(got, "nothing is mounted on it now") {
 		t.Errorf("mount gone: %q", got)
+	}
+	// xfs: fsid and device number change on renumbering; not an alarm.
+	x := FSIdentity{StoreDir: "/nix/store", Type: 0x58465342, Fsid: [2]int32{2049, 0}, Dev: 2049, MountPoint: true}
+	xn := x
+	xn.Fsid, xn.Dev = [2]int32{2065, 0}, 2065
+	if got := x.change(xn); got != "" {
+		t.Errorf("xfs renumbered: %q", got)
 	}
 }
 

@@ -69,17 +69,21 @@ func TestHardeningVerifyUnmountedStore(t *testing.T) {
 	}
 }
 
-// TestHardeningVerifyMountGone: a store dir recorded as a mount point (a
-// bind mount of itself, as NixOS makes) with nothing mounted on it any
-// more and a path missing: --repair refuses; with the mount back it drops
-// the missing path's row (no false alarm on the store it recorded).
+// TestHardeningVerifyMountGone: a store dir recorded as the mount point
+// of its own file system (here a tmpfs holding a copy of the store) with
+// nothing mounted on it any more, so that the directory beneath, a stale
+// copy missing a path, shows through: --repair refuses; with the mount
+// back it drops the missing path's row (no false alarm on the store it
+// recorded, although a new tmpfs has a new device number).
 func TestHardeningVerifyMountGone(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 32})
 	lone, _ := damageable(t, ns)
 	bound := func(args ...string) result {
-		return runCmd(t, nsScript(ns.Root, `mount --bind /nix/store /nix/store || exit 96
+		return runCmd(t, nsScript(ns.Root, `mount -t tmpfs none /nix/store || exit 96
+cp -a "$STORE/." /nix/store/ || exit 97
 exec "$@"`, append([]string{binary}, args...)...), args)
 	}
+	t.Setenv("STORE", filepath.Join(ns.Root, "nix/store"))
 	if r := bound("verify"); r.code != 0 {
 		t.Fatalf("clean store: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
