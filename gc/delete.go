@@ -261,16 +261,28 @@ func (c *collector) invalidationConn(ctx context.Context) (conn *sql.Conn, done 
 // registered again meanwhile): those are left in place. Only the rows
 // that were not there to delete are looked up for that.
 func (c *collector) invalidate(ctx context.Context, db beginner, ids []store.PathID) (map[string]bool, error) {
-	// A cancelled context must not leave a half-done batch; the
-	// transaction is short, so let it finish.
+	// Once it holds the write lock, the transaction is short: a
+	// cancellation then lets it finish, so a batch is never half done
+	// between the DB and the disk. Its first statement takes SQLite's
+	// write lock, and may wait for it (up to the busy timeout) while a
+	// nix-daemon writes: that wait is under ctx, so SIGTERM ends it, the
+	// statement fails and the transaction is rolled back, having changed
+	// nothing.
 	tctx := context.WithoutCancel(ctx)
 	tx, err := db.BeginTx(tctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	defer tx.Rollback()
-	for _, part := range chunks(ids) {
-		if _, err := tx.ExecContext(tctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", c.dbIDs(part)...); err != nil {
+	for i, part := range chunks(ids) {
+		sctx := tctx
+		if i == 0 {
+			sctx = ctx // takes the write lock
+		}
+		if _, err := tx.ExecContext(sctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", c.dbIDs(part)...); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("gc: waiting for the database's write lock: %w", ctx.Err())
+			}
 			return nil, fmt.Errorf("gc: invalidating: %w", err)
 		}
 	}

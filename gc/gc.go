@@ -397,8 +397,11 @@ func (c *collector) run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		// Interrupted: what was invalidated is in the trash, and the store
 		// is consistent; the next run empties the trash first.
-		if c.trash != nil {
+		switch {
+		case c.trash != nil && c.res.PathsDeleted+c.res.EntriesDeleted > 0:
 			c.progress.Info("interrupted: the paths already invalidated wait in " + c.trash.path + "; the next run deletes them")
+		case c.res.PathsDeleted+c.res.EntriesDeleted == 0:
+			c.progress.Info("interrupted before anything was invalidated: nothing was deleted")
 		}
 		return errors.Join(ierr, ctx.Err())
 	}
