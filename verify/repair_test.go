@@ -215,8 +215,11 @@ func TestRepairRefusesChangedFS(t *testing.T) {
 	}{
 		{"another type", func(id *store.FSIdentity) { id.Type, id.FSType = 0x58465342, "xfs" }, "was on the xfs file system"},
 		{"another fsid", func(id *store.FSIdentity) { id.Fsid[0]++ }, "is on another file system now"},
-		{"mount gone", func(id *store.FSIdentity) { id.MountPoint = true }, "was a mount point"},
+		{"mount gone", func(id *store.FSIdentity) { id.MountPoint, id.Dev = true, id.Dev+1 }, "was a mount point"},
 	} {
+		if c.what == "another fsid" && !map[int64]bool{0xef53: true, 0x9123683e: true, 0x2fc12fc1: true, 0xca451a4e: true}[now.Type] {
+			continue // fsids not derived from a UUID prove nothing (store.FSIdentity)
+		}
 		old := now
 		c.edit(&old)
 		if err := store.SaveFSIdentity(state, old); err != nil {
