@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -107,7 +109,7 @@ func (d *lockDir) open(name string, flags int) (*os.File, unix.Stat_t, error) {
 	if !d.asOwner() {
 		return openRegularAt(d.fd, name, disp, flags, 0o600)
 	}
-	f, st, err := openAsOwner(int(d.st.Uid), int(d.st.Gid), func() (*os.File, unix.Stat_t, error) {
+	f, st, err := openAsOwner(int(d.st.Uid), primaryGid(d.st.Uid, d.st.Gid), func() (*os.File, unix.Stat_t, error) {
 		return openRegularAt(d.fd, name, disp, flags, 0o600)
 	})
 	if err == nil || !(errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM)) {
@@ -122,6 +124,19 @@ func (d *lockDir) open(name string, flags int) (*os.File, unix.Stat_t, error) {
 		return nil, st, fmt.Errorf("%w (it belongs to uid %d and has %d links, so it is not a lock file root left there; remove it if no process is using it)", err, rst.Uid, rst.Nlink)
 	}
 	return rf, rst, nil
+}
+
+// primaryGid is uid's primary group from the user database, or fallback
+// (the directory's group) when uid has no entry. Nix makes
+// profiles/per-user/USER group root, so the directory's group alone
+// would leave root's group in force while acting as the user.
+func primaryGid(uid, fallback uint32) int {
+	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
+		if g, err := strconv.Atoi(u.Gid); err == nil && g >= 0 {
+			return g
+		}
+	}
+	return int(fallback)
 }
 
 // ownerSwitch is the file-system id switching openAsOwner does; tests

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -308,8 +310,10 @@ func TestLockPathsForeignDir(t *testing.T) {
 	if err := unix.Lstat(p+".lock", &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Uid != uid || st.Gid != gid || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o7777 != 0o600 {
-		t.Errorf("lock file uid %d gid %d mode %o, want %d %d regular 0600", st.Uid, st.Gid, st.Mode, uid, gid)
+	// The user's own group (from /etc/passwd when it names the uid), not
+	// the directory's.
+	if wantGid := primaryGid(uid, gid); st.Uid != uid || int(st.Gid) != wantGid || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o7777 != 0o600 {
+		t.Errorf("lock file uid %d gid %d mode %o, want %d %d regular 0600", st.Uid, st.Gid, st.Mode, uid, wantGid)
 	}
 	if l, _ := IsLocked(p + ".lock"); !l {
 		t.Error("not locked")
@@ -646,5 +650,26 @@ func TestReadTempRootsForeignDir(t *testing.T) {
 	}
 	if after := stateOf(t, victim); after != beforeVictim {
 		t.Errorf("hard-linked root file changed: %+v", after)
+	}
+}
+
+// TestPrimaryGid: acting as a directory's owner uses the owner's own
+// group from the user database, not the directory's (Nix's per-user
+// profile directories are group root).
+func TestPrimaryGid(t *testing.T) {
+	if g := primaryGid(0, 4242); g != 0 {
+		t.Errorf("root's primary group: %d, want 0", g)
+	}
+	if g := primaryGid(4000000000, 4242); g != 4242 {
+		t.Errorf("a uid with no entry: %d, want the fallback 4242", g)
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if g := primaryGid(uint32(uid), 0); g != gid {
+		t.Errorf("nobody's primary group: %d, want %d", g, gid)
 	}
 }
