@@ -1,0 +1,73 @@
+package tests
+
+import (
+	"os/exec"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// importRules says which of storekeeper's packages each package may
+// import (production code, not tests): imports run one way, cmd →
+// capabilities → store → lock, with report a leaf anyone may use. A
+// package not listed here may import nothing of storekeeper until a rule
+// is added for it, so a new package states its place in the README's
+// Architecture map and here.
+var importRules = map[string][]string{
+	"cmd/storekeeper": {"gc", "optimise", "report", "roots", "store", "verify", "lock"},
+	"cmd/mkdemostore": {"store/storetest"},
+	"gc":              {"roots", "store", "lock", "report"}, // the collector's roots are roots'
+	"optimise":        {"store", "lock", "report"},
+	"roots":           {"store", "lock", "report"},
+	"verify":          {"store", "lock", "report"},
+	"store":           {"lock", "report"},
+	"store/storetest": {"store"},
+	"bench/linkfloor": {"store"},
+	"bench/readfloor": {},
+	"lock":            {},
+	"report":          {},
+	"tests":           {},
+}
+
+// TestImportDirection fails when a package imports one of storekeeper's
+// packages that the Architecture map does not allow (capabilities never
+// import each other but gc → roots; store imports no capability; lock
+// and report import nothing of storekeeper; nothing imports cmd).
+func TestImportDirection(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "storekeeper/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	const mod = "storekeeper/"
+	seen := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		pkg := strings.TrimPrefix(f[0], mod)
+		allowed, known := importRules[pkg]
+		seen++
+		var bad []string
+		for _, imp := range f[1:] {
+			if !strings.HasPrefix(imp, mod) {
+				continue
+			}
+			dep := strings.TrimPrefix(imp, mod)
+			ok := false
+			for _, a := range allowed {
+				ok = ok || a == dep
+			}
+			if !ok {
+				bad = append(bad, dep)
+			}
+		}
+		sort.Strings(bad)
+		switch {
+		case !known && len(bad) > 0:
+			t.Errorf("package %s imports %v and has no rule in importRules: give it a place in the README's Architecture map and a rule here", pkg, bad)
+		case len(bad) > 0:
+			t.Errorf("package %s imports %v, against the import direction (allowed: %v)", pkg, bad, allowed)
+		}
+	}
+	if seen < len(importRules)-2 {
+		t.Fatalf("go list listed only %d packages:\n%s", seen, out)
+	}
+}
