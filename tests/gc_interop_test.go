@@ -255,14 +255,10 @@ func TestInteropGCCrashSafety(t *testing.T) {
 	for i := 0; i < trials; i++ {
 		root := copyStore(t, ns.Root)
 		delay := time.Duration(rng.Float64() * 0.8 * float64(full))
-		script := `"$BIN" gc --verbose --batch-size 16 > /dev/null 2> "$ERR" & pid=$!
-sleep "$DELAY"; kill -9 $pid 2>/dev/null; wait $pid; echo "RC $?"`
 		errFile := filepath.Join(t.TempDir(), "err")
-		cmd := nsScript(root, script)
-		cmd.Env = append(cmd.Env, "BIN="+binary, "ERR="+errFile, fmt.Sprintf("DELAY=%.4f", delay.Seconds()))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("trial %d: %v %s", i, err, out)
-		}
+		cmd := nsScript(root, `exec "$@" > /dev/null 2> "$ERR"`, binary, "gc", "--verbose", "--batch-size", "16")
+		cmd.Env = append(cmd.Env, "ERR="+errFile)
+		killAfter(t, cmd, delay)
 		errText, _ := os.ReadFile(errFile)
 		phase := "start"
 		for _, m := range regexp.MustCompile(`phase: (\w+)`).FindAllStringSubmatch(string(errText), -1) {

@@ -61,19 +61,9 @@ func TestInteropOptimiseKill9(t *testing.T) {
 			optReset(t, ns.Root, work)
 		}
 		cmd := nsScript(work, `exec "$@"`, binary, "optimise", "--quiet")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
 		delay := time.Duration(rng.Int64N(int64(full) * 11 / 10))
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-time.After(delay):
-			cmd.Process.Kill()
-			if err := <-done; err != nil {
-				killedMidway++
-			}
-		case <-done:
+		if killAfter(t, cmd, delay) {
+			killedMidway++
 		}
 		optCheckNARs(t, work)
 		if t.Failed() {

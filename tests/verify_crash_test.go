@@ -2,12 +2,12 @@ package tests
 
 import (
 	"bufio"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,17 +53,12 @@ func TestVerifyKilledLosesNoLedgerEntries(t *testing.T) {
 	killed := 0
 	for i := 0; i < 6; i++ {
 		cmd := exec.Command(binary, "--store", root, "-v", "verify", "--budget", "1h", "--jobs", "2")
-		stderr, err := cmd.StderrPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		pr, pw := io.Pipe()
+		cmd.Stderr = pw
 		var reported []string
 		done := make(chan struct{})
 		go func() {
-			sc := bufio.NewScanner(stderr)
+			sc := bufio.NewScanner(pr)
 			for sc.Scan() {
 				l := sc.Text()
 				if strings.HasPrefix(l, "verified '") && strings.HasSuffix(l, "'") {
@@ -72,12 +67,11 @@ func TestVerifyKilledLosesNoLedgerEntries(t *testing.T) {
 			}
 			close(done)
 		}()
-		time.Sleep(time.Duration(20+rng.IntN(300)) * time.Millisecond)
-		if cmd.Process.Signal(syscall.SIGKILL) == nil {
+		if killAfter(t, cmd, time.Duration(20+rng.IntN(300))*time.Millisecond) {
 			killed++
 		}
+		pw.Close()
 		<-done
-		cmd.Wait()
 		have := readLedger(t, state)
 		for _, p := range reported {
 			if !have[p] {
@@ -172,15 +166,9 @@ func TestVerifyRepairKilled(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for i := 0; i < 5; i++ {
 		cmd := exec.Command(binary, "--store", root, "verify", "--check-contents", "--repair")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
-		out, err := exec.Command("sqlite3", b.Layout.DBPath(), "pragma integrity_check; pragma foreign_key_check;").CombinedOutput()
-		if err == nil && strings.TrimSpace(string(out)) != "ok" {
-			t.Fatalf("after kill %d: database damaged: %s", i, out)
+		killAfter(t, cmd, time.Duration(rng.IntN(400))*time.Millisecond)
+		if msg := dbIntegrity(t, b.Layout.DBPath()); msg != "" {
+			t.Fatalf("after kill %d: database damaged: %s", i, msg)
 		}
 	}
 	r := run(t, "--store", root, "verify", "--check-contents", "--repair")
