@@ -62,7 +62,7 @@ func NewAsyncCloser() (*AsyncCloser, error) {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		r.close()
-		return nil, fmt.Errorf("%w: %v", ErrNoIOURing, err)
+		return nil, fmt.Errorf("%w: %w", ErrNoIOURing, err)
 	}
 	res := []int32{-1}
 	r.push(iouSQE{opcode: iouOpClose, fd: int32(fd), userData: 0})
@@ -73,7 +73,7 @@ func NewAsyncCloser() (*AsyncCloser, error) {
 			err = unix.Errno(-res[0])
 		}
 		r.close()
-		return nil, fmt.Errorf("%w: close through the ring: %v", ErrNoIOURing, err)
+		return nil, fmt.Errorf("%w: close through the ring: %w", ErrNoIOURing, err)
 	}
 	// More kernel threads for the waits than the default (4 per CPU);
 	// a kernel without the call keeps its default.

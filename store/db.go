@@ -97,7 +97,7 @@ func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s does not exist (is this a Nix store? run 'nix-store --init' to create one)", ErrNoDB, dbPath)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrDBAccess, err)
+		return nil, fmt.Errorf("%w: %w", ErrDBAccess, err)
 	}
 	if !o.ReadOnly {
 		if err := checkWritableDBDir(dbDir); err != nil {
@@ -111,7 +111,7 @@ func OpenDB(ctx context.Context, dbDir string, o DBOptions) (*DB, error) {
 		// readers would then fail too, but reading the DB is still safe
 		// in WAL mode, so only a read-write open insists on the lock.
 		if !o.ReadOnly {
-			return nil, fmt.Errorf("%w: taking %s: %v", ErrDBAccess, filepath.Join(dbDir, "big-lock"), err)
+			return nil, fmt.Errorf("%w: taking %s: %w", ErrDBAccess, filepath.Join(dbDir, "big-lock"), err)
 		}
 		bl = nil
 	}
@@ -154,7 +154,7 @@ func ReadSchemaVersion(dbDir string) (int, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return 0, fmt.Errorf("%w: %s does not exist (is %s the state dir of a Nix store? pass --store or --state-dir)", ErrNoDB, p, filepath.Dir(dbDir))
 		}
-		return 0, fmt.Errorf("%w: reading %s: %v", ErrDBAccess, p, err)
+		return 0, fmt.Errorf("%w: reading %s: %w", ErrDBAccess, p, err)
 	}
 	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
@@ -427,9 +427,9 @@ func classifyDBError(dbPath string, err error) error {
 	}
 	switch sqliteCode(err) & 0xff {
 	case sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT:
-		return fmt.Errorf("%w: %s: %v (nothing was changed; check it with sqlite3 %s 'pragma integrity_check' and restore it from a backup)", ErrCorruptDB, dbPath, err, dbPath)
+		return fmt.Errorf("%w: %s: %w (nothing was changed; check it with sqlite3 %s 'pragma integrity_check' and restore it from a backup)", ErrCorruptDB, dbPath, err, dbPath)
 	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
-		return fmt.Errorf("%w: %s: %v (another process, usually nix-daemon, holds a long write transaction; try again later)", ErrDBLocked, dbPath, err)
+		return fmt.Errorf("%w: %s: %w (another process, usually nix-daemon, holds a long write transaction; try again later)", ErrDBLocked, dbPath, err)
 	case sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH:
 		if ro, _ := IsReadOnlyMount(filepath.Dir(dbPath)); ro {
 			return readOnlyDirError(ErrReadOnlyFS, filepath.Dir(dbPath), "", "opening "+dbPath, err, "")

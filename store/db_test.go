@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	sqlite3 "modernc.org/sqlite/lib"
+
 	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
@@ -182,6 +184,10 @@ func TestLockedDB(t *testing.T) {
 	}
 	if !errors.Is(err, store.ErrDBLocked) {
 		t.Fatalf("got %v, want ErrDBLocked", err)
+	}
+	// SQLite's own error stays visible (for its extended code).
+	if !sqliteCode(sqlite3.SQLITE_BUSY)(err) && !sqliteCode(sqlite3.SQLITE_LOCKED)(err) {
+		t.Fatalf("%v: SQLite's busy error is not visible through it", err)
 	}
 	t.Logf("locked after %v: %v", time.Since(start), err)
 }

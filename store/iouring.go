@@ -113,7 +113,7 @@ func newURing(entries uint32) (*uring, error) {
 	var p iouParams
 	fd, _, errno := unix.Syscall(sysIOUringSetup, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
-		return nil, fmt.Errorf("%w: io_uring_setup: %v", ErrNoIOURing, errno)
+		return nil, fmt.Errorf("%w: io_uring_setup: %w", ErrNoIOURing, errno)
 	}
 	r := &uring{fd: int(fd), entries: int(p.sqEntries)}
 	if p.features&iouFeatSingleMmap == 0 {
@@ -124,13 +124,13 @@ func newURing(entries uint32) (*uring, error) {
 	m, err := unix.Mmap(r.fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		r.close()
-		return nil, fmt.Errorf("%w: mapping the ring: %v", ErrNoIOURing, err)
+		return nil, fmt.Errorf("%w: mapping the ring: %w", ErrNoIOURing, err)
 	}
 	r.ringMem = m
 	sm, err := unix.Mmap(r.fd, iouOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(iouSQE{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		r.close()
-		return nil, fmt.Errorf("%w: mapping the SQEs: %v", ErrNoIOURing, err)
+		return nil, fmt.Errorf("%w: mapping the SQEs: %w", ErrNoIOURing, err)
 	}
 	r.sqeMem = sm
 	base := unsafe.Pointer(&m[0])

@@ -127,7 +127,7 @@ func parseStoreURI(uri string) (url.Values, error) {
 		path, query, _ := strings.Cut(uri, "?")
 		q, err := url.ParseQuery(query)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %q: %v", ErrBadStoreURI, uri, err)
+			return nil, fmt.Errorf("%w: %q: %w", ErrBadStoreURI, uri, err)
 		}
 		q.Set("root", path)
 		return q, nil
@@ -143,7 +143,7 @@ func parseStoreURI(uri string) (url.Values, error) {
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q: %v", ErrBadStoreURI, uri, err)
+		return nil, fmt.Errorf("%w: %q: %w", ErrBadStoreURI, uri, err)
 	}
 	for k := range q {
 		switch k {

@@ -360,7 +360,7 @@ func unmarshalFSIdentity(data []byte) (FSIdentity, error) {
 			continue // a later version's field
 		}
 		if err != nil {
-			return id, fmt.Errorf("%w: %s: %v", errBadFSIdentity, k, err)
+			return id, fmt.Errorf("%w: %s: %w", errBadFSIdentity, k, err)
 		}
 		seen[k] = true
 	}

@@ -297,7 +297,7 @@ func (s *Settings) include(p string, ignoreMissing bool, source, where string, s
 	p = filepath.Clean(p)
 	if _, err := os.Lstat(p); err != nil {
 		if !isNotExist(err) {
-			return fmt.Errorf("%w: %s: include: %v", ErrBadConfig, where, err)
+			return fmt.Errorf("%w: %s: include: %w", ErrBadConfig, where, err)
 		}
 		if ignoreMissing {
 			return nil

@@ -38,7 +38,7 @@ func newFileRing() (*uring, error) {
 	}
 	if _, _, errno := unix.Syscall6(sysIOUringRegister, uintptr(r.fd), iouRegisterFiles, uintptr(unsafe.Pointer(&slots[0])), uintptr(len(slots)), 0, 0); errno != 0 {
 		r.close()
-		return nil, fmt.Errorf("%w: registering a file table: %v", ErrNoIOURing, errno)
+		return nil, fmt.Errorf("%w: registering a file table: %w", ErrNoIOURing, errno)
 	}
 	if err := probeRing(r); err != nil {
 		r.close()

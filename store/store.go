@@ -40,7 +40,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s does not exist (pass --store DIR for a store under another root)", ErrNoStore, o.Layout.RealStoreDir)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrNoStore, err)
+		return nil, fmt.Errorf("%w: %w", ErrNoStore, err)
 	}
 	if !st.IsDir() {
 		return nil, fmt.Errorf("%w: %s is not a directory", ErrNoStore, o.Layout.RealStoreDir)
