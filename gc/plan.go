@@ -73,7 +73,7 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 		}
 	}
 	if len(temp.Errors) > 0 && c.deleting {
-		return nil, fmt.Errorf("%w: %v (nothing was deleted)", ErrRootsUnknown, errors.Join(temp.Errors...))
+		return nil, fmt.Errorf("%w: %w (nothing was deleted)", ErrRootsUnknown, errors.Join(temp.Errors...))
 	}
 
 	c.startPhase("graph", -1)
@@ -186,7 +186,7 @@ func (c *collector) planSpecific(p *plan, candidates []entry) error {
 	for _, path := range c.o.Paths {
 		base, err := store.ParseStorePath(c.lay.StoreDir, path)
 		if err != nil {
-			return fmt.Errorf("%w: %q: %v", ErrNotInStore, path, err)
+			return fmt.Errorf("%w: %q: %w", ErrNotInStore, path, err)
 		}
 		want[base] = true
 		if id, ok := c.g.Lookup(base); ok {
@@ -246,7 +246,7 @@ func (c *collector) explain() error {
 		// A path below a store path explains its store path.
 		sp, _, err2 := store.ToStorePath(c.lay.StoreDir, c.o.Paths[0])
 		if err2 != nil {
-			return fmt.Errorf("%w: %q: %v", ErrNotInStore, c.o.Paths[0], err)
+			return fmt.Errorf("%w: %q: %w", ErrNotInStore, c.o.Paths[0], err)
 		}
 		base, _ = store.ParseStorePath(c.lay.StoreDir, sp)
 	}
