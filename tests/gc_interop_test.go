@@ -65,22 +65,6 @@ func entries(t testing.TB, root string) []string {
 	return out
 }
 
-// nixVerify runs real `nix-store --verify --check-contents` on the store.
-func nixVerify(t testing.TB, root string) {
-	t.Helper()
-	cmd := nsScript(root, `exec nix-store --verify --check-contents`)
-	out, err := cmd.CombinedOutput()
-	bad := false
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, "error") || strings.Contains(l, "modified") || strings.Contains(l, "disappeared") {
-			bad = true
-		}
-	}
-	if err != nil || bad {
-		t.Fatalf("nix-store --verify --check-contents rejects the store: %v\n%s", err, tail(string(out), 3000))
-	}
-}
-
 func deadSet(out string) map[string]bool {
 	m := map[string]bool{}
 	for _, p := range storePathRe.FindAllString(out, -1) {

@@ -216,7 +216,7 @@ func TestHardeningOptimiseForeignInodeIsNotSpread(t *testing.T) {
 		}
 	}
 	// Nix finds only that path modified.
-	_, nixErr, _ := optNsRun(t, ns.Root, "nix-store", "--verify", "--check-contents")
+	nixErr := runNSAll(t, ns.Root, "nix-store", "--verify", "--check-contents").stderr
 	victimPath := optStorePath(ns.Root, owned)
 	modified := 0
 	for _, line := range strings.Split(nixErr, "\n") {

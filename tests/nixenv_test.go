@@ -69,6 +69,29 @@ func nsScript(root, script string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// runNSAll runs a command in ROOT's namespace and returns stdout, stderr
+// and the exit status, whatever it is.
+func runNSAll(t testing.TB, root string, args ...string) result {
+	t.Helper()
+	return runCmd(t, nsScript(root, `exec "$@"`, args...), args)
+}
+
+// nixVerify runs real `nix-store --verify --check-contents` on the store.
+func nixVerify(t testing.TB, root string) {
+	t.Helper()
+	cmd := nsScript(root, `exec nix-store --verify --check-contents`)
+	out, err := cmd.CombinedOutput()
+	bad := false
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "error") || strings.Contains(l, "modified") || strings.Contains(l, "disappeared") {
+			bad = true
+		}
+	}
+	if err != nil || bad {
+		t.Fatalf("nix-store --verify --check-contents rejects the store: %v\n%s", err, tail(string(out), 3000))
+	}
+}
+
 // runNS runs a command inside the namespace and returns stdout; it fails
 // the test on a non-zero exit.
 func runNS(t testing.TB, root string, stdin []byte, args ...string) string {

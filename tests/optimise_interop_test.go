@@ -24,20 +24,6 @@ import (
 
 var optFreedRe = regexp.MustCompile(`([0-9.]+ MiB) freed by hard-linking ([0-9]+) files`)
 
-// optCloneStore copies a store root (cp -a keeps modes, mtimes, hard links).
-func optCloneStore(t testing.TB, root string) string {
-	t.Helper()
-	return copyStore(t, root)
-}
-
-// optNsRun runs args in root's namespace and returns stdout, stderr and the
-// exit status without failing.
-func optNsRun(t testing.TB, root string, args ...string) (string, string, int) {
-	t.Helper()
-	r := runCmd(t, nsScript(root, `exec "$@"`, args...), args)
-	return r.stdout, r.stderr, r.code
-}
-
 func optLinksSet(t testing.TB, root string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(filepath.Join(root, "nix/store/.links"))
@@ -70,16 +56,6 @@ func optDiskUse(t testing.TB, root string) int64 {
 		return nil
 	})
 	return blocks
-}
-
-// optNixVerify runs nix-store --verify --check-contents and fails on any
-// complaint.
-func optNixVerify(t testing.TB, root string) {
-	t.Helper()
-	_, errs, code := optNsRun(t, root, "nix-store", "--verify", "--check-contents")
-	if code != 0 || strings.Contains(errs, "error") || strings.Contains(errs, "modified") || strings.Contains(errs, "disappeared") {
-		t.Fatalf("nix-store --verify --check-contents: exit %d\n%s", code, tail(errs, 2000))
-	}
 }
 
 // optCheckNARs hashes every valid path and compares with the DB, and looks
@@ -127,9 +103,10 @@ func TestInteropOptimiseMatchesNix(t *testing.T) {
 		st, _ := os.Stat(victim)
 		os.Chmod(victim, st.Mode().Perm()|0o200)
 	}
-	nixRoot, ourRoot := optCloneStore(t, ns.Root), optCloneStore(t, ns.Root)
+	nixRoot, ourRoot := copyStore(t, ns.Root), copyStore(t, ns.Root)
 
-	_, nixErr, code := optNsRun(t, nixRoot, "nix-store", "--optimise")
+	nr := runNSAll(t, nixRoot, "nix-store", "--optimise")
+	nixErr, code := nr.stderr, nr.code
 	if code != 0 {
 		t.Fatalf("nix-store --optimise: %s", nixErr)
 	}
@@ -152,11 +129,11 @@ func TestInteropOptimiseMatchesNix(t *testing.T) {
 		t.Errorf("disk use differs: nix %d blocks, ours %d", a, b)
 	}
 	// Nix finds nothing more to link; its verify is happy.
-	_, again, _ := optNsRun(t, ourRoot, "nix-store", "--optimise")
+	again := runNSAll(t, ourRoot, "nix-store", "--optimise").stderr
 	if m := optFreedRe.FindStringSubmatch(again); m == nil || m[2] != "0" {
 		t.Errorf("nix-store --optimise after ours: %q", again)
 	}
-	optNixVerify(t, ourRoot)
+	nixVerify(t, ourRoot)
 	optCheckNARs(t, ourRoot)
 
 	// The other way round: ours after Nix's does nothing either, and a
@@ -165,7 +142,7 @@ func TestInteropOptimiseMatchesNix(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, `"files_linked": 0`) {
 		t.Errorf("storekeeper after nix: exit %d\n%s", r.code, r.stdout)
 	}
-	dryRoot := optCloneStore(t, ns.Root)
+	dryRoot := copyStore(t, ns.Root)
 	d := runInNS(t, dryRoot, "optimise", "--dry-run")
 	if m := regexp.MustCompile(`([0-9.]+ MiB) would be freed by hard-linking ([0-9]+) files`).FindStringSubmatch(d.stderr); m == nil || nm == nil || m[1] != nm[1] || m[2] != nm[2] {
 		t.Errorf("dry run %q, nix %q", d.stderr, nm)
@@ -210,8 +187,8 @@ func TestInteropOptimiseCorruptedLink(t *testing.T) {
 	bad := filepath.Join(ld, dup[0].name)
 	os.WriteFile(bad, append(data, "garbage"...), 0o444)
 
-	nixRoot, ourRoot := optCloneStore(t, ns.Root), optCloneStore(t, ns.Root)
-	optNsRun(t, nixRoot, "nix-store", "--optimise")
+	nixRoot, ourRoot := copyStore(t, ns.Root), copyStore(t, ns.Root)
+	runNSAll(t, nixRoot, "nix-store", "--optimise")
 	r := runInNS(t, ourRoot, "optimise")
 	if r.code != 1 || !strings.Contains(r.stderr, "corrupted link") {
 		t.Errorf("exit %d, want 1 with a corrupted-link warning:\n%s", r.code, r.stderr)
@@ -220,11 +197,11 @@ func TestInteropOptimiseCorruptedLink(t *testing.T) {
 		t.Errorf(".links differ")
 	}
 	optCheckNARs(t, ourRoot)
-	optNixVerify(t, ourRoot)
+	nixVerify(t, ourRoot)
 
 	// Same size, other contents: Nix 2.8 would link the file to it; we
 	// report it and keep every file's contents.
-	sameRoot := optCloneStore(t, ns.Root)
+	sameRoot := copyStore(t, ns.Root)
 	bad2 := filepath.Join(sameRoot, "nix/store/.links", dup[0].name)
 	os.Remove(bad2)
 	c := append([]byte(nil), data...)
@@ -235,7 +212,7 @@ func TestInteropOptimiseCorruptedLink(t *testing.T) {
 		t.Errorf("same size: exit %d\n%s", r.code, r.stderr)
 	}
 	optCheckNARs(t, sameRoot)
-	optNixVerify(t, sameRoot)
+	nixVerify(t, sameRoot)
 }
 
 // TestInteropOptimisePermissionDenied: a user who cannot write the store
@@ -279,8 +256,8 @@ func optNobody() *syscall.SysProcAttr {
 // a private mount namespace of its own and does the same work as Nix.
 func TestInteropOptimiseReadOnlyBindMount(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 40, Seed: 13, Files: 4})
-	ref := optCloneStore(t, ns.Root)
-	_, nixErr, _ := optNsRun(t, ref, "nix-store", "--optimise")
+	ref := copyStore(t, ns.Root)
+	nixErr := runNSAll(t, ref, "nix-store", "--optimise").stderr
 	cmd := nsScript(ns.Root, `mount --bind /nix/store /nix/store && mount -o remount,ro,bind /nix/store || exit 98
 touch /nix/store/.probe 2>/dev/null && exit 99
 exec "$@"`, binary, "optimise")

@@ -71,7 +71,7 @@ func TestInteropOptimiseWithGC(t *testing.T) {
 	for _, c := range optCollectors() {
 		for rep := 0; rep < 3; rep++ {
 			t.Run(fmt.Sprintf("%s/%d", c.name, rep), func(t *testing.T) {
-				work := optCloneStore(t, ns.Root)
+				work := copyStore(t, ns.Root)
 				delays := []time.Duration{0, time.Duration(rng.IntN(60)) * time.Millisecond}
 				if rep%2 == 1 {
 					delays[0], delays[1] = delays[1], 0
@@ -84,21 +84,21 @@ func TestInteropOptimiseWithGC(t *testing.T) {
 					t.Errorf("%s: exit %d\n%s", c.name, codes[1], tail(errs[1], 2000))
 				}
 				optCheckNARs(t, work)
-				optNixVerify(t, work)
+				nixVerify(t, work)
 				if r := runInNS(t, work, "optimise"); r.code != 0 {
 					t.Errorf("rerun: exit %d\n%s", r.code, r.stderr)
 				}
 				optNoTmpLinks(t, work)
-				_, again, _ := optNsRun(t, work, "nix-store", "--optimise")
+				again := runNSAll(t, work, "nix-store", "--optimise").stderr
 				if m := optFreedRe.FindStringSubmatch(again); m == nil || m[2] != "0" {
 					t.Errorf("nix-store --optimise afterwards: %q", again)
 				}
 				// A second collection removes the .links entries left
 				// unused, and the store is still sound.
-				if _, e, code := optNsRun(t, work, c.args...); code != 0 {
-					t.Errorf("second %s: %s", c.name, tail(e, 1000))
+				if nr := runNSAll(t, work, c.args...); nr.code != 0 {
+					t.Errorf("second %s: %s", c.name, tail(nr.stderr, 1000))
 				}
-				optNixVerify(t, work)
+				nixVerify(t, work)
 			})
 		}
 	}
@@ -109,13 +109,13 @@ func TestInteropOptimiseWithGC(t *testing.T) {
 // set as a single run, every file intact, and nothing left to link.
 func TestInteropOptimiseConcurrentRuns(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 200, Seed: 43, Files: 5})
-	ref := optCloneStore(t, ns.Root)
+	ref := copyStore(t, ns.Root)
 	if r := runInNS(t, ref, "optimise"); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	want := strings.Join(optLinksSet(t, ref), " ")
 	for rep := 0; rep < 2; rep++ {
-		work := optCloneStore(t, ns.Root)
+		work := copyStore(t, ns.Root)
 		codes, errs, pids := optConcurrently(t, work, []time.Duration{0, time.Duration(rep*15) * time.Millisecond, 5 * time.Millisecond},
 			[]string{binary, "optimise"}, []string{binary, "optimise"}, []string{"nix-store", "--optimise"})
 		for i := 0; i < 2; i++ {
@@ -147,10 +147,10 @@ func TestInteropOptimiseConcurrentRuns(t *testing.T) {
 			t.Errorf("rep %d: rerun: %s", rep, r.stderr)
 		}
 		optNoTmpLinks(t, work)
-		_, again, _ := optNsRun(t, work, "nix-store", "--optimise")
+		again := runNSAll(t, work, "nix-store", "--optimise").stderr
 		if m := optFreedRe.FindStringSubmatch(again); m == nil || m[2] != "0" {
 			t.Errorf("rep %d: nix-store --optimise afterwards: %q", rep, again)
 		}
-		optNixVerify(t, work)
+		nixVerify(t, work)
 	}
 }

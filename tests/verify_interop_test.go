@@ -12,13 +12,6 @@ import (
 	"time"
 )
 
-// runNSAll runs a command in ROOT's namespace and returns stdout, stderr
-// and the exit status, whatever it is.
-func runNSAll(t testing.TB, root string, args ...string) result {
-	t.Helper()
-	return runCmd(t, nsScript(root, `exec "$@"`, args...), args)
-}
-
 // linesWith returns the store paths named in the lines containing s.
 func linesWith(text, s string) map[string]bool {
 	m := map[string]bool{}
