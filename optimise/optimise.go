@@ -613,7 +613,7 @@ func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 		}
 		sp, _, err := store.ToStorePath(sd, filepath.Clean(p))
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrNotValid, err)
+			return nil, fmt.Errorf("%w: %w", ErrNotValid, err)
 		}
 		if _, ok := g.Lookup(sp); !ok {
 			return nil, fmt.Errorf("%w: %s is not registered in %s", ErrNotValid, sp, r.s.DB.Path)
@@ -639,7 +639,7 @@ func (r *run) openLinks() error {
 	fd, err := unix.Open(ld, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err == unix.ENOENT && !r.o.DryRun {
 		if err = unix.Mkdirat(r.storeFd, ".links", 0o755); err != nil && err != unix.EEXIST {
-			return fmt.Errorf("%w: creating %s: %v", ErrLinksDir, ld, err)
+			return fmt.Errorf("%w: creating %s: %w", ErrLinksDir, ld, err)
 		}
 		fd, err = unix.Open(ld, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	}
@@ -651,7 +651,7 @@ func (r *run) openLinks() error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("%w: opening %s: %v", ErrLinksDir, ld, err)
+		return fmt.Errorf("%w: opening %s: %w", ErrLinksDir, ld, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || st.Dev != r.storeDev {
@@ -659,7 +659,7 @@ func (r *run) openLinks() error {
 		if err == nil {
 			err = errors.New("it is on another file system than the store")
 		}
-		return fmt.Errorf("%w: %s: %v", ErrLinksDir, ld, err)
+		return fmt.Errorf("%w: %s: %w", ErrLinksDir, ld, err)
 	}
 	// A .links entry per distinct file of the store: size the sets from
 	// the directory's size (ext4: about 72 bytes per entry) and list it
@@ -673,7 +673,7 @@ func (r *run) openLinks() error {
 	})
 	if err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("%w: reading %s: %v", ErrLinksDir, ld, err)
+		return fmt.Errorf("%w: reading %s: %w", ErrLinksDir, ld, err)
 	}
 	r.linksFd = fd
 	return nil

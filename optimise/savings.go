@@ -21,12 +21,12 @@ func Savings(lay store.Layout) (int64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("%w: opening %s: %v", ErrLinksDir, lay.LinksDir(), err)
+		return 0, fmt.Errorf("%w: opening %s: %w", ErrLinksDir, lay.LinksDir(), err)
 	}
 	defer unix.Close(fd)
 	ents, err := readDirents(fd, nil)
 	if err != nil {
-		return 0, fmt.Errorf("%w: reading %s: %v", ErrLinksDir, lay.LinksDir(), err)
+		return 0, fmt.Errorf("%w: reading %s: %w", ErrLinksDir, lay.LinksDir(), err)
 	}
 	var actual, unshared int64
 	for _, e := range ents {
