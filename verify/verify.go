@@ -688,7 +688,7 @@ func (v *verifier) openState() {
 func (v *verifier) lockState() error {
 	f, err := os.OpenFile(filepath.Join(v.o.StateDir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return fmt.Errorf("no: %v", err)
+		return fmt.Errorf("no: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
