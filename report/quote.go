@@ -1,6 +1,7 @@
-// Package report holds what every command's output shares. For now: how
+// Package report holds what every command's input and output share: how
 // names from the store (file names, link names, error texts that embed
-// them) are made safe to print as text.
+// them) are made safe to print as text (quote.go), and how sizes are read
+// from flags and written for people (size.go).
 //
 // Anything a user can name (a file in a store path, a gcroot link, an
 // entry of the store directory, a line sent to the gc socket) may hold

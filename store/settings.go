@@ -467,7 +467,8 @@ func parseNixBool(v string) (bool, bool) {
 
 // parseNixUint parses an unsigned decimal integer up to max as Nix 2.8's
 // string2Int (boost::lexical_cast) does: an optional "+", then digits. No
-// unit suffix: Nix 2.8 refuses "1G" in nix.conf.
+// unit suffix: Nix 2.8 refuses "1G" in nix.conf (sizes on the command line
+// are report.ParseSize's).
 func parseNixUint(v string, max uint64) (uint64, bool) {
 	v = strings.TrimPrefix(v, "+")
 	if v == "" || v[0] < '0' || v[0] > '9' {
@@ -478,42 +479,6 @@ func parseNixUint(v string, max uint64) (uint64, bool) {
 		return 0, false
 	}
 	return n, true
-}
-
-// ParseSize parses a byte count given on the command line (such as
-// --max-freed) as Nix's string2IntWithUnitPrefix does: a decimal integer
-// with an optional "+" and an optional suffix K, M, G or T (either case,
-// powers of 1024). Overflow is an error (Nix silently wraps). Nix 2.8
-// does not accept suffixes in nix.conf, so Settings does not use it.
-func ParseSize(v string) (uint64, error) {
-	num, mult := v, uint64(1)
-	if v != "" {
-		switch c := v[len(v)-1]; c {
-		case 'k', 'K':
-			mult = 1 << 10
-		case 'm', 'M':
-			mult = 1 << 20
-		case 'g', 'G':
-			mult = 1 << 30
-		case 't', 'T':
-			mult = 1 << 40
-		default:
-			if ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') {
-				return 0, fmt.Errorf("invalid unit specifier '%c' in '%s'", c, v)
-			}
-		}
-		if mult != 1 {
-			num = v[:len(v)-1]
-		}
-	}
-	n, ok := parseNixUint(num, math.MaxUint64)
-	if !ok {
-		return 0, fmt.Errorf("'%s' is not an integer", v)
-	}
-	if n > math.MaxUint64/mult {
-		return 0, fmt.Errorf("'%s' is too large", v)
-	}
-	return n * mult, nil
 }
 
 // nixSettings maps every setting name and alias that Nix 2.8 (Linux) knows

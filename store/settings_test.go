@@ -421,25 +421,6 @@ func TestSettingsLoadLookupEnv(t *testing.T) {
 	}
 }
 
-func TestSettingsParseSize(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want uint64
-		ok   bool
-	}{
-		{"0", 0, true}, {"123", 123, true}, {"+5", 5, true}, {"1K", 1 << 10, true}, {"1k", 1 << 10, true},
-		{"2M", 2 << 20, true}, {"3g", 3 << 30, true}, {"4T", 4 << 40, true},
-		{"18446744073709551615", math.MaxUint64, true},
-		{"", 0, false}, {"K", 0, false}, {"1P", 0, false}, {"-1", 0, false}, {"1.5G", 0, false},
-		{"0x10", 0, false}, {"16777216T", 0, false}, {"1 K", 0, false},
-	} {
-		got, err := ParseSize(c.in)
-		if (err == nil) != c.ok || got != c.want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d, ok=%v", c.in, got, err, c.want, c.ok)
-		}
-	}
-}
-
 // TestSettingsConfMatchesNix runs every fixture (and a few environments)
 // through the real Nix and checks that it agrees: same failure, same
 // values, same unknown-setting warnings.

@@ -41,8 +41,9 @@ A deleting run stops before deleting anything when a root cannot be read
 (a directory loop under gcroots/, a root it may not read) or when the store
 dir holds none of the valid paths (a store that failed to mount).
 
-Sizes take K, M, G, T suffixes; --ensure-free also takes a percentage of the
-store's file system (e.g. 10%).`,
+Sizes are a number of bytes, or one with a unit K, M, G, T, P or E (powers
+of 1024, as Nix's --max-freed; KiB, MiB... and lower case are the same);
+--ensure-free also takes a percentage of the store's file system (e.g. 10%).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGC(cmd, g, o, args)
 		},
@@ -52,8 +53,8 @@ store's file system (e.g. 10%).`,
 	f.BoolVar(&o.printLive, "print-live", false, "print the live paths, one a line, and change nothing")
 	f.BoolVar(&o.dryRun, "dry-run", false, "report how many paths and bytes would be freed (counting hard links), change nothing")
 	f.BoolVar(&o.delete, "delete", false, "delete only the given paths, each only if it is dead")
-	f.StringVar(&o.maxFreed, "max-freed", "", "stop after freeing this much (SIZE)")
-	f.StringVar(&o.ensureFree, "ensure-free", "", "collect until the store's file system has this much free (SIZE or PCT%)")
+	f.StringVar(&o.maxFreed, "max-freed", "", "stop after freeing this much (SIZE: bytes, or 10K, 10M, 10G, 10T: powers of 1024)")
+	f.StringVar(&o.ensureFree, "ensure-free", "", "collect until the store's file system has this much free (SIZE as for --max-freed, or PCT%)")
 	f.BoolVar(&o.keepOutputs, "keep-outputs", false, "keep the outputs of live derivations (default: nix.conf keep-outputs)")
 	f.BoolVar(&o.keepDerivations, "keep-derivations", true, "keep the derivations of live outputs (default: nix.conf keep-derivations)")
 	f.DurationVar(&o.keepRecent, "keep-recent", 0, "keep paths registered within this duration (a grace period), e.g. 2h")
@@ -117,11 +118,16 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		gopts.OlderThan = d
 	}
 	if o.maxFreed != "" {
-		n, err := store.ParseSize(o.maxFreed)
+		n, err := report.ParseSize(o.maxFreed)
 		if err != nil {
 			return fmt.Errorf("--max-freed: %w", err)
 		}
 		opts.MaxFreed = n
+	}
+	if o.ensureFree != "" {
+		if _, _, err := parseEnsureFree(o.ensureFree); err != nil {
+			return err
+		}
 	}
 	readOnly := opts.Action == gc.PrintDead || opts.Action == gc.PrintLive || o.dryRun
 	if o.deleteOld || o.deleteOlderThan != "" {
@@ -254,26 +260,37 @@ func mib(b uint64) string { return fmt.Sprintf("%.2f MiB", float64(b)/(1<<20)) }
 // ensureFreeBytes turns --ensure-free (SIZE or PCT%) into the number of
 // bytes to free now (0: already enough free).
 func ensureFreeBytes(dir, spec string) (uint64, error) {
+	size, pct, err := parseEnsureFree(spec)
+	if err != nil {
+		return 0, err
+	}
 	avail, total, err := store.FreeSpace(dir)
 	if err != nil {
 		return 0, err
 	}
-	var want uint64
-	if pct, ok := strings.CutSuffix(spec, "%"); ok {
-		f, err := strconv.ParseFloat(pct, 64)
-		if err != nil || !(f >= 0 && f <= 100) { // NaN too
-			return 0, fmt.Errorf("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
-		}
-		want = uint64(f / 100 * float64(total))
-	} else {
-		n, err := store.ParseSize(spec)
-		if err != nil {
-			return 0, fmt.Errorf("--ensure-free: %w", err)
-		}
-		want = n
+	want := size
+	if pct >= 0 {
+		want = uint64(pct / 100 * float64(total))
 	}
 	if avail >= want {
 		return 0, nil
 	}
 	return want - avail, nil
+}
+
+// parseEnsureFree reads --ensure-free: a size (pct -1) or a percentage
+// from 0 to 100 of the file system.
+func parseEnsureFree(spec string) (size uint64, pct float64, err error) {
+	if p, ok := strings.CutSuffix(spec, "%"); ok {
+		f, err := strconv.ParseFloat(p, 64)
+		if err != nil || !(f >= 0 && f <= 100) { // NaN too
+			return 0, 0, fmt.Errorf("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
+		}
+		return 0, f, nil
+	}
+	n, err := report.ParseSize(spec)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--ensure-free: %w, or a percentage from 0%% to 100%%", err)
+	}
+	return n, -1, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -16,7 +17,7 @@ import (
 
 type optimiseOptions struct {
 	dryRun  bool
-	minSize int64
+	minSize string
 	jobs    int
 	full    bool
 }
@@ -60,7 +61,7 @@ With --dry-run nothing is changed and no write access is needed.`,
 	}
 	f := cmd.Flags()
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "only report what would be linked and freed")
-	f.Int64Var(&o.minSize, "min-size", 0, "skip files smaller than this many bytes")
+	f.StringVar(&o.minSize, "min-size", "", "skip files smaller than this (SIZE: bytes, or 4K, 1M: powers of 1024, as gc --max-freed)")
 	f.IntVarP(&o.jobs, "jobs", "j", 0, "hashing and linking workers (default: 2 per CPU; more help on a cold cache)")
 	f.BoolVar(&o.full, "full", false, "walk every path, also those left fully linked by an earlier run and unchanged since")
 	return cmd
@@ -79,8 +80,13 @@ type optimiseJSON struct {
 func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args []string) error {
 	ctx := cmd.Context()
 	p := g.printer(cmd)
-	if o.minSize < 0 {
-		return fmt.Errorf("--min-size must not be negative")
+	var minSize int64
+	if o.minSize != "" {
+		n, err := report.ParseSizeUpTo(o.minSize, math.MaxInt64)
+		if err != nil {
+			return fmt.Errorf("--min-size: %w", err)
+		}
+		minSize = int64(n)
 	}
 	if !o.dryRun {
 		lay, err := store.ResolveLayout(store.LayoutOptions{
@@ -102,7 +108,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 	prog := &optimiseProgress{p: p, start: time.Now()}
 	t0 := time.Now()
 	res, err := optimise.Optimise(ctx, s, optimise.Options{
-		Paths: args, MinSize: o.minSize, DryRun: o.dryRun, Jobs: o.jobs, Full: o.full,
+		Paths: args, MinSize: minSize, DryRun: o.dryRun, Jobs: o.jobs, Full: o.full,
 	}, prog)
 	prog.finish()
 	if res == nil {

@@ -9,9 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"storekeeper/report"
 	"storekeeper/verify"
 )
 
@@ -54,9 +54,10 @@ Unlike 'nix-store --verify' it does not drop vanished paths unless asked.
                     whole-store run) hard links to files outside the store.
   --budget D|SIZE   verify the least recently verified paths first and stop
                     after a duration (30m, 1h) or an amount of NAR data
-                    (10GiB, 500MB); --subset N/M verifies a deterministic
-                    slice. Both imply --check-contents; repeated runs cover
-                    the whole store.
+                    (10G, 500M: powers of 1024, as every size flag);
+                    --subset N/M verifies a deterministic slice. Both
+                    imply --check-contents; repeated runs cover the whole
+                    store.
   --repair          fix what can be fixed locally: drop the rows of
                     vanished paths nothing refers to, fill a missing hash
                     or NAR size, correct a wrong NAR size, delete rows
@@ -97,7 +98,7 @@ to (Nix drops such a path silently; here it stays reported until
 	f.BoolVar(&o.metadata, "metadata", false, "check modes, mtimes, owners, setuid bits and hard links")
 	f.BoolVar(&o.repair, "repair", false, "fix what can be fixed locally (needs write access)")
 	f.BoolVar(&o.allowMassDrop, "allow-mass-drop", false, "with --repair: drop the rows of missing paths even when the store directory looks unmounted or half missing")
-	f.StringVar(&o.budget, "budget", "", "verify the least recently verified paths first, for at most this duration (30m) or NAR size (10GiB)")
+	f.StringVar(&o.budget, "budget", "", "verify the least recently verified paths first, for at most this duration (30m) or NAR size (10G: powers of 1024)")
 	f.StringVar(&o.subset, "subset", "", "verify only slice N of M (N/M) of the store")
 	f.IntVar(&o.sigsNeeded, "sigs-needed", 0, "report paths with fewer valid signatures by trusted-public-keys")
 	f.IntVarP(&o.jobs, "jobs", "j", 0, "parallel readers (default: 16 per core, 16 to 64)")
@@ -109,8 +110,9 @@ to (Nix drops such a path silently; here it stays reported until
 // that it refuses is out of range.
 var durationSyntax = regexp.MustCompile(`^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$`)
 
-// parseBudget reads a duration ("30m", "1h30m") or a size ("10GiB",
-// "500MB"). Values that do not fit (a duration over about 292 years, a
+// parseBudget reads a duration ("30m", "1h30m") or, failing that, a size
+// as every size flag takes it (report.ParseSize: "10G" is 10 GiB, as for
+// --max-freed). Values that do not fit (a duration over about 292 years, a
 // size over 8 EiB) are errors, never wrapped around.
 func parseBudget(s string) (time.Duration, int64, error) {
 	if d, err := time.ParseDuration(s); err == nil {
@@ -121,12 +123,12 @@ func parseBudget(s string) (time.Duration, int64, error) {
 	} else if durationSyntax.MatchString(s) {
 		return 0, 0, fmt.Errorf("--budget %q: too long: a duration is at most %dh (about 292 years)", s, math.MaxInt64/int64(time.Hour))
 	}
-	n, err := humanize.ParseBytes(s)
-	if err == nil && n > math.MaxInt64 || err != nil && strings.Contains(err.Error(), "too large") {
-		return 0, 0, fmt.Errorf("--budget %q: too large: a size is at most 8EiB", s)
+	n, err := report.ParseSizeUpTo(s, math.MaxInt64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--budget: %w, or a duration (30m, 2h)", err)
 	}
-	if err != nil || n == 0 {
-		return 0, 0, fmt.Errorf("--budget %q: expected a duration (30m, 2h) or a size (10GiB, 500MB)", s)
+	if n == 0 {
+		return 0, 0, fmt.Errorf("--budget %q: must be positive", s)
 	}
 	return 0, int64(n), nil
 }
@@ -256,7 +258,7 @@ func printVerifySummary(p *printer, res *verify.Result, vo verify.Options) {
 	sm := res.Summary
 	line := fmt.Sprintf("checked %d of %d valid paths", sm.Checked, sm.ValidPaths)
 	if vo.CheckContents || vo.BudgetBytes > 0 || vo.BudgetTime > 0 || vo.SubsetM > 0 {
-		line += fmt.Sprintf("; hashed %d paths, %d files, %s", sm.ContentsChecked, sm.Files, humanize.IBytes(uint64(sm.Bytes)))
+		line += fmt.Sprintf("; hashed %d paths, %d files, %s", sm.ContentsChecked, sm.Files, report.FormatSize(uint64(sm.Bytes)))
 		if sm.Links > 0 {
 			line += fmt.Sprintf(", %d links", sm.Links)
 		}
