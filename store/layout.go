@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrBadStoreURI is wrapped by every error about a --store argument.
@@ -37,10 +39,15 @@ type Layout struct {
 // the --store-dir / --state-dir overrides, plus the environment Nix
 // consults (NIX_STORE_DIR, NIX_STATE_DIR).
 type LayoutOptions struct {
-	StoreURI string // "", "auto", "local", "daemon", "/mnt", "local?root=/mnt&state=..."
+	StoreURI string // "", "auto", "local", "daemon", "/mnt", "./demo-store", "local?root=/mnt&state=..."
 	StoreDir string // --store-dir: overrides everything else
 	StateDir string // --state-dir: overrides everything else
 	Getenv   func(string) string
+	// Getwd gives the directory a relative root, state or real directory
+	// in StoreURI is taken against; nil: the process's working directory
+	// as the kernel reports it (getcwd(2), not $PWD). Asked only when
+	// StoreURI holds a relative path.
+	Getwd func() (string, error)
 }
 
 // ResolveLayout turns a --store argument in any of the forms Nix accepts
@@ -49,6 +56,18 @@ type LayoutOptions struct {
 // over the compiled-in defaults; explicit --store-dir/--state-dir flags win
 // over all of them. Remote stores (ssh://, https://, s3://, ...) are
 // refused: storekeeper maintains the store on this machine.
+//
+// As in Nix, a --store argument without "://" that holds a "/" is a path,
+// the store's root: "/mnt", "./demo-store", "demo-store/", "../x" (and
+// ".", ".."). Such a relative root, and a relative root, state or real
+// parameter ("local?root=./x", which Nix 2.8 refuses), is made absolute
+// against the working directory (o.Getwd) once, here, so nothing later
+// (a re-exec, a lock, a path in a message) depends on the working
+// directory.
+// A bare word ("local", "daemon", "auto") keeps its meaning; any other
+// ("demo-store") is refused with a hint to write ./demo-store. The logical
+// store dir (store=, --store-dir, NIX_STORE_DIR) and --state-dir must be
+// absolute.
 func ResolveLayout(o LayoutOptions) (Layout, error) {
 	getenv := o.Getenv
 	if getenv == nil {
@@ -59,6 +78,9 @@ func ResolveLayout(o LayoutOptions) (Layout, error) {
 
 	params, err := parseStoreURI(o.StoreURI)
 	if err != nil {
+		return Layout{}, err
+	}
+	if err := absParams(params, o.StoreURI, o.Getwd); err != nil {
 		return Layout{}, err
 	}
 	l := Layout{Root: params.Get("root")}
@@ -121,10 +143,10 @@ func parseStoreURI(uri string) (url.Values, error) {
 		// works on it directly, beside the daemon, through Nix's locks.
 		return url.Values{}, nil
 	}
-	if strings.HasPrefix(uri, "/") {
-		// A bare path is a local store with that root (Nix: "/mnt" is
-		// "local?root=/mnt"). Parameters may follow.
-		path, query, _ := strings.Cut(uri, "?")
+	if path, query, _ := strings.Cut(uri, "?"); isStorePath(path) {
+		// A path is a local store with that root (Nix: "/mnt" is
+		// "local?root=/mnt", "./x" the root x in the working directory).
+		// Parameters may follow.
 		q, err := url.ParseQuery(query)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %q: %w", ErrBadStoreURI, uri, err)
@@ -139,7 +161,7 @@ func parseStoreURI(uri string) (url.Values, error) {
 		if strings.Contains(scheme, "://") {
 			return nil, fmt.Errorf("%w: %q is a remote store; storekeeper works on a store on this machine (use --store local?root=DIR for a store under another root)", ErrBadStoreURI, uri)
 		}
-		return nil, fmt.Errorf("%w: %q: expected 'local', a path, or 'local?root=DIR&store=DIR&state=DIR'", ErrBadStoreURI, uri)
+		return nil, fmt.Errorf("%w: %q: expected 'local', 'daemon', a directory (one here as ./%s), or 'local?root=DIR&store=DIR&state=DIR'", ErrBadStoreURI, uri, scheme)
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
@@ -153,6 +175,43 @@ func parseStoreURI(uri string) (url.Values, error) {
 		}
 	}
 	return q, nil
+}
+
+// isStorePath reports whether a --store argument (before any "?") names
+// a directory, as Nix's isNonUriPath decides: no "://" and at least one
+// "/", so that a single word such as "local" or "daemon" is never a path.
+// "." and ".." are paths too (Nix refuses them).
+func isStorePath(s string) bool {
+	return s == "." || s == ".." || !strings.Contains(s, "://") && strings.Contains(s, "/")
+}
+
+// absParams makes the physical directories among params (root, state,
+// real) absolute against the working directory getwd gives (nil:
+// getcwd(2)), asked at most once. The logical store dir is left as it
+// is: it is a prefix written in the database, never relative to anything.
+func absParams(params url.Values, uri string, getwd func() (string, error)) error {
+	if getwd == nil {
+		getwd = unix.Getwd
+	}
+	var wd string
+	for _, k := range []string{"root", "state", "real"} {
+		v := params.Get(k)
+		if v == "" || filepath.IsAbs(v) {
+			continue
+		}
+		if wd == "" {
+			d, err := getwd()
+			if err == nil && !filepath.IsAbs(d) {
+				err = fmt.Errorf("%q is not absolute", d)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: %q: the %s %q is relative and the working directory is unknown (give an absolute path): %w", ErrBadStoreURI, uri, k, v, err)
+			}
+			wd = d
+		}
+		params.Set(k, filepath.Join(wd, v))
+	}
+	return nil
 }
 
 func firstNonEmpty(v ...string) string {

@@ -2,6 +2,9 @@ package store
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -29,7 +32,7 @@ func TestResolveLayout(t *testing.T) {
 		{"ssh", LayoutOptions{StoreURI: "ssh://host"}, Layout{}, true},
 		{"https", LayoutOptions{StoreURI: "https://cache.nixos.org"}, Layout{}, true},
 		{"unknown param", LayoutOptions{StoreURI: "local?foo=1"}, Layout{}, true},
-		{"relative root", LayoutOptions{StoreURI: "local?root=mnt"}, Layout{}, true},
+		{"relative store dir", LayoutOptions{StoreURI: "local?store=gnu/store"}, Layout{}, true},
 		{"junk", LayoutOptions{StoreURI: "whatever"}, Layout{}, true},
 		{"store dir slash", LayoutOptions{StoreDir: "/"}, Layout{}, true},
 	}
@@ -49,6 +52,73 @@ func TestResolveLayout(t *testing.T) {
 				t.Fatalf("got %+v\nwant %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestResolveLayoutRelative: a relative root (a --store path with a "/",
+// as Nix reads it, or a root, state or real parameter) is taken against
+// the working directory; a bare word keeps its meaning or is refused
+// with a hint, and the logical store dir must still be absolute.
+func TestResolveLayoutRelative(t *testing.T) {
+	wd := func() (string, error) { return "/work/dir", nil }
+	root := func(r string) Layout {
+		return Layout{StoreDir: "/nix/store", RealStoreDir: r + "/nix/store", StateDir: r + "/nix/var/nix", Root: r}
+	}
+	for _, c := range []struct {
+		uri  string
+		want Layout
+	}{
+		{"./demo-store", root("/work/dir/demo-store")},
+		{"./demo-store/", root("/work/dir/demo-store")},
+		{"demo-store/", root("/work/dir/demo-store")},
+		{"a/b", root("/work/dir/a/b")},
+		{"../up", root("/work/up")},
+		{".", root("/work/dir")},
+		{"..", root("/work")},
+		{"./", root("/work/dir")},
+		{"./demo-store?state=/s", Layout{StoreDir: "/nix/store", RealStoreDir: "/work/dir/demo-store/nix/store", StateDir: "/s", Root: "/work/dir/demo-store"}},
+		{"local?root=./x", root("/work/dir/x")},
+		{"local?root=x", root("/work/dir/x")},
+		{"local?root=../x", root("/work/x")},
+		{"local?state=s&real=./r", Layout{StoreDir: "/nix/store", RealStoreDir: "/work/dir/r", StateDir: "/work/dir/s"}},
+		{"/abs", root("/abs")},
+		{"local", Layout{StoreDir: "/nix/store", RealStoreDir: "/nix/store", StateDir: "/nix/var/nix"}},
+		{"daemon", Layout{StoreDir: "/nix/store", RealStoreDir: "/nix/store", StateDir: "/nix/var/nix"}},
+		{"auto", Layout{StoreDir: "/nix/store", RealStoreDir: "/nix/store", StateDir: "/nix/var/nix"}},
+	} {
+		got, err := ResolveLayout(LayoutOptions{StoreURI: c.uri, Getwd: wd})
+		if err != nil || got != c.want {
+			t.Errorf("--store %s: %+v, %v\nwant %+v", c.uri, got, err, c.want)
+		}
+	}
+	for _, c := range []struct{ uri, want string }{
+		{"demo-store", "as ./demo-store"},
+		{"local?store=nix/store", `the store dir "nix/store" is not an absolute path`},
+		{"ssh://host/x", "remote store"},
+	} {
+		got, err := ResolveLayout(LayoutOptions{StoreURI: c.uri, Getwd: wd})
+		if !errors.Is(err, ErrBadStoreURI) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("--store %s: %+v, %v; want ErrBadStoreURI saying %q", c.uri, got, err, c.want)
+		}
+	}
+	// The working directory is asked only for a relative path, and its
+	// error is the cause.
+	gone := errors.New("getcwd: no such file or directory")
+	failing := func() (string, error) { return "", gone }
+	if _, err := ResolveLayout(LayoutOptions{StoreURI: "./x", Getwd: failing}); !errors.Is(err, ErrBadStoreURI) || !errors.Is(err, gone) || !strings.Contains(err.Error(), `"./x"`) {
+		t.Errorf("relative root without a working directory: %v; want ErrBadStoreURI wrapping the cause and naming ./x", err)
+	}
+	if _, err := ResolveLayout(LayoutOptions{StoreURI: "/abs", Getwd: failing}); err != nil {
+		t.Errorf("absolute root without a working directory: %v", err)
+	}
+	// Without Getwd, the process's working directory.
+	cwd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ResolveLayout(LayoutOptions{StoreURI: "./demo"})
+	if real, _ := filepath.EvalSymlinks(cwd); err != nil || (got.Root != filepath.Join(cwd, "demo") && got.Root != filepath.Join(real, "demo")) {
+		t.Errorf("--store ./demo from %s: %+v, %v", cwd, got, err)
 	}
 }
 

@@ -79,7 +79,7 @@ nix-daemon, through Nix's own database and lock protocols.
 		},
 	}
 	f := cmd.PersistentFlags()
-	f.StringVar(&g.storeURI, "store", "", "the store: 'local' (default), a root directory like /mnt, or 'local?root=/mnt&store=/gnu/store&state=/var/guix'")
+	f.StringVar(&g.storeURI, "store", "", "the store: 'local' (default), a root directory like /mnt or ./demo-store, or 'local?root=/mnt&store=/gnu/store&state=/var/guix'")
 	f.StringVar(&g.storeDir, "store-dir", "", "logical store directory (default $NIX_STORE_DIR or /nix/store)")
 	f.StringVar(&g.stateDir, "state-dir", "", "state directory (default $NIX_STATE_DIR or /nix/var/nix)")
 	f.BoolVar(&g.json, "json", false, "print machine-readable JSON on stdout")
