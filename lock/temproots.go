@@ -468,8 +468,7 @@ func (s *tempRootsState) closeSock() {
 // the collector is gone or not ready and the caller should start over.
 func (s *tempRootsState) tellCollector(ctx context.Context, storePath string) (retry bool, err error) {
 	if s.sock == nil {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "unix", GCSocketPath(s.stateDir))
+		c, err := DialUnix(ctx, GCSocketPath(s.stateDir))
 		if err != nil {
 			if ctx.Err() != nil {
 				return false, ctx.Err()
