@@ -74,7 +74,9 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 					c.mu.Unlock()
 					continue
 				}
-				c.progress.Deleting(c.g.Path(id))
+				if c.deletions != nil {
+					c.deletions.Deleting(c.g.Path(id))
+				}
 				mv.move(name)
 				n++
 			}
@@ -82,7 +84,7 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 			c.res.PathsDeleted += n
 			c.mu.Unlock()
 			c.releasePending(b.ids)
-			c.progress.Advance(int64(len(b.ids)))
+			c.progress.Add(int64(len(b.ids)))
 		}
 	}()
 	remaining := 0
@@ -445,11 +447,13 @@ func (c *collector) moveOthers(ctx context.Context, p *plan, mv *mover) error {
 			c.pendingHash[h] = true
 		}
 		c.mu.Unlock()
-		c.progress.Deleting(full)
+		if c.deletions != nil {
+			c.deletions.Deleting(full)
+		}
 		mv.move(e.name)
 		c.res.EntriesDeleted++
 		c.releasePending(nil)
-		c.progress.Advance(1)
+		c.progress.Add(1)
 	}
 	return nil
 }
@@ -551,7 +555,7 @@ func (c *collector) removeUnusedLinks(ctx context.Context) error {
 		c.res.LinksDeleted++
 		c.res.BytesFreed += uint64(st.Blocks) * 512
 		if i&255 == 0 {
-			c.progress.Advance(256)
+			c.progress.Add(256)
 		}
 	}
 	var st unix.Stat_t

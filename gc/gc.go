@@ -55,6 +55,7 @@ import (
 	"time"
 
 	"storekeeper/lock"
+	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -126,26 +127,14 @@ type Options struct {
 	BeforeInvalidation func()
 }
 
-// Progress receives progress reports. Implementations must be safe for
-// concurrent use: deletion workers report from several goroutines.
-type Progress interface {
-	// Phase starts a phase; total is its amount of work (-1: unknown).
-	Phase(name string, total int64)
-	// Advance reports n more units of the current phase done.
-	Advance(n int64)
-	// Deleting reports one store entry about to be deleted (Nix prints
-	// "deleting '...'").
+// Deletions is an optional extension of the report.Progress passed to
+// Collect: if it implements Deletions, Deleting is called with the full
+// path of each store entry right before it is moved to the trash (Nix
+// prints "deleting '...'" there). It is called from several goroutines at
+// once and must not block long: deletion waits for it.
+type Deletions interface {
 	Deleting(path string)
-	// Info reports a message for humans.
-	Info(msg string)
 }
-
-type nopProgress struct{}
-
-func (nopProgress) Phase(string, int64) {}
-func (nopProgress) Advance(int64)       {}
-func (nopProgress) Deleting(string)     {}
-func (nopProgress) Info(string)         {}
 
 // PhaseTime is how long a phase took.
 type PhaseTime struct {
@@ -202,13 +191,14 @@ func ReleaseReserved(lay store.Layout) error {
 
 // collector is the state of one run.
 type collector struct {
-	s        *store.Store
-	lay      store.Layout
-	o        Options
-	progress Progress
-	res      *Result
-	phase    string
-	phaseAt  time.Time
+	s         *store.Store
+	lay       store.Layout
+	o         Options
+	progress  report.Progress
+	deletions Deletions // progress's, or nil
+	res       *Result
+	phase     string
+	phaseAt   time.Time
 
 	warnMu   sync.Mutex
 	g        *store.Graph
@@ -235,7 +225,7 @@ func (c *collector) startPhase(name string, total int64) {
 	}
 	c.phase, c.phaseAt = name, now
 	if name != "" {
-		c.progress.Phase(name, total)
+		c.progress.Phase(name, total, false)
 	}
 }
 
@@ -266,10 +256,14 @@ func (c *collector) warn(format string, a ...any) {
 // the next run, which empties it first; cancelled during the deletion,
 // the rest of the trash is left the same way. Crash safety: see the
 // package documentation.
-func Collect(ctx context.Context, s *store.Store, o Options, p Progress) (*Result, error) {
+//
+// p receives the progress (nil: report.Discard); if it also implements
+// Deletions, each deletion is reported to it.
+func Collect(ctx context.Context, s *store.Store, o Options, p report.Progress) (*Result, error) {
 	if p == nil {
-		p = nopProgress{}
+		p = report.Discard
 	}
+	d, _ := p.(Deletions)
 	if o.BatchSize <= 0 {
 		o.BatchSize = defaultBatchSize
 	}
@@ -277,7 +271,7 @@ func Collect(ctx context.Context, s *store.Store, o Options, p Progress) (*Resul
 		o.Now = time.Now()
 	}
 	start := time.Now()
-	c := &collector{s: s, lay: s.Layout, o: o, progress: p, res: &Result{},
+	c := &collector{s: s, lay: s.Layout, o: o, progress: p, deletions: d, res: &Result{},
 		tempHash: map[string]bool{}, pendingID: map[store.PathID]bool{}, pendingHash: map[string]bool{}}
 	c.cond = sync.NewCond(&c.mu)
 	c.deleting = (o.Action == Delete || o.Action == DeleteSpecific) && !o.DryRun

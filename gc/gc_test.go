@@ -496,6 +496,8 @@ func TestReadOnlyStoreRefusesDelete(t *testing.T) {
 }
 
 // cancelAfter cancels a context at the at-th path deleted.
+var _ gc.Deletions = (*cancelAfter)(nil)
+
 type cancelAfter struct {
 	n      atomic.Int32
 	at     int32
@@ -507,9 +509,9 @@ func (c *cancelAfter) Deleting(string) {
 		c.cancel()
 	}
 }
-func (*cancelAfter) Phase(string, int64) {}
-func (*cancelAfter) Advance(int64)       {}
-func (*cancelAfter) Info(string)         {}
+func (*cancelAfter) Phase(string, int64, bool) {}
+func (*cancelAfter) Add(int64)                 {}
+func (*cancelAfter) Info(string)               {}
 
 // TestCancelLeavesConsistentStore: Ctrl-C during invalidation stops at a
 // batch boundary, leaves a consistent store (every valid path intact, the

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"storekeeper/report"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
@@ -48,7 +49,7 @@ func BenchmarkInvalidate(b *testing.B) {
 			dead[j] = true
 		}
 		comps := deletionOrder(g, dead)
-		c := &collector{s: s, lay: l, o: Options{BatchSize: 4096}, progress: nopProgress{}, res: &Result{}, g: g,
+		c := &collector{s: s, lay: l, o: Options{BatchSize: 4096}, progress: report.Discard, res: &Result{}, g: g,
 			pendingID: map[store.PathID]bool{}, pendingHash: map[string]bool{}, tempHash: map[string]bool{}}
 		c.cond = sync.NewCond(&c.mu)
 		c.live = newLiveness(newEdges(g, false, true))

@@ -118,7 +118,7 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 			}
 		}
 	}
-	c.progress.Advance(int64(g.Len()))
+	c.progress.Add(int64(g.Len()))
 
 	c.startPhase("scan", -1)
 	l := <-listed

@@ -21,9 +21,8 @@ type logProgress struct {
 	infos []string
 }
 
-func (*logProgress) Phase(string, int64) {}
-func (*logProgress) Advance(int64)       {}
-func (*logProgress) Deleting(string)     {}
+func (*logProgress) Phase(string, int64, bool) {}
+func (*logProgress) Add(int64)                 {}
 func (l *logProgress) Info(msg string) {
 	l.mu.Lock()
 	l.infos = append(l.infos, msg)

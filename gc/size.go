@@ -96,7 +96,7 @@ func (c *collector) usages(ctx context.Context, names []string) ([]usage, error)
 					once.Do(func() { firstErr = err })
 				}
 				out[i] = u
-				c.progress.Advance(1)
+				c.progress.Add(1)
 			}
 		}()
 	}

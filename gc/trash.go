@@ -342,7 +342,7 @@ func (c *collector) deleteTrash(ctx context.Context, runs []*trashRun, leftover 
 				} else {
 					deleted.Add(1)
 				}
-				c.progress.Advance(1)
+				c.progress.Add(1)
 			}
 		}()
 	}

@@ -95,9 +95,8 @@ func (w *waitNotice) Info(msg string) {
 		w.once.Do(func() { close(w.waiting) })
 	}
 }
-func (*waitNotice) Phase(string, int64) {}
-func (*waitNotice) Advance(int64)       {}
-func (*waitNotice) Deleting(string)     {}
+func (*waitNotice) Phase(string, int64, bool) {}
+func (*waitNotice) Add(int64)                 {}
 
 // pauseAtDeletion blocks a collection when its deletion phase starts
 // (gc.lock no longer held exclusively, its trash full) until resume is
@@ -106,15 +105,14 @@ type pauseAtDeletion struct {
 	deleting, resume chan struct{}
 }
 
-func (p *pauseAtDeletion) Phase(name string, _ int64) {
+func (p *pauseAtDeletion) Phase(name string, _ int64, _ bool) {
 	if name == "deletion" {
 		close(p.deleting)
 		<-p.resume
 	}
 }
-func (*pauseAtDeletion) Info(string)     {}
-func (*pauseAtDeletion) Advance(int64)   {}
-func (*pauseAtDeletion) Deleting(string) {}
+func (*pauseAtDeletion) Info(string) {}
+func (*pauseAtDeletion) Add(int64)   {}
 
 // freedSince is what the regular files of before that are gone from dir
 // occupied.

@@ -130,6 +130,6 @@ func (h *hasher) hashSmall(j *fileJob, data []byte) {
 	}
 	atomic.AddInt64(&r.res.FilesHashed, 1)
 	atomic.AddInt64(&r.res.BytesHashed, j.st.Size)
-	r.p.Hashed(j.st.Size)
+	r.files.Hashed(j.st.Size)
 	r.link(j, hash.Base32(), &j.st)
 }

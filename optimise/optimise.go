@@ -50,6 +50,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/lock"
+	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -86,28 +87,21 @@ type Options struct {
 	TempRoots *lock.TempRoots
 }
 
-// Progress receives live updates from the workers. Implementations must be
-// safe for concurrent use. NoProgress ignores everything.
-type Progress interface {
-	// Start is called once with the number of store paths and the sum of
-	// their NAR sizes.
-	Start(paths int, narBytes int64)
-	// PathDone is called when a store path is finished (narBytes is its
-	// NAR size from the database).
-	PathDone(narBytes int64)
-	// Hashed is called after a file of size bytes was hashed.
+// Files is an optional extension of the report.Progress passed to
+// Optimise: if it implements Files, Hashed is called after each file of
+// size bytes was hashed and Linked after each file of size bytes was
+// replaced by a link. Both are called from the workers, concurrently, once
+// per file: they must be cheap and must not block.
+type Files interface {
 	Hashed(bytes int64)
-	// Linked is called after a file of size bytes was replaced by a link.
 	Linked(bytes int64)
 }
 
-// NoProgress is a Progress that does nothing.
-type NoProgress struct{}
+// noFiles is the Files of a Progress that does not implement it.
+type noFiles struct{}
 
-func (NoProgress) Start(int, int64) {}
-func (NoProgress) PathDone(int64)   {}
-func (NoProgress) Hashed(int64)     {}
-func (NoProgress) Linked(int64)     {}
+func (noFiles) Hashed(int64) {}
+func (noFiles) Linked(int64) {}
 
 // Problem kinds of a Notice.
 const (
@@ -227,20 +221,28 @@ func (r *Result) Errors() []Notice {
 // Errors about single files do not stop the run; they are in
 // Result.Notices. The returned error is for what stops it: bad arguments,
 // an unreadable .links directory, the database, cancellation.
-func Optimise(ctx context.Context, s *store.Store, o Options, p Progress) (*Result, error) {
+//
+// p receives the progress (nil: report.Discard): one phase, "optimising",
+// over the NAR bytes of the selected paths, advanced as each path is done;
+// if p also implements Files, each file hashed and linked is reported.
+func Optimise(ctx context.Context, s *store.Store, o Options, p report.Progress) (*Result, error) {
 	return optimiseWith(ctx, s, o, p, realSys)
 }
 
 // optimiseWith is Optimise with the given system calls (tests inject
 // failures through it).
-func optimiseWith(ctx context.Context, s *store.Store, o Options, p Progress, sys sysOps) (*Result, error) {
+func optimiseWith(ctx context.Context, s *store.Store, o Options, p report.Progress, sys sysOps) (*Result, error) {
 	if p == nil {
-		p = NoProgress{}
+		p = report.Discard
+	}
+	files, ok := p.(Files)
+	if !ok {
+		files = noFiles{}
 	}
 	if s.ReadOnly && !o.DryRun {
 		return nil, fmt.Errorf("%w: optimising writes to the store (use --dry-run for a read-only estimate)", ErrReadOnly)
 	}
-	r := &run{s: s, o: o, p: p, res: &Result{DryRun: o.DryRun}, pid: os.Getpid(), sys: sys}
+	r := &run{s: s, o: o, p: p, files: files, res: &Result{DryRun: o.DryRun}, pid: os.Getpid(), sys: sys}
 	return r.run(ctx)
 }
 
@@ -254,12 +256,13 @@ type sysOps struct {
 var realSys = sysOps{linkat: unix.Linkat, renameat: unix.Renameat}
 
 type run struct {
-	s   *store.Store
-	o   Options
-	p   Progress
-	res *Result
-	pid int
-	sys sysOps
+	s     *store.Store
+	o     Options
+	p     report.Progress
+	files Files // p's, or noFiles
+	res   *Result
+	pid   int
+	sys   sysOps
 
 	storeFd, linksFd int
 	storeDev         uint64
@@ -329,7 +332,7 @@ type storePathJob struct {
 func (r *run) pathStep(t *storePathJob) {
 	if t.pending.Add(-1) == 0 {
 		r.finishPath(t)
-		r.p.PathDone(t.narSize)
+		r.p.Add(t.narSize)
 	}
 }
 
@@ -458,7 +461,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	for _, t := range paths {
 		total += t.narSize
 	}
-	r.p.Start(len(paths), total)
+	r.p.Phase("optimising", total, true)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -1087,7 +1090,7 @@ func (r *run) process(j *fileJob) {
 	}
 	atomic.AddInt64(&r.res.FilesHashed, 1)
 	atomic.AddInt64(&r.res.BytesHashed, st.Size)
-	r.p.Hashed(st.Size)
+	r.files.Hashed(st.Size)
 	r.link(j, h.Base32(), &st)
 }
 
@@ -1154,7 +1157,7 @@ func (r *run) processRegularStat(j *fileJob, counted bool) {
 	}
 	atomic.AddInt64(&r.res.FilesHashed, 1)
 	atomic.AddInt64(&r.res.BytesHashed, st.Size)
-	r.p.Hashed(st.Size)
+	r.files.Hashed(st.Size)
 	r.link(j, h.Base32(), &st)
 }
 
@@ -1310,7 +1313,7 @@ func (r *run) counted(st *unix.Stat_t) {
 	atomic.AddInt64(&r.res.FilesLinked, 1)
 	atomic.AddInt64(&r.res.BytesFreed, st.Size)
 	atomic.AddInt64(&r.res.BlocksFreed, st.Blocks)
-	r.p.Linked(st.Size)
+	r.files.Linked(st.Size)
 }
 
 // entryOK checks that the existing .links entry (lstat lst) holds what

@@ -1,7 +1,8 @@
 // Package report holds what every command's input and output share: how
 // names from the store (file names, link names, error texts that embed
-// them) are made safe to print as text (quote.go), and how sizes are read
-// from flags and written for people (size.go).
+// them) are made safe to print as text (quote.go), how sizes are read
+// from flags and written for people (size.go), and the one interface
+// through which the libraries report progress (progress.go).
 //
 // Anything a user can name (a file in a store path, a gcroot link, an
 // entry of the store directory, a line sent to the gc socket) may hold

@@ -236,9 +236,9 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	for _, id := range order {
 		total += int64(g.NarSize[id])
 	}
-	phase := "metadata"
+	phase := "checking metadata"
 	if v.o.CheckContents {
-		phase = "contents"
+		phase = "checking contents"
 	}
 	v.prog.Phase(phase, total, true)
 	if v.o.Metadata && v.fullRun {
@@ -298,8 +298,10 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 		if err := v.led.flush(); err != nil && v.recording {
 			v.sum.Recording = "ledger write failed: " + err.Error()
 		}
-		for _, r := range pending {
-			v.prog.Verified(g.Path(r.id), r.err == nil && r.hash == g.NarHash[r.id])
+		if v.verified != nil {
+			for _, r := range pending {
+				v.verified.Verified(g.Path(r.id), r.err == nil && r.hash == g.NarHash[r.id])
+			}
 		}
 		pending = pending[:0]
 	}

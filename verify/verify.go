@@ -142,24 +142,15 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Progress receives progress reports. Its methods are called from several
-// goroutines at once.
-type Progress interface {
-	// Phase starts a phase ("links", "contents", "metadata") with a total
-	// in bytes (bytes=true) or items.
-	Phase(name string, total int64, bytes bool)
-	// Add advances the current phase.
-	Add(n int64)
-	// Verified is called for each path whose contents were checked, after
-	// its ledger entry has been written out.
+// Verifications is an optional extension of the report.Progress passed to
+// Verify: if it implements Verifications, Verified is called for each path
+// whose contents were checked, with ok whether they matched, after its
+// ledger entry has been written out (so a run killed after Verified
+// returns does not check that path again). It is called from one
+// goroutine at a time.
+type Verifications interface {
 	Verified(path string, ok bool)
 }
-
-type noProgress struct{}
-
-func (noProgress) Phase(string, int64, bool) {}
-func (noProgress) Add(int64)                 {}
-func (noProgress) Verified(string, bool)     {}
 
 // Summary counts what a run did.
 type Summary struct {
@@ -199,13 +190,14 @@ func (r *Result) Problems() bool {
 
 // verifier holds one run's state.
 type verifier struct {
-	s     *store.Store
-	o     Options
-	prog  Progress
-	g     *store.Graph
-	lay   store.Layout
-	now   func() time.Time
-	start time.Time
+	s        *store.Store
+	o        Options
+	prog     report.Progress
+	verified Verifications // prog's, or nil
+	g        *store.Graph
+	lay      store.Layout
+	now      func() time.Time
+	start    time.Time
 
 	exists    []bool   // per PathID: the entry is in the store dir
 	ino       []uint64 // per PathID: the entry's inode number
@@ -247,10 +239,14 @@ type narInfo struct {
 // again before reporting). Cancellation: ctx stops the workers; manifests
 // and ledger entries written so far are kept (the ledger stays consistent
 // at any instant, even under kill -9) and Verify returns ctx's error.
-func Verify(ctx context.Context, s *store.Store, o Options, prog Progress) (*Result, error) {
+//
+// prog receives the progress (nil: report.Discard); if it also implements
+// Verifications, each path whose contents were checked is reported to it.
+func Verify(ctx context.Context, s *store.Store, o Options, prog report.Progress) (*Result, error) {
 	if prog == nil {
-		prog = noProgress{}
+		prog = report.Discard
 	}
+	verified, _ := prog.(Verifications)
 	if o.SubsetM != 0 && (o.SubsetN < 1 || o.SubsetN > o.SubsetM) {
 		return nil, fmt.Errorf("%w: subset %d/%d: need 1 <= N <= M", ErrBadOptions, o.SubsetN, o.SubsetM)
 	}
@@ -269,7 +265,7 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog Progress) (*Res
 	if o.StateDir == "" {
 		o.StateDir = s.Layout.OwnStateDir()
 	}
-	v := &verifier{s: s, o: o, prog: prog, lay: s.Layout, now: o.Now, fillInfo: map[store.PathID]narInfo{}}
+	v := &verifier{s: s, o: o, prog: prog, verified: verified, lay: s.Layout, now: o.Now, fillInfo: map[store.PathID]narInfo{}}
 	if v.now == nil {
 		v.now = time.Now
 	}
@@ -744,7 +740,7 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 		return fmt.Errorf("verify: reading %s: %w", dir, err)
 	}
 	sort.Strings(names)
-	v.prog.Phase("links", int64(len(names)), false)
+	v.prog.Phase("checking links", int64(len(names)), false)
 	type res struct {
 		name string
 		got  store.NarHash

@@ -67,23 +67,6 @@ of 1024, as Nix's --max-freed; KiB, MiB... and lower case are the same);
 	return cmd
 }
 
-// gcProgress draws a bar per phase and prints Nix's lines.
-type gcProgress struct {
-	p   *printer
-	bar *bar
-}
-
-func (gp *gcProgress) Phase(name string, total int64) {
-	gp.bar.Finish()
-	gp.p.Verbosef("phase: %s", name)
-	gp.bar = gp.p.newBar(name, total, false)
-}
-func (gp *gcProgress) Advance(n int64) { gp.bar.Add(n) }
-func (gp *gcProgress) Deleting(path string) {
-	gp.p.Verbosef("deleting '%s'", path)
-}
-func (gp *gcProgress) Info(msg string) { gp.p.Infof("%s", msg) }
-
 func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) error {
 	ctx := cmd.Context()
 	p := g.printer(cmd)
@@ -199,9 +182,10 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		// file (a FIFO) with the lock held, before invalidating.
 		opts.BeforeInvalidation = func() { os.ReadFile(sync) }
 	}
-	gp := &gcProgress{p: p, bar: &bar{}}
-	res, err := gc.Collect(ctx, s, opts, gp)
-	gp.bar.Finish()
+	prog := newProgress(p)
+	prog.phaseLines = true
+	res, err := gc.Collect(ctx, s, opts, prog)
+	prog.finish()
 	if err != nil && res == nil {
 		return err
 	}

@@ -105,7 +105,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 	}
 	defer s.Close()
 
-	prog := &optimiseProgress{p: p, start: time.Now()}
+	prog := &optimiseProgress{progress: newProgress(p)}
 	t0 := time.Now()
 	res, err := optimise.Optimise(ctx, s, optimise.Options{
 		Paths: args, MinSize: minSize, DryRun: o.dryRun, Jobs: o.jobs, Full: o.full,
@@ -190,45 +190,42 @@ func problemText(ps []store.MetaProblem) string {
 	return strings.Join(msgs, "; ")
 }
 
-// optimiseProgress draws one bar over the NAR bytes of the paths done,
-// with the bytes hashed and files linked in its description.
+// optimiseProgress is progress with the bytes hashed and files linked
+// (optimise.Files) in the bar's description, refreshed at most every
+// 200ms as paths are done.
 type optimiseProgress struct {
-	p      *printer
-	b      *bar
-	start  time.Time
+	*progress
 	hashed atomic.Int64
 	linked atomic.Int64
 	last   atomic.Int64 // unix nanos of the last description update
 }
 
-func (op *optimiseProgress) Start(paths int, narBytes int64) {
-	op.b = op.p.newBar("optimising", narBytes, true)
-}
+var _ optimise.Files = (*optimiseProgress)(nil)
 
-func (op *optimiseProgress) PathDone(narBytes int64) {
-	op.b.Add(narBytes)
-	op.describe(false)
+// Add advances the bar by the NAR size of a path done.
+func (op *optimiseProgress) Add(narBytes int64) {
+	op.progress.Add(narBytes)
+	op.describe()
 }
 
 func (op *optimiseProgress) Hashed(n int64) { op.hashed.Add(n) }
 
 func (op *optimiseProgress) Linked(int64) { op.linked.Add(1) }
 
-func (op *optimiseProgress) describe(force bool) {
-	if op.b == nil || op.b.pb == nil {
+func (op *optimiseProgress) describe() {
+	b := op.current()
+	if b == nil || b.pb == nil {
 		return
 	}
 	now := time.Now().UnixNano()
 	last := op.last.Load()
-	if !force && now-last < int64(200*time.Millisecond) {
+	if now-last < int64(200*time.Millisecond) {
 		return
 	}
 	if !op.last.CompareAndSwap(last, now) {
 		return
 	}
-	op.b.mu.Lock()
-	op.b.pb.Describe(fmt.Sprintf("optimising (%.0f MiB hashed, %d linked)", float64(op.hashed.Load())/(1<<20), op.linked.Load()))
-	op.b.mu.Unlock()
+	b.mu.Lock()
+	b.pb.Describe(fmt.Sprintf("optimising (%.0f MiB hashed, %d linked)", float64(op.hashed.Load())/(1<<20), op.linked.Load()))
+	b.mu.Unlock()
 }
-
-func (op *optimiseProgress) finish() { op.b.Finish() }

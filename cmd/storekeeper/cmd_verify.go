@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -143,43 +142,6 @@ func parseSubset(s string) (int, int, error) {
 	return n, m, nil
 }
 
-// verifyProgress draws one bar per phase.
-type verifyProgress struct {
-	p   *printer
-	mu  sync.Mutex
-	bar *bar
-}
-
-func (vp *verifyProgress) Phase(name string, total int64, bytes bool) {
-	vp.mu.Lock()
-	defer vp.mu.Unlock()
-	vp.bar.Finish()
-	desc := map[string]string{"links": "checking links", "contents": "checking contents", "metadata": "checking metadata"}[name]
-	if desc == "" {
-		desc = name
-	}
-	vp.bar = vp.p.newBar(desc, total, bytes)
-}
-
-func (vp *verifyProgress) Add(n int64) {
-	vp.mu.Lock()
-	b := vp.bar
-	vp.mu.Unlock()
-	b.Add(n)
-}
-
-func (vp *verifyProgress) Verified(path string, ok bool) {
-	if ok {
-		vp.p.Verbosef("verified '%s'", path)
-	}
-}
-
-func (vp *verifyProgress) finish() {
-	vp.mu.Lock()
-	vp.bar.Finish()
-	vp.mu.Unlock()
-}
-
 func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []string) error {
 	ctx := cmd.Context()
 	p := g.printer(cmd)
@@ -225,7 +187,7 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	}
 	defer s.Close()
 	vo.TrustedKeys = s.Settings.TrustedPublicKeys
-	prog := &verifyProgress{p: p}
+	prog := newProgress(p)
 	if !vo.CheckContents && vo.BudgetTime == 0 && vo.BudgetBytes == 0 && vo.SubsetM == 0 && !vo.Metadata {
 		p.Verbosef("checking path existence (add --check-contents to hash every path)")
 	}

@@ -2,15 +2,20 @@ package main
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+
+	"storekeeper/gc"
+	"storekeeper/report"
+	"storekeeper/verify"
 )
 
 // bar is a progress bar on stderr, drawn only when stderr is a terminal
 // and neither --quiet, --json nor --no-progress is given. A nil *bar (or
 // one made when bars are off) accepts every call and draws nothing, so
-// the Progress implementations of each command need no conditionals.
+// progress (below) needs no conditionals.
 // It is safe for concurrent use (library workers report from goroutines).
 type bar struct {
 	mu sync.Mutex
@@ -77,4 +82,63 @@ func (b *bar) Finish() {
 	b.mu.Lock()
 	b.pb.Finish()
 	b.mu.Unlock()
+}
+
+// progress is the report.Progress of every command: one bar per phase on
+// stderr (see bar), the libraries' messages through the printer (Info
+// unless --quiet), and with --verbose a line per path that gc deletes
+// (gc.Deletions) and that verify found intact (verify.Verifications).
+// Add costs an atomic load and, only while a bar is drawn, a mutex.
+type progress struct {
+	p *printer
+	// phaseLines prints "phase: NAME" with --verbose when a phase starts
+	// (gc does, as it always has; verify and optimise do not).
+	phaseLines bool
+	mu         sync.Mutex // serialises Phase and finish
+	cur        atomic.Pointer[bar]
+}
+
+var (
+	_ report.Progress      = (*progress)(nil)
+	_ gc.Deletions         = (*progress)(nil)
+	_ verify.Verifications = (*progress)(nil)
+)
+
+func newProgress(p *printer) *progress { return &progress{p: p} }
+
+// Phase clears the bar of the phase before and starts one for this phase.
+func (pr *progress) Phase(name string, total int64, bytes bool) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	pr.cur.Load().Finish()
+	if pr.phaseLines {
+		pr.p.Verbosef("phase: %s", name)
+	}
+	pr.cur.Store(pr.p.newBar(name, total, bytes))
+}
+
+// Add advances the current phase's bar.
+func (pr *progress) Add(n int64) { pr.cur.Load().Add(n) }
+
+// Info prints msg on stderr unless --quiet.
+func (pr *progress) Info(msg string) { pr.p.Infof("%s", msg) }
+
+// Deleting prints Nix's "deleting '...'" line with --verbose.
+func (pr *progress) Deleting(path string) { pr.p.Verbosef("deleting '%s'", path) }
+
+// Verified prints "verified '...'" with --verbose for a path found intact.
+func (pr *progress) Verified(path string, ok bool) {
+	if ok {
+		pr.p.Verbosef("verified '%s'", path)
+	}
+}
+
+// current returns the current phase's bar (nil before the first phase).
+func (pr *progress) current() *bar { return pr.cur.Load() }
+
+// finish clears the last bar; call it once the library call returned.
+func (pr *progress) finish() {
+	pr.mu.Lock()
+	pr.cur.Load().Finish()
+	pr.mu.Unlock()
 }
