@@ -91,16 +91,16 @@ func startServerLimit(c *collector, socketPath string, limit int) (*rootServer, 
 	if err := os.Remove(socketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socketPath, Net: "unix"})
-	if err != nil {
-		return nil, err
-	}
 	// The socket file stays after the server stops, as Nix's does: the
 	// server stops while gc.lock is still held exclusively, and a Nix
 	// client that connects then must get ECONNREFUSED (on which it goes
 	// back to waiting for the lock), not ENOENT (on which it fails). The
-	// next collection replaces the file.
-	ln.SetUnlinkOnClose(false)
+	// next collection replaces the file. A state dir too long for
+	// sockaddr_un works (lock.ListenUnix), as it does for Nix.
+	ln, err := lock.ListenUnix(socketPath)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.Chmod(socketPath, 0o666); err != nil {
 		ln.Close()
 		return nil, err

@@ -2,6 +2,7 @@ package gc
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"storekeeper/lock"
 	"storekeeper/store"
 )
 
@@ -268,4 +270,36 @@ func TestServerLeavesSocketRefusing(t *testing.T) {
 	}
 	defer s2.stop()
 	dialForTest(t, path)
+}
+
+// TestServerLongStateDir: a state dir whose gc-socket path does not fit
+// in sockaddr_un (108 bytes) still gets its socket, and clients reach it.
+func TestServerLongStateDir(t *testing.T) {
+	lp := &logProgress{}
+	c := &collector{lay: store.Layout{StoreDir: "/nix/store"}, progress: lp, res: &Result{},
+		tempHash: map[string]bool{}, pendingID: map[store.PathID]bool{}, pendingHash: map[string]bool{}}
+	c.cond = sync.NewCond(&c.mu)
+	dir := t.TempDir()
+	for len(dir) < 200 {
+		dir = filepath.Join(dir, strings.Repeat("s", 60))
+	}
+	path := filepath.Join(dir, "gc-socket", "socket")
+	s, err := startServer(c, path)
+	if err != nil {
+		t.Fatalf("a %d-byte socket path: %v", len(path), err)
+	}
+	defer s.stop()
+	conn, err := lock.DialUnix(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("/nix/store/" + strings.Repeat("a", 32) + "-x\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(buf); err != nil || buf[0] != '1' {
+		t.Fatalf("answer %q: %v", buf, err)
+	}
 }
