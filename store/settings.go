@@ -65,6 +65,12 @@ type Settings struct {
 	Raw      map[string]string
 	Sources  map[string]string
 	Warnings []string // unknown settings, ignored unreadable files, ...
+
+	// lists holds the list settings changed during one ApplyFile,
+	// ApplyText or Set, as tokens; finishLists turns them into Raw and
+	// the typed fields when the call returns, so N "extra-" lines cost
+	// O(N) and not O(N²). nil between calls.
+	lists map[string][]string
 }
 
 // DefaultSettings returns Nix 2.8's defaults. isRoot selects the default
@@ -190,6 +196,7 @@ func splitNonEmpty(s, sep string) []string {
 // warning (Nix skips it silently). Includes are resolved relative to the
 // directory of path. On error s may be partly updated.
 func (s *Settings) ApplyFile(path string) error {
+	defer s.finishLists()
 	return s.applyFile(path, nil)
 }
 
@@ -199,6 +206,7 @@ func (s *Settings) ApplyFile(path string) error {
 // relative includes are an error, as in Nix. On error s may be partly
 // updated.
 func (s *Settings) ApplyText(text, source string) error {
+	defer s.finishLists()
 	return s.applyText(text, source, nil)
 }
 
@@ -328,6 +336,7 @@ func confTokens(line string) []string {
 // whitespace). Unlike Nix, which only warns about a bad --option value,
 // a value that does not parse is an error wrapping ErrBadConfig.
 func (s *Settings) Set(name, value string) error {
+	defer s.finishLists()
 	return s.set(name, value, "--option")
 }
 
@@ -359,15 +368,6 @@ func (s *Settings) set(name, value, where string) error {
 
 	bad := func(format string) error {
 		return fmt.Errorf("%w: %s: "+format, ErrBadConfig, where, canon, value)
-	}
-	list := func(dst *[]string) string {
-		toks := confTokens(value)
-		if appendTo {
-			*dst = append(append([]string(nil), *dst...), toks...)
-		} else {
-			*dst = toks
-		}
-		return strings.Join(*dst, " ")
 	}
 	raw := value
 	switch canon {
@@ -410,26 +410,69 @@ func (s *Settings) set(name, value, where string) error {
 		s.BuildUsersGroup = value
 	case "store":
 		s.StoreURI = value
-	case "substituters":
-		raw = list(&s.Substituters)
-	case "trusted-public-keys":
-		raw = list(&s.TrustedPublicKeys)
+	case "substituters", "trusted-public-keys":
+		s.setList(canon, value, appendTo, where)
+		return nil
 	case "sandbox":
 		if value != "true" && value != "false" && value != "relaxed" {
 			return bad("option '%s' has invalid value '%s'")
 		}
 	default:
 		if nixListSettings[canon] {
-			toks := confTokens(value)
-			if old := s.Raw[canon]; appendTo && old != "" {
-				toks = append(confTokens(old), toks...)
-			}
-			raw = strings.Join(toks, " ")
+			s.setList(canon, value, appendTo, where)
+			return nil
 		}
 	}
 	s.Raw[canon] = raw
 	s.Sources[canon] = where
 	return nil
+}
+
+// setList sets the list setting canon to value's tokens, or appends them
+// for "extra-NAME". The tokens collect in s.lists (appended in place,
+// amortised O(1) a token) until finishLists.
+func (s *Settings) setList(canon, value string, appendTo bool, where string) {
+	toks := confTokens(value)
+	if appendTo {
+		cur, pending := s.lists[canon]
+		if !pending {
+			cur = append([]string(nil), s.listValue(canon)...)
+		}
+		toks = append(cur, toks...)
+	}
+	if s.lists == nil {
+		s.lists = map[string][]string{}
+	}
+	s.lists[canon] = toks
+	s.Sources[canon] = where
+}
+
+// listValue is the current value of the list setting canon, outside a
+// pending change.
+func (s *Settings) listValue(canon string) []string {
+	switch canon {
+	case "substituters":
+		return s.Substituters
+	case "trusted-public-keys":
+		return s.TrustedPublicKeys
+	}
+	return confTokens(s.Raw[canon])
+}
+
+// finishLists moves the list settings collected in s.lists into Raw and
+// the typed fields. The slices it stores are s's own: a later append
+// copies them first, so a copy of Settings never sees another's change.
+func (s *Settings) finishLists() {
+	for canon, toks := range s.lists {
+		switch canon {
+		case "substituters":
+			s.Substituters = toks
+		case "trusted-public-keys":
+			s.TrustedPublicKeys = toks
+		}
+		s.Raw[canon] = strings.Join(toks, " ")
+	}
+	s.lists = nil
 }
 
 func (s *Settings) boolField(canon string) *bool {
