@@ -140,13 +140,13 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 			case optimise.KindNoSpace:
 				p.Infof("cannot link '%s' to '%s': %s", report.Name(n.Link), report.Name(n.Path), report.Name(n.Err))
 			case optimise.KindRefused:
-				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: not linked, left as it is (fix: nix-store --repair-path %s)",
-					problemText(n.Problems), report.Name(n.StorePath))))
+				p.Errorf("%s: not linked, left as it is (fix: nix-store --repair-path %s)",
+					problemText(n.Problems), report.Name(n.StorePath))
 			case optimise.KindUntrustedLink:
-				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: nothing is linked to it, the files with its contents are left as they are (fix: remove it, then 'storekeeper verify --metadata' names the store files that share its inode)",
-					problemText(n.Problems))))
+				p.Errorf("%s: nothing is linked to it, the files with its contents are left as they are (fix: remove it, then 'storekeeper verify --metadata' names the store files that share its inode)",
+					problemText(n.Problems))
 			default:
-				fmt.Fprintln(p.err, report.Text(fmt.Sprintf("error: %s: %s", report.Name(n.Path), report.Name(n.Err))))
+				p.Errorf("%s: %s", report.Name(n.Path), report.Name(n.Err))
 			}
 		}
 		p.Verbosef("%d paths (%d unchanged since an earlier run linked them), %d files considered, %d already linked, %d hashed (%.2f MiB), %d new .links entries, %.1fs",

@@ -161,7 +161,7 @@ func (g *globalOptions) printer(cmd *cobra.Command) *printer {
 
 // Infof prints an informational message on stderr unless --quiet.
 //
-// Infof, Verbosef, Warnf and Textln pass every message through
+// Infof, Verbosef, Warnf, Errorf and Textln pass every message through
 // report.Text: whatever a name from the store holds, no control character
 // but the message's own newlines reaches the terminal or the log. Names
 // in a message should also be quoted with report.Name (a newline in a
@@ -182,6 +182,12 @@ func (p *printer) Verbosef(format string, a ...any) {
 // Warnf prints a warning on stderr, even under --quiet.
 func (p *printer) Warnf(format string, a ...any) {
 	fmt.Fprintln(p.err, report.Text("warning: "+fmt.Sprintf(format, a...)))
+}
+
+// Errorf prints an error line ("error: ...") on stderr, even under --quiet:
+// a problem the command reports and goes on past.
+func (p *printer) Errorf(format string, a ...any) {
+	fmt.Fprintln(p.err, report.Text("error: "+fmt.Sprintf(format, a...)))
 }
 
 // Textln prints one result line (or several, separated by newlines) on
