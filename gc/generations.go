@@ -181,7 +181,7 @@ func (w *genWalk) walk(dir *os.File, path string, depth int) error {
 		}
 		switch typ {
 		case unix.DT_LNK:
-			t, err := readlinkAt(fd, e.Name)
+			t, err := store.ReadlinkAt(fd, e.Name)
 			if err != nil || !strings.Contains(t, "link") || genLink.MatchString(e.Name) {
 				continue
 			}
@@ -214,21 +214,6 @@ func (w *genWalk) walk(dir *os.File, path string, depth int) error {
 	return nil
 }
 
-// readlinkAt reads the symlink name in dirfd.
-func readlinkAt(dirfd int, name string) (string, error) {
-	buf := make([]byte, unix.PathMax)
-	for {
-		n, err := unix.Readlinkat(dirfd, name, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		return string(buf[:n]), nil
-	}
-}
-
 type generation struct {
 	n       int
 	name    string
@@ -255,7 +240,7 @@ func (w *genWalk) profile(dir *os.File, dirPath, name string) error {
 	if testHookBeforeGenerations != nil {
 		testHookBeforeGenerations(profile)
 	}
-	cur, err := readlinkAt(fd, name)
+	cur, err := store.ReadlinkAt(fd, name)
 	if err != nil {
 		return nil
 	}
