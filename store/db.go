@@ -321,11 +321,11 @@ const minFreeForSQLite = 1 << 20
 func cannotReadError(dbPath string, first error) error {
 	dbDir := filepath.Dir(dbPath)
 	why := fmt.Sprintf("SQLite cannot create %s-shm, the index it needs to read the transactions still in %s-wal", dbPath, dbPath)
-	if ro, _ := IsReadOnlyMount(dbDir); ro {
-		return readOnlyDirError(ErrReadOnlyFS, dbDir, "", why, first, "")
-	}
 	var st unix.Statfs_t
 	if unix.Statfs(dbDir, &st) == nil {
+		if st.Flags&unix.ST_RDONLY != 0 {
+			return readOnlyDirError(ErrReadOnlyFS, dbDir, "", why, first, "")
+		}
 		avail := st.Bavail * uint64(st.Bsize)
 		noInodes := st.Files > 0 && st.Ffree == 0
 		if avail < minFreeForSQLite || noInodes {
