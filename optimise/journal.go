@@ -6,12 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
-
-	"storekeeper/store"
 )
 
 // journal records, before the first rename into a directory, which
@@ -135,21 +132,9 @@ func (r *run) replayJournals() int64 {
 // canonical, reaching it component by component without following
 // symlinks. Missing directories (collected meanwhile) are skipped.
 func (r *run) restoreDir(rel string) bool {
-	fd, err := unix.Dup(r.storeFd)
+	fd, err := r.openRel(rel)
 	if err != nil {
 		return false
-	}
-	for _, c := range strings.Split(rel, "/") {
-		if c == "" || c == "." || c == ".." {
-			unix.Close(fd)
-			return false
-		}
-		nfd, err := store.OpenAt(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
-		unix.Close(fd)
-		if err != nil {
-			return false
-		}
-		fd = nfd
 	}
 	d := &dirRef{r: r, fd: fd, path: rel}
 	defer unix.Close(fd)

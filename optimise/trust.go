@@ -270,10 +270,17 @@ func (r *run) deferredDir(fs []deferredFile) {
 }
 
 // openRel opens the directory rel (relative to the store directory)
-// component by component, never following a symlink.
+// component by component, never following a symlink; an empty, "." or
+// ".." component is EINVAL (rel may come from the journal file).
 func (r *run) openRel(rel string) (int, error) {
 	fd := r.storeFd
 	for _, c := range strings.Split(rel, "/") {
+		if c == "" || c == "." || c == ".." {
+			if fd != r.storeFd {
+				unix.Close(fd)
+			}
+			return -1, unix.EINVAL
+		}
 		nfd, err := store.OpenAt(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 		if fd != r.storeFd {
 			unix.Close(fd)
