@@ -779,7 +779,7 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 				// A fifo, socket or device (at the top or inside a
 				// directory): no NAR has one, so no link can be one.
 				v.add(Finding{Kind: KindLinkModified, File: lp, Expected: r.name, Got: r.err.Error(),
-					Message: fmt.Sprintf("link '%s' cannot be a link of Nix's: %v", lp, r.err),
+					Message: fmt.Sprintf("link '%s' cannot be a link of Nix's: %s", report.Name(lp), report.Name(r.err.Error())),
 					Fix:     "storekeeper verify --check-contents --repair"})
 				v.badLinks = append(v.badLinks, r.name)
 				continue
