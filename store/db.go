@@ -185,7 +185,7 @@ func checkWritableDBDir(dbDir string) error {
 	}
 	if err := unix.Access(dbDir, unix.W_OK|unix.R_OK); err != nil {
 		if errors.Is(err, unix.EROFS) {
-			return readOnlyDirError(ErrReadOnlyFS, dbDir, "", "", nil, "or use a command that only reads")
+			return readOnlyFSError(dbDir)
 		}
 		return fmt.Errorf("%w: the database directory %s is not writable (%w); %s", ErrDBAccess, dbDir, err, accessHint(dbDir))
 	}

@@ -47,6 +47,12 @@ func CheckWritableDir(dir string) error {
 	if ro, err := IsReadOnlyMount(dir); err != nil || !ro {
 		return nil
 	}
+	return readOnlyFSError(dir)
+}
+
+// readOnlyFSError is CheckWritableDir's error: dir, which a command that
+// writes must write to, is on a read-only mount.
+func readOnlyFSError(dir string) error {
 	return readOnlyDirError(ErrReadOnlyFS, dir, "", "", nil, "or use a command that only reads")
 }
 
