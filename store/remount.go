@@ -149,7 +149,7 @@ func RemountWritable(dir string) error {
 // mp: as root, what to do instead; otherwise that it takes root.
 func remountError(dir, mp string, err error) error {
 	if os.Geteuid() != 0 {
-		return RemountNeedsRoot(dir)
+		return remountNeedsRoot(dir, mp)
 	}
 	return readOnlyDirError(ErrReadOnlyStore, dir, mp, "making it writable in a private mount namespace failed", err, "")
 }
@@ -157,8 +157,10 @@ func remountError(dir, mp string, err error) error {
 // RemountNeedsRoot is the error for a user other than root whose command
 // must write to the store dir on a read-only mount: only root can make
 // it writable for one process.
-func RemountNeedsRoot(dir string) error {
-	mp := MountPointOf(dir)
+func RemountNeedsRoot(dir string) error { return remountNeedsRoot(dir, MountPointOf(dir)) }
+
+// remountNeedsRoot is RemountNeedsRoot for dir on the mount at mp.
+func remountNeedsRoot(dir, mp string) error {
 	return fmt.Errorf("%w: %s is on a read-only mount (%s); only root can make it writable for storekeeper alone (in a private mount namespace): run as root, or remount it read-write (mount -o remount,rw %s)", ErrReadOnlyStore, dir, mp, mp)
 }
 
