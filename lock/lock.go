@@ -145,15 +145,21 @@ func notRegular(disp string, mode uint32) error {
 // two OpenLockFile calls on the same path in one process conflict with each
 // other exactly as two processes would.
 func OpenLockFile(path string, create bool) (*os.File, error) {
+	flag := unix.O_RDWR
+	if create {
+		flag |= unix.O_CREAT
+	}
+	return openLockFile(path, flag)
+}
+
+// openLockFile opens the lock file at path with flag, relative to its
+// directory as that directory's trust allows (see lockDir.open).
+func openLockFile(path string, flag int) (*os.File, error) {
 	d, err := openLockDir(filepath.Dir(path))
 	if err != nil {
 		return nil, err
 	}
 	defer d.close()
-	flag := unix.O_RDWR
-	if create {
-		flag |= unix.O_CREAT
-	}
 	f, _, err := d.open(filepath.Base(path), flag)
 	return f, err
 }
@@ -294,12 +300,7 @@ func acquireFile(ctx context.Context, path string, flag int, m Mode, wait bool, 
 	if _, err := m.op(); err != nil {
 		return nil, err
 	}
-	d, err := openLockDir(filepath.Dir(path))
-	if err != nil {
-		return nil, err
-	}
-	f, _, err := d.open(filepath.Base(path), flag)
-	d.close()
+	f, err := openLockFile(path, flag)
 	if err != nil {
 		return nil, err
 	}
