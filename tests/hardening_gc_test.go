@@ -115,29 +115,23 @@ func runConcurrentGC(t *testing.T, root, script, first, second string) string {
 	return dir
 }
 
-// nixAlone starts `nix-store --gc` alone on a copy of src, at the same
-// time as the collections it is compared with, and returns a function
-// that waits for it and gives the valid paths and store entries it left.
-// It runs at the same time because Nix and storekeeper both take the
-// runtime roots of every process of the machine: a process of another
-// test (the fixtures share their first derivations, so their hashes)
-// keeps a path of the same name alive only while it runs.
+// nixAlone runs `nix-store --gc` alone on a copy of src, before the
+// collections it is compared with, and returns a function that gives the
+// valid paths and store entries it left. It runs first, not beside them:
+// Nix and storekeeper take the runtime roots of every process of the
+// machine by name, so a collection running at the same time (holding the
+// dead paths it deletes open) would make the reference keep them. The
+// fixtures are salted (nixSpec.Salt), so no other test's process holds
+// a path of the same name.
 func nixAlone(t *testing.T, src string) func() (valid, entries string) {
 	t.Helper()
 	ref := copyStore(t, src)
 	cmd := nsScript(ref, `exec nix-store --gc`)
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nix-store --gc alone: %v\n%s", err, tail(string(out), 2000))
 	}
-	return func() (string, string) {
-		t.Helper()
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("nix-store --gc alone: %v\n%s", err, tail(errb.String(), 2000))
-		}
-		return fmt.Sprint(validPaths(t, ref)), fmt.Sprint(entries(t, ref))
-	}
+	valid, ents := fmt.Sprint(validPaths(t, ref)), fmt.Sprint(entries(t, ref))
+	return func() (string, string) { return valid, ents }
 }
 
 // checkLikeNixAlone: the store holds the same valid paths and entries as
