@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"slices"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,16 +54,13 @@ type BatchHasher struct {
 }
 
 const (
-	batchChunk     = 64       // files per submission
-	batchReadSize  = 16 << 10 // smaller files are read in the batch, larger ones while the NAR is written
-	batchArenaSize = 1 << 20  // bytes of small files held per path; the rest are read while the NAR is written
-	batchMaxFiles  = 256      // more regular files in one path: walked by HashPathFiles
-	batchMaxDirs   = 64       // more directories (held open while a path is hashed): likewise
-	batchMaxCloses = 32       // descriptors left open between paths, to close with the next submission
+	batchArenaSize = 1 << 20 // bytes of small files held per path; the rest are read while the NAR is written
+	batchMaxFiles  = 256     // more regular files in one path: walked by HashPathFiles
+	batchMaxDirs   = 64      // more directories (held open while a path is hashed): likewise
+	batchMaxCloses = 32      // descriptors left open between paths, to close with the next submission
 
 	// BatchHasherFDs bounds the descriptors one BatchHasher holds open.
 	BatchHasherFDs = batchMaxDirs + batchMaxCloses + 1
-	batchEntries   = 256 // SQEs per ring
 )
 
 // bnode is one node of a listed tree, in NAR order.
@@ -108,8 +104,6 @@ func (b *BatchHasher) Close() error {
 	b.r = nil
 	return nil
 }
-
-func ptrOf(p []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&p[0]))) }
 
 // HashPathFiles is HashPathFiles(path, fn) (see BatchHasher). A nil
 // BatchHasher, or one whose ring broke, hashes with HashPathFiles.

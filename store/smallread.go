@@ -11,6 +11,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+const (
+	batchChunk    = 64       // files per submission
+	batchReadSize = 16 << 10 // smaller files are read in the batch, larger ones while the NAR is written
+	batchEntries  = 256      // SQEs per ring
+)
+
+// ptrOf is the address of p's first byte, for an SQE.
+func ptrOf(p []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&p[0]))) }
+
 // smallRead is one file to read through the ring: name in the directory
 // open at dirfd, size bytes long by its lstat, read into arena[off:].
 type smallRead struct {
