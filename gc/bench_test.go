@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"storekeeper/gc"
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
@@ -21,7 +22,7 @@ func BenchmarkLiveness300k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true), ReadOnly: true})
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -13,7 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/lock"
+	"storekeeper/nix/storepath"
 	"storekeeper/store"
+	"storekeeper/store/db"
+	"storekeeper/store/fs"
 )
 
 var errRetryBatch = errors.New("gc: batch changed under us")
@@ -57,7 +60,7 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 	// a mover renames the directories of the committed batch k into the
 	// trash. Both finish before the lock is released.
 	type committed struct {
-		ids   []store.PathID
+		ids   []db.PathID
 		spare map[string]bool
 	}
 	moves := make(chan committed, 1)
@@ -98,7 +101,7 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 			break
 		}
 		size := c.batchSize(remaining, low)
-		var batch [][]store.PathID
+		var batch [][]db.PathID
 		n := 0
 		for i < len(comps) && n < size {
 			batch = append(batch, comps[i])
@@ -143,14 +146,14 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 // claim drops the components that became alive (a client registered a
 // temporary root through the socket) and marks the rest as being
 // deleted; the socket server holds back its answer for those.
-func (c *collector) claim(batch [][]store.PathID) []store.PathID {
+func (c *collector) claim(batch [][]db.PathID) []db.PathID {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ids []store.PathID
+	var ids []db.PathID
 	for _, comp := range batch {
 		keep := true
 		for _, id := range comp {
-			if c.live.alive[id] || c.tempHash[c.g.Name(id)[:store.HashLen]] {
+			if c.live.alive[id] || c.tempHash[c.g.Name(id)[:storepath.HashLen]] {
 				keep = false
 				break
 			}
@@ -163,7 +166,7 @@ func (c *collector) claim(batch [][]store.PathID) []store.PathID {
 		}
 		for _, id := range comp {
 			c.pendingID[id] = true
-			c.pendingHash[c.g.Name(id)[:store.HashLen]] = true
+			c.pendingHash[c.g.Name(id)[:storepath.HashLen]] = true
 			ids = append(ids, id)
 		}
 	}
@@ -173,14 +176,14 @@ func (c *collector) claim(batch [][]store.PathID) []store.PathID {
 // releasePending ends the deletion of ids (or, with none, of the
 // single-entry deletions of moveOthers) and wakes the socket clients
 // waiting for it.
-func (c *collector) releasePending(ids []store.PathID) {
+func (c *collector) releasePending(ids []db.PathID) {
 	c.mu.Lock()
 	if ids == nil {
 		clear(c.pendingHash)
 	}
 	for _, id := range ids {
 		delete(c.pendingID, id)
-		delete(c.pendingHash, c.g.Name(id)[:store.HashLen])
+		delete(c.pendingHash, c.g.Name(id)[:storepath.HashLen])
 	}
 	c.cond.Broadcast()
 	c.mu.Unlock()
@@ -194,8 +197,8 @@ func placeholders(n int) string {
 const sqlChunk = 500
 
 // chunks splits ids into runs of at most sqlChunk.
-func chunks(ids []store.PathID) [][]store.PathID {
-	var out [][]store.PathID
+func chunks(ids []db.PathID) [][]db.PathID {
+	var out [][]db.PathID
 	for i := 0; i < len(ids); i += sqlChunk {
 		out = append(out, ids[i:min(i+sqlChunk, len(ids))])
 	}
@@ -203,7 +206,7 @@ func chunks(ids []store.PathID) [][]store.PathID {
 }
 
 // dbIDs returns the DB ids of part as statement arguments.
-func (c *collector) dbIDs(part []store.PathID) []any {
+func (c *collector) dbIDs(part []db.PathID) []any {
 	args := make([]any, len(part))
 	for j, id := range part {
 		args[j] = c.g.DBID(id)
@@ -262,7 +265,7 @@ func (c *collector) invalidationConn(ctx context.Context) (conn *sql.Conn, done 
 // returns the names that are valid again under a new id (invalidated and
 // registered again meanwhile): those are left in place. Only the rows
 // that were not there to delete are looked up for that.
-func (c *collector) invalidate(ctx context.Context, db beginner, ids []store.PathID) (map[string]bool, error) {
+func (c *collector) invalidate(ctx context.Context, conn beginner, ids []db.PathID) (map[string]bool, error) {
 	// Once it holds the write lock, the transaction is short: a
 	// cancellation then lets it finish, so a batch is never half done
 	// between the DB and the disk. Its first statement takes SQLite's
@@ -271,7 +274,7 @@ func (c *collector) invalidate(ctx context.Context, db beginner, ids []store.Pat
 	// statement fails and the transaction is rolled back, having changed
 	// nothing.
 	tctx := context.WithoutCancel(ctx)
-	tx, err := db.BeginTx(tctx, nil)
+	tx, err := conn.BeginTx(tctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
@@ -304,10 +307,10 @@ func (c *collector) invalidate(ctx context.Context, db beginner, ids []store.Pat
 			return nil, fmt.Errorf("gc: invalidating: %w", err)
 		}
 	}
-	var missing []store.PathID // rows not found under the id the graph has
+	var missing []db.PathID // rows not found under the id the graph has
 	for _, part := range chunks(ids) {
 		res, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", c.dbIDs(part)...)
-		if store.IsConstraintError(err) {
+		if db.IsConstraintError(err) {
 			tx.Rollback()
 			return nil, c.keepReferenced(tctx, ids, err)
 		}
@@ -352,11 +355,11 @@ func (c *collector) invalidate(ctx context.Context, db beginner, ids []store.Pat
 // keeps them and marks the batch paths they refer to (and so their
 // closures) alive, and returns errRetryBatch. If there is no such path,
 // it returns cause.
-func (c *collector) keepReferenced(ctx context.Context, ids []store.PathID, cause error) error {
+func (c *collector) keepReferenced(ctx context.Context, ids []db.PathID, cause error) error {
 	found := false
 	for _, part := range chunks(ids) {
 		args := c.dbIDs(part)
-		byDBID := make(map[int64]store.PathID, len(part))
+		byDBID := make(map[int64]db.PathID, len(part))
 		for _, id := range part {
 			byDBID[c.g.DBID(id)] = id
 		}
@@ -393,8 +396,8 @@ func (c *collector) keepReferenced(ctx context.Context, ids []store.PathID, caus
 			}
 			found = true
 			c.warn("%s was registered during the collection and refers to %s; keeping it", h.referrer, c.g.Path(id))
-			if base, err := store.ParseStorePath(c.lay.StoreDir, h.referrer); err == nil {
-				c.tempHash[store.HashPart(base)] = true
+			if base, err := storepath.Parse(c.lay.StoreDir, h.referrer); err == nil {
+				c.tempHash[storepath.HashPart(base)] = true
 			}
 			c.live.markRoot(id, "referenced by "+h.referrer)
 		}
@@ -439,7 +442,7 @@ func (c *collector) moveOthers(ctx context.Context, p *plan, mv *mover) error {
 		c.mu.Lock()
 		var h string
 		if e.isSP {
-			h = store.HashPart(e.name)
+			h = storepath.HashPart(e.name)
 			if c.tempHash[h] {
 				c.mu.Unlock()
 				continue
@@ -480,7 +483,7 @@ func (m *mover) move(name string) {
 		switch {
 		case err == nil:
 			if m.deleteNow {
-				n, err := store.RemoveTree(m.toFd, dst, m.to+"/"+dst)
+				n, err := fs.RemoveTree(m.toFd, dst, m.to+"/"+dst)
 				m.c.mu.Lock()
 				m.c.res.BytesFreed += n
 				m.c.mu.Unlock()
@@ -621,7 +624,7 @@ const (
 func (c *collector) batchSize(remaining int, low bool) int {
 	limit := c.o.BatchSize
 	if low {
-		free, _, err := store.FreeSpace(c.lay.DBDir())
+		free, _, err := fs.FreeSpace(c.lay.DBDir())
 		if err != nil {
 			return min(limit, lowSpaceBatchMin)
 		}
@@ -638,7 +641,7 @@ func (c *collector) batchSize(remaining int, low bool) int {
 // the collector works as Nix does: small transactions, a checkpoint after
 // each, and each batch deleted at once, so that space grows as it goes.
 func (c *collector) spaceIsLow() bool {
-	free, _, err := store.FreeSpace(c.lay.DBDir())
+	free, _, err := fs.FreeSpace(c.lay.DBDir())
 	if err != nil {
 		return false
 	}

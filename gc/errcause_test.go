@@ -9,6 +9,7 @@ import (
 
 	"storekeeper/gc"
 	"storekeeper/lock"
+	"storekeeper/nix/storepath"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
@@ -25,9 +26,9 @@ func TestErrorsKeepTheirCause(t *testing.T) {
 		sentinel, want error
 	}{
 		{"delete outside", gc.Options{Action: gc.DeleteSpecific, Paths: []string{"/etc/passwd"}}, nil,
-			gc.ErrNotInStore, store.ErrBadStorePath},
+			gc.ErrNotInStore, storepath.ErrBadStorePath},
 		{"explain outside", gc.Options{Action: gc.Explain, Paths: []string{"/etc/passwd"}}, nil,
-			gc.ErrNotInStore, store.ErrBadStorePath},
+			gc.ErrNotInStore, storepath.ErrBadStorePath},
 		{"temproots symlink", gc.Options{Action: gc.Delete}, func(t *testing.T, lay store.Layout) {
 			if err := os.MkdirAll(lay.TempRootsDir(), 0o755); err != nil {
 				t.Fatal(err)

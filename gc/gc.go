@@ -57,6 +57,7 @@ import (
 	"storekeeper/lock"
 	"storekeeper/report"
 	"storekeeper/store"
+	"storekeeper/store/db"
 )
 
 // Sentinel errors.
@@ -201,7 +202,7 @@ type collector struct {
 	phaseAt   time.Time
 
 	warnMu   sync.Mutex
-	g        *store.Graph
+	g        *db.Graph
 	edg      *edges
 	deleting bool
 	// trash is this run's directory in the trash (see trash.go), from
@@ -214,7 +215,7 @@ type collector struct {
 	cond        *sync.Cond
 	live        *liveness
 	tempHash    map[string]bool
-	pendingID   map[store.PathID]bool
+	pendingID   map[db.PathID]bool
 	pendingHash map[string]bool
 }
 
@@ -272,7 +273,7 @@ func Collect(ctx context.Context, s *store.Store, o Options, p report.Progress) 
 	}
 	start := time.Now()
 	c := &collector{s: s, lay: s.Layout, o: o, progress: p, deletions: d, res: &Result{},
-		tempHash: map[string]bool{}, pendingID: map[store.PathID]bool{}, pendingHash: map[string]bool{}}
+		tempHash: map[string]bool{}, pendingID: map[db.PathID]bool{}, pendingHash: map[string]bool{}}
 	c.cond = sync.NewCond(&c.mu)
 	c.deleting = (o.Action == Delete || o.Action == DeleteSpecific) && !o.DryRun
 	if c.deleting && s.ReadOnly {
@@ -414,16 +415,16 @@ func (c *collector) run(ctx context.Context) error {
 // entry is a name in the store directory.
 type entry struct {
 	name  string
-	id    store.PathID // valid path, or store.NoPath
-	isSP  bool         // parses as a store path
+	id    db.PathID // valid path, or store.NoPath
+	isSP  bool      // parses as a store path
 	valid bool
 }
 
 // plan is what a collection would delete.
 type plan struct {
-	dead    []bool         // valid paths, by PathID
-	deadIDs []store.PathID // the same, in deletion order
-	comps   [][]store.PathID
+	dead    []bool      // valid paths, by PathID
+	deadIDs []db.PathID // the same, in deletion order
+	comps   [][]db.PathID
 	others  []entry // invalid or non-store-path entries to delete, sorted
 	present []bool  // valid paths present in the store directory
 	// protected: present invalid entries kept by temporary roots.
@@ -451,7 +452,7 @@ func (c *collector) liveNames(p *plan) []string {
 	var out []string
 	for id := 0; id < c.g.Len(); id++ {
 		if c.live.alive[id] {
-			out = append(out, c.g.Path(store.PathID(id)))
+			out = append(out, c.g.Path(db.PathID(id)))
 		}
 	}
 	for _, e := range p.protected {

@@ -13,7 +13,11 @@ import (
 	"testing"
 
 	"storekeeper/gc"
+	"storekeeper/nix/nar"
+	"storekeeper/nix/nixconf"
+	"storekeeper/nix/storepath"
 	"storekeeper/store"
+	"storekeeper/store/db"
 	"storekeeper/store/storetest"
 )
 
@@ -95,7 +99,7 @@ func nixDead(m *model, storeDir string, entries []string, roots map[string]bool,
 		}
 	}
 	for _, name := range entries {
-		if store.ValidateBaseName(name) != nil {
+		if storepath.ValidateBaseName(name) != nil {
 			dead[storeDir+"/"+name] = true // Nix deletes non-path entries
 			continue
 		}
@@ -169,7 +173,7 @@ func storeEntries(t *testing.T, dir string) []string {
 
 func openStore(t *testing.T, lay store.Layout, ro bool) *store.Store {
 	t.Helper()
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true), ReadOnly: ro})
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: ro})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +253,7 @@ func TestDeadSetMatchesReference(t *testing.T) {
 func checkSurvivors(t *testing.T, s *store.Store, b *storetest.Built, dead map[string]bool) {
 	t.Helper()
 	lay := b.Layout
-	g, err := s.LoadGraph(context.Background(), store.GraphOptions{Hashes: true})
+	g, err := s.LoadGraph(context.Background(), db.GraphOptions{Hashes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +271,7 @@ func checkSurvivors(t *testing.T, s *store.Store, b *storetest.Built, dead map[s
 		if !ok {
 			t.Fatalf("live path %s was invalidated", p)
 		}
-		h, size, err := store.HashPath(lay.RealPath(p))
+		h, size, err := nar.HashPath(lay.RealPath(p))
 		if err != nil {
 			t.Fatalf("live path %s: %v", p, err)
 		}
@@ -530,12 +534,12 @@ func TestCancelLeavesConsistentStore(t *testing.T) {
 		t.Fatalf("cancelled run deleted everything (%d)", res.PathsDeleted)
 	}
 	// Consistent: every still-valid path is intact.
-	g, err := rw.LoadGraph(context.Background(), store.GraphOptions{Hashes: true})
+	g, err := rw.LoadGraph(context.Background(), db.GraphOptions{Hashes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := store.PathID(0); int(id) < g.Len(); id++ {
-		h, _, err := store.HashPath(lay.RealPath(g.Path(id)))
+	for id := db.PathID(0); int(id) < g.Len(); id++ {
+		h, _, err := nar.HashPath(lay.RealPath(g.Path(id)))
 		if err != nil || h != g.NarHash[id] {
 			t.Fatalf("%s damaged after cancel: %v", g.Path(id), err)
 		}
@@ -642,7 +646,7 @@ func TestRegisteredDuringCollectionKeepsItsReferences(t *testing.T) {
 			t.Error(err)
 		}
 	}})
-	g, err := rw.LoadGraph(context.Background(), store.GraphOptions{})
+	g, err := rw.LoadGraph(context.Background(), db.GraphOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -739,7 +743,7 @@ func TestReregisteredDuringCollectionIsSpared(t *testing.T) {
 		t.Errorf("spared %q, want %q", res.Spared, victim)
 	}
 	delete(dead, victim)
-	g, err := rw.LoadGraph(context.Background(), store.GraphOptions{})
+	g, err := rw.LoadGraph(context.Background(), db.GraphOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/lock"
-	"storekeeper/store"
 )
 
 // GenerationOptions select profile generations to delete, like
@@ -157,7 +157,7 @@ func (w *genWalk) skip(err error) {
 // profiles directory.
 func (w *genWalk) walk(dir *os.File, path string, depth int) error {
 	fd := int(dir.Fd())
-	ents, err := store.ReadDirents(fd, nil)
+	ents, err := sys.ReadDirents(fd, nil)
 	if err != nil {
 		return fmt.Errorf("gc: listing %s: %w", path, err)
 	}
@@ -169,7 +169,7 @@ func (w *genWalk) walk(dir *os.File, path string, depth int) error {
 		typ := e.Type
 		if typ == unix.DT_UNKNOWN {
 			var st unix.Stat_t
-			if store.LstatAt(fd, e.Name, &st) != nil {
+			if sys.LstatAt(fd, e.Name, &st) != nil {
 				continue
 			}
 			switch st.Mode & unix.S_IFMT {
@@ -181,7 +181,7 @@ func (w *genWalk) walk(dir *os.File, path string, depth int) error {
 		}
 		switch typ {
 		case unix.DT_LNK:
-			t, err := store.ReadlinkAt(fd, e.Name)
+			t, err := sys.ReadlinkAt(fd, e.Name)
 			if err != nil || !strings.Contains(t, "link") || genLink.MatchString(e.Name) {
 				continue
 			}
@@ -194,7 +194,7 @@ func (w *genWalk) walk(dir *os.File, path string, depth int) error {
 				w.skip(fmt.Errorf("skipping %s: more than %d directories deep below the profiles directory", sub, maxProfileDepth))
 				continue
 			}
-			sfd, err := store.OpenAt(fd, e.Name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+			sfd, err := sys.OpenAt(fd, e.Name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 			if err != nil {
 				// Gone, unreadable, or replaced by a symlink or a file
 				// since it was listed: nothing of ours to do there.
@@ -240,15 +240,15 @@ func (w *genWalk) profile(dir *os.File, dirPath, name string) error {
 	if testHookBeforeGenerations != nil {
 		testHookBeforeGenerations(profile)
 	}
-	cur, err := store.ReadlinkAt(fd, name)
+	cur, err := sys.ReadlinkAt(fd, name)
 	if err != nil {
 		return nil
 	}
-	lfd, err := store.OpenAt(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	lfd, err := sys.OpenAt(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("gc: listing %s: %w", dirPath, err)
 	}
-	ents, err := store.ReadDirents(lfd, nil)
+	ents, err := sys.ReadDirents(lfd, nil)
 	unix.Close(lfd)
 	if err != nil {
 		return fmt.Errorf("gc: listing %s: %w", dirPath, err)
@@ -264,7 +264,7 @@ func (w *genWalk) profile(dir *os.File, dirPath, name string) error {
 			continue // more digits than an int holds: not one of Nix's
 		}
 		var st unix.Stat_t
-		if store.LstatAt(fd, e.Name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		if sys.LstatAt(fd, e.Name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFLNK {
 			continue
 		}
 		gens = append(gens, generation{n, e.Name, time.Unix(st.Mtim.Unix())})

@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"storekeeper/nix/nixconf"
 	"storekeeper/report"
 	"storekeeper/store"
+	"storekeeper/store/db"
 	"storekeeper/store/storetest"
 )
 
@@ -36,11 +38,11 @@ func BenchmarkInvalidate(b *testing.B) {
 			src.Close()
 			dst.Close()
 		}
-		s, err := store.Open(context.Background(), store.Options{Layout: l, Settings: store.DefaultSettings(true)})
+		s, err := store.Open(context.Background(), store.Options{Layout: l, Settings: nixconf.Default(true)})
 		if err != nil {
 			b.Fatal(err)
 		}
-		g, err := s.LoadGraph(context.Background(), store.GraphOptions{})
+		g, err := s.LoadGraph(context.Background(), db.GraphOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -50,12 +52,12 @@ func BenchmarkInvalidate(b *testing.B) {
 		}
 		comps := deletionOrder(g, dead)
 		c := &collector{s: s, lay: l, o: Options{BatchSize: 4096}, progress: report.Discard, res: &Result{}, g: g,
-			pendingID: map[store.PathID]bool{}, pendingHash: map[string]bool{}, tempHash: map[string]bool{}}
+			pendingID: map[db.PathID]bool{}, pendingHash: map[string]bool{}, tempHash: map[string]bool{}}
 		c.cond = sync.NewCond(&c.mu)
 		c.live = newLiveness(newEdges(g, false, true))
 		b.StartTimer()
 		start := time.Now()
-		var batch []store.PathID
+		var batch []db.PathID
 		flush := func() {
 			if _, err := c.invalidate(context.Background(), s.DB.SQL, batch); err != nil {
 				b.Fatal(err)

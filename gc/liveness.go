@@ -3,7 +3,7 @@ package gc
 import (
 	"strings"
 
-	"storekeeper/store"
+	"storekeeper/store/db"
 )
 
 // edges gives the liveness edges of Nix's collector on a Graph: u -> v
@@ -14,27 +14,27 @@ import (
 // these edges backwards from each store entry; walking them forwards
 // from the roots gives the same live set in one pass over the graph.
 type edges struct {
-	g               *store.Graph
+	g               *db.Graph
 	keepOutputs     bool
 	keepDerivations bool
 	isDrv           []bool
 }
 
-func newEdges(g *store.Graph, keepOutputs, keepDerivations bool) *edges {
+func newEdges(g *db.Graph, keepOutputs, keepDerivations bool) *edges {
 	e := &edges{g: g, keepOutputs: keepOutputs, keepDerivations: keepDerivations}
 	if keepDerivations {
 		e.isDrv = make([]bool, g.Len())
 		for id := 0; id < g.Len(); id++ {
-			e.isDrv[id] = strings.HasSuffix(g.Name(store.PathID(id)), ".drv")
+			e.isDrv[id] = strings.HasSuffix(g.Name(db.PathID(id)), ".drv")
 		}
 	}
 	return e
 }
 
 // keepDerivEdge reports whether output u keeps its deriver d alive.
-func (e *edges) keepDerivEdge(u store.PathID) (store.PathID, bool) {
+func (e *edges) keepDerivEdge(u db.PathID) (db.PathID, bool) {
 	d := e.g.Deriver[u]
-	if d == store.NoPath || !e.isDrv[d] {
+	if d == db.NoPath || !e.isDrv[d] {
 		return 0, false
 	}
 	for _, o := range e.g.Outputs(d) {
@@ -46,7 +46,7 @@ func (e *edges) keepDerivEdge(u store.PathID) (store.PathID, bool) {
 }
 
 // forward calls fn for every v with an edge u -> v.
-func (e *edges) forward(u store.PathID, fn func(store.PathID)) {
+func (e *edges) forward(u db.PathID, fn func(db.PathID)) {
 	for _, v := range e.g.References(u) {
 		if v != u {
 			fn(v)
@@ -59,7 +59,7 @@ func (e *edges) forward(u store.PathID, fn func(store.PathID)) {
 	}
 	if e.keepOutputs {
 		for _, o := range e.g.Outputs(u) {
-			if o.ID != store.NoPath && o.ID != u {
+			if o.ID != db.NoPath && o.ID != u {
 				fn(o.ID)
 			}
 		}
@@ -67,7 +67,7 @@ func (e *edges) forward(u store.PathID, fn func(store.PathID)) {
 }
 
 // backward calls fn for every u with an edge u -> v.
-func (e *edges) backward(v store.PathID, fn func(store.PathID)) {
+func (e *edges) backward(v db.PathID, fn func(db.PathID)) {
 	for _, u := range e.g.Referrers(v) {
 		if u != v {
 			fn(u)
@@ -75,7 +75,7 @@ func (e *edges) backward(v store.PathID, fn func(store.PathID)) {
 	}
 	if e.keepDerivations && e.isDrv[v] {
 		for _, o := range e.g.Outputs(v) {
-			if o.ID != store.NoPath && o.ID != v && e.g.Deriver[o.ID] == v {
+			if o.ID != db.NoPath && o.ID != v && e.g.Deriver[o.ID] == v {
 				fn(o.ID)
 			}
 		}
@@ -97,21 +97,21 @@ type liveness struct {
 	alive []bool
 	// why[v] is the path that made v alive (NoPath for a root); rootOf
 	// names the root of a path that is one.
-	why    []store.PathID
-	rootOf map[store.PathID]string
-	queue  []store.PathID
+	why    []db.PathID
+	rootOf map[db.PathID]string
+	queue  []db.PathID
 }
 
 func newLiveness(e *edges) *liveness {
 	n := e.g.Len()
-	l := &liveness{e: e, alive: make([]bool, n), why: make([]store.PathID, n), rootOf: map[store.PathID]string{}}
+	l := &liveness{e: e, alive: make([]bool, n), why: make([]db.PathID, n), rootOf: map[db.PathID]string{}}
 	return l
 }
 
 // markRoot makes id alive with everything it keeps alive; reason names
 // the root ("LINK -> PATH", "{temp:PID}", "registered within --keep-recent").
 // It returns the number of paths newly marked.
-func (l *liveness) markRoot(id store.PathID, reason string) int {
+func (l *liveness) markRoot(id db.PathID, reason string) int {
 	if _, ok := l.rootOf[id]; !ok {
 		l.rootOf[id] = reason
 	}
@@ -119,13 +119,13 @@ func (l *liveness) markRoot(id store.PathID, reason string) int {
 		return 0
 	}
 	l.alive[id] = true
-	l.why[id] = store.NoPath
+	l.why[id] = db.NoPath
 	n := 1
 	l.queue = append(l.queue[:0], id)
 	for len(l.queue) > 0 {
 		u := l.queue[len(l.queue)-1]
 		l.queue = l.queue[:len(l.queue)-1]
-		l.e.forward(u, func(v store.PathID) {
+		l.e.forward(u, func(v db.PathID) {
 			if !l.alive[v] {
 				l.alive[v] = true
 				l.why[v] = u
@@ -138,10 +138,10 @@ func (l *liveness) markRoot(id store.PathID, reason string) int {
 }
 
 // chain explains why id is alive: the root, then each path down to id.
-func (l *liveness) chain(id store.PathID) (root string, path []store.PathID) {
+func (l *liveness) chain(id db.PathID) (root string, path []db.PathID) {
 	for cur := id; ; {
 		path = append(path, cur)
-		if l.why[cur] == store.NoPath {
+		if l.why[cur] == db.NoPath {
 			root = l.rootOf[cur]
 			break
 		}
@@ -161,10 +161,10 @@ func (l *liveness) chain(id store.PathID) (root string, path []store.PathID) {
 // some present, non-alive path. starts are the valid paths present in
 // the store directory. A valid path missing from disk that keeps no
 // present dead path is left alone, as Nix leaves it.
-func (l *liveness) deadFrom(starts []store.PathID) []bool {
+func (l *liveness) deadFrom(starts []db.PathID) []bool {
 	n := l.e.g.Len()
 	dead := make([]bool, n)
-	var stack []store.PathID
+	var stack []db.PathID
 	for _, s := range starts {
 		if l.alive[s] || dead[s] {
 			continue
@@ -174,7 +174,7 @@ func (l *liveness) deadFrom(starts []store.PathID) []bool {
 		for len(stack) > 0 {
 			v := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
-			l.e.backward(v, func(u store.PathID) {
+			l.e.backward(v, func(u db.PathID) {
 				if !dead[u] && !l.alive[u] {
 					dead[u] = true
 					stack = append(stack, u)
@@ -190,7 +190,7 @@ func (l *liveness) deadFrom(starts []store.PathID) []bool {
 // require), with each strongly connected component of the reference
 // graph kept together: comps[i] is one component, to be invalidated in
 // the same transaction. It uses Tarjan's algorithm, iteratively.
-func deletionOrder(g *store.Graph, dead []bool) [][]store.PathID {
+func deletionOrder(g *db.Graph, dead []bool) [][]db.PathID {
 	n := g.Len()
 	const unvisited = -1
 	index := make([]int32, n)
@@ -199,10 +199,10 @@ func deletionOrder(g *store.Graph, dead []bool) [][]store.PathID {
 		index[i] = unvisited
 	}
 	onStack := make([]bool, n)
-	var stack []store.PathID
-	var comps [][]store.PathID
+	var stack []db.PathID
+	var comps [][]db.PathID
 	type frame struct {
-		v store.PathID
+		v db.PathID
 		i int
 	}
 	var call []frame
@@ -211,10 +211,10 @@ func deletionOrder(g *store.Graph, dead []bool) [][]store.PathID {
 		if !dead[s] || index[s] != unvisited {
 			continue
 		}
-		call = append(call, frame{store.PathID(s), 0})
+		call = append(call, frame{db.PathID(s), 0})
 		index[s], low[s] = next, next
 		next++
-		stack = append(stack, store.PathID(s))
+		stack = append(stack, db.PathID(s))
 		onStack[s] = true
 		for len(call) > 0 {
 			f := &call[len(call)-1]
@@ -245,7 +245,7 @@ func deletionOrder(g *store.Graph, dead []bool) [][]store.PathID {
 				}
 			}
 			if low[v] == index[v] {
-				var comp []store.PathID
+				var comp []db.PathID
 				for {
 					w := stack[len(stack)-1]
 					stack = stack[:len(stack)-1]
@@ -269,9 +269,9 @@ func deletionOrder(g *store.Graph, dead []bool) [][]store.PathID {
 // the rows of one batch then sit together in the ValidPaths and Refs
 // B-trees, and a transaction rewrites far fewer pages than one that
 // deletes in graph-walk order.
-func newestFirst(g *store.Graph, dead []bool, comps [][]store.PathID) [][]store.PathID {
+func newestFirst(g *db.Graph, dead []bool, comps [][]db.PathID) [][]db.PathID {
 	compOf := make([]int32, g.Len())
-	key := make([]store.PathID, len(comps))
+	key := make([]db.PathID, len(comps))
 	for ci, comp := range comps {
 		for _, v := range comp {
 			compOf[v] = int32(ci)
@@ -295,7 +295,7 @@ func newestFirst(g *store.Graph, dead []bool, comps [][]store.PathID) [][]store.
 			h.push(int32(ci))
 		}
 	}
-	out := make([][]store.PathID, 0, len(comps))
+	out := make([][]db.PathID, 0, len(comps))
 	for len(h.c) > 0 {
 		ci := h.pop()
 		out = append(out, comps[ci])
@@ -315,7 +315,7 @@ func newestFirst(g *store.Graph, dead []bool, comps [][]store.PathID) [][]store.
 // compHeap is a max-heap of component indexes by key.
 type compHeap struct {
 	c   []int32
-	key []store.PathID
+	key []db.PathID
 }
 
 func (h *compHeap) less(i, j int) bool { return h.key[h.c[i]] > h.key[h.c[j]] }

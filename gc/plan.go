@@ -10,9 +10,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/lock"
+	"storekeeper/nix/storepath"
 	"storekeeper/roots"
 	"storekeeper/store"
+	"storekeeper/store/db"
 )
 
 // trashName is the directory in the store dir where dead paths wait for
@@ -77,7 +80,7 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 	}
 
 	c.startPhase("graph", -1)
-	g, err := c.s.LoadGraph(ctx, store.GraphOptions{})
+	g, err := c.s.LoadGraph(ctx, db.GraphOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -95,18 +98,18 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 	}
 	for _, f := range temp.Files {
 		for _, r := range f.Roots {
-			base, err := store.ParseStorePath(c.lay.StoreDir, r)
+			base, err := storepath.Parse(c.lay.StoreDir, r)
 			if err != nil {
 				continue
 			}
-			c.tempHash[store.HashPart(base)] = true
+			c.tempHash[storepath.HashPart(base)] = true
 		}
 	}
 	if len(c.tempHash) > 0 {
 		for id := 0; id < g.Len(); id++ {
-			name := g.Name(store.PathID(id))
-			if len(name) >= store.HashLen && c.tempHash[name[:store.HashLen]] {
-				c.live.markRoot(store.PathID(id), "temporary root")
+			name := g.Name(db.PathID(id))
+			if len(name) >= storepath.HashLen && c.tempHash[name[:storepath.HashLen]] {
+				c.live.markRoot(db.PathID(id), "temporary root")
 			}
 		}
 	}
@@ -114,7 +117,7 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 		cutoff := c.o.Now.Add(-c.o.KeepRecent).Unix()
 		for id := 0; id < g.Len(); id++ {
 			if g.RegTime[id] >= cutoff {
-				c.live.markRoot(store.PathID(id), fmt.Sprintf("registered within --keep-recent %s", c.o.KeepRecent))
+				c.live.markRoot(db.PathID(id), fmt.Sprintf("registered within --keep-recent %s", c.o.KeepRecent))
 			}
 		}
 	}
@@ -127,14 +130,14 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 	}
 	ents := l.names
 	p := &plan{present: make([]bool, g.Len()), limit: -1}
-	var starts []store.PathID
+	var starts []db.PathID
 	var candidates []entry
 	for _, name := range ents {
 		if name == ".links" || name == trashName {
 			continue
 		}
-		e := entry{name: name, id: store.NoPath}
-		if store.ValidateBaseName(name) == nil {
+		e := entry{name: name, id: db.NoPath}
+		if storepath.ValidateBaseName(name) == nil {
 			e.isSP = true
 			if id, ok := g.Lookup(name); ok {
 				e.id, e.valid = id, true
@@ -142,7 +145,7 @@ func (c *collector) plan(ctx context.Context) (*plan, error) {
 				starts = append(starts, id)
 				continue
 			}
-			if c.tempHash[store.HashPart(name)] {
+			if c.tempHash[storepath.HashPart(name)] {
 				p.protected = append(p.protected, name)
 				continue
 			}
@@ -182,9 +185,9 @@ func (c *collector) planSpecific(p *plan, candidates []entry) error {
 	for _, e := range candidates {
 		byName[e.name] = e
 	}
-	var ids []store.PathID
+	var ids []db.PathID
 	for _, path := range c.o.Paths {
-		base, err := store.ParseStorePath(c.lay.StoreDir, path)
+		base, err := storepath.Parse(c.lay.StoreDir, path)
 		if err != nil {
 			return fmt.Errorf("%w: %q: %w", ErrNotInStore, path, err)
 		}
@@ -197,7 +200,7 @@ func (c *collector) planSpecific(p *plan, candidates []entry) error {
 			p.others = append(p.others, e)
 			continue
 		}
-		if c.tempHash[store.HashPart(base)] {
+		if c.tempHash[storepath.HashPart(base)] {
 			return fmt.Errorf("%w: %s is a temporary root of a running process", ErrAlive, path)
 		}
 		return fmt.Errorf("%w: %s is neither a valid path nor present in %s", ErrNotInStore, path, c.lay.RealStoreDir)
@@ -208,23 +211,23 @@ func (c *collector) planSpecific(p *plan, candidates []entry) error {
 			return c.aliveError(id)
 		}
 		// Everything that keeps id must be in the set too.
-		stack := []store.PathID{id}
-		seen := map[store.PathID]bool{id: true}
+		stack := []db.PathID{id}
+		seen := map[db.PathID]bool{id: true}
 		for len(stack) > 0 {
 			v := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
-			var bad store.PathID = store.NoPath
-			c.edg.backward(v, func(u store.PathID) {
+			var bad db.PathID = db.NoPath
+			c.edg.backward(v, func(u db.PathID) {
 				if seen[u] {
 					return
 				}
 				seen[u] = true
-				if !want[c.g.Name(u)] && bad == store.NoPath {
+				if !want[c.g.Name(u)] && bad == db.NoPath {
 					bad = u
 				}
 				stack = append(stack, u)
 			})
-			if bad != store.NoPath {
+			if bad != db.NoPath {
 				return fmt.Errorf("%w: cannot delete %s since it is still alive: %s refers to it (delete both, or find out why it is alive with 'storekeeper roots')",
 					ErrAlive, c.g.Path(id), c.g.Path(bad))
 			}
@@ -241,14 +244,14 @@ func (c *collector) explain() error {
 	if len(c.o.Paths) != 1 {
 		return fmt.Errorf("gc: explain takes one path")
 	}
-	base, err := store.ParseStorePath(c.lay.StoreDir, c.o.Paths[0])
+	base, err := storepath.Parse(c.lay.StoreDir, c.o.Paths[0])
 	if err != nil {
 		// A path below a store path explains its store path.
-		sp, _, err2 := store.ToStorePath(c.lay.StoreDir, c.o.Paths[0])
+		sp, _, err2 := storepath.ToStorePath(c.lay.StoreDir, c.o.Paths[0])
 		if err2 != nil {
 			return fmt.Errorf("%w: %q: %w", ErrNotInStore, c.o.Paths[0], err)
 		}
-		base, _ = store.ParseStorePath(c.lay.StoreDir, sp)
+		base, _ = storepath.Parse(c.lay.StoreDir, sp)
 	}
 	id, ok := c.g.Lookup(base)
 	if !ok {
@@ -269,7 +272,7 @@ func (c *collector) explain() error {
 }
 
 // aliveError names the root that keeps id alive and the chain to it.
-func (c *collector) aliveError(id store.PathID) error {
+func (c *collector) aliveError(id db.PathID) error {
 	root, chain := c.live.chain(id)
 	var names []string
 	for _, v := range chain {
@@ -286,7 +289,7 @@ func readStoreDir(dir string) ([]string, error) {
 		return nil, fmt.Errorf("gc: opening %s: %w", dir, err)
 	}
 	defer unix.Close(fd)
-	ents, err := store.ReadDirents(fd, nil)
+	ents, err := sys.ReadDirents(fd, nil)
 	if err != nil {
 		return nil, fmt.Errorf("gc: reading %s: %w", dir, err)
 	}
@@ -305,9 +308,9 @@ func readStoreDir(dir string) ([]string, error) {
 func (c *collector) addTempRoot(base string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	hash := store.HashPart(base)
+	hash := storepath.HashPart(base)
 	c.tempHash[hash] = true
-	var marked []store.PathID
+	var marked []db.PathID
 	if c.live != nil {
 		if id, ok := c.g.Lookup(base); ok {
 			marked = c.markCollect(id, "temporary root (gc socket)")
@@ -319,21 +322,21 @@ func (c *collector) addTempRoot(base string) {
 }
 
 // markCollect marks id alive and returns the paths newly marked.
-func (c *collector) markCollect(id store.PathID, reason string) []store.PathID {
-	var out []store.PathID
+func (c *collector) markCollect(id db.PathID, reason string) []db.PathID {
+	var out []db.PathID
 	if c.live.alive[id] {
 		return nil
 	}
 	c.live.markRoot(id, reason)
 	// markRoot does not return the set; recompute it cheaply from why[]
 	// is not possible, so walk the forward closure once more.
-	stack := []store.PathID{id}
-	seen := map[store.PathID]bool{id: true}
+	stack := []db.PathID{id}
+	seen := map[db.PathID]bool{id: true}
 	for len(stack) > 0 {
 		v := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		out = append(out, v)
-		c.edg.forward(v, func(w store.PathID) {
+		c.edg.forward(v, func(w db.PathID) {
 			if !seen[w] {
 				seen[w] = true
 				stack = append(stack, w)
@@ -343,7 +346,7 @@ func (c *collector) markCollect(id store.PathID, reason string) []store.PathID {
 	return out
 }
 
-func (c *collector) anyPending(ids []store.PathID) bool {
+func (c *collector) anyPending(ids []db.PathID) bool {
 	if len(c.pendingID) == 0 {
 		return false
 	}

@@ -11,8 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"storekeeper/internal/sys"
 	"storekeeper/lock"
-	"storekeeper/store"
+	"storekeeper/nix/storepath"
 )
 
 const (
@@ -115,7 +116,7 @@ func startServerLimit(c *collector, socketPath string, limit int) (*rootServer, 
 
 func (s *rootServer) accept() {
 	defer s.wg.Done()
-	var backoff lock.Backoff
+	var backoff sys.Backoff
 	for {
 		select {
 		case s.slots <- struct{}{}:
@@ -135,7 +136,7 @@ func (s *rootServer) accept() {
 			}
 			continue
 		}
-		backoff = lock.Backoff{}
+		backoff = sys.Backoff{}
 		s.mu.Lock()
 		if s.conns == nil {
 			s.mu.Unlock()
@@ -170,7 +171,7 @@ func (s *rootServer) handle(conn net.Conn) {
 			return // closed, by the client or by stop; a partial line is dropped
 		}
 		p := string(line[:len(line)-1])
-		base, err := store.ParseStorePath(s.c.lay.StoreDir, p)
+		base, err := storepath.Parse(s.c.lay.StoreDir, p)
 		if err != nil {
 			s.reject(line, "a line that is not a store path in "+s.c.lay.StoreDir)
 			return

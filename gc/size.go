@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"storekeeper/store"
+	"storekeeper/internal/sys"
 )
 
 // usage is what one store entry holds on disk.
@@ -68,7 +68,7 @@ func linkInodes(dir string) (map[uint64]bool, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	ents, err := store.ReadDirents(fd, nil)
+	ents, err := sys.ReadDirents(fd, nil)
 	if err != nil {
 		return nil, err
 	}

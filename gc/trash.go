@@ -13,8 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/lock"
-	"storekeeper/store"
+	"storekeeper/store/fs"
 )
 
 // The trash: <store>/trash (trashName) holds one directory per collection,
@@ -204,7 +205,7 @@ func (c *collector) emptyAbandonedTrash(ctx context.Context, onWait func()) erro
 	if testHookTrashOpened != nil {
 		testHookTrashOpened()
 	}
-	ents, err := store.ReadDirents(parent, nil)
+	ents, err := sys.ReadDirents(parent, nil)
 	unix.Close(parent)
 	if errors.Is(err, unix.ENOENT) {
 		return nil // removed since it was opened: another collector emptied it
@@ -230,7 +231,7 @@ func (c *collector) emptyAbandonedTrash(ctx context.Context, onWait func()) erro
 		return err
 	}
 	defer unix.Close(parent)
-	if ents, err = store.ReadDirents(parent, nil); errors.Is(err, unix.ENOENT) {
+	if ents, err = sys.ReadDirents(parent, nil); errors.Is(err, unix.ENOENT) {
 		return nil // removed since it was opened
 	} else if err != nil {
 		return fmt.Errorf("gc: reading %s: %w", c.trashDir(), err)
@@ -298,7 +299,7 @@ func (c *collector) deleteTrash(ctx context.Context, runs []*trashRun, leftover 
 	var items []item
 	for _, r := range runs {
 		unix.Seek(r.fd, 0, 0)
-		ents, err := store.ReadDirents(r.fd, nil)
+		ents, err := sys.ReadDirents(r.fd, nil)
 		if errors.Is(err, unix.ENOENT) {
 			continue // removed under us: nothing left to delete
 		}
@@ -335,7 +336,7 @@ func (c *collector) deleteTrash(ctx context.Context, runs []*trashRun, leftover 
 		go func() {
 			defer wg.Done()
 			for it := range work {
-				n, err := store.RemoveTree(it.dirfd, it.name, it.display)
+				n, err := fs.RemoveTree(it.dirfd, it.name, it.display)
 				freed.Add(n)
 				if err != nil {
 					errOnce.Do(func() { firstErr = err })

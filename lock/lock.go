@@ -7,8 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"storekeeper/internal/sys"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,12 +46,6 @@ func (m Mode) op() (int, error) {
 // ErrWouldBlock is returned (possibly wrapped; test with errors.Is) when a
 // non-waiting lock attempt finds the lock held by someone else.
 var ErrWouldBlock = errors.New("lock: would block")
-
-// Polling bounds used while waiting for a lock under a cancellable context.
-const (
-	pollMin = 2 * time.Millisecond
-	pollMax = 100 * time.Millisecond
-)
 
 // testHookBeforeLock, when set by tests, runs after a lock file has been
 // opened and before the first attempt to lock it (OpenTempRoots and
@@ -233,7 +227,7 @@ func Lock(ctx context.Context, f *os.File, m Mode, wait bool) error {
 		}
 		return nil
 	}
-	var b Backoff
+	var b sys.Backoff
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

@@ -1,7 +1,6 @@
 package lock
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -242,26 +240,4 @@ func unlinkIfSame(dirfd int, name string, st *unix.Stat_t) error {
 			return err
 		}
 	}
-}
-
-// Backoff is the delay of a retry loop: it starts at 2ms and grows by
-// half after each wait, up to 100ms. The zero value is ready to use. Every
-// retry loop of storekeeper waits through one, so that none spins.
-type Backoff struct{ d time.Duration }
-
-// Wait sleeps for the current delay, or until ctx is done (it then
-// returns ctx.Err() at once), and grows the delay.
-func (b *Backoff) Wait(ctx context.Context) error {
-	if b.d == 0 {
-		b.d = pollMin
-	}
-	t := time.NewTimer(b.d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-	}
-	b.d = min(b.d*3/2, pollMax)
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"storekeeper/internal/sys"
 	"strings"
 	"sync"
 
@@ -149,7 +150,7 @@ func lockSorted(ctx context.Context, paths []string, wait bool, waitMsg func(str
 // out stale.
 func lockAt(ctx context.Context, d *lockDir, name, p string, wait bool, waitMsg func(string)) (heldLock, error) {
 	lockPath := filepath.Join(d.path, name)
-	var b Backoff
+	var b sys.Backoff
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return heldLock{}, fmt.Errorf("locking %s: %w", lockPath, err)

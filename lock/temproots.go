@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"storekeeper/internal/sys"
 	"strconv"
 	"strings"
 	"sync"
@@ -248,7 +249,7 @@ func OpenTempRoots(stateDir string) (*TempRoots, error) {
 
 	path := filepath.Join(dir, strconv.Itoa(os.Getpid()))
 	var f *os.File
-	var b Backoff
+	var b sys.Backoff
 	for attempt := 1; ; attempt++ {
 		// It must be stale: no two live processes share a pid.
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -333,7 +334,7 @@ func (t *TempRoots) Add(ctx context.Context, storePath string) error {
 	if err := s.openGCLock(); err != nil {
 		return err
 	}
-	var b Backoff
+	var b sys.Backoff
 	for {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("adding temporary root %s: %w", storePath, err)

@@ -6,7 +6,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"storekeeper/store"
+	"storekeeper/internal/sys"
+	"storekeeper/nix/nar"
 )
 
 // batchSize is how many file jobs of one store path travel together from
@@ -17,14 +18,14 @@ const batchSize = 64
 // hasher is one hashing and linking worker.
 type hasher struct {
 	r     *run
-	sr    *store.SmallFileReader // nil: read every file the plain way
-	small []store.SmallFile
+	sr    *sys.SmallFileReader // nil: read every file the plain way
+	small []sys.SmallFile
 	jobs  []*fileJob // the job of each entry of small
 }
 
 func (r *run) newHasher() *hasher {
 	h := &hasher{r: r}
-	if sr, err := store.NewSmallFileReader(); err == nil {
+	if sr, err := sys.NewSmallFileReader(); err == nil {
 		h.sr = sr
 	}
 	return h
@@ -88,7 +89,7 @@ func (h *hasher) prepare(j *fileJob) bool {
 		return false
 	}
 	var st unix.Stat_t
-	if err := store.LstatAt(j.dir.fd, j.name, &st); err != nil {
+	if err := sys.LstatAt(j.dir.fd, j.name, &st); err != nil {
 		if err != unix.ENOENT {
 			r.notice(KindError, r.realPath(j.dir, j.name), "", fmt.Errorf("lstat: %w", err))
 		}
@@ -109,12 +110,12 @@ func (h *hasher) prepare(j *fileJob) bool {
 	if !r.considered(j, &st) {
 		return false
 	}
-	if st.Size > store.SmallFileMax {
+	if st.Size > sys.SmallFileMax {
 		r.processRegularStat(j, true)
 		return false
 	}
 	j.st = st
-	h.small = append(h.small, store.SmallFile{Dirfd: j.dir.fd, Name: j.name, Size: st.Size})
+	h.small = append(h.small, sys.SmallFile{Dirfd: j.dir.fd, Name: j.name, Size: st.Size})
 	h.jobs = append(h.jobs, j)
 	return true
 }
@@ -123,7 +124,7 @@ func (h *hasher) prepare(j *fileJob) bool {
 // j.st) and links it.
 func (h *hasher) hashSmall(j *fileJob, data []byte) {
 	r := h.r
-	hash, err := store.HashFileBytes(data, &j.st) // its path is only built for an error
+	hash, err := nar.HashFileBytes(data, &j.st) // its path is only built for an error
 	if err != nil {
 		r.notice(KindError, r.realPath(j.dir, j.name), "", fmt.Errorf("hashing: %w", err))
 		return

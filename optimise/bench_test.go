@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
@@ -37,7 +38,7 @@ func benchOpen(b *testing.B, root string) *store.Store {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true)})
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true)})
 	if err != nil {
 		b.Fatal(err)
 	}

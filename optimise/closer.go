@@ -5,7 +5,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"storekeeper/store"
+	"storekeeper/internal/sys"
 )
 
 // Replacing a duplicate by a link leaves its old inode with no name; it
@@ -29,13 +29,13 @@ const (
 // closers+closeQueued descriptors are held at once by the goroutine
 // pool; the io_uring closer bounds its own.
 type closePool struct {
-	async *store.AsyncCloser
+	async *sys.AsyncCloser
 	q     chan int
 	wg    sync.WaitGroup
 }
 
 func newClosePool() *closePool {
-	if a, err := store.NewAsyncCloser(); err == nil {
+	if a, err := sys.NewAsyncCloser(); err == nil {
 		return &closePool{async: a}
 	}
 	p := &closePool{q: make(chan int, closeQueued)}

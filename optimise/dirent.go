@@ -3,18 +3,18 @@ package optimise
 import (
 	"sync"
 
-	"storekeeper/store"
+	"storekeeper/internal/sys"
 )
 
 // dirent is one directory entry as getdents64 returns it: no stat needed.
-type dirent = store.Dirent
+type dirent = sys.Dirent
 
 // readDirents reads every entry of the directory open at fd, without "."
 // and "..", in the order the file system returns them.
-func readDirents(fd int, out []dirent) ([]dirent, error) { return store.ReadDirents(fd, out) }
+func readDirents(fd int, out []dirent) ([]dirent, error) { return sys.ReadDirents(fd, out) }
 
 // parseDirents appends the linux_dirent64 records in b to out.
-func parseDirents(b []byte, out []dirent) []dirent { return store.ParseDirents(b, out) }
+func parseDirents(b []byte, out []dirent) []dirent { return sys.ParseDirents(b, out) }
 
 // inodeSet is a concurrent set of inode numbers, sharded to keep lock
 // contention low when every worker looks inodes up.

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/nix/storepath"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
@@ -27,7 +28,7 @@ func TestErrorsKeepTheirCause(t *testing.T) {
 		{"a path outside the store", nil, func(s *store.Store) error {
 			_, err := Optimise(context.Background(), s, Options{Paths: []string{"/etc/passwd"}}, nil)
 			return err
-		}, ErrNotValid, store.ErrBadStorePath},
+		}, ErrNotValid, storepath.ErrBadStorePath},
 		{".links a file", func(t *testing.T, lay store.Layout) {
 			if err := os.WriteFile(lay.LinksDir(), nil, 0o444); err != nil {
 				t.Fatal(err)

@@ -35,7 +35,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -49,9 +48,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/lock"
+	"storekeeper/nix/nar"
+	"storekeeper/nix/storepath"
 	"storekeeper/report"
 	"storekeeper/store"
+	"storekeeper/store/db"
+	"storekeeper/store/fs"
 )
 
 // Sentinel errors; every error Optimise returns for bad input wraps one.
@@ -145,10 +149,10 @@ type Notice struct {
 	// and the file inside it ("" for a path that is a single file), what
 	// the lstat of the file (KindRefused) or of the .links entry
 	// (KindUntrustedLink) said, and what is wrong with it.
-	StorePath string              `json:"store_path,omitempty"`
-	File      string              `json:"file,omitempty"`
-	Inode     *InodeInfo          `json:"inode,omitempty"`
-	Problems  []store.MetaProblem `json:"problems,omitempty"`
+	StorePath string           `json:"store_path,omitempty"`
+	File      string           `json:"file,omitempty"`
+	Inode     *InodeInfo       `json:"inode,omitempty"`
+	Problems  []fs.MetaProblem `json:"problems,omitempty"`
 }
 
 // InodeInfo is the ownership of a refused file or .links entry.
@@ -415,7 +419,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	r.storeDev = sst.Dev
 	r.storeUID = sst.Uid
 	r.nameCount = newInodeCounter()
-	r.endMarked = store.DirEndMarked(r.storeFd, sst.Dev)
+	r.endMarked = sys.DirEndMarked(r.storeFd, sst.Dev)
 	r.storeDir = &dirRef{fd: r.storeFd, path: lay.RealStoreDir, isStoreDir: true}
 	r.storeDir.refs.Store(1 << 30) // never closed through refs
 
@@ -445,7 +449,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	if tr == nil && !r.o.DryRun {
 		tr, err = lock.OpenTempRoots(lay.StateDir)
 		if err != nil {
-			if werr := store.CheckWritableDir(lay.StateDir); werr != nil {
+			if werr := fs.CheckWritableDir(lay.StateDir); werr != nil {
 				return nil, fmt.Errorf("optimise: opening the temporary roots file: %w", werr)
 			}
 			hint := "run as root, or as the store's owner"
@@ -587,15 +591,15 @@ func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 	sd := r.s.Layout.StoreDir
 	if len(r.o.Paths) == 0 {
 		// Every valid path, in one read of the DB (no references).
-		g, err := r.s.LoadGraph(ctx, store.GraphOptions{PathsOnly: true})
+		g, err := r.s.LoadGraph(ctx, db.GraphOptions{PathsOnly: true})
 		if err != nil {
 			return nil, err
 		}
 		all := make([]target, 0, g.Len())
 		for i := range g.Len() {
-			id := store.PathID(i)
+			id := db.PathID(i)
 			p := g.Path(id)
-			if _, err := store.ParseStorePath(sd, p); err != nil {
+			if _, err := storepath.Parse(sd, p); err != nil {
 				continue // not a path of this store: never touch it
 			}
 			all = append(all, target{path: p, narSize: int64(g.NarSize[id]), dbID: g.DBID(id)})
@@ -603,7 +607,7 @@ func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 		slices.SortFunc(all, func(a, b target) int { return strings.Compare(a.path, b.path) })
 		return all, nil
 	}
-	g, err := r.s.LoadGraph(ctx, store.GraphOptions{PathsOnly: true})
+	g, err := r.s.LoadGraph(ctx, db.GraphOptions{PathsOnly: true})
 	if err != nil {
 		return nil, err
 	}
@@ -611,10 +615,10 @@ func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 	var paths []string
 	for _, a := range r.o.Paths {
 		p := a
-		if r.s.Layout.RealStoreDir != sd && store.IsInStore(r.s.Layout.RealStoreDir, p) {
+		if r.s.Layout.RealStoreDir != sd && storepath.IsInStore(r.s.Layout.RealStoreDir, p) {
 			p = sd + p[len(r.s.Layout.RealStoreDir):]
 		}
-		sp, _, err := store.ToStorePath(sd, filepath.Clean(p))
+		sp, _, err := storepath.ToStorePath(sd, filepath.Clean(p))
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrNotValid, err)
 		}
@@ -670,7 +674,7 @@ func (r *run) openLinks() error {
 	hint := int(min(max(st.Size/64, 1024), 4<<20))
 	r.inodes = newInodeSet(hint)
 	r.names = newInodeSet(hint)
-	err = store.ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
+	err = sys.ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
 		r.inodes.add(ino)
 		r.names.add(nameKey(name))
 	})
@@ -894,7 +898,7 @@ func (r *run) walkPath(t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent
 		}
 	}
 	var st unix.Stat_t
-	if err := store.LstatAt(r.storeFd, t.base, &st); err != nil {
+	if err := sys.LstatAt(r.storeFd, t.base, &st); err != nil {
 		if err != unix.ENOENT {
 			r.notice(KindError, r.realPath(r.storeDir, t.base), "", err)
 		}
@@ -983,7 +987,7 @@ func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t, t *storePathJob
 // already in .links without a stat.
 func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent {
 	disp := r.realPath(parent, name)
-	fd, err := store.OpenAt(parent.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	fd, err := sys.OpenAt(parent.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		if err != unix.ENOENT {
 			r.notice(KindError, disp, "", err)
@@ -995,7 +999,7 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 	d.refs.Store(1)
 	defer d.unref()
 	start := len(buf)
-	buf, err = store.ReadDirentsMarked(fd, r.endMarked, buf)
+	buf, err = sys.ReadDirentsMarked(fd, r.endMarked, buf)
 	if err != nil {
 		// ENOENT: the directory was deleted under us (a collector
 		// removing a dead path that was not registered yet).
@@ -1034,7 +1038,7 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 			continue
 		}
 		var fst unix.Stat_t
-		if err := store.LstatAt(fd, e.Name, &fst); err != nil {
+		if err := sys.LstatAt(fd, e.Name, &fst); err != nil {
 			if err != unix.ENOENT {
 				r.notice(KindError, disp+"/"+e.Name, "", err)
 			}
@@ -1073,13 +1077,13 @@ func (r *run) process(j *fileJob) {
 	}
 	disp := r.realPath(j.dir, j.name)
 	st := j.st
-	h, err := store.HashNodeAt(j.dir.fd, j.name, disp, &st)
-	for try := 0; try < 3 && store.IsChanged(err); try++ {
+	h, err := nar.HashNodeAt(j.dir.fd, j.name, disp, &st)
+	for try := 0; try < 3 && nar.IsChanged(err); try++ {
 		// Another optimiser replaced it by a link meanwhile: look again.
-		h, st, err = store.HashPathAt(j.dir.fd, j.name, disp)
+		h, st, err = nar.HashPathAt(j.dir.fd, j.name, disp)
 	}
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, os.ErrNotExist) {
 			return // vanished
 		}
 		r.notice(KindError, disp, "", fmt.Errorf("hashing: %w", err))
@@ -1107,7 +1111,7 @@ func (r *run) processRegular(j *fileJob) { r.processRegularStat(j, false) }
 // without a second notice.
 func (r *run) processRegularStat(j *fileJob, counted bool) {
 	disp := r.realPath(j.dir, j.name)
-	fd, err := store.OpenAt(j.dir.fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
+	fd, err := sys.OpenAt(j.dir.fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
 	switch err {
 	case nil:
 	case unix.ENOENT:
@@ -1115,7 +1119,7 @@ func (r *run) processRegularStat(j *fileJob, counted bool) {
 	case unix.ELOOP:
 		// No longer a regular file: look at what it is now.
 		var st unix.Stat_t
-		if err := store.LstatAt(j.dir.fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		if err := sys.LstatAt(j.dir.fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
 			if counted || r.considered(j, &st) {
 				j.byName = false
 				j.st = st
@@ -1150,7 +1154,7 @@ func (r *run) processRegularStat(j *fileJob, counted bool) {
 	} else if !r.considered(j, &st) {
 		return
 	}
-	h, err := store.HashOpenFile(fd, &st, disp)
+	h, err := nar.HashOpenFile(fd, &st, disp)
 	if err != nil {
 		r.notice(KindError, disp, "", fmt.Errorf("hashing: %w", err))
 		return
@@ -1196,7 +1200,7 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 				v.(linkInfo).fill(&lst)
 				err, cached = nil, true
 			} else {
-				err = store.LstatAt(r.linksFd, lname, &lst)
+				err = sys.LstatAt(r.linksFd, lname, &lst)
 			}
 		}
 		if err == unix.ENOENT {
@@ -1330,9 +1334,9 @@ func (r *run) entryOK(lname string, lst, st *unix.Stat_t) (ok, gone bool) {
 	if _, ok := r.verified.Load(lname); ok {
 		return true, false
 	}
-	h, hst, err := store.HashPathAt(r.linksFd, lname, r.s.Layout.LinksDir()+"/"+lname)
+	h, hst, err := nar.HashPathAt(r.linksFd, lname, r.s.Layout.LinksDir()+"/"+lname)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, os.ErrNotExist) {
 			return false, true
 		}
 		return false, false
@@ -1356,7 +1360,7 @@ func (r *run) replaceCorrupted(d *dirRef, name, lname string, st, bad *unix.Stat
 	r.corruptMu.Lock()
 	defer r.corruptMu.Unlock()
 	var now unix.Stat_t
-	if err := store.LstatAt(r.linksFd, lname, &now); err != nil || now.Ino != bad.Ino {
+	if err := sys.LstatAt(r.linksFd, lname, &now); err != nil || now.Ino != bad.Ino {
 		return true
 	}
 	if r.o.DryRun {
@@ -1432,7 +1436,7 @@ func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcom
 	// (in the pool, see closer.go), not inside rename(2).
 	pin := -1
 	if j.byName && !j.held {
-		if fd, err := store.OpenAt(d.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC); err == nil {
+		if fd, err := sys.OpenAt(d.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC); err == nil {
 			pin = fd
 		}
 	}

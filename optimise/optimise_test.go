@@ -14,7 +14,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
+	"storekeeper/nix/nar"
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
+	"storekeeper/store/db"
 	"storekeeper/store/storetest"
 )
 
@@ -31,7 +35,7 @@ func fixture(t testing.TB, spec storetest.Spec) (*storetest.Built, *store.Store)
 
 func openStore(t testing.TB, lay store.Layout) *store.Store {
 	t.Helper()
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true)})
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +75,7 @@ func scan(t testing.TB, b *storetest.Built) []node {
 			if err := unix.Lstat(q, &st); err != nil {
 				return err
 			}
-			h, _, err := store.HashPath(q)
+			h, _, err := nar.HashPath(q)
 			if err != nil {
 				return err
 			}
@@ -122,13 +126,13 @@ func checkAllLinked(t testing.TB, b *storetest.Built, s *store.Store) {
 // name says, no temporary link is left, directories are canonical.
 func checkStore(t testing.TB, s *store.Store) {
 	t.Helper()
-	g, err := s.LoadGraph(context.Background(), store.GraphOptions{Hashes: true})
+	g, err := s.LoadGraph(context.Background(), db.GraphOptions{Hashes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := store.PathID(0); int(id) < g.Len(); id++ {
+	for id := db.PathID(0); int(id) < g.Len(); id++ {
 		phys := s.Layout.RealPath(g.Path(id))
-		h, _, err := store.HashPath(phys)
+		h, _, err := nar.HashPath(phys)
 		if err != nil {
 			t.Fatalf("%s: %v", phys, err)
 		}
@@ -155,7 +159,7 @@ func checkStore(t testing.TB, s *store.Store) {
 	ld := s.Layout.LinksDir()
 	links, _ := os.ReadDir(ld)
 	for _, e := range links {
-		h, _, err := store.HashPath(filepath.Join(ld, e.Name()))
+		h, _, err := nar.HashPath(filepath.Join(ld, e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +191,7 @@ func testOptimiseMatchesModel(t *testing.T) {
 	}
 	large := 0
 	for _, n := range before {
-		if n.size > store.SmallFileMax {
+		if n.size > sys.SmallFileMax {
 			large++
 		}
 	}
@@ -252,7 +256,7 @@ func TestOptimiseSelectedPathsAndBadInput(t *testing.T) {
 			t.Errorf("%s: err %v, want ErrNotValid", bad, err)
 		}
 	}
-	ro, err := store.Open(context.Background(), store.Options{Layout: b.Layout, Settings: store.DefaultSettings(true), ReadOnly: true})
+	ro, err := store.Open(context.Background(), store.Options{Layout: b.Layout, Settings: nixconf.Default(true), ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

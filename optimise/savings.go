@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/store"
 )
 
@@ -31,7 +32,7 @@ func Savings(lay store.Layout) (int64, error) {
 	var actual, unshared int64
 	for _, e := range ents {
 		var st unix.Stat_t
-		if err := store.LstatAt(fd, e.Name, &st); err != nil {
+		if err := sys.LstatAt(fd, e.Name, &st); err != nil {
 			continue // removed meanwhile
 		}
 		if st.Nlink != 1 {

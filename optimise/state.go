@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"sync"
 
-	"storekeeper/store"
+	"storekeeper/internal/varint"
 )
 
 // The linked-paths state lets a run skip the store paths that an earlier
@@ -79,7 +79,7 @@ func loadLinkedState(p string) *linkedState {
 	if crc32.Checksum(body, crcTable) != sum {
 		return s
 	}
-	d := store.Decoder{B: body[len(linkedStateMagic):], Bad: errBadState}
+	d := varint.Decoder{B: body[len(linkedStateMagic):], Bad: errBadState}
 	recs := map[string]*linkedRec{}
 	for len(d.B) > 0 && d.Err == nil {
 		name := d.String()
@@ -115,7 +115,7 @@ func (s *linkedState) marshal() []byte {
 	b := []byte(linkedStateMagic)
 	for _, n := range names {
 		rec := s.recs[n]
-		b = store.AppendString(b, n)
+		b = varint.AppendString(b, n)
 		b = binary.AppendUvarint(b, uint64(rec.dbID))
 		b = binary.AppendUvarint(b, rec.top)
 		b = binary.AppendUvarint(b, uint64(rec.minSize))

@@ -9,8 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/report"
-	"storekeeper/store"
+	"storekeeper/store/fs"
 )
 
 // Linking spreads an inode: every store file replaced by a link to a
@@ -57,7 +58,7 @@ func (r *run) untrusted(st *unix.Stat_t) bool {
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		return false
 	}
-	return st.Mode&0o7777 != store.CanonicalPerm(st.Mode)
+	return st.Mode&0o7777 != fs.CanonicalPerm(st.Mode)
 }
 
 // untrustedEntry reports whether an existing .links entry (lstat lst) of
@@ -126,9 +127,9 @@ func (r *run) refuse(d *dirRef, name string, t *storePathJob, st *unix.Stat_t, n
 	atomic.AddInt64(&r.res.Refused, 1)
 	full, file := r.storeFile(d, name, t)
 	q := report.Name(full)
-	probs := store.OwnerModeProblems(nil, q, st, r.storeUID)
+	probs := fs.OwnerModeProblems(nil, q, st, r.storeUID)
 	if len(probs) == 0 {
-		p := store.ForeignLinkProblem(q, uint64(st.Nlink), names)
+		p := fs.ForeignLinkProblem(q, uint64(st.Nlink), names)
 		if len(r.o.Paths) > 0 {
 			p.Message += " (only the paths given were looked at: a run over the whole store may find the others)"
 		}
@@ -152,7 +153,7 @@ func (r *run) refuseLink(j *fileJob, lname string, lst *unix.Stat_t) {
 	r.noticeMu.Lock()
 	r.notices = append(r.notices, Notice{Kind: KindUntrustedLink, Path: r.realPath(j.dir, j.name), Link: linkDisp,
 		StorePath: j.task.path, File: file, Inode: r.inodeInfo(lst, 0),
-		Problems: store.OwnerModeProblems(nil, report.Name(linkDisp), lst, r.storeUID)})
+		Problems: fs.OwnerModeProblems(nil, report.Name(linkDisp), lst, r.storeUID)})
 	r.noticeMu.Unlock()
 }
 
@@ -252,7 +253,7 @@ func (r *run) deferredDir(fs []deferredFile) {
 			return
 		}
 		var st unix.Stat_t
-		if err := store.LstatAt(d.fd, f.name, &st); err != nil {
+		if err := sys.LstatAt(d.fd, f.name, &st); err != nil {
 			if err != unix.ENOENT {
 				r.notice(KindError, r.realPath(d, f.name), "", fmt.Errorf("lstat: %w", err))
 			}
@@ -281,7 +282,7 @@ func (r *run) openRel(rel string) (int, error) {
 			}
 			return -1, unix.EINVAL
 		}
-		nfd, err := store.OpenAt(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+		nfd, err := sys.OpenAt(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 		if fd != r.storeFd {
 			unix.Close(fd)
 		}

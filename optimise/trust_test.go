@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/store"
+	"storekeeper/store/fs"
 	"storekeeper/store/storetest"
 )
 
@@ -92,17 +93,17 @@ func TestFileTheStoreOwnerDoesNotControlIsNotLinked(t *testing.T) {
 		problem string
 		mutate  func(t *testing.T, p string, mode uint32)
 	}{
-		{"outside hard link", store.MetaForeignLink, func(t *testing.T, p string, _ uint32) {
+		{"outside hard link", fs.MetaForeignLink, func(t *testing.T, p string, _ uint32) {
 			if err := os.Link(p, filepath.Join(t.TempDir(), "mine")); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{"other owner", store.MetaBadOwner, func(t *testing.T, p string, _ uint32) {
+		{"other owner", fs.MetaBadOwner, func(t *testing.T, p string, _ uint32) {
 			if err := os.Lchown(p, 65534, 65534); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{"other owner and outside hard link", store.MetaBadOwner, func(t *testing.T, p string, _ uint32) {
+		{"other owner and outside hard link", fs.MetaBadOwner, func(t *testing.T, p string, _ uint32) {
 			dir := t.TempDir()
 			os.Chown(dir, 65534, 65534)
 			if err := os.Link(p, filepath.Join(dir, "mine")); err != nil {
@@ -112,17 +113,17 @@ func TestFileTheStoreOwnerDoesNotControlIsNotLinked(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"group writable", store.MetaWritable, func(t *testing.T, p string, mode uint32) {
+		{"group writable", fs.MetaWritable, func(t *testing.T, p string, mode uint32) {
 			if err := unix.Chmod(p, mode&0o555|0o020); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{"setuid", store.MetaSetuid, func(t *testing.T, p string, mode uint32) {
+		{"setuid", fs.MetaSetuid, func(t *testing.T, p string, mode uint32) {
 			if err := unix.Chmod(p, mode&0o555|unix.S_ISUID); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{"other mode", store.MetaBadMode, func(t *testing.T, p string, mode uint32) {
+		{"other mode", fs.MetaBadMode, func(t *testing.T, p string, mode uint32) {
 			if err := unix.Chmod(p, mode&0o555|unix.S_ISVTX); err != nil {
 				t.Fatal(err)
 			}
@@ -211,8 +212,8 @@ func TestUntrustedLinksEntryIsNeverUsed(t *testing.T) {
 		problem string
 		mutate  func(p string, mode uint32) error
 	}{
-		{"other owner", store.MetaBadOwner, func(p string, _ uint32) error { return os.Lchown(p, 65534, 65534) }},
-		{"writable", store.MetaWritable, func(p string, mode uint32) error { return unix.Chmod(p, mode&0o555|0o002) }},
+		{"other owner", fs.MetaBadOwner, func(p string, _ uint32) error { return os.Lchown(p, 65534, 65534) }},
+		{"writable", fs.MetaWritable, func(p string, mode uint32) error { return unix.Chmod(p, mode&0o555|0o002) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, s := fixture(t, dupSpec())
@@ -360,7 +361,7 @@ func TestSelectedPathsCountOnlyTheirNames(t *testing.T) {
 	for _, n := range res.Notices {
 		var st unix.Stat_t
 		unix.Lstat(n.Path, &st)
-		if n.Kind != KindRefused || !hasProblem(n, store.MetaForeignLink) || n.Inode.Nlink != nlink[n.Path] || uint64(st.Nlink) != nlink[n.Path] {
+		if n.Kind != KindRefused || !hasProblem(n, fs.MetaForeignLink) || n.Inode.Nlink != nlink[n.Path] || uint64(st.Nlink) != nlink[n.Path] {
 			t.Errorf("notice %+v (links %d, before %d)", n, st.Nlink, nlink[n.Path])
 		}
 	}

@@ -21,7 +21,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/lock"
+	"storekeeper/nix/storepath"
 	"storekeeper/store"
 )
 
@@ -191,14 +193,14 @@ func (f *finder) note(link, target, msg string) {
 // a logical path as it is, a path under the physical store dir (a chroot
 // store seen from outside) mapped back.
 func (f *finder) toStorePath(target string) (string, bool) {
-	if !store.IsInStore(f.lay.StoreDir, target) && f.lay.RealStoreDir != f.lay.StoreDir &&
-		store.IsInStore(f.lay.RealStoreDir, target) {
+	if !storepath.IsInStore(f.lay.StoreDir, target) && f.lay.RealStoreDir != f.lay.StoreDir &&
+		storepath.IsInStore(f.lay.RealStoreDir, target) {
 		target = f.lay.StoreDir + target[len(f.lay.RealStoreDir):]
 	}
-	if !store.IsInStore(f.lay.StoreDir, target) {
+	if !storepath.IsInStore(f.lay.StoreDir, target) {
 		return "", false
 	}
-	p, _, err := store.ToStorePath(f.lay.StoreDir, target)
+	p, _, err := storepath.ToStorePath(f.lay.StoreDir, target)
 	if err != nil {
 		return "", false
 	}
@@ -272,7 +274,7 @@ func (w *walk) visit(dirfd int, name, p string, typ uint8, again bool) error {
 	}
 	if typ == unix.DT_UNKNOWN {
 		var st unix.Stat_t
-		if err := store.LstatAt(dirfd, name, &st); err != nil {
+		if err := sys.LstatAt(dirfd, name, &st); err != nil {
 			return w.f.walkErr(p, err)
 		}
 		typ = dirType(st.Mode)
@@ -287,7 +289,7 @@ func (w *walk) visit(dirfd int, name, p string, typ uint8, again bool) error {
 		if i := strings.LastIndexByte(base, '/'); i >= 0 { // the top of the walk, by full path
 			base = base[i+1:]
 		}
-		if store.ValidateBaseName(base) == nil {
+		if storepath.ValidateBaseName(base) == nil {
 			w.f.cands = append(w.f.cands, candidate{Root{Kind: w.kind, Link: p, Target: w.f.lay.StoreDir + "/" + base}, true})
 		}
 	}
@@ -305,7 +307,7 @@ func (w *walk) dir(dirfd int, name, p string, again bool) error {
 		return fmt.Errorf("%w: %s: directories nested more than %d deep under %s, deeper than storekeeper searches; move the roots there nearer the top, or remove the tree if it holds none",
 			ErrRootsUnreadable, p, maxWalkDepth, w.top)
 	}
-	fd, err := store.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	fd, err := sys.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	switch {
 	case err == nil:
 	case err == unix.ENOTDIR || err == unix.ELOOP:
@@ -351,16 +353,16 @@ func (w *walk) dir(dirfd int, name, p string, again bool) error {
 
 // list reads the entries of the directory open at fd (full path p),
 // sorted by name, counting them against maxWalkEntries.
-func (w *walk) list(fd int, p string) ([]store.Dirent, error) {
-	var ents []store.Dirent
+func (w *walk) list(fd int, p string) ([]sys.Dirent, error) {
+	var ents []sys.Dirent
 	over := false
-	err := store.ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
+	err := sys.ScanDirents(fd, func(name []byte, ino uint64, typ uint8) {
 		if w.f.entries >= maxWalkEntries {
 			over = true
 			return
 		}
 		w.f.entries++
-		ents = append(ents, store.Dirent{Name: string(name), Ino: ino, Type: typ})
+		ents = append(ents, sys.Dirent{Name: string(name), Ino: ino, Type: typ})
 	})
 	if err != nil {
 		return nil, w.f.walkErr(p, err)
@@ -376,7 +378,7 @@ func (w *walk) list(fd int, p string) ([]store.Dirent, error) {
 // link handles the symlink name in the directory open at dirfd.
 func (w *walk) link(dirfd int, name, p string, again bool) error {
 	f := w.f
-	target, err := store.ReadlinkAt(dirfd, name)
+	target, err := sys.ReadlinkAt(dirfd, name)
 	if err == unix.EINVAL { // no longer a symlink
 		if again {
 			return changed(p)
@@ -394,7 +396,7 @@ func (w *walk) link(dirfd int, name, p string, again bool) error {
 	// store.
 	tfd, tname, tpath := w.resolve(p, target)
 	var st unix.Stat_t
-	if err := store.LstatAt(tfd, tname, &st); err != nil {
+	if err := sys.LstatAt(tfd, tname, &st); err != nil {
 		if err == unix.ENOENT || err == unix.ENOTDIR {
 			if isInDir(p, filepath.Join(f.lay.GCRootsDir(), "auto")) {
 				f.stale(dirfd, name, p, tpath)
@@ -406,7 +408,7 @@ func (w *walk) link(dirfd int, name, p string, again bool) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
 		return nil
 	}
-	target2, err := store.ReadlinkAt(tfd, tname)
+	target2, err := sys.ReadlinkAt(tfd, tname)
 	if err == unix.EINVAL { // no longer a symlink: not a root
 		return nil
 	}
@@ -512,7 +514,7 @@ func (f *finder) temp() error {
 	}
 	for _, tf := range scan.Files {
 		for _, r := range tf.Roots {
-			if _, err := store.ParseStorePath(f.lay.StoreDir, r); err != nil {
+			if _, err := storepath.Parse(f.lay.StoreDir, r); err != nil {
 				f.note(tf.Path, r, "ignoring malformed temporary root: "+err.Error())
 				continue
 			}

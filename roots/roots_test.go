@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"storekeeper/lock"
+	"storekeeper/nix/nixconf"
 	"storekeeper/roots"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
@@ -26,7 +27,7 @@ func fixture(t *testing.T) (*storetest.Built, *store.Store) {
 
 func open(t *testing.T, b *storetest.Built, ro bool) *store.Store {
 	t.Helper()
-	s, err := store.Open(context.Background(), store.Options{Layout: b.Layout, Settings: store.DefaultSettings(true), ReadOnly: ro})
+	s, err := store.Open(context.Background(), store.Options{Layout: b.Layout, Settings: nixconf.Default(true), ReadOnly: ro})
 	if err != nil {
 		t.Fatal(err)
 	}

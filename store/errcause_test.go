@@ -14,13 +14,11 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"storekeeper/lock"
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
+	"storekeeper/store/db"
 	"storekeeper/store/storetest"
 )
-
-// sqliteCoded is what *sqlite.Error (and the raw connection's errors)
-// offer: the SQLite result code.
-type sqliteCoded interface{ Code() int }
 
 // TestErrorsKeepTheirCause: an error of the store layer wraps both its
 // sentinel (what failed) and the error that caused it (why), so a caller
@@ -42,46 +40,46 @@ func TestErrorsKeepTheirCause(t *testing.T) {
 			defer held.Release()
 			ctx, cancel := context.WithCancel(context.Background())
 			time.AfterFunc(100*time.Millisecond, cancel)
-			s, err := store.Open(ctx, store.Options{Layout: lay, Settings: store.DefaultSettings(true)})
+			s, err := store.Open(ctx, store.Options{Layout: lay, Settings: nixconf.Default(true)})
 			if err == nil {
 				s.Close()
 			}
 			return err
-		}, store.ErrDBAccess, is(context.Canceled)},
+		}, db.ErrDBAccess, is(context.Canceled)},
 		{"db.sqlite a symlink loop", func(t *testing.T, lay store.Layout) error {
 			os.Remove(lay.DBPath())
 			symlink(t, "db.sqlite", lay.DBPath())
-			_, err := openRO(t, lay)
+			_, err := storetest.OpenReadOnly(lay)
 			return err
-		}, store.ErrDBAccess, is(unix.ELOOP)},
+		}, db.ErrDBAccess, is(unix.ELOOP)},
 		{"schema a directory", func(t *testing.T, lay store.Layout) error {
 			p := filepath.Join(lay.DBDir(), "schema")
 			os.Remove(p)
 			os.Mkdir(p, 0o755)
-			_, err := store.ReadSchemaVersion(lay.DBDir())
+			_, err := db.ReadSchemaVersion(lay.DBDir())
 			return err
-		}, store.ErrDBAccess, is(unix.EISDIR)},
+		}, db.ErrDBAccess, is(unix.EISDIR)},
 		{"store dir a symlink loop", func(t *testing.T, lay store.Layout) error {
 			os.Rename(lay.RealStoreDir, lay.RealStoreDir+".moved")
 			symlink(t, filepath.Base(lay.RealStoreDir), lay.RealStoreDir)
-			_, err := openRO(t, lay)
+			_, err := storetest.OpenReadOnly(lay)
 			return err
 		}, store.ErrNoStore, is(unix.ELOOP)},
 		{"not a database", func(t *testing.T, lay store.Layout) error {
 			os.WriteFile(lay.DBPath(), make([]byte, 8192), 0o644)
 			os.Remove(lay.DBPath() + "-wal")
 			os.Remove(lay.DBPath() + "-shm")
-			_, err := openRO(t, lay)
+			_, err := storetest.OpenReadOnly(lay)
 			return err
-		}, store.ErrCorruptDB, sqliteCode(sqlite3.SQLITE_NOTADB)},
+		}, db.ErrCorruptDB, sqliteCode(sqlite3.SQLITE_NOTADB)},
 		{"include through a symlink loop", func(t *testing.T, lay store.Layout) error {
 			dir := t.TempDir()
 			symlink(t, "loop", filepath.Join(dir, "loop"))
 			conf := filepath.Join(dir, "nix.conf")
 			os.WriteFile(conf, []byte("include loop/other.conf\n"), 0o644)
-			s := store.DefaultSettings(true)
+			s := nixconf.Default(true)
 			return s.ApplyFile(conf)
-		}, store.ErrBadConfig, is(unix.ELOOP)},
+		}, nixconf.ErrBadConfig, is(unix.ELOOP)},
 		{"bad escape in --store", func(t *testing.T, lay store.Layout) error {
 			_, err := store.ResolveLayout(store.LayoutOptions{StoreURI: "local?root=/mnt%zz"})
 			return err
@@ -99,7 +97,7 @@ func TestErrorsKeepTheirCause(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b := demo(t, storetest.Spec{Paths: 3, Seed: 1, MaxDeps: 1, DBOnly: true})
+			b := storetest.MustBuild(t, storetest.Spec{Paths: 3, Seed: 1, MaxDeps: 1, DBOnly: true})
 			err := tc.run(t, b.Layout)
 			if err == nil {
 				t.Fatal("no error")
@@ -125,10 +123,7 @@ func as[T error](err error) bool {
 }
 
 func sqliteCode(code int) func(error) bool {
-	return func(err error) bool {
-		var c sqliteCoded
-		return errors.As(err, &c) && c.Code()&0xff == code
-	}
+	return func(err error) bool { return db.ResultCode(err)&0xff == code }
 }
 
 func symlink(t *testing.T, target, link string) {

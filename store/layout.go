@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"storekeeper/nix/storepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -257,7 +258,7 @@ func (l Layout) OwnStateDir() string {
 }
 
 // IsInStore reports whether p (a logical path) is below the store dir.
-func (l Layout) IsInStore(p string) bool { return IsInStore(l.StoreDir, p) }
+func (l Layout) IsInStore(p string) bool { return storepath.IsInStore(l.StoreDir, p) }
 
 // RealPath maps a logical store path (or a path below one) to where it
 // physically is. p must be in the store; other paths are returned as they are.

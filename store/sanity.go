@@ -13,13 +13,13 @@ package store
 // --repair.)
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"storekeeper/store/fs"
 	"strconv"
 	"strings"
 
@@ -184,55 +184,9 @@ func CurrentFSIdentity(dir string) (FSIdentity, error) {
 	id.MountPoint = self.Dev_major != parent.Dev_major || self.Dev_minor != parent.Dev_minor
 	if self.Mask&parent.Mask&unix.STATX_MNT_ID != 0 {
 		id.MountPoint = id.MountPoint || self.Mnt_id != parent.Mnt_id
-		id.FSType, id.Source, id.MountedOn = mountOf(self.Mnt_id)
+		id.FSType, id.Source, id.MountedOn = fs.MountOf(self.Mnt_id)
 	}
 	return id, nil
-}
-
-// mountOf finds a mount in /proc/self/mountinfo by its id: its file-system
-// type, source and mount point, for messages (all "" if not found).
-func mountOf(mntID uint64) (fstype, source, mountedOn string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(io.LimitReader(f, 16<<20))
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	want := strconv.FormatUint(mntID, 10) + " "
-	for sc.Scan() {
-		l := sc.Text()
-		if !strings.HasPrefix(l, want) {
-			continue
-		}
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-		pre, post, ok := strings.Cut(l, " - ")
-		fp, fq := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(fp) < 5 || len(fq) < 2 {
-			return
-		}
-		return unescapeMountinfo(fq[0]), unescapeMountinfo(fq[1]), unescapeMountinfo(fp[4])
-	}
-	return
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // fsNames names the f_type of common file systems, for messages when

@@ -232,7 +232,4 @@ func TestCurrentFSIdentity(t *testing.T) {
 	if d := proc.describe(); !strings.Contains(d, "proc file system") || !strings.Contains(d, "mounted on /proc") {
 		t.Errorf("describe: %s", d)
 	}
-	if got := unescapeMountinfo(`/mnt/a\040b\134c`); got != `/mnt/a b\c` {
-		t.Errorf("unescape: %q", got)
-	}
 }

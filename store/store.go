@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"storekeeper/nix/nixconf"
+	"storekeeper/store/db"
 	"time"
 )
 
@@ -15,7 +17,7 @@ var ErrNoStore = errors.New("store: no store directory")
 // Options open a Store.
 type Options struct {
 	Layout   Layout
-	Settings Settings
+	Settings nixconf.Settings
 	// ReadOnly: open everything without write access and never write.
 	// Read-only commands (roots, verify without --repair, gc --print-*)
 	// use it, so they can run as any user that can read the store.
@@ -27,9 +29,9 @@ type Options struct {
 // It is safe for concurrent use; Close releases the DB and its big-lock.
 type Store struct {
 	Layout   Layout
-	Settings Settings
+	Settings nixconf.Settings
 	ReadOnly bool
-	DB       *DB
+	DB       *db.DB
 }
 
 // Open checks that the store directory exists and opens the DB (checking
@@ -45,7 +47,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("%w: %s is not a directory", ErrNoStore, o.Layout.RealStoreDir)
 	}
-	db, err := OpenDB(ctx, o.Layout.DBDir(), DBOptions{
+	db, err := db.Open(ctx, o.Layout.DBDir(), db.Options{
 		ReadOnly:      o.ReadOnly,
 		BusyTimeout:   o.BusyTimeout,
 		FsyncMetadata: o.Settings.FsyncMetadata,
@@ -68,6 +70,6 @@ func (s *Store) Close() error {
 }
 
 // LoadGraph loads the reference graph of the whole store (see DB.LoadGraph).
-func (s *Store) LoadGraph(ctx context.Context, o GraphOptions) (*Graph, error) {
+func (s *Store) LoadGraph(ctx context.Context, o db.GraphOptions) (*db.Graph, error) {
 	return s.DB.LoadGraph(ctx, s.Layout.StoreDir, o)
 }

@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
+	"storekeeper/store/db"
 )
 
 var storePathRe = regexp.MustCompile(`/nix/store/[0-9a-df-np-sv-z]{32}-[^\s'"/]+`)
@@ -32,18 +34,18 @@ func copyStore(t testing.TB, src string) string {
 func validPaths(t testing.TB, root string) []string {
 	t.Helper()
 	lay, _ := store.ResolveLayout(store.LayoutOptions{StoreURI: "local?root=" + root})
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true), ReadOnly: true})
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	g, err := s.LoadGraph(context.Background(), store.GraphOptions{})
+	g, err := s.LoadGraph(context.Background(), db.GraphOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := make([]string, g.Len())
 	for i := range out {
-		out[i] = g.Path(store.PathID(i))
+		out[i] = g.Path(db.PathID(i))
 	}
 	sort.Strings(out)
 	return out

@@ -8,7 +8,7 @@ package tests
 
 import (
 	"encoding/json"
-	"io/fs"
+	iofs "io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"storekeeper/store"
+	"storekeeper/nix/nar"
+	"storekeeper/store/fs"
 )
 
 const optUser = "sk-optimise"
@@ -31,9 +32,9 @@ func optDupGroups(t *testing.T, ns *nixStore) [][]string {
 	by := map[string][]string{}
 	for _, outs := range ns.Outputs {
 		for _, p := range outs {
-			filepath.WalkDir(filepath.Join(ns.Root, p), func(q string, d fs.DirEntry, err error) error {
+			filepath.WalkDir(filepath.Join(ns.Root, p), func(q string, d iofs.DirEntry, err error) error {
 				if err == nil && d.Type().IsRegular() {
-					h, _, err := store.HashPath(q)
+					h, _, err := nar.HashPath(q)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -140,8 +141,8 @@ func TestHardeningOptimiseForeignInodeIsNotSpread(t *testing.T) {
 		t.Fatalf("--json: %v\n%s", err, r.stdout)
 	}
 	want := map[string]string{ // logical path -> problem kind
-		strings.TrimPrefix(owned, ns.Root):  store.MetaBadOwner,
-		strings.TrimPrefix(linked, ns.Root): store.MetaForeignLink,
+		strings.TrimPrefix(owned, ns.Root):  fs.MetaBadOwner,
+		strings.TrimPrefix(linked, ns.Root): fs.MetaForeignLink,
 	}
 	got := map[string]string{}
 	for _, n := range dry.Notices {
@@ -153,7 +154,7 @@ func TestHardeningOptimiseForeignInodeIsNotSpread(t *testing.T) {
 		if n.Inode.Nlink != 2 {
 			t.Errorf("%s/%s: nlink %d in the finding, want 2", n.StorePath, n.File, n.Inode.Nlink)
 		}
-		if n.Problems[0].Kind == store.MetaBadOwner && n.Inode.UID != uid {
+		if n.Problems[0].Kind == fs.MetaBadOwner && n.Inode.UID != uid {
 			t.Errorf("%s/%s: uid %d in the finding, want %d", n.StorePath, n.File, n.Inode.UID, uid)
 		}
 	}

@@ -14,18 +14,30 @@ import (
 // is added for it, so a new package states its place in the README's
 // Architecture map and here.
 var importRules = map[string][]string{
-	"cmd/storekeeper": {"gc", "optimise", "report", "roots", "store", "verify", "lock"},
+	"cmd/storekeeper": {"gc", "optimise", "report", "roots", "store", "store/fs", "verify", "lock", "nix/nixconf"},
 	"cmd/mkdemostore": {"store/storetest"},
-	"gc":              {"roots", "store", "lock", "report"}, // the collector's roots are roots'
-	"optimise":        {"store", "lock", "report"},
-	"roots":           {"store", "lock", "report"},
-	"verify":          {"store", "lock", "report"},
-	"store":           {"lock", "report"},
-	"store/storetest": {"store"},
-	"bench/linkfloor": {"store"},
-	"bench/readfloor": {},
-	"lock":            {},
+	// capabilities: each uses the layers below, never another capability
+	// (but gc → roots: the collector's roots are roots')
+	"gc":       {"roots", "store", "store/db", "store/fs", "nix/storepath", "lock", "report", "internal/sys"},
+	"optimise": {"store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys", "internal/varint"},
+	"roots":    {"store", "nix/storepath", "lock", "report", "internal/sys"},
+	"verify":   {"store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "lock", "report", "internal/varint"},
+	// the store-access layer: store opens, store/db and store/fs below it
+	"store":           {"store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
+	"store/db":        {"store/fs", "nix/nar", "nix/storepath", "lock", "report"},
+	"store/fs":        {"internal/sys", "report"},
+	"store/storetest": {"store", "store/db", "nix/nar", "nix/nixconf", "nix/storepath"},
+	// pure formats: nothing of storekeeper but the system-call layer
+	"nix/storepath":   {},
+	"nix/nar":         {"nix/storepath", "internal/sys"},
+	"nix/nixconf":     {},
+	"nix/signature":   {"nix/nar", "nix/storepath"},
+	"lock":            {"internal/sys"},
+	"internal/sys":    {},
+	"internal/varint": {},
 	"report":          {},
+	"bench/linkfloor": {"nix/nar", "internal/sys"},
+	"bench/readfloor": {},
 	"tests":           {},
 }
 

@@ -5,7 +5,10 @@ import (
 	"path/filepath"
 	"testing"
 
+	"storekeeper/nix/nar"
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
+	"storekeeper/store/db"
 )
 
 // openChroot opens a store under root (ROOT/nix) read-only.
@@ -15,7 +18,7 @@ func openChroot(t testing.TB, root string) *store.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true), ReadOnly: true})
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,16 +32,16 @@ func openChroot(t testing.TB, root string) *store.Store {
 func TestInteropNARHashesMatchNix(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 60, Seed: 11, Roots: 2})
 	s := openChroot(t, ns.Root)
-	g, err := s.LoadGraph(context.Background(), store.GraphOptions{Hashes: true})
+	g, err := s.LoadGraph(context.Background(), db.GraphOptions{Hashes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if g.Len() < 120 {
 		t.Fatalf("only %d valid paths", g.Len())
 	}
-	for id := store.PathID(0); int(id) < g.Len(); id++ {
+	for id := db.PathID(0); int(id) < g.Len(); id++ {
 		p := g.Path(id)
-		h, size, err := store.HashPath(filepath.Join(ns.Root, p))
+		h, size, err := nar.HashPath(filepath.Join(ns.Root, p))
 		if err != nil {
 			t.Fatalf("%s: %v", p, err)
 		}
@@ -59,7 +62,7 @@ func TestInteropNARHashesMatchNix(t *testing.T) {
 		if len(got) != len(refs) {
 			t.Errorf("%s: references %v, registered %v", out, got, refs)
 		}
-		if d := g.Deriver[id]; d == store.NoPath {
+		if d := g.Deriver[id]; d == db.NoPath {
 			t.Errorf("%s: deriver not resolved", out)
 		}
 	}

@@ -19,7 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"storekeeper/store"
+	"storekeeper/nix/nar"
+	"storekeeper/store/db"
 )
 
 var optFreedRe = regexp.MustCompile(`([0-9.]+ MiB) freed by hard-linking ([0-9]+) files`)
@@ -65,13 +66,13 @@ func optCheckNARs(t testing.TB, root string) {
 	s := openChroot(t, root)
 	defer s.Close() // now: the commands run next need no reader holding the DB
 	lay := s.Layout
-	g, err := s.LoadGraph(context.Background(), store.GraphOptions{Hashes: true})
+	g, err := s.LoadGraph(context.Background(), db.GraphOptions{Hashes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := store.PathID(0); int(id) < g.Len(); id++ {
+	for id := db.PathID(0); int(id) < g.Len(); id++ {
 		phys := lay.RealPath(g.Path(id))
-		h, _, err := store.HashPath(phys)
+		h, _, err := nar.HashPath(phys)
 		if err != nil {
 			t.Fatalf("%s: %v", phys, err)
 		}
@@ -165,7 +166,7 @@ func TestInteropOptimiseCorruptedLink(t *testing.T) {
 		for _, p := range outs {
 			filepath.WalkDir(filepath.Join(ns.Root, p), func(q string, d fs.DirEntry, err error) error {
 				if err == nil && d.Type().IsRegular() {
-					h, _, _ := store.HashPath(q)
+					h, _, _ := nar.HashPath(q)
 					byName[h.Base32()] = append(byName[h.Base32()], f{q, h.Base32()})
 				}
 				return nil

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
@@ -35,7 +36,7 @@ func benchStore(b *testing.B) store.Layout {
 
 func benchVerify(b *testing.B, o Options) {
 	lay := benchStore(b)
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: store.DefaultSettings(true), ReadOnly: true})
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
 	if err != nil {
 		b.Fatal(err)
 	}

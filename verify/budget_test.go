@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"storekeeper/store"
+	"storekeeper/store/db"
 )
 
 // ledgerTimes reads the ledger as a test sees it: name -> time.
@@ -30,7 +30,7 @@ func TestBudgetCoversStoreOldestFirst(t *testing.T) {
 	state := f.b.Layout.OwnStateDir()
 	var total int64
 	s := f.open(true)
-	g, err := s.LoadGraph(t.Context(), store.GraphOptions{})
+	g, err := s.LoadGraph(t.Context(), db.GraphOptions{})
 	s.Close()
 	if err != nil {
 		t.Fatal(err)

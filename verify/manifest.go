@@ -12,7 +12,8 @@ import (
 	"path/filepath"
 	"sort"
 
-	"storekeeper/store"
+	"storekeeper/internal/varint"
+	"storekeeper/nix/nar"
 )
 
 // ErrBadManifest is wrapped by errors decoding a manifest record.
@@ -20,49 +21,49 @@ var ErrBadManifest = errors.New("verify: bad manifest record")
 
 // Entry is one node of a store path as a manifest records it.
 type Entry struct {
-	Name   string         // relative name, "" for the top of the path
-	Type   store.FileType // regular, directory or symlink
-	Mode   uint32         // permission bits (st_mode & 07777)
-	Size   int64          // a regular file's size, a symlink target's length
-	Digest [32]byte       // BLAKE3 of a regular file's contents
-	Target string         // a symlink's target
+	Name   string       // relative name, "" for the top of the path
+	Type   nar.FileType // regular, directory or symlink
+	Mode   uint32       // permission bits (st_mode & 07777)
+	Size   int64        // a regular file's size, a symlink target's length
+	Digest [32]byte     // BLAKE3 of a regular file's contents
+	Target string       // a symlink's target
 }
 
 // Manifest lists every node of a store path as it was when the path last
 // verified clean against its NAR hash.
 type Manifest struct {
-	Name    string        // the store path's base name
-	NarHash store.NarHash // the NAR hash the contents matched
-	Entries []Entry       // in NAR order (sorted by name bytewise, parents first)
+	Name    string   // the store path's base name
+	NarHash nar.Hash // the NAR hash the contents matched
+	Entries []Entry  // in NAR order (sorted by name bytewise, parents first)
 }
 
 // marshal encodes m compactly: name, hash, then per entry its name, type,
 // mode, size and digest or target.
 func (m *Manifest) marshal(b []byte) []byte {
-	b = store.AppendString(b, m.Name)
+	b = varint.AppendString(b, m.Name)
 	b = append(b, m.NarHash[:]...)
 	b = binary.AppendUvarint(b, uint64(len(m.Entries)))
 	for i := range m.Entries {
 		e := &m.Entries[i]
-		b = store.AppendString(b, e.Name)
+		b = varint.AppendString(b, e.Name)
 		b = append(b, byte(e.Type))
 		b = binary.AppendUvarint(b, uint64(e.Mode))
 		switch e.Type {
-		case store.FileRegular:
+		case nar.FileRegular:
 			b = binary.AppendUvarint(b, uint64(e.Size))
 			b = append(b, e.Digest[:]...)
-		case store.FileSymlink:
-			b = store.AppendString(b, e.Target)
+		case nar.FileSymlink:
+			b = varint.AppendString(b, e.Target)
 		}
 	}
 	return b
 }
 
 // unmarshalHeader decodes the name and hash at the start of a record body.
-func unmarshalHeader(body []byte) (string, store.NarHash, []byte, error) {
-	d := store.Decoder{B: body, Bad: ErrBadManifest}
+func unmarshalHeader(body []byte) (string, nar.Hash, []byte, error) {
+	d := varint.Decoder{B: body, Bad: ErrBadManifest}
 	name := d.String()
-	var h store.NarHash
+	var h nar.Hash
 	copy(h[:], d.Bytes(32))
 	return name, h, d.B, d.Err
 }
@@ -73,7 +74,7 @@ func unmarshalManifest(body []byte) (*Manifest, error) {
 		return nil, err
 	}
 	m := &Manifest{Name: name, NarHash: h}
-	d := store.Decoder{B: rest, Bad: ErrBadManifest}
+	d := varint.Decoder{B: rest, Bad: ErrBadManifest}
 	n := d.Uvarint()
 	if n > uint64(len(body)) {
 		return nil, fmt.Errorf("%w: %d entries in %d bytes", ErrBadManifest, n, len(body))
@@ -86,16 +87,16 @@ func unmarshalManifest(body []byte) (*Manifest, error) {
 		if d.Err != nil {
 			break
 		}
-		e.Type = store.FileType(t[0])
+		e.Type = nar.FileType(t[0])
 		e.Mode = uint32(d.Uvarint())
 		switch e.Type {
-		case store.FileRegular:
+		case nar.FileRegular:
 			e.Size = int64(d.Uvarint())
 			copy(e.Digest[:], d.Bytes(32))
-		case store.FileSymlink:
+		case nar.FileSymlink:
 			e.Target = d.String()
 			e.Size = int64(len(e.Target))
-		case store.FileDirectory:
+		case nar.FileDirectory:
 		default:
 			d.Err = fmt.Errorf("%w: unknown file type %d", ErrBadManifest, t[0])
 		}
@@ -120,15 +121,15 @@ type FileChange struct {
 
 func describe(e *Entry) string {
 	switch e.Type {
-	case store.FileRegular:
+	case nar.FileRegular:
 		kind := "file"
 		if e.Mode&0o111 != 0 {
 			kind = "executable"
 		}
 		return fmt.Sprintf("%s %d bytes blake3:%s", kind, e.Size, hex.EncodeToString(e.Digest[:]))
-	case store.FileSymlink:
+	case nar.FileSymlink:
 		return "symlink -> " + e.Target
-	case store.FileDirectory:
+	case nar.FileDirectory:
 		return "directory"
 	}
 	return e.Type.String()
@@ -141,9 +142,9 @@ func same(a, b *Entry) bool {
 		return false
 	}
 	switch a.Type {
-	case store.FileRegular:
+	case nar.FileRegular:
 		return a.Size == b.Size && a.Digest == b.Digest && (a.Mode&0o100 != 0) == (b.Mode&0o100 != 0)
-	case store.FileSymlink:
+	case nar.FileSymlink:
 		return a.Target == b.Target
 	}
 	return true
@@ -196,7 +197,7 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 type manifestRef struct {
 	off  int64 // offset of the body
 	size uint32
-	hash store.NarHash
+	hash nar.Hash
 }
 
 // manifestLog is the manifest store. It is used by one goroutine (the
@@ -292,7 +293,7 @@ func (l *manifestLog) scan() (int64, error) {
 }
 
 // has reports whether a manifest of name taken at hash h is recorded.
-func (l *manifestLog) has(name string, h store.NarHash) bool {
+func (l *manifestLog) has(name string, h nar.Hash) bool {
 	r, ok := l.index[name]
 	return ok && r.hash == h
 }

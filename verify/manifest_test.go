@@ -6,15 +6,15 @@ import (
 	"reflect"
 	"testing"
 
-	"storekeeper/store"
+	"storekeeper/nix/nar"
 )
 
 func sampleManifest(name string) *Manifest {
-	return &Manifest{Name: name, NarHash: store.NarHash{1, 2, 3}, Entries: []Entry{
-		{Name: "", Type: store.FileDirectory, Mode: 0o555},
-		{Name: "bin", Type: store.FileDirectory, Mode: 0o555},
-		{Name: "bin/x", Type: store.FileRegular, Mode: 0o555, Size: 3, Digest: [32]byte{9}},
-		{Name: "lib", Type: store.FileSymlink, Mode: 0o777, Size: 3, Target: "bin"},
+	return &Manifest{Name: name, NarHash: nar.Hash{1, 2, 3}, Entries: []Entry{
+		{Name: "", Type: nar.FileDirectory, Mode: 0o555},
+		{Name: "bin", Type: nar.FileDirectory, Mode: 0o555},
+		{Name: "bin/x", Type: nar.FileRegular, Mode: 0o555, Size: 3, Digest: [32]byte{9}},
+		{Name: "lib", Type: nar.FileSymlink, Mode: 0o777, Size: 3, Target: "bin"},
 	}}
 }
 
@@ -35,7 +35,7 @@ func TestDiff(t *testing.T) {
 	cur.Entries[2].Digest[0] = 7                                // changed
 	cur.Entries[3].Target = "elsewhere"                         // changed symlink
 	cur.Entries = append(cur.Entries[:1:1], cur.Entries[2:]...) // "bin" removed
-	cur.Entries = append(cur.Entries, Entry{Name: "new", Type: store.FileRegular, Mode: 0o444})
+	cur.Entries = append(cur.Entries, Entry{Name: "new", Type: nar.FileRegular, Mode: 0o444})
 	d := Diff(old, cur)
 	want := []struct{ kind, file string }{{"removed", "bin"}, {"changed", "bin/x"}, {"changed", "lib"}, {"added", "new"}}
 	if len(d) != len(want) {

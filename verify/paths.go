@@ -15,14 +15,16 @@ import (
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"storekeeper/nix/nar"
 	"storekeeper/report"
-	"storekeeper/store"
+	"storekeeper/store/db"
+	"storekeeper/store/fs"
 )
 
 // pathResult is what a worker found in one path.
 type pathResult struct {
-	id    store.PathID
-	hash  store.NarHash
+	id    db.PathID
+	hash  nar.Hash
 	size  int64
 	files int64
 	err   error
@@ -34,7 +36,7 @@ type pathResult struct {
 type worker struct {
 	v       *verifier
 	b3      *blake3.Hasher
-	bh      *store.BatchHasher // nil without io_uring: plain HashPathFiles
+	bh      *nar.BatchHasher // nil without io_uring: plain HashPathFiles
 	entries []Entry
 	pending int // index of the regular file whose digest is being computed, or -1
 	path    string
@@ -62,9 +64,9 @@ func (w *worker) finishDigest() {
 }
 
 // visit is the store.NodeFunc of a path's walk.
-func (w *worker) visit(n *store.Node) (io.Writer, error) {
+func (w *worker) visit(n *nar.Node) (io.Writer, error) {
 	w.finishDigest()
-	if n.Type == store.FileRegular {
+	if n.Type == nar.FileRegular {
 		w.files++
 	}
 	if w.check {
@@ -81,7 +83,7 @@ func (w *worker) visit(n *store.Node) (io.Writer, error) {
 	}
 	e := Entry{Name: n.Rel, Type: n.Type, Mode: st.Mode & 0o7777, Size: n.Size, Target: n.Target}
 	w.entries = append(w.entries, e)
-	if n.Type == store.FileRegular {
+	if n.Type == nar.FileRegular {
 		w.pending = len(w.entries) - 1
 		w.b3.Reset()
 		return blake3Writer{w.b3}, nil
@@ -90,7 +92,7 @@ func (w *worker) visit(n *store.Node) (io.Writer, error) {
 }
 
 // checkMeta checks what Nix canonicalises but never verifies.
-func (w *worker) checkMeta(n *store.Node) error {
+func (w *worker) checkMeta(n *nar.Node) error {
 	st, err := n.Stat()
 	if err != nil {
 		return err
@@ -105,15 +107,15 @@ func (w *worker) checkMeta(n *store.Node) error {
 		w.meta = append(w.meta, Finding{Kind: kind, Path: w.path, File: file, Expected: exp, Got: got,
 			Message: msg, Fix: "nix-store --repair-path " + w.path})
 	}
-	var probs [3]store.MetaProblem
-	for _, pr := range store.OwnerModeProblems(probs[:0], full, st, w.v.storeUID) {
+	var probs [3]fs.MetaProblem
+	for _, pr := range fs.OwnerModeProblems(probs[:0], full, st, w.v.storeUID) {
 		add(pr.Kind, pr.Expected, pr.Got, pr.Message)
 	}
 	if st.Mtim.Sec != 1 {
 		add(KindBadMtime, "1", fmt.Sprint(st.Mtim.Sec),
 			fmt.Sprintf("'%s' has mtime %d, not 1", full, st.Mtim.Sec))
 	}
-	if w.inodes != nil && n.Type == store.FileRegular && st.Nlink > 1 {
+	if w.inodes != nil && n.Type == nar.FileRegular && st.Nlink > 1 {
 		k := devIno{uint64(st.Dev), st.Ino}
 		u := w.inodes[k]
 		if u == nil {
@@ -126,7 +128,7 @@ func (w *worker) checkMeta(n *store.Node) error {
 }
 
 // hashPath NAR-hashes one path (or only walks it for metadata).
-func (w *worker) run(id store.PathID) pathResult {
+func (w *worker) run(id db.PathID) pathResult {
 	v := w.v
 	g := v.g
 	w.path = g.Path(id)
@@ -139,7 +141,7 @@ func (w *worker) run(id store.PathID) pathResult {
 	r := pathResult{id: id}
 	if !v.o.CheckContents {
 		w.collect = false
-		r.err = store.WalkPathStat(real, w.visit)
+		r.err = nar.WalkPathStat(real, w.visit)
 		r.meta, r.files = w.meta, w.files
 		return r
 	}
@@ -166,7 +168,7 @@ func (w *worker) run(id store.PathID) pathResult {
 	return r
 }
 
-func (w *worker) manifest(name string, h store.NarHash) *Manifest {
+func (w *worker) manifest(name string, h nar.Hash) *Manifest {
 	return &Manifest{Name: name, NarHash: h, Entries: append([]Entry(nil), w.entries...)}
 }
 
@@ -176,10 +178,10 @@ func (w *worker) manifest(name string, h store.NarHash) *Manifest {
 func (v *verifier) checkPaths(ctx context.Context) error {
 	g := v.g
 	n := g.Len()
-	var cand []store.PathID
+	var cand []db.PathID
 	for i := 0; i < n; i++ {
 		if v.selected[i] && v.exists[i] {
-			cand = append(cand, store.PathID(i))
+			cand = append(cand, db.PathID(i))
 		}
 	}
 	v.hasMan = make([]bool, n)
@@ -193,7 +195,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	// together sweep the disk mostly forward instead of seeking. Paths
 	// are small next to the number of readers, so balance needs no
 	// largest-first order (the largest of a 63k-path store is ~1 MB).
-	byDisk := func(ids []store.PathID) {
+	byDisk := func(ids []db.PathID) {
 		sort.Slice(ids, func(a, b int) bool {
 			if v.ino[ids[a]] != v.ino[ids[b]] {
 				return v.ino[ids[a]] < v.ino[ids[b]]
@@ -226,7 +228,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 				v.sum.Stopped = "size budget spent"
 			}
 			v.sum.Remaining = len(order) - k
-			order = append([]store.PathID(nil), order[:k]...)
+			order = append([]db.PathID(nil), order[:k]...)
 			byDisk(order)
 		}
 	} else {
@@ -258,7 +260,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	batchers := v.o.Jobs
 	var lim unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil {
-		batchers = min(batchers, max(0, (int(min(lim.Cur, 1<<20))-512)/store.BatchHasherFDs))
+		batchers = min(batchers, max(0, (int(min(lim.Cur, 1<<20))-512)/nar.BatchHasherFDs))
 	}
 	for j := 0; j < v.o.Jobs; j++ {
 		wg.Add(1)
@@ -267,7 +269,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 			w.inodes = map[devIno]*inodeUse{}
 		}
 		if v.o.CheckContents && j < batchers {
-			w.bh, _ = store.NewBatchHasher() // on error nil, which hashes path by path
+			w.bh, _ = nar.NewBatchHasher() // on error nil, which hashes path by path
 		}
 		go func() {
 			defer wg.Done()
@@ -358,7 +360,7 @@ func (v *verifier) collect(r *pathResult) {
 		hashText = g.HashText[id]
 	}
 	switch {
-	case hashText != "" || dbHash == (store.NarHash{}):
+	case hashText != "" || dbHash == (nar.Hash{}):
 		exp := hashText
 		v.add(Finding{Kind: KindMissingHash, Path: p, Expected: exp, Got: r.hash.String(),
 			Message: fmt.Sprintf("path '%s' has no valid hash in the database (%q); its contents hash to '%s'", p, exp, r.hash.String()),
@@ -474,7 +476,7 @@ func (v *verifier) checkForeignLinks(ctx context.Context) {
 		if _, valid := v.g.Lookup(nm); valid || nm == ".links" {
 			continue
 		}
-		store.WalkPathStat(filepath.Join(v.lay.RealStoreDir, nm), func(n *store.Node) (io.Writer, error) {
+		nar.WalkPathStat(filepath.Join(v.lay.RealStoreDir, nm), func(n *nar.Node) (io.Writer, error) {
 			if st, err := n.Stat(); err == nil {
 				count(st)
 			}
@@ -488,7 +490,7 @@ func (v *verifier) checkForeignLinks(ctx context.Context) {
 			if u.file != "" {
 				full += "/" + u.file
 			}
-			pr := store.ForeignLinkProblem(report.Name(full), u.nlink, seen)
+			pr := fs.ForeignLinkProblem(report.Name(full), u.nlink, seen)
 			v.add(Finding{Kind: pr.Kind, Path: u.path, File: u.file, Expected: pr.Expected, Got: pr.Got,
 				Message: pr.Message, Fix: "nix-store --repair-path " + u.path})
 		}

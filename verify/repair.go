@@ -11,6 +11,8 @@ import (
 
 	"storekeeper/lock"
 	"storekeeper/store"
+	"storekeeper/store/db"
+	"storekeeper/store/fs"
 )
 
 // repair does the local fixes, in this order:
@@ -151,7 +153,7 @@ func (v *verifier) repair(ctx context.Context) error {
 				// Any type: a file, a directory tree, a symlink (never
 				// followed), a fifo.
 				p := filepath.Join(dir, name)
-				if _, err := store.RemoveTree(fd, name, p); err != nil {
+				if _, err := fs.RemoveTree(fd, name, p); err != nil {
 					linkErr = errors.Join(linkErr, fmt.Errorf("removing corrupt link '%s': %w", p, err))
 					continue
 				}
@@ -240,7 +242,7 @@ func (v *verifier) checkPresence(ctx context.Context) error {
 	var missing []string
 	for i, ok := range v.exists {
 		if !ok {
-			missing = append(missing, g.Path(store.PathID(i)))
+			missing = append(missing, g.Path(db.PathID(i)))
 		}
 	}
 	if len(missing) == 0 {

@@ -34,8 +34,13 @@ import (
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"storekeeper/nix/nar"
+	"storekeeper/nix/signature"
+	"storekeeper/nix/storepath"
 	"storekeeper/report"
 	"storekeeper/store"
+	"storekeeper/store/db"
+	"storekeeper/store/fs"
 )
 
 // Sentinel errors.
@@ -67,14 +72,14 @@ const (
 	KindDanglingRefs          = "dangling-refs"          // Refs rows naming ids not in ValidPaths
 	KindDanglingDrvOutputs    = "dangling-drv-outputs"   // DerivationOutputs rows of unregistered derivations
 	KindOutputsOfNonDrv       = "outputs-of-non-derivation"
-	KindNameClash             = "name-clash"          // an unregistered entry has a valid path's hash part
-	KindUntrusted             = "untrusted"           // fewer valid signatures than --sigs-needed
-	KindBadMode               = store.MetaBadMode     // mode other than 0444/0555 (directories 0555)
-	KindSetuid                = store.MetaSetuid      // setuid or setgid bit
-	KindWritable              = store.MetaWritable    // a write permission bit
-	KindBadMtime              = "bad-mtime"           // mtime other than 1
-	KindBadOwner              = store.MetaBadOwner    // not owned by the store directory's owner
-	KindForeignLink           = store.MetaForeignLink // hard links outside the store's valid paths and .links
+	KindNameClash             = "name-clash"       // an unregistered entry has a valid path's hash part
+	KindUntrusted             = "untrusted"        // fewer valid signatures than --sigs-needed
+	KindBadMode               = fs.MetaBadMode     // mode other than 0444/0555 (directories 0555)
+	KindSetuid                = fs.MetaSetuid      // setuid or setgid bit
+	KindWritable              = fs.MetaWritable    // a write permission bit
+	KindBadMtime              = "bad-mtime"        // mtime other than 1
+	KindBadOwner              = fs.MetaBadOwner    // not owned by the store directory's owner
+	KindForeignLink           = fs.MetaForeignLink // hard links outside the store's valid paths and .links
 )
 
 // kindRank orders findings of one path.
@@ -194,7 +199,7 @@ type verifier struct {
 	o        Options
 	prog     report.Progress
 	verified Verifications // prog's, or nil
-	g        *store.Graph
+	g        *db.Graph
 	lay      store.Layout
 	now      func() time.Time
 	start    time.Time
@@ -213,8 +218,8 @@ type verifier struct {
 	fullRun   bool // the whole store, no budget or subset
 
 	// repair plans
-	dropPaths []store.PathID
-	fillInfo  map[store.PathID]narInfo
+	dropPaths []db.PathID
+	fillInfo  map[db.PathID]narInfo
 	badLinks  []string
 
 	inodes   *inodeCounter
@@ -223,7 +228,7 @@ type verifier struct {
 }
 
 type narInfo struct {
-	hash store.NarHash
+	hash nar.Hash
 	size uint64
 }
 
@@ -265,19 +270,19 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog report.Progress
 	if o.StateDir == "" {
 		o.StateDir = s.Layout.OwnStateDir()
 	}
-	v := &verifier{s: s, o: o, prog: prog, verified: verified, lay: s.Layout, now: o.Now, fillInfo: map[store.PathID]narInfo{}}
+	v := &verifier{s: s, o: o, prog: prog, verified: verified, lay: s.Layout, now: o.Now, fillInfo: map[db.PathID]narInfo{}}
 	if v.now == nil {
 		v.now = time.Now
 	}
 	v.start = time.Now()
-	var keys PublicKeys
+	var keys signature.PublicKeys
 	if o.SigsNeeded > 0 {
 		var err error
-		if keys, err = ParsePublicKeys(o.TrustedKeys); err != nil {
+		if keys, err = signature.ParsePublicKeys(o.TrustedKeys); err != nil {
 			return nil, err
 		}
 	}
-	g, err := s.LoadGraph(ctx, store.GraphOptions{Hashes: o.CheckContents || o.SigsNeeded > 0, Sigs: o.SigsNeeded > 0, CA: o.SigsNeeded > 0})
+	g, err := s.LoadGraph(ctx, db.GraphOptions{Hashes: o.CheckContents || o.SigsNeeded > 0, Sigs: o.SigsNeeded > 0, CA: o.SigsNeeded > 0})
 	if err != nil {
 		return nil, err
 	}
@@ -375,7 +380,7 @@ func (v *verifier) selectPaths() error {
 			if !v.lay.IsInStore(lp) {
 				// A symlink to a store path (./result): follow it like Nix.
 				if t, err := filepath.EvalSymlinks(p); err == nil {
-					if v.lay.RealStoreDir != v.lay.StoreDir && store.IsInStore(v.lay.RealStoreDir, t) {
+					if v.lay.RealStoreDir != v.lay.StoreDir && storepath.IsInStore(v.lay.RealStoreDir, t) {
 						t = v.lay.StoreDir + t[len(v.lay.RealStoreDir):]
 					}
 					lp = t
@@ -397,7 +402,7 @@ func (v *verifier) selectPaths() error {
 	}
 	if v.o.SubsetM > 0 {
 		for i := range v.selected {
-			if v.selected[i] && !inSubset(g.Name(store.PathID(i)), v.o.SubsetN, v.o.SubsetM) {
+			if v.selected[i] && !inSubset(g.Name(db.PathID(i)), v.o.SubsetN, v.o.SubsetM) {
 				v.selected[i] = false
 			}
 		}
@@ -511,7 +516,7 @@ func (v *verifier) checkDB() {
 			Fix:     "storekeeper verify --repair"})
 	}
 	for i := 0; i < g.Len(); i++ {
-		id := store.PathID(i)
+		id := db.PathID(i)
 		if !v.selected[id] {
 			continue
 		}
@@ -523,11 +528,11 @@ func (v *verifier) checkDB() {
 	if len(v.o.Paths) > 0 || v.o.SubsetM > 0 {
 		return
 	}
-	byHash := make(map[string]store.PathID, g.Len())
+	byHash := make(map[string]db.PathID, g.Len())
 	for i := 0; i < g.Len(); i++ {
-		nm := g.Name(store.PathID(i))
+		nm := g.Name(db.PathID(i))
 		if len(nm) > 32 {
-			byHash[nm[:32]] = store.PathID(i)
+			byHash[nm[:32]] = db.PathID(i)
 		}
 	}
 	for _, nm := range v.dirNames {
@@ -559,8 +564,8 @@ func (v *verifier) checkExistence() {
 	n := g.Len()
 	// state: 0 unknown, 1 visiting, 2 droppable, 3 blocked
 	state := make([]uint8, n)
-	var visit func(id store.PathID) bool // reports blocked
-	visit = func(id store.PathID) bool {
+	var visit func(id db.PathID) bool // reports blocked
+	visit = func(id db.PathID) bool {
 		switch state[id] {
 		case 1, 2:
 			return false
@@ -586,7 +591,7 @@ func (v *verifier) checkExistence() {
 		return blocked
 	}
 	for i := 0; i < n; i++ {
-		id := store.PathID(i)
+		id := db.PathID(i)
 		if v.exists[id] || !v.selected[id] {
 			continue
 		}
@@ -605,10 +610,10 @@ func (v *verifier) checkExistence() {
 }
 
 // checkSigs counts valid signatures of every selected path.
-func (v *verifier) checkSigs(keys PublicKeys) {
+func (v *verifier) checkSigs(keys signature.PublicKeys) {
 	g := v.g
 	for i := 0; i < g.Len(); i++ {
-		id := store.PathID(i)
+		id := db.PathID(i)
 		if !v.selected[id] {
 			continue
 		}
@@ -624,7 +629,7 @@ func (v *verifier) checkSigs(keys PublicKeys) {
 				rp[j] = g.Path(r)
 			}
 			sort.Strings(rp)
-			good = CountValidSigs(keys, Fingerprint(p, g.NarHash[id], g.NarSize[id], rp), g.Sigs[id])
+			good = signature.CountValidSigs(keys, signature.Fingerprint(p, g.NarHash[id], g.NarSize[id], rp), g.Sigs[id])
 		}
 		if good < v.o.SigsNeeded {
 			v.add(Finding{Kind: KindUntrusted, Path: p, Expected: fmt.Sprint(v.o.SigsNeeded), Got: fmt.Sprint(good),
@@ -743,7 +748,7 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 	v.prog.Phase("checking links", int64(len(names)), false)
 	type res struct {
 		name string
-		got  store.NarHash
+		got  nar.Hash
 		err  error
 	}
 	out := make([]res, len(names))
@@ -758,7 +763,7 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 				if i >= len(names) {
 					return
 				}
-				h, _, err := store.HashPathFiles(filepath.Join(dir, names[i]), nil)
+				h, _, err := nar.HashPathFiles(filepath.Join(dir, names[i]), nil)
 				out[i] = res{names[i], h, err}
 				v.prog.Add(1)
 			}
@@ -775,7 +780,7 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 			if errors.Is(r.err, os.ErrNotExist) {
 				continue // removed meanwhile (gc, optimise)
 			}
-			if errors.Is(r.err, store.ErrUnsupportedFileType) {
+			if errors.Is(r.err, nar.ErrUnsupportedFileType) {
 				// A fifo, socket or device (at the top or inside a
 				// directory): no NAR has one, so no link can be one.
 				v.add(Finding{Kind: KindLinkModified, File: lp, Expected: r.name, Got: r.err.Error(),

@@ -15,7 +15,11 @@ import (
 	"golang.org/x/sys/unix"
 	_ "modernc.org/sqlite"
 
+	"storekeeper/nix/nar"
+	"storekeeper/nix/nixconf"
+	"storekeeper/nix/signature"
 	"storekeeper/store"
+	"storekeeper/store/db"
 	"storekeeper/store/storetest"
 )
 
@@ -41,7 +45,7 @@ func smallSpec() storetest.Spec {
 
 func (f *fixture) open(readOnly bool) *store.Store {
 	f.t.Helper()
-	s, err := store.Open(context.Background(), store.Options{Layout: f.b.Layout, Settings: store.DefaultSettings(true), ReadOnly: readOnly})
+	s, err := store.Open(context.Background(), store.Options{Layout: f.b.Layout, Settings: nixconf.Default(true), ReadOnly: readOnly})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -384,7 +388,7 @@ func TestLinks(t *testing.T) {
 	os.MkdirAll(links, 0o755)
 	// A good entry: a store file hard-linked under its NAR hash.
 	good := f.firstFile(f.dirOutputs()[0])
-	h, _, err := store.HashPath(good)
+	h, _, err := nar.HashPath(good)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +397,7 @@ func TestLinks(t *testing.T) {
 	}
 	// A damaged one: contents that do not match the name.
 	other := f.firstFile(f.dirOutputs()[1])
-	h2, _, _ := store.HashPath(other)
+	h2, _, _ := nar.HashPath(other)
 	bad := filepath.Join(links, h2.Base32())
 	os.WriteFile(bad, []byte("not the contents"), 0o444)
 	os.Chtimes(bad, time.Unix(1, 0), time.Unix(1, 0))
@@ -502,7 +506,7 @@ func TestSigs(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	key := "test-1:" + base64.StdEncoding.EncodeToString(pub)
 	s := f.open(true)
-	g, err := s.LoadGraph(context.Background(), store.GraphOptions{Hashes: true})
+	g, err := s.LoadGraph(context.Background(), db.GraphOptions{Hashes: true})
 	s.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -515,7 +519,7 @@ func TestSigs(t *testing.T) {
 			refs = append(refs, g.Path(r))
 		}
 		sort.Strings(refs)
-		fp := Fingerprint(p, g.NarHash[id], g.NarSize[id], refs)
+		fp := signature.Fingerprint(p, g.NarHash[id], g.NarSize[id], refs)
 		if p == badSig {
 			fp += "x"
 		}
@@ -538,8 +542,8 @@ func TestSigs(t *testing.T) {
 }
 
 func TestFingerprintFormat(t *testing.T) {
-	h, _ := store.ParseNarHash("sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s")
-	got := Fingerprint("/nix/store/aaa-x", h, 42, []string{"/nix/store/aaa-x", "/nix/store/bbb-y"})
+	h, _ := nar.ParseHash("sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s")
+	got := signature.Fingerprint("/nix/store/aaa-x", h, 42, []string{"/nix/store/aaa-x", "/nix/store/bbb-y"})
 	want := "1;/nix/store/aaa-x;sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s;42;/nix/store/aaa-x,/nix/store/bbb-y"
 	if got != want {
 		t.Errorf("got %s", got)

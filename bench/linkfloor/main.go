@@ -37,7 +37,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"storekeeper/store"
+	"storekeeper/internal/sys"
+	"storekeeper/nix/nar"
 )
 
 func main() {
@@ -118,7 +119,7 @@ func plan(dir string) (*linkPlan, error) {
 			if info.Mode().IsRegular() && info.Mode()&0o200 != 0 {
 				return nil // writable: Nix leaves it alone
 			}
-			h, _, err := store.HashPath(path)
+			h, _, err := nar.HashPath(path)
 			if err != nil {
 				return err
 			}
@@ -171,9 +172,9 @@ func link(dir string, p *linkPlan, jobs, closers int, useRing bool) (stats, erro
 	unix.Getrusage(unix.RUSAGE_SELF, &ru0)
 	start := time.Now()
 	var entries, replaced, failed atomic.Int64
-	var ring *store.AsyncCloser
+	var ring *sys.AsyncCloser
 	if useRing && closers > 0 {
-		ring, _ = store.NewAsyncCloser()
+		ring, _ = sys.NewAsyncCloser()
 	}
 	toClose := make(chan int, 1024)
 	var closeWG sync.WaitGroup

@@ -11,7 +11,7 @@ import (
 
 	"storekeeper/gc"
 	"storekeeper/report"
-	"storekeeper/store"
+	"storekeeper/store/fs"
 )
 
 type gcOptions struct {
@@ -226,7 +226,7 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 // diskNearlyFull reports whether dir's file system has less than 1 MiB
 // available.
 func diskNearlyFull(dir string) bool {
-	avail, _, err := store.FreeSpace(dir)
+	avail, _, err := fs.FreeSpace(dir)
 	return err == nil && avail < 1<<20
 }
 
@@ -248,7 +248,7 @@ func ensureFreeBytes(dir, spec string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	avail, total, err := store.FreeSpace(dir)
+	avail, total, err := fs.FreeSpace(dir)
 	if err != nil {
 		return 0, err
 	}

@@ -4,14 +4,14 @@ import (
 	"fmt"
 	"testing"
 
-	"storekeeper/store"
+	"storekeeper/store/fs"
 )
 
 // TestEnsureFreeBytes checks how --ensure-free SIZE|PCT% becomes the
 // number of bytes the collection must free (its --max-freed).
 func TestEnsureFreeBytes(t *testing.T) {
 	dir := t.TempDir()
-	avail, total, err := store.FreeSpace(dir)
+	avail, total, err := fs.FreeSpace(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

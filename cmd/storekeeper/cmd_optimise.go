@@ -13,6 +13,7 @@ import (
 	"storekeeper/optimise"
 	"storekeeper/report"
 	"storekeeper/store"
+	"storekeeper/store/fs"
 )
 
 type optimiseOptions struct {
@@ -182,7 +183,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 }
 
 // problemText joins the messages of a refused file's problems.
-func problemText(ps []store.MetaProblem) string {
+func problemText(ps []fs.MetaProblem) string {
 	msgs := make([]string, len(ps))
 	for i, pr := range ps {
 		msgs[i] = pr.Message

@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"storekeeper/store"
+	"storekeeper/store/fs"
 )
 
 // ensureWritableStore makes the store writable for this process only,
@@ -26,19 +27,19 @@ import (
 // administrator's choice.
 func ensureWritableStore(lay store.Layout) error {
 	for _, d := range []string{lay.DBDir(), lay.StateDir} {
-		if err := store.CheckWritableDir(d); err != nil {
+		if err := fs.CheckWritableDir(d); err != nil {
 			return err
 		}
 	}
-	ro, err := store.IsReadOnlyMount(lay.RealStoreDir)
+	ro, err := fs.IsReadOnlyMount(lay.RealStoreDir)
 	if err != nil || !ro {
 		return err
 	}
-	if os.Getenv(store.PrivateNamespaceEnv) == "1" {
-		return store.RemountWritable(lay.RealStoreDir)
+	if os.Getenv(fs.PrivateNamespaceEnv) == "1" {
+		return fs.RemountWritable(lay.RealStoreDir)
 	}
 	if os.Geteuid() != 0 {
-		return store.RemountNeedsRoot(lay.RealStoreDir)
+		return fs.RemountNeedsRoot(lay.RealStoreDir)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -46,7 +47,7 @@ func ensureWritableStore(lay store.Layout) error {
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), store.PrivateNamespaceEnv+"=1")
+	cmd.Env = append(os.Environ(), fs.PrivateNamespaceEnv+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	// The terminal sends SIGINT to the whole process group, the child
 	// included; SIGTERM aimed at us is passed on.

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"storekeeper/nix/nixconf"
 	"storekeeper/report"
 	"storekeeper/store"
 )
@@ -126,8 +127,8 @@ func (g *globalOptions) layout() (store.Layout, error) {
 	})
 }
 
-func (g *globalOptions) settings() (store.Settings, error) {
-	s, err := store.LoadSettings(os.Getenv, os.Geteuid() == 0)
+func (g *globalOptions) settings() (nixconf.Settings, error) {
+	s, err := nixconf.Load(os.Getenv, os.Geteuid() == 0)
 	if err != nil {
 		return s, err
 	}

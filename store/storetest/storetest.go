@@ -27,7 +27,11 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"storekeeper/nix/nar"
+	"storekeeper/nix/nixconf"
+	"storekeeper/nix/storepath"
 	"storekeeper/store"
+	"storekeeper/store/db"
 )
 
 // Spec describes the store to build.
@@ -154,7 +158,7 @@ type pathInfo struct {
 	drvText []byte // for derivations
 	outName string // for outputs
 	isDrv   bool
-	narHash store.NarHash
+	narHash nar.Hash
 	narSize int64
 	regTime int64
 	// contents of an output: a single file, or a tree
@@ -186,7 +190,7 @@ type dep struct {
 // fakeHash makes a deterministic 32-character Nix base-32 hash part.
 func fakeHash(parts ...string) string {
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
-	return store.EncodeBase32(store.CompressHash(h[:], 20))
+	return storepath.EncodeBase32(storepath.CompressHash(h[:], 20))
 }
 
 func (b *builder) randBytes(n int) []byte {
@@ -270,9 +274,9 @@ func (b *builder) plan() {
 		}
 		sort.Strings(inputDrvs)
 		text := aterm(name, outs, outPaths, inputDrvs, inputOuts)
-		drvPath := store.MakeStorePath(sd, "text:"+strings.Join(inputDrvs, ":"), sha256.Sum256(text), name+".drv")
+		drvPath := storepath.MakeStorePath(sd, "text:"+strings.Join(inputDrvs, ":"), sha256.Sum256(text), name+".drv")
 		if len(inputDrvs) == 0 {
-			drvPath = store.MakeStorePath(sd, "text", sha256.Sum256(text), name+".drv")
+			drvPath = storepath.MakeStorePath(sd, "text", sha256.Sum256(text), name+".drv")
 		}
 		b.out.Drvs = append(b.out.Drvs, drvPath)
 		b.out.Outputs = append(b.out.Outputs, outPaths)
@@ -452,7 +456,7 @@ func (b *builder) writePath(pi *pathInfo) error {
 	if err := setMtime1(phys); err != nil {
 		return err
 	}
-	h, n, err := store.HashPath(phys)
+	h, n, err := nar.HashPath(phys)
 	if err != nil {
 		return err
 	}
@@ -475,16 +479,16 @@ func writeFile(p string, data []byte, exec bool) error {
 }
 
 func (b *builder) writeDB() error {
-	schema, version := nixSchema, store.SchemaNix
+	schema, version := nixSchema, db.SchemaNix
 	if b.spec.Guix {
-		schema, version = guixSchema, store.SchemaGuix
+		schema, version = guixSchema, db.SchemaGuix
 	}
 	dbDir := b.lay.DBDir()
 	if err := os.WriteFile(filepath.Join(dbDir, "big-lock"), nil, 0o600); err != nil {
 		return err
 	}
 	// Like Nix: gc-reserved-space (8 MiB) set aside for a full disk.
-	if err := os.WriteFile(filepath.Join(dbDir, "reserved"), make([]byte, store.DefaultGCReservedSpace), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dbDir, "reserved"), make([]byte, nixconf.DefaultGCReservedSpace), 0o600); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(b.lay.StateDir, "gc.lock"), nil, 0o600); err != nil {
