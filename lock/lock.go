@@ -299,7 +299,8 @@ func acquireFile(ctx context.Context, path string, flag int, m Mode, wait bool, 
 		return nil, err
 	}
 	err = Lock(ctx, f, m, false)
-	if errors.Is(err, ErrWouldBlock) && wait {
+	held := errors.Is(err, ErrWouldBlock)
+	if held && wait {
 		if onWait != nil {
 			onWait()
 		}
@@ -307,8 +308,9 @@ func acquireFile(ctx context.Context, path string, flag int, m Mode, wait bool, 
 	}
 	if err != nil {
 		f.Close()
-		if errors.Is(err, ErrWouldBlock) {
-			return nil, fmt.Errorf("%s is locked: %w", path, err)
+		if held {
+			// Busy, or the wait for it ended: say which lock (HeldError).
+			return nil, &HeldError{Path: path, Err: err}
 		}
 		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
