@@ -3,25 +3,58 @@ package nar
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
-// The fuzz targets below run their seeds in every `go test ./store`; to
-// fuzz, e.g. `go test ./store -run X -fuzz FuzzSettingsIncludes -fuzztime
-// 60s`. Their seeds are the table tests' inputs (testdata/nixconf,
-// testdata/nar). Store path parsing has FuzzParseStorePath
-// (storepath_test.go), a single config text FuzzApplyText
-// (settings_test.go).
+// The fuzz targets below run their seeds in every `go test ./nix/nar`; to
+// fuzz, e.g. `go test ./nix/nar -run X -fuzz FuzzReader -fuzztime 60s`.
+// Their seeds are the table tests' inputs (testdata/nar and the hostile
+// NARs of badNARCases); crashers found land in testdata/fuzz and run as
+// regression cases.
 
-// FuzzNARDump: there is no production NAR reader (storekeeper only writes
-// NARs), so this fuzzes the writer: a tree built from the input (regular
+// FuzzReader: the Reader never panics on any input, and whatever it
+// accepts is canonical: the Writer writes it back byte for byte, and
+// Unpack → DumpPath gives the same bytes, with the NAR's hash and size.
+func FuzzReader(f *testing.F) {
+	for _, nar := range goldenNARs(f) {
+		f.Add(nar)
+	}
+	for _, c := range badNARCases() {
+		if len(c.nar) <= 1<<16 {
+			f.Add(c.nar)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := readAllNAR(data, Limits{MaxDepth: 64}); err != nil {
+			var e *Error
+			if errors.As(err, &e) && !errors.Is(err, ErrBadNAR) && !errors.Is(err, ErrLimit) {
+				t.Fatalf("an *Error of no kind: %v", err)
+			}
+			if !errors.As(err, &e) {
+				t.Fatalf("not an *Error: %v", err)
+			}
+			return
+		}
+		if got := rewriteNAR(t, data); !bytes.Equal(got, data) {
+			t.Fatalf("accepted, but Reader→Writer differs at byte %d", narFirstDiff(got, data))
+		}
+		dir := t.TempDir()
+		allowRemoval(t, dir)
+		if got := unpackAndDump(t, data, dir); !bytes.Equal(got, data) {
+			t.Fatalf("accepted, but Unpack→DumpPath differs at byte %d", narFirstDiff(got, data))
+		}
+	})
+}
+
+// FuzzNARDump fuzzes the writer: a tree built from the input (regular
 // and executable files, symlinks, directories) is dumped; the NAR parses
-// strictly (the tests' parseNAR), says what the walker and the file system
-// say (checkNARAgainstWalk), and HashPath is the SHA-256 and size of
-// DumpPath's bytes.
+// (the production Reader, through parseNAR), says what the walker and the
+// file system say (checkNARAgainstWalk), and HashPath is the SHA-256 and
+// size of DumpPath's bytes.
 func FuzzNARDump(f *testing.F) {
 	f.Add([]byte("f\x00hello"))
 	f.Add([]byte("x\x00#!/bin/sh\n"))

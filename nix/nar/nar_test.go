@@ -292,87 +292,56 @@ type narEntry struct {
 	node *narNode
 }
 
-// parseNAR is a strict NAR reader for the tests.
+// parseNAR reads a whole NAR into a tree with the production Reader,
+// failing the test on any error.
 func parseNAR(t *testing.T, b []byte) *narNode {
 	t.Helper()
-	r := bytes.NewReader(b)
-	str := func() string {
-		var l uint64
-		if err := binary.Read(r, binary.LittleEndian, &l); err != nil {
-			t.Fatalf("NAR: %v", err)
-		}
-		if l > uint64(r.Len()) {
-			t.Fatalf("NAR: string of %d bytes", l)
-		}
-		s := make([]byte, (l+7)&^7)
-		io.ReadFull(r, s)
-		for _, c := range s[l:] {
-			if c != 0 {
-				t.Fatalf("NAR: non-zero padding")
-			}
-		}
-		return string(s[:l])
-	}
-	expect := func(want string) {
-		if got := str(); got != want {
-			t.Fatalf("NAR: %q, want %q", got, want)
-		}
-	}
-	var node func() *narNode
-	node = func() *narNode {
-		expect("(")
-		expect("type")
-		n := &narNode{}
-		switch typ := str(); typ {
-		case "regular":
-			n.typ = FileRegular
-			tok := str()
-			if tok == "executable" {
-				expect("")
-				n.executable = true
-				tok = str()
-			}
-			if tok != "contents" {
-				t.Fatalf("NAR: %q, want contents", tok)
-			}
-			n.contents = []byte(str())
-			expect(")")
-		case "symlink":
-			n.typ = FileSymlink
-			expect("target")
-			n.target = str()
-			expect(")")
-		case "directory":
-			n.typ = FileDirectory
-			for {
-				tok := str()
-				if tok == ")" {
-					break
-				}
-				if tok != "entry" {
-					t.Fatalf("NAR: %q, want entry", tok)
-				}
-				expect("(")
-				expect("name")
-				name := str()
-				if k := len(n.entries); k > 0 && n.entries[k-1].name >= name {
-					t.Fatalf("NAR: entry %q after %q", name, n.entries[k-1].name)
-				}
-				expect("node")
-				n.entries = append(n.entries, narEntry{name, node()})
-				expect(")")
-			}
-		default:
-			t.Fatalf("NAR: type %q", typ)
-		}
-		return n
-	}
-	expect("nix-archive-1")
-	n := node()
-	if r.Len() != 0 {
-		t.Fatalf("NAR: %d trailing bytes", r.Len())
+	n, err := readNARTree(b)
+	if err != nil {
+		t.Fatalf("NAR: %v", err)
 	}
 	return n
+}
+
+// readNARTree reads a whole NAR into a tree with the Reader.
+func readNARTree(b []byte) (*narNode, error) {
+	nr := NewReader(bytes.NewReader(b))
+	var root *narNode
+	dirs := map[string]*narNode{}
+	for {
+		h, err := nr.Next()
+		if err == io.EOF {
+			return root, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		n := &narNode{typ: h.Type, executable: h.Executable, target: h.LinkTarget}
+		if h.Type == FileRegular {
+			if n.contents, err = io.ReadAll(nr); err != nil {
+				return nil, err
+			}
+			if int64(len(n.contents)) != h.Size {
+				return nil, fmt.Errorf("%q: read %d bytes of contents, header says %d", h.Path, len(n.contents), h.Size)
+			}
+		}
+		if h.Type == FileDirectory {
+			dirs[h.Path] = n
+		}
+		if h.Path == "" {
+			root = n
+			continue
+		}
+		parent, name := "", h.Path
+		if i := strings.LastIndexByte(h.Path, '/'); i >= 0 {
+			parent, name = h.Path[:i], h.Path[i+1:]
+		}
+		p := dirs[parent]
+		if p == nil {
+			return nil, fmt.Errorf("%q: no parent directory %q", h.Path, parent)
+		}
+		p.entries = append(p.entries, narEntry{name, n})
+	}
 }
 
 // walkNAR calls fn for every node WalkPathStat meets, with its mode.
