@@ -79,10 +79,14 @@ func ParseHash(s string) (Hash, error) {
 	default:
 		return bad(`expected "sha256:" or "sha256-"`)
 	}
-	n, err := base64.StdEncoding.Strict().Decode(h[:], []byte(b64))
+	// 44 base64 characters decode to up to 33 bytes: decode into room
+	// for them (Decode panics on a short destination), then require 32.
+	var buf [33]byte
+	n, err := base64.StdEncoding.Strict().Decode(buf[:], []byte(b64))
 	if err != nil || n != len(h) {
 		return bad("invalid base64")
 	}
+	copy(h[:], buf[:n])
 	return h, nil
 }
 
