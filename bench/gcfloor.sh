@@ -38,7 +38,7 @@ for rep in $(seq 1 "$REPS"); do
 		local t0; t0=$(now)
 		/usr/bin/time -f "%M" -o "$W/rss" "$HERE/inroot.sh" "$W/tool" "$BIN" gc --json > "$W/gc.json"
 		g=$(echo "$(now) - $t0" | bc)
-		l=$(python3 -c "import json; print(json.load(open('$W/gc.json'))['lock_held_seconds'])")
+		l=$(python3 -c "import json; print(json.load(open('$W/gc.json'))['result']['lock_held_seconds'])")
 	}
 	if [ $((rep % 2)) -eq 1 ]; then floor; sync; sleep 5; tool; order="floor first"
 	else tool; sync; sleep 5; floor; order="gc first"; fi

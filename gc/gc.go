@@ -140,7 +140,7 @@ type Deletions interface {
 // PhaseTime is how long a phase took.
 type PhaseTime struct {
 	Name    string  `json:"name"`
-	Seconds float64 `json:"seconds"`
+	Seconds float64 `json:"elapsed_seconds"`
 }
 
 // Result describes a collection.
@@ -170,12 +170,11 @@ type Result struct {
 	// TrashEmptied counts entries left in the trash by earlier runs that
 	// did not finish (killed or interrupted) and deleted now.
 	TrashEmptied int `json:"trash_emptied"`
-	// LockHeld is how long gc.lock was held exclusively.
+	// LockHeldSeconds is how long gc.lock was held exclusively,
+	// TotalSeconds how long Collect ran.
 	LockHeldSeconds float64     `json:"lock_held_seconds"`
-	TotalSeconds    float64     `json:"total_seconds"`
+	TotalSeconds    float64     `json:"elapsed_seconds"`
 	Phases          []PhaseTime `json:"phases"`
-	// Warnings are problems that did not stop the collection.
-	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ReleaseReserved deletes db/reserved, the gc-reserved-space file Nix
@@ -201,7 +200,6 @@ type collector struct {
 	phase     string
 	phaseAt   time.Time
 
-	warnMu   sync.Mutex
 	g        *db.Graph
 	edg      *edges
 	deleting bool
@@ -230,12 +228,10 @@ func (c *collector) startPhase(name string, total int64) {
 	}
 }
 
+// warn reports a problem that did not stop the collection (the
+// progress's Printer.Warn).
 func (c *collector) warn(format string, a ...any) {
-	msg := fmt.Sprintf(format, a...)
-	c.warnMu.Lock()
-	c.res.Warnings = append(c.res.Warnings, msg)
-	c.warnMu.Unlock()
-	c.progress.Info("warning: " + msg)
+	c.progress.Warn(fmt.Sprintf(format, a...), "")
 }
 
 // Collect runs a collection on s. Deleting actions need a store opened

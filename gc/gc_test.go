@@ -16,6 +16,7 @@ import (
 	"storekeeper/nix/nar"
 	"storekeeper/nix/nixconf"
 	"storekeeper/nix/storepath"
+	"storekeeper/report"
 	"storekeeper/store"
 	"storekeeper/store/db"
 	"storekeeper/store/storetest"
@@ -183,10 +184,16 @@ func openStore(t *testing.T, lay store.Layout, ro bool) *store.Store {
 
 func collect(t *testing.T, s *store.Store, o gc.Options) *gc.Result {
 	t.Helper()
+	return collectWith(t, s, nil, o)
+}
+
+// collectWith is collect reporting to p.
+func collectWith(t *testing.T, s *store.Store, p report.Progress, o gc.Options) *gc.Result {
+	t.Helper()
 	if o.ProcDir == "" {
 		o.ProcDir = t.TempDir() // no runtime roots from this machine
 	}
-	res, err := gc.Collect(context.Background(), s, o, nil)
+	res, err := gc.Collect(context.Background(), s, o, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,6 +523,8 @@ func (c *cancelAfter) Deleting(string) {
 func (*cancelAfter) Phase(string, int64, bool) {}
 func (*cancelAfter) Add(int64)                 {}
 func (*cancelAfter) Info(string)               {}
+func (*cancelAfter) Warn(string, string)       {}
+func (*cancelAfter) Verbose(string)            {}
 
 // TestCancelLeavesConsistentStore: Ctrl-C during invalidation stops at a
 // batch boundary, leaves a consistent store (every valid path intact, the
@@ -634,7 +643,8 @@ func TestRegisteredDuringCollectionKeepsItsReferences(t *testing.T) {
 		t.Fatal(err)
 	}
 	rw := openStore(t, lay, false)
-	res := collect(t, rw, gc.Options{Action: gc.Delete, BeforeInvalidation: func() {
+	log := &report.Log{}
+	res := collectWith(t, rw, log, gc.Options{Action: gc.Delete, BeforeInvalidation: func() {
 		db := openRaw(t, lay)
 		var id int64
 		err := db.QueryRow("insert into ValidPaths (path, hash, registrationTime, narSize) values (?, ?, 1, 112) returning id",
@@ -675,8 +685,8 @@ func TestRegisteredDuringCollectionKeepsItsReferences(t *testing.T) {
 	if kept == len(dead) || res.PathsDeleted == 0 {
 		t.Errorf("nothing else was collected (kept %d of %d dead)", kept, len(dead))
 	}
-	if !strings.Contains(strings.Join(res.Warnings, "\n"), "registered during the collection") {
-		t.Errorf("no warning about the kept path: %q", res.Warnings)
+	if w := log.Texts(report.LevelWarning); !strings.Contains(strings.Join(w, "\n"), "registered during the collection") {
+		t.Errorf("no warning about the kept path: %q", w)
 	}
 	var n int
 	if err := rw.DB.SQL.QueryRow("select count(*) from pragma_foreign_key_check").Scan(&n); err != nil || n != 0 {

@@ -32,6 +32,9 @@ func (l *logProgress) Info(msg string) {
 	l.mu.Unlock()
 }
 
+func (l *logProgress) Warn(msg, _ string) { l.Info("warning: " + msg) }
+func (*logProgress) Verbose(string)       {}
+
 func (l *logProgress) messages() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()

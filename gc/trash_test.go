@@ -97,6 +97,8 @@ func (w *waitNotice) Info(msg string) {
 }
 func (*waitNotice) Phase(string, int64, bool) {}
 func (*waitNotice) Add(int64)                 {}
+func (*waitNotice) Warn(string, string)       {}
+func (*waitNotice) Verbose(string)            {}
 
 // pauseAtDeletion blocks a collection when its deletion phase starts
 // (gc.lock no longer held exclusively, its trash full) until resume is
@@ -111,8 +113,10 @@ func (p *pauseAtDeletion) Phase(name string, _ int64, _ bool) {
 		<-p.resume
 	}
 }
-func (*pauseAtDeletion) Info(string) {}
-func (*pauseAtDeletion) Add(int64)   {}
+func (*pauseAtDeletion) Info(string)         {}
+func (*pauseAtDeletion) Add(int64)           {}
+func (*pauseAtDeletion) Warn(string, string) {}
+func (*pauseAtDeletion) Verbose(string)      {}
 
 // freedSince is what the regular files of before that are gone from dir
 // occupied.

@@ -169,7 +169,7 @@ type InodeInfo struct {
 // Result is what a run did (or, with DryRun, would do).
 type Result struct {
 	DryRun         bool  `json:"dry_run"`
-	Paths          int   `json:"paths"`           // store paths processed
+	Paths          int   `json:"paths_checked"`   // store paths processed
 	PathsUnchanged int   `json:"paths_unchanged"` // of which skipped: fully linked by an earlier run and unchanged since
 	PathsGone      int   `json:"paths_gone"`      // no longer valid when their turn came
 	FilesSeen      int64 `json:"files_seen"`      // regular files and symlinks considered

@@ -1,8 +1,10 @@
 // Package report holds what every command's input and output share: how
 // names from the store (file names, link names, error texts that embed
 // them) are made safe to print as text (quote.go), how sizes are read
-// from flags and written for people (size.go), and the one interface
-// through which the libraries report progress (progress.go).
+// from flags and written for people (size.go), the one interface through
+// which the libraries report progress (progress.go) and the one through
+// which they say things to people (printer.go: Printer, and Message, the
+// form of a message in every command's --json envelope).
 //
 // Anything a user can name (a file in a store path, a gcroot link, an
 // entry of the store directory, a line sent to the gc socket) may hold

@@ -69,7 +69,7 @@ func gcJSON(t testing.TB, file string) uint64 {
 	var r struct {
 		BytesFreed *uint64 `json:"bytes_freed"`
 	}
-	if err := json.Unmarshal(data, &r); err != nil || r.BytesFreed == nil {
+	if err := json.Unmarshal(resultOf(data), &r); err != nil || r.BytesFreed == nil {
 		t.Fatalf("%s: not a gc result: %v: %q", file, err, data)
 	}
 	return *r.BytesFreed

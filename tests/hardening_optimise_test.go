@@ -137,7 +137,7 @@ func TestHardeningOptimiseForeignInodeIsNotSpread(t *testing.T) {
 			} `json:"problems"`
 		} `json:"notices"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &dry); err != nil {
+	if err := json.Unmarshal(resultOf([]byte(r.stdout)), &dry); err != nil {
 		t.Fatalf("--json: %v\n%s", err, r.stdout)
 	}
 	want := map[string]string{ // logical path -> problem kind

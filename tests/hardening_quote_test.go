@@ -66,7 +66,7 @@ func TestHardeningQuotedNames(t *testing.T) {
 	var res struct {
 		Findings []struct{ Kind, Path, File string }
 	}
-	if err := json.Unmarshal([]byte(j.stdout), &res); err != nil {
+	if err := json.Unmarshal(resultOf([]byte(j.stdout)), &res); err != nil {
 		t.Fatalf("--json: %v\n%s", err, j.stdout)
 	}
 	files := map[string]bool{}

@@ -14,7 +14,7 @@ import (
 // is added for it, so a new package states its place in the README's
 // Architecture map and here.
 var importRules = map[string][]string{
-	"cmd/storekeeper": {"gc", "optimise", "report", "roots", "store", "store/fs", "verify", "lock", "nix/nixconf"},
+	"cmd/storekeeper": {"gc", "optimise", "report", "roots", "store", "store/db", "store/fs", "verify", "lock", "nix/nixconf", "nix/storepath"},
 	"cmd/mkdemostore": {"store/storetest"},
 	// capabilities: each uses the layers below, never another capability
 	// (but gc → roots: the collector's roots are roots')

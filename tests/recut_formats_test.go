@@ -230,7 +230,9 @@ func hostileNAR(parts ...any) []byte {
 func TestRecutHostileNARs(t *testing.T) {
 	requireNix(t)
 	file := func(c string) []byte { return hostileNAR("(", "type", "regular", "contents", c, ")") }
-	ent := func(name string, node []byte) []byte { return hostileNAR("entry", "(", "name", name, "node", node, ")") }
+	ent := func(name string, node []byte) []byte {
+		return hostileNAR("entry", "(", "name", name, "node", node, ")")
+	}
 	dir := func(ents ...[]byte) []byte {
 		return hostileNAR("(", "type", "directory", bytes.Join(ents, nil), ")")
 	}

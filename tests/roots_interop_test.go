@@ -108,7 +108,7 @@ kill $sleeper
 		}
 	}
 	data, _ := os.ReadFile(filepath.Join(out, "ours.json"))
-	if err := json.Unmarshal(data, &doc); err != nil {
+	if err := json.Unmarshal(resultOf(data), &doc); err != nil {
 		t.Fatalf("bad JSON: %v\n%s", err, data)
 	}
 	found := false

@@ -151,10 +151,10 @@ func TestInteropVerifyMatchesNix(t *testing.T) {
 	var res struct {
 		Findings []struct{ Kind, Path, File, Expected, Got, Fix string }
 		Summary  struct {
-			Damaged int `json:"damaged_paths"`
+			Damaged int `json:"paths_damaged"`
 		}
 	}
-	if err := json.Unmarshal([]byte(j.stdout), &res); err != nil {
+	if err := json.Unmarshal(resultOf([]byte(j.stdout)), &res); err != nil {
 		t.Fatalf("--json: %v\n%s", err, j.stdout)
 	}
 	if res.Summary.Damaged != 4 || j.code != 1 {
@@ -267,7 +267,7 @@ func TestInteropVerifySigs(t *testing.T) {
 	runNS(t, ns.Root, nil, append([]string{"nix", "--extra-experimental-features", "nix-command", "store", "sign", "-k", keys + "/sk"}, signed...)...)
 	r := runInNS(t, ns.Root, "verify", "--sigs-needed", "1", "--option", "trusted-public-keys="+strings.TrimSpace(string(pk)), "--json")
 	var res struct{ Findings []struct{ Kind, Path string } }
-	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+	if err := json.Unmarshal(resultOf([]byte(r.stdout)), &res); err != nil {
 		t.Fatalf("%v\n%s%s", err, r.stdout, r.stderr)
 	}
 	untrusted := map[string]bool{}

@@ -158,23 +158,27 @@ type Verifications interface {
 }
 
 // Summary counts what a run did.
+//
+// JSON follows the commands' convention (README, "JSON output"): counts of
+// paths are paths_*, bytes are integers, and Elapsed is left to the
+// caller, which writes durations as float seconds (elapsed_seconds).
 type Summary struct {
 	ValidPaths        int           `json:"valid_paths"`
-	Checked           int           `json:"checked"`          // paths whose existence (and DB rows) were checked
-	ContentsChecked   int           `json:"contents_checked"` // paths NAR-hashed
-	Bytes             int64         `json:"bytes"`            // NAR bytes hashed
-	Files             int64         `json:"files"`            // regular files read
-	Links             int           `json:"links_checked"`
-	Damaged           int           `json:"damaged_paths"` // distinct paths with unrepaired findings
-	Findings          int           `json:"findings"`
-	Repaired          int           `json:"repaired"`
+	Checked           int           `json:"paths_checked"` // paths whose existence (and DB rows) were checked
+	ContentsChecked   int           `json:"paths_hashed"`  // paths NAR-hashed
+	Bytes             int64         `json:"bytes_hashed"`  // NAR bytes hashed
+	Files             int64         `json:"files_hashed"`  // regular files read
+	Links             int           `json:"links_checked"` // .links entries checked
+	Damaged           int           `json:"paths_damaged"` // distinct paths with unrepaired findings
+	Findings          int           `json:"findings"`      // findings, repaired ones included
+	Repaired          int           `json:"repaired"`      // findings repaired
 	ManifestsRecorded int           `json:"manifests_recorded"`
-	Recording         string        `json:"recording"`           // "yes", or why manifests/ledger were not written
-	Remaining         int           `json:"remaining,omitempty"` // budgeted runs: paths left for later runs
-	Stopped           string        `json:"stopped,omitempty"`   // why a budgeted run stopped early
+	Recording         string        `json:"recording"`                 // "yes", or why manifests/ledger were not written
+	Remaining         int           `json:"paths_remaining,omitempty"` // budgeted runs: paths left for later runs
+	Stopped           string        `json:"stopped,omitempty"`         // why a budgeted run stopped early
 	ForeignLinksCheck bool          `json:"foreign_links_checked"`
 	StoreSuspect      string        `json:"store_suspect,omitempty"` // without --repair: why the store dir looks unmounted or half missing (store.CheckPresence)
-	Elapsed           time.Duration `json:"elapsed_ns"`
+	Elapsed           time.Duration `json:"-"`
 }
 
 // Result is what Verify found.

@@ -73,7 +73,7 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	opts := gc.Options{Action: gc.Delete, DryRun: o.dryRun, KeepRecent: o.keepRecent, BatchSize: o.batchSize, Workers: o.workers}
 	switch {
 	case o.printDead && o.printLive:
-		return fmt.Errorf("--print-dead and --print-live exclude each other")
+		return usagef("--print-dead and --print-live exclude each other")
 	case o.printDead:
 		opts.Action = gc.PrintDead
 	case o.printLive:
@@ -82,28 +82,28 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		opts.Action = gc.DeleteSpecific
 		opts.Paths = args
 		if len(args) == 0 {
-			return fmt.Errorf("--delete needs the store paths to delete")
+			return usagef("--delete needs the store paths to delete")
 		}
 	}
 	if len(args) > 0 && !o.delete {
-		return fmt.Errorf("unexpected arguments %q (did you mean --delete?)", args)
+		return usagef("unexpected arguments %q (did you mean --delete?)", args)
 	}
 	// Values are checked before anything is opened or changed.
 	if o.keepRecent < 0 {
-		return fmt.Errorf("--keep-recent %s: must not be negative", o.keepRecent)
+		return usagef("--keep-recent %s: must not be negative", o.keepRecent)
 	}
 	gopts := gc.GenerationOptions{DeleteOld: o.deleteOld, DryRun: o.dryRun, Warn: func(msg string) { p.Warnf("%s", msg) }}
 	if o.deleteOlderThan != "" {
 		d, err := gc.ParseOlderThan(o.deleteOlderThan)
 		if err != nil {
-			return fmt.Errorf("--delete-older-than: %w", err)
+			return usagef("--delete-older-than: %w", err)
 		}
 		gopts.OlderThan = d
 	}
 	if o.maxFreed != "" {
 		n, err := report.ParseSize(o.maxFreed)
 		if err != nil {
-			return fmt.Errorf("--max-freed: %w", err)
+			return usagef("--max-freed: %w", err)
 		}
 		opts.MaxFreed = n
 	}
@@ -195,9 +195,7 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 			Generations []gc.RemovedGeneration `json:"generations_removed,omitempty"`
 			DryRun      bool                   `json:"dry_run,omitempty"`
 		}
-		if jerr := p.JSON(out{res, gens, o.dryRun}); jerr != nil {
-			return jerr
-		}
+		p.JSON(out{res, gens, o.dryRun})
 		return err
 	}
 	switch {
@@ -268,13 +266,13 @@ func parseEnsureFree(spec string) (size uint64, pct float64, err error) {
 	if p, ok := strings.CutSuffix(spec, "%"); ok {
 		f, err := strconv.ParseFloat(p, 64)
 		if err != nil || !(f >= 0 && f <= 100) { // NaN too
-			return 0, 0, fmt.Errorf("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
+			return 0, 0, usagef("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
 		}
 		return 0, f, nil
 	}
 	n, err := report.ParseSize(spec)
 	if err != nil {
-		return 0, 0, fmt.Errorf("--ensure-free: %w, or a percentage from 0%% to 100%%", err)
+		return 0, 0, usagef("--ensure-free: %w, or a percentage from 0%% to 100%%", err)
 	}
 	return n, -1, nil
 }

@@ -68,14 +68,14 @@ With --dry-run nothing is changed and no write access is needed.`,
 	return cmd
 }
 
-// optimiseJSON is the --json output.
+// optimiseJSON is the --json result.
 type optimiseJSON struct {
 	*optimise.Result
-	MiBFreed float64 `json:"mib_freed"`
-	Seconds  float64 `json:"seconds"`
-	// SavingsMiB is what hard linking saves in the whole store (Nix's
-	// "currently hard linking saves" note); only with --verbose.
-	SavingsMiB *float64 `json:"savings_mib,omitempty"`
+	ElapsedSeconds float64 `json:"elapsed_seconds"`
+	// LinkSavingsBytes is what hard linking saves in the whole store
+	// (Nix's "currently hard linking saves" note, as gc's
+	// link_savings_bytes); only with --verbose.
+	LinkSavingsBytes *int64 `json:"link_savings_bytes,omitempty"`
 }
 
 func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args []string) error {
@@ -85,7 +85,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 	if o.minSize != "" {
 		n, err := report.ParseSizeUpTo(o.minSize, math.MaxInt64)
 		if err != nil {
-			return fmt.Errorf("--min-size: %w", err)
+			return usagef("--min-size: %w", err)
 		}
 		minSize = int64(n)
 	}
@@ -117,18 +117,15 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 	}
 	elapsed := time.Since(t0)
 
-	var savings *float64
+	var savings *int64
 	if g.verbose && !o.dryRun {
 		if v, serr := optimise.Savings(s.Layout); serr == nil {
-			mib := float64(v) / (1 << 20)
-			savings = &mib
+			savings = &v
 		}
 	}
 
 	if g.json {
-		if jerr := p.JSON(optimiseJSON{Result: res, MiBFreed: float64(res.BytesFreed) / (1 << 20), Seconds: elapsed.Seconds(), SavingsMiB: savings}); jerr != nil && err == nil {
-			err = jerr
-		}
+		p.JSON(optimiseJSON{Result: res, ElapsedSeconds: elapsed.Seconds(), LinkSavingsBytes: savings})
 	} else {
 		for _, n := range res.Notices {
 			switch n.Kind {
@@ -170,7 +167,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 			p.Infof("%.2f MiB freed by hard-linking %d files", float64(res.BytesFreed)/(1<<20), res.FilesLinked)
 		}
 		if savings != nil {
-			p.Infof("note: currently hard linking saves %.2f MiB", *savings)
+			p.Infof("note: currently hard linking saves %.2f MiB", float64(*savings)/(1<<20))
 		}
 	}
 	if err != nil {

@@ -116,18 +116,18 @@ var durationSyntax = regexp.MustCompile(`^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|
 func parseBudget(s string) (time.Duration, int64, error) {
 	if d, err := time.ParseDuration(s); err == nil {
 		if d <= 0 {
-			return 0, 0, fmt.Errorf("--budget %q: must be positive", s)
+			return 0, 0, usagef("--budget %q: must be positive", s)
 		}
 		return d, 0, nil
 	} else if durationSyntax.MatchString(s) {
-		return 0, 0, fmt.Errorf("--budget %q: too long: a duration is at most %dh (about 292 years)", s, math.MaxInt64/int64(time.Hour))
+		return 0, 0, usagef("--budget %q: too long: a duration is at most %dh (about 292 years)", s, math.MaxInt64/int64(time.Hour))
 	}
 	n, err := report.ParseSizeUpTo(s, math.MaxInt64)
 	if err != nil {
-		return 0, 0, fmt.Errorf("--budget: %w, or a duration (30m, 2h)", err)
+		return 0, 0, usagef("--budget: %w, or a duration (30m, 2h)", err)
 	}
 	if n == 0 {
-		return 0, 0, fmt.Errorf("--budget %q: must be positive", s)
+		return 0, 0, usagef("--budget %q: must be positive", s)
 	}
 	return 0, int64(n), nil
 }
@@ -137,7 +137,7 @@ func parseSubset(s string) (int, int, error) {
 	n, err1 := strconv.Atoi(a)
 	m, err2 := strconv.Atoi(b)
 	if !ok || err1 != nil || err2 != nil || m < 1 || n < 1 || n > m {
-		return 0, 0, fmt.Errorf("--subset %q: expected N/M with 1 <= N <= M", s)
+		return 0, 0, usagef("--subset %q: expected N/M with 1 <= N <= M", s)
 	}
 	return n, m, nil
 }
@@ -164,10 +164,10 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 		vo.SubsetN, vo.SubsetM = n, m
 	}
 	if o.sigsNeeded < 0 {
-		return fmt.Errorf("--sigs-needed %d: must not be negative", o.sigsNeeded)
+		return usagef("--sigs-needed %d: must not be negative", o.sigsNeeded)
 	}
 	if o.allowMassDrop && !o.repair {
-		return fmt.Errorf("--allow-mass-drop only applies to --repair")
+		return usagef("--allow-mass-drop only applies to --repair")
 	}
 	s, err := g.openStore(ctx, !o.repair)
 	if err != nil {
@@ -197,9 +197,7 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 		return err
 	}
 	if g.json {
-		if err := p.JSON(res); err != nil {
-			return err
-		}
+		p.JSON(verifyJSON{Result: res, Summary: verifySummaryJSON{res.Summary, res.Summary.Elapsed.Seconds()}})
 	} else {
 		// Findings are the result: printed even under --quiet.
 		for _, f := range res.Findings {
@@ -214,6 +212,19 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 		return &findingsError{msg: fmt.Sprintf("%d damaged paths (%d findings); see above for the command that fixes each (--json)", res.Summary.Damaged, res.Summary.Findings-res.Summary.Repaired)}
 	}
 	return nil
+}
+
+// verifyJSON is verify's --json result: verify.Result with the run's
+// duration in float seconds, as every command's JSON has durations (the
+// outer Summary hides the Result's).
+type verifyJSON struct {
+	*verify.Result
+	Summary verifySummaryJSON `json:"summary"`
+}
+
+type verifySummaryJSON struct {
+	verify.Summary
+	ElapsedSeconds float64 `json:"elapsed_seconds"`
 }
 
 func printVerifySummary(p *printer, res *verify.Result, vo verify.Options) {

@@ -6,63 +6,77 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"storekeeper/report"
+	"storekeeper/store"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	cmd, finish := newRootCommand()
-	err := cmd.ExecuteContext(ctx)
-	finish()
-	interrupted := ctx.Err() != nil
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	os.Exit(exitCode(err, interrupted))
+	os.Exit(code)
 }
 
-// Exit codes; documented in `storekeeper help` and the README.
-const (
-	exitOK          = 0   // success; for verify: the store is clean
-	exitFindings    = 1   // the command ran and found problems (verify: damage)
-	exitCannotRun   = 2   // bad usage, bad store, DB missing/corrupt/locked, no permission, read-only or full disk
-	exitInterrupted = 130 // SIGINT/SIGTERM: stopped cleanly, cleanup finished
-)
-
-const exitCodesHelp = `Exit status:
-  0    success (verify: no problem found)
-  1    the command ran and found problems (verify: damaged paths)
-  2    the command could not run: bad usage, no such store, missing,
-       corrupt or locked database, unknown schema, permission denied,
-       a read-only file system where it must write, a disk too full to
-       read the database
-  130  interrupted by SIGINT or SIGTERM; cleanup finished, the store is
-       consistent and the next run continues`
-
-// findingsError marks a run that completed but found problems.
-type findingsError struct{ msg string }
-
-func (e *findingsError) Error() string { return e.msg }
-
-func exitCode(err error, interrupted bool) int {
-	if err == nil {
-		return exitOK
+// run runs the command line args and returns the exit status. It is the
+// one place where a command's end is rendered: the error (and its hint)
+// on stderr, and with --json the envelope on stdout.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	start := time.Now()
+	cmd, g, finish := newRootCommand()
+	cmd.SetArgs(args)
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	executed, err := cmd.ExecuteContextC(ctx)
+	finish()
+	if err != nil && !g.ran {
+		// cobra refused the command line before any command ran: an
+		// unknown command or flag, a bad flag value, extra arguments.
+		err = &usageError{err}
 	}
-	var fe *findingsError
-	if errors.As(err, &fe) {
-		if fe.msg != "" {
-			fmt.Fprintln(os.Stderr, report.Text("storekeeper: "+fe.msg))
+	var lay *store.Layout
+	if l, lerr := g.layout(); lerr == nil {
+		lay = &l
+	}
+	o := classify(err, ctx.Err() != nil, lay, "")
+	jsonOut := g.json || (err != nil && !g.ran && wantsJSON(args))
+	if jsonOut && (g.ran || err != nil) {
+		p := g.printerFor(stdout, stderr)
+		p.json = true
+		name := ""
+		if executed != nil && executed != cmd {
+			name = executed.Name()
 		}
-		return exitFindings
+		storeDir := ""
+		if lay != nil {
+			storeDir = lay.StoreDir
+		}
+		if werr := p.writeEnvelope(name, storeDir, o, time.Since(start)); werr != nil && o.code == exitOK {
+			o = classify(werr, false, lay, "")
+		}
 	}
-	if interrupted || errors.Is(err, context.Canceled) {
-		fmt.Fprintln(os.Stderr, "storekeeper: interrupted")
-		return exitInterrupted
+	for _, l := range o.lines() {
+		fmt.Fprintln(stderr, report.Text(l))
 	}
-	fmt.Fprintln(os.Stderr, report.Text("storekeeper: error: "+err.Error()))
-	return exitCannotRun
+	return o.code
+}
+
+// wantsJSON reports whether args ask for --json, for a command line that
+// cobra refused before (or while) parsing it.
+func wantsJSON(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--json", "--json=true", "--json=1", "--json=t", "--json=TRUE", "--json=True":
+			return true
+		}
+	}
+	return false
 }

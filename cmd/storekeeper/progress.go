@@ -85,9 +85,11 @@ func (b *bar) Finish() {
 }
 
 // progress is the report.Progress of every command: one bar per phase on
-// stderr (see bar), the libraries' messages through the printer (Info
-// unless --quiet), and with --verbose a line per path that gc deletes
-// (gc.Deletions) and that verify found intact (verify.Verifications).
+// stderr (see bar), the libraries' messages through the printer (its
+// report.Printer: Info unless --quiet, Warn always, Verbose with
+// --verbose; with --json into the envelope), and with --verbose a line
+// per path that gc deletes (gc.Deletions) and that verify found intact
+// (verify.Verifications).
 // Add costs an atomic load and, only while a bar is drawn, a mutex.
 type progress struct {
 	p *printer
@@ -120,8 +122,15 @@ func (pr *progress) Phase(name string, total int64, bytes bool) {
 // Add advances the current phase's bar.
 func (pr *progress) Add(n int64) { pr.cur.Load().Add(n) }
 
-// Info prints msg on stderr unless --quiet.
+// Info prints msg on stderr unless --quiet (--json: into the envelope).
 func (pr *progress) Info(msg string) { pr.p.Infof("%s", msg) }
+
+// Warn prints "warning: msg" on stderr, even under --quiet (--json: into
+// the envelope, with path).
+func (pr *progress) Warn(msg, path string) { pr.p.message(report.LevelWarning, msg, path) }
+
+// Verbose prints msg on stderr with --verbose.
+func (pr *progress) Verbose(msg string) { pr.p.Verbosef("%s", msg) }
 
 // Deleting prints Nix's "deleting '...'" line with --verbose.
 func (pr *progress) Deleting(path string) { pr.p.Verbosef("deleting '%s'", path) }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"os"
 	"runtime/pprof"
@@ -14,7 +12,6 @@ import (
 	"golang.org/x/term"
 
 	"storekeeper/nix/nixconf"
-	"storekeeper/report"
 	"storekeeper/store"
 )
 
@@ -30,12 +27,15 @@ type globalOptions struct {
 	options    []string // --option NAME=VALUE
 	cpuProfile string   // hidden --cpu-profile FILE, for performance work
 	trace      string   // hidden --trace FILE: a Go execution trace, likewise
+
+	ran bool     // a command's RunE started (cobra accepted the command line)
+	p   *printer // the run's printer, once made
 }
 
-// newRootCommand returns the command tree and a function that finishes
-// what the run started (the CPU profile, the execution trace); call it
-// before exiting.
-func newRootCommand() (*cobra.Command, func()) {
+// newRootCommand returns the command tree, its global options and a
+// function that finishes what the run started (the CPU profile, the
+// execution trace); call it before exiting.
+func newRootCommand() (*cobra.Command, *globalOptions, func()) {
 	g := &globalOptions{}
 	var stopProfile func()
 	cmd := &cobra.Command{
@@ -98,7 +98,15 @@ nix-daemon, through Nix's own database and lock protocols.
 	cmd.AddCommand(newRootsCommand(g))
 	cmd.AddCommand(newVerifyCommand(g))
 	cmd.AddCommand(newOptimiseCommand(g))
-	return cmd, func() {
+	for _, c := range cmd.Commands() {
+		if run := c.RunE; run != nil {
+			c.RunE = func(c *cobra.Command, args []string) error {
+				g.ran = true
+				return run(c, args)
+			}
+		}
+	}
+	return cmd, g, func() {
 		if stopProfile != nil {
 			stopProfile()
 		}
@@ -135,7 +143,7 @@ func (g *globalOptions) settings() (nixconf.Settings, error) {
 	for _, o := range g.options {
 		name, value, ok := strings.Cut(o, "=")
 		if !ok {
-			return s, fmt.Errorf("--option %q: expected NAME=VALUE", o)
+			return s, usagef("--option %q: expected NAME=VALUE", o)
 		}
 		if err := s.Set(strings.TrimSpace(name), strings.TrimSpace(value)); err != nil {
 			return s, err
@@ -144,62 +152,20 @@ func (g *globalOptions) settings() (nixconf.Settings, error) {
 	return s, nil
 }
 
-// printer renders output for humans, for machines (--json) or for cron
-// (--quiet). Results go to stdout, messages to stderr.
-type printer struct {
-	out, err          io.Writer
-	json, quiet, verb bool
-	progress          bool // draw progress bars
+// printer returns the run's one printer (created on first use) for
+// cmd's stdout and stderr.
+func (g *globalOptions) printer(cmd *cobra.Command) *printer {
+	return g.printerFor(cmd.OutOrStdout(), cmd.ErrOrStderr())
 }
 
-func (g *globalOptions) printer(cmd *cobra.Command) *printer {
-	p := &printer{out: cmd.OutOrStdout(), err: cmd.ErrOrStderr(), json: g.json, quiet: g.quiet, verb: g.verbose}
+func (g *globalOptions) printerFor(out, errw io.Writer) *printer {
+	if g.p != nil {
+		return g.p
+	}
+	p := &printer{out: out, err: errw, json: g.json, quiet: g.quiet, verb: g.verbose}
 	if f, ok := p.err.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !g.noProgress && !g.quiet && !g.json {
 		p.progress = true
 	}
+	g.p = p
 	return p
-}
-
-// Infof prints an informational message on stderr unless --quiet.
-//
-// Infof, Verbosef, Warnf, Errorf and Textln pass every message through
-// report.Text: whatever a name from the store holds, no control character
-// but the message's own newlines reaches the terminal or the log. Names
-// in a message should also be quoted with report.Name (a newline in a
-// name would otherwise start a line of its own).
-func (p *printer) Infof(format string, a ...any) {
-	if !p.quiet {
-		fmt.Fprintln(p.err, report.Text(fmt.Sprintf(format, a...)))
-	}
-}
-
-// Verbosef prints only with --verbose.
-func (p *printer) Verbosef(format string, a ...any) {
-	if p.verb && !p.quiet {
-		fmt.Fprintln(p.err, report.Text(fmt.Sprintf(format, a...)))
-	}
-}
-
-// Warnf prints a warning on stderr, even under --quiet.
-func (p *printer) Warnf(format string, a ...any) {
-	fmt.Fprintln(p.err, report.Text("warning: "+fmt.Sprintf(format, a...)))
-}
-
-// Errorf prints an error line ("error: ...") on stderr, even under --quiet:
-// a problem the command reports and goes on past.
-func (p *printer) Errorf(format string, a ...any) {
-	fmt.Fprintln(p.err, report.Text("error: "+fmt.Sprintf(format, a...)))
-}
-
-// Textln prints one result line (or several, separated by newlines) on
-// stdout, even under --quiet.
-func (p *printer) Textln(s string) {
-	fmt.Fprintln(p.out, report.Text(s))
-}
-
-// JSON writes v as indented JSON on stdout.
-func (p *printer) JSON(v any) error {
-	enc := json.NewEncoder(p.out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

@@ -26,7 +26,7 @@ func runCLI(t *testing.T, args ...string) (string, string, error) {
 	t.Setenv("NIX_CONF_DIR", conf)
 	t.Setenv("NIX_USER_CONF_FILES", "")
 	t.Setenv("NIX_CONFIG", "")
-	cmd, finish := newRootCommand()
+	cmd, _, finish := newRootCommand()
 	var out, errb bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
@@ -34,6 +34,19 @@ func runCLI(t *testing.T, args ...string) (string, string, error) {
 	err := cmd.ExecuteContext(context.Background())
 	finish()
 	return out.String(), errb.String(), err
+}
+
+// runMain runs storekeeper in this process as main does (run: the
+// envelope with --json, the error lines, the exit status).
+func runMain(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	conf := t.TempDir()
+	t.Setenv("NIX_CONF_DIR", conf)
+	t.Setenv("NIX_USER_CONF_FILES", "")
+	t.Setenv("NIX_CONFIG", "")
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), code
 }
 
 func buildSizeStore(t *testing.T) *storetest.Built {
@@ -153,18 +166,21 @@ func TestBudgetSizeIsBinary(t *testing.T) {
 		t.Fatalf("the demo store has no budget N for which NK taken as N*1000 and N*1024 bytes differ (%d paths)", len(sizes))
 	}
 	for _, v := range []string{fmt.Sprintf("%dK", n), fmt.Sprintf("%dkib", n)} {
-		out, _, err := runCLI(t, "--store", b.Root, "--json", "verify", "--budget", v, "--no-record")
-		if err != nil {
-			t.Fatalf("verify --budget %s: %v", v, err)
+		out, msg, code := runMain(t, "--store", b.Root, "--json", "verify", "--budget", v, "--no-record")
+		if code != 0 {
+			t.Fatalf("verify --budget %s: exit %d\n%s%s", v, code, out, msg)
 		}
-		var res struct {
-			Summary struct {
-				Contents int `json:"contents_checked"`
-			} `json:"summary"`
+		var env struct {
+			Result struct {
+				Summary struct {
+					Contents int `json:"paths_hashed"`
+				} `json:"summary"`
+			} `json:"result"`
 		}
-		if err := json.Unmarshal([]byte(out), &res); err != nil {
+		if err := json.Unmarshal([]byte(out), &env); err != nil {
 			t.Fatalf("verify --budget %s: %v in %q", v, err, out)
 		}
+		res := env.Result
 		if want := taken(n * 1024); res.Summary.Contents != want {
 			t.Errorf("verify --budget %s hashed %d paths; want %d (%d bytes; %d bytes would take %d)",
 				v, res.Summary.Contents, want, n*1024, n*1000, taken(n*1000))
@@ -207,17 +223,20 @@ func TestMinSizeIsBinary(t *testing.T) {
 		t.Fatalf("the demo store has no N for which files under N*1000 and N*1024 bytes differ (%d files)", len(sizes))
 	}
 	for _, v := range []string{fmt.Sprintf("%dK", n), fmt.Sprintf("%dKiB", n), fmt.Sprint(n * 1024)} {
-		out, _, err := runCLI(t, "--store", b.Root, "--json", "optimise", "--dry-run", "--min-size", v)
-		if err != nil {
-			t.Fatalf("optimise --min-size %s: %v", v, err)
+		out, msg, code := runMain(t, "--store", b.Root, "--json", "optimise", "--dry-run", "--min-size", v)
+		if code != 0 {
+			t.Fatalf("optimise --min-size %s: exit %d\n%s%s", v, code, out, msg)
 		}
-		var res struct {
-			Seen  int64 `json:"files_seen"`
-			Small int64 `json:"skipped_small"`
+		var env struct {
+			Result struct {
+				Seen  int64 `json:"files_seen"`
+				Small int64 `json:"skipped_small"`
+			} `json:"result"`
 		}
-		if err := json.Unmarshal([]byte(out), &res); err != nil {
+		if err := json.Unmarshal([]byte(out), &env); err != nil {
 			t.Fatalf("optimise --min-size %s: %v in %q", v, err, out)
 		}
+		res := env.Result
 		if want := under(n * 1024); res.Small != want || res.Seen != int64(len(sizes)) {
 			t.Errorf("optimise --min-size %s skipped %d of %d files; want %d of %d (under %d bytes; under %d: %d)",
 				v, res.Small, res.Seen, want, len(sizes), n*1024, n*1000, under(n*1000))

@@ -126,11 +126,15 @@ type openDir struct {
 // NUL and are at most MaxNameLen bytes, in strictly ascending byte order
 // (so no duplicates), non-empty symlink targets without NUL of at most
 // MaxTargetLen bytes (not otherwise checked or resolved, as Nix), and
-// nothing after the top node. (Nix 2.8 itself also accepts fields of a node
-// in another order, a regular file without "contents", and empty or
-// NUL-holding targets; no Nix writes those, and they fail here.) Names are
-// taken literally: Nix's macOS "~nix~case~hack~" suffixes (off on Linux)
-// are ordinary name bytes here, as in Nix on Linux.
+// nothing after the top node. Nix 2.8's nix-store --restore rejects the
+// bad names, duplicates (when creating the second), non-zero padding, a
+// wrong magic and empty targets too; it also accepts entries out of order
+// (current Nix rejects them: "NAR directory is not sorted"), data after
+// the archive, fields of a node in another order and a regular file
+// without "contents". No Nix writes those, their hash could not be the
+// hash of the tree they unpack to, and they fail here. Names are taken
+// literally: Nix's macOS "~nix~case~hack~" suffixes (off on Linux) are
+// ordinary name bytes here, as in Nix on Linux.
 //
 // Every error about the archive is an *Error wrapping ErrBadNAR or
 // ErrLimit, with the byte offset and the entry's path; an error of the
@@ -147,6 +151,7 @@ type Reader struct {
 	nodes  int64
 	err    error
 	tokbuf [maxTokenLen + 8]byte
+	num    [8]byte // u64's and padding's buffer (a local would escape)
 }
 
 // NewReader returns a Reader of the NAR in r with default limits (no
@@ -201,11 +206,10 @@ func (r *Reader) readFull(p []byte, path string) error {
 
 // u64 reads a little-endian 64-bit number.
 func (r *Reader) u64(path string) (uint64, error) {
-	var b [8]byte
-	if err := r.readFull(b[:], path); err != nil {
+	if err := r.readFull(r.num[:], path); err != nil {
 		return 0, err
 	}
-	return binary.LittleEndian.Uint64(b[:]), nil
+	return binary.LittleEndian.Uint64(r.num[:]), nil
 }
 
 // padding reads and checks the zero padding after n bytes.
@@ -214,12 +218,11 @@ func (r *Reader) padding(n uint64, path string) error {
 	if k == 0 {
 		return nil
 	}
-	var b [8]byte
 	start := r.off
-	if err := r.readFull(b[:k], path); err != nil {
+	if err := r.readFull(r.num[:k], path); err != nil {
 		return err
 	}
-	for _, c := range b[:k] {
+	for _, c := range r.num[:k] {
 		if c != 0 {
 			return r.bad(start, path, "non-zero padding")
 		}
@@ -256,11 +259,53 @@ func (r *Reader) str(max int, path, what string) (string, error) {
 	return s, nil
 }
 
-// token reads a token and returns it and its offset.
+// token reads a token and returns it and its offset; the tokens of the
+// format are returned without allocating.
 func (r *Reader) token(path string) (string, int64, error) {
 	start := r.off
-	s, err := r.str(maxTokenLen, path, "a token")
-	return s, start, err
+	n, err := r.u64(path)
+	if err != nil {
+		return "", start, err
+	}
+	if n > maxTokenLen {
+		return "", start, r.bad(start, path, "a token of %d bytes, longer than the %d allowed", n, maxTokenLen)
+	}
+	b := r.tokbuf[:n]
+	if err := r.readFull(b, path); err != nil {
+		return "", start, err
+	}
+	if err := r.padding(n, path); err != nil {
+		return "", start, err
+	}
+	switch string(b) {
+	case "(":
+		return "(", start, nil
+	case ")":
+		return ")", start, nil
+	case "type":
+		return "type", start, nil
+	case "entry":
+		return "entry", start, nil
+	case "name":
+		return "name", start, nil
+	case "node":
+		return "node", start, nil
+	case "regular":
+		return "regular", start, nil
+	case "contents":
+		return "contents", start, nil
+	case "directory":
+		return "directory", start, nil
+	case "symlink":
+		return "symlink", start, nil
+	case "target":
+		return "target", start, nil
+	case "executable":
+		return "executable", start, nil
+	case "":
+		return "", start, nil
+	}
+	return string(b), start, nil
 }
 
 // expect reads a token that must be want.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -575,6 +576,51 @@ func TestUnpackNeverTouchesOutside(t *testing.T) {
 	for i, c := range badNARCases() {
 		if _, _, err := Unpack(bytes.NewReader(c.nar), fd, "bad"+strings.Repeat("x", i), UnpackOptions{Limits: c.lim}); !errors.Is(err, c.kind) {
 			t.Errorf("%s: Unpack: %v", c.name, err)
+		}
+	}
+}
+
+// BenchmarkUnpack unpacks the NAR of BenchmarkHashPath's tree (hashing
+// it on the way): NAR bytes written per second.
+func BenchmarkUnpack(b *testing.B) {
+	src := filepath.Join(b.TempDir(), "tree")
+	for i := range 4 {
+		narTestFile(b, filepath.Join(src, fmt.Sprintf("big%d", i)), narDetBytes(2<<20, uint32(i+1)), 0o644)
+	}
+	for i := range 300 {
+		narTestFile(b, filepath.Join(src, fmt.Sprintf("d%d/f%d", i%10, i)), narDetBytes(1000+i*10, uint32(i+100)), 0o644)
+	}
+	var buf bytes.Buffer
+	if _, err := DumpPath(&buf, src); err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	allowRemoval(b, dir)
+	fd := openDirFD(b, dir)
+	b.SetBytes(int64(buf.Len()))
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, _, err := Unpack(bytes.NewReader(buf.Bytes()), fd, fmt.Sprintf("out%d", i), UnpackOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReader reads the same NAR without writing anything.
+func BenchmarkReader(b *testing.B) {
+	src := filepath.Join(b.TempDir(), "tree")
+	for i := range 300 {
+		narTestFile(b, filepath.Join(src, fmt.Sprintf("d%d/f%d", i%10, i)), narDetBytes(1000+i*10, uint32(i+100)), 0o644)
+	}
+	var buf bytes.Buffer
+	if _, err := DumpPath(&buf, src); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(buf.Len()))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := readAllNAR(buf.Bytes(), Limits{}); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
