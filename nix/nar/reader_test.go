@@ -624,3 +624,45 @@ func BenchmarkReader(b *testing.B) {
 		}
 	}
 }
+
+// failingReader returns data, then err.
+type failingReader struct {
+	data []byte
+	err  error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if len(f.data) == 0 {
+		return 0, f.err
+	}
+	n := copy(p, f.data)
+	f.data = f.data[n:]
+	return n, nil
+}
+
+// TestReaderIOError: an error of the underlying reader is returned
+// wrapped (not as a malformed NAR), by the Reader and by Unpack, which
+// stops there.
+func TestReaderIOError(t *testing.T) {
+	nar := narTop(narDir(narEnt("a", narFile("hello")), narEnt("b", narFile(strings.Repeat("x", 100)))))
+	cause := errors.New("connection reset")
+	for _, cut := range []int{0, 8, 100, len(nar) - 60, len(nar) - 1} {
+		var err error
+		nr := NewReader(&failingReader{data: nar[:cut], err: cause})
+		for err == nil {
+			_, err = nr.Next()
+			if err == nil {
+				_, err = io.Copy(io.Discard, nr)
+			}
+		}
+		if !errors.Is(err, cause) || errors.Is(err, ErrBadNAR) {
+			t.Errorf("cut %d: %v, want the reader's error", cut, err)
+		}
+		dir := t.TempDir()
+		allowRemoval(t, dir)
+		_, _, err = Unpack(&failingReader{data: nar[:cut], err: cause}, openDirFD(t, dir), "out", UnpackOptions{})
+		if !errors.Is(err, cause) || errors.Is(err, ErrBadNAR) {
+			t.Errorf("Unpack, cut %d: %v, want the reader's error", cut, err)
+		}
+	}
+}
