@@ -81,6 +81,15 @@ func (n *NarInfo) Fingerprint() string {
 	return signature.Fingerprint(n.StorePath, n.NarHash, n.NarSize, n.ReferencePaths())
 }
 
+// ValidSigs counts n's signatures that verify its fingerprint under a key
+// of keys (a signature listed twice counts once), as Nix's
+// checkSignatures; it does not look at CA (a content-addressed path
+// needs no signature in Nix, but its contents must then be checked
+// against CA, which is the caller's business).
+func (n *NarInfo) ValidSigs(keys signature.PublicKeys) int {
+	return signature.CountValidSigs(keys, n.Fingerprint(), strings.Join(n.Sigs, " "))
+}
+
 // Read parses a .narinfo from r, reading at most MaxSize bytes (more is
 // an error); storeDir is the store directory StorePath must be in.
 func Read(r io.Reader, storeDir string) (*NarInfo, error) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -73,6 +74,12 @@ func TestParseReal(t *testing.T) {
 			if n.CA == "" && len(n.Sigs) == 0 {
 				t.Errorf("neither CA nor signature")
 			}
+			if got := n.ValidSigs(keys); got != len(n.Sigs) {
+				t.Errorf("ValidSigs = %d of %d", got, len(n.Sigs))
+			}
+			if got := n.ValidSigs(signature.PublicKeys{}); got != 0 {
+				t.Errorf("ValidSigs with no trusted key = %d", got)
+			}
 			fp := n.Fingerprint()
 			for _, s := range n.Sigs {
 				if !keys.Verify(fp, s) {
@@ -125,6 +132,24 @@ func TestParseFields(t *testing.T) {
 		self + ",/nix/store/dic12prshyzh2cfw4zpavajc5bnr6ppk-tree,/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt"
 	if fp := n.Fingerprint(); fp != wantFP {
 		t.Errorf("Fingerprint = %q\nwant %q", fp, wantFP)
+	}
+	keys := trustedKeys(t)
+	if got := n.ValidSigs(keys); got != 2 {
+		t.Errorf("ValidSigs = %d, want 2", got)
+	}
+	// A cache that lies about the size, a reference or the hash.
+	for _, tamper := range []func(*NarInfo){
+		func(m *NarInfo) { m.NarSize++ },
+		func(m *NarInfo) { m.References = m.References[1:] },
+		func(m *NarInfo) { m.NarHash[0] ^= 1 },
+		func(m *NarInfo) { m.StorePath += "x" },
+	} {
+		m := *n
+		m.References = slices.Clone(n.References)
+		tamper(&m)
+		if got := m.ValidSigs(keys); got != 0 {
+			t.Errorf("tampered narinfo: ValidSigs = %d", got)
+		}
 	}
 	if n.StoreDir() != storeDir {
 		t.Errorf("StoreDir = %q", n.StoreDir())
