@@ -83,7 +83,7 @@ nix-daemon, through Nix's own database and lock protocols.
 	f.StringVar(&g.storeURI, "store", "", "the store: 'local' (default), a root directory like /mnt or ./demo-store, or 'local?root=/mnt&store=/gnu/store&state=/var/guix'")
 	f.StringVar(&g.storeDir, "store-dir", "", "logical store directory (default $NIX_STORE_DIR or /nix/store)")
 	f.StringVar(&g.stateDir, "state-dir", "", "state directory (default $NIX_STATE_DIR or /nix/var/nix)")
-	f.BoolVar(&g.json, "json", false, "print machine-readable JSON on stdout")
+	f.BoolVar(&g.json, "json", false, "print one JSON object on stdout: {command, version, store, ok, error, duration_seconds, messages, result}")
 	f.BoolVarP(&g.quiet, "quiet", "q", false, "print nothing but errors (for cron)")
 	f.BoolVarP(&g.verbose, "verbose", "v", false, "print more detail")
 	f.BoolVar(&g.noProgress, "no-progress", false, "never draw progress bars")
