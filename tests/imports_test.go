@@ -26,7 +26,7 @@ var importRules = map[string][]string{
 	"store":           {"store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
 	"store/db":        {"store/fs", "nix/nar", "nix/storepath", "lock", "report"},
 	"store/fs":        {"internal/sys", "report"},
-	"store/storetest": {"store", "store/db", "nix/nar", "nix/nixconf", "nix/storepath"},
+	"store/storetest": {"store", "store/db", "store/fs", "nix/nar", "nix/nixconf", "nix/storepath"},
 	// pure formats: nothing of storekeeper but the system-call layer
 	"nix/storepath":   {},
 	"nix/nar":         {"nix/storepath", "internal/sys"},

@@ -20,7 +20,8 @@ import (
 // during the removal is unlinked, never entered. Entry types come from
 // getdents, so only regular files are stat'ed (for their link count).
 // When not root, a directory inside the tree that lacks write or search
-// permission is made accessible to its owner first (it is being removed).
+// permission is made accessible to its owner first (it is being removed;
+// AddOwnerBitsAt, never through a symlink).
 //
 // Concurrency: another process may remove the same tree at the same time:
 // an entry or directory that disappears under it (ENOENT from a stat, an
@@ -72,8 +73,7 @@ func removeEntry(dirfd int, name string, typ uint8, display string, root bool) (
 		return 0, nil
 	}
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil && errors.Is(err, unix.EACCES) && !root {
-		unix.Fchmodat(dirfd, name, 0o700, 0)
+	if err != nil && errors.Is(err, unix.EACCES) && !root && AddOwnerBitsAt(dirfd, name) == nil {
 		fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	}
 	if err != nil {
