@@ -89,7 +89,7 @@ func (h *hasher) prepare(j *fileJob) bool {
 		return false
 	}
 	var st unix.Stat_t
-	if err := sys.LstatAt(j.dir.fd, j.name, &st); err != nil {
+	if err := sys.LstatAt(j.dir.Fd, j.name, &st); err != nil {
 		if err != unix.ENOENT {
 			r.notice(KindError, r.realPath(j.dir, j.name), "", fmt.Errorf("lstat: %w", err))
 		}
@@ -115,7 +115,7 @@ func (h *hasher) prepare(j *fileJob) bool {
 		return false
 	}
 	j.st = st
-	h.small = append(h.small, sys.SmallFile{Dirfd: j.dir.fd, Name: j.name, Size: st.Size})
+	h.small = append(h.small, sys.SmallFile{Dirfd: j.dir.Fd, Name: j.name, Size: st.Size})
 	h.jobs = append(h.jobs, j)
 	return true
 }

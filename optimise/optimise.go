@@ -274,7 +274,7 @@ type run struct {
 	endMarked        bool   // the store's file system marks the end of a listing (store.DirEndMarked)
 	storeDir         *dirRef
 	top              map[string]dirent // the store directory's entries
-	journal          *journal
+	journal          *fs.Journal
 
 	inodes *inodeSet
 	linked *linkedState // the linked-paths state; nil in a dry run without one
@@ -420,7 +420,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	r.storeUID = sst.Uid
 	r.nameCount = newInodeCounter()
 	r.endMarked = sys.DirEndMarked(r.storeFd, sst.Dev)
-	r.storeDir = &dirRef{fd: r.storeFd, path: lay.RealStoreDir, isStoreDir: true}
+	r.storeDir = &dirRef{Dir: fs.Dir{Fd: r.storeFd, Path: lay.RealStoreDir, Fixed: true}}
 	r.storeDir.refs.Store(1 << 30) // never closed through refs
 
 	if err := r.openLinks(); err != nil {
@@ -442,7 +442,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 		if err := r.openJournal(); err != nil {
 			return nil, err
 		}
-		defer r.journal.close()
+		defer r.journal.Close()
 	}
 
 	tr := r.o.TempRoots
@@ -824,17 +824,17 @@ func (r *run) gate(ctx context.Context, tr *lock.TempRoots, in <-chan gateItem, 
 		if r.journal != nil {
 			// The directories that renames may touch, in one write
 			// before any of their files is handed out.
-			var dirs []*dirRef
+			var dirs []*fs.Dir
 			for _, it := range items {
 				if valid == nil || valid[it.t.path] {
 					for _, j := range it.jobs {
-						if n := len(dirs); n == 0 || dirs[n-1] != j.dir {
-							dirs = append(dirs, j.dir)
+						if n := len(dirs); n == 0 || dirs[n-1] != &j.dir.Dir {
+							dirs = append(dirs, &j.dir.Dir)
 						}
 					}
 				}
 			}
-			r.journal.noteAll(dirs)
+			r.journal.NoteAll(dirs)
 		}
 		for _, it := range items {
 			if valid != nil && !valid[it.t.path] {
@@ -877,7 +877,7 @@ func (r *run) addInt(p *int, n int) {
 }
 
 func (r *run) realPath(d *dirRef, name string) string {
-	return d.path + "/" + name
+	return d.Path + "/" + name
 }
 
 // walkPath walks one store path and queues its candidate files.
@@ -987,7 +987,7 @@ func (r *run) candidate(d *dirRef, name string, st *unix.Stat_t, t *storePathJob
 // already in .links without a stat.
 func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fileJob, buf []dirent) []dirent {
 	disp := r.realPath(parent, name)
-	fd, err := sys.OpenAt(parent.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	fd, err := sys.OpenAt(parent.Fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		if err != unix.ENOENT {
 			r.notice(KindError, disp, "", err)
@@ -995,7 +995,7 @@ func (r *run) walkDir(parent *dirRef, name string, t *storePathJob, jobs *[]*fil
 		t.rec.spoil()
 		return buf
 	}
-	d := &dirRef{fd: fd, path: disp, r: r}
+	d := &dirRef{Dir: fs.Dir{Fd: fd, Path: disp}, r: r}
 	d.refs.Store(1)
 	defer d.unref()
 	start := len(buf)
@@ -1077,10 +1077,10 @@ func (r *run) process(j *fileJob) {
 	}
 	disp := r.realPath(j.dir, j.name)
 	st := j.st
-	h, err := nar.HashNodeAt(j.dir.fd, j.name, disp, &st)
+	h, err := nar.HashNodeAt(j.dir.Fd, j.name, disp, &st)
 	for try := 0; try < 3 && nar.IsChanged(err); try++ {
 		// Another optimiser replaced it by a link meanwhile: look again.
-		h, st, err = nar.HashPathAt(j.dir.fd, j.name, disp)
+		h, st, err = nar.HashPathAt(j.dir.Fd, j.name, disp)
 	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -1111,7 +1111,7 @@ func (r *run) processRegular(j *fileJob) { r.processRegularStat(j, false) }
 // without a second notice.
 func (r *run) processRegularStat(j *fileJob, counted bool) {
 	disp := r.realPath(j.dir, j.name)
-	fd, err := sys.OpenAt(j.dir.fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
+	fd, err := sys.OpenAt(j.dir.Fd, j.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY)
 	switch err {
 	case nil:
 	case unix.ENOENT:
@@ -1119,7 +1119,7 @@ func (r *run) processRegularStat(j *fileJob, counted bool) {
 	case unix.ELOOP:
 		// No longer a regular file: look at what it is now.
 		var st unix.Stat_t
-		if err := sys.LstatAt(j.dir.fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		if err := sys.LstatAt(j.dir.Fd, j.name, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
 			if counted || r.considered(j, &st) {
 				j.byName = false
 				j.st = st
@@ -1231,7 +1231,7 @@ func (r *run) link(j *fileJob, lname string, st *unix.Stat_t) {
 			if !r.mayLink(j, lname, st) {
 				return
 			}
-			err := r.sys.linkat(d.fd, name, r.linksFd, lname, 0)
+			err := r.sys.linkat(d.Fd, name, r.linksFd, lname, 0)
 			switch err {
 			case nil:
 				r.inodes.add(st.Ino)
@@ -1385,7 +1385,7 @@ func (r *run) replaceCorrupted(d *dirRef, name, lname string, st, bad *unix.Stat
 		return false
 	}
 	tmp := r.tmpName()
-	if err := r.sys.linkat(d.fd, name, r.storeFd, tmp, 0); err != nil {
+	if err := r.sys.linkat(d.Fd, name, r.storeFd, tmp, 0); err != nil {
 		r.notice(KindError, disp, linkDisp, fmt.Errorf("replacing the corrupted .links entry: %w", err))
 		return false
 	}
@@ -1409,45 +1409,22 @@ const (
 
 // replace atomically replaces the file of j (lstat st) by a hard link to
 // .links/lname (lstat lst): a temporary link in the store directory,
-// renamed over it.
+// renamed over it (fs.ReplaceWithLink).
 func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcome {
 	d, name := j.dir, j.name
 	disp := r.realPath(d, name)
 	linkDisp := r.s.Layout.LinksDir() + "/" + lname
 	tmp := r.tmpName()
-	switch err := r.sys.linkat(r.linksFd, lname, r.storeFd, tmp, 0); err {
-	case nil:
-	case unix.EMLINK:
-		atomic.AddInt64(&r.res.TooManyLinks, 1)
-		r.notice(KindTooManyLinks, disp, linkDisp, err)
-		return replDone
-	case unix.ENOENT:
-		r.verified.Delete(lname) // look it up again, or make it anew
-		return replRetry         // a collector removed the entry: start over
-	case unix.ENOSPC:
-		atomic.AddInt64(&r.res.NoSpace, 1)
-		r.notice(KindNoSpace, disp, linkDisp, err)
-		return replDone
-	default:
-		r.notice(KindError, disp, linkDisp, fmt.Errorf("creating a temporary link %s: %w", tmp, err))
-		return replDone
-	}
 	// Hold the inode being replaced, so that it is freed by the close
 	// (in the pool, see closer.go), not inside rename(2).
 	pin := -1
 	if j.byName && !j.held {
-		if fd, err := sys.OpenAt(d.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC); err == nil {
+		if fd, err := sys.OpenAt(d.Fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC); err == nil {
 			pin = fd
 		}
 	}
-	d.acquire()
-	err := r.sys.renameat(r.storeFd, tmp, d.fd, name)
-	if err == unix.EACCES || err == unix.EPERM {
-		if d.makeWritable() {
-			err = r.sys.renameat(r.storeFd, tmp, d.fd, name)
-		}
-	}
-	d.release(err == nil)
+	ops := fs.LinkOps{Linkat: r.sys.linkat, Renameat: r.sys.renameat}
+	step, err := fs.ReplaceWithLink(ops, &d.Dir, r.journal, name, r.linksFd, lname, r.storeFd, tmp)
 	if pin >= 0 {
 		if err == nil {
 			r.closeLater(pin)
@@ -1455,8 +1432,25 @@ func (r *run) replace(j *fileJob, lname string, st, lst *unix.Stat_t) replOutcom
 			unix.Close(pin)
 		}
 	}
+	if step == fs.StepLink {
+		switch err {
+		case unix.EMLINK:
+			atomic.AddInt64(&r.res.TooManyLinks, 1)
+			r.notice(KindTooManyLinks, disp, linkDisp, err)
+			return replDone
+		case unix.ENOENT:
+			r.verified.Delete(lname) // look it up again, or make it anew
+			return replRetry         // a collector removed the entry: start over
+		case unix.ENOSPC:
+			atomic.AddInt64(&r.res.NoSpace, 1)
+			r.notice(KindNoSpace, disp, linkDisp, err)
+			return replDone
+		default:
+			r.notice(KindError, disp, linkDisp, fmt.Errorf("creating a temporary link %s: %w", tmp, err))
+			return replDone
+		}
+	}
 	if err != nil {
-		unix.Unlinkat(r.storeFd, tmp, 0)
 		switch err {
 		case unix.EMLINK:
 			atomic.AddInt64(&r.res.TooManyLinks, 1)

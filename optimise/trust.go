@@ -58,7 +58,7 @@ func (r *run) untrusted(st *unix.Stat_t) bool {
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		return false
 	}
-	return st.Mode&0o7777 != fs.CanonicalPerm(st.Mode)
+	return st.Mode&0o7777 != fs.Nix.Want(st.Mode)
 }
 
 // untrustedEntry reports whether an existing .links entry (lstat lst) of
@@ -174,8 +174,8 @@ type deferredFile struct {
 // with it.
 func (r *run) deferFile(j *fileJob, lname string, st *unix.Stat_t) {
 	dir := ""
-	if !j.dir.isStoreDir {
-		dir, _ = j.dir.rel()
+	if !j.dir.Fixed {
+		dir, _ = strings.CutPrefix(j.dir.Path, r.s.Layout.RealStoreDir+"/")
 	}
 	j.task.pending.Add(1)
 	r.deferMu.Lock()
@@ -223,9 +223,9 @@ func (r *run) runDeferred(jobs int) {
 }
 
 // deferredDir handles deferred files of one directory.
-func (r *run) deferredDir(fs []deferredFile) {
+func (r *run) deferredDir(files []deferredFile) {
 	defer func() {
-		for _, f := range fs {
+		for _, f := range files {
 			r.pathStep(f.task)
 		}
 	}()
@@ -233,27 +233,27 @@ func (r *run) deferredDir(fs []deferredFile) {
 		return
 	}
 	d := r.storeDir
-	if rel := fs[0].dir; rel != "" {
-		fd, err := r.openRel(rel)
+	if rel := files[0].dir; rel != "" {
+		fd, err := fs.OpenBeneath(r.storeFd, rel)
 		if err != nil {
 			if err != unix.ENOENT {
 				r.notice(KindError, r.s.Layout.RealStoreDir+"/"+rel, "", err)
 			}
-			for _, f := range fs {
+			for _, f := range files {
 				f.task.rec.spoil()
 			}
 			return
 		}
-		d = &dirRef{fd: fd, path: r.s.Layout.RealStoreDir + "/" + rel, r: r}
+		d = &dirRef{Dir: fs.Dir{Fd: fd, Path: r.s.Layout.RealStoreDir + "/" + rel}, r: r}
 		d.refs.Store(1)
 		defer d.unref()
 	}
-	for _, f := range fs {
+	for _, f := range files {
 		if r.stop.Load() {
 			return
 		}
 		var st unix.Stat_t
-		if err := sys.LstatAt(d.fd, f.name, &st); err != nil {
+		if err := sys.LstatAt(d.Fd, f.name, &st); err != nil {
 			if err != unix.ENOENT {
 				r.notice(KindError, r.realPath(d, f.name), "", fmt.Errorf("lstat: %w", err))
 			}
@@ -268,30 +268,6 @@ func (r *run) deferredDir(fs []deferredFile) {
 		}
 		r.link(&fileJob{dir: d, name: f.name, st: st, task: f.task}, f.lname, &st)
 	}
-}
-
-// openRel opens the directory rel (relative to the store directory)
-// component by component, never following a symlink; an empty, "." or
-// ".." component is EINVAL (rel may come from the journal file).
-func (r *run) openRel(rel string) (int, error) {
-	fd := r.storeFd
-	for _, c := range strings.Split(rel, "/") {
-		if c == "" || c == "." || c == ".." {
-			if fd != r.storeFd {
-				unix.Close(fd)
-			}
-			return -1, unix.EINVAL
-		}
-		nfd, err := sys.OpenAt(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
-		if fd != r.storeFd {
-			unix.Close(fd)
-		}
-		if err != nil {
-			return -1, err
-		}
-		fd = nfd
-	}
-	return fd, nil
 }
 
 // inodeCounter counts names per inode number; safe for concurrent use.

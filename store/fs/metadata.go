@@ -7,9 +7,10 @@ import (
 )
 
 // Metadata problems: how a store node's owner, mode or link count differ
-// from what Nix's canonicalisation leaves (owner: the store directory's
-// owner; mode 0444, or 0555 for directories and executables, with no
-// setuid, setgid or sticky bit; names only in store paths and .links).
+// from what Nix's canonicalisation leaves (Canonical: owner the store
+// directory's owner; mode 0444, or 0555 for directories and executables,
+// with no setuid, setgid or sticky bit; names only in store paths and
+// .links).
 // `verify --metadata` reports them and `optimise` refuses to link a file
 // that has one; the kinds and the words are the same for both.
 const (
@@ -28,16 +29,6 @@ type MetaProblem struct {
 	Message  string `json:"message"` // names the node as the caller gave it
 }
 
-// CanonicalPerm is the permission Nix's canonicalisation gives a node of
-// mode m: 0555 for a directory or a file with the owner's execute bit,
-// 0444 for any other file.
-func CanonicalPerm(m uint32) uint32 {
-	if m&unix.S_IFMT == unix.S_IFDIR || m&unix.S_IXUSR != 0 {
-		return 0o555
-	}
-	return 0o444
-}
-
 // OwnerModeProblems appends to out the owner and mode problems of the node
 // whose lstat is st, in a store whose directory storeUID owns: a foreign
 // owner, then at most one of setuid/setgid, a write bit, another mode (a
@@ -51,7 +42,7 @@ func OwnerModeProblems(out []MetaProblem, full string, st *unix.Stat_t, storeUID
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		return out
 	}
-	perm, want := st.Mode&0o7777, CanonicalPerm(st.Mode)
+	perm, want := st.Mode&0o7777, Nix.Want(st.Mode)
 	switch {
 	case perm&(unix.S_ISUID|unix.S_ISGID) != 0:
 		out = append(out, MetaProblem{MetaSetuid, fmt.Sprintf("%04o", want), fmt.Sprintf("%04o", perm),
