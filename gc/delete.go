@@ -40,7 +40,7 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 		return fmt.Errorf("gc: opening %s: %w", c.lay.RealStoreDir, err)
 	}
 	defer unix.Close(storeFd)
-	mv := &mover{c: c, fromFd: storeFd, toFd: run.fd, from: c.lay.RealStoreDir, to: run.path}
+	mv := &mover{c: c, fromFd: storeFd, toFd: run.Fd, from: c.lay.RealStoreDir, to: run.Path}
 	conn, doneConn, err := c.invalidationConn(ctx)
 	if err != nil {
 		return err
@@ -468,47 +468,28 @@ type mover struct {
 	c            *collector
 	fromFd, toFd int
 	from, to     string // their paths, for messages
-	seq          int
 	// deleteNow deletes each entry right after moving it (low space:
 	// see spaceIsLow), instead of leaving it to deleteTrash.
 	deleteNow bool
 }
 
-// move moves name; an entry already gone (deleted, or claimed by another
-// collection) is skipped.
+// move moves name (fs.MoveInto); an entry already gone (deleted, or
+// claimed by another collection) is skipped.
 func (m *mover) move(name string) {
-	dst := name
-	for try := 0; try < 100; try++ {
-		err := unix.Renameat(m.fromFd, name, m.toFd, dst)
-		switch {
-		case err == nil:
-			if m.deleteNow {
-				n, err := fs.RemoveTree(m.toFd, dst, m.to+"/"+dst)
-				m.c.mu.Lock()
-				m.c.res.BytesFreed += n
-				m.c.mu.Unlock()
-				if err != nil {
-					m.c.warn("%v (it is invalid now; the next run deletes it)", err)
-				}
-			}
-			return
-		case errors.Is(err, unix.ENOENT):
-			return
-		case errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOTEMPTY):
-			m.seq++
-			dst = fmt.Sprintf("%s.%d-%d", name, os.Getpid(), m.seq)
-			continue
-		case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
-			// Moving a directory needs write access to it (for ".."): not
-			// root. Make it writable for its owner, inside the store.
-			var st unix.Stat_t
-			if unix.Fstatat(m.fromFd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR && try == 0 {
-				unix.Fchmodat(m.fromFd, name, (st.Mode&0o7777)|0o700, 0)
-				continue
+	dst, err := fs.MoveInto(m.fromFd, name, m.toFd)
+	switch {
+	case err == nil:
+		if m.deleteNow {
+			n, err := fs.RemoveTree(m.toFd, dst, m.to+"/"+dst)
+			m.c.mu.Lock()
+			m.c.res.BytesFreed += n
+			m.c.mu.Unlock()
+			if err != nil {
+				m.c.warn("%v (it is invalid now; the next run deletes it)", err)
 			}
 		}
+	case !errors.Is(err, unix.ENOENT):
 		m.c.warn("cannot move %s to %s: %v (it is invalid now; the next run deletes it)", filepath.Join(m.from, name), m.to, err)
-		return
 	}
 }
 

@@ -390,7 +390,7 @@ func (c *collector) run(ctx context.Context) error {
 		// is consistent; the next run empties the trash first.
 		switch {
 		case c.trash != nil && c.res.PathsDeleted+c.res.EntriesDeleted > 0:
-			c.progress.Info("interrupted: the paths already invalidated wait in " + c.trash.path + "; the next run deletes them")
+			c.progress.Info("interrupted: the paths already invalidated wait in " + c.trash.Path + "; the next run deletes them")
 		case c.res.PathsDeleted+c.res.EntriesDeleted == 0:
 			c.progress.Info("interrupted before anything was invalidated: nothing was deleted")
 		}
