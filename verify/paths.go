@@ -111,9 +111,9 @@ func (w *worker) checkMeta(n *nar.Node) error {
 	for _, pr := range fs.OwnerModeProblems(probs[:0], full, st, w.v.storeUID) {
 		add(pr.Kind, pr.Expected, pr.Got, pr.Message)
 	}
-	if st.Mtim.Sec != 1 {
-		add(KindBadMtime, "1", fmt.Sprint(st.Mtim.Sec),
-			fmt.Sprintf("'%s' has mtime %d, not 1", full, st.Mtim.Sec))
+	if st.Mtim.Sec != fs.Nix.Mtime {
+		add(KindBadMtime, fmt.Sprint(fs.Nix.Mtime), fmt.Sprint(st.Mtim.Sec),
+			fmt.Sprintf("'%s' has mtime %d, not %d", full, st.Mtim.Sec, fs.Nix.Mtime))
 	}
 	if w.inodes != nil && n.Type == nar.FileRegular && st.Nlink > 1 {
 		k := devIno{uint64(st.Dev), st.Ino}
