@@ -176,7 +176,7 @@ func lockHint(err error, lay *store.Layout, procDir string) string {
 	holders, _ := lock.Holders(procDir, path)
 	if len(holders) == 0 {
 		return fmt.Sprintf("%s is held by another process (run 'fuser -v %s' or 'lslocks' to see which); wait for it to finish, or stop it, and run again",
-			path, report.ShellArg(path))
+			report.Name(path), report.ShellArg(path))
 	}
 	var who []string
 	for _, h := range holders {
@@ -185,7 +185,8 @@ func lockHint(err error, lay *store.Layout, procDir string) string {
 			s = fmt.Sprintf("PID %d", h.PID)
 		}
 		if h.Command != "" {
-			s += " '" + h.Command + "'"
+			// Anyone's argv: quoted, so it cannot forge a line of stderr.
+			s += " '" + report.Name(h.Command) + "'"
 		}
 		mode := "shared"
 		if h.Mode == "WRITE" {
@@ -193,5 +194,5 @@ func lockHint(err error, lay *store.Layout, procDir string) string {
 		}
 		who = append(who, s+" ("+mode+" "+strings.ToLower(h.Type)+" lock)")
 	}
-	return fmt.Sprintf("%s is held by %s; wait for it to finish, or stop it, and run again", path, strings.Join(who, ", "))
+	return fmt.Sprintf("%s is held by %s; wait for it to finish, or stop it, and run again", report.Name(path), strings.Join(who, ", "))
 }

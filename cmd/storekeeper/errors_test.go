@@ -217,3 +217,52 @@ func TestPrinterMessages(t *testing.T) {
 		t.Errorf("envelope %+v\n%s", e, out.String())
 	}
 }
+
+// TestLockHintQuotesHostileNames: the holder's command line (anyone's
+// argv, as /proc/PID/cmdline has it) and the lock's path reach the hint
+// quoted, so a newline or an escape sequence in them cannot forge a line
+// of stderr or act on the terminal: the hint is one line.
+func TestLockHintQuotesHostileNames(t *testing.T) {
+	dir := t.TempDir()
+	lockPath := filepath.Join(dir, "gc\n.lock")
+	if err := os.WriteFile(lockPath, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(lockPath, &st); err != nil {
+		t.Fatal(err)
+	}
+	proc := filepath.Join(dir, "proc")
+	if err := os.MkdirAll(filepath.Join(proc, "4242"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	locks := fmt.Sprintf("1: FLOCK  ADVISORY  WRITE 4242 %02x:%02x:%d 0 EOF\n", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	if err := os.WriteFile(filepath.Join(proc, "locks"), []byte(locks), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := "sleep\x00x\nstorekeeper: error: forged\x1b[31m\x00y"
+	if err := os.WriteFile(filepath.Join(proc, "4242", "cmdline"), []byte(cmdline), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := classify(&lock.HeldError{Path: lockPath, Err: lock.ErrWouldBlock}, false, nil, proc)
+	if !strings.Contains(o.hint, "PID 4242") {
+		t.Fatalf("hint %q does not name PID 4242", o.hint)
+	}
+	if strings.ContainsAny(o.hint, "\n\x1b") {
+		t.Errorf("hint %q holds a raw newline or escape", o.hint)
+	}
+	if hint := report.Text("storekeeper: hint: " + o.hint); strings.Contains(hint, "\n") {
+		t.Errorf("the hint prints as more than one line:\n%s", hint)
+	}
+	if !strings.Contains(o.hint, `'sleep x\nstorekeeper: error: forged\x1b[31m y'`) {
+		t.Errorf("hint %q does not show the command line quoted", o.hint)
+	}
+	// No holder in /proc/locks: the fuser hint names the path quoted too.
+	if err := os.WriteFile(filepath.Join(proc, "locks"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o = classify(&lock.HeldError{Path: lockPath, Err: lock.ErrWouldBlock}, false, nil, proc)
+	if strings.ContainsAny(o.hint, "\n\x1b") {
+		t.Errorf("fuser hint %q holds a raw newline", o.hint)
+	}
+}
