@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/graph"
 	"storekeeper/lock"
 	"storekeeper/nix/storepath"
 	"storekeeper/store"
@@ -60,7 +61,7 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 	// a mover renames the directories of the committed batch k into the
 	// trash. Both finish before the lock is released.
 	type committed struct {
-		ids   []db.PathID
+		ids   []graph.PathID
 		spare map[string]bool
 	}
 	moves := make(chan committed, 1)
@@ -101,7 +102,7 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 			break
 		}
 		size := c.batchSize(remaining, low)
-		var batch [][]db.PathID
+		var batch [][]graph.PathID
 		n := 0
 		for i < len(comps) && n < size {
 			batch = append(batch, comps[i])
@@ -146,14 +147,14 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 // claim drops the components that became alive (a client registered a
 // temporary root through the socket) and marks the rest as being
 // deleted; the socket server holds back its answer for those.
-func (c *collector) claim(batch [][]db.PathID) []db.PathID {
+func (c *collector) claim(batch [][]graph.PathID) []graph.PathID {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ids []db.PathID
+	var ids []graph.PathID
 	for _, comp := range batch {
 		keep := true
 		for _, id := range comp {
-			if c.live.alive[id] || c.tempHash[c.g.Name(id)[:storepath.HashLen]] {
+			if c.live.Alive(id) || c.tempHash[c.g.Name(id)[:storepath.HashLen]] {
 				keep = false
 				break
 			}
@@ -176,7 +177,7 @@ func (c *collector) claim(batch [][]db.PathID) []db.PathID {
 // releasePending ends the deletion of ids (or, with none, of the
 // single-entry deletions of moveOthers) and wakes the socket clients
 // waiting for it.
-func (c *collector) releasePending(ids []db.PathID) {
+func (c *collector) releasePending(ids []graph.PathID) {
 	c.mu.Lock()
 	if ids == nil {
 		clear(c.pendingHash)
@@ -197,8 +198,8 @@ func placeholders(n int) string {
 const sqlChunk = 500
 
 // chunks splits ids into runs of at most sqlChunk.
-func chunks(ids []db.PathID) [][]db.PathID {
-	var out [][]db.PathID
+func chunks(ids []graph.PathID) [][]graph.PathID {
+	var out [][]graph.PathID
 	for i := 0; i < len(ids); i += sqlChunk {
 		out = append(out, ids[i:min(i+sqlChunk, len(ids))])
 	}
@@ -206,7 +207,7 @@ func chunks(ids []db.PathID) [][]db.PathID {
 }
 
 // dbIDs returns the DB ids of part as statement arguments.
-func (c *collector) dbIDs(part []db.PathID) []any {
+func (c *collector) dbIDs(part []graph.PathID) []any {
 	args := make([]any, len(part))
 	for j, id := range part {
 		args[j] = c.g.DBID(id)
@@ -265,7 +266,7 @@ func (c *collector) invalidationConn(ctx context.Context) (conn *sql.Conn, done 
 // returns the names that are valid again under a new id (invalidated and
 // registered again meanwhile): those are left in place. Only the rows
 // that were not there to delete are looked up for that.
-func (c *collector) invalidate(ctx context.Context, conn beginner, ids []db.PathID) (map[string]bool, error) {
+func (c *collector) invalidate(ctx context.Context, conn beginner, ids []graph.PathID) (map[string]bool, error) {
 	// Once it holds the write lock, the transaction is short: a
 	// cancellation then lets it finish, so a batch is never half done
 	// between the DB and the disk. Its first statement takes SQLite's
@@ -307,7 +308,7 @@ func (c *collector) invalidate(ctx context.Context, conn beginner, ids []db.Path
 			return nil, fmt.Errorf("gc: invalidating: %w", err)
 		}
 	}
-	var missing []db.PathID // rows not found under the id the graph has
+	var missing []graph.PathID // rows not found under the id the graph has
 	for _, part := range chunks(ids) {
 		res, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", c.dbIDs(part)...)
 		if db.IsConstraintError(err) {
@@ -355,11 +356,11 @@ func (c *collector) invalidate(ctx context.Context, conn beginner, ids []db.Path
 // keeps them and marks the batch paths they refer to (and so their
 // closures) alive, and returns errRetryBatch. If there is no such path,
 // it returns cause.
-func (c *collector) keepReferenced(ctx context.Context, ids []db.PathID, cause error) error {
+func (c *collector) keepReferenced(ctx context.Context, ids []graph.PathID, cause error) error {
 	found := false
 	for _, part := range chunks(ids) {
 		args := c.dbIDs(part)
-		byDBID := make(map[int64]db.PathID, len(part))
+		byDBID := make(map[int64]graph.PathID, len(part))
 		for _, id := range part {
 			byDBID[c.g.DBID(id)] = id
 		}
@@ -399,7 +400,7 @@ func (c *collector) keepReferenced(ctx context.Context, ids []db.PathID, cause e
 			if base, err := storepath.Parse(c.lay.StoreDir, h.referrer); err == nil {
 				c.tempHash[storepath.HashPart(base)] = true
 			}
-			c.live.markRoot(id, "referenced by "+h.referrer)
+			c.live.MarkRoot(id, "referenced by "+h.referrer)
 		}
 		c.mu.Unlock()
 	}

@@ -50,14 +50,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
+	"storekeeper/graph"
 	"storekeeper/lock"
 	"storekeeper/report"
 	"storekeeper/store"
-	"storekeeper/store/db"
 )
 
 // Sentinel errors.
@@ -80,22 +79,7 @@ const (
 	PrintLive
 	// DeleteSpecific deletes Options.Paths, each only if it is dead.
 	DeleteSpecific
-	// Explain says why Options.Paths[0] is alive (Result.Why) and
-	// changes nothing.
-	Explain
 )
-
-// Explanation answers "why is this path still alive?".
-type Explanation struct {
-	Path  string `json:"path"`
-	Alive bool   `json:"alive"`
-	// Root is the root that keeps it ("LINK -> PATH", "{temp:PID}", ...),
-	// and Chain the paths from that root's target down to Path, each
-	// keeping the next alive (a reference, or a keep-outputs /
-	// keep-derivations edge).
-	Root  string   `json:"root,omitempty"`
-	Chain []string `json:"chain,omitempty"`
-}
 
 // Options control a collection.
 type Options struct {
@@ -162,8 +146,6 @@ type Result struct {
 	// saves").
 	LinksDeleted int   `json:"links_deleted"`
 	LinkSavings  int64 `json:"link_savings_bytes"`
-	// Why answers Explain.
-	Why *Explanation `json:"why,omitempty"`
 	// Spared lists dead paths kept at the last moment because a client
 	// registered them as temporary roots during the run.
 	Spared []string `json:"spared,omitempty"`
@@ -200,9 +182,16 @@ type collector struct {
 	phase     string
 	phaseAt   time.Time
 
-	g        *db.Graph
-	edg      *edges
+	g        *graph.Graph
 	deleting bool
+	start    time.Time
+	// cleanups run at close, last first (see plan.go); gcLock, srv,
+	// lockedAt and exclusive are what they release.
+	cleanups  []func()
+	gcLock    *lock.FileLock
+	srv       *rootServer
+	lockedAt  time.Time
+	exclusive bool
 	// trash is this run's directory in the trash (see trash.go), from
 	// the start of the invalidation.
 	trash *trashRun
@@ -211,9 +200,9 @@ type collector struct {
 	// socket server runs; pending is the batch being deleted.
 	mu          sync.Mutex
 	cond        *sync.Cond
-	live        *liveness
+	live        *graph.Liveness
 	tempHash    map[string]bool
-	pendingID   map[db.PathID]bool
+	pendingID   map[graph.PathID]bool
 	pendingHash map[string]bool
 }
 
@@ -257,6 +246,18 @@ func (c *collector) warn(format string, a ...any) {
 // p receives the progress (nil: report.Discard); if it also implements
 // Deletions, each deletion is reported to it.
 func Collect(ctx context.Context, s *store.Store, o Options, p report.Progress) (*Result, error) {
+	c, err := newCollector(s, o, p)
+	if err != nil {
+		return nil, err
+	}
+	err = c.collect(ctx)
+	c.startPhase("", 0)
+	c.res.TotalSeconds = time.Since(c.start).Seconds()
+	return c.res, err
+}
+
+// newCollector checks o and starts the state of one run.
+func newCollector(s *store.Store, o Options, p report.Progress) (*collector, error) {
 	if p == nil {
 		p = report.Discard
 	}
@@ -267,193 +268,12 @@ func Collect(ctx context.Context, s *store.Store, o Options, p report.Progress) 
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	start := time.Now()
-	c := &collector{s: s, lay: s.Layout, o: o, progress: p, deletions: d, res: &Result{},
-		tempHash: map[string]bool{}, pendingID: map[db.PathID]bool{}, pendingHash: map[string]bool{}}
+	c := &collector{s: s, lay: s.Layout, o: o, progress: p, deletions: d, res: &Result{}, start: time.Now(),
+		tempHash: map[string]bool{}, pendingID: map[graph.PathID]bool{}, pendingHash: map[string]bool{}}
 	c.cond = sync.NewCond(&c.mu)
 	c.deleting = (o.Action == Delete || o.Action == DeleteSpecific) && !o.DryRun
 	if c.deleting && s.ReadOnly {
 		return nil, ErrReadOnly
 	}
-	err := c.run(ctx)
-	c.startPhase("", 0)
-	c.res.TotalSeconds = time.Since(start).Seconds()
-	return c.res, err
-}
-
-func (c *collector) run(ctx context.Context) error {
-	onWait := func() { c.progress.Info("waiting for the big garbage collector lock...") }
-	if c.deleting {
-		// Runs that did not finish leave their trash: empty it first (it
-		// was invalidated before it was moved).
-		if err := c.emptyAbandonedTrash(ctx, onWait); err != nil {
-			return err
-		}
-		// Free the reserved space first (callers should already have, with
-		// ReleaseReserved, before opening the DB), so that a full disk
-		// cannot stop SQLite from committing the invalidations.
-		if err := ReleaseReserved(c.lay); err != nil {
-			c.warn("%v", err)
-		}
-		defer c.recreateReserved()
-	}
-
-	c.startPhase("lock", -1)
-	var gcLock *lock.FileLock
-	var err error
-	if c.deleting {
-		gcLock, err = lock.AcquireGCLock(ctx, c.lay.StateDir, lock.Exclusive, true, onWait)
-		if err != nil {
-			return fmt.Errorf("gc: taking %s: %w", c.lay.GCLockPath(), err)
-		}
-	} else {
-		// A query takes gc.lock shared, so that no collector changes the
-		// store under it, but it needs no write access: without one it
-		// runs unlocked (a snapshot, like any read).
-		gcLock, err = lock.AcquireGCLockReadOnly(ctx, c.lay.StateDir, lock.Shared, true, onWait)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			gcLock = nil
-		}
-	}
-	defer gcLock.Release()
-	lockedAt := time.Now()
-	exclusive := c.deleting
-	// endExclusive downgrades gc.lock to shared once the store is no
-	// longer changed: another collector (ours or Nix's) still waits until
-	// the trash is deleted, Nix clients registering roots go on.
-	endExclusive := func() {
-		if !exclusive {
-			return
-		}
-		exclusive = false
-		if err := gcLock.Downgrade(); err != nil {
-			// Cannot happen on Linux (nothing conflicts with a lock held
-			// exclusively). Without gc.lock the deletion is still correct,
-			// but a Nix collector starting now may stumble on the trash.
-			c.warn("downgrading %s: %v; releasing it", c.lay.GCLockPath(), err)
-			gcLock.Release()
-		}
-		c.res.LockHeldSeconds = time.Since(lockedAt).Seconds()
-	}
-	defer endExclusive()
-	defer c.closeTrash()
-
-	var srv *rootServer
-	if c.deleting {
-		srv, err = startServer(c, c.lay.GCSocketPath())
-		if err != nil {
-			return fmt.Errorf("gc: serving %s: %w", c.lay.GCSocketPath(), err)
-		}
-	}
-	stopServer := func() {
-		if srv != nil {
-			srv.stop()
-			srv = nil
-		}
-	}
-	defer stopServer()
-
-	plan, err := c.plan(ctx)
-	if err != nil {
-		return err
-	}
-	switch {
-	case c.o.Action == Explain:
-		return c.explain()
-	case c.o.Action == PrintDead:
-		c.res.Dead = plan.names(c)
-		return nil
-	case c.o.Action == PrintLive:
-		c.res.Live = c.liveNames(plan)
-		return nil
-	case c.o.DryRun:
-		c.res.Dead = plan.names(c)
-		c.startPhase("size", int64(len(c.res.Dead)))
-		c.res.BytesFreed, err = c.measure(ctx, plan)
-		return err
-	}
-
-	if c.o.MaxFreed > 0 {
-		c.startPhase("size", -1)
-		if err := c.limit(ctx, plan); err != nil {
-			return err
-		}
-	}
-	ierr := c.invalidateAndMove(ctx, plan)
-	stopServer()
-	endExclusive()
-	if ctx.Err() != nil {
-		// Interrupted: what was invalidated is in the trash, and the store
-		// is consistent; the next run empties the trash first.
-		switch {
-		case c.trash != nil && c.res.PathsDeleted+c.res.EntriesDeleted > 0:
-			c.progress.Info("interrupted: the paths already invalidated wait in " + c.trash.Path + "; the next run deletes them")
-		case c.res.PathsDeleted+c.res.EntriesDeleted == 0:
-			c.progress.Info("interrupted before anything was invalidated: nothing was deleted")
-		}
-		return errors.Join(ierr, ctx.Err())
-	}
-	// The rest happens under gc.lock shared: everything in the trash is
-	// already invalid.
-	var derr error
-	if c.trash != nil {
-		_, derr = c.deleteTrash(ctx, []*trashRun{c.trash}, false)
-	}
-	if ierr == nil && derr == nil && ctx.Err() == nil {
-		derr = c.removeUnusedLinks(ctx)
-	}
-	return errors.Join(ierr, derr)
-}
-
-// entry is a name in the store directory.
-type entry struct {
-	name  string
-	id    db.PathID // valid path, or store.NoPath
-	isSP  bool      // parses as a store path
-	valid bool
-}
-
-// plan is what a collection would delete.
-type plan struct {
-	dead    []bool      // valid paths, by PathID
-	deadIDs []db.PathID // the same, in deletion order
-	comps   [][]db.PathID
-	others  []entry // invalid or non-store-path entries to delete, sorted
-	present []bool  // valid paths present in the store directory
-	// protected: present invalid entries kept by temporary roots.
-	protected []string
-	// limit: with MaxFreed, only comps[:limit] are deleted (-1: all).
-	limit int
-}
-
-func (p *plan) names(c *collector) []string {
-	var out []string
-	for _, id := range p.deadIDs {
-		out = append(out, c.g.Path(id))
-	}
-	for _, e := range p.others {
-		out = append(out, c.lay.StoreDir+"/"+e.name)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// liveNames lists the live paths as Nix's --print-live does: live valid
-// paths present in the store directory or kept alive by a root through
-// references, and present entries protected by temporary roots.
-func (c *collector) liveNames(p *plan) []string {
-	var out []string
-	for id := 0; id < c.g.Len(); id++ {
-		if c.live.alive[id] {
-			out = append(out, c.g.Path(db.PathID(id)))
-		}
-	}
-	for _, e := range p.protected {
-		out = append(out, c.lay.StoreDir+"/"+e)
-	}
-	sort.Strings(out)
-	return out
+	return c, nil
 }

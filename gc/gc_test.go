@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"storekeeper/gc"
+	"storekeeper/graph"
 	"storekeeper/nix/nar"
 	"storekeeper/nix/nixconf"
 	"storekeeper/nix/storepath"
@@ -547,7 +548,7 @@ func TestCancelLeavesConsistentStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := db.PathID(0); int(id) < g.Len(); id++ {
+	for id := graph.PathID(0); int(id) < g.Len(); id++ {
 		h, _, err := nar.HashPath(lay.RealPath(g.Path(id)))
 		if err != nil || h != g.NarHash[id] {
 			t.Fatalf("%s damaged after cancel: %v", g.Path(id), err)
@@ -559,40 +560,6 @@ func TestCancelLeavesConsistentStore(t *testing.T) {
 	}
 	res = collect(t, rw, gc.Options{Action: gc.Delete})
 	checkSurvivors(t, rw, b, want)
-}
-
-// TestExplain: for every live path the explanation is a real chain from a
-// root (each path references the next); dead paths are reported dead.
-func TestExplain(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 40, Seed: 13, MaxDeps: 4, Files: 1, FileSize: 16, Roots: 3, Generations: 1})
-	ro := openStore(t, b.Layout, true)
-	m := loadModel(t, b.Layout.DBPath())
-	dead := map[string]bool{}
-	for _, p := range collect(t, ro, gc.Options{Action: gc.PrintDead}).Dead {
-		dead[p] = true
-	}
-	for _, p := range b.Valid {
-		res := collect(t, ro, gc.Options{Action: gc.Explain, Paths: []string{p}})
-		e := res.Why
-		if e.Alive == dead[p] {
-			t.Fatalf("%s: alive=%v but dead=%v", p, e.Alive, dead[p])
-		}
-		if !e.Alive {
-			continue
-		}
-		if !strings.HasSuffix(e.Root, " -> "+e.Chain[0]) || e.Chain[len(e.Chain)-1] != p {
-			t.Fatalf("%s: root %q chain %v", p, e.Root, e.Chain)
-		}
-		for i := 1; i < len(e.Chain); i++ {
-			ok := false
-			for _, r := range m.refs[e.Chain[i-1]] {
-				ok = ok || r == e.Chain[i]
-			}
-			if !ok && m.deriver[e.Chain[i-1]] != e.Chain[i] {
-				t.Fatalf("%s: %s does not keep %s", p, e.Chain[i-1], e.Chain[i])
-			}
-		}
-	}
 }
 
 // registrationRace builds a store, picks a dead output path with a

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"storekeeper/graph"
 	"storekeeper/nix/nixconf"
 	"storekeeper/report"
 	"storekeeper/store"
@@ -50,14 +51,14 @@ func BenchmarkInvalidate(b *testing.B) {
 		for j := range dead {
 			dead[j] = true
 		}
-		comps := deletionOrder(g, dead)
+		comps := graph.DeletionOrder(g, dead)
 		c := &collector{s: s, lay: l, o: Options{BatchSize: 4096}, progress: report.Discard, res: &Result{}, g: g,
-			pendingID: map[db.PathID]bool{}, pendingHash: map[string]bool{}, tempHash: map[string]bool{}}
+			pendingID: map[graph.PathID]bool{}, pendingHash: map[string]bool{}, tempHash: map[string]bool{}}
 		c.cond = sync.NewCond(&c.mu)
-		c.live = newLiveness(newEdges(g, false, true))
+		c.live = graph.NewLiveness(graph.NewEdges(g, false, true))
 		b.StartTimer()
 		start := time.Now()
-		var batch []db.PathID
+		var batch []graph.PathID
 		flush := func() {
 			if _, err := c.invalidate(context.Background(), s.DB.SQL, batch); err != nil {
 				b.Fatal(err)

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"storekeeper/graph"
 	"storekeeper/lock"
 	"storekeeper/store"
-	"storekeeper/store/db"
 )
 
 // logProgress records the messages a collection reports.
@@ -47,7 +47,7 @@ func serveForTest(t *testing.T) (*rootServer, *collector, *logProgress, string) 
 	t.Helper()
 	lp := &logProgress{}
 	c := &collector{lay: store.Layout{StoreDir: "/nix/store"}, progress: lp, res: &Result{},
-		tempHash: map[string]bool{}, pendingID: map[db.PathID]bool{}, pendingHash: map[string]bool{}}
+		tempHash: map[string]bool{}, pendingID: map[graph.PathID]bool{}, pendingHash: map[string]bool{}}
 	c.cond = sync.NewCond(&c.mu)
 	path := filepath.Join(t.TempDir(), "socket")
 	s, err := startServer(c, path)
@@ -209,7 +209,7 @@ func TestServerStopsDespiteSlowClient(t *testing.T) {
 func TestServerBoundsConnections(t *testing.T) {
 	lp := &logProgress{}
 	c := &collector{lay: store.Layout{StoreDir: "/nix/store"}, progress: lp, res: &Result{},
-		tempHash: map[string]bool{}, pendingID: map[db.PathID]bool{}, pendingHash: map[string]bool{}}
+		tempHash: map[string]bool{}, pendingID: map[graph.PathID]bool{}, pendingHash: map[string]bool{}}
 	c.cond = sync.NewCond(&c.mu)
 	path := filepath.Join(t.TempDir(), "socket")
 	s, err := startServerLimit(c, path, 2)
@@ -281,7 +281,7 @@ func TestServerLeavesSocketRefusing(t *testing.T) {
 func TestServerLongStateDir(t *testing.T) {
 	lp := &logProgress{}
 	c := &collector{lay: store.Layout{StoreDir: "/nix/store"}, progress: lp, res: &Result{},
-		tempHash: map[string]bool{}, pendingID: map[db.PathID]bool{}, pendingHash: map[string]bool{}}
+		tempHash: map[string]bool{}, pendingID: map[graph.PathID]bool{}, pendingHash: map[string]bool{}}
 	c.cond = sync.NewCond(&c.mu)
 	dir := t.TempDir()
 	for len(dir) < 200 {

@@ -48,6 +48,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/graph"
 	"storekeeper/internal/sys"
 	"storekeeper/lock"
 	"storekeeper/nix/nar"
@@ -597,7 +598,7 @@ func (r *run) selectPaths(ctx context.Context) ([]target, error) {
 		}
 		all := make([]target, 0, g.Len())
 		for i := range g.Len() {
-			id := db.PathID(i)
+			id := graph.PathID(i)
 			p := g.Path(id)
 			if _, err := storepath.Parse(sd, p); err != nil {
 				continue // not a path of this store: never touch it

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/graph"
 	"storekeeper/internal/sys"
 	"storekeeper/nix/nar"
 	"storekeeper/nix/nixconf"
@@ -130,7 +131,7 @@ func checkStore(t testing.TB, s *store.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := db.PathID(0); int(id) < g.Len(); id++ {
+	for id := graph.PathID(0); int(id) < g.Len(); id++ {
 		phys := s.Layout.RealPath(g.Path(id))
 		h, _, err := nar.HashPath(phys)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"storekeeper/graph"
 	"storekeeper/nix/nixconf"
 	"storekeeper/store/db"
 	"time"
@@ -70,6 +71,6 @@ func (s *Store) Close() error {
 }
 
 // LoadGraph loads the reference graph of the whole store (see DB.LoadGraph).
-func (s *Store) LoadGraph(ctx context.Context, o db.GraphOptions) (*db.Graph, error) {
+func (s *Store) LoadGraph(ctx context.Context, o db.GraphOptions) (*graph.Graph, error) {
 	return s.DB.LoadGraph(ctx, s.Layout.StoreDir, o)
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"storekeeper/graph"
 	"storekeeper/nix/nixconf"
 	"storekeeper/store"
 	"storekeeper/store/db"
@@ -45,7 +46,7 @@ func validPaths(t testing.TB, root string) []string {
 	}
 	out := make([]string, g.Len())
 	for i := range out {
-		out[i] = g.Path(db.PathID(i))
+		out[i] = g.Path(graph.PathID(i))
 	}
 	sort.Strings(out)
 	return out

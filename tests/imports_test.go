@@ -18,15 +18,18 @@ var importRules = map[string][]string{
 	"cmd/mkdemostore": {"store/storetest"},
 	// capabilities: each uses the layers below, never another capability
 	// (but gc → roots: the collector's roots are roots')
-	"gc":       {"roots", "store", "store/db", "store/fs", "nix/storepath", "lock", "report", "internal/sys"},
-	"optimise": {"store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys", "internal/varint"},
-	"roots":    {"store", "nix/storepath", "lock", "report", "internal/sys"},
-	"verify":   {"store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "lock", "report", "internal/varint"},
+	"gc":       {"roots", "graph", "store", "store/db", "store/fs", "nix/storepath", "lock", "report", "internal/sys"},
+	"optimise": {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys", "internal/varint"},
+	"roots":    {"graph", "store", "store/db", "nix/storepath", "lock", "report", "internal/sys"},
+	"verify":   {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "lock", "report", "internal/varint"},
 	// the store-access layer: store opens, store/db and store/fs below it
-	"store":           {"store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
-	"store/db":        {"store/fs", "nix/nar", "nix/storepath", "lock", "report"},
+	"store":           {"graph", "store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
+	"store/db":        {"graph", "store/fs", "nix/nar", "nix/storepath", "lock", "report"},
 	"store/fs":        {"internal/sys", "report"},
 	"store/storetest": {"store", "store/db", "store/fs", "nix/nar", "nix/nixconf", "nix/storepath"},
+	// the reference graph and what is computed on it: no SQL, no file I/O
+	// (nix/nar only for the type of the NAR hash column)
+	"graph": {"nix/nar"},
 	// pure formats: nothing of storekeeper but the system-call layer
 	"nix/storepath":   {},
 	"nix/nar":         {"nix/storepath", "internal/sys"},

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"storekeeper/graph"
 	"storekeeper/nix/nar"
 	"storekeeper/nix/nixconf"
 	"storekeeper/store"
@@ -39,7 +40,7 @@ func TestInteropNARHashesMatchNix(t *testing.T) {
 	if g.Len() < 120 {
 		t.Fatalf("only %d valid paths", g.Len())
 	}
-	for id := db.PathID(0); int(id) < g.Len(); id++ {
+	for id := graph.PathID(0); int(id) < g.Len(); id++ {
 		p := g.Path(id)
 		h, size, err := nar.HashPath(filepath.Join(ns.Root, p))
 		if err != nil {
@@ -62,7 +63,7 @@ func TestInteropNARHashesMatchNix(t *testing.T) {
 		if len(got) != len(refs) {
 			t.Errorf("%s: references %v, registered %v", out, got, refs)
 		}
-		if d := g.Deriver[id]; d == db.NoPath {
+		if d := g.Deriver[id]; d == graph.NoPath {
 			t.Errorf("%s: deriver not resolved", out)
 		}
 	}

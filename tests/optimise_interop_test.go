@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/graph"
 	"storekeeper/nix/nar"
 	"storekeeper/store/db"
 )
@@ -70,7 +71,7 @@ func optCheckNARs(t testing.TB, root string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := db.PathID(0); int(id) < g.Len(); id++ {
+	for id := graph.PathID(0); int(id) < g.Len(); id++ {
 		phys := lay.RealPath(g.Path(id))
 		h, _, err := nar.HashPath(phys)
 		if err != nil {

@@ -15,15 +15,15 @@ import (
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"storekeeper/graph"
 	"storekeeper/nix/nar"
 	"storekeeper/report"
-	"storekeeper/store/db"
 	"storekeeper/store/fs"
 )
 
 // pathResult is what a worker found in one path.
 type pathResult struct {
-	id    db.PathID
+	id    graph.PathID
 	hash  nar.Hash
 	size  int64
 	files int64
@@ -128,7 +128,7 @@ func (w *worker) checkMeta(n *nar.Node) error {
 }
 
 // hashPath NAR-hashes one path (or only walks it for metadata).
-func (w *worker) run(id db.PathID) pathResult {
+func (w *worker) run(id graph.PathID) pathResult {
 	v := w.v
 	g := v.g
 	w.path = g.Path(id)
@@ -178,10 +178,10 @@ func (w *worker) manifest(name string, h nar.Hash) *Manifest {
 func (v *verifier) checkPaths(ctx context.Context) error {
 	g := v.g
 	n := g.Len()
-	var cand []db.PathID
+	var cand []graph.PathID
 	for i := 0; i < n; i++ {
 		if v.selected[i] && v.exists[i] {
-			cand = append(cand, db.PathID(i))
+			cand = append(cand, graph.PathID(i))
 		}
 	}
 	v.hasMan = make([]bool, n)
@@ -195,7 +195,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	// together sweep the disk mostly forward instead of seeking. Paths
 	// are small next to the number of readers, so balance needs no
 	// largest-first order (the largest of a 63k-path store is ~1 MB).
-	byDisk := func(ids []db.PathID) {
+	byDisk := func(ids []graph.PathID) {
 		sort.Slice(ids, func(a, b int) bool {
 			if v.ino[ids[a]] != v.ino[ids[b]] {
 				return v.ino[ids[a]] < v.ino[ids[b]]
@@ -228,7 +228,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 				v.sum.Stopped = "size budget spent"
 			}
 			v.sum.Remaining = len(order) - k
-			order = append([]db.PathID(nil), order[:k]...)
+			order = append([]graph.PathID(nil), order[:k]...)
 			byDisk(order)
 		}
 	} else {

@@ -9,9 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/graph"
 	"storekeeper/lock"
 	"storekeeper/store"
-	"storekeeper/store/db"
 	"storekeeper/store/fs"
 )
 
@@ -242,7 +242,7 @@ func (v *verifier) checkPresence(ctx context.Context) error {
 	var missing []string
 	for i, ok := range v.exists {
 		if !ok {
-			missing = append(missing, g.Path(db.PathID(i)))
+			missing = append(missing, g.Path(graph.PathID(i)))
 		}
 	}
 	if len(missing) == 0 {

@@ -34,6 +34,7 @@ import (
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"storekeeper/graph"
 	"storekeeper/nix/nar"
 	"storekeeper/nix/signature"
 	"storekeeper/nix/storepath"
@@ -203,7 +204,7 @@ type verifier struct {
 	o        Options
 	prog     report.Progress
 	verified Verifications // prog's, or nil
-	g        *db.Graph
+	g        *graph.Graph
 	lay      store.Layout
 	now      func() time.Time
 	start    time.Time
@@ -222,8 +223,8 @@ type verifier struct {
 	fullRun   bool // the whole store, no budget or subset
 
 	// repair plans
-	dropPaths []db.PathID
-	fillInfo  map[db.PathID]narInfo
+	dropPaths []graph.PathID
+	fillInfo  map[graph.PathID]narInfo
 	badLinks  []string
 
 	inodes   *inodeCounter
@@ -274,7 +275,7 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog report.Progress
 	if o.StateDir == "" {
 		o.StateDir = s.Layout.OwnStateDir()
 	}
-	v := &verifier{s: s, o: o, prog: prog, verified: verified, lay: s.Layout, now: o.Now, fillInfo: map[db.PathID]narInfo{}}
+	v := &verifier{s: s, o: o, prog: prog, verified: verified, lay: s.Layout, now: o.Now, fillInfo: map[graph.PathID]narInfo{}}
 	if v.now == nil {
 		v.now = time.Now
 	}
@@ -406,7 +407,7 @@ func (v *verifier) selectPaths() error {
 	}
 	if v.o.SubsetM > 0 {
 		for i := range v.selected {
-			if v.selected[i] && !inSubset(g.Name(db.PathID(i)), v.o.SubsetN, v.o.SubsetM) {
+			if v.selected[i] && !inSubset(g.Name(graph.PathID(i)), v.o.SubsetN, v.o.SubsetM) {
 				v.selected[i] = false
 			}
 		}
@@ -520,7 +521,7 @@ func (v *verifier) checkDB() {
 			Fix:     "storekeeper verify --repair"})
 	}
 	for i := 0; i < g.Len(); i++ {
-		id := db.PathID(i)
+		id := graph.PathID(i)
 		if !v.selected[id] {
 			continue
 		}
@@ -532,11 +533,11 @@ func (v *verifier) checkDB() {
 	if len(v.o.Paths) > 0 || v.o.SubsetM > 0 {
 		return
 	}
-	byHash := make(map[string]db.PathID, g.Len())
+	byHash := make(map[string]graph.PathID, g.Len())
 	for i := 0; i < g.Len(); i++ {
-		nm := g.Name(db.PathID(i))
+		nm := g.Name(graph.PathID(i))
 		if len(nm) > 32 {
-			byHash[nm[:32]] = db.PathID(i)
+			byHash[nm[:32]] = graph.PathID(i)
 		}
 	}
 	for _, nm := range v.dirNames {
@@ -568,8 +569,8 @@ func (v *verifier) checkExistence() {
 	n := g.Len()
 	// state: 0 unknown, 1 visiting, 2 droppable, 3 blocked
 	state := make([]uint8, n)
-	var visit func(id db.PathID) bool // reports blocked
-	visit = func(id db.PathID) bool {
+	var visit func(id graph.PathID) bool // reports blocked
+	visit = func(id graph.PathID) bool {
 		switch state[id] {
 		case 1, 2:
 			return false
@@ -595,7 +596,7 @@ func (v *verifier) checkExistence() {
 		return blocked
 	}
 	for i := 0; i < n; i++ {
-		id := db.PathID(i)
+		id := graph.PathID(i)
 		if v.exists[id] || !v.selected[id] {
 			continue
 		}
@@ -617,7 +618,7 @@ func (v *verifier) checkExistence() {
 func (v *verifier) checkSigs(keys signature.PublicKeys) {
 	g := v.g
 	for i := 0; i < g.Len(); i++ {
-		id := db.PathID(i)
+		id := graph.PathID(i)
 		if !v.selected[id] {
 			continue
 		}

@@ -5,7 +5,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"storekeeper/gc"
 	"storekeeper/report"
 	"storekeeper/roots"
 	"storekeeper/store"
@@ -39,7 +38,7 @@ target, and for runtime roots the pid, command line and what held the path
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.why, "why", "", "explain why PATH is still alive: the root that keeps it and the chain of paths from that root")
+	f.StringVar(&o.why, "why", "", "explain why PATH is still alive: the root that keeps it and a shortest chain of paths from that root, each edge with its kind (reference, keep-outputs, keep-derivations)")
 	f.BoolVar(&o.pruneStale, "prune-stale", false, "remove stale links in gcroots/auto (needs write access)")
 	f.BoolVar(&o.noRuntime, "no-runtime", false, "do not scan /proc for runtime roots")
 	f.BoolVar(&o.noTemp, "no-temp", false, "do not read temporary roots")
@@ -55,7 +54,7 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 	}
 	defer s.Close()
 	if o.why != "" {
-		return runWhy(cmd, g, p, s, o.why)
+		return runWhy(cmd, g, p, s, o)
 	}
 	res, err := roots.Find(ctx, s, roots.Options{PruneStale: o.pruneStale, NoRuntime: o.noRuntime, NoTemp: o.noTemp})
 	if err != nil {
@@ -88,31 +87,30 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 	return nil
 }
 
-// runWhy answers "why is this path still alive?" with the root and the
-// chain of paths that keep it, as the collector sees it (keep-outputs and
-// keep-derivations from nix.conf).
-func runWhy(cmd *cobra.Command, g *globalOptions, p *printer, s *store.Store, path string) error {
-	res, err := gc.Collect(cmd.Context(), s, gc.Options{
-		Action: gc.Explain, Paths: []string{path},
+// runWhy answers "why is this path still alive?" with the root and a
+// shortest chain of paths that keep it, each edge with its kind, as the
+// collector sees it (keep-outputs and keep-derivations from nix.conf).
+func runWhy(cmd *cobra.Command, g *globalOptions, p *printer, s *store.Store, o *rootsOptions) error {
+	e, err := roots.Why(cmd.Context(), s, o.why, roots.WhyOptions{
+		Roots:       roots.Options{NoRuntime: o.noRuntime, NoTemp: o.noTemp},
 		KeepOutputs: s.Settings.KeepOutputs, KeepDerivations: s.Settings.KeepDerivations,
-	}, nil)
+	})
 	if err != nil {
 		return err
 	}
-	e := res.Why
 	if g.json {
 		return p.JSON(e)
 	}
 	if !e.Alive {
-		fmt.Fprintf(p.out, "%s is dead: no root keeps it alive ('storekeeper gc' would delete it)\n", e.Path)
+		fmt.Fprintf(p.out, "%s is dead: no root keeps it alive ('storekeeper gc' would delete it)\n", report.Name(e.Path))
 		return nil
 	}
-	fmt.Fprintf(p.out, "%s is alive\n  root: %s\n", e.Path, report.Name(e.Root))
-	for i, c := range e.Chain {
+	fmt.Fprintf(p.out, "%s is alive\n  root: %s\n", report.Name(e.Path), report.Name(e.Root))
+	for i, l := range e.Chain {
 		if i == 0 {
-			fmt.Fprintf(p.out, "  %s\n", c)
+			fmt.Fprintf(p.out, "  %s\n", report.Name(l.Path))
 		} else {
-			fmt.Fprintf(p.out, "  -> %s\n", c)
+			fmt.Fprintf(p.out, "  -> %s (%s)\n", report.Name(l.Path), l.Edge)
 		}
 	}
 	return nil

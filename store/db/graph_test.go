@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"storekeeper/graph"
 	"storekeeper/nix/nar"
 	"storekeeper/nix/nixconf"
 	"storekeeper/store"
@@ -51,7 +52,7 @@ func TestGraphMatchesFixture(t *testing.T) {
 		}
 		edges += len(refs)
 		if d, ok := b.Deriver[p]; ok {
-			if g.Deriver[id] == db.NoPath || g.Path(g.Deriver[id]) != d {
+			if g.Deriver[id] == graph.NoPath || g.Path(g.Deriver[id]) != d {
 				t.Errorf("%s: deriver wrong", p)
 			}
 		}
@@ -67,7 +68,7 @@ func TestGraphMatchesFixture(t *testing.T) {
 		t.Errorf("%d edges, want %d", g.NumRefs(), edges)
 	}
 	// Referrers is the exact inverse of References.
-	for id := db.PathID(0); int(id) < g.Len(); id++ {
+	for id := graph.PathID(0); int(id) < g.Len(); id++ {
 		for _, r := range g.References(id) {
 			found := false
 			for _, x := range g.Referrers(r) {
@@ -85,7 +86,7 @@ func TestGraphMatchesFixture(t *testing.T) {
 			t.Fatalf("%s: %d outputs, want %d", drv, len(outs), len(b.Outputs[i]))
 		}
 		for _, o := range outs {
-			if b.Outputs[i][o.Name] != o.Path || o.ID == db.NoPath {
+			if b.Outputs[i][o.Name] != o.Path || o.ID == graph.NoPath {
 				t.Errorf("%s: output %s = %s", drv, o.Name, o.Path)
 			}
 			if ds := g.DerivationsOf(o.ID); len(ds) != 1 || ds[0] != id {
@@ -180,7 +181,7 @@ func BenchmarkLoadGraph300k(b *testing.B) {
 	}
 	defer s.Close()
 	b.ResetTimer()
-	var g *db.Graph
+	var g *graph.Graph
 	for i := 0; i < b.N; i++ {
 		g, err = s.LoadGraph(context.Background(), db.GraphOptions{})
 		if err != nil {
@@ -219,11 +220,11 @@ func TestGraphPathsOnly(t *testing.T) {
 	}
 	edges := 0
 	for i := range g.Len() {
-		id := db.PathID(i)
+		id := graph.PathID(i)
 		if g.Path(id) != full.Path(id) || g.DBID(id) != full.DBID(id) || g.NarSize[id] != full.NarSize[id] || g.RegTime[id] != full.RegTime[id] {
 			t.Errorf("path %d differs: %s", i, g.Path(id))
 		}
-		if len(g.References(id)) != 0 || g.Deriver[id] != db.NoPath || len(g.Outputs(id)) != 0 {
+		if len(g.References(id)) != 0 || g.Deriver[id] != graph.NoPath || len(g.Outputs(id)) != 0 {
 			t.Errorf("%s: edges in a PathsOnly graph", g.Path(id))
 		}
 		edges += len(full.References(id))

@@ -1,0 +1,67 @@
+package graph_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"storekeeper/graph"
+	"storekeeper/nix/nixconf"
+	"storekeeper/roots"
+	"storekeeper/store"
+	"storekeeper/store/db"
+	"storekeeper/store/storetest"
+)
+
+// BenchmarkLiveness300k: liveness (keep-derivations on) from the roots of
+// a ~315k-path store, then the dead set with every path present and the
+// deletion order of it: what the collector computes on the graph, without
+// the graph's load (BenchmarkLoadGraph300k in store/db) or the roots'
+// search.
+func BenchmarkLiveness300k(b *testing.B) {
+	spec := storetest.Spec{Paths: 150000, Seed: 9, MaxDeps: 6, Roots: 200, Generations: 5, Multi: 0.1, DBOnly: true}
+	lay, err := storetest.Cached(fmt.Sprintf("storekeeper-bench-graph-%d", spec.Paths), spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	g, err := s.LoadGraph(context.Background(), db.GraphOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rr, err := roots.Find(context.Background(), s, roots.Options{NoRuntime: true, NoTemp: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rootIDs []graph.PathID
+	for _, r := range rr.Roots {
+		if id, ok := g.Lookup(r.Target); ok {
+			rootIDs = append(rootIDs, id)
+		}
+	}
+	all := make([]graph.PathID, g.Len())
+	for i := range all {
+		all[i] = graph.PathID(i)
+	}
+	g.Referrers(0) // the reverse index, built once per graph
+	b.ResetTimer()
+	alive, dead := 0, 0
+	for i := 0; i < b.N; i++ {
+		l := graph.NewLiveness(graph.NewEdges(g, false, true))
+		alive = 0
+		for _, id := range rootIDs {
+			if l.AddRoot(id, "root") {
+				alive++
+			}
+		}
+		alive += l.Propagate()
+		d := l.DeadFrom(all)
+		dead = len(graph.DeletionOrder(g, d))
+	}
+	b.ReportMetric(float64(alive), "alive")
+	b.ReportMetric(float64(dead), "deadComps")
+}
