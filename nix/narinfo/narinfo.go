@@ -87,7 +87,9 @@ func (n *NarInfo) Fingerprint() string {
 // needs no signature in Nix, but its contents must then be checked
 // against CA, which is the caller's business).
 func (n *NarInfo) ValidSigs(keys signature.PublicKeys) int {
-	return signature.CountValidSigs(keys, n.Fingerprint(), strings.Join(n.Sigs, " "))
+	// Each Sig whole: joined and split at white space, "Sig: x k:SIG"
+	// would become a signature by k, which it is not.
+	return keys.CountValid(n.Fingerprint(), n.Sigs)
 }
 
 // Read parses a .narinfo from r, reading at most MaxSize bytes (more is
@@ -150,8 +152,8 @@ func abbrev(s string) string {
 // "unknown-deriver" means none. Stricter than Nix: a known key other than
 // Sig given twice is an error (Nix keeps the last, or fails for
 // References and CA), StorePath must be canonical and in storeDir, every
-// reference and the deriver must be valid store path base names, and
-// hashes must be SHA-256 ("sha256:" with base-32, base-16 or base64, or
+// reference and the deriver must be valid store path base names (the
+// references separated by spaces, none listed twice), and hashes must be SHA-256 ("sha256:" with base-32, base-16 or base64, or
 // SRI; Nix writes base-32).
 func Parse(data []byte, storeDir string) (*NarInfo, error) {
 	n := &NarInfo{}
@@ -210,11 +212,23 @@ func Parse(data []byte, storeDir string) (*NarInfo, error) {
 			}
 			n.NarSize, haveSize = v, true
 		case "References":
-			refs := strings.Fields(value)
-			for _, r := range refs {
+			// As Nix's tokenizeString(value, " "): spaces only, empty
+			// tokens skipped. Nix keeps a set; a name listed twice is an
+			// error here (the fingerprint would list it twice).
+			var refs []string
+			seenRef := map[string]bool{}
+			for _, r := range strings.Split(value, " ") {
+				if r == "" {
+					continue
+				}
 				if err := storepath.ValidateBaseName(r); err != nil {
 					return bad("%v", err)
 				}
+				if seenRef[r] {
+					return bad("%q listed twice", r)
+				}
+				seenRef[r] = true
+				refs = append(refs, r)
 			}
 			n.References = refs
 		case "Deriver":

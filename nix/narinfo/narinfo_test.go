@@ -184,6 +184,8 @@ func TestParseLenient(t *testing.T) {
 		{"flat sha1 CA", minimal + "CA: fixed:sha1:0000000000000000000000000000000000000000\n",
 			func(n *NarInfo) bool { return n.CA != "" }},
 		{"empty references", minimal + "References: \n", func(n *NarInfo) bool { return len(n.References) == 0 }},
+		{"spaces between references", minimal + "References:  i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt  0c6kzph7l0dcbgmjiwchyfrwsqsq4iy4-withrefs \n",
+			func(n *NarInfo) bool { return len(n.References) == 2 }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			n, err := Parse([]byte(c.data), storeDir)
@@ -231,6 +233,11 @@ func TestParseRejects(t *testing.T) {
 		{"bad FileHash", minimal + "FileHash: sha256:xyz\n", "FileHash"},
 		{"bad FileSize", minimal + "FileSize: 1e3\n", "FileSize: not a number"},
 		{"bad reference", minimal + "References: i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt ../etc\n", "bad store path"},
+		// Nix splits References at spaces only, and keeps a set: a tab
+		// makes one bad name, and a name listed twice would be signed once
+		// but fingerprinted twice here.
+		{"tab-separated references", minimal + "References: i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt\t0c6kzph7l0dcbgmjiwchyfrwsqsq4iy4-withrefs\n", "bad store path"},
+		{"reference twice", minimal + "References: i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt\n", "listed twice"},
 		{"full-path reference", minimal + "References: /nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt\n", "bad store path"},
 		{"bad deriver", minimal + "Deriver: x.drv\n", "Deriver"},
 		{"bad sig", minimal + "Sig: test-cache-1:abc\n", "bad signature"},
@@ -309,6 +316,41 @@ func TestCacheInfo(t *testing.T) {
 	} {
 		if ci, err := ParseCacheInfo([]byte(bad)); !errors.Is(err, ErrBadNarInfo) {
 			t.Errorf("ParseCacheInfo(%.40q) = %+v, %v", bad, ci, err)
+		}
+	}
+}
+
+// TestValidSigsNameWithSpace: a Sig line's key name is everything before
+// its first colon, as in Nix's verifyDetached: "Sig: x test-cache-1:SIG"
+// is a signature by a key named "x test-cache-1", which no trusted key
+// is, so it is not valid even though SIG is test-cache-1's good signature
+// (splitting the line at white space would make it one).
+func TestValidSigsNameWithSpace(t *testing.T) {
+	data, err := os.ReadFile("testdata/withrefs-xz.narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Parse(data, storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := trustedKeys(t)
+	for _, s := range n.Sigs {
+		for _, forged := range []string{"x " + s, "x\t" + s, "evil\u00a0" + s} {
+			m := *n
+			m.Sigs = []string{forged}
+			if got := m.ValidSigs(keys); got != 0 {
+				t.Errorf("ValidSigs of %q = %d, want 0 (no key is named %q)", forged, got, forged[:strings.IndexByte(forged, ':')])
+			}
+			// Also as a cache serves it.
+			text := strings.Replace(string(data), "Sig: "+s+"\n", "Sig: "+forged+"\n", 1)
+			p, err := Parse([]byte(text), storeDir)
+			if err != nil {
+				continue // refusing the line is as good
+			}
+			if got := p.ValidSigs(keys); got > len(n.Sigs)-1 {
+				t.Errorf("a narinfo with %q: ValidSigs = %d, want at most %d", forged, got, len(n.Sigs)-1)
+			}
 		}
 	}
 }

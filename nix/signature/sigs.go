@@ -192,9 +192,17 @@ func Fingerprint(path string, h nar.Hash, narSize uint64, refs []string) string 
 // "NAME:BASE64" list) that verify fingerprint under a key of keys. A
 // signature is counted once however often it is listed, like Nix's set.
 func CountValidSigs(keys PublicKeys, fingerprint string, sigs string) int {
+	return keys.CountValid(fingerprint, strings.Fields(sigs))
+}
+
+// CountValid counts the signatures in sigs ("NAME:BASE64" each, taken
+// whole: a narinfo's Sig values, where NAME is everything before the
+// first colon, white space included, as in Nix's verifyDetached) that
+// verify fingerprint under a key of keys, each counted once.
+func (keys PublicKeys) CountValid(fingerprint string, sigs []string) int {
 	n := 0
 	seen := map[string]bool{}
-	for _, s := range strings.Fields(sigs) {
+	for _, s := range sigs {
 		if seen[s] {
 			continue
 		}
