@@ -90,7 +90,7 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 	}
 	id, ok := g.Lookup(base)
 	if !ok {
-		return nil, fmt.Errorf("%w: %s is not a valid path of %s (nothing keeps it; 'nix-store --check-validity' says the same)", ErrNotValid, lay.StorePathOf(base), lay.StoreDir)
+		return nil, fmt.Errorf("%w: %s is not registered in the store's database (collected already, or never built): nothing keeps it", ErrNotValid, lay.StorePathOf(base))
 	}
 	live := graph.NewLiveness(graph.NewEdges(g, o.KeepOutputs, o.KeepDerivations))
 	for _, r := range rr.Roots {

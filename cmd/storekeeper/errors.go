@@ -98,7 +98,7 @@ var errorTable = []errorClass{
 	{"db-access", exitCannotRun, isAny(db.ErrDBAccess)},
 	{"bad-config", exitCannotRun, isAny(nixconf.ErrBadConfig)},
 	{"path-alive", exitCannotRun, isAny(gc.ErrAlive)},
-	{"bad-path", exitCannotRun, isAny(gc.ErrNotInStore, verify.ErrNotValid, optimise.ErrNotValid, storepath.ErrBadStorePath)},
+	{"bad-path", exitCannotRun, isAny(gc.ErrNotInStore, verify.ErrNotValid, optimise.ErrNotValid, roots.ErrNotValid, storepath.ErrBadStorePath)},
 	{"links-dir", exitCannotRun, isAny(optimise.ErrLinksDir)},
 	{"permission", exitCannotRun, isAny(fs.ErrPermission)},
 }
