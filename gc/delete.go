@@ -3,7 +3,6 @@ package gc
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"os"
@@ -190,34 +189,6 @@ func (c *collector) releasePending(ids []graph.PathID) {
 	c.mu.Unlock()
 }
 
-func placeholders(n int) string {
-	return "?" + strings.Repeat(",?", n-1)
-}
-
-// sqlChunk is how many paths one invalidation statement names.
-const sqlChunk = 500
-
-// chunks splits ids into runs of at most sqlChunk.
-func chunks(ids []graph.PathID) [][]graph.PathID {
-	var out [][]graph.PathID
-	for i := 0; i < len(ids); i += sqlChunk {
-		out = append(out, ids[i:min(i+sqlChunk, len(ids))])
-	}
-	return out
-}
-
-// dbIDs returns the DB ids of part as statement arguments.
-func (c *collector) dbIDs(part []graph.PathID) []any {
-	args := make([]any, len(part))
-	for j, id := range part {
-		args[j] = c.g.DBID(id)
-	}
-	return args
-}
-
-// errReferenced: a path outside the batch refers into it.
-var errReferenced = errors.New("gc: a valid path outside the batch refers to it")
-
 // beginner starts transactions: the pool (*sql.DB) or one of its
 // connections (*sql.Conn).
 type beginner interface {
@@ -225,187 +196,88 @@ type beginner interface {
 }
 
 // invalidationConn returns the connection invalidation runs on: one of
-// the pool's, with SQLite's foreign key enforcement turned off (see
-// invalidate). done turns it on again and returns the connection to the
-// pool; if that fails the connection is discarded, so no other statement
-// ever runs on it without enforcement.
+// the pool's, with SQLite's foreign key enforcement turned off
+// (db.InvalidationConn; db.Invalidate checks what the keys would).
 func (c *collector) invalidationConn(ctx context.Context) (conn *sql.Conn, done func(), err error) {
-	conn, err = c.s.DB.SQL.Conn(ctx)
+	conn, done, err = c.s.DB.InvalidationConn(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("gc: %w", err)
 	}
-	if _, err := conn.ExecContext(ctx, "pragma foreign_keys = off"); err != nil {
-		conn.Close()
-		return nil, nil, fmt.Errorf("gc: %w", err)
-	}
-	return conn, func() {
-		if _, err := conn.ExecContext(context.Background(), "pragma foreign_keys = on"); err != nil {
-			conn.Raw(func(any) error { return driver.ErrBadConn }) // discard it
-		}
-		conn.Close()
-	}, nil
+	return conn, done, nil
 }
 
-// invalidate removes the batch from the DB in one transaction on db,
-// doing itself what the schema's foreign keys would, and checking what
-// they would check: the batch's own Refs rows go first; then no Refs row
-// may refer into the batch (a path registered since the graph was
-// loaded, by a build finishing: the "on delete restrict" of
-// Refs.reference); then the batch's DerivationOutputs rows (the "on
-// delete cascade" of DerivationOutputs.drv) and its ValidPaths rows. So
-// no row is left referring to a deleted path, whether SQLite enforces the
-// keys on db or not (invalidationConn turns that off: on a 315k-path DB
-// the enforcement was 5.7 s of the 14 s invalidation, run row by row,
-// against 0.4 s for the same checks as one statement per chunk; all of
-// it under gc.lock). The transaction holds SQLite's write lock from its
-// first statement, so nothing can be registered between the check and
-// the deletion.
+// invalidate removes the batch from the DB in one transaction on conn
+// (db.Invalidate: referrers' rows first, no Refs row left referring to a
+// deleted path, with or without SQLite's enforcement). The transaction
+// holds SQLite's write lock from its first statement, so nothing can be
+// registered between the check and the deletion; once it holds the lock
+// a cancellation lets it finish, so a batch is never half done between
+// the DB and the disk, and a cancellation while it waits for the lock
+// (a nix-daemon writing) rolls it back, having changed nothing.
 //
-// When a path refers into the batch, nothing is changed: that path's
-// closure is marked alive and errRetryBatch is returned. invalidate
-// returns the names that are valid again under a new id (invalidated and
-// registered again meanwhile): those are left in place. Only the rows
-// that were not there to delete are looked up for that.
+// When a path outside the batch refers into it (registered since the
+// graph was loaded, by a build finishing), nothing is changed: that
+// path's closure is marked alive and errRetryBatch is returned.
+// invalidate returns the names that are valid again under a new id
+// (invalidated and registered again meanwhile): those are left in place.
 func (c *collector) invalidate(ctx context.Context, conn beginner, ids []graph.PathID) (map[string]bool, error) {
-	// Once it holds the write lock, the transaction is short: a
-	// cancellation then lets it finish, so a batch is never half done
-	// between the DB and the disk. Its first statement takes SQLite's
-	// write lock, and may wait for it (up to the busy timeout) while a
-	// nix-daemon writes: that wait is under ctx, so SIGTERM ends it, the
-	// statement fails and the transaction is rolled back, having changed
-	// nothing.
 	tctx := context.WithoutCancel(ctx)
 	tx, err := conn.BeginTx(tctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	defer tx.Rollback()
-	for i, part := range chunks(ids) {
-		sctx := tctx
-		if i == 0 {
-			sctx = ctx // takes the write lock
-		}
-		if _, err := tx.ExecContext(sctx, "delete from Refs where referrer in ("+placeholders(len(part))+")", c.dbIDs(part)...); err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("gc: waiting for the database's write lock: %w", ctx.Err())
-			}
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
+	dbids := make([]int64, len(ids))
+	for i, id := range ids {
+		dbids[i] = c.g.DBID(id)
 	}
-	for _, part := range chunks(ids) {
-		var one int
-		err := tx.QueryRowContext(tctx, "select 1 from Refs where reference in ("+placeholders(len(part))+") limit 1", c.dbIDs(part)...).Scan(&one)
-		if err == nil {
-			tx.Rollback()
-			return nil, c.keepReferenced(tctx, ids, errReferenced)
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
+	valid, err := db.Invalidate(ctx, tx, dbids, func(i int) string { return c.g.Path(ids[i]) })
+	var re *db.ReferencedError
+	if errors.As(err, &re) {
+		tx.Rollback()
+		return nil, c.keepReferenced(ids, re)
 	}
-	for _, part := range chunks(ids) {
-		if _, err := tx.ExecContext(tctx, "delete from DerivationOutputs where drv in ("+placeholders(len(part))+")", c.dbIDs(part)...); err != nil {
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
-	}
-	var missing []graph.PathID // rows not found under the id the graph has
-	for _, part := range chunks(ids) {
-		res, err := tx.ExecContext(tctx, "delete from ValidPaths where id in ("+placeholders(len(part))+")", c.dbIDs(part)...)
-		if db.IsConstraintError(err) {
-			tx.Rollback()
-			return nil, c.keepReferenced(tctx, ids, err)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
-		if n, err := res.RowsAffected(); err != nil || n != int64(len(part)) {
-			missing = append(missing, part...)
-		}
-	}
-	spare := map[string]bool{}
-	for _, part := range chunks(missing) {
-		args := make([]any, len(part))
-		for j, id := range part {
-			args[j] = c.g.Path(id)
-		}
-		rows, err := tx.QueryContext(tctx, "select path from ValidPaths where path in ("+placeholders(len(part))+")", args...)
-		if err != nil {
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
-		for rows.Next() {
-			var p string
-			if rows.Scan(&p) == nil {
-				spare[strings.TrimPrefix(p, c.lay.StoreDir+"/")] = true
-			}
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, fmt.Errorf("gc: invalidating: %w", err)
-		}
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("gc: committing invalidation: %w", err)
+	}
+	spare := make(map[string]bool, len(valid))
+	for p := range valid {
+		spare[strings.TrimPrefix(p, c.lay.StoreDir+"/")] = true
 	}
 	return spare, nil
 }
 
 // keepReferenced runs after the batch ids could not be invalidated
-// because of a foreign key (cause): it finds the valid paths outside the
-// batch that refer into it, which were registered during the collection,
-// keeps them and marks the batch paths they refer to (and so their
-// closures) alive, and returns errRetryBatch. If there is no such path,
-// it returns cause.
-func (c *collector) keepReferenced(ctx context.Context, ids []graph.PathID, cause error) error {
-	found := false
-	for _, part := range chunks(ids) {
-		args := c.dbIDs(part)
-		byDBID := make(map[int64]graph.PathID, len(part))
-		for _, id := range part {
-			byDBID[c.g.DBID(id)] = id
-		}
-		ph := placeholders(len(part))
-		// The batch's own Refs rows are still there (the transaction was
-		// rolled back): only referrers outside the batch count.
-		rows, err := c.s.DB.SQL.QueryContext(ctx, "select r.reference, v.path from Refs r join ValidPaths v on v.id = r.referrer where r.reference in ("+ph+") and r.referrer not in ("+ph+")", append(args, args...)...)
-		if err != nil {
-			return fmt.Errorf("gc: invalidating: %w", err)
-		}
-		type hit struct {
-			ref      int64
-			referrer string
-		}
-		var hits []hit
-		for rows.Next() {
-			var h hit
-			if err := rows.Scan(&h.ref, &h.referrer); err != nil {
-				rows.Close()
-				return fmt.Errorf("gc: invalidating: %w", err)
-			}
-			hits = append(hits, h)
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return fmt.Errorf("gc: invalidating: %w", err)
-		}
-		c.mu.Lock()
-		for _, h := range hits {
-			id, ok := byDBID[h.ref]
-			if !ok {
-				continue
-			}
-			found = true
-			c.warn("%s was registered during the collection and refers to %s; keeping it", h.referrer, c.g.Path(id))
-			if base, err := storepath.Parse(c.lay.StoreDir, h.referrer); err == nil {
-				c.tempHash[storepath.HashPart(base)] = true
-			}
-			c.live.MarkRoot(id, "referenced by "+h.referrer)
-		}
-		c.mu.Unlock()
+// because valid paths outside it refer into it (re, from db.Invalidate's
+// check or from a foreign key of the database): those paths were
+// registered during the collection; it keeps them and marks the batch
+// paths they refer to (and so their closures) alive, and returns
+// errRetryBatch. If re names no such path, it returns re.
+func (c *collector) keepReferenced(ids []graph.PathID, re *db.ReferencedError) error {
+	byDBID := make(map[int64]graph.PathID, len(ids))
+	for _, id := range ids {
+		byDBID[c.g.DBID(id)] = id
 	}
+	found := false
+	c.mu.Lock()
+	for _, h := range re.Refs {
+		id, ok := byDBID[h.Reference]
+		if !ok {
+			continue
+		}
+		found = true
+		c.warn("%s was registered during the collection and refers to %s; keeping it", h.Referrer, c.g.Path(id))
+		if base, err := storepath.Parse(c.lay.StoreDir, h.Referrer); err == nil {
+			c.tempHash[storepath.HashPart(base)] = true
+		}
+		c.live.MarkRoot(id, "referenced by "+h.Referrer)
+	}
+	c.mu.Unlock()
 	if !found {
-		return fmt.Errorf("gc: invalidating: %w", cause)
+		return fmt.Errorf("gc: invalidating: %w", re)
 	}
 	return errRetryBatch
 }
