@@ -351,6 +351,8 @@ func TestWriterRejects(t *testing.T) {
 		{"back into a closed dir", []Header{{Type: FileDirectory}, {Path: "a", Type: FileDirectory}, {Path: "b", Type: FileDirectory}, {Path: "a/x", Type: FileRegular}}, "not in an open directory"},
 		{"dotdot", []Header{{Type: FileDirectory}, {Path: "..", Type: FileDirectory}}, "not a file name"},
 		{"empty component", []Header{{Type: FileDirectory}, {Path: "a", Type: FileDirectory}, {Path: "a//b", Type: FileDirectory}}, "not in an open directory"},
+		{"leading slash", []Header{{Type: FileDirectory}, {Path: "/a", Type: FileRegular}}, "not in an open directory"},
+		{"leading slash nested", []Header{{Type: FileDirectory}, {Path: "a", Type: FileDirectory}, {Path: "/a/b", Type: FileRegular}}, "not in an open directory"},
 		{"empty target", []Header{{Type: FileSymlink}}, "empty symlink target"},
 		{"NUL target", []Header{{Type: FileSymlink, LinkTarget: "a\x00"}}, "NUL"},
 		{"short contents", []Header{{Type: FileDirectory}, {Path: "a", Type: FileRegular, Size: 3}, {Path: "b", Type: FileRegular}}, "3 of its 3 bytes"},

@@ -109,6 +109,10 @@ func (w *Writer) WriteHeader(h *Header) error {
 	parent, name := "", h.Path
 	if i := strings.LastIndexByte(h.Path, '/'); i >= 0 {
 		parent, name = h.Path[:i], h.Path[i+1:]
+		if parent == "" {
+			// "/a": the top's Path is "", its entries' have no slash.
+			return w.misuse(h.Path, "not in an open directory (a Path does not start with \"/\")")
+		}
 	}
 	if why := badName(name); why != "" {
 		return w.misuse(h.Path, "entry name %q %s", name, why)
