@@ -14,14 +14,18 @@ import (
 // is added for it, so a new package states its place in the README's
 // Architecture map and here.
 var importRules = map[string][]string{
-	"cmd/storekeeper": {"gc", "optimise", "report", "roots", "store", "store/db", "store/fs", "verify", "lock", "nix/nixconf", "nix/storepath"},
+	"cmd/storekeeper": {"gc", "optimise", "repair", "report", "roots", "store", "store/db", "store/fs", "verify", "lock", "nix/nixconf", "nix/storepath"},
 	"cmd/mkdemostore": {"store/storetest"},
 	// capabilities: each uses the layers below, never another capability
 	// (but gc → roots: the collector's roots are roots')
 	"gc":       {"roots", "graph", "store", "store/db", "store/fs", "nix/storepath", "lock", "report", "internal/sys"},
 	"optimise": {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys", "internal/varint"},
 	"roots":    {"graph", "store", "store/db", "nix/storepath", "lock", "report", "internal/sys"},
-	"verify":   {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "lock", "report", "internal/varint"},
+	"verify":   {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "report", "internal/varint", "verify/finding"},
+	// repair carries out the remedies of verify's findings: it uses their
+	// types (verify/finding), never verify's audit
+	"repair":         {"verify/finding", "store", "store/db", "store/fs", "nix/nar", "lock", "report"},
+	"verify/finding": {"nix/nar", "store/fs", "report"},
 	// the store-access layer: store opens, store/db and store/fs below it
 	"store":           {"graph", "store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
 	"store/db":        {"graph", "store/fs", "nix/nar", "nix/storepath", "lock", "report"},
@@ -47,8 +51,9 @@ var importRules = map[string][]string{
 
 // TestImportDirection fails when a package imports one of storekeeper's
 // packages that the Architecture map does not allow (capabilities never
-// import each other but gc → roots; store imports no capability; lock
-// and report import nothing of storekeeper; nothing imports cmd).
+// import each other but gc → roots and repair → verify/finding; store
+// imports no capability; lock and report import nothing of storekeeper;
+// nothing imports cmd).
 func TestImportDirection(t *testing.T) {
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "storekeeper/...").Output()
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"storekeeper/nix/nar"
 	"storekeeper/report"
 	"storekeeper/store/fs"
+	"storekeeper/verify/finding"
 )
 
 // pathResult is what a worker found in one path.
@@ -29,7 +30,7 @@ type pathResult struct {
 	files int64
 	err   error
 	man   *Manifest // the path's current manifest, when computed
-	meta  []Finding
+	meta  []finding.Finding
 }
 
 // worker is one reader's reusable state.
@@ -40,7 +41,7 @@ type worker struct {
 	entries []Entry
 	pending int // index of the regular file whose digest is being computed, or -1
 	path    string
-	meta    []Finding
+	meta    []finding.Finding
 	files   int64
 	inodes  map[devIno]*inodeUse
 	collect bool
@@ -103,16 +104,16 @@ func (w *worker) checkMeta(n *nar.Node) error {
 		full += "/" + file
 	}
 	full = report.Name(full) // for the messages; Path and File stay raw
-	add := func(kind, exp, got, msg string) {
-		w.meta = append(w.meta, Finding{Kind: kind, Path: w.path, File: file, Expected: exp, Got: got,
-			Message: msg, Fix: "nix-store --repair-path " + w.path})
+	add := func(kind finding.Kind, exp, got, msg string) {
+		w.meta = append(w.meta, finding.Finding{Kind: kind, Path: w.path, File: file, Expected: exp, Got: got,
+			Message: msg, Remedy: finding.NewRemedy(finding.RemedyRepairPath, w.path)})
 	}
 	var probs [3]fs.MetaProblem
 	for _, pr := range fs.OwnerModeProblems(probs[:0], full, st, w.v.storeUID) {
-		add(pr.Kind, pr.Expected, pr.Got, pr.Message)
+		add(finding.Kind(pr.Kind), pr.Expected, pr.Got, pr.Message)
 	}
 	if st.Mtim.Sec != fs.Nix.Mtime {
-		add(KindBadMtime, fmt.Sprint(fs.Nix.Mtime), fmt.Sprint(st.Mtim.Sec),
+		add(finding.KindBadMtime, fmt.Sprint(fs.Nix.Mtime), fmt.Sprint(st.Mtim.Sec),
 			fmt.Sprintf("'%s' has mtime %d, not %d", full, st.Mtim.Sec, fs.Nix.Mtime))
 	}
 	if w.inodes != nil && n.Type == nar.FileRegular && st.Nlink > 1 {
@@ -343,9 +344,9 @@ func (v *verifier) collect(r *pathResult) {
 		if errors.Is(r.err, os.ErrNotExist) && !v.o.CheckContents {
 			return
 		}
-		v.add(Finding{Kind: KindIOError, Path: p, Got: r.err.Error(),
+		v.add(finding.Finding{Kind: finding.KindIOError, Path: p, Got: r.err.Error(),
 			Message: fmt.Sprintf("error checking path '%s': %s", p, report.Name(r.err.Error())),
-			Fix:     "check the disk, then: nix-store --repair-path " + p})
+			Remedy:  finding.NewRemedy(finding.RemedyCheckDiskThenRepairPath, p)})
 		return
 	}
 	if !v.o.CheckContents {
@@ -362,15 +363,14 @@ func (v *verifier) collect(r *pathResult) {
 	switch {
 	case hashText != "" || dbHash == (nar.Hash{}):
 		exp := hashText
-		v.add(Finding{Kind: KindMissingHash, Path: p, Expected: exp, Got: r.hash.String(),
+		v.add(finding.Finding{Kind: finding.KindMissingHash, Path: p, Expected: exp, Got: r.hash.String(),
 			Message: fmt.Sprintf("path '%s' has no valid hash in the database (%q); its contents hash to '%s'", p, exp, r.hash.String()),
-			Fix:     "storekeeper verify --check-contents --repair " + p})
-		v.fillInfo[id] = narInfo{r.hash, uint64(r.size)}
+			Remedy:  v.recordRemedy(id, r)})
 		v.led.record(g.Name(id), now, "unhashed")
 	case r.hash != dbHash:
-		v.add(Finding{Kind: KindModified, Path: p, Expected: dbHash.String(), Got: r.hash.String(),
+		v.add(finding.Finding{Kind: finding.KindModified, Path: p, Expected: dbHash.String(), Got: r.hash.String(),
 			Message: fmt.Sprintf("path '%s' was modified! expected hash '%s', got '%s'", p, dbHash.String(), r.hash.String()),
-			Fix:     "nix-store --repair-path " + p})
+			Remedy:  finding.NewRemedy(finding.RemedyRepairPath, p)})
 		if v.hasMan[id] && r.man != nil {
 			if old, err := v.mlog.get(g.Name(id)); err == nil && old != nil && old.NarHash == dbHash {
 				for _, c := range Diff(old, r.man) {
@@ -382,15 +382,13 @@ func (v *verifier) collect(r *pathResult) {
 	default:
 		switch dbSize := g.NarSize[id]; {
 		case dbSize == 0:
-			v.add(Finding{Kind: KindMissingNarSize, Path: p, Expected: "0", Got: fmt.Sprint(r.size),
+			v.add(finding.Finding{Kind: finding.KindMissingNarSize, Path: p, Expected: "0", Got: fmt.Sprint(r.size),
 				Message: fmt.Sprintf("path '%s' has no NAR size in the database; it is %d", p, r.size),
-				Fix:     "storekeeper verify --check-contents --repair " + p})
-			v.fillInfo[id] = narInfo{r.hash, uint64(r.size)}
+				Remedy:  v.recordRemedy(id, r)})
 		case dbSize != uint64(r.size):
-			v.add(Finding{Kind: KindNarSize, Path: p, Expected: fmt.Sprint(dbSize), Got: fmt.Sprint(r.size),
+			v.add(finding.Finding{Kind: finding.KindNarSize, Path: p, Expected: fmt.Sprint(dbSize), Got: fmt.Sprint(r.size),
 				Message: fmt.Sprintf("path '%s' has incorrect NAR size: the database says %d, the contents are %d bytes", p, dbSize, r.size),
-				Fix:     "storekeeper verify --check-contents --repair " + p})
-			v.fillInfo[id] = narInfo{r.hash, uint64(r.size)}
+				Remedy:  v.recordRemedy(id, r)})
 		}
 		if r.man != nil && v.recording {
 			if err := v.mlog.add(r.man); err == nil {
@@ -402,22 +400,30 @@ func (v *verifier) collect(r *pathResult) {
 	}
 }
 
-func fileFinding(p string, c FileChange) Finding {
+// recordRemedy is the remedy that records what path id's contents hash to
+// (r) in its row.
+func (v *verifier) recordRemedy(id graph.PathID, r *pathResult) *finding.Remedy {
+	rem := v.remedy(finding.RemedyRecordNarInfo, id)
+	rem.NarHash, rem.NarSize = r.hash, uint64(r.size)
+	return rem
+}
+
+func fileFinding(p string, c FileChange) finding.Finding {
 	full := p
 	if c.File != "" {
 		full += "/" + c.File
 	}
 	full = report.Name(full)
-	f := Finding{Path: p, File: c.File, Expected: c.Expected, Got: c.Got, Fix: "nix-store --repair-path " + p}
+	f := finding.Finding{Path: p, File: c.File, Expected: c.Expected, Got: c.Got, Remedy: finding.NewRemedy(finding.RemedyRepairPath, p)}
 	switch c.Kind {
 	case "changed":
-		f.Kind = KindFileChanged
+		f.Kind = finding.KindFileChanged
 		f.Message = fmt.Sprintf("  changed: '%s' (was %s, now %s)", full, c.Expected, c.Got)
 	case "added":
-		f.Kind = KindFileAdded
+		f.Kind = finding.KindFileAdded
 		f.Message = fmt.Sprintf("  added:   '%s' (%s)", full, c.Got)
 	default:
-		f.Kind = KindFileRemoved
+		f.Kind = finding.KindFileRemoved
 		f.Message = fmt.Sprintf("  removed: '%s' (was %s)", full, c.Expected)
 	}
 	return f
@@ -491,8 +497,8 @@ func (v *verifier) checkForeignLinks(ctx context.Context) {
 				full += "/" + u.file
 			}
 			pr := fs.ForeignLinkProblem(report.Name(full), u.nlink, seen)
-			v.add(Finding{Kind: pr.Kind, Path: u.path, File: u.file, Expected: pr.Expected, Got: pr.Got,
-				Message: pr.Message, Fix: "nix-store --repair-path " + u.path})
+			v.add(finding.Finding{Kind: finding.Kind(pr.Kind), Path: u.path, File: u.file, Expected: pr.Expected, Got: pr.Got,
+				Message: pr.Message, Remedy: finding.NewRemedy(finding.RemedyRepairPath, u.path)})
 		}
 	}
 }

@@ -10,8 +10,9 @@
 // By default Verify only reads the store and the database; it writes only
 // its own state (manifests and the ledger of when each path was last
 // verified) in the state directory beside Nix's (Layout.OwnStateDir).
-// With Options.Repair it also does the fixes that need nothing from
-// outside the machine (see Repair).
+// Each finding carries its remedy as data (package finding); package
+// repair carries out those that need nothing from outside the machine
+// (verify --repair).
 package verify
 
 import (
@@ -41,7 +42,7 @@ import (
 	"storekeeper/report"
 	"storekeeper/store"
 	"storekeeper/store/db"
-	"storekeeper/store/fs"
+	"storekeeper/verify/finding"
 )
 
 // Sentinel errors.
@@ -50,60 +51,7 @@ var (
 	ErrNotValid = errors.New("verify: path is not valid")
 	// ErrBadOptions: inconsistent options.
 	ErrBadOptions = errors.New("verify: bad options")
-	// ErrRepairRefused: --repair changed nothing because the store
-	// directory looks unmounted or half missing; it wraps the
-	// *store.UnmountedError that says why.
-	ErrRepairRefused = errors.New("verify: refusing to --repair")
 )
-
-// Finding kinds. Every kind but the informational ones makes Verify's
-// caller exit with status 1 unless it was repaired.
-const (
-	KindDisappeared           = "disappeared"            // missing from disk; nothing that exists refers to it (--repair drops its row, like Nix)
-	KindDisappearedReferenced = "disappeared-referenced" // missing from disk, still referenced by paths that exist
-	KindModified              = "modified"               // NAR hash differs from the DB's
-	KindFileChanged           = "file-changed"           // a file of a modified path differs from the manifest
-	KindFileAdded             = "file-added"             // a file that the manifest does not list
-	KindFileRemoved           = "file-removed"           // a file that the manifest lists is gone
-	KindNarSize               = "nar-size"               // contents match the hash, but the DB's narSize is wrong
-	KindMissingHash           = "missing-hash"           // the DB holds no (or an all-zero) hash
-	KindMissingNarSize        = "missing-nar-size"       // the DB's narSize is 0 (old stores)
-	KindIOError               = "io-error"               // the path could not be read
-	KindLinkModified          = "link-modified"          // a .links entry's contents do not match its name
-	KindDanglingRefs          = "dangling-refs"          // Refs rows naming ids not in ValidPaths
-	KindDanglingDrvOutputs    = "dangling-drv-outputs"   // DerivationOutputs rows of unregistered derivations
-	KindOutputsOfNonDrv       = "outputs-of-non-derivation"
-	KindNameClash             = "name-clash"       // an unregistered entry has a valid path's hash part
-	KindUntrusted             = "untrusted"        // fewer valid signatures than --sigs-needed
-	KindBadMode               = fs.MetaBadMode     // mode other than 0444/0555 (directories 0555)
-	KindSetuid                = fs.MetaSetuid      // setuid or setgid bit
-	KindWritable              = fs.MetaWritable    // a write permission bit
-	KindBadMtime              = "bad-mtime"        // mtime other than 1
-	KindBadOwner              = fs.MetaBadOwner    // not owned by the store directory's owner
-	KindForeignLink           = fs.MetaForeignLink // hard links outside the store's valid paths and .links
-)
-
-// kindRank orders findings of one path.
-var kindRank = map[string]int{
-	KindDisappearedReferenced: 0, KindDisappeared: 1, KindIOError: 2, KindModified: 3,
-	KindFileChanged: 4, KindFileAdded: 4, KindFileRemoved: 4, KindNarSize: 5,
-	KindMissingHash: 6, KindMissingNarSize: 7, KindUntrusted: 8, KindSetuid: 9,
-	KindWritable: 10, KindBadMode: 11, KindBadMtime: 12, KindBadOwner: 13, KindForeignLink: 14,
-	KindLinkModified: 15, KindNameClash: 16, KindOutputsOfNonDrv: 17, KindDanglingRefs: 18,
-	KindDanglingDrvOutputs: 19,
-}
-
-// Finding is one problem.
-type Finding struct {
-	Kind     string `json:"kind"`
-	Path     string `json:"path,omitempty"` // the store path concerned (logical)
-	File     string `json:"file,omitempty"` // a file relative to Path, or a .links entry's path
-	Expected string `json:"expected,omitempty"`
-	Got      string `json:"got,omitempty"`
-	Message  string `json:"message"`       // for humans, in Nix's words where Nix has them
-	Fix      string `json:"fix,omitempty"` // a command that fixes it
-	Repaired bool   `json:"repaired,omitempty"`
-}
 
 // Options choose what Verify checks.
 type Options struct {
@@ -114,15 +62,16 @@ type Options struct {
 	CheckContents bool
 	// Metadata checks modes, mtimes, owners and hard links.
 	Metadata bool
-	// Repair fixes what can be fixed locally. The store must have been
-	// opened read-write. It refuses to run (changing nothing) on a store
-	// directory that store.CheckPresence finds suspect: empty, a large
-	// share of the valid paths missing at once, or another file system
-	// than the one recorded (see ErrRepairRefused).
-	Repair bool
-	// AllowMassDrop lets Repair run on a suspect store directory: the
-	// admin says the missing paths are really gone.
-	AllowMassDrop bool
+	// OnSuspect, if set, receives store.CheckPresence's verdict when it
+	// finds the store directory suspect (empty, a large share of the
+	// valid paths missing at once, or another file system than the one
+	// recorded), before any contents are read: an error it returns ends
+	// Verify with that error, having changed nothing (repair.Options.
+	// Refuse: `verify --repair` refuses before a long audit). When it is
+	// set the verdict is the caller's: Summary.StoreSuspect stays empty
+	// (Result.Suspect has it). Without it the verdict goes into
+	// Summary.StoreSuspect.
+	OnSuspect func(suspect error) error
 	// BudgetTime / BudgetBytes: verify contents of the least recently
 	// verified paths first and stop when the budget is spent. They imply
 	// CheckContents.
@@ -184,8 +133,11 @@ type Summary struct {
 
 // Result is what Verify found.
 type Result struct {
-	Findings []Finding `json:"findings"`
-	Summary  Summary   `json:"summary"`
+	Findings []finding.Finding `json:"findings"`
+	Summary  Summary           `json:"summary"`
+	// Suspect is store.CheckPresence's verdict on the store directory:
+	// nil when it looked whole (or no valid path was missing).
+	Suspect error `json:"-"`
 }
 
 // Problems reports whether any finding is left unrepaired.
@@ -196,6 +148,22 @@ func (r *Result) Problems() bool {
 		}
 	}
 	return false
+}
+
+// Recount sets the summary's counts of findings, repaired findings and
+// damaged paths from Findings (after a repair marked some repaired).
+func (r *Result) Recount() {
+	damaged := map[string]bool{}
+	r.Summary.Repaired = 0
+	for _, f := range r.Findings {
+		if f.Repaired {
+			r.Summary.Repaired++
+			continue
+		}
+		damaged[f.Path] = true
+	}
+	r.Summary.Findings = len(r.Findings)
+	r.Summary.Damaged = len(damaged)
 }
 
 // verifier holds one run's state.
@@ -215,26 +183,16 @@ type verifier struct {
 	hasMan    []bool   // per PathID: a manifest for the DB's hash exists
 	storeUID  uint32
 	dirNames  []string
-	findings  []Finding
+	findings  []finding.Finding
 	sum       Summary
 	mlog      *manifestLog
 	led       *ledger
 	recording bool
 	fullRun   bool // the whole store, no budget or subset
 
-	// repair plans
-	dropPaths []graph.PathID
-	fillInfo  map[graph.PathID]narInfo
-	badLinks  []string
-
 	inodes   *inodeCounter
 	lockFile *os.File
 	suspect  error // store.CheckPresence's verdict on the store dir
-}
-
-type narInfo struct {
-	hash nar.Hash
-	size uint64
 }
 
 // Verify audits the store. It returns an error only if the audit could not
@@ -266,16 +224,13 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog report.Progress
 	if o.BudgetTime > 0 || o.BudgetBytes > 0 || o.SubsetM > 0 {
 		o.CheckContents = true
 	}
-	if o.Repair && s.ReadOnly {
-		return nil, fmt.Errorf("%w: --repair needs the store opened read-write", ErrBadOptions)
-	}
 	if o.Jobs <= 0 {
 		o.Jobs = min(64, max(16, 16*runtime.NumCPU()))
 	}
 	if o.StateDir == "" {
 		o.StateDir = s.Layout.OwnStateDir()
 	}
-	v := &verifier{s: s, o: o, prog: prog, verified: verified, lay: s.Layout, now: o.Now, fillInfo: map[graph.PathID]narInfo{}}
+	v := &verifier{s: s, o: o, prog: prog, verified: verified, lay: s.Layout, now: o.Now}
 	if v.now == nil {
 		v.now = time.Now
 	}
@@ -326,48 +281,21 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog report.Progress
 	if err := v.dropRaced(ctx); err != nil {
 		return nil, err
 	}
-	if o.Repair {
-		if err := v.repair(ctx); err != nil {
-			return nil, err
-		}
-	}
 	if err := v.commitState(); err != nil && v.sum.Recording == "yes" {
 		v.sum.Recording = "ledger not committed: " + err.Error()
 	}
 	v.recordFS()
-	sortFindings(v.findings)
-	res := &Result{Findings: v.findings, Summary: v.sum}
+	finding.Sort(v.findings)
+	res := &Result{Findings: v.findings, Summary: v.sum, Suspect: v.suspect}
 	if res.Findings == nil {
-		res.Findings = []Finding{}
+		res.Findings = []finding.Finding{}
 	}
-	damaged := map[string]bool{}
-	for _, f := range res.Findings {
-		if f.Repaired {
-			res.Summary.Repaired++
-			continue
-		}
-		damaged[f.Path] = true
-	}
-	res.Summary.Findings = len(res.Findings)
-	res.Summary.Damaged = len(damaged)
+	res.Recount()
 	res.Summary.Elapsed = time.Since(v.start)
 	return res, nil
 }
 
-func sortFindings(fs []Finding) {
-	sort.SliceStable(fs, func(i, j int) bool {
-		a, b := &fs[i], &fs[j]
-		if a.Path != b.Path {
-			return a.Path < b.Path
-		}
-		if kindRank[a.Kind] != kindRank[b.Kind] {
-			return kindRank[a.Kind] < kindRank[b.Kind]
-		}
-		return a.File < b.File
-	})
-}
-
-func (v *verifier) add(f Finding) { v.findings = append(v.findings, f) }
+func (v *verifier) add(f finding.Finding) { v.findings = append(v.findings, f) }
 
 // selectPaths resolves Options.Paths and the subset.
 func (v *verifier) selectPaths() error {
@@ -511,14 +439,14 @@ func readDirInodes(fd int) ([]dirInode, error) {
 func (v *verifier) checkDB() {
 	g := v.g
 	if n := g.Problems.DanglingRefs; n > 0 {
-		v.add(Finding{Kind: KindDanglingRefs, Got: fmt.Sprint(n),
+		v.add(finding.Finding{Kind: finding.KindDanglingRefs, Got: fmt.Sprint(n),
 			Message: fmt.Sprintf("%d reference rows name paths that are not valid", n),
-			Fix:     "storekeeper verify --repair"})
+			Remedy:  finding.NewRemedy(finding.RemedyDeleteDanglingRows)})
 	}
 	if n := g.Problems.DanglingDrvOutputs; n > 0 {
-		v.add(Finding{Kind: KindDanglingDrvOutputs, Got: fmt.Sprint(n),
+		v.add(finding.Finding{Kind: finding.KindDanglingDrvOutputs, Got: fmt.Sprint(n),
 			Message: fmt.Sprintf("%d DerivationOutputs rows belong to derivations that are not valid", n),
-			Fix:     "storekeeper verify --repair"})
+			Remedy:  finding.NewRemedy(finding.RemedyDeleteDanglingRows)})
 	}
 	for i := 0; i < g.Len(); i++ {
 		id := graph.PathID(i)
@@ -526,7 +454,7 @@ func (v *verifier) checkDB() {
 			continue
 		}
 		if outs := g.Outputs(id); len(outs) > 0 && !strings.HasSuffix(g.Name(id), ".drv") {
-			v.add(Finding{Kind: KindOutputsOfNonDrv, Path: g.Path(id), Got: fmt.Sprint(len(outs)),
+			v.add(finding.Finding{Kind: finding.KindOutputsOfNonDrv, Path: g.Path(id), Got: fmt.Sprint(len(outs)),
 				Message: fmt.Sprintf("path '%s' is not a derivation but has %d DerivationOutputs rows", g.Path(id), len(outs))})
 		}
 	}
@@ -554,9 +482,9 @@ func (v *verifier) checkDB() {
 		}
 		if id, ok := byHash[nm[:32]]; ok {
 			p := v.lay.StorePathOf(nm)
-			v.add(Finding{Kind: KindNameClash, Path: g.Path(id), File: p, Got: p,
+			v.add(finding.Finding{Kind: finding.KindNameClash, Path: g.Path(id), File: p, Got: p,
 				Message: fmt.Sprintf("unregistered entry '%s' has the hash of valid path '%s'", report.Name(p), g.Path(id)),
-				Fix:     "inspect it, then remove it: rm -rf " + report.ShellArg(v.lay.RealPath(p))})
+				Remedy:  finding.NewRemedy(finding.RemedyInspectAndRemove, v.lay.RealPath(p))})
 		}
 	}
 }
@@ -602,14 +530,13 @@ func (v *verifier) checkExistence() {
 		}
 		p := g.Path(id)
 		if visit(id) {
-			v.add(Finding{Kind: KindDisappearedReferenced, Path: p,
+			v.add(finding.Finding{Kind: finding.KindDisappearedReferenced, Path: p,
 				Message: fmt.Sprintf("path '%s' disappeared, but it still has valid referrers!", p),
-				Fix:     "nix-store --repair-path " + p})
+				Remedy:  finding.NewRemedy(finding.RemedyRepairPath, p)})
 		} else {
-			v.add(Finding{Kind: KindDisappeared, Path: p,
+			v.add(finding.Finding{Kind: finding.KindDisappeared, Path: p,
 				Message: fmt.Sprintf("path '%s' disappeared; nothing valid refers to it ('storekeeper verify --repair' removes it from the database, as 'nix-store --verify' does)", p),
-				Fix:     "storekeeper verify --repair " + p})
-			v.dropPaths = append(v.dropPaths, id)
+				Remedy:  v.remedy(finding.RemedyInvalidate, id)})
 		}
 	}
 }
@@ -637,9 +564,9 @@ func (v *verifier) checkSigs(keys signature.PublicKeys) {
 			good = signature.CountValidSigs(keys, signature.Fingerprint(p, g.NarHash[id], g.NarSize[id], rp), g.Sigs[id])
 		}
 		if good < v.o.SigsNeeded {
-			v.add(Finding{Kind: KindUntrusted, Path: p, Expected: fmt.Sprint(v.o.SigsNeeded), Got: fmt.Sprint(good),
+			v.add(finding.Finding{Kind: finding.KindUntrusted, Path: p, Expected: fmt.Sprint(v.o.SigsNeeded), Got: fmt.Sprint(good),
 				Message: fmt.Sprintf("path '%s' is untrusted: %d valid signatures by trusted keys, %d needed", p, good, v.o.SigsNeeded),
-				Fix:     "nix store sign --key-file KEYFILE " + p})
+				Remedy:  finding.NewRemedy(finding.RemedySign, p)})
 		}
 	}
 }
@@ -788,21 +715,19 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 			if errors.Is(r.err, nar.ErrUnsupportedFileType) {
 				// A fifo, socket or device (at the top or inside a
 				// directory): no NAR has one, so no link can be one.
-				v.add(Finding{Kind: KindLinkModified, File: lp, Expected: r.name, Got: r.err.Error(),
+				v.add(finding.Finding{Kind: finding.KindLinkModified, File: lp, Expected: r.name, Got: r.err.Error(),
 					Message: fmt.Sprintf("link '%s' cannot be a link of Nix's: %s", report.Name(lp), report.Name(r.err.Error())),
-					Fix:     "storekeeper verify --check-contents --repair"})
-				v.badLinks = append(v.badLinks, r.name)
+					Remedy:  finding.NewRemedy(finding.RemedyRemoveLinksEntry, lp)})
 				continue
 			}
-			v.add(Finding{Kind: KindIOError, File: lp, Got: r.err.Error(),
+			v.add(finding.Finding{Kind: finding.KindIOError, File: lp, Got: r.err.Error(),
 				Message: fmt.Sprintf("error checking link '%s': %s", report.Name(lp), report.Name(r.err.Error()))})
 			continue
 		}
 		if got := r.got.Base32(); got != r.name {
-			v.add(Finding{Kind: KindLinkModified, File: lp, Expected: r.name, Got: got,
+			v.add(finding.Finding{Kind: finding.KindLinkModified, File: lp, Expected: r.name, Got: got,
 				Message: fmt.Sprintf("link '%s' was modified! expected hash '%s', got '%s'", report.Name(lp), report.Name(r.name), got),
-				Fix:     "storekeeper verify --check-contents --repair"})
-			v.badLinks = append(v.badLinks, r.name)
+				Remedy:  finding.NewRemedy(finding.RemedyRemoveLinksEntry, lp)})
 		}
 	}
 	return nil
@@ -834,13 +759,6 @@ func (v *verifier) dropRaced(ctx context.Context) error {
 		}
 	}
 	v.findings = kept
-	drop := v.dropPaths[:0]
-	for _, id := range v.dropPaths {
-		if valid[v.g.Path(id)] {
-			drop = append(drop, id)
-		}
-	}
-	v.dropPaths = drop
 	return nil
 }
 
@@ -850,3 +768,11 @@ type blake3Writer struct{ h *blake3.Hasher }
 func (b blake3Writer) Write(p []byte) (int, error) { return b.h.Write(p) }
 
 var _ io.Writer = blake3Writer{}
+
+// remedy is a remedy of action for the path id, with the id of its row as
+// the audit read it.
+func (v *verifier) remedy(action finding.Action, id graph.PathID) *finding.Remedy {
+	r := finding.NewRemedy(action, v.g.Path(id))
+	r.IDs = []int64{v.g.DBID(id)}
+	return r
+}

@@ -18,9 +18,11 @@ import (
 	"storekeeper/nix/nar"
 	"storekeeper/nix/nixconf"
 	"storekeeper/nix/signature"
+	"storekeeper/repair"
 	"storekeeper/store"
 	"storekeeper/store/db"
 	"storekeeper/store/storetest"
+	"storekeeper/verify/finding"
 )
 
 type fixture struct {
@@ -62,9 +64,30 @@ func (f *fixture) verify(o Options) *Result {
 }
 
 func (f *fixture) tryVerify(o Options) (*Result, error) {
-	s := f.open(!o.Repair)
+	s := f.open(true)
 	defer s.Close()
 	return Verify(context.Background(), s, o, nil)
+}
+
+// verifyRepair is `verify --repair`: the audit, refusing a suspect store
+// directory as repair would, then repair.Findings on its findings.
+func (f *fixture) verifyRepair(o Options) *Result {
+	f.t.Helper()
+	ctx := context.Background()
+	s := f.open(false)
+	defer s.Close()
+	var ro repair.Options
+	o.OnSuspect = ro.Refuse
+	res, err := Verify(ctx, s, o, nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ro.Suspect = res.Suspect
+	if _, err := repair.Findings(ctx, s, res.Findings, ro); err != nil {
+		f.t.Fatal(err)
+	}
+	res.Recount()
+	return res
 }
 
 func (f *fixture) real(p string) string { return f.b.Layout.RealPath(p) }
@@ -154,15 +177,15 @@ func flipByte(t *testing.T, file string) {
 	os.Chtimes(file, time.Unix(1, 0), time.Unix(1, 0))
 }
 
-func byKind(r *Result) map[string][]Finding {
-	m := map[string][]Finding{}
+func byKind(r *Result) map[finding.Kind][]finding.Finding {
+	m := map[finding.Kind][]finding.Finding{}
 	for _, f := range r.Findings {
 		m[f.Kind] = append(m[f.Kind], f)
 	}
 	return m
 }
 
-func paths(fs []Finding) []string {
+func paths(fs []finding.Finding) []string {
 	var out []string
 	for _, f := range fs {
 		out = append(out, f.Path)
@@ -222,15 +245,15 @@ func TestFileLevelDiff(t *testing.T) {
 	k := byKind(res)
 	want := []string{changed, added, removed}
 	sort.Strings(want)
-	if got := paths(k[KindModified]); strings.Join(got, " ") != strings.Join(want, " ") {
+	if got := paths(k[finding.KindModified]); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("modified: %v, want %v", got, want)
 	}
-	for _, m := range k[KindModified] {
+	for _, m := range k[finding.KindModified] {
 		if !strings.Contains(m.Message, "was modified! expected hash 'sha256:") || !strings.Contains(m.Message, "', got 'sha256:") {
 			t.Errorf("message not in Nix's words: %s", m.Message)
 		}
 	}
-	check := func(kind, p, file string) {
+	check := func(kind finding.Kind, p, file string) {
 		t.Helper()
 		for _, x := range k[kind] {
 			if x.Path == p && x.File == file {
@@ -239,10 +262,10 @@ func TestFileLevelDiff(t *testing.T) {
 		}
 		t.Errorf("no %s finding for %s %s; have %+v", kind, p, file, k[kind])
 	}
-	check(KindFileChanged, changed, strings.TrimPrefix(cf, f.real(changed)+"/"))
-	check(KindFileAdded, added, "intruder")
-	check(KindFileRemoved, removed, strings.TrimPrefix(rf, f.real(removed)+"/"))
-	if n := len(k[KindFileChanged]) + len(k[KindFileAdded]) + len(k[KindFileRemoved]); n != 3 {
+	check(finding.KindFileChanged, changed, strings.TrimPrefix(cf, f.real(changed)+"/"))
+	check(finding.KindFileAdded, added, "intruder")
+	check(finding.KindFileRemoved, removed, strings.TrimPrefix(rf, f.real(removed)+"/"))
+	if n := len(k[finding.KindFileChanged]) + len(k[finding.KindFileAdded]) + len(k[finding.KindFileRemoved]); n != 3 {
 		t.Errorf("%d file findings, want 3: %+v", n, res.Findings)
 	}
 	// A path that fails the first time it is ever seen has no manifest:
@@ -250,7 +273,7 @@ func TestFileLevelDiff(t *testing.T) {
 	g := newFixture(t, smallSpec())
 	flipByte(t, g.firstFile(g.dirOutputs()[0]))
 	k = byKind(g.verify(Options{CheckContents: true}))
-	if len(k[KindModified]) != 1 || len(k[KindFileChanged]) != 0 {
+	if len(k[finding.KindModified]) != 1 || len(k[finding.KindFileChanged]) != 0 {
 		t.Errorf("first run: %+v", k)
 	}
 }
@@ -267,19 +290,19 @@ func TestDisappeared(t *testing.T) {
 	}
 	res := f.verify(Options{})
 	k := byKind(res)
-	if got := paths(k[KindDisappeared]); len(got) != 1 || got[0] != lone {
+	if got := paths(k[finding.KindDisappeared]); len(got) != 1 || got[0] != lone {
 		t.Errorf("disappeared: %v, want %s", got, lone)
 	}
-	if got := paths(k[KindDisappearedReferenced]); len(got) != 1 || got[0] != used {
+	if got := paths(k[finding.KindDisappearedReferenced]); len(got) != 1 || got[0] != used {
 		t.Errorf("disappeared-referenced: %v, want %s", got, used)
 	}
-	for _, x := range k[KindDisappearedReferenced] {
+	for _, x := range k[finding.KindDisappearedReferenced] {
 		if x.Message != "path '"+used+"' disappeared, but it still has valid referrers!" {
 			t.Errorf("message: %s", x.Message)
 		}
 	}
 	// --repair drops the unreferenced one only.
-	res = f.verify(Options{Repair: true})
+	res = f.verifyRepair(Options{})
 	if !res.Problems() {
 		t.Error("the referenced path's problem is gone")
 	}
@@ -293,7 +316,7 @@ func TestDisappeared(t *testing.T) {
 		t.Errorf("after repair: %v", valid)
 	}
 	k = byKind(f.verify(Options{}))
-	if len(k[KindDisappeared]) != 0 || len(k[KindDisappearedReferenced]) != 1 {
+	if len(k[finding.KindDisappeared]) != 0 || len(k[finding.KindDisappearedReferenced]) != 1 {
 		t.Errorf("after repair: %+v", k)
 	}
 }
@@ -321,10 +344,10 @@ func TestDisappearedChain(t *testing.T) {
 		os.RemoveAll(f.real(p))
 	}
 	k := byKind(f.verify(Options{}))
-	if got := paths(k[KindDisappeared]); len(got) != 2 {
+	if got := paths(k[finding.KindDisappeared]); len(got) != 2 {
 		t.Fatalf("disappeared: %v, want %s and %s (%+v)", got, top, dep, k)
 	}
-	res := f.verify(Options{Repair: true})
+	res := f.verifyRepair(Options{})
 	if res.Problems() {
 		t.Fatalf("after repair: %+v", res.Findings)
 	}
@@ -358,25 +381,25 @@ func TestDBFindingsAndRepair(t *testing.T) {
 
 	res := f.verify(Options{CheckContents: true})
 	k := byKind(res)
-	for kind, want := range map[string]string{KindMissingHash: noHash, KindMissingNarSize: noSize, KindNarSize: badSize, KindOutputsOfNonDrv: out[5]} {
+	for kind, want := range map[finding.Kind]string{finding.KindMissingHash: noHash, finding.KindMissingNarSize: noSize, finding.KindNarSize: badSize, finding.KindOutputsOfNonDrv: out[5]} {
 		if got := paths(k[kind]); len(got) != 1 || got[0] != want {
 			t.Errorf("%s: %v, want %s", kind, got, want)
 		}
 	}
-	if len(k[KindDanglingRefs]) != 1 || len(k[KindDanglingDrvOutputs]) != 1 {
+	if len(k[finding.KindDanglingRefs]) != 1 || len(k[finding.KindDanglingDrvOutputs]) != 1 {
 		t.Errorf("dangling rows: %+v", k)
 	}
-	if len(k[KindModified]) != 0 {
-		t.Errorf("modified: %+v", k[KindModified])
+	if len(k[finding.KindModified]) != 0 {
+		t.Errorf("modified: %+v", k[finding.KindModified])
 	}
-	res = f.verify(Options{CheckContents: true, Repair: true})
+	res = f.verifyRepair(Options{CheckContents: true})
 	for _, x := range res.Findings {
-		if !x.Repaired && x.Kind != KindOutputsOfNonDrv {
+		if !x.Repaired && x.Kind != finding.KindOutputsOfNonDrv {
 			t.Errorf("not repaired: %+v", x)
 		}
 	}
 	k = byKind(f.verify(Options{CheckContents: true}))
-	delete(k, KindOutputsOfNonDrv)
+	delete(k, finding.KindOutputsOfNonDrv)
 	if len(k) != 0 {
 		t.Errorf("after repair: %+v", k)
 	}
@@ -404,16 +427,16 @@ func TestLinks(t *testing.T) {
 
 	res := f.verify(Options{CheckContents: true})
 	k := byKind(res)
-	if len(k[KindLinkModified]) != 1 || k[KindLinkModified][0].Expected != h2.Base32() {
+	if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != h2.Base32() {
 		t.Fatalf("links: %+v", res.Findings)
 	}
-	if m := k[KindLinkModified][0].Message; !strings.HasPrefix(m, "link '/nix/store/.links/"+h2.Base32()+"' was modified! expected hash '") {
+	if m := k[finding.KindLinkModified][0].Message; !strings.HasPrefix(m, "link '/nix/store/.links/"+h2.Base32()+"' was modified! expected hash '") {
 		t.Errorf("message: %s", m)
 	}
 	if len(res.Findings) != 1 {
 		t.Errorf("extra findings: %+v", res.Findings)
 	}
-	res = f.verify(Options{CheckContents: true, Repair: true})
+	res = f.verifyRepair(Options{CheckContents: true})
 	if res.Problems() {
 		t.Fatalf("after repair: %+v", res.Findings)
 	}
@@ -433,7 +456,7 @@ func TestNameClash(t *testing.T) {
 	os.WriteFile(clash, []byte("x"), 0o444)
 	os.WriteFile(f.real(v)+".lock", nil, 0o600) // Nix's own lock file: no claim
 	k := byKind(f.verify(Options{}))
-	if len(k) != 1 || len(k[KindNameClash]) != 1 || k[KindNameClash][0].Path != v {
+	if len(k) != 1 || len(k[finding.KindNameClash]) != 1 || k[finding.KindNameClash][0].Path != v {
 		t.Fatalf("%+v", k)
 	}
 }
@@ -451,11 +474,11 @@ func TestIOErrorDoesNotStopTheAudit(t *testing.T) {
 	flipByte(t, f.firstFile(dirs[1]))
 	res := f.verify(Options{CheckContents: true})
 	k := byKind(res)
-	if got := paths(k[KindIOError]); len(got) != 1 || got[0] != dirs[0] {
-		t.Errorf("io errors: %+v", k[KindIOError])
+	if got := paths(k[finding.KindIOError]); len(got) != 1 || got[0] != dirs[0] {
+		t.Errorf("io errors: %+v", k[finding.KindIOError])
 	}
-	if got := paths(k[KindModified]); len(got) != 1 || got[0] != dirs[1] {
-		t.Errorf("modified: %+v", k[KindModified])
+	if got := paths(k[finding.KindModified]); len(got) != 1 || got[0] != dirs[1] {
+		t.Errorf("modified: %+v", k[finding.KindModified])
 	}
 	if res.Summary.ContentsChecked != len(f.b.Valid)-1 {
 		t.Errorf("checked %d of %d", res.Summary.ContentsChecked, len(f.b.Valid))
@@ -480,10 +503,10 @@ func TestMetadata(t *testing.T) {
 	k := byKind(res)
 	rel := func(i int, file string) string { return strings.TrimPrefix(file, f.real(dirs[i])+"/") }
 	for _, c := range []struct {
-		kind string
+		kind finding.Kind
 		i    int
 		file string
-	}{{KindWritable, 0, w}, {KindSetuid, 1, su}, {KindBadMode, 2, bm}, {KindBadMtime, 3, mt}, {KindBadOwner, 4, ow}, {KindForeignLink, 5, fl}} {
+	}{{finding.KindWritable, 0, w}, {finding.KindSetuid, 1, su}, {finding.KindBadMode, 2, bm}, {finding.KindBadMtime, 3, mt}, {finding.KindBadOwner, 4, ow}, {finding.KindForeignLink, 5, fl}} {
 		if len(k[c.kind]) != 1 || k[c.kind][0].Path != dirs[c.i] || k[c.kind][0].File != rel(c.i, c.file) {
 			t.Errorf("%s: %+v", c.kind, k[c.kind])
 		}
@@ -496,8 +519,8 @@ func TestMetadata(t *testing.T) {
 	os.Remove(outside)
 	os.MkdirAll(f.b.Layout.LinksDir(), 0o755)
 	os.Link(fl, filepath.Join(f.b.Layout.LinksDir(), "x"))
-	if k := byKind(f.verify(Options{Metadata: true})); len(k[KindForeignLink]) != 0 {
-		t.Errorf("foreign link: %+v", k[KindForeignLink])
+	if k := byKind(f.verify(Options{Metadata: true})); len(k[finding.KindForeignLink]) != 0 {
+		t.Errorf("foreign link: %+v", k[finding.KindForeignLink])
 	}
 }
 
@@ -528,10 +551,10 @@ func TestSigs(t *testing.T) {
 	}
 	res := f.verify(Options{SigsNeeded: 1, TrustedKeys: []string{key}})
 	k := byKind(res)
-	if len(k[KindUntrusted]) != len(f.b.Valid)-1 {
-		t.Fatalf("%d untrusted, want %d", len(k[KindUntrusted]), len(f.b.Valid)-1)
+	if len(k[finding.KindUntrusted]) != len(f.b.Valid)-1 {
+		t.Fatalf("%d untrusted, want %d", len(k[finding.KindUntrusted]), len(f.b.Valid)-1)
 	}
-	for _, x := range k[KindUntrusted] {
+	for _, x := range k[finding.KindUntrusted] {
 		if x.Path == signed {
 			t.Errorf("signed path reported untrusted")
 		}
@@ -556,7 +579,7 @@ func TestPathArguments(t *testing.T) {
 	flipByte(t, f.firstFile(dirs[0]))
 	flipByte(t, f.firstFile(dirs[1]))
 	res := f.verify(Options{CheckContents: true, Paths: []string{dirs[1]}})
-	if got := paths(byKind(res)[KindModified]); len(got) != 1 || got[0] != dirs[1] || res.Summary.ContentsChecked != 1 {
+	if got := paths(byKind(res)[finding.KindModified]); len(got) != 1 || got[0] != dirs[1] || res.Summary.ContentsChecked != 1 {
 		t.Errorf("%v, checked %d", got, res.Summary.ContentsChecked)
 	}
 	if _, err := f.tryVerify(Options{Paths: []string{"/nix/store/" + strings.Repeat("a", 32) + "-nope"}}); err == nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"storekeeper/repair"
 	"storekeeper/report"
 	"storekeeper/verify"
 )
@@ -146,7 +147,7 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	ctx := cmd.Context()
 	p := g.printer(cmd)
 	vo := verify.Options{
-		Paths: args, CheckContents: o.checkContents, Metadata: o.metadata, Repair: o.repair, AllowMassDrop: o.allowMassDrop,
+		Paths: args, CheckContents: o.checkContents, Metadata: o.metadata,
 		SigsNeeded: o.sigsNeeded, Jobs: o.jobs, NoRecord: o.noRecord,
 	}
 	if o.budget != "" {
@@ -191,8 +192,22 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	if !vo.CheckContents && vo.BudgetTime == 0 && vo.BudgetBytes == 0 && vo.SubsetM == 0 && !vo.Metadata {
 		p.Verbosef("checking path existence (add --check-contents to hash every path)")
 	}
+	// --repair: the audit, then repair's local fixes of its findings; a
+	// store dir that looks unmounted is refused before the audit reads
+	// any contents.
+	ro := repair.Options{AllowMassDrop: o.allowMassDrop, NoRecord: o.noRecord}
+	if o.repair {
+		vo.OnSuspect = ro.Refuse
+	}
+	start := time.Now()
 	res, err := verify.Verify(ctx, s, vo, prog)
 	prog.finish()
+	if err == nil && o.repair {
+		ro.Suspect = res.Suspect
+		_, err = repair.Findings(ctx, s, res.Findings, ro)
+		res.Recount()
+		res.Summary.Elapsed = time.Since(start)
+	}
 	if err != nil {
 		return err
 	}

@@ -1,18 +1,119 @@
-package verify
+package repair
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+	_ "modernc.org/sqlite"
+
+	"storekeeper/nix/nixconf"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
+	"storekeeper/verify"
+	"storekeeper/verify/finding"
 )
+
+// fixture is a store built by storetest, audited by verify and repaired
+// as `verify --repair` does.
+type fixture struct {
+	t *testing.T
+	b *storetest.Built
+}
+
+func newFixture(t *testing.T, spec storetest.Spec) *fixture {
+	t.Helper()
+	return &fixture{t: t, b: storetest.MustBuild(t, spec)}
+}
+
+func smallSpec() storetest.Spec {
+	s := storetest.DefaultSpec()
+	s.Paths = 40
+	return s
+}
+
+func (f *fixture) real(p string) string { return f.b.Layout.RealPath(p) }
+
+// verify audits the store read-only.
+func (f *fixture) verify(o verify.Options) *verify.Result {
+	f.t.Helper()
+	s, err := storetest.OpenReadOnly(f.b.Layout)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer s.Close()
+	res, err := verify.Verify(context.Background(), s, o, nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return res
+}
+
+// verifyRepair is `verify --repair`: the audit, refusing a suspect store
+// directory as Execute would (Options.Refuse), then Findings.
+func (f *fixture) verifyRepair(o verify.Options, ro Options) (*verify.Result, error) {
+	ctx := context.Background()
+	s, err := store.Open(ctx, store.Options{Layout: f.b.Layout, Settings: nixconf.Default(true)})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer s.Close()
+	o.OnSuspect = ro.Refuse
+	res, err := verify.Verify(ctx, s, o, nil)
+	if err != nil {
+		return nil, err
+	}
+	ro.Suspect = res.Suspect
+	if _, err := Findings(ctx, s, res.Findings, ro); err != nil {
+		return nil, err
+	}
+	res.Recount()
+	return res, nil
+}
+
+// pick returns valid paths matching the predicate (with the number of
+// other paths referring to each), sorted.
+func (f *fixture) pick(pred func(p string, fi os.FileInfo, referrers int) bool) []string {
+	refc := map[string]int{}
+	for p, refs := range f.b.Refs {
+		for _, r := range refs {
+			if r != p {
+				refc[r]++
+			}
+		}
+	}
+	var out []string
+	for _, p := range f.b.Valid {
+		fi, err := os.Lstat(f.real(p))
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		if pred(p, fi, refc[p]) {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		f.t.Fatal("no path fits")
+	}
+	return out
+}
+
+func byKind(r *verify.Result) map[finding.Kind][]finding.Finding {
+	m := map[finding.Kind][]finding.Finding{}
+	for _, f := range r.Findings {
+		m[f.Kind] = append(m[f.Kind], f)
+	}
+	return m
+}
 
 // dbDump is every row of the tables --repair changes, in a fixed order.
 func dbDump(t *testing.T, f *fixture) string {
@@ -73,7 +174,7 @@ func removeStorePaths(t *testing.T, f *fixture, ps []string) {
 // file system did not mount) makes --repair change nothing and say why.
 func TestRepairRefusesEmptyStore(t *testing.T) {
 	f := newFixture(t, smallSpec())
-	if res := f.verify(Options{}); res.Problems() {
+	if res := f.verify(verify.Options{}); res.Problems() {
 		t.Fatalf("clean store: %+v", res.Findings)
 	}
 	removeStorePaths(t, f, f.b.Valid)
@@ -82,15 +183,15 @@ func TestRepairRefusesEmptyStore(t *testing.T) {
 	}
 	os.MkdirAll(f.b.Layout.LinksDir(), 0o755)
 	before := dbDump(t, f)
-	_, err := f.tryVerify(Options{Repair: true})
+	_, err := f.verifyRepair(verify.Options{}, Options{})
 	if err == nil {
 		t.Fatal("--repair ran on an empty store dir")
 	}
 	if dbDump(t, f) != before {
 		t.Fatal("the database changed")
 	}
-	if !errors.Is(err, ErrRepairRefused) || !errors.Is(err, store.ErrStoreLooksUnmounted) {
-		t.Errorf("error %v does not wrap ErrRepairRefused and store.ErrStoreLooksUnmounted", err)
+	if !errors.Is(err, ErrRefused) || !errors.Is(err, store.ErrStoreLooksUnmounted) {
+		t.Errorf("error %v does not wrap ErrRefused and store.ErrStoreLooksUnmounted", err)
 	}
 	msg := err.Error()
 	for _, want := range []string{fmt.Sprintf("%d of the %d valid paths", len(f.b.Valid), len(f.b.Valid)), f.b.Layout.RealStoreDir, "--allow-mass-drop", "It is empty", "Nothing was changed"} {
@@ -100,12 +201,12 @@ func TestRepairRefusesEmptyStore(t *testing.T) {
 	}
 	// Without --repair: the findings, and the summary says why it looks
 	// wrong; nothing changes.
-	res := f.verify(Options{})
+	res := f.verify(verify.Options{})
 	if len(res.Findings) != len(f.b.Valid) || !strings.Contains(res.Summary.StoreSuspect, "empty") {
 		t.Errorf("plain verify: %d findings, suspect %q", len(res.Findings), res.Summary.StoreSuspect)
 	}
 	// The override drops every row.
-	res, err = f.tryVerify(Options{Repair: true, AllowMassDrop: true})
+	res, err = f.verifyRepair(verify.Options{}, Options{AllowMassDrop: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +232,7 @@ func TestRepairRefusesMassMissing(t *testing.T) {
 	}
 	removeStorePaths(t, f, gone[:k])
 	before := dbDump(t, f)
-	_, err := f.tryVerify(Options{Repair: true})
+	_, err := f.verifyRepair(verify.Options{}, Options{})
 	if err == nil {
 		t.Fatalf("--repair dropped rows with %d of %d paths missing", k, n)
 	}
@@ -142,12 +243,12 @@ func TestRepairRefusesMassMissing(t *testing.T) {
 		!strings.Contains(msg, "--allow-mass-drop") || !strings.Contains(msg, "More than 10%") {
 		t.Errorf("message: %s", msg)
 	}
-	res, err := f.tryVerify(Options{Repair: true, AllowMassDrop: true})
+	res, err := f.verifyRepair(verify.Options{}, Options{AllowMassDrop: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dropped := 0
-	for _, x := range byKind(res)[KindDisappeared] {
+	for _, x := range byKind(res)[finding.KindDisappeared] {
 		if !x.Repaired {
 			t.Errorf("not dropped: %s", x.Path)
 		}
@@ -174,7 +275,7 @@ func TestRepairRefusesMassMissing(t *testing.T) {
 			t.Fatalf("only %d unreferenced paths", len(lone))
 		}
 		removeStorePaths(t, f, lone[:gone])
-		res, err := f.tryVerify(Options{Repair: true})
+		res, err := f.verifyRepair(verify.Options{}, Options{})
 		if err != nil {
 			t.Fatalf("%d of %d missing: %v", gone, n, err)
 		}
@@ -192,7 +293,7 @@ func TestRepairRefusesChangedFS(t *testing.T) {
 	f := newFixture(t, smallSpec())
 	lay := f.b.Layout
 	state := lay.OwnStateDir()
-	if res := f.verify(Options{}); res.Problems() {
+	if res := f.verify(verify.Options{}); res.Problems() {
 		t.Fatalf("clean store: %+v", res.Findings)
 	}
 	rec, ok, err := store.LoadFSIdentity(state)
@@ -226,7 +327,7 @@ func TestRepairRefusesChangedFS(t *testing.T) {
 			t.Fatal(err)
 		}
 		before := dbDump(t, f)
-		_, err := f.tryVerify(Options{Repair: true})
+		_, err := f.verifyRepair(verify.Options{}, Options{})
 		if !errors.Is(err, store.ErrStoreLooksUnmounted) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "--allow-mass-drop") {
 			t.Errorf("%s: %v", c.what, err)
 		}
@@ -238,7 +339,7 @@ func TestRepairRefusesChangedFS(t *testing.T) {
 		}
 	}
 	// The override repairs and records the file system it is on now.
-	res, err := f.tryVerify(Options{Repair: true, AllowMassDrop: true})
+	res, err := f.verifyRepair(verify.Options{}, Options{AllowMassDrop: true})
 	if err != nil || res.Problems() || validCount(t, f) != len(f.b.Valid)-1 {
 		t.Fatalf("--allow-mass-drop: %v %+v", err, res)
 	}
@@ -250,7 +351,7 @@ func TestRepairRefusesChangedFS(t *testing.T) {
 	old := now
 	old.Fsid[1]++
 	store.SaveFSIdentity(state, old)
-	if res := f.verify(Options{CheckContents: true}); res.Problems() || res.Summary.StoreSuspect != "" {
+	if res := f.verify(verify.Options{CheckContents: true}); res.Problems() || res.Summary.StoreSuspect != "" {
 		t.Fatalf("whole store: %+v", res)
 	}
 	if id, _, _ := store.LoadFSIdentity(state); id != now {
@@ -264,18 +365,18 @@ func TestRepairRefusesChangedFS(t *testing.T) {
 func TestRepairNoFalseAlarm(t *testing.T) {
 	f := newFixture(t, smallSpec())
 	state := f.b.Layout.OwnStateDir()
-	f.verify(Options{NoRecord: true})
+	f.verify(verify.Options{NoRecord: true})
 	if _, ok, _ := store.LoadFSIdentity(state); ok {
 		t.Error("--no-record recorded the file system")
 	}
-	f.verify(Options{})
+	f.verify(verify.Options{})
 	lone := f.pick(func(p string, fi os.FileInfo, refs int) bool { return refs == 0 })
 	removeStorePaths(t, f, lone[:3])
-	res, err := f.tryVerify(Options{Repair: true})
+	res, err := f.verifyRepair(verify.Options{}, Options{})
 	if err != nil || res.Problems() || res.Summary.Repaired != 3 {
 		t.Fatalf("%v %+v", err, res)
 	}
-	if _, err := f.tryVerify(Options{AllowMassDrop: true, Repair: true}); err != nil {
+	if _, err := f.verifyRepair(verify.Options{}, Options{AllowMassDrop: true}); err != nil {
 		t.Errorf("--allow-mass-drop on a whole store: %v", err)
 	}
 }
@@ -301,15 +402,15 @@ func TestRepairRemovesBogusLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 	fifo := filepath.Join(links, name('2'))
-	if err := syscallMkfifo(fifo); err != nil {
+	if err := unix.Mkfifo(fifo, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	res := f.verify(Options{CheckContents: true})
+	res := f.verify(verify.Options{CheckContents: true})
 	k := byKind(res)
-	if len(k[KindLinkModified]) != 3 || len(res.Findings) != 3 {
+	if len(k[finding.KindLinkModified]) != 3 || len(res.Findings) != 3 {
 		t.Fatalf("findings: %+v", res.Findings)
 	}
-	res, err := f.tryVerify(Options{CheckContents: true, Repair: true})
+	res, err := f.verifyRepair(verify.Options{CheckContents: true}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +425,7 @@ func TestRepairRemovesBogusLinks(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(outside, "keep")); err != nil {
 		t.Errorf("the symlink was followed: %v", err)
 	}
-	if res := f.verify(Options{CheckContents: true}); len(res.Findings) != 0 {
+	if res := f.verify(verify.Options{CheckContents: true}); len(res.Findings) != 0 {
 		t.Errorf("second run: %+v", res.Findings)
 	}
 }
