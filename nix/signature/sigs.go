@@ -127,8 +127,10 @@ func ParseSig(s string) (Sig, error) {
 type PublicKeys map[string]ed25519.PublicKey
 
 // ParsePublicKeys parses keys in Nix's form "NAME:BASE64(32-byte key)", as
-// trusted-public-keys lists them. A later key of the same name replaces
-// an earlier one, as in Nix's map.
+// trusted-public-keys lists them. Of keys with the same name the first is
+// kept and later ones are ignored, as in Nix's getDefaultPublicKeys
+// (emplace into a map): a key appended under a trusted name does not
+// replace the trusted key.
 func ParsePublicKeys(keys []string) (PublicKeys, error) {
 	pk := PublicKeys{}
 	for _, k := range keys {
@@ -136,7 +138,9 @@ func ParsePublicKeys(keys []string) (PublicKeys, error) {
 		if err != nil {
 			return nil, err
 		}
-		pk[p.Name] = p.Key
+		if _, ok := pk[p.Name]; !ok {
+			pk[p.Name] = p.Key
+		}
 	}
 	return pk, nil
 }

@@ -175,3 +175,27 @@ func TestParseKeyErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestParsePublicKeysFirstWins: of two trusted keys with one name, the
+// first is the one trusted, as in Nix's getDefaultPublicKeys (emplace
+// into a map keeps the first): a key appended later under a trusted
+// name (extra-trusted-public-keys, --option) does not replace it.
+func TestParsePublicKeysFirstWins(t *testing.T) {
+	fp := realFingerprint(t)
+	real := strings.TrimSpace(readKey(t, "test-cache-1.pub"))
+	other, err := ParseSecretKey(readKey(t, "other-key-2.sec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor := SecretKey{Name: "test-cache-1", Key: other.Key}
+	keys, err := ParsePublicKeys([]string{real, impostor.Public().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys.Verify(fp, impostor.Sign(fp)) {
+		t.Errorf("a signature by the second key named test-cache-1 verified")
+	}
+	if !keys.Verify(fp, sigCache) {
+		t.Errorf("a signature by the first key named test-cache-1 did not verify")
+	}
+}
