@@ -83,7 +83,8 @@ verify running) the audit still runs and says that nothing was recorded;
 
 Findings go to stdout in a deterministic order (by path, then kind, then
 file); --json prints one object per finding (kind, path, file, expected,
-got, message, fix, repaired) and a summary. verify exits with 1 when any
+got, message, fix: the command that fixes it, remedy: the same as data,
+{action, paths}, repaired) and a summary. verify exits with 1 when any
 finding is left unrepaired, including a vanished path that nothing refers
 to (Nix drops such a path silently; here it stays reported until
 --repair drops it), and with 0 when every finding was repaired.

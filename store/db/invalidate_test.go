@@ -101,11 +101,25 @@ func (f *invalidateFixture) consistent() {
 	}
 }
 
-// invalidate runs db.Invalidate on paths in one transaction on conn and
-// commits it if it succeeds.
-func (f *invalidateFixture) invalidate(conn *sql.Conn, paths []string) (map[string]bool, error) {
+// invalidate runs db.Invalidate on paths in one transaction and commits
+// it if it succeeds, on a connection that enforces foreign keys or on
+// one of db.InvalidationConn's, which does not.
+func (f *invalidateFixture) invalidate(enforce bool, paths []string) (map[string]bool, error) {
 	f.t.Helper()
 	ctx := context.Background()
+	var conn *sql.Conn
+	var done func()
+	var err error
+	if enforce {
+		conn, err = f.s.DB.SQL.Conn(ctx)
+		done = func() { conn.Close() }
+	} else {
+		conn, done, err = f.s.DB.InvalidationConn(ctx)
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer done()
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		f.t.Fatal(err)
@@ -156,20 +170,7 @@ func TestInvalidate(t *testing.T) {
 			t.Fatalf("%s has no DerivationOutputs rows", drv)
 		}
 		before := f.count("select count(*) from ValidPaths")
-		var conn *sql.Conn
-		var done func()
-		var err error
-		if enforce {
-			conn, err = f.s.DB.SQL.Conn(ctx)
-			done = func() { conn.Close() }
-		} else {
-			conn, done, err = f.s.DB.InvalidationConn(ctx)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		valid, err := f.invalidate(conn, set)
-		done()
+		valid, err := f.invalidate(enforce, set)
 		if err != nil {
 			t.Fatalf("enforce %v: %v", enforce, err)
 		}
@@ -217,21 +218,7 @@ func TestInvalidateReferenced(t *testing.T) {
 	outside := f.referrers(victim)
 	before := f.count("select count(*) from ValidPaths") + 1000*f.count("select count(*) from Refs")
 	for _, enforce := range []bool{true, false} {
-		ctx := context.Background()
-		var conn *sql.Conn
-		var done func()
-		var err error
-		if enforce {
-			conn, err = f.s.DB.SQL.Conn(ctx)
-			done = func() { conn.Close() }
-		} else {
-			conn, done, err = f.s.DB.InvalidationConn(ctx)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = f.invalidate(conn, []string{victim})
-		done()
+		_, err := f.invalidate(enforce, []string{victim})
 		var re *db.ReferencedError
 		if !errors.As(err, &re) || !errors.Is(err, db.ErrReferenced) {
 			t.Fatalf("enforce %v: error %v, want a *db.ReferencedError", enforce, err)
@@ -283,12 +270,7 @@ func TestInvalidateRevalidated(t *testing.T) {
 	if _, err := f.s.DB.SQL.Exec("insert into ValidPaths (path, hash, registrationTime, narSize) values (?, ?, 1, 8)", again, "sha256:"+strings.Repeat("1", 64)); err != nil {
 		t.Fatal(err)
 	}
-	conn, done, err := f.s.DB.InvalidationConn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	valid, err := f.invalidate(conn, lone[:2])
-	done()
+	valid, err := f.invalidate(false, lone[:2])
 	if err != nil {
 		t.Fatal(err)
 	}
