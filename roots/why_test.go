@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -141,5 +144,60 @@ func TestWhyBadPaths(t *testing.T) {
 	missing := b.Layout.StoreDir + "/00000000000000000000000000000000-nope"
 	if _, err := roots.Why(context.Background(), s, missing, ro); !errors.Is(err, roots.ErrNotValid) || !strings.Contains(err.Error(), missing) {
 		t.Errorf("%s: %v", missing, err)
+	}
+}
+
+// TestWhyArgumentAsNix: Why reads its argument as nix-store -q --roots
+// does (followLinksToStorePath): made absolute and canonical lexically
+// first ("/nix/store/a/../b" is b, not a), then symlinks outside the
+// store followed to the store path they name (./result); a symlink loop
+// or one leading out of the store is an error naming the path.
+func TestWhyArgumentAsNix(t *testing.T) {
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 8, Seed: 3, MaxDeps: 2, Files: 1, FileSize: 16, Roots: 1, Generations: 1})
+	s := open(t, b, true)
+	ro := roots.WhyOptions{Roots: roots.Options{NoRuntime: true, NoTemp: true}}
+	p, q := b.Valid[0], b.Valid[1]
+	why := func(arg string) (*roots.Explanation, error) {
+		return roots.Why(context.Background(), s, arg, ro)
+	}
+	if e, err := why(p + "/../" + path.Base(q)); err != nil || e.Path != q {
+		t.Errorf("%s/../%s: %+v, %v; want %s explained", p, path.Base(q), e, err, q)
+	}
+	if e, err := why(p + "/../" + path.Base(q) + "/some/file"); err != nil || e.Path != q {
+		t.Errorf("%s/../%s/some/file: %+v, %v; want %s explained", p, path.Base(q), e, err, q)
+	}
+	if _, err := why(p + "/.."); !errors.Is(err, storepath.ErrBadStorePath) {
+		t.Errorf("%s/..: %v, want the store dir refused as a bad store path", p, err)
+	}
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Symlink(p, filepath.Join(dir, "result")))
+	must(os.Symlink("result", filepath.Join(dir, "again")))
+	must(os.Symlink(p+"/some/file", filepath.Join(dir, "inside")))
+	must(os.Symlink("loop", filepath.Join(dir, "loop")))
+	must(os.Symlink("/etc", filepath.Join(dir, "out")))
+	for _, name := range []string{"result", "again", "inside"} {
+		if e, err := why(filepath.Join(dir, name)); err != nil || e.Path != p {
+			t.Errorf("symlink %s: %+v, %v; want %s explained", name, e, err, p)
+		}
+	}
+	wd, err := os.Getwd()
+	must(err)
+	must(os.Chdir(dir))
+	e, err := why("again")
+	must(os.Chdir(wd))
+	if err != nil || e.Path != p {
+		t.Errorf("relative symlink: %+v, %v; want %s explained", e, err, p)
+	}
+	for _, name := range []string{"loop", "out"} {
+		arg := filepath.Join(dir, name)
+		if _, err := why(arg); !errors.Is(err, storepath.ErrBadStorePath) || !strings.Contains(err.Error(), arg) {
+			t.Errorf("symlink %s: %v, want a bad store path error naming it", name, err)
+		}
 	}
 }
