@@ -209,8 +209,12 @@ func (r *Result) Done(action finding.Action, path string) bool {
 //     reported modified with its path; the intact files of a replaced
 //     entry get a fresh entry from the next `storekeeper optimise` or
 //     `nix-store --optimise`. Removing a .links name never removes data
-//     (the store's own names keep the inode).
+//     (the store's own names keep the inode). A kill -9 during a removal
+//     leaves part of the entry, which the next audit reports and the
+//     next repair removes.
 //
+// Concurrency: a nix-daemon may go on (registering paths, building); a
+// collector waits for the GC lock, as it waits for nix-store --verify.
 // It refuses (ErrRefused, changing nothing) on a suspect store directory
 // unless o.AllowMassDrop (Options.Refuse). After a repair that
 // AllowMassDrop let run it records the store directory's file system, as

@@ -66,11 +66,11 @@ type Options struct {
 	// finds the store directory suspect (empty, a large share of the
 	// valid paths missing at once, or another file system than the one
 	// recorded), before any contents are read: an error it returns ends
-	// Verify with that error, having changed nothing (repair.Options.
-	// Refuse: `verify --repair` refuses before a long audit). When it is
-	// set the verdict is the caller's: Summary.StoreSuspect stays empty
-	// (Result.Suspect has it). Without it the verdict goes into
-	// Summary.StoreSuspect.
+	// Verify with that error, having changed nothing (`verify --repair`
+	// passes repair's Options.Refuse, so it refuses before a long audit).
+	// When it is set the verdict is the caller's: Summary.StoreSuspect
+	// stays empty (Result.Suspect has it). Without it the verdict goes
+	// into Summary.StoreSuspect.
 	OnSuspect func(suspect error) error
 	// BudgetTime / BudgetBytes: verify contents of the least recently
 	// verified paths first and stop when the budget is spent. They imply
@@ -127,7 +127,7 @@ type Summary struct {
 	Remaining         int           `json:"paths_remaining,omitempty"` // budgeted runs: paths left for later runs
 	Stopped           string        `json:"stopped,omitempty"`         // why a budgeted run stopped early
 	ForeignLinksCheck bool          `json:"foreign_links_checked"`
-	StoreSuspect      string        `json:"store_suspect,omitempty"` // without --repair: why the store dir looks unmounted or half missing (store.CheckPresence)
+	StoreSuspect      string        `json:"store_suspect,omitempty"` // without Options.OnSuspect (--repair): why the store dir looks unmounted or half missing (store.CheckPresence)
 	Elapsed           time.Duration `json:"-"`
 }
 
