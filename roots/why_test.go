@@ -166,6 +166,13 @@ func TestWhyArgumentAsNix(t *testing.T) {
 	if e, err := why(p + "/../" + path.Base(q) + "/some/file"); err != nil || e.Path != q {
 		t.Errorf("%s/../%s/some/file: %+v, %v; want %s explained", p, path.Base(q), e, err, q)
 	}
+	if real := b.Layout.RealPath(p); real != p {
+		if e, err := why(real + "/some/file"); err != nil || e.Path != p {
+			t.Errorf("physical %s/some/file: %+v, %v; want %s explained", real, e, err, p)
+		}
+	} else {
+		t.Error("the fixture's store has no separate physical store dir: its case is not tested")
+	}
 	if _, err := why(p + "/.."); !errors.Is(err, storepath.ErrBadStorePath) {
 		t.Errorf("%s/..: %v, want the store dir refused as a bad store path", p, err)
 	}
