@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -310,5 +311,35 @@ func TestImmediateTx(t *testing.T) {
 	}
 	if f.count("select count(*) from ValidPaths where path = ? and narSize = 1", p) != 1 {
 		t.Error("the transaction was not committed")
+	}
+}
+
+// TestInvalidateConstraint: when a foreign key the check does not know
+// (here a table of another tool's) stops the deletion, Invalidate's error
+// is a *ReferencedError that keeps the constraint error as its cause.
+func TestInvalidateConstraint(t *testing.T) {
+	f := newInvalidateFixture(t)
+	var lone string
+	for _, p := range f.b.Valid {
+		if len(f.referrers(p)) == 0 {
+			lone = p
+			break
+		}
+	}
+	for _, q := range []string{
+		"create table Pins (path integer not null, foreign key (path) references ValidPaths(id) on delete restrict)",
+		"insert into Pins (path) values (" + fmt.Sprint(f.id[lone]) + ")",
+	} {
+		if _, err := f.s.DB.SQL.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := f.invalidate(true, []string{lone})
+	var re *db.ReferencedError
+	if !errors.As(err, &re) || re.Cause == nil || !db.IsConstraintError(err) || len(re.Refs) != 0 {
+		t.Fatalf("error %v (%+v), want a *db.ReferencedError caused by a constraint error", err, re)
+	}
+	if f.count("select count(*) from ValidPaths where path = ?", lone) != 1 {
+		t.Error("the path was invalidated")
 	}
 }
