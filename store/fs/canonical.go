@@ -218,8 +218,15 @@ func Canonicalise(dirfd int, name string, opts CanonicaliseOptions) error {
 			}
 		}
 	}
+	if testHookChecked != nil {
+		testHookChecked()
+	}
 	return c.walk(dirfd, name, display, true, 0)
 }
+
+// testHookChecked, set by tests, runs between Canonicalise's check pass
+// and its change pass.
+var testHookChecked func()
 
 type canon struct {
 	opts   CanonicaliseOptions

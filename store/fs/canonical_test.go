@@ -338,3 +338,38 @@ func TestCanonicalRule(t *testing.T) {
 		}
 	}
 }
+
+// TestCanonicaliseTreeChangedBetweenPasses: a node swapped after the
+// check (a builder's process still running puts a hard link to a root
+// file in the place of its own) is not changed: the change pass stops
+// with ErrTreeChanged and the foreign file keeps its mode, owner and
+// mtime.
+func TestCanonicaliseTreeChangedBetweenPasses(t *testing.T) {
+	uid, gid := buildUser(t)
+	dir := openTempDir(t)
+	out := filepath.Join(dir, "out")
+	os.Mkdir(out, 0o755)
+	os.Chown(out, uid, gid)
+	asUser(t, uid, gid, out, "printf x > f; chmod 644 f")
+	shadow := filepath.Join(dir, "shadow")
+	os.WriteFile(shadow, []byte("secret"), 0o640)
+	os.Link(shadow, filepath.Join(dir, "shadow-link"))
+	before := snapshot(t, dir+"/shadow")
+	testHookChecked = func() {
+		if err := os.Rename(filepath.Join(dir, "shadow-link"), filepath.Join(out, "f")); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookChecked = nil }()
+	err := Canonicalise(unix.AT_FDCWD, out, CanonicaliseOptions{BuildUID: uid})
+	if !errors.Is(err, ErrTreeChanged) {
+		t.Fatalf("got %v, want ErrTreeChanged", err)
+	}
+	after := snapshot(t, dir+"/shadow")
+	for p, b := range before {
+		a := after[p]
+		if a.mode != b.mode || a.uid != b.uid || a.mtime != b.mtime || a.xattrs != b.xattrs {
+			t.Errorf("%s changed: %+v -> %+v", p, b, a)
+		}
+	}
+}
