@@ -105,6 +105,10 @@ func (pl *Plan) Close() {
 	}
 }
 
+// ErrPlanDone is Execute's error for a plan already executed or closed:
+// a plan runs once (its locks and the socket are released by then).
+var ErrPlanDone = errors.New("gc: the plan was already executed or closed")
+
 // Execute deletes what pl says, as Collect does after its plan: dead
 // paths, referrers first, each strongly connected component in one
 // transaction, in batches; each batch is re-checked under the lock
@@ -117,7 +121,7 @@ func (pl *Plan) Close() {
 // Crash safety and cancellation: see Collect.
 func Execute(ctx context.Context, pl *Plan) (*Result, error) {
 	if pl.done {
-		return pl.c.res, errors.New("gc: the plan was already executed or closed")
+		return pl.c.res, ErrPlanDone
 	}
 	pl.done = true
 	c := pl.c

@@ -49,8 +49,8 @@ func TestPlanThenExecute(t *testing.T) {
 	}
 	pl.Close()
 	pl.Close()
-	if _, err := gc.Execute(context.Background(), pl); err == nil {
-		t.Fatal("a closed plan was executed")
+	if _, err := gc.Execute(context.Background(), pl); !errors.Is(err, gc.ErrPlanDone) {
+		t.Fatalf("a closed plan was executed: %v", err)
 	}
 	l, err := lock.AcquireGCLock(context.Background(), b.Layout.StateDir, lock.Exclusive, false, nil)
 	if err != nil {
@@ -82,8 +82,8 @@ func TestPlanThenExecute(t *testing.T) {
 		want[p] = true
 	}
 	checkSurvivors(t, rw, b, want)
-	if _, err := gc.Execute(context.Background(), pl); err == nil {
-		t.Error("a plan was executed twice")
+	if _, err := gc.Execute(context.Background(), pl); !errors.Is(err, gc.ErrPlanDone) {
+		t.Errorf("a plan was executed twice: %v", err)
 	}
 	l, err = lock.AcquireGCLock(context.Background(), b.Layout.StateDir, lock.Exclusive, false, nil)
 	if err != nil {
