@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"testing"
+	"time"
 
 	"storekeeper/gc"
 	"storekeeper/lock"
@@ -90,4 +92,78 @@ func TestPlanThenExecute(t *testing.T) {
 		t.Fatalf("Execute left gc.lock held: %v", err)
 	}
 	l.Release()
+}
+
+// TestPlanHonoursSocketRootsBeforeExecute: a temporary root a client
+// registers through the gc socket after NewPlan (the plan lists the path
+// dead) and before Execute is answered at once, and Execute spares the
+// path and what it references; the rest of the dead set goes, and Close
+// stops serving the socket.
+func TestPlanHonoursSocketRootsBeforeExecute(t *testing.T) {
+	b := build(t, storetest.Spec{Paths: 50, Seed: 17, MaxDeps: 3, Files: 1, FileSize: 4096, Roots: 3, Generations: 1})
+	rw := openStore(t, b.Layout, false)
+	m := loadModel(t, b.Layout.DBPath())
+	pl, err := gc.NewPlan(context.Background(), rw, gc.Options{Action: gc.PrintDead, ProcDir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := map[string]bool{}
+	for _, p := range pl.Dead {
+		dead[p] = true
+	}
+	// A dead path with a dead reference: the root must keep both.
+	var x, y string
+	for _, p := range pl.Dead {
+		for _, r := range m.refs[p] {
+			if r != p && dead[r] && x == "" {
+				x, y = p, r
+			}
+		}
+	}
+	if x == "" {
+		t.Fatal("no dead path refers to another: the fixture shows little")
+	}
+
+	pl, err = gc.NewPlan(context.Background(), rw, gc.Options{Action: gc.Delete, ProcDir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	conn, err := lock.DialUnix(context.Background(), b.Layout.GCSocketPath())
+	if err != nil {
+		t.Fatalf("the plan does not serve the gc socket: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(x + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	ans := make([]byte, 1)
+	if _, err := io.ReadFull(conn, ans); err != nil || ans[0] != '1' {
+		t.Fatalf("the socket answered %q, %v", ans, err)
+	}
+	res, err := gc.Execute(context.Background(), pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spared := map[string]bool{}
+	for _, p := range res.Spared {
+		spared[p] = true
+	}
+	if !spared[x] || !spared[y] {
+		t.Errorf("spared %v; want %s and %s among them", res.Spared, x, y)
+	}
+	delete(dead, x)
+	delete(dead, y)
+	for p := range spared {
+		delete(dead, p)
+	}
+	if len(dead) == 0 {
+		t.Fatal("nothing else was dead: the fixture shows little")
+	}
+	checkSurvivors(t, rw, b, dead)
+	if c, err := lock.DialUnix(context.Background(), b.Layout.GCSocketPath()); err == nil {
+		c.Close()
+		t.Error("the gc socket is still served after Execute")
+	}
 }
