@@ -502,32 +502,9 @@ func (d *DB) Close() error {
 // ValidAmong returns which of the given full store paths are registered in
 // ValidPaths, with one query per 500 paths (never one per path).
 func (d *DB) ValidAmong(ctx context.Context, paths []string) (map[string]bool, error) {
-	out := make(map[string]bool, len(paths))
-	const chunk = 500
-	for i := 0; i < len(paths); i += chunk {
-		part := paths[i:min(i+chunk, len(paths))]
-		args := make([]any, len(part))
-		for j, p := range part {
-			args[j] = p
-		}
-		q := "select path from ValidPaths where path in (?" + strings.Repeat(",?", len(part)-1) + ")"
-		rows, err := d.SQL.QueryContext(ctx, q, args...)
-		if err != nil {
-			return nil, classifyDBError(d.Path, err)
-		}
-		for rows.Next() {
-			var p string
-			if err := rows.Scan(&p); err != nil {
-				rows.Close()
-				return nil, classifyDBError(d.Path, err)
-			}
-			out[p] = true
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, classifyDBError(d.Path, err)
-		}
+	out, err := validAmong(ctx, d.SQL, paths)
+	if err != nil {
+		return nil, classifyDBError(d.Path, err)
 	}
 	return out, nil
 }

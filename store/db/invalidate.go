@@ -61,9 +61,9 @@ func (e *ReferencedError) Unwrap() []error {
 	return []error{ErrReferenced, e.Cause}
 }
 
-// invalidateChunk is how many paths one invalidation statement names
-// (SQLite's default limit on a statement's variables is 32766; a
-// statement per 500 ids is as fast as bigger ones).
+// invalidateChunk is how many paths one statement of Invalidate or
+// ValidAmong names (SQLite's default limit on a statement's variables is
+// 32766).
 const invalidateChunk = 500
 
 // Invalidate removes the paths ids (ValidPaths ids) from the database in
@@ -143,28 +143,13 @@ func Invalidate(ctx context.Context, q Querier, ids []int64, pathOf func(i int) 
 			}
 		}
 	}
-	revalidated = map[string]bool{}
-	for i := 0; i < len(missing); i += invalidateChunk {
-		m := missing[i:min(i+invalidateChunk, len(missing))]
-		args := make([]any, len(m))
-		for j, k := range m {
-			args[j] = pathOf(k)
-		}
-		rows, err := q.QueryContext(tctx, "select path from ValidPaths where path in ("+placeholders(len(m))+")", args...)
-		if err != nil {
-			return nil, fmt.Errorf("invalidating: %w", err)
-		}
-		for rows.Next() {
-			var p string
-			if rows.Scan(&p) == nil {
-				revalidated[p] = true
-			}
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, fmt.Errorf("invalidating: %w", err)
-		}
+	paths := make([]string, len(missing))
+	for j, k := range missing {
+		paths[j] = pathOf(k)
+	}
+	revalidated, err = validAmong(tctx, q, paths)
+	if err != nil {
+		return nil, fmt.Errorf("invalidating: %w", err)
 	}
 	return revalidated, nil
 }
@@ -197,6 +182,37 @@ func referenced(ctx context.Context, q Querier, parts [][]any, cause error) erro
 		}
 	}
 	return e
+}
+
+// validAmong returns which of paths (full store paths) are registered in
+// ValidPaths as q sees them, with one query per invalidateChunk paths.
+func validAmong(ctx context.Context, q Querier, paths []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(paths))
+	for i := 0; i < len(paths); i += invalidateChunk {
+		part := paths[i:min(i+invalidateChunk, len(paths))]
+		args := make([]any, len(part))
+		for j, p := range part {
+			args[j] = p
+		}
+		rows, err := q.QueryContext(ctx, "select path from ValidPaths where path in ("+placeholders(len(part))+")", args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var p string
+			if err := rows.Scan(&p); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[p] = true
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // chunkIDs splits ids into statement arguments of at most invalidateChunk.
