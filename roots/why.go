@@ -28,6 +28,14 @@ type Explanation struct {
 	// it through the edge it names.
 	Root  string `json:"root,omitempty"`
 	Chain []Link `json:"chain,omitempty"`
+	// For a dead path: DeadWith counts the other paths a collection
+	// deletes with it (the dead paths that keep it, through references
+	// and the keep-* edges: Nix's collector deletes them together, and
+	// 'gc --delete' needs them all), and NarBytes is the sum of the NAR
+	// sizes of the path and of those: about what deleting them frees
+	// (less where files are hard-linked with paths that stay).
+	DeadWith int    `json:"dead_with,omitempty"`
+	NarBytes uint64 `json:"nar_bytes,omitempty"`
 }
 
 // Link is one path of a chain and the edge through which the path before
@@ -101,6 +109,15 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 	e := &Explanation{Path: g.Path(id)}
 	root, chain, alive := live.Chain(id)
 	if !alive {
+		// Its dead keepers: O(what they are), with the reverse index
+		// built in O(edges), less than the graph's load.
+		for v, d := range live.DeadFrom([]graph.PathID{id}) {
+			if d {
+				e.DeadWith++
+				e.NarBytes += g.NarSize[v]
+			}
+		}
+		e.DeadWith--
 		return e, nil
 	}
 	e.Alive, e.Root = true, root

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"storekeeper/graph"
+	"storekeeper/nix/nar"
 	"storekeeper/nix/storepath"
 	"storekeeper/roots"
 	"storekeeper/store/storetest"
@@ -54,7 +55,9 @@ func whyModel(b *storetest.Built, keepOutputs, keepDerivations bool) map[string]
 // and then gives a chain from a root's target whose every step is an edge
 // of the kind it names (a reference first, where an edge is also a
 // keep-* edge) and whose length is the shortest distance from
-// any root (a breadth-first search over the fixture's own model).
+// any root (a breadth-first search over the fixture's own model); for a
+// dead path, it counts the paths that keep it (which die with it) and
+// sums their NAR sizes and its own.
 func TestWhyShortestChains(t *testing.T) {
 	b := storetest.MustBuild(t, storetest.Spec{Paths: 60, Seed: 21, MaxDeps: 4, Files: 1, FileSize: 16, Multi: 0.3, Roots: 4, Generations: 2})
 	s := open(t, b, true)
@@ -82,7 +85,22 @@ func TestWhyShortestChains(t *testing.T) {
 					}
 				}
 			}
-			longest, kinds := 0, map[graph.EdgeKind]int{}
+			// keepers(p): every path with a chain of edges to p.
+			keepers := func(p string) map[string]bool {
+				seen, stack := map[string]bool{}, []string{p}
+				for len(stack) > 0 {
+					v := stack[len(stack)-1]
+					stack = stack[:len(stack)-1]
+					for u, out := range edges {
+						if _, ok := out[v]; ok && !seen[u] && u != p {
+							seen[u] = true
+							stack = append(stack, u)
+						}
+					}
+				}
+				return seen
+			}
+			longest, deadWith, kinds := 0, 0, map[graph.EdgeKind]int{}
 			for _, p := range b.Valid {
 				e, err := roots.Why(context.Background(), s, p, roots.WhyOptions{Roots: ro, KeepOutputs: keep[0], KeepDerivations: keep[1]})
 				if err != nil {
@@ -96,6 +114,16 @@ func TestWhyShortestChains(t *testing.T) {
 					if e.Root != "" || len(e.Chain) != 0 {
 						t.Errorf("%s: dead with a chain %+v", p, e)
 					}
+					// The paths that keep p (all dead, since p is) go
+					// with it; their NAR sizes, read from the disk.
+					with, size := keepers(p), narSize(t, b, p)
+					for u := range with {
+						size += narSize(t, b, u)
+					}
+					if e.DeadWith != len(with) || e.NarBytes != size {
+						t.Errorf("%s: dead with %d paths, %d NAR bytes; the model says %d, %d", p, e.DeadWith, e.NarBytes, len(with), size)
+					}
+					deadWith = max(deadWith, e.DeadWith)
 					continue
 				}
 				if len(e.Chain)-1 != d {
@@ -114,8 +142,8 @@ func TestWhyShortestChains(t *testing.T) {
 				}
 				longest = max(longest, len(e.Chain))
 			}
-			if longest < 3 {
-				t.Errorf("the longest chain has %d paths: the test shows little", longest)
+			if longest < 3 || deadWith == 0 {
+				t.Errorf("the longest chain has %d paths, the most dead paths deleted with one %d: the test shows little", longest, deadWith)
 			}
 			// (keep-outputs alone keeps nothing more: no derivation is
 			// alive without keep-derivations in this fixture.)
@@ -124,6 +152,16 @@ func TestWhyShortestChains(t *testing.T) {
 			}
 		})
 	}
+}
+
+// narSize is the NAR size of p as on disk.
+func narSize(t *testing.T, b *storetest.Built, p string) uint64 {
+	t.Helper()
+	_, n, err := nar.HashPath(b.Layout.RealPath(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint64(n)
 }
 
 // TestWhyBadPaths: a path below a store path explains its store path; a

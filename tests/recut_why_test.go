@@ -49,6 +49,8 @@ type whyJSON struct {
 		Path string `json:"path"`
 		Edge string `json:"edge"`
 	} `json:"chain"`
+	DeadWith int    `json:"dead_with"`
+	NarBytes uint64 `json:"nar_bytes"`
 }
 
 // parseWhy reads the output of roots --why --json: the explanation, in
@@ -77,7 +79,8 @@ func parseWhy(t *testing.T, out string) whyJSON {
 // (or, with keep-derivations, the deriver Nix registered), and with
 // references alone (keep-derivations = false) the chain is a shortest
 // one from the roots `nix-store --gc --print-roots` prints. The text form
-// names each edge's kind and says when a path is dead.
+// names each edge's kind and says when a path is dead, and what deleting
+// it frees.
 func TestWhyMatchesNix(t *testing.T) {
 	for _, conf := range []string{"keep-derivations = false\n", ""} {
 		name := strings.TrimSpace(conf)
@@ -157,8 +160,8 @@ done < "$OUT/list"
 				if !e.Alive {
 					dead++
 					sampleDead = p
-					if len(e.Chain) != 0 {
-						t.Errorf("%s: dead with a chain", p)
+					if len(e.Chain) != 0 || e.NarBytes == 0 {
+						t.Errorf("%s: dead with a chain, or of no NAR size: %+v", p, e)
 					}
 					continue
 				}
@@ -204,7 +207,7 @@ done < "$OUT/list"
 				t.Errorf("roots --why %s: exit %d\n%s%s", sampleAlive, txt.code, txt.stdout, txt.stderr)
 			}
 			txt = runInNS(t, ns.Root, "roots", "--why", sampleDead)
-			if txt.code != 0 || !strings.HasPrefix(txt.stdout, sampleDead+" is dead") {
+			if txt.code != 0 || !strings.HasPrefix(txt.stdout, sampleDead+" is dead") || !strings.HasSuffix(txt.stdout, " by NAR size)\n") {
 				t.Errorf("roots --why %s: exit %d\n%s%s", sampleDead, txt.code, txt.stdout, txt.stderr)
 			}
 		})

@@ -102,7 +102,12 @@ func runWhy(cmd *cobra.Command, g *globalOptions, p *printer, s *store.Store, o 
 		return p.JSON(e)
 	}
 	if !e.Alive {
-		fmt.Fprintf(p.out, "%s is dead: no root keeps it alive ('storekeeper gc' would delete it)\n", report.Name(e.Path))
+		with := ""
+		if e.DeadWith > 0 {
+			with = fmt.Sprintf(" with the %d dead paths that keep it", e.DeadWith)
+		}
+		fmt.Fprintf(p.out, "%s is dead: no root keeps it alive ('storekeeper gc' would delete it%s, about %s by NAR size)\n",
+			report.Name(e.Path), with, report.FormatSize(e.NarBytes))
 		return nil
 	}
 	fmt.Fprintf(p.out, "%s is alive\n  root: %s\n", report.Name(e.Path), report.Name(e.Root))
