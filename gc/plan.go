@@ -546,19 +546,19 @@ func (c *collector) planSpecific(p *plan, candidates []entry) error {
 			v := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
 			var bad graph.PathID = graph.NoPath
-			c.live.Edges().Backward(v, func(u graph.PathID, _ graph.EdgeKind) {
+			var badKind graph.EdgeKind
+			c.live.Edges().Backward(v, func(u graph.PathID, k graph.EdgeKind) {
 				if seen[u] {
 					return
 				}
 				seen[u] = true
 				if !want[c.g.Name(u)] && bad == graph.NoPath {
-					bad = u
+					bad, badKind = u, k
 				}
 				stack = append(stack, u)
 			})
 			if bad != graph.NoPath {
-				return fmt.Errorf("%w: cannot delete %s since it is still alive: %s refers to it (delete both, or find out why it is alive with 'storekeeper roots')",
-					ErrAlive, c.g.Path(id), c.g.Path(bad))
+				return c.keptError(id, v, bad, badKind)
 			}
 		}
 		for v := range seen {
@@ -566,6 +566,22 @@ func (c *collector) planSpecific(p *plan, candidates []entry) error {
 		}
 	}
 	return nil
+}
+
+// keptError is planSpecific's refusal of id: u, outside the set, keeps v
+// (id, or a path of the set that keeps id) through an edge of kind k.
+func (c *collector) keptError(id, v, u graph.PathID, k graph.EdgeKind) error {
+	var why string
+	switch k {
+	case graph.KeepOutputs:
+		why = fmt.Sprintf("%s, a derivation that lists %s as an output, keeps it (keep-outputs)", c.g.Path(u), c.g.Path(v))
+	case graph.KeepDerivations:
+		why = fmt.Sprintf("%s, an output built by %s, keeps it (keep-derivations)", c.g.Path(u), c.g.Path(v))
+	default:
+		why = fmt.Sprintf("%s refers to %s", c.g.Path(u), c.g.Path(v))
+	}
+	return fmt.Errorf("%w: cannot delete %s since it is still alive: %s; %s is not among the paths to delete (add it, or see what keeps it with 'storekeeper roots --why %s')",
+		ErrAlive, c.g.Path(id), why, c.g.Path(u), c.g.Path(u))
 }
 
 // aliveError names the root that keeps id alive and the chain to it.

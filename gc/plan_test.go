@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -165,5 +166,90 @@ func TestPlanHonoursSocketRootsBeforeExecute(t *testing.T) {
 	if c, err := lock.DialUnix(context.Background(), b.Layout.GCSocketPath()); err == nil {
 		c.Close()
 		t.Error("the gc socket is still served after Execute")
+	}
+}
+
+// TestDeleteSpecificNamesTheEdge: --delete refusing a dead path that
+// something outside the set keeps names that path, the path of the set it
+// keeps (not always the one asked for: it may keep it through another
+// path of the set) and the kind of edge: "Z refers to Y" for a
+// reference, the keep-derivations edge of an output to its derivation.
+func TestDeleteSpecificNamesTheEdge(t *testing.T) {
+	b := build(t, storetest.Spec{Paths: 60, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Multi: 0.3, Roots: 2, Generations: 1})
+	rw := openStore(t, b.Layout, false)
+	m := loadModel(t, b.Layout.DBPath())
+	deadSet := func(o gc.Options) map[string]bool {
+		dead := map[string]bool{}
+		for _, p := range collect(t, rw, o).Dead {
+			dead[p] = true
+		}
+		return dead
+	}
+	// Z -> Y -> X, all dead, Y the only referrer of X: deleting X and Y
+	// (references alone) is refused because of Z, which refers to Y.
+	o := gc.Options{Action: gc.PrintDead}
+	dead := deadSet(o)
+	onlyReferrer := func(p string) string {
+		var only string
+		for _, q := range m.referrers[p] {
+			switch {
+			case q == p:
+			case only == "":
+				only = q
+			default:
+				return ""
+			}
+		}
+		return only
+	}
+	var x, y, z string
+	for p := range dead {
+		q := onlyReferrer(p)
+		for _, r := range m.referrers[q] {
+			if x == "" && q != "" && q != r && r != p && dead[q] && dead[r] {
+				x, y, z = p, q, r
+			}
+		}
+	}
+	if x == "" {
+		t.Fatal("no chain of three dead paths: the fixture shows little")
+	}
+	o.Action, o.Paths, o.ProcDir = gc.DeleteSpecific, []string{x, y}, t.TempDir()
+	_, err := gc.Collect(context.Background(), rw, o, nil)
+	named := false
+	for _, r := range m.referrers[y] {
+		named = named || (!dead[r] || r != x && r != y) && err != nil && strings.Contains(err.Error(), r+" refers to "+y+";")
+	}
+	if !errors.Is(err, gc.ErrAlive) || !named {
+		t.Errorf("deleting %s and %s: %v; want an error saying a referrer of %s outside them (%s, ...) refers to it", x, y, err, y, z)
+	}
+	// A dead derivation nothing refers to, with a dead output it built:
+	// kept by that output under keep-derivations.
+	o = gc.Options{Action: gc.PrintDead, KeepDerivations: true}
+	dead = deadSet(o)
+	var drv, out string
+	for d, outs := range m.drvOutputs {
+		for _, p := range outs {
+			if drv == "" && dead[d] && dead[p] && m.deriver[p] == d && len(m.referrers[d]) == 0 && p != d {
+				drv, out = d, p
+			}
+		}
+	}
+	if drv == "" {
+		t.Fatal("no dead derivation with a dead output: the fixture shows little")
+	}
+	o.Action, o.Paths, o.ProcDir = gc.DeleteSpecific, []string{drv}, t.TempDir()
+	_, err = gc.Collect(context.Background(), rw, o, nil)
+	named = false
+	for _, p := range m.drvOutputs[drv] {
+		named = named || err != nil && m.deriver[p] == drv && strings.Contains(err.Error(), p+", an output built by "+drv+", keeps it (keep-derivations)")
+	}
+	if !errors.Is(err, gc.ErrAlive) || !named || strings.Contains(err.Error(), "refers to") {
+		t.Errorf("deleting %s, built %s: %v; want an error naming an output it built and keep-derivations", drv, out, err)
+	}
+	for _, p := range []string{x, y, drv} {
+		if _, err := os.Lstat(b.Layout.RealPath(p)); err != nil {
+			t.Errorf("a refused --delete deleted %s: %v", p, err)
+		}
 	}
 }
