@@ -584,15 +584,23 @@ func (c *collector) keptError(id, v, u graph.PathID, k graph.EdgeKind) error {
 		ErrAlive, c.g.Path(id), why, c.g.Path(u), c.g.Path(u))
 }
 
-// aliveError names the root that keeps id alive and the chain to it.
+// aliveError names the root that keeps id alive (quoted: a root's link
+// is any user's file name) and a shortest chain from it, each edge with
+// its kind.
 func (c *collector) aliveError(id graph.PathID) error {
 	root, chain, _ := c.live.Chain(id)
-	var names []string
-	for _, st := range chain {
-		names = append(names, c.g.Path(st.ID))
+	var sb strings.Builder
+	for i, st := range chain {
+		if i > 0 {
+			sb.WriteString(" -> ")
+		}
+		sb.WriteString(c.g.Path(st.ID))
+		if st.Edge != graph.Root {
+			sb.WriteString(" (" + st.Edge.String() + ")")
+		}
 	}
 	return fmt.Errorf("%w: cannot delete %s since it is still alive: root %s keeps it alive through %s",
-		ErrAlive, c.g.Path(id), root, strings.Join(names, " -> "))
+		ErrAlive, c.g.Path(id), report.Name(root), sb.String())
 }
 
 // readStoreDir lists the store directory's names, unsorted.

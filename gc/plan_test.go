@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -251,5 +252,35 @@ func TestDeleteSpecificNamesTheEdge(t *testing.T) {
 		if _, err := os.Lstat(b.Layout.RealPath(p)); err != nil {
 			t.Errorf("a refused --delete deleted %s: %v", p, err)
 		}
+	}
+}
+
+// TestDeleteSpecificQuotesTheRoot: --delete refusing a path a root keeps
+// names the root with its link quoted (a newline in a link's name cannot
+// forge a line of the error) and the chain with each edge's kind.
+func TestDeleteSpecificQuotesTheRoot(t *testing.T) {
+	b := build(t, storetest.Spec{Paths: 30, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	rw := openStore(t, b.Layout, false)
+	m := loadModel(t, b.Layout.DBPath())
+	dead := collect(t, rw, gc.Options{Action: gc.PrintDead}).Dead
+	var top, ref string
+	for _, p := range dead {
+		for _, r := range m.refs[p] {
+			if r != p && top == "" {
+				top, ref = p, r
+			}
+		}
+	}
+	if top == "" {
+		t.Fatal("no dead path with a reference: the fixture shows little")
+	}
+	link := filepath.Join(b.Layout.GCRootsDir(), "evil\nstorekeeper: forged line")
+	if err := os.Symlink(top, link); err != nil {
+		t.Fatal(err)
+	}
+	_, err := gc.Collect(context.Background(), rw, gc.Options{Action: gc.DeleteSpecific, Paths: []string{ref}, ProcDir: t.TempDir()}, nil)
+	if !errors.Is(err, gc.ErrAlive) || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), `evil\nstorekeeper`) ||
+		!strings.Contains(err.Error(), top+" -> "+ref+" (reference)") {
+		t.Errorf("deleting %s, kept by the root %q: %v", ref, link, err)
 	}
 }
