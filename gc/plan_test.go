@@ -51,8 +51,17 @@ func TestPlanThenExecute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c, err := lock.DialUnix(context.Background(), b.Layout.GCSocketPath()); err != nil {
+		t.Fatalf("a deleting plan does not serve the gc socket: %v", err)
+	} else {
+		c.Close()
+	}
 	pl.Close()
 	pl.Close()
+	if c, err := lock.DialUnix(context.Background(), b.Layout.GCSocketPath()); err == nil {
+		c.Close()
+		t.Error("Close left the gc socket served")
+	}
 	if _, err := gc.Execute(context.Background(), pl); !errors.Is(err, gc.ErrPlanDone) {
 		t.Fatalf("a closed plan was executed: %v", err)
 	}
