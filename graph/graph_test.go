@@ -267,3 +267,43 @@ func TestBuilderRefusesDisorder(t *testing.T) {
 		t.Errorf("graph: %d paths, refs %v %v", g.Len(), g.References(0), g.References(1))
 	}
 }
+
+// TestInvalidOutputs: a DerivationOutputs row whose path is not valid
+// (never built, or collected) is no edge, either way: keep-outputs keeps
+// only the valid outputs, and the derivation is not among the
+// derivations of anything through it; a deriver that is not valid is none.
+func TestInvalidOutputs(t *testing.T) {
+	b := graph.NewBuilder("/nix/store", 3)
+	for i, n := range []string{"foo.drv", "foo", "bar"} {
+		if _, err := b.AddPath(int64(i+1), []byte(name(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := b.Graph()
+	g.Deriver = []graph.PathID{graph.NoPath, 0, graph.NoPath}
+	for _, o := range []graph.DrvOutput{
+		{Name: "dev", Path: "/nix/store/" + name("foo-dev"), ID: graph.NoPath},
+		{Name: "out", Path: "/nix/store/" + name("foo"), ID: 1},
+	} {
+		if err := b.AddOutput(0, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g = b.Finish()
+	if d := g.DerivationsOf(1); len(d) != 1 || d[0] != 0 || len(g.DerivationsOf(2)) != 0 {
+		t.Errorf("derivations of foo %v, of bar %v", g.DerivationsOf(1), g.DerivationsOf(2))
+	}
+	for _, keep := range [][2]bool{{true, false}, {true, true}, {false, true}} {
+		l := live(t, g, keep[0], keep[1], "foo.drv")
+		if got, want := chainOf(t, g, l, "foo"), "root foo.drv: foo.drv -keep-outputs-> foo"; (got == want) != keep[0] || keep[0] == false && got != "dead" {
+			t.Errorf("keep %v: foo %s", keep, got)
+		}
+		if got := chainOf(t, g, l, "bar"); got != "dead" {
+			t.Errorf("keep %v: bar %s", keep, got)
+		}
+		dead := l.DeadFrom([]graph.PathID{0, 1, 2})
+		if dead[0] || dead[1] != !keep[0] || !dead[2] {
+			t.Errorf("keep %v: dead %v", keep, dead)
+		}
+	}
+}
