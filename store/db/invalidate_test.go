@@ -24,7 +24,13 @@ type invalidateFixture struct {
 
 func newInvalidateFixture(t *testing.T) *invalidateFixture {
 	t.Helper()
-	b := storetest.MustBuild(t, storetest.Spec{Paths: 40, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 16, DBOnly: true})
+	return newInvalidateFixtureOf(t, 40)
+}
+
+// newInvalidateFixtureOf is newInvalidateFixture with n derivations.
+func newInvalidateFixtureOf(t *testing.T, n int) *invalidateFixture {
+	t.Helper()
+	b := storetest.MustBuild(t, storetest.Spec{Paths: n, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 16, DBOnly: true})
 	f := &invalidateFixture{t: t, b: b, s: storetest.Open(t, b.Layout), id: map[string]int64{}}
 	rows, err := f.s.DB.SQL.Query("select id, path from ValidPaths")
 	if err != nil {
