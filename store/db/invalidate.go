@@ -238,10 +238,25 @@ func placeholders(n int) string {
 // would, in a fraction of the time). done turns enforcement on again and
 // returns the connection to the pool; if that fails the connection is
 // discarded, so no other statement ever runs on it without enforcement.
+//
+// On a database with foreign keys Invalidate does not do itself (Nix's
+// ca-derivations tables: Realisations.outputPath cascades from
+// ValidPaths), enforcement stays on, so that SQLite deletes or refuses
+// what those keys say (a refusal is Invalidate's *ReferencedError with
+// the constraint error) instead of leaving rows that refer to paths no
+// longer valid.
 func (d *DB) InvalidationConn(ctx context.Context) (conn *sql.Conn, done func(), err error) {
 	conn, err = d.SQL.Conn(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	var unknown int
+	if err := conn.QueryRowContext(ctx, unknownForeignKeys).Scan(&unknown); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	if unknown > 0 {
+		return conn, func() { conn.Close() }, nil
 	}
 	if _, err := conn.ExecContext(ctx, "pragma foreign_keys = off"); err != nil {
 		conn.Close()
@@ -254,6 +269,13 @@ func (d *DB) InvalidationConn(ctx context.Context) (conn *sql.Conn, done func(),
 		conn.Close()
 	}, nil
 }
+
+// unknownForeignKeys counts the schema's foreign keys other than the
+// ones Invalidate does itself (Refs.referrer, Refs.reference and
+// DerivationOutputs.drv, into ValidPaths).
+const unknownForeignKeys = `select count(*) from sqlite_master m, pragma_foreign_key_list(m.name) f
+	where m.type = 'table' and not (f."table" = 'ValidPaths' and
+		((m.name = 'Refs' and f."from" in ('referrer', 'reference')) or (m.name = 'DerivationOutputs' and f."from" = 'drv')))`
 
 // ImmediateTx runs fn in a BEGIN IMMEDIATE transaction on one connection
 // of the pool (foreign keys enforced): the transaction takes SQLite's

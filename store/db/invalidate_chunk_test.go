@@ -116,3 +116,38 @@ func TestInvalidateRevalidatedInLaterChunk(t *testing.T) {
 	}
 	f.consistent()
 }
+
+// TestInvalidationConnKeepsUnknownForeignKeys: on a database with a
+// foreign key into ValidPaths that Invalidate does not know (Nix's
+// ca-derivations schema: Realisations.outputPath, on delete cascade),
+// InvalidationConn leaves SQLite's enforcement on, so invalidating a path
+// through it also deletes the rows that key cascades to: no row is left
+// referring to a path that is not valid.
+func TestInvalidationConnKeepsUnknownForeignKeys(t *testing.T) {
+	f := newInvalidateFixture(t)
+	var lone string
+	for _, p := range f.b.Valid {
+		if len(f.referrers(p)) == 0 {
+			lone = p
+			break
+		}
+	}
+	for _, q := range []string{
+		"create table Realisations (id integer primary key autoincrement not null, drvPath text not null, outputName text not null, outputPath integer not null, signatures text, foreign key (outputPath) references ValidPaths(id) on delete cascade)",
+		"insert into Realisations (drvPath, outputName, outputPath) select path, 'out', id from ValidPaths",
+	} {
+		if _, err := f.s.DB.SQL.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.invalidate(false, []string{lone}); err != nil {
+		t.Fatal(err)
+	}
+	if f.count("select count(*) from ValidPaths where path = ?", lone) != 0 {
+		t.Fatalf("%s is still valid", lone)
+	}
+	if n := f.count("select count(*) from Realisations where outputPath not in (select id from ValidPaths)"); n != 0 {
+		t.Errorf("%d Realisations rows refer to the invalidated path", n)
+	}
+	f.consistent()
+}
