@@ -2,6 +2,7 @@ package gc_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
@@ -121,4 +122,45 @@ func TestRegisteredDuringCollectionSparesExactlyItsClosure(t *testing.T) {
 	if len(about) != 1 || !strings.Contains(about[0], newName) {
 		t.Errorf("%d warnings about paths registered during the collection, want 1 about %s: %q", len(about), newName, about[:min(len(about), 3)])
 	}
+}
+
+// TestForeignKeysOnAfterFailedCollection: a collection cancelled during
+// the invalidation, and one that fails there (a Refs row from a path that
+// is not valid refers to a dead path: nothing may delete it), leave every
+// connection of the pool enforcing foreign keys, and the database
+// consistent apart from the planted row.
+func TestForeignKeysOnAfterFailedCollection(t *testing.T) {
+	spec := storetest.Spec{Paths: 80, Seed: 12, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1}
+	t.Run("cancelled", func(t *testing.T) {
+		b := build(t, spec)
+		rw := openStore(t, b.Layout, false)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		_, err := gc.Collect(ctx, rw, gc.Options{Action: gc.Delete, BatchSize: 4, ProcDir: t.TempDir()}, &cancelAfter{at: 6, cancel: cancel})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want a cancelled collection", err)
+		}
+		checkForeignKeysOn(t, rw)
+		var n int
+		if err := rw.DB.SQL.QueryRow("select count(*) from pragma_foreign_key_check").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("%d foreign key violations after the cancelled gc (%v)", n, err)
+		}
+	})
+	t.Run("failed", func(t *testing.T) {
+		b := build(t, spec)
+		rw := openStore(t, b.Layout, false)
+		dead := collect(t, rw, gc.Options{Action: gc.PrintDead}).Dead
+		if len(dead) == 0 {
+			t.Fatal("nothing is dead")
+		}
+		raw := openRaw(t, b.Layout)
+		if _, err := raw.Exec("insert into Refs (referrer, reference) select 999999, id from ValidPaths where path = ?", dead[0]); err != nil {
+			t.Fatal(err)
+		}
+		_, err := gc.Collect(context.Background(), rw, gc.Options{Action: gc.Delete, ProcDir: t.TempDir()}, nil)
+		if !errors.Is(err, db.ErrReferenced) {
+			t.Fatalf("got %v, want the invalidation refused", err)
+		}
+		checkForeignKeysOn(t, rw)
+	})
 }
