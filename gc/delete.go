@@ -197,7 +197,9 @@ type beginner interface {
 
 // invalidationConn returns the connection invalidation runs on: one of
 // the pool's, with SQLite's foreign key enforcement turned off
-// (db.InvalidationConn; db.Invalidate checks what the keys would).
+// (db.InvalidationConn; db.Invalidate checks what the keys would), or
+// left on where the schema has keys db.Invalidate does not know (Nix's
+// ca-derivations tables).
 func (c *collector) invalidationConn(ctx context.Context) (conn *sql.Conn, done func(), err error) {
 	conn, done, err = c.s.DB.InvalidationConn(ctx)
 	if err != nil {
