@@ -84,11 +84,12 @@ const invalidateChunk = 500
 // constraint of the database is what found it); some of the set's rows are
 // then deleted in q, so the caller must roll back.
 //
-// pathOf(i) is the full store path of ids[i]. It is called only for ids
-// whose row was not there to delete (invalidated by another process
-// meanwhile); of those, the paths valid again under a new id are returned
-// (registered again since the caller read the ids): they are still valid
-// and must be left in place.
+// pathOf(i) is the full store path of ids[i]. It is called only for the
+// ids of a statement (invalidateChunk ids) in which some row was not there
+// to delete (invalidated by another process meanwhile); of those, the
+// paths valid again under a new id are returned (registered again since
+// the caller read the ids): they are still valid and must be left in
+// place.
 //
 // Cancellation: the first statement runs under ctx: it takes SQLite's
 // write lock if q's transaction does not hold it yet, and may wait for it
