@@ -399,7 +399,7 @@ func (c *collector) computePlan(ctx context.Context) (*plan, error) {
 	rr, temp := f.rr, f.temp
 	for _, n := range rr.Notes {
 		if strings.HasPrefix(n.Message, "cannot read") {
-			c.progress.Info(n.Message + ": " + n.Link)
+			c.progress.Info(n.Message + ": '" + report.Name(n.Link) + "'")
 		}
 	}
 	if len(temp.Errors) > 0 && c.deleting {
