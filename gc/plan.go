@@ -323,11 +323,8 @@ type plan struct {
 
 func (p *plan) names(c *collector) []string {
 	var out []string
-	for _, id := range p.deadIDs {
-		out = append(out, c.g.Path(id))
-	}
-	for _, e := range p.others {
-		out = append(out, c.lay.StoreDir+"/"+e.name)
+	for _, name := range p.entryNames(c) {
+		out = append(out, c.lay.StoreDir+"/"+name)
 	}
 	sort.Strings(out)
 	return out

@@ -1,6 +1,7 @@
 package sys
 
 import (
+	"fmt"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -67,4 +68,20 @@ func ReadlinkAtSize(dirfd int, name string, size int64) (string, error) {
 		}
 		n *= 2
 	}
+}
+
+// FileKind names the type of a node a store path may not hold (a fifo,
+// socket or device), for error messages.
+func FileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "fifo"
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFCHR:
+		return "character device"
+	case unix.S_IFBLK:
+		return "block device"
+	}
+	return fmt.Sprintf("file of type %#o", mode&unix.S_IFMT)
 }

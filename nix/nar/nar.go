@@ -327,20 +327,6 @@ func cleanTop(p string) string {
 	return q
 }
 
-func fileKind(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFIFO:
-		return "fifo"
-	case unix.S_IFSOCK:
-		return "socket"
-	case unix.S_IFCHR:
-		return "character device"
-	case unix.S_IFBLK:
-		return "block device"
-	}
-	return fmt.Sprintf("file of type %#o", mode&unix.S_IFMT)
-}
-
 // DumpPath writes the NAR serialisation of path to w, exactly as
 // `nix-store --dump` does, and returns the number of bytes written.
 //

@@ -140,7 +140,7 @@ func (t *treeWalker) nodeStat(dirfd int, name, rel string, lst *unix.Stat_t) err
 		}
 		return t.symlink(dirfd, name, rel, target, lst)
 	}
-	return fmt.Errorf("%w: %s is a %s", ErrUnsupportedFileType, t.display(rel), fileKind(lst.Mode))
+	return fmt.Errorf("%w: %s is a %s", ErrUnsupportedFileType, t.display(rel), sys.FileKind(lst.Mode))
 }
 
 func (t *treeWalker) symlink(dirfd int, name, rel, target string, lst *unix.Stat_t) error {

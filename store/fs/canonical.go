@@ -136,22 +136,8 @@ func (e *RejectedError) Error() string {
 			e.Path, e.UID, e.Links, e.Inside, tail)
 	default:
 		return fmt.Sprintf("'%s' (owner uid %d) is a %s: a store path holds only regular files, directories and symlinks%s",
-			e.Path, e.UID, typeName(e.Mode), tail)
+			e.Path, e.UID, sys.FileKind(e.Mode), tail)
 	}
-}
-
-func typeName(m uint32) string {
-	switch m & unix.S_IFMT {
-	case unix.S_IFCHR:
-		return "character device"
-	case unix.S_IFBLK:
-		return "block device"
-	case unix.S_IFIFO:
-		return "FIFO"
-	case unix.S_IFSOCK:
-		return "socket"
-	}
-	return fmt.Sprintf("file of type %#o", m&unix.S_IFMT)
 }
 
 // ErrTreeChanged is wrapped by Canonicalise's error when the tree changed
