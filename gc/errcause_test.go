@@ -38,12 +38,12 @@ func TestErrorsKeepTheirCause(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b := build(t, storetest.Spec{Paths: 5, Seed: 3, MaxDeps: 2, Files: 1, FileSize: 16})
+			b := storetest.MustBuild(t, storetest.Spec{Paths: 5, Seed: 3, MaxDeps: 2, Files: 1, FileSize: 16})
 			if tc.prepare != nil {
 				tc.prepare(t, b.Layout)
 			}
 			tc.o.ProcDir = t.TempDir()
-			_, err := gc.Collect(context.Background(), openStore(t, b.Layout, false), tc.o, nil)
+			_, err := gc.Collect(context.Background(), storetest.Open(t, b.Layout), tc.o, nil)
 			if err == nil {
 				t.Fatal("no error")
 			}

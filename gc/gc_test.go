@@ -15,7 +15,6 @@ import (
 	"storekeeper/gc"
 	"storekeeper/graph"
 	"storekeeper/nix/nar"
-	"storekeeper/nix/nixconf"
 	"storekeeper/nix/storepath"
 	"storekeeper/report"
 	"storekeeper/store"
@@ -173,16 +172,6 @@ func storeEntries(t *testing.T, dir string) []string {
 	return out
 }
 
-func openStore(t *testing.T, lay store.Layout, ro bool) *store.Store {
-	t.Helper()
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: ro})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
 func collect(t *testing.T, s *store.Store, o gc.Options) *gc.Result {
 	t.Helper()
 	return collectWith(t, s, nil, o)
@@ -201,15 +190,6 @@ func collectWith(t *testing.T, s *store.Store, p report.Progress, o gc.Options) 
 	return res
 }
 
-func build(t *testing.T, spec storetest.Spec) *storetest.Built {
-	t.Helper()
-	b, err := storetest.Build(t.TempDir(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestDeadSetMatchesReference: on random stores (multiple outputs,
 // self-references, leftovers), with every keep-outputs/keep-derivations
 // combination, --print-dead equals the reference transcription of Nix's
@@ -219,7 +199,7 @@ func TestDeadSetMatchesReference(t *testing.T) {
 	for seed := uint64(1); seed <= 6; seed++ {
 		for _, keep := range [][2]bool{{false, true}, {true, true}, {true, false}, {false, false}} {
 			t.Run(fmt.Sprintf("seed%d-out%v-drv%v", seed, keep[0], keep[1]), func(t *testing.T) {
-				b := build(t, storetest.Spec{Paths: 40 + int(seed)*10, Seed: seed, MaxDeps: 4, Files: 1, FileSize: 64,
+				b := storetest.MustBuild(t, storetest.Spec{Paths: 40 + int(seed)*10, Seed: seed, MaxDeps: 4, Files: 1, FileSize: 64,
 					Roots: 4, Generations: 2, Multi: 0.3, Invalid: 2})
 				lay := b.Layout
 				m := loadModel(t, lay.DBPath())
@@ -234,7 +214,7 @@ func TestDeadSetMatchesReference(t *testing.T) {
 				}
 				sort.Strings(wantList)
 
-				ro := openStore(t, lay, true)
+				ro := storetest.OpenRO(t, lay)
 				res := collect(t, ro, gc.Options{Action: gc.PrintDead, KeepOutputs: keep[0], KeepDerivations: keep[1]})
 				if fmt.Sprint(res.Dead) != fmt.Sprint(wantList) {
 					t.Fatalf("dead set differs from the reference\n got %d %v\nwant %d %v", len(res.Dead), res.Dead, len(wantList), wantList)
@@ -244,7 +224,7 @@ func TestDeadSetMatchesReference(t *testing.T) {
 				}
 				ro.Close()
 
-				rw := openStore(t, lay, false)
+				rw := storetest.Open(t, lay)
 				res = collect(t, rw, gc.Options{Action: gc.Delete, KeepOutputs: keep[0], KeepDerivations: keep[1]})
 				if res.PathsDeleted+res.EntriesDeleted != len(want) {
 					t.Errorf("deleted %d+%d, want %d", res.PathsDeleted, res.EntriesDeleted, len(want))
@@ -310,9 +290,9 @@ func checkSurvivors(t *testing.T, s *store.Store, b *storetest.Built, dead map[s
 // TestCyclesDieTogether: dead paths that reference each other (a cycle
 // the DB allows) are invalidated in one transaction with foreign keys on.
 func TestCyclesDieTogether(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 30, Seed: 3, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 30, Seed: 3, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
 	lay := b.Layout
-	ro := openStore(t, lay, true)
+	ro := storetest.OpenRO(t, lay)
 	dead := collect(t, ro, gc.Options{Action: gc.PrintDead, KeepDerivations: true}).Dead
 	ro.Close()
 	var outs []string
@@ -335,7 +315,7 @@ func TestCyclesDieTogether(t *testing.T) {
 		}
 	}
 	db.Close()
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	res := collect(t, rw, gc.Options{Action: gc.Delete, KeepDerivations: true})
 	want := map[string]bool{}
 	for _, p := range dead {
@@ -348,9 +328,9 @@ func TestCyclesDieTogether(t *testing.T) {
 }
 
 func TestTempRootsAndKeepRecent(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 30, Seed: 8, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1, Invalid: 2})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 30, Seed: 8, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1, Invalid: 2})
 	lay := b.Layout
-	ro := openStore(t, lay, true)
+	ro := storetest.OpenRO(t, lay)
 	dead := collect(t, ro, gc.Options{Action: gc.PrintDead, KeepDerivations: true}).Dead
 	ro.Close()
 	if len(dead) < 4 {
@@ -377,7 +357,7 @@ func TestTempRootsAndKeepRecent(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.WriteString(lay.StoreDir + "/" + leftover + "\x00" + victim + "\x00")
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	res := collect(t, rw, gc.Options{Action: gc.Delete, KeepDerivations: true})
 	for _, p := range []string{filepath.Join(lay.RealStoreDir, leftover), lay.RealPath(victim), lay.RealPath(victim) + ".lock"} {
 		if _, err := os.Lstat(p); err != nil {
@@ -400,9 +380,9 @@ func TestTempRootsAndKeepRecent(t *testing.T) {
 // TestDeleteSpecific: --delete refuses live paths naming the root, refuses
 // a path a dead path outside the set refers to, and deletes dead ones.
 func TestDeleteSpecific(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 30, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 30, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
 	lay := b.Layout
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	var root string
 	for _, r := range b.RootLinks {
 		root = r
@@ -453,10 +433,10 @@ func TestDeleteSpecific(t *testing.T) {
 }
 
 func TestDryRunChangesNothingAndMaxFreed(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 60, Seed: 6, MaxDeps: 3, Files: 3, FileSize: 20000, Roots: 2, Generations: 1, Dup: 0.2})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 60, Seed: 6, MaxDeps: 3, Files: 3, FileSize: 20000, Roots: 2, Generations: 1, Dup: 0.2})
 	lay := b.Layout
 	before := storeEntries(t, lay.RealStoreDir)
-	ro := openStore(t, lay, true)
+	ro := storetest.OpenRO(t, lay)
 	res := collect(t, ro, gc.Options{Action: gc.Delete, DryRun: true})
 	if len(res.Dead) == 0 || res.BytesFreed == 0 {
 		t.Fatalf("dry run found nothing: %+v", res)
@@ -465,7 +445,7 @@ func TestDryRunChangesNothingAndMaxFreed(t *testing.T) {
 		t.Fatal("dry run changed the store")
 	}
 	ro.Close()
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	limited := collect(t, rw, gc.Options{Action: gc.Delete, MaxFreed: res.BytesFreed / 4})
 	if limited.PathsDeleted == 0 || limited.PathsDeleted >= len(res.Dead) {
 		t.Fatalf("--max-freed %d deleted %d of %d", res.BytesFreed/4, limited.PathsDeleted, len(res.Dead))
@@ -483,13 +463,13 @@ func TestDryRunChangesNothingAndMaxFreed(t *testing.T) {
 // TestLeftoverTrashIsEmptied: a run finds the trash of an interrupted one
 // and empties it first.
 func TestLeftoverTrashIsEmptied(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
 	lay := b.Layout
 	junk := filepath.Join(lay.RealStoreDir, "trash", "00000000000000000000000000000000-old", "sub")
 	os.MkdirAll(junk, 0o755)
 	os.WriteFile(filepath.Join(junk, "f"), []byte("x"), 0o444)
 	os.Chmod(junk, 0o555)
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	res := collect(t, rw, gc.Options{Action: gc.Delete})
 	if res.TrashEmptied != 1 {
 		t.Fatalf("trash emptied: %d", res.TrashEmptied)
@@ -500,8 +480,8 @@ func TestLeftoverTrashIsEmptied(t *testing.T) {
 }
 
 func TestReadOnlyStoreRefusesDelete(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 5, Seed: 1, MaxDeps: 1, Files: 1, FileSize: 8})
-	ro := openStore(t, b.Layout, true)
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 5, Seed: 1, MaxDeps: 1, Files: 1, FileSize: 8})
+	ro := storetest.OpenRO(t, b.Layout)
 	if _, err := gc.Collect(context.Background(), ro, gc.Options{Action: gc.Delete}, nil); !errors.Is(err, gc.ErrReadOnly) {
 		t.Fatalf("got %v", err)
 	}
@@ -531,9 +511,9 @@ func (*cancelAfter) Verbose(string)            {}
 // batch boundary, leaves a consistent store (every valid path intact, the
 // rest in the trash) and the next run finishes the job.
 func TestCancelLeavesConsistentStore(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 80, Seed: 12, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 80, Seed: 12, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
 	lay := b.Layout
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	dead := collect(t, rw, gc.Options{Action: gc.PrintDead}).Dead
 	ctx, cancel := context.WithCancel(context.Background())
 	res, err := gc.Collect(ctx, rw, gc.Options{Action: gc.Delete, BatchSize: 4, ProcDir: t.TempDir()}, &cancelAfter{at: 6, cancel: cancel})
@@ -567,8 +547,8 @@ func TestCancelLeavesConsistentStore(t *testing.T) {
 // foreign keys), and returns the store, its dead set and that path.
 func registrationRace(t *testing.T) (*storetest.Built, map[string]bool, string) {
 	t.Helper()
-	b := build(t, storetest.Spec{Paths: 60, Seed: 11, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
-	ro := openStore(t, b.Layout, true)
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 60, Seed: 11, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	ro := storetest.OpenRO(t, b.Layout)
 	dead := map[string]bool{}
 	for _, p := range collect(t, ro, gc.Options{Action: gc.PrintDead}).Dead {
 		dead[p] = true
@@ -609,7 +589,7 @@ func TestRegisteredDuringCollectionKeepsItsReferences(t *testing.T) {
 	if err := os.Mkdir(lay.RealPath(newPath), 0o555); err != nil {
 		t.Fatal(err)
 	}
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	log := &report.Log{}
 	res := collectWith(t, rw, log, gc.Options{Action: gc.Delete, BeforeInvalidation: func() {
 		db := openRaw(t, lay)
@@ -692,7 +672,7 @@ func checkForeignKeysOn(t *testing.T, s *store.Store) {
 func TestReregisteredDuringCollectionIsSpared(t *testing.T) {
 	b, dead, victim := registrationRace(t)
 	lay := b.Layout
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	res := collect(t, rw, gc.Options{Action: gc.Delete, BeforeInvalidation: func() {
 		db := openRaw(t, lay)
 		var hash string

@@ -22,8 +22,8 @@ import (
 // and releases the lock; Close releases a plan without deleting, and a
 // plan runs once.
 func TestPlanThenExecute(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 50, Seed: 17, MaxDeps: 3, Files: 1, FileSize: 4096, Roots: 3, Generations: 1})
-	ro := openStore(t, b.Layout, true)
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 50, Seed: 17, MaxDeps: 3, Files: 1, FileSize: 4096, Roots: 3, Generations: 1})
+	ro := storetest.OpenRO(t, b.Layout)
 	proc := t.TempDir()
 	dead := collect(t, ro, gc.Options{Action: gc.PrintDead}).Dead
 	if len(dead) == 0 {
@@ -46,7 +46,7 @@ func TestPlanThenExecute(t *testing.T) {
 		}
 	}
 
-	rw := openStore(t, b.Layout, false)
+	rw := storetest.Open(t, b.Layout)
 	pl, err := gc.NewPlan(context.Background(), rw, gc.Options{Action: gc.Delete, ProcDir: proc}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -111,8 +111,8 @@ func TestPlanThenExecute(t *testing.T) {
 // path and what it references; the rest of the dead set goes, and Close
 // stops serving the socket.
 func TestPlanHonoursSocketRootsBeforeExecute(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 50, Seed: 17, MaxDeps: 3, Files: 1, FileSize: 4096, Roots: 3, Generations: 1})
-	rw := openStore(t, b.Layout, false)
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 50, Seed: 17, MaxDeps: 3, Files: 1, FileSize: 4096, Roots: 3, Generations: 1})
+	rw := storetest.Open(t, b.Layout)
 	m := loadModel(t, b.Layout.DBPath())
 	pl, err := gc.NewPlan(context.Background(), rw, gc.Options{Action: gc.PrintDead, ProcDir: t.TempDir()}, nil)
 	if err != nil {
@@ -185,8 +185,8 @@ func TestPlanHonoursSocketRootsBeforeExecute(t *testing.T) {
 // path of the set) and the kind of edge: "Z refers to Y" for a
 // reference, the keep-derivations edge of an output to its derivation.
 func TestDeleteSpecificNamesTheEdge(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 60, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Multi: 0.3, Roots: 2, Generations: 1})
-	rw := openStore(t, b.Layout, false)
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 60, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Multi: 0.3, Roots: 2, Generations: 1})
+	rw := storetest.Open(t, b.Layout)
 	m := loadModel(t, b.Layout.DBPath())
 	deadSet := func(o gc.Options) map[string]bool {
 		dead := map[string]bool{}
@@ -268,8 +268,8 @@ func TestDeleteSpecificNamesTheEdge(t *testing.T) {
 // names the root with its link quoted (a newline in a link's name cannot
 // forge a line of the error) and the chain with each edge's kind.
 func TestDeleteSpecificQuotesTheRoot(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 30, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
-	rw := openStore(t, b.Layout, false)
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 30, Seed: 5, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	rw := storetest.Open(t, b.Layout)
 	m := loadModel(t, b.Layout.DBPath())
 	dead := collect(t, rw, gc.Options{Action: gc.PrintDead}).Dead
 	var top, ref string

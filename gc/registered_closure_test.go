@@ -29,7 +29,7 @@ func TestRegisteredDuringCollectionSparesExactlyItsClosure(t *testing.T) {
 	// is registered and rooted before; otherwise registered during the
 	// collection, right before the invalidation.
 	run := func(rooted bool) (kept []string, warnings []string, victim string) {
-		b := build(t, spec)
+		b := storetest.MustBuild(t, spec)
 		lay := b.Layout
 		if len(b.Valid) <= 500 || len(b.Valid) > 1024 {
 			t.Fatalf("%d valid paths: want one batch (at most 1024) of more than one statement's 500", len(b.Valid))
@@ -75,7 +75,7 @@ func TestRegisteredDuringCollectionSparesExactlyItsClosure(t *testing.T) {
 		} else {
 			o.BeforeInvalidation = register
 		}
-		rw := openStore(t, lay, false)
+		rw := storetest.Open(t, lay)
 		log := &report.Log{}
 		res := collectWith(t, rw, log, o)
 		if res.PathsDeleted == 0 {
@@ -132,8 +132,8 @@ func TestRegisteredDuringCollectionSparesExactlyItsClosure(t *testing.T) {
 func TestForeignKeysOnAfterFailedCollection(t *testing.T) {
 	spec := storetest.Spec{Paths: 80, Seed: 12, MaxDeps: 3, Files: 1, FileSize: 32, Roots: 2, Generations: 1}
 	t.Run("cancelled", func(t *testing.T) {
-		b := build(t, spec)
-		rw := openStore(t, b.Layout, false)
+		b := storetest.MustBuild(t, spec)
+		rw := storetest.Open(t, b.Layout)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		_, err := gc.Collect(ctx, rw, gc.Options{Action: gc.Delete, BatchSize: 4, ProcDir: t.TempDir()}, &cancelAfter{at: 6, cancel: cancel})
@@ -147,8 +147,8 @@ func TestForeignKeysOnAfterFailedCollection(t *testing.T) {
 		}
 	})
 	t.Run("failed", func(t *testing.T) {
-		b := build(t, spec)
-		rw := openStore(t, b.Layout, false)
+		b := storetest.MustBuild(t, spec)
+		rw := storetest.Open(t, b.Layout)
 		dead := collect(t, rw, gc.Options{Action: gc.PrintDead}).Dead
 		if len(dead) == 0 {
 			t.Fatal("nothing is dead")

@@ -21,7 +21,7 @@ import (
 // touched; once that lock is free (its collection was killed) the next
 // run empties and removes it, and the trash with it.
 func TestTrashOfARunningCollectionIsLeft(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
 	lay := b.Layout
 	other := filepath.Join(lay.RealStoreDir, "trash", "run-1-00000000000000aa")
 	file := filepath.Join(other, "00000000000000000000000000000000-old", "sub", "f")
@@ -42,7 +42,7 @@ func TestTrashOfARunningCollectionIsLeft(t *testing.T) {
 	if err := lockExclusive(f); err != nil {
 		t.Fatal(err)
 	}
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	res := collect(t, rw, gc.Options{Action: gc.Delete})
 	if _, err := os.Stat(file); err != nil {
 		t.Fatalf("the trash of a running collection was deleted under it: %v", err)
@@ -137,14 +137,14 @@ func freedSince(t *testing.T, dir string, before map[uint64]uint64) uint64 {
 // done (as a second Nix collector would), leaves the other's trash alone,
 // and the bytes they report add up to exactly what was freed.
 func TestSecondCollectionWaitsForTheFirst(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 100, Seed: 41, MaxDeps: 3, Files: 4, FileSize: 3000, Roots: 3, Generations: 2, Invalid: 3})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 100, Seed: 41, MaxDeps: 3, Files: 4, FileSize: 3000, Roots: 3, Generations: 2, Invalid: 3})
 	lay := b.Layout
 	want := map[string]bool{}
-	for _, p := range collect(t, openStore(t, lay, true), gc.Options{Action: gc.PrintDead}).Dead {
+	for _, p := range collect(t, storetest.OpenRO(t, lay), gc.Options{Action: gc.PrintDead}).Dead {
 		want[p] = true
 	}
 	before := regularFiles(t, lay.RealStoreDir)
-	first, second := openStore(t, lay, false), openStore(t, lay, false)
+	first, second := storetest.Open(t, lay), storetest.Open(t, lay)
 	procDir := t.TempDir()
 	pause := &pauseAtDeletion{deleting: make(chan struct{}), resume: make(chan struct{})}
 	type outcome struct {
@@ -205,14 +205,14 @@ func TestSecondCollectionWaitsForTheFirst(t *testing.T) {
 // add up to exactly what was freed.
 func TestTwoCollectionsAtOnce(t *testing.T) {
 	for trial := 0; trial < 3; trial++ {
-		b := build(t, storetest.Spec{Paths: 120, Seed: uint64(50 + trial), MaxDeps: 3, Files: 4, FileSize: 3000, Roots: 3, Generations: 2, Invalid: 3})
+		b := storetest.MustBuild(t, storetest.Spec{Paths: 120, Seed: uint64(50 + trial), MaxDeps: 3, Files: 4, FileSize: 3000, Roots: 3, Generations: 2, Invalid: 3})
 		lay := b.Layout
 		want := map[string]bool{}
-		for _, p := range collect(t, openStore(t, lay, true), gc.Options{Action: gc.PrintDead}).Dead {
+		for _, p := range collect(t, storetest.OpenRO(t, lay), gc.Options{Action: gc.PrintDead}).Dead {
 			want[p] = true
 		}
 		before := regularFiles(t, lay.RealStoreDir)
-		stores := [2]*store.Store{openStore(t, lay, false), openStore(t, lay, false)}
+		stores := [2]*store.Store{storetest.Open(t, lay), storetest.Open(t, lay)}
 		procDir := t.TempDir()
 		var results [2]*gc.Result
 		var errs [2]error
@@ -250,7 +250,7 @@ func TestForeignTrashIsRefused(t *testing.T) {
 	}
 	for _, kind := range []string{"symlink", "file", "other user's"} {
 		t.Run(kind, func(t *testing.T) {
-			b := build(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1, Invalid: 1})
+			b := storetest.MustBuild(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1, Invalid: 1})
 			lay := b.Layout
 			trash := filepath.Join(lay.RealStoreDir, "trash")
 			elsewhere := filepath.Join(t.TempDir(), "elsewhere")
@@ -268,8 +268,8 @@ func TestForeignTrashIsRefused(t *testing.T) {
 				os.Mkdir(filepath.Join(trash, "00000000000000000000000000000000-victim"), 0o755)
 				os.Chown(trash, 65534, 65534)
 			}
-			deadBefore := fmt.Sprint(collect(t, openStore(t, lay, true), gc.Options{Action: gc.PrintDead}).Dead)
-			rw := openStore(t, lay, false)
+			deadBefore := fmt.Sprint(collect(t, storetest.OpenRO(t, lay), gc.Options{Action: gc.PrintDead}).Dead)
+			rw := storetest.Open(t, lay)
 			_, err := gc.Collect(context.Background(), rw, gc.Options{Action: gc.Delete, ProcDir: t.TempDir()}, nil)
 			if err == nil || !strings.Contains(err.Error(), trash) || !strings.Contains(err.Error(), "remove it") {
 				t.Fatalf("got %v; want an error naming %s and saying to remove it", err, trash)
@@ -282,7 +282,7 @@ func TestForeignTrashIsRefused(t *testing.T) {
 					t.Fatalf("the other user's directory was emptied: %v", err)
 				}
 			}
-			if dead := fmt.Sprint(collect(t, openStore(t, lay, true), gc.Options{Action: gc.PrintDead}).Dead); dead != deadBefore || dead == "[]" {
+			if dead := fmt.Sprint(collect(t, storetest.OpenRO(t, lay), gc.Options{Action: gc.PrintDead}).Dead); dead != deadBefore || dead == "[]" {
 				t.Fatalf("the failed collection deleted something: dead before %s, after %s", deadBefore, dead)
 			}
 		})
@@ -293,7 +293,7 @@ func TestForeignTrashIsRefused(t *testing.T) {
 // removes between this run's open and its listing (the kernel then lists
 // it with ENOENT) is no error: the collection goes on and succeeds.
 func TestTrashRemovedWhileOpened(t *testing.T) {
-	b := build(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 10, Seed: 7, MaxDeps: 2, Files: 1, FileSize: 32, Roots: 2, Generations: 1})
 	lay := b.Layout
 	trash := filepath.Join(lay.RealStoreDir, "trash")
 	if err := os.Mkdir(trash, 0o700); err != nil {
@@ -306,7 +306,7 @@ func TestTrashRemovedWhileOpened(t *testing.T) {
 		}
 	})
 	defer gc.SetTestHookTrashOpened(nil)
-	rw := openStore(t, lay, false)
+	rw := storetest.Open(t, lay)
 	collect(t, rw, gc.Options{Action: gc.Delete})
 	if !removed {
 		t.Fatal("the hook did not remove the trash")

@@ -20,7 +20,7 @@ import (
 // entries either); queries still run; a store missing only some paths is
 // collected as before.
 func TestGCRefusesEmptyStoreDir(t *testing.T) {
-	b := build(t, storetest.DefaultSpec())
+	b := storetest.MustBuild(t, storetest.DefaultSpec())
 	for _, p := range b.Valid {
 		real := b.Layout.RealPath(p)
 		exec.Command("chmod", "-R", "u+w", real).Run()
@@ -28,7 +28,7 @@ func TestGCRefusesEmptyStoreDir(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := openStore(t, b.Layout, false)
+	s := storetest.Open(t, b.Layout)
 	before := loadModel(t, b.Layout.DBPath())
 	_, err := gc.Collect(context.Background(), s, gc.Options{Action: gc.Delete, ProcDir: t.TempDir()}, nil)
 	if !errors.Is(err, store.ErrStoreLooksUnmounted) || !strings.Contains(err.Error(), "Nothing was deleted") ||
@@ -45,11 +45,11 @@ func TestGCRefusesEmptyStoreDir(t *testing.T) {
 	}
 	collect(t, s, gc.Options{Action: gc.PrintDead})
 
-	b2 := build(t, storetest.DefaultSpec())
+	b2 := storetest.MustBuild(t, storetest.DefaultSpec())
 	for _, p := range b2.Valid[:len(b2.Valid)/2] {
 		real := b2.Layout.RealPath(p)
 		exec.Command("chmod", "-R", "u+w", real).Run()
 		os.RemoveAll(real)
 	}
-	collect(t, openStore(t, b2.Layout, false), gc.Options{Action: gc.Delete})
+	collect(t, storetest.Open(t, b2.Layout), gc.Options{Action: gc.Delete})
 }

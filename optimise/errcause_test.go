@@ -63,7 +63,7 @@ func TestErrorsKeepTheirCause(t *testing.T) {
 			if tc.prepare != nil {
 				tc.prepare(t, b.Layout)
 			}
-			err = tc.run(openStore(t, b.Layout))
+			err = tc.run(storetest.Open(t, b.Layout))
 			if err == nil {
 				t.Fatal("no error")
 			}

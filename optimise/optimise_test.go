@@ -26,22 +26,8 @@ import (
 // fixture builds a store without Nix and opens it read-write.
 func fixture(t testing.TB, spec storetest.Spec) (*storetest.Built, *store.Store) {
 	t.Helper()
-	root := t.TempDir()
-	b, err := storetest.Build(root, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b, openStore(t, b.Layout)
-}
-
-func openStore(t testing.TB, lay store.Layout) *store.Store {
-	t.Helper()
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	b := storetest.MustBuild(t, spec)
+	return b, storetest.Open(t, b.Layout)
 }
 
 func dupSpec() storetest.Spec {
@@ -638,7 +624,7 @@ func TestConcurrentRuns(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s2 := openStore(t, b.Layout)
+			s2 := storetest.Open(t, b.Layout)
 			r, err := Optimise(context.Background(), s2, Options{Jobs: 3}, nil)
 			if err != nil {
 				t.Error(err)

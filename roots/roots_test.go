@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"storekeeper/lock"
-	"storekeeper/nix/nixconf"
 	"storekeeper/roots"
 	"storekeeper/store"
 	"storekeeper/store/storetest"
@@ -18,21 +17,8 @@ import (
 
 func fixture(t *testing.T) (*storetest.Built, *store.Store) {
 	t.Helper()
-	b, err := storetest.Build(t.TempDir(), storetest.Spec{Paths: 30, Seed: 4, MaxDeps: 3, Files: 1, FileSize: 50, Roots: 6, Generations: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b, open(t, b, true)
-}
-
-func open(t *testing.T, b *storetest.Built, ro bool) *store.Store {
-	t.Helper()
-	s, err := store.Open(context.Background(), store.Options{Layout: b.Layout, Settings: nixconf.Default(true), ReadOnly: ro})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 30, Seed: 4, MaxDeps: 3, Files: 1, FileSize: 50, Roots: 6, Generations: 3})
+	return b, storetest.OpenRO(t, b.Layout)
 }
 
 func find(t *testing.T, s *store.Store, o roots.Options) *roots.Result {
@@ -82,7 +68,7 @@ func TestPruneStale(t *testing.T) {
 	if _, err := roots.Find(context.Background(), ro, roots.Options{PruneStale: true}); !errors.Is(err, roots.ErrPruneReadOnly) {
 		t.Fatalf("prune on a read-only store: %v", err)
 	}
-	rw := open(t, b, false)
+	rw := storetest.Open(t, b.Layout)
 	res := find(t, rw, roots.Options{PruneStale: true, NoTemp: true})
 	if len(res.Stale) != 1 || !res.Stale[0].Removed {
 		t.Fatalf("stale %+v", res.Stale)

@@ -60,7 +60,7 @@ func whyModel(b *storetest.Built, keepOutputs, keepDerivations bool) map[string]
 // sums their NAR sizes and its own.
 func TestWhyShortestChains(t *testing.T) {
 	b := storetest.MustBuild(t, storetest.Spec{Paths: 60, Seed: 21, MaxDeps: 4, Files: 1, FileSize: 16, Multi: 0.3, Roots: 4, Generations: 2})
-	s := open(t, b, true)
+	s := storetest.OpenRO(t, b.Layout)
 	ro := roots.Options{NoRuntime: true, NoTemp: true}
 	targets := map[string]bool{}
 	for _, r := range find(t, s, ro).Roots {
@@ -169,7 +169,7 @@ func narSize(t *testing.T, b *storetest.Built, p string) uint64 {
 // that say so (and keep their causes).
 func TestWhyBadPaths(t *testing.T) {
 	b := storetest.MustBuild(t, storetest.Spec{Paths: 8, Seed: 3, MaxDeps: 2, Files: 1, FileSize: 16, Roots: 1, Generations: 1})
-	s := open(t, b, true)
+	s := storetest.OpenRO(t, b.Layout)
 	ro := roots.WhyOptions{Roots: roots.Options{NoRuntime: true, NoTemp: true}}
 	p := b.Valid[0]
 	e, err := roots.Why(context.Background(), s, p+"/some/file", ro)
@@ -192,7 +192,7 @@ func TestWhyBadPaths(t *testing.T) {
 // or one leading out of the store is an error naming the path.
 func TestWhyArgumentAsNix(t *testing.T) {
 	b := storetest.MustBuild(t, storetest.Spec{Paths: 8, Seed: 3, MaxDeps: 2, Files: 1, FileSize: 16, Roots: 1, Generations: 1})
-	s := open(t, b, true)
+	s := storetest.OpenRO(t, b.Layout)
 	ro := roots.WhyOptions{Roots: roots.Options{NoRuntime: true, NoTemp: true}}
 	p, q := b.Valid[0], b.Valid[1]
 	why := func(arg string) (*roots.Explanation, error) {

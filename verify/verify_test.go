@@ -32,11 +32,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, spec storetest.Spec) *fixture {
 	t.Helper()
-	b, err := storetest.Build(t.TempDir(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &fixture{t: t, b: b}
+	return &fixture{t: t, b: storetest.MustBuild(t, spec)}
 }
 
 func smallSpec() storetest.Spec {

@@ -38,3 +38,16 @@ func Open(t testing.TB, lay store.Layout) *store.Store {
 	t.Cleanup(func() { s.Close() })
 	return s
 }
+
+// OpenRO opens the store at lay read-only with Nix's default settings, as
+// the read-only commands do, and fails t if that fails; the store is
+// closed when the test ends.
+func OpenRO(t testing.TB, lay store.Layout) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
