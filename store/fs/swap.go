@@ -106,7 +106,7 @@ func SwapByRenames(dirfd int, a, b string) error {
 	step(1)
 	if err := unix.Renameat(dirfd, b, dirfd, a); err != nil {
 		if rerr := RecoverSwap(dirfd, a, b); rerr != nil {
-			return fmt.Errorf("swapping %s and %s: moving %s to %s: %w (and putting %s back: %v)", a, b, b, a, err, a, rerr)
+			return fmt.Errorf("swapping %s and %s: moving %s to %s: %w (and putting %s back: %w)", a, b, b, a, err, a, rerr)
 		}
 		return fmt.Errorf("swapping %s and %s: moving %s to %s: %w", a, b, b, a, err)
 	}
