@@ -12,6 +12,7 @@ import (
 	"storekeeper/nix/nixconf"
 	"storekeeper/nix/storepath"
 	"storekeeper/optimise"
+	"storekeeper/repair"
 	"storekeeper/report"
 	"storekeeper/roots"
 	"storekeeper/store"
@@ -88,7 +89,7 @@ var errorTable = []errorClass{
 	}},
 	{"db-locked", exitCannotRun, isAny(db.ErrDBLocked)},
 	{"store-unmounted", exitCannotRun, isAny(store.ErrStoreLooksUnmounted)},
-	{"read-only", exitCannotRun, isAny(storefs.ErrReadOnlyFS, storefs.ErrReadOnlyStore, gc.ErrReadOnly, optimise.ErrReadOnly, roots.ErrPruneReadOnly)},
+	{"read-only", exitCannotRun, isAny(storefs.ErrReadOnlyFS, storefs.ErrReadOnlyStore, gc.ErrReadOnly, optimise.ErrReadOnly, roots.ErrPruneReadOnly, repair.ErrReadOnly)},
 	{"disk-full", exitCannotRun, isAny(storefs.ErrDiskFull)},
 	{"roots-unreadable", exitCannotRun, isAny(roots.ErrRootsUnreadable, gc.ErrRootsUnknown)},
 	{"no-store", exitCannotRun, isAny(store.ErrNoStore)},

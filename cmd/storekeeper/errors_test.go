@@ -19,6 +19,7 @@ import (
 	"storekeeper/lock"
 	"storekeeper/nix/nixconf"
 	"storekeeper/optimise"
+	"storekeeper/repair"
 	"storekeeper/report"
 	"storekeeper/roots"
 	"storekeeper/store"
@@ -55,6 +56,7 @@ func TestErrorTable(t *testing.T) {
 		{gc.ErrReadOnly, false, "read-only", 2},
 		{wrap(optimise.ErrReadOnly), false, "read-only", 2},
 		{roots.ErrPruneReadOnly, false, "read-only", 2},
+		{wrap(repair.ErrReadOnly), false, "read-only", 2},
 		{wrap(storefs.ErrDiskFull), false, "disk-full", 2},
 		{fmt.Errorf("gc: finding roots: %w (nothing was deleted)", wrap(roots.ErrRootsUnreadable)), false, "roots-unreadable", 2},
 		{wrap(gc.ErrRootsUnknown), false, "roots-unreadable", 2},
