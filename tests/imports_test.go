@@ -38,6 +38,7 @@ var importRules = map[string][]string{
 	"nix/storepath":   {},
 	"nix/nar":         {"nix/storepath", "internal/sys"},
 	"nix/nixconf":     {},
+	"nix/compression": {},
 	"nix/signature":   {"nix/nar"},
 	"nix/narinfo":     {"nix/nar", "nix/signature", "nix/storepath"},
 	"lock":            {"internal/sys"},
