@@ -2,12 +2,9 @@ package gc_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 
 	"storekeeper/gc"
-	"storekeeper/nix/nixconf"
-	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
 
@@ -17,16 +14,7 @@ import (
 // graph alone). Nix 2.8 needs 63 s for --print-dead on a store of this
 // size. The liveness alone is graph's BenchmarkLiveness300k.
 func BenchmarkPlan300k(b *testing.B) {
-	spec := storetest.Spec{Paths: 150000, Seed: 9, MaxDeps: 6, Roots: 200, Generations: 5, Multi: 0.1, DBOnly: true}
-	lay, err := storetest.Cached(fmt.Sprintf("storekeeper-bench-graph-%d", spec.Paths), spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := storetest.OpenRO(b, storetest.Graph300k(b))
 	proc := b.TempDir()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

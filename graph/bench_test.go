@@ -2,13 +2,10 @@ package graph_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 
 	"storekeeper/graph"
-	"storekeeper/nix/nixconf"
 	"storekeeper/roots"
-	"storekeeper/store"
 	"storekeeper/store/db"
 	"storekeeper/store/storetest"
 )
@@ -19,16 +16,7 @@ import (
 // the graph's load (BenchmarkLoadGraph300k in store/db) or the roots'
 // search.
 func BenchmarkLiveness300k(b *testing.B) {
-	spec := storetest.Spec{Paths: 150000, Seed: 9, MaxDeps: 6, Roots: 200, Generations: 5, Multi: 0.1, DBOnly: true}
-	lay, err := storetest.Cached(fmt.Sprintf("storekeeper-bench-graph-%d", spec.Paths), spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := store.Open(context.Background(), store.Options{Layout: lay, Settings: nixconf.Default(true), ReadOnly: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := storetest.OpenRO(b, storetest.Graph300k(b))
 	g, err := s.LoadGraph(context.Background(), db.GraphOptions{})
 	if err != nil {
 		b.Fatal(err)

@@ -157,31 +157,15 @@ func TestGraphSnapshotConsistency(t *testing.T) {
 	wg.Wait()
 }
 
-// benchStore builds (once per machine, cached under the temp dir) a
-// DB-only store of about 315k valid paths, the size of the store in the
-// gc issue.
-func benchStore(b *testing.B, derivations int) store.Layout {
-	spec := storetest.Spec{Paths: derivations, Seed: 9, MaxDeps: 6, Roots: 200, Generations: 5, Multi: 0.1, DBOnly: true}
-	lay, err := storetest.Cached(fmt.Sprintf("storekeeper-bench-graph-%d", derivations), spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return lay
-}
-
 // BenchmarkLoadGraph300k loads the graph of a ~315k-path store and
 // reports paths, edges and the heap the graph keeps (peak RSS of the
 // whole process is what the issue note reports, measured with
 // /usr/bin/time on `go test -bench`).
 func BenchmarkLoadGraph300k(b *testing.B) {
-	lay := benchStore(b, 150000)
-	s, err := storetest.OpenReadOnly(lay)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := storetest.OpenRO(b, storetest.Graph300k(b))
 	b.ResetTimer()
 	var g *graph.Graph
+	var err error
 	for i := 0; i < b.N; i++ {
 		g, err = s.LoadGraph(context.Background(), db.GraphOptions{})
 		if err != nil {

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -50,4 +51,19 @@ func OpenRO(t testing.TB, lay store.Layout) *store.Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// Graph300k is the store the graph, gc and database benchmarks share:
+// DB only (every valid path missing from disk), about 315k valid paths
+// (150k derivations with their outputs, 200 roots, 5 generations), the
+// size of the store in the gc issue. It is built once per machine and
+// cached under the temp dir (Cached); it fails tb if it cannot be.
+func Graph300k(tb testing.TB) store.Layout {
+	tb.Helper()
+	spec := Spec{Paths: 150000, Seed: 9, MaxDeps: 6, Roots: 200, Generations: 5, Multi: 0.1, DBOnly: true}
+	lay, err := Cached(fmt.Sprintf("storekeeper-bench-graph-%d", spec.Paths), spec)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return lay
 }
