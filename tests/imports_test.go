@@ -24,10 +24,10 @@ var importRules = map[string][]string{
 	"verify":   {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "report", "internal/varint", "verify/finding"},
 	// repair carries out the remedies of verify's findings: it uses their
 	// types (verify/finding), never verify's audit
-	"repair":         {"verify/finding", "substitute", "store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys"},
+	"repair": {"verify/finding", "substitute", "store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys"},
 	// substitute finds and streams paths from binary caches and other
 	// local stores; it never writes to a store
-	"substitute": {"store", "store/db", "store/fs", "nix/nar", "nix/narinfo", "nix/signature", "nix/compression", "nix/nixconf", "nix/storepath", "lock", "report", "internal/sys"},
+	"substitute":     {"store", "store/db", "store/fs", "nix/nar", "nix/narinfo", "nix/signature", "nix/compression", "nix/nixconf", "nix/storepath", "lock", "report", "internal/sys"},
 	"verify/finding": {"nix/nar", "store/fs", "report"},
 	// the store-access layer: store opens, store/db and store/fs below it
 	"store":           {"graph", "store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
