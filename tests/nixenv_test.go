@@ -159,7 +159,8 @@ func buildNixStore(t testing.TB, spec nixSpec) *nixStore {
 	if err := os.MkdirAll(filepath.Join(root, "etc-nix"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conf := "sandbox = false\nbuild-users-group =\n" + spec.NixConf
+	// No substituters: no test, Nix's or ours, may reach cache.nixos.org.
+	conf := "sandbox = false\nbuild-users-group =\nsubstituters =\n" + spec.NixConf
 	if err := os.WriteFile(filepath.Join(root, "etc-nix", "nix.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
