@@ -39,6 +39,17 @@ func Method(field string) string {
 	return field
 }
 
+// Check returns nil when NewReader decodes method (after Method), else
+// the error wrapping ErrUnknownMethod that NewReader would return: a
+// narinfo's Compression can be refused before anything is downloaded.
+func Check(method string) error {
+	switch method {
+	case "none", "bzip2", "xz", "zstd", "br":
+		return nil
+	}
+	return fmt.Errorf("%w %q (known: none, xz, zstd, bzip2, br)", ErrUnknownMethod, method)
+}
+
 // NewReader returns a reader of the decompressed bytes of r, compressed
 // with method (a narinfo's Compression field, after Method). Close
 // releases the decoder's memory and goroutines (zstd's); it does not close
@@ -69,7 +80,7 @@ func NewReader(method string, r io.Reader) (io.ReadCloser, error) {
 	case "br":
 		return &reader{r: brotli.NewReader(src), src: src, method: "br"}, nil
 	}
-	return nil, fmt.Errorf("%w %q (known: none, xz, zstd, bzip2, br)", ErrUnknownMethod, method)
+	return nil, Check(method)
 }
 
 // reader tells the source's errors from the decoder's.
