@@ -1,0 +1,555 @@
+package repair
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"storekeeper/internal/sys"
+	"storekeeper/lock"
+	"storekeeper/nix/nar"
+	"storekeeper/report"
+	"storekeeper/store"
+	"storekeeper/store/fs"
+	"storekeeper/substitute"
+)
+
+// Test hooks, set by tests: testHookStaged runs in the swapper after a
+// path's new tree is staged and checked, before its PathLock is taken;
+// testHookBeforeSwap after the lock and the database check, just before
+// the exchange; testHookSwapped after the exchange.
+var (
+	testHookStaged     func(path string)
+	testHookBeforeSwap func(path string)
+	testHookSwapped    func(path string)
+)
+
+// Substitute carries out the plan on s (opened read-write): for every
+// planned path with an offer it fetches the NAR, unpacks it into a
+// staging directory inside the store (a locked run directory of the
+// store's trash, on the same file system), and only when the NAR's hash
+// and size are the database's, exchanges the staged tree with the path,
+// then deletes the old copy. Never is anything deleted before its
+// replacement is in place, and never a live path.
+//
+// In detail:
+//
+//   - It takes gc.lock shared for the whole run (as verify --repair and
+//     gc's deletion do), so that no collector runs while staged trees and
+//     old copies exist (Nix's deletes every name of the store directory
+//     that is not a store path); it first deletes what killed runs left
+//     in the trash (fs.Trash.ClaimAbandoned), then makes its own run
+//     directory.
+//   - Paths are staged by o.Jobs workers, admitted in plan order while the
+//     NAR bytes staged and not yet swapped stay within o.Budget (a path
+//     larger than the budget alone): offer.Source.Open, nar.Unpack with
+//     limits of the NAR size (hostile archives fail there), the hash and
+//     size compared with the database's (else the staged tree is removed
+//     and the path fails with substitute.ErrMismatch), then
+//     fs.Canonicalise (owner the store directory's, mode 0444/0555,
+//     mtime 1). Progress: phase "downloading", bytes of NAR unpacked and
+//     hashed.
+//   - One goroutine swaps, in plan order (references before referrers):
+//     under the path's PathLock (the lock file Nix uses, waited for,
+//     bounded by ctx), after checking in the database that the path is
+//     still registered with the id and hash planned (otherwise it is
+//     left alone, ErrChanged), the staged tree is exchanged with the path
+//     (fs.Exchange: renameat2 RENAME_EXCHANGE, atomic), or moved into
+//     place with RENAME_NOREPLACE when the path is missing (fs.PutNew).
+//     The old copy, now in the run directory, has its damaged .links
+//     entries removed (see dropDamagedLinks) and is deleted; it is only
+//     moved and unlinked, so an unreadable (EIO) old copy does not stop
+//     the repair.
+//
+// Crashes: a kill -9 at any instant leaves each path whole, the old copy
+// or the new one (RENAME_EXCHANGE is one step; see fs.Exchange for file
+// systems without it, whose leftovers the next run puts right before it
+// touches the path); staged trees and old copies are only ever inside the
+// run directory, which the next gc or repair deletes. The database is
+// never written. Like Nix (fsync-store-paths is off by default) nothing
+// is fsynced: a power cut, unlike a kill, may lose recently written
+// contents.
+//
+// Cancellation: once ctx is done no new path is started, a swap in
+// progress is finished, staged trees are removed and the locks released;
+// the outcomes of the paths not done say ErrInterrupted, and the error
+// wraps ctx.Err().
+//
+// The error is otherwise non-nil only when repair could not run at all
+// (ErrReadOnly, gc.lock, the store directory or the trash unusable):
+// each path's failure is its outcome's Err, and the other paths are
+// repaired.
+func Substitute(ctx context.Context, s *store.Store, p *SubstitutionPlan, o SubstituteOptions) (*SubstitutionResult, error) {
+	if s.ReadOnly {
+		return nil, ErrReadOnly
+	}
+	res := &SubstitutionResult{Paths: make([]PathOutcome, len(p.Paths))}
+	var todo []int
+	for i := range p.Paths {
+		pp := &p.Paths[i]
+		out := &res.Paths[i]
+		*out = PathOutcome{Path: pp.Path, NarSize: pp.Want.NarSize, Tried: pp.Tried, Files: pp.Files}
+		switch {
+		case pp.Err != nil:
+			out.Err = pp.Err
+		case pp.Offer == nil:
+			out.Err = noSubstituteError(pp)
+		default:
+			out.From, out.Trust, out.NarSize = pp.Offer.Source.URL(), pp.Offer.Trust, pp.Offer.NarSize
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return res, nil
+	}
+	r, err := newRun(ctx, s, o)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	r.run(ctx, p, res, todo)
+	for i := range res.Paths {
+		res.Downloaded += res.Paths[i].Downloaded
+	}
+	if err := ctx.Err(); err != nil {
+		return res, fmt.Errorf("repair: %w", err)
+	}
+	return res, nil
+}
+
+// noSubstituteError is the outcome of a path no source offered.
+func noSubstituteError(pp *PlannedPath) error {
+	if len(pp.Tried) == 0 {
+		return fmt.Errorf("'%s' was not repaired: %w (no substituter is configured: pass --substituter URL or set substituters in nix.conf)", pp.Path, ErrNoSubstitute)
+	}
+	var why []error
+	for _, t := range pp.Tried {
+		why = append(why, t)
+	}
+	return fmt.Errorf("'%s' was not repaired: %w with the database's hash %s; add a substituter that has it (--substituter URL), or a trusted key: %w",
+		pp.Path, ErrNoSubstitute, pp.Want.NarHash, errors.Join(why...))
+}
+
+// subRun is one Substitute run's state.
+type subRun struct {
+	s        *store.Store
+	o        SubstituteOptions
+	pr       report.Progress
+	gcLock   *lock.FileLock
+	storeDir *os.File // the physical store directory
+	storeFd  int
+	uid, gid int // the canonical owner
+	trash    *fs.TrashRun
+	linksFd  int // <store>/.links, -1 until needed or when missing
+	linksErr error
+	links    sync.Once
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	staged int64 // NAR bytes admitted and not yet swapped
+}
+
+func newRun(ctx context.Context, s *store.Store, o SubstituteOptions) (*subRun, error) {
+	lay := s.Layout
+	r := &subRun{s: s, o: o, pr: o.progress(), storeFd: -1, linksFd: -1}
+	r.cond = sync.NewCond(&r.mu)
+	var err error
+	r.gcLock, err = lock.AcquireGCLock(ctx, lay.StateDir, lock.Shared, true, func() {
+		r.pr.Info(fmt.Sprintf("waiting for the garbage collector lock %s...", report.Name(lay.GCLockPath())))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("repair: taking the GC lock %s: %w", lay.GCLockPath(), err)
+	}
+	fd, err := unix.Open(lay.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		r.close()
+		return nil, fmt.Errorf("repair: opening the store directory %s: %w", lay.RealStoreDir, err)
+	}
+	r.storeDir = os.NewFile(uintptr(fd), lay.RealStoreDir)
+	r.storeFd = fd
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		r.close()
+		return nil, fmt.Errorf("repair: %s: %w", lay.RealStoreDir, err)
+	}
+	// The store directory's owner, as Nix gives its own euid and egid.
+	r.uid, r.gid = int(st.Uid), int(st.Gid)
+	if r.uid == os.Geteuid() {
+		r.gid = os.Getegid()
+	}
+	trash := fs.Trash{Path: lay.TrashDir()}
+	if err := r.emptyAbandoned(ctx, trash); err != nil {
+		r.close()
+		return nil, err
+	}
+	r.trash, err = trash.NewRun()
+	if err != nil {
+		r.close()
+		return nil, fmt.Errorf("repair: staging directory: %w", err)
+	}
+	return r, nil
+}
+
+// emptyAbandoned deletes what killed or interrupted runs (of gc or
+// repair) left in the trash: their staged trees and old copies. It runs
+// under gc.lock shared.
+func (r *subRun) emptyAbandoned(ctx context.Context, trash fs.Trash) error {
+	parent, err := trash.Open()
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("repair: %w", err)
+	}
+	defer unix.Close(parent)
+	runs, _, err := trash.ClaimAbandoned(parent)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("repair: %w", err)
+	}
+	// Entries of the layout before run directories are gc's to claim.
+	if len(runs) == 0 {
+		return nil
+	}
+	items, err := fs.Entries(runs)
+	if err == nil && len(items) > 0 {
+		r.pr.Info(fmt.Sprintf("emptying the trash left by an interrupted run (%d entries)", len(items)))
+		_, _, err = fs.DeleteEntries(ctx, items, 2*runtime.GOMAXPROCS(0), nil)
+	}
+	for _, run := range runs {
+		run.Close(err == nil)
+	}
+	if err != nil {
+		return fmt.Errorf("repair: emptying the trash %s: %w (run storekeeper gc to retry)", trash.Path, err)
+	}
+	return nil
+}
+
+// close deletes what is left in the run directory (staged trees of paths
+// not swapped, old copies), removes it and releases the locks.
+func (r *subRun) close() {
+	if r.trash != nil {
+		items, err := fs.Entries([]*fs.TrashRun{r.trash})
+		if err == nil && len(items) > 0 {
+			_, _, err = fs.DeleteEntries(context.Background(), items, 2*runtime.GOMAXPROCS(0), nil)
+		}
+		if err != nil {
+			r.pr.Warn(fmt.Sprintf("repair: deleting the old copies in %s: %s (the next storekeeper gc or repair deletes them)", report.Name(r.trash.Path), report.Text(err.Error())), "")
+		}
+		r.trash.Close(err == nil)
+		r.trash = nil
+	}
+	if r.linksFd >= 0 {
+		unix.Close(r.linksFd)
+		r.linksFd = -1
+	}
+	if r.storeDir != nil {
+		r.storeDir.Close()
+		r.storeDir = nil
+	}
+	if r.gcLock != nil {
+		r.gcLock.Release()
+		r.gcLock = nil
+	}
+}
+
+// item is a path being staged: the swapper waits for done.
+type item struct {
+	idx  int // in the plan
+	pp   *PlannedPath
+	name string // the staged tree's name in the run directory ("" when nothing is staged)
+	size int64  // admitted bytes
+	err  error  // staging failed
+	nar  int64  // NAR bytes read
+	done chan struct{}
+	sent bool // handed to a worker: it holds size bytes of the budget until released
+}
+
+// run stages the paths todo in parallel and swaps them in plan order.
+func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *SubstitutionResult, todo []int) {
+	budget := r.o.Budget
+	if budget <= 0 {
+		budget = DefaultBudget
+	}
+	jobs := r.o.Jobs
+	if jobs <= 0 {
+		jobs = DefaultJobs
+	}
+	items := make([]*item, len(todo))
+	var total int64
+	for k, i := range todo {
+		pp := &p.Paths[i]
+		items[k] = &item{idx: i, pp: pp, size: int64(pp.Offer.NarSize), done: make(chan struct{})}
+		total += int64(pp.Offer.NarSize)
+	}
+	r.pr.Phase("downloading", total, true)
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	defer stop()
+
+	work := make(chan *item)
+	var wg sync.WaitGroup
+	for w := 0; w < min(jobs, len(items)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range work {
+				r.stage(ctx, it)
+				close(it.done)
+			}
+		}()
+	}
+	// The dispatcher admits items in plan order within the budget.
+	go func() {
+		defer close(work)
+		for _, it := range items {
+			r.mu.Lock()
+			for r.staged > 0 && r.staged+it.size > budget && ctx.Err() == nil {
+				r.cond.Wait()
+			}
+			cancelled := ctx.Err() != nil
+			if !cancelled {
+				r.staged += it.size
+				it.sent = true
+			}
+			r.mu.Unlock()
+			if cancelled {
+				return
+			}
+			work <- it
+		}
+	}()
+	// The swapper, in plan order.
+	for _, it := range items {
+		out := &res.Paths[it.idx]
+		select {
+		case <-it.done:
+		case <-ctx.Done():
+			// Not started, or being staged: wait for the worker only
+			// if it has the item (it stops promptly: its reads fail).
+			select {
+			case <-it.done:
+			default:
+				if !r.started(it) {
+					out.Err = fmt.Errorf("'%s' was not repaired: %w", it.pp.Path, ErrInterrupted)
+					continue
+				}
+				<-it.done
+			}
+		}
+		r.swapOne(ctx, it, out)
+		r.release(it)
+	}
+	wg.Wait()
+}
+
+// started reports whether the dispatcher handed it to a worker (which
+// then closes it.done promptly); after a cancellation it hands out no
+// more.
+func (r *subRun) started(it *item) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return it.sent
+}
+
+// release gives back it's share of the budget.
+func (r *subRun) release(it *item) {
+	r.mu.Lock()
+	if it.sent {
+		r.staged -= it.size
+		it.sent = false
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// countingReader counts the NAR bytes read into the progress.
+type countingReader struct {
+	r  io.Reader
+	n  int64
+	pr report.Progress
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	c.pr.Add(int64(n))
+	return n, err
+}
+
+// stage fetches, unpacks, checks and canonicalises it's path into the
+// run directory under its base name.
+func (r *subRun) stage(ctx context.Context, it *item) {
+	if ctx.Err() != nil {
+		it.err = fmt.Errorf("'%s' was not repaired: %w", it.pp.Path, ErrInterrupted)
+		return
+	}
+	pp := it.pp
+	off := pp.Offer
+	name := baseName(pp.Path)
+	rc, err := off.Source.Open(ctx, off)
+	if err != nil {
+		it.err = fmt.Errorf("'%s' was not repaired: fetching it from %s: %w", pp.Path, off.Where, err)
+		return
+	}
+	cr := &countingReader{r: rc, pr: r.pr}
+	lim := nar.Limits{}
+	if pp.Want.NarSize > 0 {
+		lim.MaxBytes = int64(pp.Want.NarSize)
+	}
+	h, n, err := nar.Unpack(cr, r.trash.Fd, name, nar.UnpackOptions{Limits: lim})
+	rc.Close()
+	it.nar = cr.n
+	display := r.trash.Path + "/" + name
+	if err == nil && (h != pp.Want.NarHash || pp.Want.NarSize > 0 && uint64(n) != pp.Want.NarSize) {
+		err = fmt.Errorf("%w: the NAR hashes to %s (%d bytes), the database records %s (%d bytes)",
+			substitute.ErrMismatch, h, n, pp.Want.NarHash, pp.Want.NarSize)
+	}
+	if err == nil {
+		err = fs.Canonicalise(r.trash.Fd, name, fs.CanonicaliseOptions{BuildUID: fs.NoBuildUser, UID: r.uid, GID: r.gid, Display: display})
+	}
+	if err != nil {
+		if _, rerr := fs.RemoveTree(r.trash.Fd, name, display); rerr != nil && !errors.Is(rerr, unix.ENOENT) {
+			err = fmt.Errorf("%w (and removing the staged copy: %w)", err, rerr)
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
+		}
+		it.err = fmt.Errorf("'%s' was not repaired (it is as it was): the copy from %s: %w", pp.Path, off.Where, err)
+		return
+	}
+	it.name = name
+}
+
+// baseName is a full store path's base name.
+func baseName(p string) string {
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
+}
+
+// swapOne puts it's staged tree in place (see Substitute) and records the
+// outcome.
+func (r *subRun) swapOne(ctx context.Context, it *item, out *PathOutcome) {
+	pp := it.pp
+	out.Downloaded = pp.Offer.DownloadSize
+	if out.Downloaded == 0 || it.err != nil {
+		out.Downloaded = uint64(it.nar)
+	}
+	if it.err != nil {
+		out.Err = it.err
+		return
+	}
+	if testHookStaged != nil {
+		testHookStaged(pp.Path)
+	}
+	display := r.trash.Path + "/" + it.name
+	fail := func(err error) {
+		out.Err = err
+		if _, rerr := fs.RemoveTree(r.trash.Fd, it.name, display); rerr != nil && !errors.Is(rerr, unix.ENOENT) {
+			r.pr.Warn(fmt.Sprintf("repair: removing the staged copy %s: %s", report.Name(display), report.Text(rerr.Error())), pp.Path)
+		}
+	}
+	if ctx.Err() != nil {
+		fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, ErrInterrupted))
+		return
+	}
+	base := it.name
+	pl, err := lock.LockPathsAt(ctx, r.storeDir, r.s.Layout.RealStoreDir, []string{base}, true, func(string) {
+		r.pr.Info(fmt.Sprintf("waiting for the lock on %s...", report.Name(pp.Path)))
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
+		}
+		fail(fmt.Errorf("'%s' was not repaired: taking its lock: %w", pp.Path, err))
+		return
+	}
+	defer pl.Unlock(true)
+	if err := r.stillPlanned(ctx, pp); err != nil {
+		fail(err)
+		return
+	}
+	// What a killed run on a file system without RENAME_EXCHANGE left.
+	if err := fs.RecoverExchange(r.storeFd, base, r.trash.Fd); err != nil {
+		fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
+		return
+	}
+	if testHookBeforeSwap != nil {
+		testHookBeforeSwap(pp.Path)
+	}
+	var st unix.Stat_t
+	present := true
+	if err := sys.LstatAt(r.storeFd, base, &st); errors.Is(err, unix.ENOENT) {
+		present = false
+	} else if err != nil && !errors.Is(err, unix.EIO) {
+		fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
+		return
+	}
+	if !present {
+		err := fs.PutNew(r.trash.Fd, it.name, r.storeFd, base)
+		if errors.Is(err, unix.EEXIST) {
+			present = true // back meanwhile: exchanged instead
+		} else if err != nil {
+			fail(fmt.Errorf("'%s' was not repaired: putting it in place: %w", pp.Path, err))
+			return
+		}
+	}
+	if present {
+		if err := fs.Exchange(r.trash.Fd, it.name, r.storeFd, base); err != nil {
+			fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
+			return
+		}
+	}
+	out.Done = true
+	out.Err = nil
+	if testHookSwapped != nil {
+		testHookSwapped(pp.Path)
+	}
+	if present {
+		// The old copy is at it.name in the run directory.
+		if removed, err := r.dropDamagedLinks(it.name, base); err != nil {
+			r.pr.Warn(fmt.Sprintf("repair: checking the .links entries of the old copy of %s: %s (run 'storekeeper verify --check-contents' to find damaged ones)", report.Name(pp.Path), report.Text(err.Error())), pp.Path)
+		} else {
+			for _, l := range removed {
+				r.pr.Verbose(fmt.Sprintf("removed the damaged link %s", report.Name(l)))
+			}
+		}
+		if _, err := fs.RemoveTree(r.trash.Fd, it.name, display); err != nil && !errors.Is(err, unix.ENOENT) {
+			r.pr.Verbose(fmt.Sprintf("deleting the old copy %s: %s (deleted at the end of the run, or by the next gc)", report.Name(display), report.Text(err.Error())))
+		}
+	}
+}
+
+// stillPlanned checks, under the path's lock, that pp is registered with
+// the id and hash the plan read.
+func (r *subRun) stillPlanned(ctx context.Context, pp *PlannedPath) error {
+	rows, err := r.s.DB.PathRows(ctx, []string{pp.Path})
+	if err != nil {
+		return fmt.Errorf("'%s' was not repaired: reading its database row again: %w", pp.Path, err)
+	}
+	row := rows[pp.Path]
+	switch {
+	case row == nil:
+		return fmt.Errorf("'%s' was left alone: %w since the plan (it is no longer valid)", pp.Path, ErrChanged)
+	case pp.ID != 0 && row.ID != pp.ID:
+		return fmt.Errorf("'%s' was left alone: %w since the plan (registered again)", pp.Path, ErrChanged)
+	case row.NarHash != pp.Want.NarHash:
+		return fmt.Errorf("'%s' was left alone: %w since the plan (its hash is now %s)", pp.Path, ErrChanged, row.NarHash)
+	}
+	return nil
+}
