@@ -1,0 +1,81 @@
+package substitute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// fileTransport reads a file:// cache's files. The cache directory is
+// the user's own configuration, so symlinks in it are followed as Nix
+// does; what is read is bounded (fetch by its max, a NAR by the offer's
+// sizes) and every name comes from safeRel, so nothing outside root is
+// named.
+type fileTransport struct {
+	root string
+}
+
+func (f *fileTransport) where(rel string) string { return "file://" + filepath.Join(f.root, rel) }
+
+func (f *fileTransport) openFile(ctx context.Context, rel string) (*os.File, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	file, err := os.Open(filepath.Join(f.root, rel))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return nil, err
+	}
+	return file, nil
+}
+
+func (f *fileTransport) fetch(ctx context.Context, rel string, max int64) ([]byte, error) {
+	file, err := f.openFile(ctx, rel)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	data, err := io.ReadAll(io.LimitReader(file, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", f.where(rel), max)
+	}
+	return data, nil
+}
+
+func (f *fileTransport) open(ctx context.Context, rel string) (io.ReadCloser, error) {
+	file, err := f.openFile(ctx, rel)
+	if err != nil {
+		return nil, err
+	}
+	return &ctxReader{ctx: ctx, r: file, c: file}, nil
+}
+
+func (f *fileTransport) unreachable(err error) bool { return false }
+
+func (f *fileTransport) close() {}
+
+// ctxReader fails its reads once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+	c   io.Closer
+}
+
+func (r *ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+func (r *ctxReader) Close() error { return r.c.Close() }

@@ -1,0 +1,394 @@
+package substitute
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestHTTP500TwiceThen200(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("p", strings.Repeat("p", 5000), "xz", nil, nil, true)
+	ni, narURL := narinfoPath(e.want.Path), "/"+e.ni.URL
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if (r.URL.Path == ni || r.URL.Path == narURL || r.URL.Path == "/nix-cache-info") && n <= 2 {
+			http.Error(w, "busy", http.StatusInternalServerError)
+			return true
+		}
+		return false
+	})
+	s := mustNew(t, srv.URL, testOptions())
+	o, err := s.Lookup(context.Background(), e.want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readAll(context.Background(), s, o)
+	if err != nil || !bytes.Equal(got, e.nar) {
+		t.Fatalf("read: %v", err)
+	}
+	for _, p := range []string{"/nix-cache-info", ni, narURL} {
+		if n := srv.count(p); n != 3 {
+			t.Errorf("%s: %d requests, want 3 (two 500s, then the answer)", p, n)
+		}
+	}
+}
+
+func TestHTTP500Always(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("p", "p", "none", nil, nil, true)
+	ni := narinfoPath(e.want.Path)
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path == ni {
+			http.Error(w, "broken", http.StatusBadGateway)
+			return true
+		}
+		return false
+	})
+	o := testOptions()
+	o.Attempts = 3
+	s := mustNew(t, srv.URL, o)
+	_, err := s.Lookup(context.Background(), e.want)
+	if err == nil || errors.Is(err, ErrNotFound) || !contains(err, "502") || !contains(err, "3 attempts") {
+		t.Errorf("Lookup against a server answering 502: %v", err)
+	}
+	if n := srv.count(ni); n != 3 {
+		t.Errorf("%d requests, want Attempts = 3", n)
+	}
+	// One path's failure is not the source's: the next path is asked.
+	if _, err := s.Lookup(context.Background(), Want{Path: opaquePath("other")}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("next Lookup: %v", err)
+	}
+}
+
+func TestHTTP404And403OneRequest(t *testing.T) {
+	f := newFixture(t)
+	forbidden := opaquePath("forbidden")
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path == narinfoPath(forbidden) {
+			http.Error(w, "no", http.StatusForbidden)
+			return true
+		}
+		return false
+	})
+	s := mustNew(t, srv.URL, testOptions())
+	for _, p := range []string{opaquePath("absent"), forbidden} {
+		if _, err := s.Lookup(context.Background(), Want{Path: p}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s: %v, want ErrNotFound", p, err)
+		}
+		if n := srv.count(narinfoPath(p)); n != 1 {
+			t.Errorf("%s: %d requests, want exactly 1", p, n)
+		}
+	}
+}
+
+func TestHTTP400NoRetry(t *testing.T) {
+	f := newFixture(t)
+	p := opaquePath("bad-request")
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path == narinfoPath(p) {
+			http.Error(w, "no", http.StatusBadRequest)
+			return true
+		}
+		return false
+	})
+	s := mustNew(t, srv.URL, testOptions())
+	if _, err := s.Lookup(context.Background(), Want{Path: p}); err == nil || errors.Is(err, ErrNotFound) || !contains(err, "400") {
+		t.Errorf("%v, want a 400 error", err)
+	}
+	if n := srv.count(narinfoPath(p)); n != 1 {
+		t.Errorf("%d requests, want exactly 1", n)
+	}
+}
+
+// TestHTTPResets: a connection dropped before the headers, and one
+// dropped in the middle of a body, are tried again; a NAR download
+// resumes where it broke.
+func TestHTTPResets(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("p", strings.Repeat("some contents ", 20000), "none", nil, nil, true)
+	ni, narURL := narinfoPath(e.want.Path), "/"+e.ni.URL
+	var mu sync.Mutex
+	var ranges []string
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		switch {
+		case r.URL.Path == ni && n == 1:
+			hijackClose(t, w) // before the headers
+			return true
+		case r.URL.Path == ni && n == 2:
+			// Headers and half a body, then the connection drops.
+			w.Header().Set("Content-Length", "1000")
+			w.WriteHeader(http.StatusOK)
+			w.Write([]byte(strings.Repeat("x", 500)))
+			w.(http.Flusher).Flush()
+			hijackClose(t, w)
+			return true
+		case r.URL.Path == narURL:
+			mu.Lock()
+			ranges = append(ranges, r.Header.Get("Range"))
+			mu.Unlock()
+			if n == 1 {
+				w.Header().Set("Content-Length", strconv.Itoa(len(e.file)))
+				w.WriteHeader(http.StatusOK)
+				w.Write(e.file[:len(e.file)/3])
+				w.(http.Flusher).Flush()
+				hijackClose(t, w)
+				return true
+			}
+		}
+		return false
+	})
+	s := mustNew(t, srv.URL, testOptions())
+	o, err := s.Lookup(context.Background(), e.want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.count(ni); n != 3 {
+		t.Errorf("narinfo: %d requests, want 3", n)
+	}
+	got, err := readAll(context.Background(), s, o)
+	if err != nil || !bytes.Equal(got, e.nar) {
+		t.Fatalf("read %d bytes: %v", len(got), err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ranges) != 2 || ranges[0] != "" || !strings.HasPrefix(ranges[1], "bytes=") || ranges[1] == "bytes=0-" {
+		t.Errorf("NAR requests' Range headers: %q, want none and then a resumption", ranges)
+	}
+}
+
+// TestHTTPResumeIgnoringRange: a server that answers a range request
+// with the whole file again is read past the part already delivered.
+func TestHTTPResumeIgnoringRange(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("p", strings.Repeat("abc", 30000), "zstd", nil, nil, true)
+	narURL := "/" + e.ni.URL
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path != narURL {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(e.file)))
+		w.WriteHeader(http.StatusOK)
+		if n == 1 {
+			w.Write(e.file[:len(e.file)/2])
+			w.(http.Flusher).Flush()
+			hijackClose(t, w)
+			return true
+		}
+		w.Write(e.file)
+		return true
+	})
+	s := mustNew(t, srv.URL, testOptions())
+	o, err := s.Lookup(context.Background(), e.want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readAll(context.Background(), s, o); err != nil || !bytes.Equal(got, e.nar) {
+		t.Fatalf("read %d bytes: %v", len(got), err)
+	}
+}
+
+// TestHTTPHangs: a server that never answers, and one that sends the
+// headers and then nothing, fail after StallTimeout per attempt, not
+// never.
+func TestHTTPHangs(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("p", strings.Repeat("p", 100000), "none", nil, nil, true)
+	hang := f.add("hang", "h", "none", nil, nil, true)
+	narURL := "/" + e.ni.URL
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		switch r.URL.Path {
+		case narinfoPath(hang.want.Path):
+			<-r.Context().Done()
+			return true
+		case narURL:
+			w.Header().Set("Content-Length", strconv.Itoa(len(e.file)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(e.file[:1000])
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	})
+	o := testOptions()
+	o.StallTimeout = 300 * time.Millisecond
+	o.Attempts = 2
+	s := mustNew(t, srv.URL, o)
+	ctx := context.Background()
+	start := time.Now()
+	_, err := s.Lookup(ctx, hang.want)
+	if !errors.Is(err, errStalled) || !contains(err, "no response") {
+		t.Errorf("Lookup from a server that never answers: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %s", d)
+	}
+	if n := srv.count(narinfoPath(hang.want.Path)); n != 2 {
+		t.Errorf("%d requests, want Attempts = 2", n)
+	}
+	off, err := s.Lookup(ctx, e.want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	got, err := readAll(ctx, s, off)
+	if !errors.Is(err, errStalled) || !contains(err, "no data") || len(got) != 1000 {
+		t.Errorf("read from a server that stops sending: %d bytes, %v", len(got), err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %s", d)
+	}
+}
+
+// TestHTTPCancel: cancelling the context stops a look-up at once, in a
+// request and in a pause between attempts.
+func TestHTTPCancel(t *testing.T) {
+	f := newFixture(t)
+	hang := f.add("hang", "h", "none", nil, nil, true)
+	busy := f.add("busy", "b", "none", nil, nil, true)
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		switch r.URL.Path {
+		case narinfoPath(hang.want.Path):
+			<-r.Context().Done()
+			return true
+		case narinfoPath(busy.want.Path):
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	o := testOptions()
+	o.StallTimeout = time.Minute
+	o.RetryDelay = time.Minute
+	s := mustNew(t, srv.URL, o)
+	if err := s.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []*entry{hang, busy} {
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(100*time.Millisecond, cancel)
+		start := time.Now()
+		_, err := s.Lookup(ctx, e.want)
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("%s: %v, want context.Canceled", e.want.Path, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("%s: cancelled after %s", e.want.Path, d)
+		}
+	}
+	// A cancelled Init is not remembered.
+	s2 := mustNew(t, srv.URL, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s2.Init(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Init with a cancelled context: %v", err)
+	}
+	if err := s2.Init(context.Background()); err != nil {
+		t.Errorf("Init after a cancelled one: %v", err)
+	}
+}
+
+// TestHTTPUnreachable: a port nobody listens on fails Init after its
+// attempts, fast, and every later look-up at once without a new
+// connection attempt.
+func TestHTTPUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	o := testOptions()
+	s := mustNew(t, "http://"+addr+"/cache", o)
+	start := time.Now()
+	err = s.Init(context.Background())
+	if !errors.Is(err, ErrBadSource) || !contains(err, "refused") || !contains(err, "5 attempts") {
+		t.Errorf("Init: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Init took %s", d)
+	}
+	start = time.Now()
+	for i := range 100 {
+		_, err := s.Lookup(context.Background(), Want{Path: opaquePath("p" + strconv.Itoa(i))})
+		if !errors.Is(err, ErrBadSource) {
+			t.Fatalf("Lookup %d: %v", i, err)
+		}
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("100 look-ups in an unreachable cache took %s", d)
+	}
+}
+
+// TestHTTPDiesAfterInit: a server that goes away after Init fails the
+// look-up that finds out, after its attempts, and the later ones at once.
+func TestHTTPDiesAfterInit(t *testing.T) {
+	f := newFixture(t)
+	srv := newServer(t, f.dir, nil)
+	s := mustNew(t, srv.URL, testOptions())
+	if err := s.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	for i := range 20 {
+		_, err := s.Lookup(context.Background(), Want{Path: opaquePath("p" + strconv.Itoa(i))})
+		if !errors.Is(err, ErrBadSource) || !contains(err, "cannot be reached") {
+			t.Fatalf("Lookup %d: %v", i, err)
+		}
+	}
+}
+
+// TestHTTPKeepAlive: many look-ups, in sequence and in parallel, reuse a
+// few connections.
+func TestHTTPKeepAlive(t *testing.T) {
+	f := newFixture(t)
+	var es []*entry
+	for i := range 60 {
+		es = append(es, f.add("p"+strconv.Itoa(i), "contents "+strconv.Itoa(i), "none", nil, nil, true))
+	}
+	srv := newServer(t, f.dir, nil)
+	o := testOptions()
+	o.Connections = 4
+	s := mustNew(t, srv.URL, o)
+	ctx := context.Background()
+	for _, e := range es[:30] {
+		off, err := s.Lookup(ctx, e.want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readAll(ctx, s, off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Lookup(ctx, Want{Path: opaquePath("absent-" + e.want.Path[len(storeDir)+34:])}); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+	}
+	if n := srv.conns.Load(); n != 1 {
+		t.Errorf("90 requests in sequence used %d connections, want 1", n)
+	}
+	var wg sync.WaitGroup
+	for _, e := range es[30:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			off, err := s.Lookup(ctx, e.want)
+			if err == nil {
+				_, err = readAll(ctx, s, off)
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := srv.conns.Load(); n > int64(o.Connections) {
+		t.Errorf("60 requests, 30 at once, used %d connections, more than Connections = %d", n, o.Connections)
+	}
+}
