@@ -473,7 +473,7 @@ func (r *Reader) node(path string) (*Header, error) {
 			return nil, r.bad(off, path, "contents size %d overflows", n)
 		}
 		if r.lim.MaxBytes > 0 && r.off+int64(n) > r.lim.MaxBytes {
-			return nil, r.fail(ErrLimit, off, path, nil, "%d bytes of contents pass the limit of %d bytes", n, r.lim.MaxBytes)
+			return nil, r.fail(ErrLimit, off, path, nil, "%d bytes of contents (bytes %d to %d) pass the limit of %d bytes", n, r.off, r.off+int64(n), r.lim.MaxBytes)
 		}
 		r.cur.Size = int64(n)
 		r.left = int64(n)
