@@ -27,8 +27,9 @@ type transport interface {
 	open(ctx context.Context, rel string) (io.ReadCloser, error)
 	// where is rel's URL, for messages.
 	where(rel string) string
-	// unreachable reports whether err (from fetch) says the server could
-	// not be reached at all, so that no later look-up should try again.
+	// unreachable reports whether err (from fetch, after all its
+	// attempts) says the server could not be reached at all or never
+	// answered, so that no later look-up should wait for it again.
 	unreachable(err error) bool
 	close()
 }
@@ -112,13 +113,14 @@ func (c *cache) usable(ctx context.Context) error {
 	return c.dead
 }
 
-// markDead records that the server could not be reached after all
-// attempts of a look-up, so that the others fail at once.
+// markDead records that the server could not be reached, or answered
+// nothing, on all attempts of a look-up, so that the other look-ups fail
+// at once rather than each wait as long.
 func (c *cache) markDead(err error) error {
 	c.deadMu.Lock()
 	defer c.deadMu.Unlock()
 	if c.dead == nil {
-		c.dead = fmt.Errorf("%w %s: the server cannot be reached: %w", ErrBadSource, report.Name(c.url), err)
+		c.dead = fmt.Errorf("%w %s: the server cannot be reached or does not answer: %w", ErrBadSource, report.Name(c.url), err)
 	}
 	return c.dead
 }

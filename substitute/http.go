@@ -225,10 +225,11 @@ func (h *httpTransport) fetch(ctx context.Context, rel string, max int64) ([]byt
 	return data, err
 }
 
-// unreachable: no connection to the server could be made at all.
+// unreachable: no connection to the server could be made at all, or it
+// answered nothing within StallTimeout on every attempt.
 func (h *httpTransport) unreachable(err error) bool {
 	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+	return errors.As(err, &op) && op.Op == "dial" || errors.Is(err, errStalled)
 }
 
 func (h *httpTransport) open(ctx context.Context, rel string) (io.ReadCloser, error) {

@@ -233,6 +233,12 @@ func TestHTTPHangs(t *testing.T) {
 	if n := srv.count(narinfoPath(hang.want.Path)); n != 2 {
 		t.Errorf("%d requests, want Attempts = 2", n)
 	}
+	// The server answers nothing: the next look-up fails at once.
+	start = time.Now()
+	if _, err := s.Lookup(ctx, e.want); !errors.Is(err, ErrBadSource) || !errors.Is(err, errStalled) || time.Since(start) > 100*time.Millisecond {
+		t.Errorf("Lookup after one that stalled: %v after %s", err, time.Since(start))
+	}
+	s = mustNew(t, srv.URL, o)
 	off, err := s.Lookup(ctx, e.want)
 	if err != nil {
 		t.Fatal(err)
