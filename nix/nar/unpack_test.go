@@ -310,9 +310,9 @@ func TestUnpackHostile(t *testing.T) {
 			} else if !slices.Equal(tree, c.leaves) {
 				t.Errorf("left %q, want %q", tree, c.leaves)
 			}
+			sb.check(t, names...)
 		})
 	}
-	sb.check(t, names...)
 }
 
 // TestUnpackLimitBoundaries: what is exactly at a limit is accepted (a
