@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +17,7 @@ import (
 	"storekeeper/nix/nar"
 	"storekeeper/report"
 	"storekeeper/store"
+	"storekeeper/store/db"
 	"storekeeper/store/fs"
 	"storekeeper/substitute"
 )
@@ -25,9 +27,12 @@ import (
 // testHookBeforeSwap after the lock and the database check, just before
 // the exchange; testHookSwapped after the exchange.
 var (
-	testHookStaged     func(path string)
-	testHookBeforeSwap func(path string)
-	testHookSwapped    func(path string)
+	// testForceCanonicalise makes every staged tree go through
+	// fs.Canonicalise.
+	testForceCanonicalise bool
+	testHookStaged        func(path string)
+	testHookBeforeSwap    func(path string)
+	testHookSwapped       func(path string)
 )
 
 // Substitute carries out the plan on s (opened read-write): for every
@@ -51,10 +56,12 @@ var (
 //     larger than the budget alone): offer.Source.Open, nar.Unpack with
 //     limits of the NAR size (hostile archives fail there), the hash and
 //     size compared with the database's (else the staged tree is removed
-//     and the path fails with substitute.ErrMismatch), then
-//     fs.Canonicalise (owner the store directory's, mode 0444/0555,
-//     mtime 1). Progress: phase "downloading", bytes of NAR unpacked and
-//     hashed.
+//     and the path fails with substitute.ErrMismatch). The tree is
+//     canonical as Nix makes it (mode 0444/0555, mtime 1, owner the store
+//     directory's): nar.Unpack sets modes and mtimes as it writes, and
+//     fs.Canonicalise does the rest where the owner is not this process
+//     or the run directory passes on extended attributes. Progress:
+//     phase "downloading", bytes of NAR unpacked and hashed.
 //   - One goroutine swaps, in plan order (references before referrers):
 //     under the path's PathLock (the lock file Nix uses, waited for,
 //     bounded by ctx), after checking in the database that the path is
@@ -145,6 +152,11 @@ type subRun struct {
 	storeDir *os.File // the physical store directory
 	storeFd  int
 	uid, gid int // the canonical owner
+	// canon: staged trees need fs.Canonicalise after nar.Unpack (which
+	// sets modes and mtimes itself): the owner is not this process's
+	// euid, or the run directory passes on extended attributes (a
+	// default ACL).
+	canon    bool
 	trash    *fs.TrashRun
 	linksFd  int // <store>/.links, -1 until needed or when missing
 	linksErr error
@@ -193,7 +205,28 @@ func newRun(ctx context.Context, s *store.Store, o SubstituteOptions) (*subRun, 
 		r.close()
 		return nil, fmt.Errorf("repair: staging directory: %w", err)
 	}
+	r.canon = r.uid != os.Geteuid() || inheritsXattrs(r.trash.Fd) || testForceCanonicalise
 	return r, nil
+}
+
+// inheritsXattrs reports whether the directory open at fd has extended
+// attributes other than the ones canonicalisation keeps (a default ACL,
+// which new entries inherit), or cannot say.
+func inheritsXattrs(fd int) bool {
+	buf := make([]byte, 4096)
+	n, err := unix.Flistxattr(fd, buf)
+	if errors.Is(err, unix.ENOTSUP) {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	for _, a := range strings.Split(string(buf[:n]), "\x00") {
+		if a != "" && a != "security.selinux" {
+			return true
+		}
+	}
+	return false
 }
 
 // emptyAbandoned deletes what killed or interrupted runs (of gc or
@@ -330,9 +363,20 @@ func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *Substitution
 			work <- it
 		}
 	}()
-	// The swapper, in plan order.
-	for _, it := range items {
-		out := &res.Paths[it.idx]
+	// The old copies are checked for damaged .links entries and deleted
+	// beside the swaps.
+	olds := make(chan oldCopy, 64)
+	var owg sync.WaitGroup
+	owg.Add(1)
+	go func() {
+		defer owg.Done()
+		for oc := range olds {
+			r.deleteOld(oc)
+		}
+	}()
+	// The swapper, in plan order, a batch of staged paths at a time.
+	for k := 0; k < len(items); {
+		it := items[k]
 		select {
 		case <-it.done:
 		case <-ctx.Done():
@@ -342,17 +386,35 @@ func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *Substitution
 			case <-it.done:
 			default:
 				if !r.started(it) {
-					out.Err = fmt.Errorf("'%s' was not repaired: %w", it.pp.Path, ErrInterrupted)
+					res.Paths[it.idx].Err = fmt.Errorf("'%s' was not repaired: %w", it.pp.Path, ErrInterrupted)
+					k++
 					continue
 				}
 				<-it.done
 			}
 		}
-		r.swapOne(ctx, it, out)
-		r.release(it)
+		batch := []*item{it}
+		for k++; k < len(items) && len(batch) < maxSwapBatch; k++ {
+			select {
+			case <-items[k].done:
+				batch = append(batch, items[k])
+				continue
+			default:
+			}
+			break
+		}
+		r.swapBatch(ctx, batch, res, olds)
+		for _, it := range batch {
+			r.release(it)
+		}
 	}
+	close(olds)
+	owg.Wait()
 	wg.Wait()
 }
+
+// maxSwapBatch bounds the paths locked and swapped together.
+const maxSwapBatch = 64
 
 // started reports whether the dispatcher handed it to a worker (which
 // then closes it.done promptly); after a cancellation it hands out no
@@ -408,7 +470,7 @@ func (r *subRun) stage(ctx context.Context, it *item) {
 	if pp.Want.NarSize > 0 {
 		lim.MaxBytes = int64(pp.Want.NarSize)
 	}
-	h, n, err := nar.Unpack(cr, r.trash.Fd, name, nar.UnpackOptions{Limits: lim})
+	h, n, err := nar.Unpack(cr, r.trash.Fd, name, nar.UnpackOptions{Limits: lim, Mtime: fs.Nix.Mtime})
 	rc.Close()
 	it.nar = cr.n
 	display := r.trash.Path + "/" + name
@@ -416,7 +478,7 @@ func (r *subRun) stage(ctx context.Context, it *item) {
 		err = fmt.Errorf("%w: the NAR hashes to %s (%d bytes), the database records %s (%d bytes)",
 			substitute.ErrMismatch, h, n, pp.Want.NarHash, pp.Want.NarSize)
 	}
-	if err == nil {
+	if err == nil && r.canon {
 		err = fs.Canonicalise(r.trash.Fd, name, fs.CanonicaliseOptions{BuildUID: fs.NoBuildUser, UID: r.uid, GID: r.gid, Display: display})
 	}
 	if err != nil {
@@ -442,51 +504,99 @@ func baseName(p string) string {
 	return p
 }
 
-// swapOne puts it's staged tree in place (see Substitute) and records the
-// outcome.
-func (r *subRun) swapOne(ctx context.Context, it *item, out *PathOutcome) {
-	pp := it.pp
-	out.Downloaded = pp.Offer.DownloadSize
-	if out.Downloaded == 0 || it.err != nil {
-		out.Downloaded = uint64(it.nar)
-	}
-	if it.err != nil {
-		out.Err = it.err
-		return
-	}
-	if testHookStaged != nil {
-		testHookStaged(pp.Path)
-	}
-	display := r.trash.Path + "/" + it.name
-	fail := func(err error) {
-		out.Err = err
-		if _, rerr := fs.RemoveTree(r.trash.Fd, it.name, display); rerr != nil && !errors.Is(rerr, unix.ENOENT) {
-			r.pr.Warn(fmt.Sprintf("repair: removing the staged copy %s: %s", report.Name(display), report.Text(rerr.Error())), pp.Path)
+// oldCopy is an old copy in the run directory, to delete.
+type oldCopy struct {
+	name string // in the run directory, and the path's base name
+	path string
+}
+
+// swapBatch puts the staged trees of batch in place (see Substitute), in
+// order, and records the outcomes: the paths' PathLocks are taken
+// together (sorted, as Nix takes a set of them, so no deadlock with it),
+// their rows read again in one query, then each is swapped.
+func (r *subRun) swapBatch(ctx context.Context, batch []*item, res *SubstitutionResult, olds chan<- oldCopy) {
+	var staged []*item
+	var names []string
+	for _, it := range batch {
+		pp := it.pp
+		out := &res.Paths[it.idx]
+		out.Downloaded = pp.Offer.DownloadSize
+		if out.Downloaded == 0 || it.err != nil {
+			out.Downloaded = uint64(it.nar)
 		}
+		if it.err != nil {
+			out.Err = it.err
+			continue
+		}
+		if testHookStaged != nil {
+			testHookStaged(pp.Path)
+		}
+		if ctx.Err() != nil {
+			r.fail(it, out, fmt.Errorf("'%s' was not repaired: %w", pp.Path, ErrInterrupted))
+			continue
+		}
+		staged = append(staged, it)
+		names = append(names, it.name)
 	}
-	if ctx.Err() != nil {
-		fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, ErrInterrupted))
+	if len(staged) == 0 {
 		return
 	}
-	base := it.name
-	pl, err := lock.LockPathsAt(ctx, r.storeDir, r.s.Layout.RealStoreDir, []string{base}, true, func(string) {
-		r.pr.Info(fmt.Sprintf("waiting for the lock on %s...", report.Name(pp.Path)))
+	pl, err := lock.LockPathsAt(ctx, r.storeDir, r.s.Layout.RealStoreDir, names, true, func(p string) {
+		r.pr.Info(fmt.Sprintf("waiting for the lock on %s...", report.Name(p)))
 	})
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
 		}
-		fail(fmt.Errorf("'%s' was not repaired: taking its lock: %w", pp.Path, err))
+		for _, it := range staged {
+			r.fail(it, &res.Paths[it.idx], fmt.Errorf("'%s' was not repaired: taking its lock: %w", it.pp.Path, err))
+		}
 		return
 	}
 	defer pl.Unlock(true)
-	if err := r.stillPlanned(ctx, pp); err != nil {
-		fail(err)
-		return
+	paths := make([]string, len(staged))
+	for i, it := range staged {
+		paths[i] = it.pp.Path
 	}
+	rows, err := r.s.DB.PathRows(ctx, paths)
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w: %w", ErrInterrupted, err)
+	}
+	for _, it := range staged {
+		out := &res.Paths[it.idx]
+		if err != nil {
+			r.fail(it, out, fmt.Errorf("'%s' was not repaired: reading its database row again: %w", it.pp.Path, err))
+			continue
+		}
+		if ctx.Err() != nil { // no new swap once cancelled
+			r.fail(it, out, fmt.Errorf("'%s' was not repaired: %w", it.pp.Path, ErrInterrupted))
+			continue
+		}
+		if err := stillPlanned(it.pp, rows[it.pp.Path]); err != nil {
+			r.fail(it, out, err)
+			continue
+		}
+		r.swapLocked(it, out, olds)
+	}
+}
+
+// fail records err as it's outcome and removes its staged tree.
+func (r *subRun) fail(it *item, out *PathOutcome, err error) {
+	out.Err = err
+	display := r.trash.Path + "/" + it.name
+	if _, rerr := fs.RemoveTree(r.trash.Fd, it.name, display); rerr != nil && !errors.Is(rerr, unix.ENOENT) {
+		r.pr.Warn(fmt.Sprintf("repair: removing the staged copy %s: %s", report.Name(display), report.Text(rerr.Error())), it.pp.Path)
+	}
+}
+
+// swapLocked puts it's staged tree in place, under its PathLock: exchanged
+// with the path, or moved there if the path is missing.
+func (r *subRun) swapLocked(it *item, out *PathOutcome, olds chan<- oldCopy) {
+	pp := it.pp
+	base := it.name
 	// What a killed run on a file system without RENAME_EXCHANGE left.
 	if err := fs.RecoverExchange(r.storeFd, base, r.trash.Fd); err != nil {
-		fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
+		r.fail(it, out, fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
 		return
 	}
 	if testHookBeforeSwap != nil {
@@ -497,7 +607,7 @@ func (r *subRun) swapOne(ctx context.Context, it *item, out *PathOutcome) {
 	if err := sys.LstatAt(r.storeFd, base, &st); errors.Is(err, unix.ENOENT) {
 		present = false
 	} else if err != nil && !errors.Is(err, unix.EIO) {
-		fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
+		r.fail(it, out, fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
 		return
 	}
 	if !present {
@@ -505,13 +615,13 @@ func (r *subRun) swapOne(ctx context.Context, it *item, out *PathOutcome) {
 		if errors.Is(err, unix.EEXIST) {
 			present = true // back meanwhile: exchanged instead
 		} else if err != nil {
-			fail(fmt.Errorf("'%s' was not repaired: putting it in place: %w", pp.Path, err))
+			r.fail(it, out, fmt.Errorf("'%s' was not repaired: putting it in place: %w", pp.Path, err))
 			return
 		}
 	}
 	if present {
 		if err := fs.Exchange(r.trash.Fd, it.name, r.storeFd, base); err != nil {
-			fail(fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
+			r.fail(it, out, fmt.Errorf("'%s' was not repaired: %w", pp.Path, err))
 			return
 		}
 	}
@@ -521,28 +631,29 @@ func (r *subRun) swapOne(ctx context.Context, it *item, out *PathOutcome) {
 		testHookSwapped(pp.Path)
 	}
 	if present {
-		// The old copy is at it.name in the run directory.
-		if removed, err := r.dropDamagedLinks(it.name, base); err != nil {
-			r.pr.Warn(fmt.Sprintf("repair: checking the .links entries of the old copy of %s: %s (run 'storekeeper verify --check-contents' to find damaged ones)", report.Name(pp.Path), report.Text(err.Error())), pp.Path)
-		} else {
-			for _, l := range removed {
-				r.pr.Verbose(fmt.Sprintf("removed the damaged link %s", report.Name(l)))
-			}
-		}
-		if _, err := fs.RemoveTree(r.trash.Fd, it.name, display); err != nil && !errors.Is(err, unix.ENOENT) {
-			r.pr.Verbose(fmt.Sprintf("deleting the old copy %s: %s (deleted at the end of the run, or by the next gc)", report.Name(display), report.Text(err.Error())))
-		}
+		olds <- oldCopy{name: it.name, path: pp.Path} // at it.name in the run directory
 	}
 }
 
-// stillPlanned checks, under the path's lock, that pp is registered with
-// the id and hash the plan read.
-func (r *subRun) stillPlanned(ctx context.Context, pp *PlannedPath) error {
-	rows, err := r.s.DB.PathRows(ctx, []string{pp.Path})
-	if err != nil {
-		return fmt.Errorf("'%s' was not repaired: reading its database row again: %w", pp.Path, err)
+// deleteOld drops the damaged .links entries of an old copy, then deletes
+// it (what is left is deleted at the end of the run).
+func (r *subRun) deleteOld(oc oldCopy) {
+	if removed, err := r.dropDamagedLinks(oc.name, oc.name); err != nil {
+		r.pr.Warn(fmt.Sprintf("repair: checking the .links entries of the old copy of %s: %s (run 'storekeeper verify --check-contents' to find damaged ones)", report.Name(oc.path), report.Text(err.Error())), oc.path)
+	} else {
+		for _, l := range removed {
+			r.pr.Verbose(fmt.Sprintf("removed the damaged link %s", report.Name(l)))
+		}
 	}
-	row := rows[pp.Path]
+	display := r.trash.Path + "/" + oc.name
+	if _, err := fs.RemoveTree(r.trash.Fd, oc.name, display); err != nil && !errors.Is(err, unix.ENOENT) {
+		r.pr.Verbose(fmt.Sprintf("deleting the old copy %s: %s (deleted at the end of the run, or by the next gc)", report.Name(display), report.Text(err.Error())))
+	}
+}
+
+// stillPlanned checks, under the path's lock, that pp is registered
+// (row, nil if not valid) with the id and hash the plan read.
+func stillPlanned(pp *PlannedPath, row *db.PathRow) error {
 	switch {
 	case row == nil:
 		return fmt.Errorf("'%s' was left alone: %w since the plan (it is no longer valid)", pp.Path, ErrChanged)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,6 +15,12 @@ import (
 type UnpackOptions struct {
 	// Limits bound the NAR (bytes, entries, nesting); see Limits.
 	Limits Limits
+	// Mtime, when not 0, is the modification time (seconds) every node
+	// gets as it is completed (a file once written, a directory once
+	// full, a symlink once made; the access time is left as is): a store
+	// path's canonical mtime set in passing, which saves the caller a
+	// walk of the tree.
+	Mtime int64
 }
 
 // Unpack reads a NAR from r and creates what it holds as the NEW entry
@@ -31,7 +38,8 @@ type UnpackOptions struct {
 // holds and whatever another process does to the tree meanwhile. Regular
 // files get mode 0444, or 0555 if the NAR marks them executable;
 // directories are 0700 while being filled and 0555 once complete. Owner
-// and times are left as created: the caller canonicalises, and syncs
+// and times are left as created, but for opts.Mtime: the caller
+// canonicalises what else needs it, and syncs
 // (Unpack does not fsync) before relying on the tree after a crash.
 //
 // On any error (a malformed NAR, a limit, a system call, r's error),
@@ -46,7 +54,7 @@ func Unpack(r io.Reader, dirfd int, name string, opts UnpackOptions) (Hash, int6
 	}
 	h := sha256.New()
 	nr := NewReaderLimits(io.TeeReader(r, h), opts.Limits)
-	u := unpacker{nr: nr, top: name}
+	u := unpacker{nr: nr, top: name, mtime: opts.Mtime}
 	defer u.closeAll()
 	if err := u.run(dirfd); err != nil {
 		return Hash{}, 0, err
@@ -66,6 +74,23 @@ type unpacker struct {
 	top   string
 	stack []unpackDir
 	buf   []byte
+	mtime int64 // UnpackOptions.Mtime
+}
+
+// times is the utimensat argument that sets the mtime (atime unchanged).
+func (u *unpacker) times() []unix.Timespec {
+	return []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: u.mtime}}
+}
+
+// setMtime sets the mtime of the node open at fd, when asked to.
+func (u *unpacker) setMtime(fd int, path string) error {
+	if u.mtime == 0 {
+		return nil
+	}
+	if err := retryEINTR(func() error { return futimens(fd, u.times()) }); err != nil {
+		return u.pathErr("utimensat", path, err)
+	}
+	return nil
 }
 
 // disp is the display path of a node: name/Path.
@@ -99,9 +124,16 @@ func (u *unpacker) popDir() error {
 	d := u.stack[len(u.stack)-1]
 	u.stack = u.stack[:len(u.stack)-1]
 	err := retryEINTR(func() error { return unix.Fchmod(d.fd, 0o555) })
+	var terr error
+	if err == nil {
+		terr = u.setMtime(d.fd, d.path)
+	}
 	cerr := unix.Close(d.fd)
 	if err != nil {
 		return u.pathErr("chmod", d.path, err)
+	}
+	if terr != nil {
+		return terr
 	}
 	if cerr != nil {
 		return u.pathErr("close", d.path, cerr)
@@ -151,6 +183,13 @@ func (u *unpacker) run(dirfd int) error {
 			if err := retryEINTR(func() error { return unix.Symlinkat(hd.LinkTarget, pfd, base) }); err != nil {
 				return u.pathErr("symlink", hd.Path, err)
 			}
+			if u.mtime != 0 {
+				if err := retryEINTR(func() error {
+					return unix.UtimesNanoAt(pfd, base, u.times(), unix.AT_SYMLINK_NOFOLLOW)
+				}); err != nil {
+					return u.pathErr("utimensat", hd.Path, err)
+				}
+			}
 		case FileRegular:
 			if err := u.file(pfd, base, hd); err != nil {
 				return err
@@ -184,6 +223,8 @@ func (u *unpacker) file(pfd int, base string, hd *Header) error {
 		// Exact whatever the umask.
 		if cerr := retryEINTR(func() error { return unix.Fchmod(fd, mode) }); cerr != nil {
 			err = u.pathErr("chmod", hd.Path, cerr)
+		} else {
+			err = u.setMtime(fd, hd.Path)
 		}
 	}
 	if cerr := unix.Close(fd); cerr != nil && err == nil {
@@ -222,6 +263,16 @@ func (u *unpacker) copyContents(fd int, hd *Header) error {
 			return rerr
 		}
 	}
+}
+
+// futimens sets the times of the file open at fd (utimensat with a NULL
+// path), resolving no path.
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // retryEINTR calls fn until it does not fail with EINTR.
