@@ -127,6 +127,20 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 	return e, nil
 }
 
+// FollowLinksToStorePath resolves a command-line argument naming a store
+// path as whyTarget does (Nix's followLinksToStorePath, which `nix-store
+// --repair-path` and `-q --roots` use): a store path, a file inside one,
+// or a symlink outside the store (./result) read until it is inside it.
+// It returns the full logical store path; an error wrapping
+// storepath.ErrBadStorePath when the argument leads to no store path.
+func FollowLinksToStorePath(lay store.Layout, arg string) (string, error) {
+	base, err := whyTarget(lay, arg)
+	if err != nil {
+		return "", err
+	}
+	return lay.StorePathOf(base), nil
+}
+
 // maxWhyLinks bounds the symlinks whyTarget follows (the kernel's own
 // bound for one path resolution).
 const maxWhyLinks = 40

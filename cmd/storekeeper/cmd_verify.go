@@ -62,8 +62,11 @@ Unlike 'nix-store --verify' it does not drop vanished paths unless asked.
                     vanished paths nothing refers to, fill a missing hash
                     or NAR size, correct a wrong NAR size, delete rows
                     naming no valid path, remove damaged .links entries.
-                    Damaged contents need a substitute: each finding names
-                    the command that fixes it (see --json).
+                    Then put damaged paths, and missing ones that valid
+                    paths refer to, back from nix.conf's substituters
+                    (--option substituters=URL), as 'storekeeper repair'
+                    does: never deleting first. A path no substituter has
+                    keeps its finding, and the command that fixes it.
                     It refuses, changing nothing and exiting with 2, when
                     the store directory looks unmounted or half missing:
                     no valid path is in it (it is empty), or more than 10%
@@ -203,9 +206,15 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	start := time.Now()
 	res, err := verify.Verify(ctx, s, vo, prog)
 	prog.finish()
+	var subst *repairJSON
 	if err == nil && o.repair {
+		// The local fixes, then what needs a substitute, through the
+		// code `repair --damaged` runs.
 		ro.Suspect = res.Suspect
 		_, err = repair.Findings(ctx, s, res.Findings, ro)
+		if err == nil {
+			subst, err = substituteFindings(ctx, g, p, prog, s, res.Findings)
+		}
 		res.Recount()
 		res.Summary.Elapsed = time.Since(start)
 	}
@@ -213,7 +222,7 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 		return err
 	}
 	if g.json {
-		p.JSON(verifyJSON{Result: res, Summary: verifySummaryJSON{res.Summary, res.Summary.Elapsed.Seconds()}})
+		p.JSON(verifyJSON{Result: res, Summary: verifySummaryJSON{res.Summary, res.Summary.Elapsed.Seconds()}, Substitution: subst})
 	} else {
 		// Findings are the result: printed even under --quiet.
 		for _, f := range res.Findings {
@@ -236,6 +245,9 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 type verifyJSON struct {
 	*verify.Result
 	Summary verifySummaryJSON `json:"summary"`
+	// Substitution: --repair's substitution of damaged and missing
+	// paths, as repair's result (absent when none was needed).
+	Substitution *repairJSON `json:"substitution,omitempty"`
 }
 
 type verifySummaryJSON struct {

@@ -101,6 +101,7 @@ var errorTable = []errorClass{
 	{"path-alive", exitCannotRun, isAny(gc.ErrAlive)},
 	{"bad-path", exitCannotRun, isAny(gc.ErrNotInStore, verify.ErrNotValid, optimise.ErrNotValid, roots.ErrNotValid, storepath.ErrBadStorePath)},
 	{"links-dir", exitCannotRun, isAny(optimise.ErrLinksDir)},
+	{"no-substituter", exitCannotRun, isAny(errNoSources)},
 	{"permission", exitCannotRun, isAny(fs.ErrPermission)},
 }
 

@@ -98,6 +98,7 @@ nix-daemon, through Nix's own database and lock protocols.
 	cmd.AddCommand(newRootsCommand(g))
 	cmd.AddCommand(newVerifyCommand(g))
 	cmd.AddCommand(newOptimiseCommand(g))
+	cmd.AddCommand(newRepairCommand(g))
 	for _, c := range cmd.Commands() {
 		if run := c.RunE; run != nil {
 			c.RunE = func(c *cobra.Command, args []string) error {
