@@ -48,6 +48,7 @@ func TestGolden(t *testing.T) {
 		{name: "verify-check-contents", args: []string{"verify", "--check-contents"}},
 		{name: "verify-check-contents-damaged", args: []string{"verify", "--check-contents"}, damage: damageDemo},
 		{name: "optimise-dry-run", args: []string{"optimise", "--dry-run"}},
+		{name: "repair-dry-run-damaged", args: []string{"repair", "--dry-run", "--damaged", "--substituter", "ROOT/mirror"}, damage: mirrorThenDamageDemo},
 	}
 	for _, c := range cases {
 		for _, json := range []bool{false, true} {
@@ -65,7 +66,11 @@ func TestGolden(t *testing.T) {
 					}
 					c.damage(t, b)
 				}
-				args := c.args
+				// "ROOT" in an argument is the store's root.
+				var args []string
+				for _, a := range c.args {
+					args = append(args, strings.ReplaceAll(a, "ROOT", root))
+				}
 				if json {
 					args = append([]string{"--json"}, args...)
 				}
@@ -268,4 +273,16 @@ func damageDemo(t *testing.T, b *storetest.Built) {
 		return
 	}
 	t.Fatal("demo store has no second valid output path to remove")
+}
+
+// mirrorThenDamageDemo copies the intact demo store to ROOT/mirror (a
+// local store to repair from), then damages the store as damageDemo does.
+func mirrorThenDamageDemo(t *testing.T, b *storetest.Built) {
+	t.Helper()
+	root := filepath.Dir(filepath.Dir(b.Layout.RealStoreDir))
+	mustMkdir(t, filepath.Join(root, "mirror"))
+	if out, err := exec.Command("cp", "-a", filepath.Join(root, "nix"), filepath.Join(root, "mirror", "nix")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	damageDemo(t, b)
 }

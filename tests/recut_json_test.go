@@ -82,6 +82,8 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		{[]string{"gc", "--dry-run"}, 0, ""},
 		{[]string{"verify"}, 0, ""},
 		{[]string{"optimise", "--dry-run"}, 0, ""},
+		{[]string{"repair", "--damaged", "--dry-run"}, 0, ""},
+		{[]string{"repair"}, 2, "usage"},
 		{[]string{"gc", "--no-such-flag"}, 2, "usage"},
 		{[]string{"gc", "--print-dead", "--print-live"}, 2, "usage"},
 		{[]string{"verify", "--budget", "10MB"}, 2, "usage"},

@@ -641,3 +641,73 @@ func TestRepairCacheHelpers(t *testing.T) {
 		t.Errorf("nix-store --verify does not see the damage: %s", out)
 	}
 }
+
+// repairFixture is one store built by real Nix with signed caches of
+// some of its paths, built once per test file and copied per case.
+type repairFixture struct {
+	ns      *nixStore
+	victims []string             // the paths the cases damage
+	caches  map[string]*binCache // by compression
+	db      string               // dbSnapshot of the intact store
+}
+
+// newRepairFixture builds the store of spec, picks n victims and writes a
+// cache of them (and their closure) in each compression.
+func newRepairFixture(t testing.TB, spec nixSpec, n int, compressions ...string) *repairFixture {
+	t.Helper()
+	ns := buildNixStore(t, spec)
+	f := &repairFixture{ns: ns, victims: repairVictims(ns, n), caches: map[string]*binCache{}}
+	for _, c := range compressions {
+		f.caches[c] = makeBinCache(t, ns.Root, c, f.victims)
+	}
+	f.db = dbSnapshot(t, ns.Root)
+	return f
+}
+
+// damaged returns a copy of the intact store with the victims damaged as
+// compare.py damages them (see damageLikeCompare).
+func (f *repairFixture) damaged(t testing.TB) (root string, flipped map[string]string, removed []string) {
+	t.Helper()
+	root = copyStore(t, f.ns.Root)
+	flipped, removed = damageLikeCompare(t, root, f.victims)
+	return root, flipped, removed
+}
+
+// trustArgs are the --option flags that make c the only substituter and
+// its key the only trusted one.
+func trustArgs(url string, c *binCache) []string {
+	return []string{"--option", "substituters=" + url, "--option", "trusted-public-keys=" + c.PublicKey}
+}
+
+// repairResultJSON is `storekeeper --json repair`'s result.
+type repairResultJSON struct {
+	DryRun bool `json:"dry_run"`
+	Paths  []struct {
+		Path       string `json:"path"`
+		Repaired   bool   `json:"repaired"`
+		HasSource  bool   `json:"has_source"`
+		Missing    bool   `json:"missing"`
+		From       string `json:"from"`
+		Trust      string `json:"trust"`
+		Downloaded uint64 `json:"downloaded_bytes"`
+		NarSize    uint64 `json:"nar_bytes"`
+		Error      *struct {
+			Kind    string `json:"kind"`
+			Message string `json:"message"`
+		} `json:"error"`
+		Tried []struct {
+			Source string `json:"source"`
+			Kind   string `json:"kind"`
+			Error  string `json:"error"`
+		} `json:"tried"`
+		Files []string `json:"files"`
+	} `json:"paths"`
+	PathsRequested  int     `json:"paths_requested"`
+	PathsRepaired   int     `json:"paths_repaired"`
+	PathsFailed     int     `json:"paths_failed"`
+	PathsAvailable  int     `json:"paths_available"`
+	BytesDownloaded uint64  `json:"bytes_downloaded"`
+	NarBytes        uint64  `json:"nar_bytes"`
+	Audit           any     `json:"audit"`
+	ElapsedSeconds  float64 `json:"elapsed_seconds"`
+}
