@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"time"
@@ -18,8 +19,9 @@ import (
 // one http.Client whose connections are kept alive and reused (at most
 // Options.Connections to the server at once, as many kept idle), so many
 // look-ups cost no new connection each. Every request is bounded: the
-// dial by ConnectTimeout, the wait for headers and for each next piece of
-// the body by StallTimeout; a request that fails in a way that may pass
+// dial and TLS handshake by ConnectTimeout, the wait for headers once a
+// connection is had and for each next piece of the body by StallTimeout
+// (waiting for a free connection is not a stall); a request that fails in a way that may pass
 // (a 5xx, 408 or 429, a reset, a connection closed before the response
 // or mid-body, a timeout, a refused connection) is tried again after a
 // pause that doubles (RetryDelay, then twice that, ...), at most Attempts
@@ -82,7 +84,14 @@ func (h *httpTransport) do(ctx context.Context, u string, from int64) (*http.Res
 	if from > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", from))
 	}
-	t := time.AfterFunc(h.o.StallTimeout, func() { cancel(errStalled) })
+	// The stall clock starts once a connection is had: waiting for one of
+	// the Connections others use is no stall (the dial and the TLS
+	// handshake have their own ConnectTimeout).
+	t := time.AfterFunc(time.Hour, func() { cancel(errStalled) })
+	t.Stop()
+	req = req.WithContext(httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { t.Reset(h.o.StallTimeout) },
+	}))
 	resp, err := h.client.Do(req)
 	t.Stop()
 	if err != nil {

@@ -398,3 +398,58 @@ func TestHTTPKeepAlive(t *testing.T) {
 		t.Errorf("60 requests, 30 at once, used %d connections, more than Connections = %d", n, o.Connections)
 	}
 }
+
+// TestHTTPWaitingForAConnectionIsNoStall: with every connection busy with
+// a slow download, a look-up waits for one longer than StallTimeout and
+// still succeeds.
+func TestHTTPWaitingForAConnectionIsNoStall(t *testing.T) {
+	f := newFixture(t)
+	slow := f.add("slow", strings.Repeat("s", 1000), "none", nil, nil, true)
+	other := f.add("other", "o", "none", nil, nil, true)
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path != "/"+slow.ni.URL {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(slow.file)))
+		w.WriteHeader(http.StatusOK)
+		step := len(slow.file) / 10
+		for i := 0; i < len(slow.file); i += step {
+			w.Write(slow.file[i:min(i+step, len(slow.file))])
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+		return true
+	})
+	o := testOptions()
+	o.Connections = 1
+	o.Attempts = 1
+	o.StallTimeout = 300 * time.Millisecond
+	s := mustNew(t, srv.URL, o)
+	ctx := context.Background()
+	off, err := s.Lookup(ctx, slow.want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		got, err := readAll(ctx, s, off)
+		if err == nil && !bytes.Equal(got, slow.nar) {
+			err = errors.New("wrong bytes")
+		}
+		done <- err
+	}()
+	time.Sleep(150 * time.Millisecond)
+	start := time.Now()
+	if _, err := s.Lookup(ctx, other.want); err != nil {
+		t.Errorf("Lookup while the only connection is busy: %v", err)
+	}
+	if d := time.Since(start); d < o.StallTimeout {
+		t.Logf("the look-up took only %s: it did not wait for the connection", d)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("slow download: %v", err)
+	}
+	if n := srv.conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}
