@@ -49,7 +49,7 @@ func trustedKeys(ks ...signature.SecretKey) signature.PublicKeys {
 // fixture is a binary cache in a temporary directory, built in Go the
 // way nix copy --to file://... writes one.
 type fixture struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 }
 
@@ -61,7 +61,7 @@ type entry struct {
 	file []byte // the compressed NAR file as written
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	f := &fixture{t: t, dir: dir}
@@ -207,7 +207,7 @@ type server struct {
 	hook     func(w http.ResponseWriter, r *http.Request, n int) bool
 }
 
-func newServer(t *testing.T, dir string, hook func(w http.ResponseWriter, r *http.Request, n int) bool) *server {
+func newServer(t testing.TB, dir string, hook func(w http.ResponseWriter, r *http.Request, n int) bool) *server {
 	t.Helper()
 	s := &server{requests: map[string]int{}, hook: hook}
 	fsrv := http.FileServer(http.Dir(dir))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -451,5 +452,45 @@ func TestHTTPWaitingForAConnectionIsNoStall(t *testing.T) {
 	}
 	if n := srv.conns.Load(); n != 1 {
 		t.Errorf("%d connections, want 1", n)
+	}
+}
+
+// TestHTTPOpenCancel: cancelling the context fails the reads of a
+// download at once.
+func TestHTTPOpenCancel(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("p", strings.Repeat("p", 100000), "none", nil, nil, true)
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path != "/"+e.ni.URL {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(e.file)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(e.file[:1000])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		return true
+	})
+	o := testOptions()
+	o.StallTimeout = time.Minute
+	s := mustNew(t, srv.URL, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	off, err := s.Lookup(ctx, e.want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Open(ctx, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err = io.ReadAll(r)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("read after cancel: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("cancelled after %s", d)
 	}
 }
