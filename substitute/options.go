@@ -107,7 +107,9 @@ func (o Options) warn(msg string) {
 // key is an error naming it), require-sigs, and from the settings
 // storekeeper does not type, connect-timeout (seconds; 0, the default,
 // is DefaultConnectTimeout here), stalled-download-timeout (seconds,
-// default 300), http-connections (default 25; 0 is no limit, as in Nix)
+// default 300; 0, which turns Nix's check off, is 300 here too: a repair
+// never waits forever), http-connections (default 25; 0 is no limit, as
+// in Nix)
 // and download-attempts (default 5; 0 is one try, as in Nix). A value
 // that is not a whole number is an error naming the setting and where it
 // was set. A nil set is Nix's defaults.
