@@ -232,3 +232,88 @@ func TestVerifyEIO(t *testing.T) {
 		t.Errorf("verify (text) exit %d:\n%s", res.code, tail(out, 3000))
 	}
 }
+
+// TestRepairEIO: repair over a store in which one file of a path cannot
+// be read (EIO). `repair --damaged` audits (the unreadable path is an
+// io-error finding, not the end of the run), replaces that path from the
+// file:// cache and repairs the other damaged one: exit 0, real Nix then
+// finds the store intact, the database is unchanged, nothing is left
+// staged. `repair PATH` of the unreadable path alone never reads its old
+// copy: the old tree is only exchanged, moved to the trash and unlinked.
+func TestRepairEIO(t *testing.T) {
+	f := newEIOFixture(t)
+	args := trustArgs(f.cache.URL(), f.cache)
+
+	t.Run("damaged", func(t *testing.T) {
+		root := copyStore(t, f.ns.Root)
+		damageFlip(t, root, f.flip)
+		old := pathState(t, root, f.eio)
+		res, log := runWithEIO(t, root, f.bad, append([]string{"repair", "--damaged"}, args...)...)
+		out := res.stdout + res.stderr
+		if res.code != 0 {
+			t.Fatalf("repair --damaged exit %d, want 0\n%s", res.code, tail(out, 4000))
+		}
+		t.Logf("repair --damaged:\n%s", tail(out, 2000))
+		if len(log) == 0 {
+			t.Errorf("the audit never read %s: the EIO was not exercised", f.bad)
+		}
+		for _, p := range []string{f.eio, f.flip} {
+			if !strings.Contains(out, p) {
+				t.Errorf("the output does not name %s:\n%s", p, tail(out, 3000))
+			}
+		}
+		if pathState(t, root, f.eio) == old {
+			t.Errorf("%s is as it was", f.eio)
+		}
+		nixVerify(t, root)
+		if dbSnapshot(t, root) != f.db {
+			t.Errorf("the database changed")
+		}
+		checkNothingStaged(t, root, f.entries)
+	})
+
+	t.Run("path", func(t *testing.T) {
+		root := copyStore(t, f.ns.Root)
+		res, log := runWithEIO(t, root, f.bad, append([]string{"repair"}, append(args, f.eio)...)...)
+		if res.code != 0 {
+			t.Fatalf("repair %s exit %d, want 0\n%s", f.eio, res.code, tail(res.stdout+res.stderr, 4000))
+		}
+		if len(log) != 0 {
+			t.Errorf("repair read the old copy's unreadable file: %q", log)
+		}
+		nixVerify(t, root)
+		if dbSnapshot(t, root) != f.db {
+			t.Errorf("the database changed")
+		}
+		checkNothingStaged(t, root, f.entries)
+	})
+}
+
+// TestVerifyRepairEIO: verify --check-contents --repair, which repairs
+// through the same code as repair --damaged, puts back the unreadable
+// path and the damaged one too, and says so; real Nix then finds the
+// store intact.
+func TestVerifyRepairEIO(t *testing.T) {
+	f := newEIOFixture(t)
+	root := copyStore(t, f.ns.Root)
+	damageFlip(t, root, f.flip)
+	res, log := runWithEIO(t, root, f.bad, append([]string{"verify", "--check-contents", "--repair"}, trustArgs(f.cache.URL(), f.cache)...)...)
+	out := res.stdout + res.stderr
+	t.Logf("verify --check-contents --repair:\n%s", tail(out, 2000))
+	if res.code != 0 {
+		t.Fatalf("exit %d, want 0\n%s", res.code, tail(out, 4000))
+	}
+	if len(log) == 0 {
+		t.Errorf("the audit never read %s: the EIO was not exercised", f.bad)
+	}
+	for _, p := range []string{f.eio, f.flip} {
+		if !strings.Contains(out, p) {
+			t.Errorf("the output does not name %s", p)
+		}
+	}
+	nixVerify(t, root)
+	if dbSnapshot(t, root) != f.db {
+		t.Errorf("the database changed")
+	}
+	checkNothingStaged(t, root, f.entries)
+}
