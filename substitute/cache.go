@@ -95,8 +95,8 @@ func (c *cache) init(ctx context.Context) error {
 		return fmt.Errorf("%w %s: %s: %w", ErrBadSource, report.Name(c.url), report.Name(where), err)
 	}
 	if ci.StoreDir != "" && ci.StoreDir != c.o.StoreDir {
-		return fmt.Errorf("%w %s: it holds paths of the store %s, not of %s (its nix-cache-info says StoreDir: %s); a cache of another store directory cannot repair this one",
-			ErrBadSource, report.Name(c.url), report.Name(ci.StoreDir), report.Name(c.o.StoreDir), report.Name(ci.StoreDir))
+		return fmt.Errorf("%w %s: its nix-cache-info says StoreDir: %s, but this store is %s; a cache of another store directory cannot repair it",
+			ErrBadSource, report.Name(c.url), report.Name(ci.StoreDir), report.Name(c.o.StoreDir))
 	}
 	c.info = ci
 	return nil
