@@ -72,8 +72,11 @@ func (e *transientError) Unwrap() error { return e.err }
 
 // do sends one GET of u (from byte from on, when from > 0) and returns
 // the response once its headers are in, with its body wrapped in the
-// stall check.
-func (h *httpTransport) do(ctx context.Context, u string, from int64) (*http.Response, *stallBody, error) {
+// stall check. whole: the answer is a small file (a narinfo), which must
+// come whole, headers and body, within StallTimeout of having a
+// connection, so a server trickling a byte at a time cannot hold a
+// look-up for long either.
+func (h *httpTransport) do(ctx context.Context, u string, from int64, whole bool) (*http.Response, *stallBody, error) {
 	rctx, cancel := context.WithCancelCause(ctx)
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -93,7 +96,9 @@ func (h *httpTransport) do(ctx context.Context, u string, from int64) (*http.Res
 		GotConn: func(httptrace.GotConnInfo) { t.Reset(h.o.StallTimeout) },
 	}))
 	resp, err := h.client.Do(req)
-	t.Stop()
+	if !whole || err != nil {
+		t.Stop()
+	}
 	if err != nil {
 		if context.Cause(rctx) == errStalled && ctx.Err() == nil {
 			err = fmt.Errorf("%s: %w: no response for %s (stalled-download-timeout)", u, errStalled, h.o.StallTimeout)
@@ -101,12 +106,13 @@ func (h *httpTransport) do(ctx context.Context, u string, from int64) (*http.Res
 		cancel(nil)
 		return nil, nil, err
 	}
-	return resp, &stallBody{rc: resp.Body, ctx: rctx, parent: ctx, cancel: cancel, t: t, d: h.o.StallTimeout, u: u}, nil
+	return resp, &stallBody{rc: resp.Body, ctx: rctx, parent: ctx, cancel: cancel, t: t, d: h.o.StallTimeout, u: u, whole: whole}, nil
 }
 
 // stallBody fails a read that gets nothing for d: the timer runs only
 // while a Read waits, so a caller that is slow to read (a busy disk) is
-// never taken for a stalled server.
+// never taken for a stalled server. A whole body's timer is the
+// request's, left running by do: the body must be in before it fires.
 type stallBody struct {
 	rc     io.ReadCloser
 	ctx    context.Context // the request's
@@ -115,14 +121,23 @@ type stallBody struct {
 	t      *time.Timer
 	d      time.Duration
 	u      string
+	whole  bool
 }
 
 func (b *stallBody) Read(p []byte) (int, error) {
-	b.t.Reset(b.d)
+	if !b.whole {
+		b.t.Reset(b.d)
+	}
 	n, err := b.rc.Read(p)
-	b.t.Stop()
+	if !b.whole {
+		b.t.Stop()
+	}
 	if err != nil && err != io.EOF && context.Cause(b.ctx) == errStalled && b.parent.Err() == nil {
-		err = fmt.Errorf("%s: %w: no data for %s (stalled-download-timeout)", b.u, errStalled, b.d)
+		if b.whole {
+			err = fmt.Errorf("%s: %w: not all of it in %s (stalled-download-timeout)", b.u, errStalled, b.d)
+		} else {
+			err = fmt.Errorf("%s: %w: no data for %s (stalled-download-timeout)", b.u, errStalled, b.d)
+		}
 	}
 	return n, err
 }
@@ -210,7 +225,7 @@ func (h *httpTransport) fetch(ctx context.Context, rel string, max int64) ([]byt
 	u := h.where(rel)
 	var data []byte
 	err := h.retry(ctx, func() error {
-		resp, body, err := h.do(ctx, u, 0)
+		resp, body, err := h.do(ctx, u, 0, true)
 		if err != nil {
 			return classify(ctx, err)
 		}
@@ -284,7 +299,7 @@ func (s *httpStream) connect(last error) error {
 }
 
 func (s *httpStream) try() error {
-	resp, body, err := s.h.do(s.ctx, s.u, s.off)
+	resp, body, err := s.h.do(s.ctx, s.u, s.off, false)
 	if err != nil {
 		return classify(s.ctx, err)
 	}

@@ -494,3 +494,42 @@ func TestHTTPOpenCancel(t *testing.T) {
 		t.Errorf("cancelled after %s", d)
 	}
 }
+
+// TestHTTPTrickledNarinfo: a narinfo sent a few bytes at a time, each
+// within StallTimeout of the last, still has to be whole within it.
+func TestHTTPTrickledNarinfo(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("p", "p", "none", nil, nil, true)
+	text := []byte(e.ni.String())
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path != narinfoPath(e.want.Path) {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(text)))
+		w.WriteHeader(http.StatusOK)
+		for i := range text {
+			if _, err := w.Write(text[i : i+1]); err != nil {
+				return true
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return true
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		return true
+	})
+	o := testOptions()
+	o.StallTimeout = 300 * time.Millisecond
+	o.Attempts = 1
+	s := mustNew(t, srv.URL, o)
+	start := time.Now()
+	_, err := s.Lookup(context.Background(), e.want)
+	if !errors.Is(err, errStalled) || !contains(err, "not all of it") {
+		t.Errorf("a trickled narinfo: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("took %s", d)
+	}
+}
