@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // FuzzUnpack unpacks any input into a fresh directory beside things it
@@ -62,7 +64,9 @@ func FuzzUnpack(f *testing.F) {
 				t.Fatal(err)
 			}
 		}()
-		h, n, err := Unpack(bytes.NewReader(data), sb.fd, "out", UnpackOptions{Limits: lim})
+		// Half the inputs with Mtime, as repair unpacks.
+		mtime := int64(len(data) % 2)
+		h, n, err := Unpack(bytes.NewReader(data), sb.fd, "out", UnpackOptions{Limits: lim, Mtime: mtime})
 		_, rerr := readAllNAR(data, lim)
 		if err == nil {
 			if rerr != nil {
@@ -79,6 +83,15 @@ func FuzzUnpack(f *testing.F) {
 				t.Fatalf("Unpack→DumpPath differs from the input at byte %d", narFirstDiff(buf.Bytes(), data))
 			}
 			sb.check(t, "out")
+			if mtime != 0 {
+				filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+					var st unix.Stat_t
+					if err == nil && unix.Lstat(p, &st) == nil && (st.Mtim.Sec != mtime || st.Mtim.Nsec != 0) {
+						t.Errorf("%s: mtime %d.%09d, want %d", p, st.Mtim.Sec, st.Mtim.Nsec, mtime)
+					}
+					return nil
+				})
+			}
 			return
 		}
 		var e *Error

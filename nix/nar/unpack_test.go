@@ -30,7 +30,7 @@ type sandbox struct {
 
 func newSandbox(t testing.TB) *sandbox {
 	t.Helper()
-	root := t.TempDir()
+	root := fastTempDir(t)
 	allowRemoval(t, root)
 	narTestFile(t, filepath.Join(root, "outside/victim"), []byte("keep me\n"), 0o644)
 	narTestFile(t, filepath.Join(root, "sibling"), []byte("sibling\n"), 0o644)
@@ -40,6 +40,19 @@ func newSandbox(t testing.TB) *sandbox {
 	sb.fd = openDirFD(t, sb.work)
 	sb.before = sb.snapshot(t)
 	return sb
+}
+
+// fastTempDir is a new directory removed when t ends: in /dev/shm when it
+// is writable (creating thousands of small trees there is eight times
+// faster than on an ext4 /tmp), else t.TempDir.
+func fastTempDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/dev/shm", "storekeeper-nar-test-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
 }
 
 // snapshot describes every node under root except work/'s entries.
@@ -287,7 +300,9 @@ func TestUnpackHostile(t *testing.T) {
 		names = append(names, name)
 		t.Run(c.name, func(t *testing.T) {
 			_, rerr := readAllNAR(c.nar, c.lim)
-			h, n, err := Unpack(bytes.NewReader(c.nar), sb.fd, name, UnpackOptions{Limits: c.lim})
+			// Mtime as repair asks for it: set on each node completed,
+			// never through a symlink.
+			h, n, err := Unpack(bytes.NewReader(c.nar), sb.fd, name, UnpackOptions{Limits: c.lim, Mtime: 1})
 			if err == nil {
 				t.Fatalf("accepted (%s, %d bytes)", h, n)
 			}
