@@ -3,13 +3,17 @@ package substitute
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -531,5 +535,29 @@ func TestHTTPTrickledNarinfo(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("took %s", d)
+	}
+}
+
+// TestHTTPSUntrustedCertificate: a certificate this machine does not
+// trust fails Init at once, without retries.
+func TestHTTPSUntrustedCertificate(t *testing.T) {
+	f := newFixture(t)
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.FileServer(http.Dir(f.dir)))
+	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+	err := mustNew(t, srv.URL, testOptions()).Init(context.Background())
+	var cv *tls.CertificateVerificationError
+	if !errors.Is(err, ErrBadSource) || !errors.As(err, &cv) || contains(err, "attempts") {
+		t.Errorf("Init against an untrusted certificate: %v", err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1 (no retry)", n)
 	}
 }
