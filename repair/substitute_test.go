@@ -725,3 +725,34 @@ func TestSubstituteEmptiesAbandonedTrash(t *testing.T) {
 	}
 	f.checkNoStaging()
 }
+
+// TestMarkSubstituted: only the findings whose path was put back are
+// marked repaired (the repair-path remedies, and a disappeared path's),
+// with where it came from; a failed path's keep their remedy, and so do
+// findings of other remedies.
+func TestMarkSubstituted(t *testing.T) {
+	a, b, c := "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a", "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b", "/nix/store/cccccccccccccccccccccccccccccccc-c"
+	fs := []finding.Finding{
+		{Kind: finding.KindModified, Path: a, Message: "path '" + a + "' was modified!", Remedy: finding.NewRemedy(finding.RemedyRepairPath, a)},
+		{Kind: finding.KindFileChanged, Path: a, File: "bin/x", Remedy: finding.NewRemedy(finding.RemedyRepairPath, a)},
+		{Kind: finding.KindUntrusted, Path: a, Remedy: finding.NewRemedy(finding.RemedySign, a)},
+		{Kind: finding.KindModified, Path: b, Remedy: finding.NewRemedy(finding.RemedyRepairPath, b)},
+		{Kind: finding.KindDisappeared, Path: c, Remedy: finding.NewRemedy(finding.RemedyInvalidate, c)},
+		{Kind: finding.KindIOError, Path: b, Remedy: finding.NewRemedy(finding.RemedyCheckDiskThenRepairPath, b)},
+	}
+	r := &SubstitutionResult{Paths: []PathOutcome{
+		{Path: a, Done: true, From: "file:///cache"},
+		{Path: b, Err: errors.New("no")},
+		{Path: c, Done: true, From: "https://cache"},
+	}}
+	MarkSubstituted(fs, r)
+	for i, want := range []bool{true, true, false, false, true, false} {
+		f := fs[i]
+		if f.Repaired != want || want && (f.Remedy != nil || !strings.Contains(f.Message, "from '")) || !want && f.Remedy == nil {
+			t.Errorf("finding %d: %+v", i, f)
+		}
+	}
+	if !strings.HasPrefix(fs[0].Message, "path '"+a+"' was modified!\n") {
+		t.Errorf("message %q", fs[0].Message)
+	}
+}
