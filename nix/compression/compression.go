@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
@@ -52,8 +53,8 @@ func Check(method string) error {
 
 // NewReader returns a reader of the decompressed bytes of r, compressed
 // with method (a narinfo's Compression field, after Method). Close
-// releases the decoder's memory and goroutines (zstd's); it does not close
-// r. A read error of r reaches the caller as itself (errors.Is works); a
+// gives the decoder back for reuse by a later NewReader (zstd's keep
+// their window's memory); it does not close r. A read error of r reaches the caller as itself (errors.Is works); a
 // malformed stream wraps ErrCorrupt. Not safe for concurrent use.
 func NewReader(method string, r io.Reader) (io.ReadCloser, error) {
 	if method == "none" {
@@ -72,16 +73,36 @@ func NewReader(method string, r io.Reader) (io.ReadCloser, error) {
 	case "zstd":
 		// One goroutine: the decoder keeps pace with a network or a disk,
 		// and several repairs run side by side.
-		z, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
-		if err != nil {
+		// Decoders are reused: each holds a window-sized history (8 MiB
+		// for what Nix writes), which a new one would allocate and clear
+		// for every NAR, however small.
+		z, _ := zstdPool.Get().(*zstd.Decoder)
+		if z == nil {
+			var err error
+			z, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+			if err != nil {
+				return nil, classify("zstd", src, err)
+			}
+		}
+		if err := z.Reset(src); err != nil {
+			z.Close()
 			return nil, classify("zstd", src, err)
 		}
-		return &reader{r: z, src: src, method: "zstd", close: z.Close}, nil
+		return &reader{r: z, src: src, method: "zstd", close: func() {
+			if z.Reset(nil) == nil {
+				zstdPool.Put(z)
+			} else {
+				z.Close()
+			}
+		}}, nil
 	case "br":
 		return &reader{r: brotli.NewReader(src), src: src, method: "br"}, nil
 	}
 	return nil, Check(method)
 }
+
+// zstdPool holds idle zstd decoders (reset to no stream).
+var zstdPool sync.Pool
 
 // reader tells the source's errors from the decoder's.
 type reader struct {
