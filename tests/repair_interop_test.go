@@ -143,6 +143,33 @@ func TestRepairInterop(t *testing.T) {
 		if !strings.Contains(r.stdout, "repaired: copied path '") {
 			t.Errorf("no finding says it was repaired from the cache:\n%s", r.stdout)
 		}
+
+		// --json: the substitution is in the result.
+		jroot, flipped, _ := f.damaged(t)
+		r = runInNS(t, jroot, append([]string{"--json", "verify", "--check-contents", "--repair"}, trustArgs(zstd.URL(), zstd)...)...)
+		e := decodeEnvelope(t, r.stdout)
+		var vr struct {
+			Substitution *repairResultJSON `json:"substitution"`
+		}
+		if err := json.Unmarshal(e.Result, &vr); err != nil {
+			t.Fatal(err)
+		}
+		if r.code != 0 || !e.OK || vr.Substitution == nil || vr.Substitution.PathsFailed != 0 || vr.Substitution.PathsRepaired < len(flipped) {
+			t.Errorf("--json verify --check-contents --repair: exit %d, %d flipped\n%s", r.code, len(flipped), r.stdout)
+		}
+
+		// No substituter configured: the local fixes only, the damaged
+		// paths as they were, exit 1, and it says why.
+		nroot, flipped, _ = f.damaged(t)
+		var victim string
+		for p := range flipped {
+			victim = p
+		}
+		before := pathState(t, nroot, victim)
+		r = runInNS(t, nroot, "verify", "--check-contents", "--repair")
+		if r.code != 1 || !strings.Contains(r.stderr, "no usable substituter is configured") || pathState(t, nroot, victim) != before {
+			t.Errorf("verify --repair without substituters: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
 	})
 
 	t.Run("dry-run", func(t *testing.T) {
