@@ -102,9 +102,18 @@ func TestRepairInterop(t *testing.T) {
 				url = "local?root=" + other
 			}
 			root, _, _ := f.damaged(t)
-			r := runInNS(t, root, append([]string{"repair", "--substituter", url}, f.victims...)...)
+			// A derivation too: caches rarely have them, another store
+			// does.
+			drv := f.ns.Drvs[len(f.ns.Drvs)/2]
+			if damageFlip(t, root, drv) == "" {
+				t.Fatalf("%s has no file", drv)
+			}
+			r := runInNS(t, root, append([]string{"repair", "--substituter", url, drv}, f.victims...)...)
 			repaired(t, root, r, "repair from "+url)
 			lines(t, r.stdout, url)
+			if !strings.Contains(r.stdout, "repaired '"+drv+"' from "+url+" (") {
+				t.Errorf("the derivation was not repaired:\n%s", r.stdout)
+			}
 		})
 	}
 
