@@ -25,14 +25,15 @@ import (
 // error gives which code is errorTable's, and only errorTable's.
 const (
 	exitOK          = 0   // success; for verify: the store is clean
-	exitFindings    = 1   // the command ran and found problems (verify: damage)
+	exitFindings    = 1   // the command ran and found problems (verify: damage; repair: paths not repaired)
 	exitCannotRun   = 2   // bad usage, bad store, DB missing/corrupt/locked, no permission, read-only or full disk
 	exitInterrupted = 130 // SIGINT/SIGTERM: stopped cleanly, cleanup finished
 )
 
 const exitCodesHelp = `Exit status:
   0    success (verify: no problem found)
-  1    the command ran and found problems (verify: damaged paths)
+  1    the command ran and found problems (verify: damaged paths;
+       repair: paths it could not repair)
   2    the command could not run: bad usage, no such store, missing,
        corrupt or locked database, unknown schema, permission denied,
        a read-only file system where it must write, a disk too full to
