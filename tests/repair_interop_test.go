@@ -276,6 +276,17 @@ func TestRepairInterop(t *testing.T) {
 		if r.code != 2 || !strings.Contains(r.stderr, "ssh://") {
 			t.Errorf("repair from an unsupported substituter: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
+		// A read-only state directory (the database cannot be written,
+		// so neither can the store be): could not run, nothing changed.
+		before := pathState(t, root, victim)
+		ro := runCmd(t, nsScript(root, `mount --bind /nix/var/nix /nix/var/nix && mount -o remount,ro,bind /nix/var/nix || exit 98
+exec "$@"`, append(append([]string{binary, "--json", "repair"}, trustArgs(zstd.URL(), zstd)...), victim)...), nil)
+		if e := decodeEnvelope(t, ro.stdout); ro.code != 2 || e.Error == nil || e.Error.Kind != "read-only" || pathState(t, root, victim) != before {
+			t.Errorf("repair with a read-only state dir: exit %d\n%s%s", ro.code, ro.stdout, ro.stderr)
+		}
+		if r := runInNS(t, root, "--store", "/nonexistent", "repair", victim); r.code != 2 {
+			t.Errorf("repair of no store: exit %d\n%s", r.code, r.stderr)
+		}
 		for _, args := range [][]string{{"repair"}, {"repair", "--damaged", victim}, {"repair", "--jobs", "-1", victim}} {
 			if r := runInNS(t, root, args...); r.code != 2 {
 				t.Errorf("%v: exit %d, want 2 (usage)\n%s", args, r.code, r.stderr)
