@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
+	"time"
 
 	"storekeeper/nix/nar"
 	"storekeeper/nix/storepath"
@@ -40,6 +40,9 @@ const (
 	DefaultLookupJobs = 25
 	DefaultJobs       = 4
 	DefaultBudget     = 1 << 30
+	// MaxAdaptiveJobs bounds the downloads a default Jobs grows to for a
+	// slow source (each holds a decompressor's window, 8 MiB for zstd).
+	MaxAdaptiveJobs = 16
 )
 
 // Target is a path to put back from a substitute.
@@ -60,9 +63,16 @@ type SubstituteOptions struct {
 	// Sources are asked in this order for each path; the first trusted
 	// offer wins (substitute.Sort orders them by priority first).
 	Sources []substitute.Source
-	// LookupJobs: look-ups at once (default DefaultLookupJobs).
+	// LookupJobs: look-ups at once, at most (default DefaultLookupJobs).
+	// Look-ups start 4 at a time, and more run at once only while the
+	// sources are slow to answer (a far cache: requests in flight hide
+	// its latency), so that a near server, which answers faster than
+	// more connections help, is not flooded (a small server's listen
+	// queue overflows, and each dropped SYN costs a second).
 	LookupJobs int
-	// Jobs: paths downloaded and unpacked at once (default DefaultJobs).
+	// Jobs: paths downloaded and unpacked at once. 0: DefaultJobs, and
+	// more (up to MaxAdaptiveJobs, and LookupJobs) while the sources are
+	// slow to answer, as for look-ups; set, exactly that many.
 	Jobs int
 	// Budget bounds the NAR bytes staged and not yet swapped in (default
 	// DefaultBudget); a path larger than the budget is staged alone.
@@ -245,7 +255,8 @@ func mergeFiles(a, b []string) []string {
 	return a
 }
 
-// lookUp asks the sources for paths[look...] with o.LookupJobs workers.
+// lookUp asks the sources for paths[look...] with up to o.LookupJobs
+// workers (see SubstituteOptions.LookupJobs).
 func lookUp(ctx context.Context, paths []PlannedPath, look []int, o SubstituteOptions) error {
 	if len(look) == 0 {
 		return nil
@@ -257,17 +268,12 @@ func lookUp(ctx context.Context, paths []PlannedPath, look []int, o SubstituteOp
 		jobs = DefaultLookupJobs
 	}
 	work := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < min(jobs, len(look)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				lookUpOne(ctx, &paths[i], o.Sources)
-				pr.Add(1)
-			}
-		}()
-	}
+	pool := runAdaptive(work, startWorkers, jobs, func(i int) time.Duration {
+		t0 := time.Now()
+		lookUpOne(ctx, &paths[i], o.Sources)
+		pr.Add(1)
+		return time.Since(t0)
+	})
 feed:
 	for _, i := range look {
 		select {
@@ -277,7 +283,7 @@ feed:
 		}
 	}
 	close(work)
-	wg.Wait()
+	pool.wait()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("repair: looking up substitutes: %w", err)
 	}

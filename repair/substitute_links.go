@@ -13,12 +13,14 @@ import (
 // maxLinksDepth bounds the nesting dropDamagedLinks follows.
 const maxLinksDepth = 256
 
-// linksDir opens <store>/.links once; a store without one (never
-// optimised) gives -1 and no error.
+// linksDir opens <store>/.links once; a store without one, or with an
+// empty one (never optimised), gives -1 and no error.
 func (r *subRun) linksDir() (int, error) {
 	r.links.Do(func() {
 		fd, err := unix.Openat(r.storeFd, ".links", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		switch {
+		case err == nil && linksEmpty(fd):
+			unix.Close(fd) // nothing to drop: no walk of the old copies
 		case err == nil:
 			r.linksFd = fd
 		case errors.Is(err, unix.ENOENT):
@@ -27,6 +29,19 @@ func (r *subRun) linksDir() (int, error) {
 		}
 	})
 	return r.linksFd, r.linksErr
+}
+
+// linksEmpty reports whether the .links directory open at fd has no
+// entry, from one read of its first entries (a large one is not listed).
+func linksEmpty(fd int) bool {
+	buf := make([]byte, 4096)
+	n, err := unix.Getdents(fd, buf)
+	if err != nil {
+		return false
+	}
+	_, _, names := unix.ParseDirent(buf[:n], -1, nil)
+	unix.Seek(fd, 0, 0)
+	return len(names) == 0
 }
 
 // dropDamagedLinks looks, in the old copy old (in the run directory) of

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -51,7 +52,7 @@ var (
 //     that is not a store path); it first deletes what killed runs left
 //     in the trash (fs.Trash.ClaimAbandoned), then makes its own run
 //     directory.
-//   - Paths are staged by o.Jobs workers, admitted in plan order while the
+//   - Paths are staged by o.Jobs workers (see SubstituteOptions), admitted in plan order while the
 //     NAR bytes staged and not yet swapped stay within o.Budget (a path
 //     larger than the budget alone): offer.Source.Open, nar.Unpack with
 //     limits of the NAR size (hostile archives fail there), the hash and
@@ -312,9 +313,13 @@ func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *Substitution
 	if budget <= 0 {
 		budget = DefaultBudget
 	}
-	jobs := r.o.Jobs
-	if jobs <= 0 {
-		jobs = DefaultJobs
+	lo, hi := r.o.Jobs, r.o.Jobs
+	if lo <= 0 {
+		hi = MaxAdaptiveJobs
+		if r.o.LookupJobs > 0 {
+			hi = min(hi, r.o.LookupJobs)
+		}
+		lo = min(DefaultJobs, hi)
 	}
 	items := make([]*item, len(todo))
 	var total int64
@@ -332,17 +337,11 @@ func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *Substitution
 	defer stop()
 
 	work := make(chan *item)
-	var wg sync.WaitGroup
-	for w := 0; w < min(jobs, len(items)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for it := range work {
-				r.stage(ctx, it)
-				close(it.done)
-			}
-		}()
-	}
+	pool := runAdaptive(work, min(lo, len(items)), min(hi, len(items)), func(it *item) time.Duration {
+		waited := r.stage(ctx, it)
+		close(it.done)
+		return waited
+	})
 	// The dispatcher admits items in plan order within the budget.
 	go func() {
 		defer close(work)
@@ -410,7 +409,7 @@ func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *Substitution
 	}
 	close(olds)
 	owg.Wait()
-	wg.Wait()
+	pool.wait()
 }
 
 // maxSwapBatch bounds the paths locked and swapped together.
@@ -451,19 +450,22 @@ func (c *countingReader) Read(b []byte) (int, error) {
 }
 
 // stage fetches, unpacks, checks and canonicalises it's path into the
-// run directory under its base name.
-func (r *subRun) stage(ctx context.Context, it *item) {
+// run directory under its base name, and returns how long the source
+// took to answer Open.
+func (r *subRun) stage(ctx context.Context, it *item) (waited time.Duration) {
 	if ctx.Err() != nil {
 		it.err = fmt.Errorf("'%s' was not repaired: %w", it.pp.Path, ErrInterrupted)
-		return
+		return 0
 	}
 	pp := it.pp
 	off := pp.Offer
 	name := baseName(pp.Path)
+	t0 := time.Now()
 	rc, err := off.Source.Open(ctx, off)
+	waited = time.Since(t0)
 	if err != nil {
 		it.err = fmt.Errorf("'%s' was not repaired: fetching it from %s: %w", pp.Path, off.Where, err)
-		return
+		return waited
 	}
 	cr := &countingReader{r: rc, pr: r.pr}
 	lim := nar.Limits{}
@@ -489,9 +491,10 @@ func (r *subRun) stage(ctx context.Context, it *item) {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
 		}
 		it.err = fmt.Errorf("'%s' was not repaired (it is as it was): the copy from %s: %w", pp.Path, off.Where, err)
-		return
+		return waited
 	}
 	it.name = name
+	return waited
 }
 
 // baseName is a full store path's base name.

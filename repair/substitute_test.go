@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -754,5 +755,33 @@ func TestMarkSubstituted(t *testing.T) {
 	}
 	if !strings.HasPrefix(fs[0].Message, "path '"+a+"' was modified!\n") {
 		t.Errorf("message %q", fs[0].Message)
+	}
+}
+
+// TestAdaptivePool: a pool whose work waits long grows to its bound; one
+// whose work answers at once stays at its start.
+func TestAdaptivePool(t *testing.T) {
+	for _, slow := range []bool{false, true} {
+		in := make(chan int)
+		var done atomic.Int32
+		p := runAdaptive(in, startWorkers, 25, func(int) time.Duration {
+			done.Add(1)
+			if slow {
+				time.Sleep(2 * time.Millisecond) // a far source's answer, scaled down
+				return 50 * time.Millisecond
+			}
+			return time.Millisecond
+		})
+		for i := 0; i < 200; i++ {
+			in <- i
+		}
+		close(in)
+		p.wait()
+		if done.Load() != 200 {
+			t.Fatalf("%d items done", done.Load())
+		}
+		if n := p.size(); slow && n != 25 || !slow && n != startWorkers {
+			t.Errorf("slow=%v: %d workers", slow, n)
+		}
 	}
 }
