@@ -42,7 +42,7 @@ func newHTTPTransport(u *url.URL, o Options) *httpTransport {
 	dialer := &net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy:                  http.ProxyFromEnvironment,
-		DialContext:            dialer.DialContext,
+		DialContext:            stagedDial(dialer), // quick new SYNs where a small server dropped one
 		ForceAttemptHTTP2:      true,
 		TLSHandshakeTimeout:    o.ConnectTimeout,
 		DisableCompression:     true, // bounds apply to the bytes the narinfo describes
