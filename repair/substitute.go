@@ -42,7 +42,7 @@ const (
 	DefaultBudget     = 1 << 30
 	// MaxAdaptiveJobs bounds the downloads a default Jobs grows to for a
 	// slow source (each holds a decompressor's window, 8 MiB for zstd).
-	MaxAdaptiveJobs = 16
+	MaxAdaptiveJobs = 25
 )
 
 // Target is a path to put back from a substitute.

@@ -18,9 +18,10 @@ const slowAnswer = 20 * time.Millisecond
 const startWorkers = 4
 
 // adaptivePool runs work on items received from in with between lo and
-// hi goroutines: it starts lo (at most startWorkers), and each call of
+// hi goroutines: it starts lo, and each call of
 // work reports how long it waited for the source; while the smoothed
-// wait stays above slowAnswer it adds a worker, up to hi. wait returns
+// wait stays above slowAnswer it adds two workers (so that the number in
+// flight doubles within a round trip), up to hi. wait returns
 // once in is closed and drained and every worker is done.
 type adaptivePool[T any] struct {
 	hi   int
@@ -55,7 +56,8 @@ func (p *adaptivePool[T]) start() {
 			} else {
 				p.ewma = (3*p.ewma + waited) / 4
 			}
-			if p.ewma > slowAnswer && p.workers < p.hi {
+			// Two more each time: in flight doubles within a round trip.
+			for k := 0; k < 2 && p.ewma > slowAnswer && p.workers < p.hi; k++ {
 				p.start()
 			}
 			p.mu.Unlock()
