@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"math"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -12,7 +11,6 @@ import (
 
 	"storekeeper/optimise"
 	"storekeeper/report"
-	"storekeeper/store"
 	"storekeeper/store/fs"
 )
 
@@ -90,13 +88,7 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 		minSize = int64(n)
 	}
 	if !o.dryRun {
-		lay, err := store.ResolveLayout(store.LayoutOptions{
-			StoreURI: g.storeURI, StoreDir: g.storeDir, StateDir: g.stateDir, Getenv: os.Getenv,
-		})
-		if err != nil {
-			return err
-		}
-		if err := ensureWritableStore(lay); err != nil {
+		if err := g.ensureWritable(); err != nil {
 			return err
 		}
 	}

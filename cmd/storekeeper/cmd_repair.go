@@ -106,11 +106,7 @@ func runRepair(cmd *cobra.Command, g *globalOptions, o *repairOptions, args []st
 		}
 	}
 	if !o.dryRun {
-		lay, err := g.layout()
-		if err != nil {
-			return err
-		}
-		if err := ensureWritableStore(lay); err != nil {
+		if err := g.ensureWritable(); err != nil {
 			return err
 		}
 	}

@@ -128,6 +128,18 @@ func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (*store.St
 	return store.Open(ctx, store.Options{Layout: lay, Settings: settings, ReadOnly: readOnly})
 }
 
+// ensureWritable makes the store of the flags writable for this process
+// before a command that writes opens it (ensureWritableStore: a private
+// remount of a read-only bind-mounted store; a read-only database or state
+// dir is an error).
+func (g *globalOptions) ensureWritable() error {
+	lay, err := g.layout()
+	if err != nil {
+		return err
+	}
+	return ensureWritableStore(lay)
+}
+
 // layout resolves where the store is from --store, --store-dir,
 // --state-dir and the environment.
 func (g *globalOptions) layout() (store.Layout, error) {
