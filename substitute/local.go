@@ -54,7 +54,7 @@ func newLocal(rawURL, query string, o Options) (Source, error) {
 		return nil, err
 	}
 	if prio < 0 {
-		prio = 0
+		prio = DefaultPriority
 	}
 	root := q.Get("root")
 	if root == "" {

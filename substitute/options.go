@@ -28,9 +28,12 @@ const (
 	// DefaultRetryDelay is the first pause between two attempts, doubled
 	// after each (with up to 40% more at random), as Nix's 250 ms.
 	DefaultRetryDelay = 250 * time.Millisecond
-	// DefaultPriority is a binary cache's priority when neither its URL
-	// nor its nix-cache-info gives one; a local store's is 0.
-	DefaultPriority = 50
+	// DefaultPriority is a source's priority when neither its URL nor
+	// (for a binary cache) its nix-cache-info gives one: 0, Nix 2.8's
+	// StoreConfig default for every store type (`nix describe-stores`),
+	// so a cache that nix copy --to file://... made (no Priority line)
+	// comes before cache.nixos.org's 40, as in Nix.
+	DefaultPriority = 0
 )
 
 // Options configure every source. A zero field means its default.

@@ -178,6 +178,9 @@ func TestSort(t *testing.T) {
 
 // TestOpenAndSortCaches: Open keeps the order given; Sort puts the
 // caches in the order of their nix-cache-info priorities and ?priority.
+// A cache whose nix-cache-info gives no Priority has Nix 2.8's default, 0
+// (nix copy --to file://... writes none): it comes before cache.nixos.org
+// (40), as in Nix.
 func TestOpenAndSortCaches(t *testing.T) {
 	f1, f2, f3 := newFixture(t), newFixture(t), newFixture(t)
 	f2.write("nix-cache-info", []byte("StoreDir: /nix/store\nPriority: 10\n"))
@@ -191,10 +194,33 @@ func TestOpenAndSortCaches(t *testing.T) {
 	for _, s := range Sort(context.Background(), srcs) {
 		got = append(got, s.Priority(context.Background()))
 	}
-	if want := []int{5, 10, 40, 50}; !slices.Equal(got, want) {
+	if want := []int{0, 5, 10, 40}; !slices.Equal(got, want) {
 		t.Errorf("sorted priorities %v, want %v", got, want)
 	}
 	if _, err := Open([]string{f1.url(), "ssh://host"}, testOptions()); !errors.Is(err, ErrBadSource) {
 		t.Errorf("Open with a bad URL: %v", err)
+	}
+}
+
+// TestDefaultPriorityAsNix: a binary cache without a Priority ties with
+// another local store (both 0, as Nix 2.8's StoreConfig priority
+// default, which `nix describe-stores` shows), so the two stay in
+// configuration order; before it, a cache without Priority sorted after
+// cache.nixos.org's 40, unlike Nix.
+func TestDefaultPriorityAsNix(t *testing.T) {
+	f := newFixture(t)
+	f.write("nix-cache-info", []byte("StoreDir: /nix/store\n"))
+	other := newFixture(t)
+	srcs, err := Open([]string{f.url(), "local?root=/nonexistent", other.url()}, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Close(srcs)
+	var got []string
+	for _, s := range Sort(context.Background(), srcs) {
+		got = append(got, s.URL())
+	}
+	if want := []string{f.url(), "local?root=/nonexistent", other.url()}; !slices.Equal(got, want) {
+		t.Errorf("Sort = %v, want %v (0, 0, 40)", got, want)
 	}
 }

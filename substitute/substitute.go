@@ -93,8 +93,8 @@ type Source interface {
 	// "https://cache.nixos.org", "local?root=/mnt"), for messages.
 	URL() string
 	// Priority orders sources: lower first, ties in configuration order
-	// (a binary cache's nix-cache-info Priority, or ?priority=N; 50 when
-	// not given, as Nix; a local store 0 unless ?priority=N). Calling it
+	// (?priority=N, else a binary cache's nix-cache-info Priority; 0
+	// when not given, as in Nix 2.8, for a local store too). Calling it
 	// may contact the source (Init).
 	Priority(ctx context.Context) int
 	// Init checks the source once (a binary cache's nix-cache-info and

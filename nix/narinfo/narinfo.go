@@ -356,7 +356,7 @@ type CacheInfo struct {
 	// paths at once.
 	WantMassQuery bool
 	// Priority orders caches (lower first); 0 if the file does not say
-	// (Nix then keeps the substituter's own default of 50).
+	// (Nix then keeps the substituter's own: ?priority=N, else 0).
 	Priority int
 	// HasPriority says whether the file gave a Priority.
 	HasPriority bool
