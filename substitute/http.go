@@ -26,7 +26,8 @@ import (
 // or mid-body, a timeout, a refused connection) is tried again after a
 // pause that doubles (RetryDelay, then twice that, ...), at most Attempts
 // times in all; one that cannot pass (404, 403, 410: not found; any other
-// 4xx; a certificate error) is not. A body cut short is resumed where it
+// 4xx; a certificate error; more than 10 redirects, or one to another
+// scheme than http(s)) is not. A body cut short is resumed where it
 // stopped (a Range request; a server that ignores it sends the whole file
 // again and the part already read is skipped), within the same attempts.
 // Cancelling the caller's context stops everything at once, pauses
@@ -54,7 +55,26 @@ func newHTTPTransport(u *url.URL, o Options) *httpTransport {
 		tr.MaxIdleConnsPerHost = o.Connections
 		tr.MaxConnsPerHost = o.Connections
 	}
-	return &httpTransport{base: u.String(), o: o, tr: tr, client: &http.Client{Transport: tr}}
+	return &httpTransport{base: u.String(), o: o, tr: tr, client: &http.Client{Transport: tr, CheckRedirect: checkRedirect}}
+}
+
+// errRedirect: a redirect that is not followed (no retry can help).
+var errRedirect = errors.New("redirect not followed")
+
+// maxRedirects is curl's limit in Nix (CURLOPT_MAXREDIRS 10).
+const maxRedirects = 10
+
+// checkRedirect follows, as Nix's curl does, at most maxRedirects
+// redirects, each to http or https only (a cache is the user's choice,
+// and what it sends is checked: a narinfo's signature, a NAR's hash).
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+		return fmt.Errorf("%w to %s: only http and https are followed", errRedirect, req.URL.Redacted())
+	}
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("%w: stopped after %d redirects", errRedirect, maxRedirects)
+	}
+	return nil
 }
 
 func (h *httpTransport) where(rel string) string { return h.base + "/" + rel }
@@ -150,14 +170,15 @@ func (b *stallBody) Close() error {
 }
 
 // classify returns err as the caller's context's error when that is
-// done, as is when no retry can help (a certificate error), else marked
+// done, as is when no retry can help (a certificate error, a redirect
+// loop or one to another scheme), else marked
 // transient.
 func classify(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w (%w)", ctx.Err(), err)
 	}
 	var cv *tls.CertificateVerificationError
-	if errors.As(err, &cv) {
+	if errors.As(err, &cv) || errors.Is(err, errRedirect) {
 		return err
 	}
 	return &transientError{err}

@@ -561,3 +561,56 @@ func TestHTTPSUntrustedCertificate(t *testing.T) {
 		t.Errorf("%d connections, want 1 (no retry)", n)
 	}
 }
+
+// TestHTTPRedirectsNoRetry: redirects are followed (as curl in Nix, at
+// most 10), but a redirect loop and a redirect to something other than
+// http(s) (file:///etc/passwd) fail at once, as Nix's curl does
+// (CURLE_TOO_MANY_REDIRECTS, CURLE_UNSUPPORTED_PROTOCOL are not
+// transient): before, each was retried Attempts times with growing
+// pauses (50 requests for a loop).
+func TestHTTPRedirectsNoRetry(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("redirected", "redirected", "none", nil, nil, true)
+	loop, file := opaquePath("loop"), opaquePath("file")
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		switch r.URL.Path {
+		case narinfoPath(loop):
+			http.Redirect(w, r, narinfoPath(loop), http.StatusFound)
+			return true
+		case narinfoPath(file):
+			http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
+			return true
+		case narinfoPath(e.want.Path):
+			if n == 1 {
+				http.Redirect(w, r, "/moved"+r.URL.Path, http.StatusMovedPermanently)
+				return true
+			}
+		case "/moved" + narinfoPath(e.want.Path):
+			http.ServeFile(w, r, f.dir+narinfoPath(e.want.Path))
+			return true
+		}
+		return false
+	})
+	o := testOptions()
+	o.RetryDelay = 200 * time.Millisecond
+	s := mustNew(t, srv.URL, o)
+	if _, err := s.Lookup(context.Background(), e.want); err != nil {
+		t.Errorf("a redirected narinfo: %v", err)
+	}
+	for _, c := range []struct {
+		p    string
+		reqs int
+	}{{loop, 10}, {file, 1}} {
+		start := time.Now()
+		_, err := s.Lookup(context.Background(), Want{Path: c.p})
+		if err == nil || errors.Is(err, ErrNotFound) || !contains(err, "redirect") {
+			t.Errorf("%s: %v, want a redirect error", c.p, err)
+		}
+		if n := srv.count(narinfoPath(c.p)); n != c.reqs {
+			t.Errorf("%s: %d requests, want %d (no retry)", c.p, n, c.reqs)
+		}
+		if d := time.Since(start); d > 150*time.Millisecond {
+			t.Errorf("%s: took %s: retried", c.p, d)
+		}
+	}
+}
