@@ -13,9 +13,10 @@ import (
 
 // fileTransport reads a file:// cache's files. The cache directory is
 // the user's own configuration, so symlinks in it are followed as Nix
-// does; what is read is bounded (fetch by its max, a NAR by the offer's
-// sizes) and every name comes from safeRel, so nothing outside root is
-// named.
+// does; only regular files are read (a fifo, a device or a directory,
+// even behind a symlink, is refused without blocking), what is read is
+// bounded (fetch by its max, a NAR by the offer's sizes) and every name
+// comes from safeRel, so nothing outside root is named.
 type fileTransport struct {
 	root string
 }
@@ -26,12 +27,25 @@ func (f *fileTransport) openFile(ctx context.Context, rel string) (*os.File, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	file, err := os.Open(filepath.Join(f.root, rel))
+	// O_NONBLOCK: a fifo (or a symlink to one) must not block the open
+	// forever; it, a device or a directory is then refused by fstat. On
+	// a regular file O_NONBLOCK changes nothing.
+	name := filepath.Join(f.root, rel)
+	file, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		return nil, err
+	}
+	st, err := file.Stat()
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		file.Close()
+		return nil, fmt.Errorf("%s is not a regular file (%s); a binary cache holds only files", f.where(rel), st.Mode().Type())
 	}
 	return file, nil
 }
