@@ -44,28 +44,35 @@ func linksEmpty(fd int) bool {
 	return len(names) == 0
 }
 
-// dropDamagedLinks looks, in the old copy old (in the run directory) of
-// the path now at base in the store directory, for regular files with
-// more than one link (an optimised store) and removes the .links entries
-// they are: for such a file it computes the .links name the intact file
-// at the same place in the new copy has (the NAR hash of the lone file,
-// as optimise names entries), and when <store>/.links/<name> is the old
+// dropDamagedLinks looks, in the old copy old of a path (an entry of
+// oldDir: the live path in the store directory, before the swap), for
+// regular files with more than one link (an optimised store) and removes
+// the .links entries they are: for such a file it computes the .links
+// name the intact file at the same place in the new copy (newName in
+// newDir: the staged tree) has (the NAR hash of the lone file, as
+// optimise names entries), and when <store>/.links/<name> is the old
 // file's inode and the old contents do not hash to that name (or cannot
 // be read), the entry is damaged and removed; `storekeeper optimise` or
 // `nix-store --optimise` links the path's files again later. An intact
 // shared file keeps its entry. It returns the entries removed.
 //
-// Removing a .links name never removes data a store path still names
-// (other paths sharing the damaged inode keep it, and were damaged with
-// it: an audit reports them). The walk never follows a symlink; an
-// unreadable node of the old copy is skipped, not an error.
-func (r *subRun) dropDamagedLinks(old, base string) ([]string, error) {
+// Whether an entry is removed depends only on the entry itself (its
+// inode's contents do not hash to its name), so the walk needs no lock
+// and may run at any time: repair runs it before the swap, so that no
+// kill -9 can leave a damaged entry behind a repaired path (optimise,
+// which checks only an entry's size, would link the intact file to the
+// damaged inode again). Removing a .links name never removes data a
+// store path still names (other paths sharing the damaged inode keep it,
+// and were damaged with it: an audit reports them). The walk never
+// follows a symlink; an unreadable node of the old copy is skipped, not
+// an error.
+func (r *subRun) dropDamagedLinks(oldDir int, old string, newDir int, newName string) ([]string, error) {
 	lfd, err := r.linksDir()
 	if err != nil || lfd < 0 {
 		return nil, err
 	}
 	w := linksWalk{r: r, links: lfd}
-	err = w.node(r.trash.Fd, old, r.storeFd, base, 0)
+	err = w.node(oldDir, old, newDir, newName, 0)
 	return w.removed, err
 }
 

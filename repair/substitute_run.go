@@ -61,8 +61,12 @@ var (
 //     canonical as Nix makes it (mode 0444/0555, mtime 1, owner the store
 //     directory's): nar.Unpack sets modes and mtimes as it writes, and
 //     fs.Canonicalise does the rest where the owner is not this process
-//     or the run directory passes on extended attributes. Progress:
-//     phase "downloading", bytes of NAR unpacked and hashed.
+//     or the run directory passes on extended attributes. Then, still
+//     before the swap, the .links entries that are files of the path's
+//     damaged copy are removed (see dropDamagedLinks; it reads only
+//     files with several links, and an unreadable one counts as
+//     damaged). Progress: phase "downloading", bytes of NAR unpacked and
+//     hashed.
 //   - One goroutine swaps, in plan order (references before referrers):
 //     under the path's PathLock (the lock file Nix uses, waited for,
 //     bounded by ctx), after checking in the database that the path is
@@ -70,8 +74,7 @@ var (
 //     left alone, ErrChanged), the staged tree is exchanged with the path
 //     (fs.Exchange: renameat2 RENAME_EXCHANGE, atomic), or moved into
 //     place with RENAME_NOREPLACE when the path is missing (fs.PutNew).
-//     The old copy, now in the run directory, has its damaged .links
-//     entries removed (see dropDamagedLinks) and is deleted; it is only
+//     The old copy, now in the run directory, is deleted; it is only
 //     moved and unlinked, so an unreadable (EIO) old copy does not stop
 //     the repair.
 //
@@ -362,8 +365,7 @@ func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *Substitution
 			work <- it
 		}
 	}()
-	// The old copies are checked for damaged .links entries and deleted
-	// beside the swaps.
+	// The old copies are deleted beside the swaps.
 	olds := make(chan oldCopy, 64)
 	var owg sync.WaitGroup
 	owg.Add(1)
@@ -493,8 +495,25 @@ func (r *subRun) stage(ctx context.Context, it *item) (waited time.Duration) {
 		it.err = fmt.Errorf("'%s' was not repaired (it is as it was): the copy from %s: %w", pp.Path, off.Where, err)
 		return waited
 	}
+	// Before the swap, so that no kill -9 leaves a damaged .links entry
+	// behind the repaired path (see dropDamagedLinks).
+	r.dropLinks(pp.Path, name)
 	it.name = name
 	return waited
+}
+
+// dropLinks removes the damaged .links entries of the old copy of path
+// (at its base name in the store directory, if there) against the staged
+// tree name (see dropDamagedLinks); a failure is a warning, not the
+// path's: the repair goes on.
+func (r *subRun) dropLinks(path, name string) {
+	removed, err := r.dropDamagedLinks(r.storeFd, baseName(path), r.trash.Fd, name)
+	if err != nil {
+		r.pr.Warn(fmt.Sprintf("repair: checking the .links entries of the old copy of %s: %s (run 'storekeeper verify --check-contents' to find damaged ones)", report.Name(path), report.Text(err.Error())), path)
+	}
+	for _, l := range removed {
+		r.pr.Verbose(fmt.Sprintf("removed the damaged link %s", report.Name(l)))
+	}
 }
 
 // baseName is a full store path's base name.
@@ -638,16 +657,9 @@ func (r *subRun) swapLocked(it *item, out *PathOutcome, olds chan<- oldCopy) {
 	}
 }
 
-// deleteOld drops the damaged .links entries of an old copy, then deletes
-// it (what is left is deleted at the end of the run).
+// deleteOld deletes an old copy (what is left is deleted at the end of
+// the run); its damaged .links entries were dropped before the swap.
 func (r *subRun) deleteOld(oc oldCopy) {
-	if removed, err := r.dropDamagedLinks(oc.name, oc.name); err != nil {
-		r.pr.Warn(fmt.Sprintf("repair: checking the .links entries of the old copy of %s: %s (run 'storekeeper verify --check-contents' to find damaged ones)", report.Name(oc.path), report.Text(err.Error())), oc.path)
-	} else {
-		for _, l := range removed {
-			r.pr.Verbose(fmt.Sprintf("removed the damaged link %s", report.Name(l)))
-		}
-	}
 	display := r.trash.Path + "/" + oc.name
 	if _, err := fs.RemoveTree(r.trash.Fd, oc.name, display); err != nil && !errors.Is(err, unix.ENOENT) {
 		r.pr.Verbose(fmt.Sprintf("deleting the old copy %s: %s (deleted at the end of the run, or by the next gc)", report.Name(display), report.Text(err.Error())))

@@ -630,6 +630,56 @@ func TestSubstituteLinks(t *testing.T) {
 	f.checkNoStaging()
 }
 
+// TestSubstituteLinksDroppedBeforeSwap: the damaged .links entry of a
+// file damaged in place is gone by the time the path is swapped, so that
+// a kill -9 right after the swap (before the old copy is deleted) cannot
+// leave it for optimise, which would link the intact new file (same
+// name, same size) to the damaged inode again.
+func TestSubstituteLinksDroppedBeforeSwap(t *testing.T) {
+	f := newSubFixture(t, smallSpec())
+	dirs := f.dirs()
+	var p string
+	for q := range dirs {
+		if p == "" || q < p {
+			p = q
+		}
+	}
+	links := f.b.Layout.LinksDir()
+	os.MkdirAll(links, 0o755)
+	file := filepath.Join(f.real(p), dirs[p])
+	h, _, err := nar.HashPath(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := filepath.Join(links, h.Base32())
+	if err := os.Link(file, entry); err != nil {
+		t.Fatal(err)
+	}
+	f.modify(p, dirs[p])
+	var atSwap error
+	testHookSwapped = func(q string) {
+		if q == p {
+			_, atSwap = os.Lstat(entry)
+		}
+	}
+	defer func() { testHookSwapped = nil }()
+	_, res, err := f.repair([]Target{{Path: p}}, SubstituteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := outcome(res, p); !o.Done {
+		t.Fatalf("%+v", o)
+	}
+	if !os.IsNotExist(atSwap) {
+		t.Errorf("the damaged entry %s was still there when %s was swapped (a kill -9 then leaves it): %v", entry, p, atSwap)
+	}
+	if _, err := os.Lstat(entry); !os.IsNotExist(err) {
+		t.Errorf("the damaged entry %s is still there: %v", entry, err)
+	}
+	f.checkIntact(p)
+	f.checkNoStaging()
+}
+
 // TestSubstituteCancel: cancelled in the middle of a run, Substitute
 // stops, leaves every path old or new, nothing staged, and says which
 // paths were not done.
