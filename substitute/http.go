@@ -20,8 +20,9 @@ import (
 // Options.Connections to the server at once, as many kept idle), so many
 // look-ups cost no new connection each. Every request is bounded: the
 // dial and TLS handshake by ConnectTimeout, the wait for headers once a
-// connection is had and for each next piece of the body by StallTimeout
-// (waiting for a free connection is not a stall); a request that fails in a way that may pass
+// connection is had by StallTimeout, and the body must bring a byte a
+// second over each StallTimeout of waiting for it (curl's low-speed limit
+// in Nix; waiting for a free connection is not a stall); a request that fails in a way that may pass
 // (a 5xx, 408 or 429, a reset, a connection closed before the response
 // or mid-body, a timeout, a refused connection) is tried again after a
 // pause that doubles (RetryDelay, then twice that, ...), at most Attempts
@@ -129,10 +130,13 @@ func (h *httpTransport) do(ctx context.Context, u string, from int64, whole bool
 	return resp, &stallBody{rc: resp.Body, ctx: rctx, parent: ctx, cancel: cancel, t: t, d: h.o.StallTimeout, u: u, whole: whole}, nil
 }
 
-// stallBody fails a read that gets nothing for d: the timer runs only
-// while a Read waits, so a caller that is slow to read (a busy disk) is
-// never taken for a stalled server. A whole body's timer is the
-// request's, left running by do: the body must be in before it fires.
+// stallBody fails a body that gets less than a byte a second (at least
+// one) over d of waiting, as curl's low-speed limit in Nix (1 byte/s
+// over stalled-download-timeout): so a server trickling a byte just
+// before each timeout is stalled too. The timer runs only while a Read
+// waits, so a caller that is slow to read (a busy disk) is never taken
+// for a stalled server. A whole body's timer is the request's, left
+// running by do: the body must be in before it fires.
 type stallBody struct {
 	rc     io.ReadCloser
 	ctx    context.Context // the request's
@@ -142,21 +146,43 @@ type stallBody struct {
 	d      time.Duration
 	u      string
 	whole  bool
+	// The current window: time waited in Read and bytes got in it; a
+	// window that gets minBytes(d) starts a new one.
+	waited time.Duration
+	got    int64
 }
 
+// minBytes is what a stall window of d must bring: a byte a second, at
+// least one.
+func minBytes(d time.Duration) int64 { return max(1, int64(d/time.Second)) }
+
 func (b *stallBody) Read(p []byte) (int, error) {
+	var start time.Time
 	if !b.whole {
-		b.t.Reset(b.d)
+		if b.waited >= b.d {
+			b.cancel(errStalled)
+		} else {
+			b.t.Reset(b.d - b.waited)
+		}
+		start = time.Now()
 	}
 	n, err := b.rc.Read(p)
 	if !b.whole {
 		b.t.Stop()
+		b.waited += time.Since(start)
+		b.got += int64(n)
+		if b.got >= minBytes(b.d) {
+			b.waited, b.got = 0, 0
+		}
 	}
 	if err != nil && err != io.EOF && context.Cause(b.ctx) == errStalled && b.parent.Err() == nil {
-		if b.whole {
+		switch {
+		case b.whole:
 			err = fmt.Errorf("%s: %w: not all of it in %s (stalled-download-timeout)", b.u, errStalled, b.d)
-		} else {
+		case b.got == 0:
 			err = fmt.Errorf("%s: %w: no data for %s (stalled-download-timeout)", b.u, errStalled, b.d)
+		default:
+			err = fmt.Errorf("%s: %w: %d bytes in %s, less than a byte a second (stalled-download-timeout)", b.u, errStalled, b.got, b.d)
 		}
 	}
 	return n, err

@@ -614,3 +614,49 @@ func TestHTTPRedirectsNoRetry(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPTrickledNAR: a server that sends a NAR a byte at a time, each
+// a little sooner than the stall timeout, is stalled all the same: as
+// curl's low-speed limit in Nix (1 byte a second over
+// stalled-download-timeout), a download must get at least one byte per
+// second of the timeout while the reader waits. Before, every byte
+// restarted the timer, so such a server held a repair for NarSize times
+// the timeout.
+func TestHTTPTrickledNAR(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("trickled", strings.Repeat("t", 200), "none", nil, nil, true)
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if r.URL.Path != "/"+e.ni.URL {
+			return false
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(e.file)))
+		w.WriteHeader(http.StatusOK)
+		for i := range e.file {
+			if _, err := w.Write(e.file[i : i+1]); err != nil {
+				return true
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return true
+			case <-time.After(1200 * time.Millisecond):
+			}
+		}
+		return true
+	})
+	o := testOptions()
+	o.StallTimeout = 2 * time.Second
+	o.Attempts = 1
+	s := mustNew(t, srv.URL, o)
+	off, err := s.Lookup(context.Background(), e.want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = readAll(ctx, s, off)
+	if !errors.Is(err, errStalled) || ctx.Err() != nil {
+		t.Errorf("a NAR trickled at 1 byte per 1.2 s with a 2 s stall timeout: %v after %s, want a stall", err, time.Since(start))
+	}
+}

@@ -56,10 +56,12 @@ type Options struct {
 	// longer to accept a connection is unusable for a repair, and the
 	// retries multiply the wait.
 	ConnectTimeout time.Duration
-	// StallTimeout fails a transfer that receives nothing for this long:
-	// waiting for a response's headers (a server that accepts and never
-	// answers) or for the next bytes of its body (one that sends headers
-	// and hangs). stalled-download-timeout; 0: 300 s.
+	// StallTimeout fails a transfer that receives nothing for this long
+	// while waiting for a response's headers (a server that accepts and
+	// never answers), or less than a byte a second over this long of
+	// waiting for its body (one that sends headers and hangs, or
+	// trickles), as curl's low-speed limit in Nix.
+	// stalled-download-timeout; 0: 300 s.
 	StallTimeout time.Duration
 	// Connections is the most connections to one HTTP server at once,
 	// and the most idle ones kept alive for reuse (http-connections; 0:
