@@ -496,8 +496,11 @@ func (r *subRun) stage(ctx context.Context, it *item) (waited time.Duration) {
 		return waited
 	}
 	// Before the swap, so that no kill -9 leaves a damaged .links entry
-	// behind the repaired path (see dropDamagedLinks).
-	r.dropLinks(pp.Path, name)
+	// behind the repaired path (see dropDamagedLinks). Once cancelled, no
+	// path is swapped any more: the walk is not needed.
+	if ctx.Err() == nil {
+		r.dropLinks(pp.Path, name)
+	}
 	it.name = name
 	return waited
 }
