@@ -198,28 +198,49 @@ const maxRelLen = 4096
 
 // safeRel checks a narinfo's URL: a relative path below the cache's root
 // made only of letters, digits and "-._~+=,@/", no empty, "." or ".."
-// segment. So no scheme, no absolute path, no query or fragment, no
-// percent-escape, nothing a file:// cache would resolve outside its
-// directory or an HTTP one outside its root. Every NAR URL Nix writes
-// ("nar/<base-32>.nar.xz") passes.
+// segment, optionally followed by one "?" and a query of letters, digits
+// and "-._~+=,@&" (harmonia writes "nar/<narhash>.nar?hash=<hashpart>";
+// Nix appends the URL to the cache's as it is: a query over HTTP, part
+// of the file name for file://). So no scheme, no absolute path, no
+// fragment, no percent-escape, nothing a file:// cache would resolve
+// outside its directory or an HTTP one outside its root. Every NAR URL
+// Nix writes ("nar/<base-32>.nar.xz") passes.
 func safeRel(rel string) error {
 	if rel == "" || len(rel) > maxRelLen {
 		return fmt.Errorf("empty or longer than %d bytes", maxRelLen)
 	}
-	for i := 0; i < len(rel); i++ {
-		ch := rel[i]
-		if ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || strings.IndexByte("-._~+=,@/", ch) >= 0 {
-			continue
+	path, query, hasQuery := strings.Cut(rel, "?")
+	if err := relChars(path, "-._~+=,@/"); err != nil {
+		return err
+	}
+	if hasQuery {
+		if query == "" {
+			return errors.New("an empty query")
 		}
-		return fmt.Errorf("the character %q is not allowed (only a relative path below the cache: no scheme, query or escape)", ch)
+		if err := relChars(query, "-._~+=,@&"); err != nil {
+			return fmt.Errorf("in its query: %w", err)
+		}
 	}
-	if rel[0] == '/' {
-		return errors.New("an absolute path; a NAR must be below the cache's root")
+	if path == "" || path[0] == '/' {
+		return errors.New("an absolute or empty path; a NAR must be below the cache's root")
 	}
-	for _, seg := range strings.Split(rel, "/") {
+	for _, seg := range strings.Split(path, "/") {
 		if seg == "" || seg == "." || seg == ".." {
 			return fmt.Errorf("the segment %q is not allowed (a NAR must be below the cache's root)", seg)
 		}
+	}
+	return nil
+}
+
+// relChars checks that s has only letters, digits and the bytes of
+// punct.
+func relChars(s, punct string) error {
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || strings.IndexByte(punct, ch) >= 0 {
+			continue
+		}
+		return fmt.Errorf("the character %q is not allowed (only a relative path below the cache and a plain query: no scheme, fragment or escape)", ch)
 	}
 	return nil
 }

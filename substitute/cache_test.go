@@ -144,7 +144,7 @@ func TestLookupRefusals(t *testing.T) {
 	}, is: ErrMismatch, text: "NarSize"})
 
 	for _, bad := range []string{"/etc/passwd", "../secret.nar", "nar/../../x.nar", "http://evil.example/x.nar", "file:///etc/passwd",
-		"nar/x.nar?y=1", "nar//x.nar", "nar/./x.nar", "%2e%2e/x.nar", "nar/x.nar#f", "nar\\..\\x"} {
+		"nar/x.nar?y=/../../etc/passwd", "nar//x.nar", "nar/./x.nar", "%2e%2e/x.nar", "nar/x.nar#f", "nar\\..\\x"} {
 		add("url "+bad, func(ni *narinfo.NarInfo) { ni.URL = bad }, true, nil, "URL")
 	}
 	add("unknown compression", func(ni *narinfo.NarInfo) { ni.Compression = "lz4" }, true, compression.ErrUnknownMethod, "lz4")
@@ -327,4 +327,35 @@ func TestOpenBounds(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestNarURLWithQuery: harmonia, the common NixOS cache server, writes
+// NAR URLs with a query ("nar/<narhash>.nar?hash=<hashpart>"); Nix
+// appends them to the cache's URL as they are (a query for an HTTP
+// cache, a literal file name for a file:// one), so they are accepted;
+// a query that could name something else (a "/", "%", "?" or "#" in it,
+// an empty one) is not.
+func TestNarURLWithQuery(t *testing.T) {
+	f := newFixture(t)
+	var url string
+	e := f.add("harmonia", "harmonia", "none", nil, func(ni *narinfo.NarInfo) {
+		url = ni.URL
+		ni.URL += "?hash=" + storepath.HashPart(filepath.Base(ni.StorePath))
+	}, true)
+	f.write(url, e.file) // what an HTTP server serves for the query's path
+	transports(t, f, func(t *testing.T, u string) {
+		s := mustNew(t, u, testOptions())
+		o, err := s.Lookup(context.Background(), e.want)
+		if err != nil {
+			t.Fatalf("Lookup: %v", err)
+		}
+		if data, err := readAll(context.Background(), s, o); err != nil || !bytes.Equal(data, e.nar) {
+			t.Errorf("Open: %v", err)
+		}
+	})
+	for _, bad := range []string{"nar/x.nar?", "nar/x.nar?a=../../etc/passwd", "nar/x.nar?a=%2e", "nar/x.nar?a?b", "nar/x.nar?a#b", "?a=b", "nar/x.nar?a=\\"} {
+		if err := safeRel(bad); err == nil {
+			t.Errorf("safeRel(%q) accepted", bad)
+		}
+	}
 }
