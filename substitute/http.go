@@ -1,6 +1,7 @@
 package substitute
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -13,6 +14,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"storekeeper/nix/compression"
 )
 
 // httpTransport reads an http(s):// cache's files. One per source, with
@@ -290,10 +293,40 @@ func (h *httpTransport) fetch(ctx context.Context, rel string, max int64) ([]byt
 		if int64(len(d)) > max {
 			return fmt.Errorf("%s: more than the %d bytes accepted", u, max)
 		}
+		if d, err = decodeContent(resp.Header.Get("Content-Encoding"), d, max); err != nil {
+			return fmt.Errorf("%s: %w", u, err)
+		}
 		data = d
 		return nil
 	})
 	return data, err
+}
+
+// decodeContent undoes a small file's Content-Encoding, as Nix decodes
+// every download's (an S3 cache written with narinfo-compression=br or
+// xz serves its narinfos so; the transport never asks for one): any
+// method compression.NewReader knows, the result bounded by max too.
+func decodeContent(enc string, d []byte, max int64) ([]byte, error) {
+	enc = strings.ToLower(strings.TrimSpace(enc))
+	if enc == "" || enc == "identity" || enc == "none" {
+		return d, nil
+	}
+	if err := compression.Check(enc); err != nil {
+		return nil, fmt.Errorf("Content-Encoding %q: %w", enc, err)
+	}
+	dec, err := compression.NewReader(enc, bytes.NewReader(d))
+	if err != nil {
+		return nil, fmt.Errorf("Content-Encoding %q: %w", enc, err)
+	}
+	defer dec.Close()
+	out, err := io.ReadAll(io.LimitReader(dec, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("decoding its Content-Encoding %q: %w", enc, err)
+	}
+	if int64(len(out)) > max {
+		return nil, fmt.Errorf("decodes (Content-Encoding %q) to more than the %d bytes accepted", enc, max)
+	}
+	return out, nil
 }
 
 // unreachable: no connection to the server could be made at all, or it

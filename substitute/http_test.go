@@ -660,3 +660,55 @@ func TestHTTPTrickledNAR(t *testing.T) {
 		t.Errorf("a NAR trickled at 1 byte per 1.2 s with a 2 s stall timeout: %v after %s, want a stall", err, time.Since(start))
 	}
 }
+
+// TestHTTPNarinfoContentEncoding: a narinfo or nix-cache-info served with
+// a Content-Encoding (an S3 cache written with narinfo-compression=br or
+// xz stores them so) is decoded, as Nix decodes every download's
+// Content-Encoding; what it decodes to is bounded like the file itself
+// (a bomb fails at once), and an encoding no codec here knows is a clear
+// error.
+func TestHTTPNarinfoContentEncoding(t *testing.T) {
+	f := newFixture(t)
+	br := f.add("br-encoded", "br", "none", nil, nil, true)
+	xzd := f.add("xz-encoded", "xz", "xz", nil, nil, true)
+	bomb, odd := opaquePath("bomb"), opaquePath("odd")
+	bombData := compress(t, "xz", bytes.Repeat([]byte("StorePath: x\n"), 1<<20))
+	srv := newServer(t, f.dir, func(w http.ResponseWriter, r *http.Request, n int) bool {
+		var enc string
+		var data []byte
+		switch r.URL.Path {
+		case "/nix-cache-info":
+			enc, data = "br", compress(t, "br", []byte("StoreDir: /nix/store\n"))
+		case narinfoPath(br.want.Path):
+			enc, data = "br", compress(t, "br", []byte(br.ni.String()))
+		case narinfoPath(xzd.want.Path):
+			enc, data = "xz", compress(t, "xz", []byte(xzd.ni.String()))
+		case narinfoPath(bomb):
+			enc, data = "xz", bombData
+		case narinfoPath(odd):
+			enc, data = "compress", []byte("x")
+		default:
+			return false
+		}
+		w.Header().Set("Content-Encoding", enc)
+		w.Write(data)
+		return true
+	})
+	s := mustNew(t, srv.URL, testOptions())
+	for _, e := range []*entry{br, xzd} {
+		o, err := s.Lookup(context.Background(), e.want)
+		if err != nil {
+			t.Errorf("%s: %v", e.want.Path, err)
+			continue
+		}
+		if data, err := readAll(context.Background(), s, o); err != nil || !bytes.Equal(data, e.nar) {
+			t.Errorf("%s: Open: %v", e.want.Path, err)
+		}
+	}
+	if _, err := s.Lookup(context.Background(), Want{Path: bomb}); err == nil || !contains(err, "more than") {
+		t.Errorf("a narinfo that decodes to 13 MiB: %v, want an error saying it is too large", err)
+	}
+	if _, err := s.Lookup(context.Background(), Want{Path: odd}); err == nil || !contains(err, "Content-Encoding") {
+		t.Errorf("an unknown Content-Encoding: %v, want an error naming it", err)
+	}
+}
