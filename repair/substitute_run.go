@@ -537,8 +537,9 @@ type oldCopy struct {
 
 // swapBatch puts the staged trees of batch in place (see Substitute), in
 // order, and records the outcomes: the paths' PathLocks are taken
-// together (sorted, as Nix takes a set of them, so no deadlock with it),
-// their rows read again in one query, then each is swapped.
+// together (sorted, as Nix takes a set of them, so no deadlock with it;
+// one at a time if one of them cannot be taken), their rows read again
+// in one query, then each is swapped.
 func (r *subRun) swapBatch(ctx context.Context, batch []*item, res *SubstitutionResult, olds chan<- oldCopy) {
 	var staged []*item
 	var names []string
@@ -566,9 +567,24 @@ func (r *subRun) swapBatch(ctx context.Context, batch []*item, res *Substitution
 	if len(staged) == 0 {
 		return
 	}
+	r.lockAndSwap(ctx, staged, names, res, olds)
+}
+
+// lockAndSwap takes the PathLocks of staged (their staged trees' names
+// are names) together, reads their rows again and swaps each. When the
+// locks cannot be taken together for another reason than ctx (one lock
+// file unusable), each path is locked and swapped alone, so that only
+// the path whose lock failed fails.
+func (r *subRun) lockAndSwap(ctx context.Context, staged []*item, names []string, res *SubstitutionResult, olds chan<- oldCopy) {
 	pl, err := lock.LockPathsAt(ctx, r.storeDir, r.s.Layout.RealStoreDir, names, true, func(p string) {
 		r.pr.Info(fmt.Sprintf("waiting for the lock on %s...", report.Name(p)))
 	})
+	if err != nil && ctx.Err() == nil && len(staged) > 1 {
+		for i, it := range staged {
+			r.lockAndSwap(ctx, []*item{it}, names[i:i+1], res, olds)
+		}
+		return
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", ErrInterrupted, err)

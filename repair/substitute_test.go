@@ -680,6 +680,66 @@ func TestSubstituteLinksDroppedBeforeSwap(t *testing.T) {
 	f.checkNoStaging()
 }
 
+// TestSubstituteOneLockUnusable: a path whose lock file cannot be used
+// (a directory in its place) fails alone; the paths swapped in the same
+// batch are still repaired.
+func TestSubstituteOneLockUnusable(t *testing.T) {
+	f := newSubFixture(t, smallSpec())
+	dirs := f.dirs()
+	var ps []string
+	for p := range dirs {
+		ps = append(ps, p)
+	}
+	sort.Strings(ps)
+	ps = ps[:5]
+	var targets []Target
+	for _, p := range ps {
+		f.modify(p, dirs[p])
+		targets = append(targets, Target{Path: p})
+	}
+	s := f.open()
+	o := SubstituteOptions{Sources: []substitute.Source{f.src}, Jobs: 8}
+	ctx := context.Background()
+	plan, err := PlanSubstitution(ctx, s, targets, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first path in plan order is staged last, so that the swapper
+	// finds the others staged and takes them in one batch with it.
+	first := plan.Paths[0].Path
+	f.src.openHook = func(ctx context.Context, p string) {
+		if p == first {
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	bad := plan.Paths[2].Path
+	if err := os.Mkdir(f.real(bad)+".lock", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before := f.snap(bad)
+	res, err := Substitute(ctx, s, plan, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range res.Paths {
+		if o.Path == bad {
+			if o.Done || o.Err == nil || !strings.Contains(o.Err.Error(), "lock") {
+				t.Errorf("%s, whose lock file is a directory: %+v", o.Path, o)
+			}
+			if f.snap(bad) != before {
+				t.Errorf("%s changed", bad)
+			}
+			continue
+		}
+		if !o.Done {
+			t.Errorf("%s, swapped in the batch of a path whose lock is unusable, was not repaired: %v", o.Path, o.Err)
+			continue
+		}
+		f.checkIntact(o.Path)
+	}
+	f.checkNoStaging()
+}
+
 // TestSubstituteCancel: cancelled in the middle of a run, Substitute
 // stops, leaves every path old or new, nothing staged, and says which
 // paths were not done.
