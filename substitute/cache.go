@@ -42,6 +42,9 @@ type cache struct {
 	o    Options
 	t    transport
 	prio int // from ?priority=N; -1: none
+	// unchecked is the Trust of every offer when the URL's trusted=true
+	// turned signature checks off (o.CheckSigs is then false).
+	unchecked string
 
 	mu      sync.Mutex
 	inited  bool
@@ -246,10 +249,14 @@ func relChars(s, punct string) error {
 }
 
 // trust says why ni can be trusted, or returns an error wrapping
-// ErrUntrusted: without CheckSigs nothing is checked; else a valid
+// ErrUntrusted: without CheckSigs (--no-check-sigs, or trusted=true in
+// the cache's URL) nothing is checked; else a valid
 // signature by a trusted key, or a content address that gives exactly
 // the store path, as Nix's substitution accepts a path.
 func (c *cache) trust(ni *narinfo.NarInfo, where string) (string, error) {
+	if c.unchecked != "" {
+		return c.unchecked, nil
+	}
 	if !c.o.CheckSigs {
 		return "not checked (--no-check-sigs)", nil
 	}

@@ -359,3 +359,37 @@ func TestNarURLWithQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustedParam: a binary cache named with ?trusted=1 (or true, yes)
+// needs no signature, as Nix's substitution skips the signature check
+// for a substituter with trusted=true; the NAR hash and size must still
+// be the database's. trusted=0 keeps the check, and a value that is not
+// a Boolean makes the URL unusable.
+func TestTrustedParam(t *testing.T) {
+	f := newFixture(t)
+	e := f.add("unsigned-trusted", "u", "xz", nil, nil, false)
+	transports(t, f, func(t *testing.T, u string) {
+		for _, v := range []string{"1", "true", "yes"} {
+			s := mustNew(t, u+"?trusted="+v, testOptions())
+			off, err := s.Lookup(context.Background(), e.want)
+			if err != nil || !strings.Contains(off.Trust, "trusted="+v) {
+				t.Fatalf("trusted=%s: %+v, %v", v, off, err)
+			}
+			if got, err := readAll(context.Background(), s, off); err != nil || !bytes.Equal(got, e.nar) {
+				t.Errorf("read: %v", err)
+			}
+			w := e.want
+			w.NarHash[0] ^= 1
+			if _, err := s.Lookup(context.Background(), w); !errors.Is(err, ErrMismatch) {
+				t.Errorf("trusted=%s, another hash: %v, want ErrMismatch", v, err)
+			}
+		}
+		s := mustNew(t, u+"?trusted=0", testOptions())
+		if _, err := s.Lookup(context.Background(), e.want); !errors.Is(err, ErrUntrusted) {
+			t.Errorf("trusted=0: %v, want ErrUntrusted", err)
+		}
+		if _, err := New(u+"?trusted=maybe", testOptions()); !errors.Is(err, ErrBadSource) || !contains(err, "trusted") {
+			t.Errorf("trusted=maybe: %v, want ErrBadSource naming it", err)
+		}
+	})
+}

@@ -183,7 +183,8 @@ const supported = "supported: file:///DIR, http://..., https://... (binary cache
 
 // New returns the source url names: a binary cache ("file:///srv/cache",
 // "http://host/path", "https://cache.nixos.org", each optionally with
-// "?priority=N" and Nix's other store parameters, which are ignored; an
+// "?priority=N", "?trusted=true" (no signature check for this cache, as
+// in Nix) and Nix's other store parameters, which are ignored; an
 // unknown one draws a warning, as in Nix; a trailing slash is fine) or
 // another local store ("local?root=/mnt", or the plain directory "/mnt",
 // which Nix reads the same way). Anything else ("local" without a root,
@@ -227,6 +228,10 @@ func New(rawURL string, o Options) (Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	trusted, err := trustedParam(rawURL, u.Query())
+	if err != nil {
+		return nil, err
+	}
 	u.RawQuery, u.Fragment, u.RawFragment = "", "", ""
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = strings.TrimRight(u.RawPath, "/")
@@ -249,7 +254,31 @@ func New(rawURL string, o Options) (Source, error) {
 		}
 		t = newHTTPTransport(u, o)
 	}
-	return &cache{url: name, o: o, t: t, prio: prio}, nil
+	c := &cache{url: name, o: o, t: t, prio: prio}
+	if trusted != "" && o.CheckSigs {
+		c.o.CheckSigs = false
+		c.unchecked = "not checked (" + trusted + " in its URL)"
+	}
+	return c, nil
+}
+
+// trustedParam returns "trusted=V" when the URL's trusted parameter is
+// true (Nix's Booleans: true, yes, 1), "" when it is absent or false:
+// as Nix's substitution, a cache named with trusted=true is used without
+// a signature check (the NAR hash must still be the database's).
+func trustedParam(rawURL string, q url.Values) (string, error) {
+	vs, ok := q["trusted"]
+	if !ok {
+		return "", nil
+	}
+	v := vs[len(vs)-1]
+	switch v {
+	case "true", "yes", "1":
+		return "trusted=" + v, nil
+	case "false", "no", "0":
+		return "", nil
+	}
+	return "", fmt.Errorf("%w %s: trusted=%s is not a Boolean (true, yes, 1, false, no, 0)", ErrBadSource, report.Name(rawURL), report.Name(v))
 }
 
 func ampersand(query string) string {
@@ -260,8 +289,8 @@ func ampersand(query string) string {
 }
 
 // cacheParams are the store parameters Nix 2.8 knows for binary caches
-// (and every store): accepted and, but for priority, ignored, since they
-// concern writing a cache or Nix's own bookkeeping.
+// (and every store): accepted and, but for priority and trusted, ignored,
+// since they concern writing a cache or Nix's own bookkeeping.
 var cacheParams = map[string]bool{
 	"priority": true, "trusted": true, "want-mass-query": true, "compression": true,
 	"compression-level": true, "parallel-compression": true, "write-nar-listing": true,
