@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"storekeeper/nix/nixconf"
@@ -109,7 +111,8 @@ func (o Options) warn(msg string) {
 
 // OptionsFromSettings returns the Options nix.conf gives for the store
 // whose logical directory is storeDir: trusted-public-keys (a malformed
-// key is an error naming it), require-sigs, and from the settings
+// key is an error naming it) and the public halves of secret-key-files
+// (see addSecretKeyFiles), require-sigs, and from the settings
 // storekeeper does not type, connect-timeout (seconds; 0, the default,
 // is DefaultConnectTimeout here), stalled-download-timeout (seconds,
 // default 300; 0, which turns Nix's check off, is 300 here too: a repair
@@ -126,6 +129,9 @@ func OptionsFromSettings(set *nixconf.Settings, storeDir string) (Options, error
 	keys, err := signature.ParsePublicKeys(set.TrustedPublicKeys)
 	if err != nil {
 		return Options{}, fmt.Errorf("trusted-public-keys%s: %w", setAt(set, "trusted-public-keys"), err)
+	}
+	if err := addSecretKeyFiles(keys, set); err != nil {
+		return Options{}, err
 	}
 	o := Options{StoreDir: storeDir, TrustedKeys: keys, CheckSigs: set.RequireSigs}
 	num := func(name string, def uint64, max uint64) (uint64, error) {
@@ -168,6 +174,58 @@ func OptionsFromSettings(set *nixconf.Settings, storeDir string) (Options, error
 	}
 	o.Attempts = max(int(tries), 1)
 	return o, nil
+}
+
+// maxSecretKeyFile bounds a secret key file (one line of about 100
+// bytes).
+const maxSecretKeyFile = 4096
+
+// addSecretKeyFiles adds to keys the public halves of the keys in
+// secret-key-files, as Nix's getDefaultPublicKeys does (the machine's
+// own signing keys: what it signed is trusted), a name already in keys
+// keeping its key. A file that cannot be opened is skipped, as in Nix (a
+// multi-user install's keys are not everyone's to read); one that is not
+// a regular file, is too large or holds no secret key is an error naming
+// it, never its contents.
+func addSecretKeyFiles(keys signature.PublicKeys, set *nixconf.Settings) error {
+	for _, name := range strings.Fields(set.Raw["secret-key-files"]) {
+		f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+		if err != nil {
+			continue
+		}
+		data, err := readSmall(f, maxSecretKeyFile)
+		f.Close()
+		var sk signature.SecretKey
+		if err == nil {
+			sk, err = signature.ParseSecretKey(string(data))
+		}
+		if err != nil {
+			return fmt.Errorf("secret-key-files%s: %s: %w", setAt(set, "secret-key-files"), report.Name(name), err)
+		}
+		if _, ok := keys[sk.Name]; !ok {
+			keys[sk.Name] = sk.Public().Key
+		}
+	}
+	return nil
+}
+
+// readSmall reads f, a regular file of at most max bytes.
+func readSmall(f *os.File, max int64) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	return data, nil
 }
 
 // setAt says where a setting was set, for errors: " (set at FILE:LINE)".

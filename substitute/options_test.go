@@ -2,8 +2,11 @@ package substitute
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -222,5 +225,49 @@ func TestDefaultPriorityAsNix(t *testing.T) {
 	}
 	if want := []string{f.url(), "local?root=/nonexistent", other.url()}; !slices.Equal(got, want) {
 		t.Errorf("Sort = %v, want %v (0, 0, 40)", got, want)
+	}
+}
+
+// TestSecretKeyFilesTrusted: the public halves of secret-key-files are
+// trusted too, as Nix 2.8's getDefaultPublicKeys adds them (the
+// machine's own signing key: a cache of its builds is signed by it), a
+// key of trusted-public-keys with the same name winning (the first);
+// an unreadable or missing file is skipped, as in Nix, and a malformed
+// one is an error naming the file, not its contents.
+func TestSecretKeyFilesTrusted(t *testing.T) {
+	dir := t.TempDir()
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := signature.SecretKey{Name: "machine-1", Key: priv}
+	_, priv2, _ := ed25519.GenerateKey(nil)
+	shadow := signature.SecretKey{Name: testKey.Name, Key: priv2}
+	ownFile, shadowFile, badFile := filepath.Join(dir, "own.sec"), filepath.Join(dir, "shadow.sec"), filepath.Join(dir, "bad.sec")
+	os.WriteFile(ownFile, []byte(own.String()+"\n"), 0o600)
+	os.WriteFile(shadowFile, []byte(shadow.String()), 0o600)
+	os.WriteFile(badFile, []byte("machine-2:c2VjcmV0"), 0o600)
+	s := nixconf.Default(true)
+	conf := "trusted-public-keys = " + testKey.Public().String() + "\nsecret-key-files = " + shadowFile + " " + filepath.Join(dir, "missing") + " " + ownFile + "\n"
+	if err := s.ApplyText(conf, "nix.conf"); err != nil {
+		t.Fatal(err)
+	}
+	o, err := OptionsFromSettings(&s, storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := "1;/nix/store/x;sha256:0;1;"
+	if !o.TrustedKeys.Verify(fp, own.Sign(fp)) {
+		t.Errorf("a signature by secret-key-files' key is not trusted: %v", o.TrustedKeys)
+	}
+	if !o.TrustedKeys.Verify(fp, testKey.Sign(fp)) || o.TrustedKeys.Verify(fp, shadow.Sign(fp)) {
+		t.Errorf("a secret key named as a trusted public key replaced it")
+	}
+	s = nixconf.Default(true)
+	if err := s.ApplyText("secret-key-files = "+badFile+"\n", "nix.conf"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OptionsFromSettings(&s, storeDir); !errors.Is(err, signature.ErrBadKey) || !contains(err, badFile) || contains(err, "c2VjcmV0") {
+		t.Errorf("a malformed secret key file: %v, want ErrBadKey naming the file and not its contents", err)
 	}
 }
