@@ -308,6 +308,9 @@ type item struct {
 	nar  int64  // NAR bytes read
 	done chan struct{}
 	sent bool // handed to a worker: it holds size bytes of the budget until released
+	// linksChecked: the old copy's .links entries were checked while it
+	// was staged (or need no check); false when the path was missing then.
+	linksChecked bool
 }
 
 // run stages the paths todo in parallel and swaps them in plan order.
@@ -499,7 +502,7 @@ func (r *subRun) stage(ctx context.Context, it *item) (waited time.Duration) {
 	// behind the repaired path (see dropDamagedLinks). Once cancelled, no
 	// path is swapped any more: the walk is not needed.
 	if ctx.Err() == nil {
-		r.dropLinks(pp.Path, name)
+		it.linksChecked = r.dropLinks(pp.Path, name)
 	}
 	it.name = name
 	return waited
@@ -508,9 +511,28 @@ func (r *subRun) stage(ctx context.Context, it *item) (waited time.Duration) {
 // dropLinks removes the damaged .links entries of the old copy of path
 // (at its base name in the store directory, if there) against the staged
 // tree name (see dropDamagedLinks); a failure is a warning, not the
-// path's: the repair goes on.
-func (r *subRun) dropLinks(path, name string) {
-	removed, err := r.dropDamagedLinks(r.storeFd, baseName(path), r.trash.Fd, name)
+// path's: the repair goes on. It reports whether the old copy was
+// checked or needs no check (no .links entries); false when the path was
+// missing, so that an old copy found there at the swap (put back
+// meanwhile, or by the recovery of a killed run's exchange) is checked
+// after it (deleteOld).
+func (r *subRun) dropLinks(path, name string) bool {
+	base := baseName(path)
+	if lfd, err := r.linksDir(); err == nil && lfd < 0 {
+		return true
+	} else if err == nil {
+		var st unix.Stat_t
+		if err := sys.LstatAt(r.storeFd, base, &st); errors.Is(err, unix.ENOENT) {
+			return false
+		}
+	}
+	removed, err := r.dropDamagedLinks(r.storeFd, base, r.trash.Fd, name)
+	r.linksReport(path, removed, err)
+	return true
+}
+
+// linksReport says what dropDamagedLinks did for path.
+func (r *subRun) linksReport(path string, removed []string, err error) {
 	if err != nil {
 		r.pr.Warn(fmt.Sprintf("repair: checking the .links entries of the old copy of %s: %s (run 'storekeeper verify --check-contents' to find damaged ones)", report.Name(path), report.Text(err.Error())), path)
 	}
@@ -533,6 +555,9 @@ func baseName(p string) string {
 type oldCopy struct {
 	name string // in the run directory, and the path's base name
 	path string
+	// checkLinks: its .links entries were not checked before the swap
+	// (see item.linksChecked).
+	checkLinks bool
 }
 
 // swapBatch puts the staged trees of batch in place (see Substitute), in
@@ -672,13 +697,18 @@ func (r *subRun) swapLocked(it *item, out *PathOutcome, olds chan<- oldCopy) {
 		testHookSwapped(pp.Path)
 	}
 	if present {
-		olds <- oldCopy{name: it.name, path: pp.Path} // at it.name in the run directory
+		olds <- oldCopy{name: it.name, path: pp.Path, checkLinks: !it.linksChecked} // at it.name in the run directory
 	}
 }
 
 // deleteOld deletes an old copy (what is left is deleted at the end of
-// the run); its damaged .links entries were dropped before the swap.
+// the run); its damaged .links entries were dropped before the swap, or
+// are now if the path was missing then.
 func (r *subRun) deleteOld(oc oldCopy) {
+	if oc.checkLinks {
+		removed, err := r.dropDamagedLinks(r.trash.Fd, oc.name, r.storeFd, baseName(oc.path))
+		r.linksReport(oc.path, removed, err)
+	}
 	display := r.trash.Path + "/" + oc.name
 	if _, err := fs.RemoveTree(r.trash.Fd, oc.name, display); err != nil && !errors.Is(err, unix.ENOENT) {
 		r.pr.Verbose(fmt.Sprintf("deleting the old copy %s: %s (deleted at the end of the run, or by the next gc)", report.Name(display), report.Text(err.Error())))

@@ -680,6 +680,57 @@ func TestSubstituteLinksDroppedBeforeSwap(t *testing.T) {
 	f.checkNoStaging()
 }
 
+// TestSubstituteLinksPathBackAtSwap: a path missing while it was staged
+// (so its old copy could not be checked then) but back at the swap (put
+// back meanwhile, or by the recovery of a killed run's exchange) has its
+// old copy checked after the swap: its damaged .links entry goes too.
+func TestSubstituteLinksPathBackAtSwap(t *testing.T) {
+	f := newSubFixture(t, smallSpec())
+	dirs := f.dirs()
+	var p string
+	for q := range dirs {
+		if p == "" || q < p {
+			p = q
+		}
+	}
+	links := f.b.Layout.LinksDir()
+	os.MkdirAll(links, 0o755)
+	file := filepath.Join(f.real(p), dirs[p])
+	h, _, err := nar.HashPath(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := filepath.Join(links, h.Base32())
+	if err := os.Link(file, entry); err != nil {
+		t.Fatal(err)
+	}
+	f.modify(p, dirs[p])
+	aside := filepath.Join(filepath.Dir(f.b.Layout.RealStoreDir), "aside")
+	if err := os.Rename(f.real(p), aside); err != nil {
+		t.Fatal(err)
+	}
+	testHookStaged = func(q string) {
+		if q == p {
+			if err := os.Rename(aside, f.real(p)); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer func() { testHookStaged = nil }()
+	_, res, err := f.repair([]Target{{Path: p}}, SubstituteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := outcome(res, p); !o.Done {
+		t.Fatalf("%+v", o)
+	}
+	if _, err := os.Lstat(entry); !os.IsNotExist(err) {
+		t.Errorf("the damaged entry %s is still there: %v", entry, err)
+	}
+	f.checkIntact(p)
+	f.checkNoStaging()
+}
+
 // TestSubstituteOneLockUnusable: a path whose lock file cannot be used
 // (a directory in its place) fails alone; the paths swapped in the same
 // batch are still repaired.
