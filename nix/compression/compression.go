@@ -2,7 +2,8 @@
 // methods a narinfo's Compression field names (xz, zstd, bzip2, br, none;
 // bzip2 when the field is absent, as Nix reads it).
 //
-// It decodes only; it bounds nothing. A caller reading from a cache must
+// It decodes only, and bounds nothing but the memory a stream can make
+// the decoder take (an xz dictionary, MaxXZDict). A caller reading from a cache must
 // bound what it reads (the NAR reader's limits, the narinfo's NarSize), so
 // a small file that decompresses to a huge one costs no more than the
 // caller allows. Codecs are well-kept libraries (ulikunitz/xz,
@@ -65,7 +66,7 @@ func NewReader(method string, r io.Reader) (io.ReadCloser, error) {
 	case "bzip2":
 		return &reader{r: bzip2.NewReader(src), src: src, method: "bzip2"}, nil
 	case "xz":
-		x, err := xz.NewReader(src)
+		x, err := xz.NewReader(newXZGuard(src))
 		if err != nil {
 			return nil, classify("xz", src, err)
 		}
