@@ -3,7 +3,8 @@
 // bzip2 when the field is absent, as Nix reads it).
 //
 // It decodes only, and bounds nothing but the memory a stream can make
-// the decoder take (an xz dictionary, MaxXZDict). A caller reading from a cache must
+// the decoder take (an xz dictionary, MaxXZDict; a zstd window,
+// MaxZstdWindow). A caller reading from a cache must
 // bound what it reads (the NAR reader's limits, the narinfo's NarSize), so
 // a small file that decompresses to a huge one costs no more than the
 // caller allows. Codecs are well-kept libraries (ulikunitz/xz,
@@ -80,7 +81,8 @@ func NewReader(method string, r io.Reader) (io.ReadCloser, error) {
 		z, _ := zstdPool.Get().(*zstd.Decoder)
 		if z == nil {
 			var err error
-			z, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+			z, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+				zstd.WithDecoderMaxWindow(MaxZstdWindow))
 			if err != nil {
 				return nil, classify("zstd", src, err)
 			}
@@ -101,6 +103,12 @@ func NewReader(method string, r io.Reader) (io.ReadCloser, error) {
 	}
 	return nil, Check(method)
 }
+
+// MaxZstdWindow is the largest window a zstd frame may declare: 128
+// MiB, zstd --ultra -22's and --long's (Nix writes level 3: 8 MiB at
+// most). The decoder allocates the declared window (and a pooled one
+// keeps it) before it decodes a byte.
+const MaxZstdWindow = 128 << 20
 
 // zstdPool holds idle zstd decoders (reset to no stream).
 var zstdPool sync.Pool

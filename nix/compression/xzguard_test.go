@@ -138,3 +138,44 @@ type chunked struct {
 }
 
 func (c *chunked) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), c.n)]) }
+
+// zstdFrame is a zstd frame of data (one raw block) whose header
+// declares the window descriptor w.
+func zstdFrame(w byte, data string) []byte {
+	bh := uint32(1 | len(data)<<3) // last block, raw
+	f := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, w, byte(bh), byte(bh >> 8), byte(bh >> 16)}
+	return append(f, data...)
+}
+
+// TestZstdWindowBound: a zstd frame declaring a window over
+// MaxZstdWindow is refused before the decoder allocates it (before, 14
+// bytes declaring 512 MiB cost 512 MiB, kept afterwards by the pooled
+// decoder); a small window decodes.
+func TestZstdWindowBound(t *testing.T) {
+	for _, c := range []struct {
+		w  byte
+		ok bool
+	}{{0x98, false}, {0x90, false}, {0x40, true}} { // 512 MiB, 256 MiB, 256 KiB
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		r, err := NewReader("zstd", bytes.NewReader(zstdFrame(c.w, "hello")))
+		var got []byte
+		if err == nil {
+			got, err = io.ReadAll(r)
+			r.Close()
+		}
+		runtime.ReadMemStats(&after)
+		if c.ok {
+			if err != nil || string(got) != "hello" {
+				t.Errorf("window %#x: %q, %v", c.w, got, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			t.Errorf("window %#x: %v, want ErrCorrupt", c.w, err)
+		}
+		if d := after.TotalAlloc - before.TotalAlloc; d > 16<<20 {
+			t.Errorf("window %#x: %d MiB allocated", c.w, d>>20)
+		}
+	}
+}
