@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"strings"
@@ -331,8 +332,11 @@ func (r *subRun) run(ctx context.Context, p *SubstitutionPlan, res *Substitution
 	var total int64
 	for k, i := range todo {
 		pp := &p.Paths[i]
-		items[k] = &item{idx: i, pp: pp, size: int64(pp.Offer.NarSize), done: make(chan struct{})}
-		total += int64(pp.Offer.NarSize)
+		// A database without narSize (old stores) takes the offer's
+		// size, which may be anything: never a negative share.
+		size := int64(min(pp.Offer.NarSize, math.MaxInt64/2))
+		items[k] = &item{idx: i, pp: pp, size: size, done: make(chan struct{})}
+		total = min(total, math.MaxInt64-size) + size
 	}
 	r.pr.Phase("downloading", total, true)
 	stop := context.AfterFunc(ctx, func() {
