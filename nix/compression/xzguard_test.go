@@ -83,31 +83,33 @@ func TestXZDictionaryBound(t *testing.T) {
 // TestXZGuardFollowsRealFiles: every layout xz writes passes the guard
 // unchanged: presets, one and many blocks, every check, concatenated
 // streams with and without stream padding, incompressible data (stored
-// chunks).
+// chunks), multi-threaded xz (block headers with sizes in them).
 func TestXZGuardFollowsRealFiles(t *testing.T) {
 	data := payload()[len(payload())/2-100000 : len(payload())/2+100000]
 	one := xzTool(t, data[:5000])
 	cases := map[string][]byte{
-		"-0":                       xzTool(t, data, "-0"),
-		"-9":                       xzTool(t, data, "-9"),
-		"blocks":                   xzTool(t, data, "--block-size=16384"),
-		"check none":               xzTool(t, data, "--check=none"),
-		"check crc32":              xzTool(t, data, "--check=crc32"),
-		"check sha256":             xzTool(t, data, "--check=sha256"),
-		"empty":                    xzTool(t, nil),
-		"two streams":              append(bytes.Clone(one), one...),
-		"two streams, padding":     append(append(bytes.Clone(one), 0, 0, 0, 0, 0, 0, 0, 0), one...),
-		"incompressible, blocks":   xzTool(t, payload()[:300000], "--block-size=65536", "--check=crc64"),
-		"trailing stream padding":  append(bytes.Clone(one), 0, 0, 0, 0),
-		"many records, two blocks": xzTool(t, data[:40000], "--block-size=20000"),
+		"-0":                        xzTool(t, data, "-0"),
+		"-9":                        xzTool(t, data, "-9"),
+		"blocks":                    xzTool(t, data, "--block-size=16384"),
+		"check none":                xzTool(t, data, "--check=none"),
+		"check crc32":               xzTool(t, data, "--check=crc32"),
+		"check sha256":              xzTool(t, data, "--check=sha256"),
+		"empty":                     xzTool(t, nil),
+		"two streams":               append(bytes.Clone(one), one...),
+		"two streams, padding":      append(append(bytes.Clone(one), 0, 0, 0, 0, 0, 0, 0, 0), one...),
+		"incompressible, blocks":    xzTool(t, payload()[:300000], "--block-size=65536", "--check=crc64"),
+		"threads, sizes in headers": xzTool(t, payload()[:300000], "-T2", "--block-size=65536"),
+		"trailing stream padding":   append(bytes.Clone(one), 0, 0, 0, 0),
+		"many records, two blocks":  xzTool(t, data[:40000], "--block-size=20000"),
 	}
 	want := map[string][]byte{
-		"two streams":              append(bytes.Clone(data[:5000]), data[:5000]...),
-		"two streams, padding":     append(bytes.Clone(data[:5000]), data[:5000]...),
-		"empty":                    {},
-		"incompressible, blocks":   payload()[:300000],
-		"trailing stream padding":  data[:5000],
-		"many records, two blocks": data[:40000],
+		"two streams":               append(bytes.Clone(data[:5000]), data[:5000]...),
+		"two streams, padding":      append(bytes.Clone(data[:5000]), data[:5000]...),
+		"empty":                     {},
+		"incompressible, blocks":    payload()[:300000],
+		"threads, sizes in headers": payload()[:300000],
+		"trailing stream padding":   data[:5000],
+		"many records, two blocks":  data[:40000],
 	}
 	for name, file := range cases {
 		w, ok := want[name]
