@@ -259,7 +259,12 @@ func openSources(ctx context.Context, s *store.Store, p *printer, o *repairOptio
 	var bad []string
 	// New for each URL (not substitute.Open, which stops at the first
 	// bad one): as Nix does, a URL that cannot be a source is skipped.
+	seen := map[string]bool{}
 	for _, u := range urls {
+		if seen[u] {
+			continue // asked once, as Nix does
+		}
+		seen[u] = true
 		src, err := substitute.New(u, opts)
 		if err != nil {
 			p.Warnf("ignoring substituter '%s': %v", report.Name(u), err)
