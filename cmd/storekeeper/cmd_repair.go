@@ -85,7 +85,7 @@ rest is as it was).`,
 	f.BoolVar(&o.dryRun, "dry-run", false, "say where each path would come from and how much would be downloaded; change nothing")
 	f.StringArrayVar(&o.substituters, "substituter", nil, "substitute from this URL (repeatable; replaces nix.conf's substituters)")
 	f.BoolVar(&o.noCheckSigs, "no-check-sigs", false, "accept substitutes without a valid signature (the NAR hash must still match the database)")
-	f.IntVarP(&o.jobs, "jobs", "j", 0, fmt.Sprintf("paths downloaded and unpacked at once (default %d)", repair.DefaultJobs))
+	f.IntVarP(&o.jobs, "jobs", "j", 0, fmt.Sprintf("paths downloaded and unpacked at once (default: %d, growing to http-connections while a cache is slow to answer)", repair.DefaultJobs))
 	return cmd
 }
 
