@@ -1,11 +1,11 @@
 package repair
 
 import (
+	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -336,24 +336,21 @@ func dependencyOrder(paths []PlannedPath) []PlannedPath {
 	}
 	out := make([]PlannedPath, 0, len(paths))
 	placed := make([]bool, len(paths))
-	var ready []int
+	ready := &intHeap{} // the smallest index first: ties in the given order
 	for i := range paths {
 		if pending[i] == 0 {
-			ready = append(ready, i)
+			heap.Push(ready, i)
 		}
 	}
+	next := 0 // no index below it is unplaced (the cycle breaker's scan)
 	for len(out) < len(paths) {
-		if len(ready) == 0 { // a cycle: take the first not placed
-			for i := range paths {
-				if !placed[i] {
-					ready = append(ready, i)
-					break
-				}
+		if ready.Len() == 0 { // a cycle: take the first not placed
+			for placed[next] {
+				next++
 			}
+			heap.Push(ready, next)
 		}
-		sort.Ints(ready)
-		i := ready[0]
-		ready = ready[1:]
+		i := heap.Pop(ready).(int)
 		if placed[i] {
 			continue
 		}
@@ -362,11 +359,25 @@ func dependencyOrder(paths []PlannedPath) []PlannedPath {
 		for _, k := range referrers[i] {
 			pending[k]--
 			if pending[k] == 0 && !placed[k] {
-				ready = append(ready, k)
+				heap.Push(ready, k)
 			}
 		}
 	}
 	return out
+}
+
+// intHeap is a min-heap of ints (container/heap).
+type intHeap []int
+
+func (h intHeap) Len() int           { return len(h) }
+func (h intHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h intHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *intHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *intHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // PathOutcome is what Substitute did about one path.
