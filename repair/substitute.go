@@ -3,7 +3,6 @@ package repair
 import (
 	"container/heap"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -101,14 +100,6 @@ func (e SourceError) Error() string {
 		return msg // the source's errors name it already
 	}
 	return e.Source + ": " + msg
-}
-
-// MarshalJSON writes {"source": URL, "error": message}.
-func (e SourceError) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		Source string `json:"source"`
-		Error  string `json:"error"`
-	}{e.Source, errText(e.Err)})
 }
 
 // PlannedPath is a target as the plan has it: its Want (from the
@@ -401,34 +392,11 @@ type PathOutcome struct {
 	Files []string
 }
 
-// MarshalJSON writes the outcome with snake_case names and Err as its
-// message.
-func (o PathOutcome) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		Path       string        `json:"path"`
-		Done       bool          `json:"done"`
-		From       string        `json:"from,omitempty"`
-		Trust      string        `json:"trust,omitempty"`
-		Downloaded uint64        `json:"downloaded_bytes"`
-		NarSize    uint64        `json:"nar_bytes"`
-		Error      string        `json:"error,omitempty"`
-		Tried      []SourceError `json:"tried,omitempty"`
-		Files      []string      `json:"files,omitempty"`
-	}{o.Path, o.Done, o.From, o.Trust, o.Downloaded, o.NarSize, errText(o.Err), o.Tried, o.Files})
-}
-
-func errText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
-}
-
 // SubstitutionResult is what Substitute did, a PathOutcome per path of
 // the plan, in the plan's order.
 type SubstitutionResult struct {
-	Paths      []PathOutcome `json:"paths"`
-	Downloaded uint64        `json:"downloaded_bytes"` // the sum of the outcomes' Downloaded
+	Paths      []PathOutcome
+	Downloaded uint64 // the sum of the outcomes' Downloaded
 }
 
 // Repaired reports how many paths were put back.
