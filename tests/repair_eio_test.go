@@ -262,6 +262,9 @@ func TestRepairEIO(t *testing.T) {
 				t.Errorf("the output does not name %s:\n%s", p, tail(out, 3000))
 			}
 		}
+		if want := "warning: '" + f.eio + "' could not be read ("; !strings.Contains(res.stderr, want) || !strings.Contains(res.stderr, "check the disk") {
+			t.Errorf("stderr does not say %s... check the disk:\n%s", want, tail(res.stderr, 3000))
+		}
 		if pathState(t, root, f.eio) == old {
 			t.Errorf("%s is as it was", f.eio)
 		}

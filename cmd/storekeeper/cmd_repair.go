@@ -138,6 +138,12 @@ func runRepair(cmd *cobra.Command, g *globalOptions, o *repairOptions, args []st
 				sum.ValidPaths, sum.ContentsChecked, sum.Files, report.FormatSize(uint64(sum.Bytes)),
 				sum.Elapsed.Round(10*time.Millisecond), len(targets))
 		}
+		for _, f := range vr.Findings {
+			if f.Kind == finding.KindIOError && f.Path != "" {
+				// A read error says more about the disk than the path.
+				p.message(report.LevelWarning, fmt.Sprintf("'%s' could not be read (%s): check the disk (dmesg, smartctl -a); repair replaces the path without reading it", f.Path, f.Got), f.Path)
+			}
+		}
 	} else {
 		seen := map[string]bool{}
 		for _, a := range args {
