@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"storekeeper/graph"
 	"storekeeper/lock"
-	"storekeeper/nix/storepath"
 	"storekeeper/store"
 	"storekeeper/store/db"
 )
@@ -59,7 +56,7 @@ type WhyOptions struct {
 
 // Why explains why path is alive: a store path, a path below one (which
 // stands for its store path) or a symlink to either, read as nix-store -q
-// --roots reads its argument (whyTarget). It uses the roots Find finds,
+// --roots reads its argument (store.Layout.FollowLinksToStorePath). It uses the roots Find finds,
 // the reference graph and the keep-* edges, the collector's liveness
 // (graph.Liveness, breadth first from every root at once), and a shortest
 // chain from a root to path. A valid path no root keeps is reported not
@@ -72,10 +69,11 @@ type WhyOptions struct {
 // holding nothing.
 func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Explanation, error) {
 	lay := s.Layout
-	base, err := whyTarget(lay, path)
+	sp, err := lay.FollowLinksToStorePath(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("roots: %w", err)
 	}
+	base := sp[len(lay.StoreDir)+1:]
 	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, nil)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -125,63 +123,4 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 		e.Chain = append(e.Chain, Link{Path: g.Path(st.ID), Edge: st.Edge})
 	}
 	return e, nil
-}
-
-// FollowLinksToStorePath resolves a command-line argument naming a store
-// path as whyTarget does (Nix's followLinksToStorePath, which `nix-store
-// --repair-path` and `-q --roots` use): a store path, a file inside one,
-// or a symlink outside the store (./result) read until it is inside it.
-// It returns the full logical store path; an error wrapping
-// storepath.ErrBadStorePath when the argument leads to no store path.
-func FollowLinksToStorePath(lay store.Layout, arg string) (string, error) {
-	base, err := whyTarget(lay, arg)
-	if err != nil {
-		return "", err
-	}
-	return lay.StorePathOf(base), nil
-}
-
-// maxWhyLinks bounds the symlinks whyTarget follows (the kernel's own
-// bound for one path resolution).
-const maxWhyLinks = 40
-
-// whyTarget resolves Why's argument as Nix's followLinksToStorePath: made
-// absolute (against the working directory) and canonical lexically ("a/.."
-// is gone before the store path is taken, so "/nix/store/A/../B" is B and
-// "/nix/store/A/.." is the store dir, no store path), then, while it is
-// not inside the store, replaced by the target of the symlink it is (at
-// most maxWhyLinks of them; links are only read, nothing is opened), and
-// a path under the physical store dir (a chroot store seen from outside)
-// read as the logical path it is. It returns the base name of the store
-// path the result is in; an error wrapping storepath.ErrBadStorePath
-// when it is in none.
-func whyTarget(lay store.Layout, arg string) (string, error) {
-	p, err := filepath.Abs(arg)
-	if err != nil {
-		return "", fmt.Errorf("roots: %q: %w", arg, err)
-	}
-	for hops := 0; ; hops++ {
-		if !storepath.IsInStore(lay.StoreDir, p) && lay.RealStoreDir != lay.StoreDir && storepath.IsInStore(lay.RealStoreDir, p) {
-			p = lay.StoreDir + p[len(lay.RealStoreDir):]
-		}
-		if storepath.IsInStore(lay.StoreDir, p) {
-			break
-		}
-		if hops == maxWhyLinks {
-			return "", fmt.Errorf("roots: %q: %w: more than %d symbolic links on the way to %s", arg, storepath.ErrBadStorePath, maxWhyLinks, lay.StoreDir)
-		}
-		t, err := os.Readlink(p)
-		if err != nil {
-			break // not a symlink (or none there): not in the store
-		}
-		if !filepath.IsAbs(t) {
-			t = filepath.Join(filepath.Dir(p), t)
-		}
-		p = filepath.Clean(t)
-	}
-	sp, _, err := storepath.ToStorePath(lay.StoreDir, p)
-	if err != nil {
-		return "", fmt.Errorf("roots: %q: %w", arg, err)
-	}
-	return storepath.Parse(lay.StoreDir, sp)
 }

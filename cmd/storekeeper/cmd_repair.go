@@ -12,7 +12,6 @@ import (
 	"storekeeper/nix/storepath"
 	"storekeeper/repair"
 	"storekeeper/report"
-	"storekeeper/roots"
 	"storekeeper/store"
 	"storekeeper/substitute"
 	"storekeeper/verify"
@@ -147,7 +146,7 @@ func runRepair(cmd *cobra.Command, g *globalOptions, o *repairOptions, args []st
 	} else {
 		seen := map[string]bool{}
 		for _, a := range args {
-			sp, err := roots.FollowLinksToStorePath(s.Layout, a)
+			sp, err := s.Layout.FollowLinksToStorePath(a)
 			if err != nil {
 				return fmt.Errorf("repair: %w", err)
 			}
