@@ -42,6 +42,7 @@ var importRules = map[string][]string{
 	"nix/nar":         {"nix/storepath", "internal/sys"},
 	"nix/nixconf":     {},
 	"nix/compression": {},
+	"nix/validity":    {"nix/nar", "nix/storepath"},
 	"nix/signature":   {"nix/nar"},
 	"nix/narinfo":     {"nix/nar", "nix/signature", "nix/storepath"},
 	"lock":            {"internal/sys"},
