@@ -43,6 +43,7 @@ var importRules = map[string][]string{
 	"nix/nixconf":     {},
 	"nix/compression": {},
 	"nix/validity":    {"nix/nar", "nix/storepath"},
+	"nix/refscan":     {"nix/storepath"},
 	"nix/signature":   {"nix/nar"},
 	"nix/narinfo":     {"nix/nar", "nix/signature", "nix/storepath"},
 	"lock":            {"internal/sys"},

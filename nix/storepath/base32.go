@@ -16,6 +16,9 @@ var ErrBadBase32 = errors.New("store: bad base-32 string")
 // letters without e, o, u and t.
 const base32Alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
 
+// Base32Chars are the digits of Nix base-32, in order (no e, o, u or t).
+const Base32Chars = base32Alphabet
+
 // base32Digit maps a byte to its base-32 value, or 0xff if it is not in the
 // alphabet.
 var base32Digit = func() (t [256]byte) {
