@@ -44,6 +44,7 @@ var importRules = map[string][]string{
 	"nix/compression": {},
 	"nix/validity":    {"nix/nar", "nix/storepath"},
 	"nix/refscan":     {"nix/storepath"},
+	"nix/derivation":  {"nix/storepath"},
 	"nix/signature":   {"nix/nar"},
 	"nix/narinfo":     {"nix/nar", "nix/signature", "nix/storepath"},
 	"lock":            {"internal/sys"},
