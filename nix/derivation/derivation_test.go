@@ -114,3 +114,20 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestExpectedOutputPathsErrors: an input derivation that cannot be
+// loaded, or a fixed output's hash that is not base 16, is an error
+// naming it. (The paths themselves are checked against real Nix in
+// tests/derivation_interop_test.go.)
+func TestExpectedOutputPathsErrors(t *testing.T) {
+	d := sample()
+	d.Outputs = d.Outputs[:1]
+	_, err := d.ExpectedOutputPaths(sd, "x", func(p string) (*Derivation, error) { return nil, os.ErrNotExist }, nil)
+	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), pDrv) {
+		t.Fatalf("%v", err)
+	}
+	fixed := &Derivation{Outputs: []Output{{Name: "out", Path: pOut, HashAlgo: "sha256", Hash: "zz"}}}
+	if _, err := fixed.ExpectedOutputPaths(sd, "x", nil, nil); !errors.Is(err, ErrBadDerivation) {
+		t.Fatalf("%v", err)
+	}
+}
