@@ -329,6 +329,18 @@ func quoteList(b *strings.Builder, ss []string) {
 	b.WriteByte(']')
 }
 
+// tuple writes "(" the fields quoted, separated by "," ")".
+func tuple(b *strings.Builder, fields ...string) {
+	b.WriteByte('(')
+	for i, f := range fields {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		quote(b, f)
+	}
+	b.WriteByte(')')
+}
+
 // String writes d in ATerm form, as Nix's unparse does (byte for byte for
 // what Parse accepted).
 func (d *Derivation) String() string {
@@ -338,15 +350,7 @@ func (d *Derivation) String() string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteByte('(')
-		quote(&b, o.Name)
-		b.WriteByte(',')
-		quote(&b, o.Path)
-		b.WriteByte(',')
-		quote(&b, o.HashAlgo)
-		b.WriteByte(',')
-		quote(&b, o.Hash)
-		b.WriteByte(')')
+		tuple(&b, o.Name, o.Path, o.HashAlgo, o.Hash)
 	}
 	b.WriteString("],[")
 	for i, in := range d.InputDrvs {
@@ -372,11 +376,7 @@ func (d *Derivation) String() string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteByte('(')
-		quote(&b, v.Name)
-		b.WriteByte(',')
-		quote(&b, v.Value)
-		b.WriteByte(')')
+		tuple(&b, v.Name, v.Value)
 	}
 	b.WriteString("])")
 	return b.String()
