@@ -8,6 +8,7 @@ import (
 
 	"storekeeper/internal/sys"
 	"storekeeper/nix/nar"
+	"storekeeper/store/fs"
 )
 
 // maxLinksDepth bounds the nesting dropDamagedLinks follows.
@@ -19,7 +20,7 @@ func (r *subRun) linksDir() (int, error) {
 	r.links.Do(func() {
 		fd, err := unix.Openat(r.storeFd, ".links", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		switch {
-		case err == nil && linksEmpty(fd):
+		case err == nil && isEmpty(fd):
 			unix.Close(fd) // nothing to drop: no walk of the old copies
 		case err == nil:
 			r.linksFd = fd
@@ -31,17 +32,11 @@ func (r *subRun) linksDir() (int, error) {
 	return r.linksFd, r.linksErr
 }
 
-// linksEmpty reports whether the .links directory open at fd has no
-// entry, from one read of its first entries (a large one is not listed).
-func linksEmpty(fd int) bool {
-	buf := make([]byte, 4096)
-	n, err := unix.Getdents(fd, buf)
-	if err != nil {
-		return false
-	}
-	_, _, names := unix.ParseDirent(buf[:n], -1, nil)
-	unix.Seek(fd, 0, 0)
-	return len(names) == 0
+// isEmpty: an unreadable .links counts as not empty (the walk then
+// reports what it cannot read).
+func isEmpty(fd int) bool {
+	empty, err := fs.IsEmptyDir(fd)
+	return err == nil && empty
 }
 
 // dropDamagedLinks looks, in the old copy old of a path (an entry of

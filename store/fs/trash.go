@@ -172,11 +172,29 @@ func (t Trash) RemoveIfEmpty() {
 	unix.Rmdir(t.Path)
 }
 
-// IsEmptyDir reports whether the directory open at fd has no entry. A
-// directory removed since it was opened is ENOENT.
+// IsEmptyDir reports whether the directory open at fd (read from its
+// current offset) has no entry but "." and "..". It stops at the first
+// entry, so asking about a huge directory (.links) costs one read, and
+// then moves fd back to the start. A directory removed since it was
+// opened is ENOENT.
 func IsEmptyDir(fd int) (bool, error) {
-	ents, err := sys.ReadDirents(fd, nil)
-	return len(ents) == 0, err
+	defer unix.Seek(fd, 0, 0)
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if n == 0 {
+			return true, nil
+		}
+		if _, _, names := unix.ParseDirent(buf[:n], -1, nil); len(names) > 0 {
+			return false, nil
+		}
+	}
 }
 
 // ClaimAbandoned lists the trash open at parent (from Open) and locks the
