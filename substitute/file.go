@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 )
 
@@ -17,8 +18,30 @@ import (
 // even behind a symlink, is refused without blocking), what is read is
 // bounded (fetch by its max, a NAR by the offer's sizes) and every name
 // comes from safeRel, so nothing outside root is named.
+//
+// A cache directory owned by another user (not root, not us) is that
+// user's: a file read through it must be one its owner could read too
+// (owned by them, or readable by everyone), so that a symlink planted
+// there (x.narinfo -> /etc/shadow) never makes root read, and quote in an
+// error, a file that user may not read.
 type fileTransport struct {
 	root string
+
+	ownerOnce sync.Once
+	owner     int // the cache directory's owner when it is another user's, else -1
+}
+
+// foreignOwner returns the uid of the cache directory's owner when that
+// is neither root nor the effective user, else -1.
+func (f *fileTransport) foreignOwner() int {
+	f.ownerOnce.Do(func() {
+		f.owner = -1
+		var st syscall.Stat_t
+		if syscall.Stat(f.root, &st) == nil && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+			f.owner = int(st.Uid)
+		}
+	})
+	return f.owner
 }
 
 func (f *fileTransport) where(rel string) string { return "file://" + filepath.Join(f.root, rel) }
@@ -46,6 +69,12 @@ func (f *fileTransport) openFile(ctx context.Context, rel string) (*os.File, err
 	if !st.Mode().IsRegular() {
 		file.Close()
 		return nil, fmt.Errorf("%s is not a regular file (%s); a binary cache holds only files", f.where(rel), st.Mode().Type())
+	}
+	if uid := f.foreignOwner(); uid >= 0 {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != uid && st.Mode().Perm()&0o004 == 0 {
+			file.Close()
+			return nil, fmt.Errorf("%s is owned by uid %d and not readable by everyone, but the cache directory belongs to uid %d: refusing to read, through another user's directory, a file that user may not read (a symlink to a private file?)", f.where(rel), sys.Uid, uid)
+		}
 	}
 	return file, nil
 }

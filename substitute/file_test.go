@@ -87,3 +87,43 @@ func TestFileCacheSpecialFiles(t *testing.T) {
 		t.Fatal("a fifo in a file:// cache blocked the look-up or the download")
 	}
 }
+
+// TestFileCacheOfAnotherUser: in a cache directory owned by another user,
+// a narinfo that is a symlink to a private file of root's (/etc/shadow's
+// kind) is refused without quoting it, while that user's own files and
+// world-readable ones are read; as root, with a real uid (65534).
+func TestFileCacheOfAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the cache to another user")
+	}
+	f := newFixture(t)
+	e := f.add("theirs", "theirs", "none", nil, nil, true)
+	secret := filepath.Join(t.TempDir(), "shadow")
+	if err := os.WriteFile(secret, []byte("root:$6$secret-hash:19000:0:99999:7:::\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	planted := opaquePath("planted")
+	if err := os.Symlink(secret, filepath.Join(f.dir, storepath.HashPart(filepath.Base(planted))+".narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	if err := filepath.Walk(f.dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, 65534, 65534)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := mustNew(t, f.url(), testOptions())
+	_, err := s.Lookup(context.Background(), Want{Path: planted})
+	if err == nil || !contains(err, "refusing to read") || contains(err, "secret-hash") {
+		t.Errorf("the planted symlink: %v, want a refusal that does not quote the file", err)
+	}
+	o, err := s.Lookup(context.Background(), e.want)
+	if err != nil {
+		t.Fatalf("the owner's own narinfo: %v", err)
+	}
+	if data, err := readAll(context.Background(), s, o); err != nil || string(data) != string(e.nar) {
+		t.Errorf("the owner's own NAR: %v", err)
+	}
+}
