@@ -98,6 +98,12 @@ type CanonicaliseOptions struct {
 	UID, GID int
 	// Display names the tree in errors (name when empty).
 	Display string
+	// CheckOnly runs only the check pass (node types and, with
+	// BuildUID, the ownership and hard-link checks) and changes
+	// nothing: a caller taking in several trees checks every one before
+	// changing any. The tree may change between this check and a later
+	// Canonicalise, which checks it again.
+	CheckOnly bool
 }
 
 // RejectKind says why Canonicalise rejected a tree.
@@ -184,6 +190,9 @@ type inodeUse struct {
 // A node that is not (a process still writing into the tree swapped it)
 // stops the change pass with an error wrapping ErrTreeChanged.
 //
+// With opts.CheckOnly it runs the check pass alone, with the same
+// rejections, and changes nothing.
+//
 // Crash or cancellation: a tree is changed node by node, children before
 // their directory; a kill leaves it partly canonical, and running
 // Canonicalise again (with the same options) finishes it.
@@ -203,6 +212,9 @@ func Canonicalise(dirfd int, name string, opts CanonicaliseOptions) error {
 					Mode: u.mode, Links: u.nlink, Inside: u.inside}
 			}
 		}
+	}
+	if opts.CheckOnly {
+		return nil
 	}
 	if testHookChecked != nil {
 		testHookChecked()
