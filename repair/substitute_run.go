@@ -190,15 +190,9 @@ func newRun(ctx context.Context, s *store.Store, o SubstituteOptions) (*subRun, 
 	}
 	r.storeDir = os.NewFile(uintptr(fd), lay.RealStoreDir)
 	r.storeFd = fd
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	if r.uid, r.gid, err = fs.StoreOwner(fd); err != nil {
 		r.close()
 		return nil, fmt.Errorf("repair: %s: %w", lay.RealStoreDir, err)
-	}
-	// The store directory's owner, as Nix gives its own euid and egid.
-	r.uid, r.gid = int(st.Uid), int(st.Gid)
-	if r.uid == os.Geteuid() {
-		r.gid = os.Getegid()
 	}
 	trash := fs.Trash{Path: lay.TrashDir()}
 	if err := r.emptyAbandoned(ctx, trash); err != nil {
