@@ -31,7 +31,7 @@ func init() {
 
 // Scanner finds candidate hash parts in what is written to it.
 type Scanner struct {
-	want map[string]string // hash part -> the candidate's full path
+	want map[string]string // hash part -> the candidate's full path (shared, read-only)
 	seen map[string]bool   // full paths found
 	tail []byte            // the last HashLen-1 bytes written
 	buf  []byte
@@ -41,15 +41,33 @@ type Scanner struct {
 // path's hash part is what is searched for, as in Nix). Candidates that
 // are not store paths of storeDir are ignored.
 func New(storeDir string, candidates []string) *Scanner {
-	s := &Scanner{want: make(map[string]string, len(candidates)), seen: map[string]bool{}}
-	for _, c := range candidates {
-		base, err := storepath.Parse(storeDir, c)
+	return NewSet(storeDir, candidates).Scanner()
+}
+
+// Set is a prepared set of candidates that the scanners of many paths
+// share (scanning each path of a large batch against the same
+// candidates indexes them once). It is read-only once made, so its
+// scanners may run in different goroutines.
+type Set struct {
+	want map[string]string // hash part -> the candidate's full path
+}
+
+// NewSet prepares the candidates as New does.
+func NewSet(storeDir string, candidates []string) *Set {
+	c := &Set{want: make(map[string]string, len(candidates))}
+	for _, p := range candidates {
+		base, err := storepath.Parse(storeDir, p)
 		if err != nil {
 			continue
 		}
-		s.want[storepath.HashPart(base)] = c
+		c.want[storepath.HashPart(base)] = p
 	}
-	return s
+	return c
+}
+
+// Scanner returns a new scanner for the set's candidates.
+func (c *Set) Scanner() *Scanner {
+	return &Scanner{want: c.want, seen: map[string]bool{}}
 }
 
 // Write scans p; it never fails.

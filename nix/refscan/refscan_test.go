@@ -2,6 +2,7 @@ package refscan
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -82,5 +83,30 @@ func BenchmarkScan(b *testing.B) {
 	for b.Loop() {
 		s := New("/nix/store", cands)
 		s.Write(data)
+	}
+}
+
+// TestSetScannersShare: scanners of one Set find what New's would, each
+// its own, from goroutines at once.
+func TestSetScannersShare(t *testing.T) {
+	const sd = "/nix/store"
+	a := sd + "/" + strings.Repeat("a", HashLen) + "-a"
+	b := sd + "/" + strings.Repeat("b", HashLen) + "-b"
+	set := NewSet(sd, []string{a, b, "/elsewhere/x"})
+	inputs := []string{"x " + a[len(sd)+1:] + " y", "nothing here", b + " and " + a}
+	want := [][]string{{a}, {}, {a, b}}
+	done := make(chan struct{})
+	for i := range inputs {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			s := set.Scanner()
+			s.Write([]byte(inputs[i]))
+			if got := s.Found(); !slices.Equal(got, want[i]) {
+				t.Errorf("input %d: found %v, want %v", i, got, want[i])
+			}
+		}()
+	}
+	for range inputs {
+		<-done
 	}
 }
