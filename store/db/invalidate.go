@@ -186,32 +186,16 @@ func referenced(ctx context.Context, q Querier, parts [][]any, cause error) erro
 }
 
 // validAmong returns which of paths (full store paths) are registered in
-// ValidPaths as q sees them, with one query per invalidateChunk paths.
+// ValidPaths as q sees them, with one query per invalidateChunk paths
+// (pathIDs).
 func validAmong(ctx context.Context, q Querier, paths []string) (map[string]bool, error) {
-	out := make(map[string]bool, len(paths))
-	for i := 0; i < len(paths); i += invalidateChunk {
-		part := paths[i:min(i+invalidateChunk, len(paths))]
-		args := make([]any, len(part))
-		for j, p := range part {
-			args[j] = p
-		}
-		rows, err := q.QueryContext(ctx, "select path from ValidPaths where path in ("+placeholders(len(part))+")", args...)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var p string
-			if err := rows.Scan(&p); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out[p] = true
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, err
-		}
+	ids, err := pathIDs(ctx, q, paths)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool, len(ids))
+	for p := range ids {
+		out[p] = true
 	}
 	return out, nil
 }
