@@ -14,7 +14,7 @@ import (
 // is added for it, so a new package states its place in the README's
 // Architecture map and here.
 var importRules = map[string][]string{
-	"cmd/storekeeper": {"gc", "optimise", "repair", "report", "roots", "store", "store/db", "store/fs", "verify", "verify/finding", "substitute", "lock", "nix/nixconf", "nix/signature", "nix/storepath"},
+	"cmd/storekeeper": {"gc", "optimise", "repair", "report", "roots", "store", "store/db", "store/fs", "verify", "verify/finding", "substitute", "lock", "nix/nixconf", "nix/signature", "nix/storepath", "nix/validity", "register", "transfer"},
 	"cmd/mkdemostore": {"store/storetest"},
 	// capabilities: each uses the layers below, never another capability
 	// (but gc → roots: the collector's roots are roots')
@@ -29,11 +29,17 @@ var importRules = map[string][]string{
 	// local stores; it never writes to a store
 	"substitute":     {"store", "store/db", "store/fs", "nix/nar", "nix/narinfo", "nix/signature", "nix/compression", "nix/nixconf", "nix/storepath", "lock", "report", "internal/sys"},
 	"verify/finding": {"nix/nar", "store/fs", "report"},
+	// register takes trees already in a store directory into the store
+	// (checks, canonicalisation, hashes, references, the transaction)
+	"register": {"store", "store/db", "store/fs", "lock", "nix/nar", "nix/refscan", "nix/derivation", "nix/storepath", "report", "internal/sys"},
+	// transfer copies closures into another store and registers them
+	// there through register
+	"transfer": {"register", "store", "store/db", "store/fs", "lock", "nix/nar", "nix/storepath", "report", "internal/sys"},
 	// the store-access layer: store opens, store/db and store/fs below it
 	"store":           {"graph", "store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
 	"store/db":        {"graph", "store/fs", "nix/nar", "nix/storepath", "lock", "report"},
 	"store/fs":        {"internal/sys", "report"},
-	"store/storetest": {"store", "store/db", "store/fs", "nix/nar", "nix/nixconf", "nix/storepath"},
+	"store/storetest": {"store", "store/db", "store/fs", "nix/nar", "nix/nixconf", "nix/storepath", "nix/derivation"},
 	// the reference graph and what is computed on it: no SQL, no file I/O
 	// (nix/nar only for the type of the NAR hash column)
 	"graph": {"nix/nar"},

@@ -21,12 +21,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 
 	_ "modernc.org/sqlite"
 
+	"storekeeper/nix/derivation"
 	"storekeeper/nix/nar"
 	"storekeeper/nix/nixconf"
 	"storekeeper/nix/storepath"
@@ -56,6 +58,12 @@ type Spec struct {
 	// RegTime is the registrationTime of the first path; each later path
 	// is one second younger. Default 1700000000.
 	RegTime int64
+	// NixOutputs gives each .drv the output paths Nix computes for it
+	// (derivation.ExpectedOutputPaths: what `nix-store
+	// --register-validity` and register check) and Nix's sorted
+	// environment; default: made-up output hashes, which every other
+	// check accepts.
+	NixOutputs bool
 }
 
 // DefaultSpec is a small store that builds in well under a second.
@@ -180,6 +188,66 @@ type builder struct {
 	infos []*pathInfo // in registration order
 	deps  [][]dep
 	multi []bool
+	// Spec.NixOutputs: the derivations made so far by path, their
+	// hashDerivationModulo memo, and the one nixDrv made last.
+	drvs    map[string]*derivation.Derivation
+	memo    map[string][32]byte
+	pending *derivation.Derivation
+}
+
+// nixDrv is the .drv text of derivation name with Nix's output paths
+// (filled into outPaths) and Nix's sorted environment.
+func (b *builder) nixDrv(name string, outs []string, outPaths map[string]string, inputDrvs []string, inputOuts map[string][]string) []byte {
+	if b.drvs == nil {
+		b.drvs, b.memo = map[string]*derivation.Derivation{}, map[string][32]byte{}
+	}
+	d := &derivation.Derivation{Platform: "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "exit 1"}}
+	sorted := append([]string(nil), outs...)
+	sort.Strings(sorted)
+	for _, o := range sorted {
+		d.Outputs = append(d.Outputs, derivation.Output{Name: o})
+	}
+	for _, dp := range inputDrvs {
+		names := append([]string(nil), inputOuts[dp]...)
+		sort.Strings(names)
+		d.InputDrvs = append(d.InputDrvs, derivation.InputDrv{Path: dp, Outputs: dedup(names)})
+	}
+	env := map[string]string{"builder": "/bin/sh", "name": name, "system": "x86_64-linux"}
+	for _, o := range outs {
+		env[o] = ""
+	}
+	for _, k := range sortedKeys(toSet(env)) {
+		d.Env = append(d.Env, derivation.EnvVar{Name: k, Value: env[k]})
+	}
+	load := func(p string) (*derivation.Derivation, error) {
+		if d := b.drvs[p]; d != nil {
+			return d, nil
+		}
+		return nil, fmt.Errorf("storetest: no derivation %s", p)
+	}
+	want, err := d.ExpectedOutputPaths(b.spec.StoreDir, name, load, b.memo)
+	if err != nil {
+		panic(err) // every input was made before
+	}
+	for i := range d.Outputs {
+		d.Outputs[i].Path = want[d.Outputs[i].Name]
+		outPaths[d.Outputs[i].Name] = d.Outputs[i].Path
+	}
+	for i := range d.Env {
+		if p, ok := outPaths[d.Env[i].Name]; ok && slices.Contains(outs, d.Env[i].Name) {
+			d.Env[i].Value = p
+		}
+	}
+	b.pending = d
+	return []byte(d.String())
+}
+
+func toSet(m map[string]string) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
 }
 
 type dep struct {
@@ -274,9 +342,15 @@ func (b *builder) plan() {
 		}
 		sort.Strings(inputDrvs)
 		text := aterm(name, outs, outPaths, inputDrvs, inputOuts)
+		if s.NixOutputs {
+			text = b.nixDrv(name, outs, outPaths, inputDrvs, inputOuts)
+		}
 		drvPath := storepath.MakeStorePath(sd, "text:"+strings.Join(inputDrvs, ":"), sha256.Sum256(text), name+".drv")
 		if len(inputDrvs) == 0 {
 			drvPath = storepath.MakeStorePath(sd, "text", sha256.Sum256(text), name+".drv")
+		}
+		if s.NixOutputs {
+			b.drvs[drvPath] = b.pending
 		}
 		b.out.Drvs = append(b.out.Drvs, drvPath)
 		b.out.Outputs = append(b.out.Outputs, outPaths)
