@@ -1,0 +1,80 @@
+package tests
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCopyBadInput: each bad input exits 2 with a message naming what is
+// wrong (and --json the error kind), and changes nothing: no target store
+// is created, nothing is registered or written there, the source is as
+// it was.
+func TestCopyBadInput(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 6, Seed: 4444, Salt: "copy-bad"})
+	good := ns.Outputs[5]["out"]
+	notValid := "/nix/store/" + strings.Repeat("0", 32) + "-not-valid"
+	srcDB := runNS(t, ns.Root, nil, "nix-store", "--dump-db")
+
+	// An existing store owned by another user.
+	runNS(t, ns.Root, nil, "nix-store", "--store", "/nix/foreign", "--init")
+	if err := os.Chown(filepath.Join(ns.Root, "nix/foreign/nix/store"), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	// A directory whose database is of an unknown schema.
+	mustMkdir(t, filepath.Join(ns.Root, "nix/future/nix/var/nix/db"))
+	mustMkdir(t, filepath.Join(ns.Root, "nix/future/nix/store"))
+	writeFileMode(t, filepath.Join(ns.Root, "nix/future/nix/var/nix/db/schema"), []byte("99"), 0o644)
+	writeFileMode(t, filepath.Join(ns.Root, "nix/a-file"), []byte("x"), 0o644)
+
+	cases := []struct {
+		name, kind string
+		args       []string
+		want       []string
+		target     string // its directory, under ns.Root, must stay as it was
+	}{
+		{"path not valid in the source", "bad-path", []string{"--to", "/nix/t1", notValid}, []string{notValid, "not valid in the source store"}, "nix/t1"},
+		{"path outside the store", "bad-path", []string{"--to", "/nix/t2", "/etc/passwd"}, []string{"/etc/passwd"}, "nix/t2"},
+		{"no --to", "usage", []string{good}, []string{"--to STORE"}, ""},
+		{"no path", "usage", []string{"--to", "/nix/t3"}, []string{"store paths to copy"}, "nix/t3"},
+		{"bad method", "usage", []string{"--method", "telepathy", "--to", "/nix/t4", good}, []string{"telepathy", "auto, reflink, hardlink or copy"}, "nix/t4"},
+		{"a remote --to", "usage", []string{"--to", "ssh://host", good}, []string{"ssh://host", "remote store"}, ""},
+		{"store dir mismatch", "usage", []string{"--to", "local?root=/nix/t5&store=/gnu/store", good}, []string{"/gnu/store", "different store directories"}, "nix/t5"},
+		{"--to root missing", "no-store", []string{"--to", "/nix/missing", good}, []string{"/nix/missing", "create or mount it first"}, ""},
+		{"--to a file", "no-store", []string{"--to", "/nix/a-file", good}, []string{"/nix/a-file", "not a directory"}, ""},
+		{"--to a database of another schema", "db-schema", []string{"--to", "/nix/future", good}, []string{"version 99"}, "nix/future"},
+		{"--to a store of another user", "permission", []string{"--to", "/nix/foreign", good}, []string{"belongs to uid 65534", "as its owner"}, "nix/foreign"},
+		{"--method reflink on ext4", "method-unsupported", []string{"--method", "reflink", "--to", "/nix/t1", good}, []string{"--method reflink", "cannot clone", "--method auto"}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var before string
+			if c.target != "" {
+				mustMkdir(t, filepath.Join(ns.Root, c.target))
+				before = snapshotTree(t, filepath.Join(ns.Root, c.target))
+			}
+			r := runInNS(t, ns.Root, append([]string{"copy"}, c.args...)...)
+			if r.code != 2 {
+				t.Fatalf("exit %d, want 2\n%s%s", r.code, r.stdout, r.stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("the message lacks %q:\n%s", w, r.stderr)
+				}
+			}
+			rj := runInNS(t, ns.Root, append([]string{"--json", "copy"}, c.args...)...)
+			if env := decodeEnvelope(t, rj.stdout); env.OK || env.Error == nil || env.Error.Kind != c.kind {
+				t.Errorf("--json: %+v, want kind %s", env.Error, c.kind)
+			}
+			if c.target != "" {
+				if after := snapshotTree(t, filepath.Join(ns.Root, c.target)); after != before {
+					t.Errorf("the target changed:\n%s\n---\n%s", before, after)
+				}
+			}
+		})
+	}
+	if got := runNS(t, ns.Root, nil, "nix-store", "--dump-db"); got != srcDB {
+		t.Fatal("the source's database changed")
+	}
+}
