@@ -65,14 +65,15 @@ var (
 // ErrNotValidReference.
 type ReferenceError struct {
 	Referrer, Reference string
-	// Others counts the batch's further references that are not valid.
+	// Others counts the further paths the batch refers to that are not
+	// valid.
 	Others int
 }
 
 func (e *ReferenceError) Error() string {
 	more := ""
 	if e.Others > 0 {
-		more = fmt.Sprintf(" (and %d more references of the batch are not valid)", e.Others)
+		more = fmt.Sprintf(" (and %d more paths the batch refers to are not valid)", e.Others)
 	}
 	return fmt.Sprintf("%v: path '%s', a reference of '%s', is neither valid nor in the batch%s; nothing was registered: register it first or in the same batch",
 		ErrNotValidReference, e.Reference, e.Referrer, more)
@@ -82,7 +83,7 @@ func (e *ReferenceError) Unwrap() error { return ErrNotValidReference }
 
 // Register makes the paths of regs valid, writing exactly the rows Nix
 // 2.8's registerValidPaths writes (local-store.cc), in one BEGIN
-// IMMEDIATE transaction (ImmediateTx):
+// IMMEDIATE transaction:
 //
 //   - a path not valid yet: "insert into ValidPaths (path, hash,
 //     registrationTime, deriver, narSize, ultimate, sigs, ca)" with hash
@@ -101,19 +102,28 @@ func (e *ReferenceError) Unwrap() error { return ErrNotValidReference }
 //     re-registered path keeps the references it had; the given ones are
 //     added (Nix only adds).
 //
+// Rows are written in Nix's order (paths sorted, as its std::map of
+// ValidPathInfos; each path's references sorted), so that a batch
+// registered into an empty database gets the ValidPaths ids Nix gives
+// it. A cycle among the batch's references refuses it (ErrCycle, naming
+// the paths), as Nix's topological sort of the batch does; a path may
+// refer to itself. A reference outside the batch must be valid: all of
+// them are looked up in one query per 500 paths inside the
+// transaction, so a path another process invalidated meanwhile is seen;
+// otherwise the batch is refused with a *ReferenceError.
+//
 // On Guix's schema (7) the ultimate, sigs and ca columns do not exist and
 // are not written (DB.HasUltimate, HasSigs, HasCA). Other tables (Nix's
-// ca-derivations Realisations) are not touched.
+// ca-derivations Realisations) are not touched. Register does not look at
+// the file system: the caller (register.Register) has checked,
+// canonicalised and hashed the trees and checked a .drv's outputs.
 //
-// Paths are written in dependency order (references before referrers:
-// ValidPaths ids grow that way); a cycle among the batch's references
-// refuses it (ErrCycle, naming the paths). A reference outside the batch
-// must be valid: all of them are looked up in one query per 500 paths,
-// inside the transaction, so a path another process invalidates
-// meanwhile is seen; otherwise the batch is refused with a
-// *ReferenceError. Register does not look at the file system: the caller
-// (register.Register) has checked, canonicalised and hashed the trees
-// and checked a .drv's outputs.
+// The transaction runs on a connection without SQLite's foreign key
+// enforcement (InvalidationConn; on a database with foreign keys other
+// than Refs' and DerivationOutputs' into ValidPaths enforcement stays
+// on): every id the Refs and DerivationOutputs rows name is one Register
+// read in the transaction or inserted, which is what the keys check, at
+// a third of the cost.
 //
 // All or nothing: on any error (bad input, a refusal, SQLite's, ctx
 // cancelled while the transaction runs) the transaction is rolled back
@@ -134,7 +144,11 @@ func (d *DB) Register(ctx context.Context, regs []Registration, o RegisterOption
 		return err
 	}
 	now := time.Now().Unix()
-	err = d.ImmediateTx(ctx, func(c *sql.Conn) error { return b.write(ctx, c, o, now) })
+	c, done, err := d.InvalidationConn(ctx)
+	if err == nil {
+		err = immediateTxOn(ctx, c, func(c *sql.Conn) error { return b.write(ctx, c, o, now) })
+		done()
+	}
 	if err == nil {
 		return nil
 	}
@@ -148,18 +162,19 @@ func (d *DB) Register(ctx context.Context, regs []Registration, o RegisterOption
 	return fmt.Errorf("registering %d paths (nothing was registered): %w", len(regs), classifyDBError(d.Path, err))
 }
 
-// regBatch is a checked batch: regs with their order and the paths
-// outside the batch they refer to.
+// regBatch is a checked batch: regs in Nix's order with their references
+// coded as indexes.
 type regBatch struct {
 	d     *DB
 	regs  []Registration
-	order []int32 // indexes into regs, references first
-	// refs[i]: regs[i]'s references, each once.
-	refs     [][]string
+	order []int32 // indexes into regs, sorted by path
+	// refs[i]: regs[i]'s references, each once, sorted by path: k >= 0
+	// is regs[k], k < 0 is external[-k-1].
+	refs     [][]int32
 	external []string // references outside the batch, each once
-	// caErr[i]: regs[i]'s CA does not give its path (checked only when
+	// caErr[i]: regs[i]'s CA does not give its path (refused only when
 	// it is inserted, as Nix does).
-	caErr map[int]error
+	caErr map[int32]error
 }
 
 // planRegistration checks regs without the database: store paths of one
@@ -202,9 +217,9 @@ func (d *DB) planRegistration(regs []Registration) (*regBatch, error) {
 			}
 		}
 	}
-	b := &regBatch{d: d, regs: regs, refs: make([][]string, len(regs)), caErr: map[int]error{}}
+	b := &regBatch{d: d, regs: regs, refs: make([][]int32, len(regs)), caErr: map[int32]error{}}
 	adj := make([][]int32, len(regs)) // in-batch references, self excluded
-	seenExt := map[string]bool{}
+	ext := map[string]int32{}
 	for i := range regs {
 		r := &regs[i]
 		refs := r.References
@@ -213,22 +228,27 @@ func (d *DB) planRegistration(regs []Registration) (*regBatch, error) {
 			sort.Strings(refs)
 			refs = dedupSorted(refs)
 		}
-		b.refs[i] = refs
-		for _, ref := range refs {
+		codes := make([]int32, len(refs))
+		for k, ref := range refs {
 			if j, ok := index[ref]; ok {
+				codes[k] = j
 				if j != int32(i) {
 					adj[i] = append(adj[i], j)
 				}
 				continue
 			}
-			if err := checkPath(ref, "reference", i); err != nil {
-				return nil, err
-			}
-			if !seenExt[ref] {
-				seenExt[ref] = true
+			e, ok := ext[ref]
+			if !ok {
+				if err := checkPath(ref, "reference", i); err != nil {
+					return nil, err
+				}
+				e = int32(len(b.external))
+				ext[ref] = e
 				b.external = append(b.external, ref)
 			}
+			codes[k] = -e - 1
 		}
+		b.refs[i] = codes
 		if r.CA != "" && d.HasCA {
 			got, err := storepath.ContentAddressedPath(storeDir, r.Path, r.CA, storepath.NamePart(filepath.Base(r.Path)), refs)
 			if err != nil || got != r.Path {
@@ -236,15 +256,18 @@ func (d *DB) planRegistration(regs []Registration) (*regBatch, error) {
 				if err != nil {
 					why = err.Error()
 				}
-				b.caErr[i] = fmt.Errorf("%w: cannot add '%s' to the store: its content address %q does not give its path (%s); nothing was registered", ErrNotContentAddressed, r.Path, r.CA, why)
+				b.caErr[int32(i)] = fmt.Errorf("%w: cannot add '%s' to the store: its content address %q does not give its path (%s); nothing was registered", ErrNotContentAddressed, r.Path, r.CA, why)
 			}
 		}
 	}
-	order, err := topoOrder(regs, adj)
-	if err != nil {
+	if err := checkCycles(regs, adj); err != nil {
 		return nil, err
 	}
-	b.order = order
+	b.order = make([]int32, len(regs))
+	for i := range b.order {
+		b.order[i] = int32(i)
+	}
+	sort.Slice(b.order, func(x, y int) bool { return regs[b.order[x]].Path < regs[b.order[y]].Path })
 	return b, nil
 }
 
@@ -267,17 +290,17 @@ func dedupSorted(s []string) []string {
 	return out
 }
 
-// topoOrder returns the indexes of regs with every path after the paths
-// it refers to (adj: in-batch references), or ErrCycle naming a cycle.
-// It is Nix's topoSort, without recursion.
-func topoOrder(regs []Registration, adj [][]int32) ([]int32, error) {
+// checkCycles returns ErrCycle naming a cycle of regs' references (adj:
+// in-batch references, self-references left out), as Nix's topoSort of
+// the batch; nil when there is none. A depth-first search without
+// recursion.
+func checkCycles(regs []Registration, adj [][]int32) error {
 	const (
 		white = iota
-		grey  // on the DFS stack
+		grey  // on the search's stack
 		black // done
 	)
 	colour := make([]uint8, len(regs))
-	order := make([]int32, 0, len(regs))
 	type frame struct{ node, next int32 }
 	var stack []frame
 	for start := range regs {
@@ -290,7 +313,6 @@ func topoOrder(regs []Registration, adj [][]int32) ([]int32, error) {
 			f := &stack[len(stack)-1]
 			if int(f.next) == len(adj[f.node]) {
 				colour[f.node] = black
-				order = append(order, f.node)
 				stack = stack[:len(stack)-1]
 				continue
 			}
@@ -301,25 +323,22 @@ func topoOrder(regs []Registration, adj [][]int32) ([]int32, error) {
 				colour[j] = grey
 				stack = append(stack, frame{j, 0})
 			case grey:
-				// The stack from j to the top is the cycle.
+				// The stack from j to the top is the cycle, in reference
+				// order: j refers to the next, ..., the top refers to j.
+				k := len(stack) - 1
+				for stack[k].node != j {
+					k--
+				}
 				var names []string
-				for k := len(stack) - 1; k >= 0; k-- {
+				for ; k < len(stack); k++ {
 					names = append(names, "'"+regs[stack[k].node].Path+"'")
-					if stack[k].node == j {
-						break
-					}
 				}
-				// names runs from the top of the stack down to j; print it
-				// in reference order: j refers to ..., which refers to j.
-				for l, r := 0, len(names)-1; l < r; l, r = l+1, r-1 {
-					names[l], names[r] = names[r], names[l]
-				}
-				return nil, fmt.Errorf("%w: %s refers to %s; nothing was registered (a path may refer to itself, but paths may not refer to each other in a circle)",
+				return fmt.Errorf("%w: %s refers to %s; nothing was registered (a path may refer to itself, but paths may not refer to each other in a circle)",
 					ErrCycle, strings.Join(names, ", which refers to "), names[0])
 			}
 		}
 	}
-	return order, nil
+	return nil
 }
 
 // write runs the batch in the transaction on c.
@@ -330,13 +349,16 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 		look = append(look, regs[i].Path)
 	}
 	look = append(look, b.external...)
-	ids, err := pathIDs(ctx, c, look)
+	valid, err := pathIDs(ctx, c, look)
 	if err != nil {
 		return err
 	}
+	// ids[k]: regs[k]'s id, once valid; extIDs: the external references'.
+	ids := make([]int64, len(regs))
 	var already []string
-	for i := range regs {
-		if _, ok := ids[regs[i].Path]; ok {
+	for _, i := range b.order {
+		if id, ok := valid[regs[i].Path]; ok {
+			ids[i] = id
 			already = append(already, regs[i].Path)
 		}
 	}
@@ -347,7 +369,11 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 		}
 		return fmt.Errorf("%w: '%s'%s; nothing was registered (re-registering updates the rows of valid paths)", ErrAlreadyValid, already[0], more)
 	}
-	if err := b.checkExternal(ids); err != nil {
+	extIDs := make([]int64, len(b.external))
+	for e, p := range b.external {
+		extIDs[e] = valid[p] // 0: not valid
+	}
+	if err := b.checkExternal(extIDs); err != nil {
 		return err
 	}
 
@@ -371,7 +397,8 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 	defer ins.Close()
 	var upd, outs *sql.Stmt
 	args := make([]any, 0, 8)
-	// Rows first, in dependency order, then the references, as Nix.
+	var names []string
+	// Rows first, then the references, as Nix.
 	for _, i := range b.order {
 		r := &regs[i]
 		hash := "sha256:" + r.NarHash.Hex()
@@ -379,44 +406,48 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 		if r.NarSize != 0 {
 			size = int64(r.NarSize)
 		}
-		extra := args[:0]
+		var extra [3]any
+		n := 0
 		if d.HasUltimate {
-			extra = append(extra, nullIf(r.Ultimate, int64(1)))
+			extra[n] = nullIf(r.Ultimate, int64(1))
+			n++
 		}
 		if d.HasSigs {
-			extra = append(extra, nullIf(len(r.Sigs) > 0, joinSigs(r.Sigs)))
+			extra[n] = nullIf(len(r.Sigs) > 0, joinSigs(r.Sigs))
+			n++
 		}
 		if d.HasCA {
-			extra = append(extra, nullIf(r.CA != "", r.CA))
+			extra[n] = nullIf(r.CA != "", r.CA)
+			n++
 		}
-		if _, valid := ids[r.Path]; valid {
+		if ids[i] != 0 {
 			if upd == nil {
 				if upd, err = c.PrepareContext(ctx, "update ValidPaths set "+set+" where path = ?"); err != nil {
 					return err
 				}
 				defer upd.Close()
 			}
-			if _, err := upd.ExecContext(ctx, append(append([]any{size, hash}, extra...), r.Path)...); err != nil {
+			args = append(append(append(args[:0], size, hash), extra[:n]...), r.Path)
+			if _, err := upd.ExecContext(ctx, args...); err != nil {
 				return fmt.Errorf("updating the row of %s: %w", r.Path, err)
 			}
 			continue
 		}
-		if err := b.caErr[int(i)]; err != nil {
+		if err := b.caErr[i]; err != nil {
 			return err
 		}
 		t := r.RegistrationTime
 		if t == 0 {
 			t = now
 		}
-		res, err := ins.ExecContext(ctx, append([]any{r.Path, hash, t, nullIf(r.Deriver != "", r.Deriver), size}, extra...)...)
+		args = append(append(args[:0], r.Path, hash, t, nullIf(r.Deriver != "", r.Deriver), size), extra[:n]...)
+		res, err := ins.ExecContext(ctx, args...)
 		if err != nil {
 			return fmt.Errorf("inserting the row of %s: %w", r.Path, err)
 		}
-		id, err := res.LastInsertId()
-		if err != nil {
+		if ids[i], err = res.LastInsertId(); err != nil {
 			return err
 		}
-		ids[r.Path] = id
 		if len(r.Outputs) > 0 {
 			if outs == nil {
 				if outs, err = c.PrepareContext(ctx, "insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)"); err != nil {
@@ -424,13 +455,13 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 				}
 				defer outs.Close()
 			}
-			names := make([]string, 0, len(r.Outputs))
+			names = names[:0]
 			for name := range r.Outputs {
 				names = append(names, name)
 			}
 			sort.Strings(names)
 			for _, name := range names {
-				if _, err := outs.ExecContext(ctx, id, name, r.Outputs[name]); err != nil {
+				if _, err := outs.ExecContext(ctx, ids[i], name, r.Outputs[name]); err != nil {
 					return fmt.Errorf("registering output %s of %s: %w", name, r.Path, err)
 				}
 			}
@@ -442,10 +473,15 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 	}
 	defer ref.Close()
 	for _, i := range b.order {
-		referrer := ids[regs[i].Path]
-		for _, p := range b.refs[i] {
-			if _, err := ref.ExecContext(ctx, referrer, ids[p]); err != nil {
-				return fmt.Errorf("registering the reference of %s to %s: %w", regs[i].Path, p, err)
+		for _, k := range b.refs[i] {
+			var refID int64
+			if k >= 0 {
+				refID = ids[k]
+			} else {
+				refID = extIDs[-k-1]
+			}
+			if _, err := ref.ExecContext(ctx, ids[i], refID); err != nil {
+				return fmt.Errorf("registering a reference of %s: %w", regs[i].Path, err)
 			}
 		}
 	}
@@ -453,30 +489,25 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 }
 
 // checkExternal refuses the batch when a reference outside it is not
-// valid (ids: the valid ones), naming the first in the batch's order.
-func (b *regBatch) checkExternal(ids map[string]int64) error {
-	var first *ReferenceError
-	bad := map[string]bool{}
-	for _, p := range b.external {
-		if _, ok := ids[p]; !ok {
-			bad[p] = true
+// valid (extIDs[e] == 0), naming the first in the batch's order.
+func (b *regBatch) checkExternal(extIDs []int64) error {
+	bad := 0
+	for _, id := range extIDs {
+		if id == 0 {
+			bad++
 		}
 	}
-	if len(bad) == 0 {
+	if bad == 0 {
 		return nil
 	}
-	for i := range b.regs {
-		for _, p := range b.refs[i] {
-			if bad[p] {
-				if first == nil {
-					first = &ReferenceError{Referrer: b.regs[i].Path, Reference: p}
-				} else if p != first.Reference {
-					first.Others++
-				}
+	for _, i := range b.order {
+		for _, k := range b.refs[i] {
+			if k < 0 && extIDs[-k-1] == 0 {
+				return &ReferenceError{Referrer: b.regs[i].Path, Reference: b.external[-k-1], Others: bad - 1}
 			}
 		}
 	}
-	return first
+	return nil // not reached: every external reference is some path's
 }
 
 // nullIf is v, or NULL when !ok.
