@@ -84,6 +84,8 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		{[]string{"optimise", "--dry-run"}, 0, ""},
 		{[]string{"repair", "--damaged", "--dry-run"}, 0, ""},
 		{[]string{"repair"}, 2, "usage"},
+		{[]string{"register"}, 0, ""},                      // empty stdin: nothing to register
+		{[]string{"register", "/nix/store/x"}, 2, "usage"}, // PATH without --scan
 		{[]string{"gc", "--no-such-flag"}, 2, "usage"},
 		{[]string{"gc", "--print-dead", "--print-live"}, 2, "usage"},
 		{[]string{"verify", "--budget", "10MB"}, 2, "usage"},

@@ -11,13 +11,16 @@ import (
 	"storekeeper/lock"
 	"storekeeper/nix/nixconf"
 	"storekeeper/nix/storepath"
+	"storekeeper/nix/validity"
 	"storekeeper/optimise"
+	"storekeeper/register"
 	"storekeeper/repair"
 	"storekeeper/report"
 	"storekeeper/roots"
 	"storekeeper/store"
 	"storekeeper/store/db"
 	storefs "storekeeper/store/fs"
+	"storekeeper/transfer"
 	"storekeeper/verify"
 )
 
@@ -83,14 +86,14 @@ func isAny(targets ...error) func(error) bool {
 // classify): a run stopped by a signal exits 130 whatever its error says.
 var errorTable = []errorClass{
 	{"findings", exitFindings, func(err error) bool { var fe *findingsError; return errors.As(err, &fe) }},
-	{"usage", exitCannotRun, isAny(errUsage, store.ErrBadStoreURI, verify.ErrBadOptions, report.ErrBadSize)},
+	{"usage", exitCannotRun, isAny(errUsage, store.ErrBadStoreURI, verify.ErrBadOptions, report.ErrBadSize, transfer.ErrBadOptions, transfer.ErrStoreDirMismatch)},
 	{"lock-held", exitCannotRun, func(err error) bool {
 		var he *lock.HeldError
 		return errors.As(err, &he) || errors.Is(err, lock.ErrWouldBlock)
 	}},
 	{"db-locked", exitCannotRun, isAny(db.ErrDBLocked)},
 	{"store-unmounted", exitCannotRun, isAny(store.ErrStoreLooksUnmounted)},
-	{"read-only", exitCannotRun, isAny(storefs.ErrReadOnlyFS, storefs.ErrReadOnlyStore, gc.ErrReadOnly, optimise.ErrReadOnly, roots.ErrPruneReadOnly, repair.ErrReadOnly)},
+	{"read-only", exitCannotRun, isAny(storefs.ErrReadOnlyFS, storefs.ErrReadOnlyStore, gc.ErrReadOnly, optimise.ErrReadOnly, roots.ErrPruneReadOnly, repair.ErrReadOnly, transfer.ErrReadOnly, register.ErrReadOnly)},
 	{"disk-full", exitCannotRun, isAny(storefs.ErrDiskFull)},
 	{"roots-unreadable", exitCannotRun, isAny(roots.ErrRootsUnreadable, gc.ErrRootsUnknown)},
 	{"no-store", exitCannotRun, isAny(store.ErrNoStore)},
@@ -100,10 +103,23 @@ var errorTable = []errorClass{
 	{"db-access", exitCannotRun, isAny(db.ErrDBAccess)},
 	{"bad-config", exitCannotRun, isAny(nixconf.ErrBadConfig)},
 	{"path-alive", exitCannotRun, isAny(gc.ErrAlive)},
-	{"bad-path", exitCannotRun, isAny(gc.ErrNotInStore, verify.ErrNotValid, optimise.ErrNotValid, roots.ErrNotValid, storepath.ErrBadStorePath)},
+	// Before bad-path: malformed registration text also wraps
+	// storepath.ErrBadStorePath.
+	{"bad-input", exitCannotRun, isAny(validity.ErrBadRegistration, db.ErrBadRegistration, register.ErrBadInput)},
+	{"bad-path", exitCannotRun, isAny(gc.ErrNotInStore, verify.ErrNotValid, optimise.ErrNotValid, roots.ErrNotValid, storepath.ErrBadStorePath, register.ErrNotInStore, transfer.ErrNotValid)},
+	// register's refusals: nothing was registered.
+	{"bad-derivation", exitCannotRun, isAny(register.ErrBadDerivation)},
+	{"missing", exitCannotRun, isAny(register.ErrMissing)},
+	{"already-valid", exitCannotRun, isAny(db.ErrAlreadyValid)},
+	{"invalid-reference", exitCannotRun, isAny(db.ErrNotValidReference)},
+	{"cycle", exitCannotRun, isAny(db.ErrCycle)},
+	{"mismatch", exitCannotRun, isAny(register.ErrHashMismatch, db.ErrNotContentAddressed)},
+	{"rejected", exitCannotRun, func(err error) bool { var re *storefs.RejectedError; return errors.As(err, &re) }},
+	{"too-many", exitCannotRun, isAny(register.ErrTooMany)},
 	{"links-dir", exitCannotRun, isAny(optimise.ErrLinksDir)},
 	{"no-substituter", exitCannotRun, isAny(errNoSources)},
-	{"permission", exitCannotRun, isAny(fs.ErrPermission)},
+	{"permission", exitCannotRun, isAny(fs.ErrPermission, transfer.ErrNotOwner)},
+	{"method-unsupported", exitCannotRun, isAny(transfer.ErrMethodUnsupported)},
 }
 
 // outcome is how a run ended: its exit code, the kind of its error, its

@@ -18,7 +18,9 @@ import (
 	"storekeeper/gc"
 	"storekeeper/lock"
 	"storekeeper/nix/nixconf"
+	"storekeeper/nix/validity"
 	"storekeeper/optimise"
+	"storekeeper/register"
 	"storekeeper/repair"
 	"storekeeper/report"
 	"storekeeper/roots"
@@ -68,6 +70,18 @@ func TestErrorTable(t *testing.T) {
 		{wrap(nixconf.ErrBadConfig), false, "bad-config", 2},
 		{wrap(gc.ErrAlive), false, "path-alive", 2},
 		{wrap(gc.ErrNotInStore), false, "bad-path", 2},
+		{wrap(register.ErrNotInStore), false, "bad-path", 2},
+		{wrap(validity.ErrBadRegistration), false, "bad-input", 2},
+		{wrap(db.ErrBadRegistration), false, "bad-input", 2},
+		{wrap(register.ErrMissing), false, "missing", 2},
+		{wrap(register.ErrBadInput), false, "bad-input", 2},
+		{wrap(register.ErrBadDerivation), false, "bad-derivation", 2},
+		{wrap(db.ErrAlreadyValid), false, "already-valid", 2},
+		{wrap(&db.ReferenceError{Referrer: "/x", Reference: "/y"}), false, "invalid-reference", 2},
+		{wrap(db.ErrCycle), false, "cycle", 2},
+		{wrap(register.ErrHashMismatch), false, "mismatch", 2},
+		{wrap(&storefs.RejectedError{Kind: storefs.RejectHardLink, Path: "/x/foo"}), false, "rejected", 2},
+		{wrap(register.ErrTooMany), false, "too-many", 2},
 		{wrap(optimise.ErrLinksDir), false, "links-dir", 2},
 		{&fs.PathError{Op: "open", Path: "/x", Err: fs.ErrPermission}, false, "permission", 2},
 		{errors.New("something else"), false, "error", 2},

@@ -99,6 +99,8 @@ nix-daemon, through Nix's own database and lock protocols.
 	cmd.AddCommand(newVerifyCommand(g))
 	cmd.AddCommand(newOptimiseCommand(g))
 	cmd.AddCommand(newRepairCommand(g))
+	cmd.AddCommand(newRegisterCommand(g))
+	cmd.AddCommand(newCopyCommand(g))
 	for _, c := range cmd.Commands() {
 		if run := c.RunE; run != nil {
 			c.RunE = func(c *cobra.Command, args []string) error {
