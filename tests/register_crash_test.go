@@ -32,7 +32,7 @@ import (
 // and `nix-store --verify --check-contents` accepts the store.
 func TestRegisterKill9(t *testing.T) {
 	buid, bgid := realUser(t, "sk-register-build")
-	ns := buildNixStore(t, nixSpec{Paths: 120, Seed: 2425, Files: 6, Salt: "register-kill9"})
+	ns := buildNixStore(t, nixSpec{Paths: 120, Seed: 2425, Files: 20, Salt: "register-kill9"})
 	dump := runNS(t, ns.Root, nil, "nix-store", "--dump-db")
 	infos, err := validity.ReadAll(strings.NewReader(dump), "/nix/store", true)
 	if err != nil {
