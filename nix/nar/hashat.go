@@ -24,10 +24,17 @@ import (
 // Concurrency: a node that changes type, size or inode while it is read
 // gives an error, never a silently wrong result.
 func DumpPathAt(w io.Writer, dirfd int, name, disp string) (int64, unix.Stat_t, error) {
+	return DumpPathAtFiles(w, dirfd, name, disp, nil)
+}
+
+// DumpPathAtFiles is DumpPathAt calling fn (if not nil) for every node
+// of the tree on the way, in NAR order, as HashPathFiles does: one walk
+// gives the NAR and each node's metadata (see Node.Stat) and contents.
+func DumpPathAtFiles(w io.Writer, dirfd int, name, disp string, fn NodeFunc) (int64, unix.Stat_t, error) {
 	nw := newNarWriter(w)
 	defer nw.release()
 	nw.str("nix-archive-1")
-	t := treeWalker{nw: nw}
+	t := treeWalker{nw: nw, fn: fn}
 	st, err := t.walkAt(dirfd, name, disp)
 	if err == nil {
 		err = nw.flush()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"storekeeper/internal/sys"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -28,7 +29,7 @@ type Node struct {
 
 	st     unix.Stat_t
 	haveSt bool
-	fd     int    // an open directory's descriptor, or -1
+	fd     int    // an open directory's or regular file's descriptor, or -1
 	dirfd  int    // the parent's descriptor, for a symlink's lstat
 	name   string // the name in dirfd
 }
@@ -57,6 +58,20 @@ func (n *Node) Stat() (*unix.Stat_t, error) {
 	}
 	n.haveSt = true
 	return &n.st, nil
+}
+
+// Listxattr lists the node's extended attributes into buf as
+// listxattr(2) does (with an empty buf: the size needed): through the
+// node's open descriptor for a regular file or a directory (the walk's
+// own: HashPathFiles and DumpPathAtFiles; WalkPathStat's files have
+// none), otherwise through its name relative to its open parent
+// (/proc/self/fd, which must be mounted), never following a symlink.
+// Call it only during the visit.
+func (n *Node) Listxattr(buf []byte) (int, error) {
+	if n.fd >= 0 {
+		return unix.Flistxattr(n.fd, buf)
+	}
+	return unix.Llistxattr("/proc/self/fd/"+strconv.Itoa(n.dirfd)+"/"+n.name, buf)
 }
 
 // NodeFunc is called for each node in NAR order (a directory before its
@@ -219,7 +234,7 @@ func (t *treeWalker) regular(dirfd int, name, rel string, lst *unix.Stat_t) erro
 	if lst != nil && (st.Dev != lst.Dev || st.Ino != lst.Ino) {
 		return fmt.Errorf("store: %s: %w: replaced by another file", t.display(rel), errChanged)
 	}
-	w, err := t.report(rel, FileRegular, st.Size, &st, -1, dirfd, name, "")
+	w, err := t.report(rel, FileRegular, st.Size, &st, fd, dirfd, name, "")
 	if err != nil {
 		return err
 	}
