@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"storekeeper/internal/sys"
 	"strconv"
@@ -403,11 +402,13 @@ func (t *TempRoots) addAllUnlocked(paths []string) (done bool, err error) {
 	}
 	var buf []byte
 	var added []string
+	seen := make(map[string]bool, len(paths))
 	for _, p := range paths {
-		if !s.roots[p] && !slices.Contains(added, p) {
+		if !s.roots[p] && !seen[p] {
 			buf = append(buf, p...)
 			buf = append(buf, 0)
 			added = append(added, p)
+			seen[p] = true
 		}
 	}
 	if len(buf) == 0 {
