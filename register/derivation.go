@@ -85,30 +85,40 @@ func (c *drvChecker) load(drvPath string) (*derivation.Derivation, error) {
 	return d, nil
 }
 
-// check reads and parses the .drv path (base in the store directory) and
-// checks that its outputs are the paths Nix computes for it, and that
-// each output's environment variable names that path (Nix's
-// envHasRightPath). It returns the outputs with known paths (the
-// DerivationOutputs rows) and the NAR hash of the bytes it checked, which
-// the hashing pass must find again. Nix 2.8 compares a fixed output's
-// path only through its environment variable (it recomputes the path);
-// this check also refuses a file whose fixed output path is not the one
-// computed, which Nix never writes. Deferred outputs (no path, no hash)
-// have no row and no check, as in Nix.
-func (c *drvChecker) check(path, base string) (map[string]string, nar.Hash, error) {
-	data, st, err := readDrv(c.storeFd, base, path)
+// parseDrv reads and parses the .drv path (base in the store directory)
+// and returns it with the NAR hash of the bytes read, which the hashing
+// pass must find again. It may run in several goroutines at once.
+func parseDrv(storeFd int, storeDir, path, base string) (*derivation.Derivation, nar.Hash, error) {
+	data, st, err := readDrv(storeFd, base, path)
 	if err != nil {
 		return nil, nar.Hash{}, err
 	}
-	d, err := derivation.Parse(data, c.storeDir)
+	d, err := derivation.Parse(data, storeDir)
 	if err != nil {
 		return nil, nar.Hash{}, fmt.Errorf("'%s': %w: %w", path, ErrBadDerivation, err)
 	}
-	c.parsed[path] = d
+	h, err := nar.HashFileBytes(data, &st)
+	if err != nil {
+		return nil, nar.Hash{}, fmt.Errorf("'%s': %w", path, err)
+	}
+	return d, h, nil
+}
+
+// outputs checks that the outputs of d, the parsed .drv path (base in
+// the store directory), are the paths Nix computes for it, and that each
+// output's environment variable names that path (Nix's envHasRightPath),
+// and returns the outputs with known paths (the DerivationOutputs rows).
+// Input derivations are read through load (the batch's are added to
+// c.parsed first). Nix 2.8 compares a fixed output's path only through
+// its environment variable (it recomputes the path); this check also
+// refuses a file whose fixed output path is not the one computed, which
+// Nix never writes. Deferred outputs (no path, no hash) have no row and
+// no check, as in Nix.
+func (c *drvChecker) outputs(path, base string, d *derivation.Derivation) (map[string]string, error) {
 	name := strings.TrimSuffix(storepath.NamePart(base), ".drv")
 	want, err := d.ExpectedOutputPaths(c.storeDir, name, c.load, c.memo)
 	if err != nil {
-		return nil, nar.Hash{}, fmt.Errorf("derivation '%s': computing its output paths: %w: %w", path, ErrBadDerivation, err)
+		return nil, fmt.Errorf("derivation '%s': computing its output paths: %w: %w", path, ErrBadDerivation, err)
 	}
 	env := make(map[string]string, len(d.Env))
 	for _, v := range d.Env {
@@ -121,18 +131,14 @@ func (c *drvChecker) check(path, base string) (map[string]string, nar.Hash, erro
 			continue // floating content-addressed or deferred: no path yet
 		}
 		if o.Path != w {
-			return nil, nar.Hash{}, fmt.Errorf("%w: derivation '%s' has incorrect output '%s', should be '%s': its outputs would be recorded under the wrong paths; write it again (nix-instantiate) or leave it out",
+			return nil, fmt.Errorf("%w: derivation '%s' has incorrect output '%s', should be '%s': its outputs would be recorded under the wrong paths; write it again (nix-instantiate) or leave it out",
 				ErrBadDerivation, path, o.Path, w)
 		}
 		if env[o.Name] != w {
-			return nil, nar.Hash{}, fmt.Errorf("%w: derivation '%s' has incorrect environment variable '%s', should be '%s'; write it again (nix-instantiate) or leave it out",
+			return nil, fmt.Errorf("%w: derivation '%s' has incorrect environment variable '%s', should be '%s'; write it again (nix-instantiate) or leave it out",
 				ErrBadDerivation, path, o.Name, w)
 		}
 		outputs[o.Name] = w
 	}
-	h, err := nar.HashFileBytes(data, &st)
-	if err != nil {
-		return nil, nar.Hash{}, fmt.Errorf("'%s': %w", path, err)
-	}
-	return outputs, h, nil
+	return outputs, nil
 }

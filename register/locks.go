@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -31,7 +34,7 @@ type Locks struct {
 	lay   store.Layout
 	dir   *os.File // the store directory the lock files are in
 	roots *lock.TempRoots
-	pl    *lock.PathLocks
+	pls   []*lock.PathLocks
 	held  map[string]bool // the full paths locked
 }
 
@@ -75,22 +78,13 @@ func LockWait(ctx context.Context, s *store.Store, paths []string, waitMsg func(
 }
 
 func (l *Locks) lock(ctx context.Context, names []string, waitMsg func(string)) error {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(l.dir.Fd()), &st); err != nil {
-		return fmt.Errorf("%s: %w", l.lay.RealStoreDir, err)
-	}
-	// One descriptor per lock file, and one more per lock for its
-	// directory where lock files are deleted on release (a directory
-	// that is ours: owned by us, writable by nobody else; see
-	// lock.PathLocks.Unlock).
-	per := uint64(1)
-	if int(st.Uid) == os.Geteuid() && st.Mode&0o022 == 0 {
-		per = 2
-	}
-	if err := raiseFileLimit(uint64(len(names))*per+fileReserve, len(names)); err != nil {
+	per, err := fdsPerLock(int(l.dir.Fd()))
+	if err != nil {
 		return err
 	}
-	var err error
+	if _, err := raiseFileLimit(uint64(len(names))*per+fileReserve, len(names)); err != nil {
+		return err
+	}
 	if l.roots, err = lock.OpenTempRoots(l.lay.StateDir); err != nil {
 		return fmt.Errorf("temporary roots in %s: %w", l.lay.TempRootsDir(), err)
 	}
@@ -101,10 +95,54 @@ func (l *Locks) lock(ctx context.Context, names []string, waitMsg func(string)) 
 	if err := l.roots.AddAll(ctx, full); err != nil {
 		return fmt.Errorf("adding %d temporary roots: %w", len(full), err)
 	}
-	if l.pl, err = lock.LockPathsAt(ctx, l.dir, l.lay.RealStoreDir, names, true, waitMsg); err != nil {
+	if len(names) >= parallelLockMin {
+		if l.pls, err = tryLockParallel(ctx, l.dir, l.lay.RealStoreDir, names); err == nil {
+			return nil
+		}
+	}
+	pl, err := lock.LockPathsAt(ctx, l.dir, l.lay.RealStoreDir, names, true, waitMsg)
+	if err != nil {
 		return fmt.Errorf("locking %d paths: %w", len(names), err)
 	}
+	l.pls = []*lock.PathLocks{pl}
 	return nil
+}
+
+// parallelLockMin is the batch size from which locks are first tried in
+// parallel.
+const parallelLockMin = 256
+
+// tryLockParallel takes the locks of names (sorted) without waiting, a
+// contiguous range of them per CPU at once: taking a lock file is a few
+// system calls, which dominate for tens of thousands of paths. Never
+// waiting, it cannot deadlock with processes taking locks in order (as
+// Nix does); when any lock is busy, or anything fails, every lock taken
+// is released and the error returned, and the caller takes them all in
+// order, waiting.
+func tryLockParallel(ctx context.Context, dir *os.File, dirPath string, names []string) ([]*lock.PathLocks, error) {
+	sorted := slices.Clone(names)
+	slices.Sort(sorted)
+	parts := min(runtime.GOMAXPROCS(0), 8)
+	size := (len(sorted) + parts - 1) / parts
+	pls := make([]*lock.PathLocks, parts)
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for k := range parts {
+		lo, hi := min(k*size, len(sorted)), min((k+1)*size, len(sorted))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pls[k], errs[k] = lock.LockPathsAt(ctx, dir, dirPath, sorted[lo:hi], false, nil)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, pl := range pls {
+			pl.Unlock(false)
+		}
+		return nil, err
+	}
+	return pls, nil
 }
 
 // Holds reports whether p (a full store path) is one of the paths locked.
@@ -129,10 +167,10 @@ func (l *Locks) Close() error {
 		return nil
 	}
 	var errs []error
-	if l.pl != nil {
-		errs = append(errs, l.pl.Unlock(true))
-		l.pl = nil
+	for _, pl := range l.pls {
+		errs = append(errs, pl.Unlock(true))
 	}
+	l.pls = nil
 	if l.roots != nil {
 		errs = append(errs, l.roots.Close())
 		l.roots = nil
@@ -142,6 +180,21 @@ func (l *Locks) Close() error {
 		l.dir = nil
 	}
 	return errors.Join(errs...)
+}
+
+// fdsPerLock is how many descriptors a PathLock in the store directory
+// open at fd holds: the lock file's, and where lock files are deleted on
+// release (a directory that is ours: owned by us, writable by nobody
+// else; see lock.PathLocks.Unlock) one more for the directory.
+func fdsPerLock(fd int) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("the store directory: %w", err)
+	}
+	if int(st.Uid) == os.Geteuid() && st.Mode&0o022 == 0 {
+		return 2, nil
+	}
+	return 1, nil
 }
 
 // openStoreDir opens the physical store directory.
@@ -180,35 +233,40 @@ var rlimits = struct {
 // the hard limit, and when that is too low too (as root: with
 // CAP_SYS_RESOURCE), the hard limit up to the kernel's nr_open. The
 // limit is left raised (it is the process's, and other goroutines may
-// rely on it). ErrTooMany, saying what was tried, when it cannot be
-// done. paths is only for the message.
-func raiseFileLimit(need uint64, paths int) error {
+// rely on it). It returns the soft limit now in force, and ErrTooMany,
+// saying what was tried, when it is below need. paths is only for the
+// message.
+func raiseFileLimit(need uint64, paths int) (uint64, error) {
 	var r syscall.Rlimit
 	if err := rlimits.get(&r); err != nil {
-		return fmt.Errorf("reading the open-file limit: %w", err)
+		return 0, fmt.Errorf("reading the open-file limit: %w", err)
 	}
 	if r.Cur >= need {
-		return nil
+		return r.Cur, nil
 	}
-	if r.Max >= need {
+	have := r.Cur
+	if r.Cur < r.Max {
 		nr := syscall.Rlimit{Cur: r.Max, Max: r.Max}
 		if err := rlimits.set(&nr); err != nil {
-			return tooMany(paths, need, r, fmt.Sprintf("raising the soft limit to %d failed", r.Max), err)
+			return have, tooMany(paths, need, r, fmt.Sprintf("raising the soft limit to %d failed", r.Max), err)
 		}
-		return nil
+		have = r.Max
+	}
+	if have >= need {
+		return have, nil
 	}
 	ceiling, err := rlimits.nrOpen()
 	if err != nil {
-		return tooMany(paths, need, r, "the kernel's ceiling (/proc/sys/fs/nr_open) is unknown", err)
+		return have, tooMany(paths, need, r, "the kernel's ceiling (/proc/sys/fs/nr_open) is unknown", err)
 	}
 	if ceiling < need {
-		return tooMany(paths, need, r, fmt.Sprintf("that is more than the kernel allows any process (fs.nr_open = %d)", ceiling), nil)
+		return have, tooMany(paths, need, r, fmt.Sprintf("that is more than the kernel allows any process (fs.nr_open = %d)", ceiling), nil)
 	}
 	nr := syscall.Rlimit{Cur: need, Max: need}
 	if err := rlimits.set(&nr); err != nil {
-		return tooMany(paths, need, r, "raising the hard limit needs root (CAP_SYS_RESOURCE)", err)
+		return have, tooMany(paths, need, r, "raising the hard limit needs root with CAP_SYS_RESOURCE", err)
 	}
-	return nil
+	return need, nil
 }
 
 func tooMany(paths int, need uint64, r syscall.Rlimit, why string, cause error) error {

@@ -10,6 +10,7 @@ package register
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/internal/sys"
+	"storekeeper/lock"
+	"storekeeper/nix/derivation"
 	"storekeeper/nix/nar"
 	"storekeeper/nix/refscan"
 	"storekeeper/nix/storepath"
@@ -127,6 +130,13 @@ type item struct {
 	hash    nar.Hash
 	size    uint64
 	failed  bool
+	drv     *derivation.Derivation // a .drv, parsed (until its outputs are checked)
+	// wasValid: valid when the batch was validated (Reregister).
+	wasValid bool
+	top      unix.Stat_t // the lstat of the path when validated
+	// hashed: hash and size are the tree's; needCanon: it was found not
+	// canonical while read (it is then checked and canonicalised).
+	hashed, needCanon bool
 }
 
 // run is one Register call's state.
@@ -161,15 +171,35 @@ type run struct {
 //     then the paths' PathLocks (see Lock; skipped with o.Locked), then
 //     validity read again under the locks.
 //  3. The check pass of fs.Canonicalise (types, and with o.BuildUID the
-//     ownership and hard-link checks) on EVERY path before any is
-//     changed: a rejected path changes nothing in any path of the batch
-//     (in Partial mode, it is left out and the others go on).
+//     ownership and hard-link checks) on EVERY path that is to be
+//     changed, before any is changed: a rejected path changes nothing in
+//     any path of the batch (in Partial mode, it is left out and the
+//     others go on). Without a build user, a tree whose top already has
+//     the canonical owner, mode and mtime (one copy placed, or one
+//     registered before) is first only read, as in step 4, each node's
+//     owner, mode, mtime and extended attributes checked on the way: when
+//     all are canonical it needs neither the check pass (the NAR walk
+//     refuses what a store path cannot hold) nor a change; otherwise it
+//     is checked with the others and goes through step 4 again.
 //  4. In parallel (o.Jobs), each path canonicalised (owner: the store
-//     directory's, fs.StoreOwner), then dumped once as a NAR into the
-//     SHA-256 and, with o.Scan, the reference scanner: each file is read
-//     once. A given hash and size are compared (*MismatchError); a .drv
-//     must hash to the bytes whose outputs were checked (ErrChanged).
+//     directory's, fs.StoreOwner; nodes already canonical are left as
+//     they are), then dumped once as a NAR into the SHA-256 and, with
+//     o.Scan, the reference scanner: each file is read once. A given
+//     hash and size are compared (*MismatchError); a .drv must hash to
+//     the bytes whose outputs were checked (ErrChanged).
 //  5. db.Register of every path that passed, in one transaction.
+//
+// Large batches: the PathLocks of every path are held at once, one
+// open file each; the open-file limit is raised for them (see
+// raiseFileLimit). When even that is not enough (a hard limit that this
+// process may not raise: root without CAP_SYS_RESOURCE, as in some
+// containers), the batch is registered in chunks of what the limit
+// allows, in dependency order, each under its own locks and in its own
+// transaction (see chunked): every input and every tree is checked
+// before the first chunk, and in all-or-nothing mode a failure in a
+// later chunk makes the earlier chunks' paths invalid again. With Scan
+// (references unknown until the trees are read) such a batch is refused
+// with ErrTooMany.
 //
 // The error is non-nil when nothing was registered: in all-or-nothing
 // mode the first failure in input order (typed, naming the path and what
@@ -229,17 +259,15 @@ func Register(ctx context.Context, s *store.Store, inputs []Input, o Options) (*
 	if err := r.settle(); err != nil {
 		return r.res, err
 	}
-
-	l := o.Locked
-	if l == nil {
-		l, err = LockWait(ctx, s, r.alivePaths(), func(p string) {
-			r.printer.Info(fmt.Sprintf("waiting for the lock on %s...", report.Name(p)))
-		})
-		if err != nil {
+	var set *refscan.Set
+	if o.Scan {
+		if set, err = r.candidates(ctx); err != nil {
 			return r.res, r.stopped(err)
 		}
-		defer l.Close()
-	} else {
+	}
+	waitMsg := func(p string) { r.printer.Info(fmt.Sprintf("waiting for the lock on %s...", report.Name(p))) }
+
+	if l := o.Locked; l != nil {
 		for _, it := range r.items {
 			if !it.failed && !l.Holds(it.path) {
 				r.fail(it, fmt.Errorf("'%s' is not among the paths locked for this batch: %w", it.path, ErrBadInput))
@@ -248,37 +276,257 @@ func Register(ctx context.Context, s *store.Store, inputs []Input, o Options) (*
 		if err := r.settle(); err != nil {
 			return r.res, err
 		}
+		return r.res, r.chunk(ctx, l, r.alive(r.items), set)
 	}
-	if err := l.addRoots(ctx, r.external); err != nil {
+	chunks, err := r.chunks()
+	if err != nil {
 		return r.res, r.stopped(err)
 	}
-	if err := r.checkValidity(ctx); err != nil {
-		return r.res, r.stopped(err)
-	}
-	if err := r.settle(); err != nil {
-		return r.res, err
-	}
-
-	if err := r.checkTrees(ctx); err != nil {
-		return r.res, r.stopped(err)
-	}
-	if err := r.settle(); err != nil {
-		return r.res, err
-	}
-
-	var set *refscan.Set
-	if o.Scan {
-		if set, err = r.candidates(ctx); err != nil {
+	if len(chunks) == 1 {
+		l, err := LockWait(ctx, s, paths(chunks[0]), waitMsg)
+		if err != nil {
 			return r.res, r.stopped(err)
 		}
+		defer l.Close()
+		return r.res, r.chunk(ctx, l, chunks[0], set)
 	}
-	if err := r.hashAll(ctx, set); err != nil {
-		return r.res, r.stopped(err)
+	return r.res, r.chunked(ctx, chunks, set, waitMsg)
+}
+
+// chunk registers items (alive ones) under l: validity read again under
+// the locks, the check pass of every tree, then canonicalise, hash and
+// scan, then the transaction.
+func (r *run) chunk(ctx context.Context, l *Locks, items []*item, set *refscan.Set) error {
+	if err := l.addRoots(ctx, r.external); err != nil {
+		return r.stopped(err)
+	}
+	// Trees with a canonical top are read first (without a build user,
+	// whose ownership check needs the check pass): reading changes
+	// nothing, and most are canonical throughout (copied, or registered
+	// before), so they need neither the check pass (the NAR walk refuses
+	// what it cannot hold) nor canonicalising. Every tree that will be
+	// changed is checked before any is.
+	var fast, slow []*item
+	uid, _, err := fs.StoreOwner(r.storeFd)
+	if err != nil {
+		return r.stopped(err)
+	}
+	for _, it := range items {
+		if r.o.BuildUID < 0 && canonicalNode(&it.top, uid) {
+			fast = append(fast, it)
+		} else {
+			slow = append(slow, it)
+		}
+	}
+	var recheck []*item
+	steps := []func() error{
+		func() error { return r.checkValidity(ctx, items) },
+		func() error { return r.checkTrees(ctx, slow) },
+		func() error {
+			r.hashPhase(items)
+			return r.hashAll(ctx, fast, set, false)
+		},
+		func() error {
+			for _, it := range fast {
+				if it.needCanon {
+					recheck = append(recheck, it)
+				}
+			}
+			return r.checkTrees(ctx, recheck)
+		},
+		func() error { return r.hashAll(ctx, append(slow, recheck...), set, true) },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return r.stopped(err)
+		}
+		if err := r.settle(); err != nil {
+			return err
+		}
+	}
+	return r.register(ctx, items)
+}
+
+// chunks splits the batch's paths that passed validation into the
+// chunks whose PathLocks are held at once: one chunk when the open-file
+// limit allows a lock file for every path (raised as needed, see
+// raiseFileLimit); otherwise chunks of what it allows, in dependency
+// order (references first), so each chunk's references are valid when it
+// is registered. With Scan (references unknown until hashed) a batch
+// that does not fit is refused (ErrTooMany).
+func (r *run) chunks() ([][]*item, error) {
+	items := r.alive(r.items)
+	per, err := fdsPerLock(r.storeFd)
+	if err != nil {
+		return nil, err
+	}
+	need := uint64(len(items))*per + fileReserve
+	have, limitErr := raiseFileLimit(need, len(items))
+	if limitErr == nil {
+		return [][]*item{items}, nil
+	}
+	if r.o.Scan || have <= fileReserve+per || !errors.Is(limitErr, ErrTooMany) {
+		return nil, limitErr
+	}
+	size := int((have - fileReserve) / per)
+	order, err := r.dependencyOrder(items)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]*item
+	for len(order) > 0 {
+		k := min(size, len(order))
+		out = append(out, order[:k])
+		order = order[k:]
+	}
+	r.printer.Info(fmt.Sprintf("registering %d paths in %d chunks of at most %d, each in its own transaction: the open-file limit (%d) allows no more lock files at once and cannot be raised",
+		len(items), len(out), size, have))
+	return out, nil
+}
+
+// dependencyOrder sorts items references first (Kahn's algorithm over the
+// given references inside the batch; self-references ignored). A cycle
+// is refused.
+func (r *run) dependencyOrder(items []*item) ([]*item, error) {
+	pending := make(map[*item]int, len(items))
+	referrers := map[*item][]*item{}
+	for _, it := range items {
+		pending[it] += 0
+		for _, ref := range it.refs {
+			if dep := r.byPath[ref]; dep != nil && dep != it && !dep.failed {
+				pending[it]++
+				referrers[dep] = append(referrers[dep], it)
+			}
+		}
+	}
+	var ready, out []*item
+	for _, it := range items {
+		if pending[it] == 0 {
+			ready = append(ready, it)
+		}
+	}
+	for len(ready) > 0 {
+		it := ready[0]
+		ready = ready[1:]
+		out = append(out, it)
+		for _, ref := range referrers[it] {
+			if pending[ref]--; pending[ref] == 0 {
+				ready = append(ready, ref)
+			}
+		}
+	}
+	if len(out) != len(items) {
+		var cyc []string
+		for _, it := range items {
+			if pending[it] > 0 && len(cyc) < 5 {
+				cyc = append(cyc, it.path)
+			}
+		}
+		return nil, fmt.Errorf("%w among %s", db.ErrCycle, strings.Join(cyc, ", "))
+	}
+	return out, nil
+}
+
+// chunked registers a batch too large for its locks to be held at once:
+// temporary roots for the whole batch first, the check pass of EVERY
+// tree (before any is changed, so a rejected tree changes nothing), then
+// each chunk under its own PathLocks and in its own transaction. In
+// all-or-nothing mode a failure in a later chunk undoes the earlier
+// ones: the paths they made valid are invalidated again (in one
+// transaction; the trees stay, canonical), unless a path registered
+// meanwhile by another process refers to one of them, which the error
+// then says. Crash: a kill -9 between chunks leaves the earlier chunks
+// registered, each path with its right rows and valid references.
+func (r *run) chunked(ctx context.Context, chunks [][]*item, set *refscan.Set, waitMsg func(string)) error {
+	roots, err := lock.OpenTempRoots(r.s.Layout.StateDir)
+	if err != nil {
+		return r.stopped(fmt.Errorf("temporary roots in %s: %w", r.s.Layout.TempRootsDir(), err))
+	}
+	defer roots.Close()
+	all := append(r.alivePaths(), r.external...)
+	if err := roots.AddAll(ctx, all); err != nil {
+		return r.stopped(fmt.Errorf("adding %d temporary roots: %w", len(all), err))
+	}
+	if err := r.checkTrees(ctx, r.alive(r.items)); err != nil {
+		return r.stopped(err)
 	}
 	if err := r.settle(); err != nil {
-		return r.res, err
+		return err
 	}
-	return r.res, r.register(ctx)
+	var done []*item
+	for _, c := range chunks {
+		c = r.alive(c)
+		if len(c) == 0 {
+			continue
+		}
+		l, err := LockWait(ctx, r.s, paths(c), waitMsg)
+		if err == nil {
+			err = r.chunk(ctx, l, c, set)
+			l.Close()
+		} else {
+			err = r.stopped(err)
+		}
+		if err != nil {
+			if !r.o.Partial && len(done) > 0 {
+				return r.undo(done, err)
+			}
+			return err
+		}
+		for _, it := range c {
+			if r.res.Paths[it.idx].Registered {
+				done = append(done, it)
+			}
+		}
+	}
+	return nil
+}
+
+// undo invalidates the paths earlier chunks registered (those that were
+// not valid before) after a later chunk failed with cause.
+func (r *run) undo(done []*item, cause error) error {
+	ctx := context.Background()
+	var ps []string
+	for _, it := range done {
+		if !it.wasValid {
+			ps = append(ps, it.path)
+		}
+	}
+	rows, err := r.s.DB.PathRows(ctx, ps)
+	if err == nil {
+		ids := make([]int64, 0, len(rows))
+		idPaths := make([]string, 0, len(rows))
+		for _, p := range ps {
+			if row := rows[p]; row != nil {
+				ids = append(ids, row.ID)
+				idPaths = append(idPaths, p)
+			}
+		}
+		err = r.s.DB.ImmediateTx(ctx, func(c *sql.Conn) error {
+			_, err := db.Invalidate(ctx, c, ids, func(i int) string { return idPaths[i] })
+			return err
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("%w; and the %d paths earlier chunks registered could not be made invalid again (%w): they stay valid, with their right rows", cause, len(ps), err)
+	}
+	r.printer.Info(fmt.Sprintf("made the %d paths of the earlier chunks invalid again", len(ps)))
+	for _, it := range done {
+		if !it.wasValid {
+			r.res.Paths[it.idx].Registered = false
+			r.res.Registered--
+			r.res.Bytes -= it.size
+		}
+	}
+	return cause
+}
+
+// paths returns the items' paths.
+func paths(items []*item) []string {
+	out := make([]string, len(items))
+	for i, it := range items {
+		out[i] = it.path
+	}
+	return out
 }
 
 // stopped is the error of a batch stopped as a whole.
@@ -348,9 +596,9 @@ func (r *run) settle() error {
 }
 
 // alive returns the items not failed.
-func (r *run) alive() []*item {
-	out := make([]*item, 0, len(r.items))
-	for _, it := range r.items {
+func (r *run) alive(items []*item) []*item {
+	out := make([]*item, 0, len(items))
+	for _, it := range items {
 		if !it.failed {
 			out = append(out, it)
 		}
@@ -360,7 +608,7 @@ func (r *run) alive() []*item {
 
 func (r *run) alivePaths() []string {
 	var out []string
-	for _, it := range r.alive() {
+	for _, it := range r.alive(r.items) {
 		out = append(out, it.path)
 	}
 	return out
@@ -401,35 +649,52 @@ func (r *run) validate(ctx context.Context, inputs []Input) error {
 				continue
 			}
 		}
-		var st unix.Stat_t
-		if err := sys.LstatAt(r.storeFd, base, &st); err != nil {
-			if err == unix.ENOENT {
-				r.fail(it, fmt.Errorf("'%s' %w %s: %w; put its tree there first", it.path, ErrMissing, r.s.Layout.RealStoreDir, err))
-			} else {
-				r.fail(it, fmt.Errorf("'%s': %w", it.path, err))
-			}
-			continue
-		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// .drv files, once the batch is known (an input derivation may be
-	// one of its paths).
+	// On disk, and .drv files read and parsed: in parallel.
+	var mu sync.Mutex
+	forEach(ctx, r.alive(r.items), r.o.Jobs, func(it *item) {
+		var err error
+		if err = sys.LstatAt(r.storeFd, it.base, &it.top); err == unix.ENOENT {
+			err = fmt.Errorf("'%s' %w %s: %w; put its tree there first", it.path, ErrMissing, r.s.Layout.RealStoreDir, err)
+		} else if err != nil {
+			err = fmt.Errorf("'%s': %w", it.path, err)
+		} else if it.isDrv {
+			it.drv, it.drvHash, err = parseDrv(r.storeFd, r.sd, it.path, it.base)
+		}
+		if err != nil {
+			mu.Lock()
+			r.fail(it, err)
+			mu.Unlock()
+		}
+	})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Their outputs, with one memo for the batch (an input derivation
+	// may be one of its paths).
 	dc := newDrvChecker(r.sd, r.storeFd)
 	for _, it := range r.items {
-		if it.failed || !it.isDrv {
+		if !it.failed && it.drv != nil {
+			dc.parsed[it.path] = it.drv
+		}
+	}
+	for _, it := range r.items {
+		if it.failed || it.drv == nil {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		outs, h, err := dc.check(it.path, it.base)
+		outs, err := dc.outputs(it.path, it.base, it.drv)
 		if err != nil {
 			r.fail(it, err)
 			continue
 		}
-		it.outputs, it.drvHash = outs, h
+		it.outputs = outs
+		it.drv = nil
 	}
 	// Validity of the batch and of the references outside it.
 	ext := map[string]bool{}
@@ -445,11 +710,31 @@ func (r *run) validate(ctx context.Context, inputs []Input) error {
 		r.external = append(r.external, p)
 	}
 	slices.Sort(r.external)
-	if err := r.checkValidity(ctx); err != nil {
+	if err := r.checkValidity(ctx, r.items); err != nil {
 		return err
 	}
 	r.pr.Add(int64(len(inputs)))
 	return nil
+}
+
+// forEach runs fn on every item in jobs goroutines, until ctx is done.
+func forEach(ctx context.Context, items []*item, jobs int, fn func(it *item)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(jobs, len(items)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(items) || ctx.Err() != nil {
+					return
+				}
+				fn(items[k])
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // canonicalRefs returns it's given references as canonical store paths,
@@ -471,8 +756,8 @@ func (r *run) canonicalRefs(it *item) ([]string, error) {
 // outside it (one query per 500 paths) and fails the paths already
 // valid (without Reregister) and those with a reference neither valid
 // nor in the batch.
-func (r *run) checkValidity(ctx context.Context) error {
-	alive := r.alive()
+func (r *run) checkValidity(ctx context.Context, items []*item) error {
+	alive := r.alive(items)
 	if len(alive) == 0 {
 		return nil
 	}
@@ -486,6 +771,7 @@ func (r *run) checkValidity(ctx context.Context) error {
 		return fmt.Errorf("reading which paths are valid: %w", err)
 	}
 	for _, it := range alive {
+		it.wasValid = it.wasValid || valid[it.path]
 		if valid[it.path] && !r.o.Reregister {
 			r.fail(it, fmt.Errorf("'%s' %w: pass --reregister (Options.Reregister) to update its row, or leave it out", it.path, db.ErrAlreadyValid))
 			continue
@@ -535,8 +821,8 @@ func (r *run) parallel(ctx context.Context, items []*item, fn func(it *item) err
 
 // checkTrees runs the check pass of fs.Canonicalise on every path (step
 // 3): nothing is changed.
-func (r *run) checkTrees(ctx context.Context) error {
-	items := r.alive()
+func (r *run) checkTrees(ctx context.Context, items []*item) error {
+	items = r.alive(items)
 	return r.parallel(ctx, items, func(it *item) error {
 		err := fs.Canonicalise(r.storeFd, it.base, fs.CanonicaliseOptions{BuildUID: r.o.BuildUID, Display: it.path, CheckOnly: true})
 		r.pr.Add(1)
@@ -606,16 +892,10 @@ func (r *run) candidates(ctx context.Context) (*refscan.Set, error) {
 	return refscan.NewSet(r.sd, all), nil
 }
 
-// hashAll canonicalises and hashes every path that passed the checks
-// (step 4), in parallel.
-func (r *run) hashAll(ctx context.Context, set *refscan.Set) error {
-	uid, gid, err := fs.StoreOwner(r.storeFd)
-	if err != nil {
-		return err
-	}
-	items := r.alive()
+// hashPhase starts the "hashing" phase for items.
+func (r *run) hashPhase(items []*item) {
 	total := int64(0)
-	for _, it := range items {
+	for _, it := range r.alive(items) {
 		if !it.in.HashGiven || it.in.NarSize == 0 {
 			total = -1
 			break
@@ -623,11 +903,27 @@ func (r *run) hashAll(ctx context.Context, set *refscan.Set) error {
 		total += int64(min(it.in.NarSize, 1<<62))
 	}
 	r.pr.Phase("hashing", total, true)
+}
+
+// hashAll hashes (and scans) the trees of items in parallel (step 4).
+// With canon, each is canonicalised first, as Nix does, so that the
+// build user can no longer write into it once it is read. Without, each
+// is only read, every node's metadata checked on the way (owner, mode,
+// mtime, extended attributes: what fs.Canonicalise would change), and a
+// tree that is not canonical is marked needCanon and not hashed: it
+// changes nothing, so it can run before every tree is checked.
+func (r *run) hashAll(ctx context.Context, items []*item, set *refscan.Set, canon bool) error {
+	uid, gid, err := fs.StoreOwner(r.storeFd)
+	if err != nil {
+		return err
+	}
 	hashes, _ := r.pr.(Hashes)
 	var warnMu sync.Mutex
-	return r.parallel(ctx, items, func(it *item) error {
-		if err := fs.Canonicalise(r.storeFd, it.base, fs.CanonicaliseOptions{BuildUID: r.o.BuildUID, UID: uid, GID: gid, Display: it.path}); err != nil {
-			return r.treeError(it, err)
+	return r.parallel(ctx, r.alive(items), func(it *item) error {
+		if canon {
+			if err := fs.Canonicalise(r.storeFd, it.base, fs.CanonicaliseOptions{BuildUID: r.o.BuildUID, UID: uid, GID: gid, Display: it.path}); err != nil {
+				return r.treeError(it, err)
+			}
 		}
 		h := sha256.New()
 		var w io.Writer = h
@@ -636,11 +932,32 @@ func (r *run) hashAll(ctx context.Context, set *refscan.Set) error {
 			sc = set.Scanner()
 			w = io.MultiWriter(h, sc)
 		}
-		n, _, err := nar.DumpPathAt(w, r.storeFd, it.base, it.path)
+		var fn nar.NodeFunc
+		canonical := true
+		if !canon {
+			var buf []byte
+			fn = func(nd *nar.Node) (io.Writer, error) {
+				if canonical {
+					canonical, buf = canonicalVisit(nd, uid, buf)
+				}
+				return nil, nil
+			}
+		}
+		n, _, err := nar.DumpPathAtFiles(w, r.storeFd, it.base, it.path, fn)
+		if err != nil && !canon && errors.Is(err, nar.ErrUnsupportedFileType) {
+			// A FIFO, socket or device: the check pass words it.
+			it.needCanon = true
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("'%s': hashing: %w", it.path, err)
 		}
+		if !canonical {
+			it.needCanon = true
+			return nil
+		}
 		h.Sum(it.hash[:0])
+		it.hashed = true
 		it.size = uint64(n)
 		pr := &r.res.Paths[it.idx]
 		pr.NarHash, pr.NarSize = it.hash, it.size
@@ -666,6 +983,48 @@ func (r *run) hashAll(ctx context.Context, set *refscan.Set) error {
 		pr.References = it.refs
 		return nil
 	})
+}
+
+// canonicalVisit reports whether the node nd of a walk is canonical
+// (canonicalNode, and no extended attribute but fs.Nix.KeepXattrs); buf
+// is reused for the attribute list.
+func canonicalVisit(nd *nar.Node, uid int, buf []byte) (bool, []byte) {
+	st, err := nd.Stat()
+	if err != nil || !canonicalNode(st, uid) {
+		return false, buf
+	}
+	n, err := nd.Listxattr(nil)
+	for err == nil && n > len(buf) {
+		buf = make([]byte, n)
+		n, err = nd.Listxattr(buf)
+		if errors.Is(err, unix.ERANGE) { // grew meanwhile
+			n, err = nd.Listxattr(nil)
+		}
+	}
+	if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENODATA) || err == nil && n == 0 {
+		return true, buf
+	}
+	if err != nil {
+		return false, buf
+	}
+	for _, a := range strings.Split(string(buf[:n]), "\x00") {
+		if a != "" && !slices.Contains(fs.Nix.KeepXattrs, a) {
+			return false, buf
+		}
+	}
+	return true, buf
+}
+
+// canonicalNode reports whether a node with lstat st already has the
+// metadata fs.Canonicalise gives it: owner uid, no setuid, setgid or
+// sticky bit, a canonical permission (fs.Nix.Fix changes nothing) and
+// mtime.
+func canonicalNode(st *unix.Stat_t, uid int) bool {
+	if int(st.Uid) != uid || st.Mode&0o7000 != 0 || !fs.Nix.MtimeOK(st) {
+		return false
+	}
+	_, change := fs.Nix.Fix(st.Mode)
+	return !change
 }
 
 // givenRefs is it's given references, canonical and sorted, or nil when
@@ -708,8 +1067,8 @@ func diffRefs(given, found []string) string {
 }
 
 // register writes the rows of every path that passed (step 5).
-func (r *run) register(ctx context.Context) error {
-	items := r.alive()
+func (r *run) register(ctx context.Context, items []*item) error {
+	items = r.alive(items)
 	if len(items) == 0 {
 		return nil
 	}

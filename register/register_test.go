@@ -571,45 +571,113 @@ func TestDerivationOutputs(t *testing.T) {
 	}
 }
 
+// fakeLimits replaces the rlimit system calls for a test: the limit
+// starts at cur/max, a raise of the hard limit past max fails with EPERM
+// (no CAP_SYS_RESOURCE), and every set is recorded.
+func fakeLimits(t *testing.T, cur, max, nrOpen uint64) *[]syscall.Rlimit {
+	saved := rlimits
+	t.Cleanup(func() { rlimits = saved })
+	var set []syscall.Rlimit
+	now := syscall.Rlimit{Cur: cur, Max: max}
+	rlimits.get = func(r *syscall.Rlimit) error { *r = now; return nil }
+	rlimits.set = func(r *syscall.Rlimit) error {
+		set = append(set, *r)
+		if r.Max > max {
+			return syscall.EPERM
+		}
+		now = *r
+		return nil
+	}
+	rlimits.nrOpen = func() (uint64, error) { return nrOpen, nil }
+	return &set
+}
+
 // TestFileLimit: a batch that needs more lock files than the open-file
-// limit allows, which cannot be raised, is refused with ErrTooMany
-// before anything changes; one that fits under the hard limit raises the
-// soft limit.
+// limit allows, which cannot be raised enough for even one path beside
+// the reserve, is refused with ErrTooMany before anything changes; one
+// that fits under the hard limit raises the soft limit.
 func TestFileLimit(t *testing.T) {
 	b, s := testStore(t, false)
 	paths := topPaths(b, 3)
 	in := inputsOf(t, s, paths, false)
 	removeRows(t, s, paths)
-	saved := rlimits
-	t.Cleanup(func() { rlimits = saved })
-	var set []syscall.Rlimit
-	rlimits.get = func(r *syscall.Rlimit) error { *r = syscall.Rlimit{Cur: 100, Max: 500}; return nil }
-	rlimits.set = func(r *syscall.Rlimit) error { set = append(set, *r); return syscall.EPERM }
-	rlimits.nrOpen = func() (uint64, error) { return 1 << 20, nil }
+	set := fakeLimits(t, 100, 500, 1<<20)
 	_, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser})
 	if !errors.Is(err, ErrTooMany) || !strings.Contains(err.Error(), "limit is 100") || !strings.Contains(err.Error(), "smaller batches") {
 		t.Fatalf("got %v", err)
 	}
-	if len(set) != 1 || set[0].Max != set[0].Cur || set[0].Cur < 3 {
-		t.Errorf("setrlimit calls %v, want one raising the hard limit", set)
+	if len(*set) != 2 || (*set)[0] != (syscall.Rlimit{Cur: 500, Max: 500}) || (*set)[1].Max != (*set)[1].Cur || (*set)[1].Cur < 3 {
+		t.Errorf("setrlimit calls %v, want the soft limit raised to the hard one, then a try at the hard one", *set)
 	}
 	if v := validAmong(t, s, paths); len(v) != 0 {
 		t.Errorf("registered: %v", v)
 	}
-	// Past the kernel's ceiling: no attempt.
-	set = nil
-	rlimits.nrOpen = func() (uint64, error) { return 200, nil }
-	if _, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser}); !errors.Is(err, ErrTooMany) || len(set) != 0 {
-		t.Fatalf("over nr_open: %v, set %v", err, set)
+	// Past the kernel's ceiling: no attempt at the hard limit.
+	set = fakeLimits(t, 100, 500, 200)
+	if _, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser}); !errors.Is(err, ErrTooMany) || len(*set) != 1 {
+		t.Fatalf("over nr_open: %v, set %v", err, *set)
+	}
+	// With Scan, a batch that does not fit is refused too (references
+	// are only known once hashed, so no dependency order for chunks).
+	set = fakeLimits(t, fileReserve+2, fileReserve+2, 1<<20)
+	if _, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Scan: true}); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("scan: %v", err)
 	}
 	// Under the hard limit: the soft limit goes up to it.
-	rlimits.get = func(r *syscall.Rlimit) error { *r = syscall.Rlimit{Cur: 100, Max: 1 << 16}; return nil }
-	rlimits.set = func(r *syscall.Rlimit) error { set = append(set, *r); return nil }
+	set = fakeLimits(t, 100, 1<<16, 1<<20)
 	if _, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser}); err != nil {
 		t.Fatal(err)
 	}
-	if len(set) != 1 || set[0].Cur != 1<<16 || set[0].Max != 1<<16 {
-		t.Errorf("setrlimit calls %v, want the soft limit raised to the hard one", set)
+	if len(*set) != 1 || (*set)[0].Cur != 1<<16 || (*set)[0].Max != 1<<16 {
+		t.Errorf("setrlimit calls %v, want the soft limit raised to the hard one", *set)
+	}
+}
+
+// TestChunked: a batch larger than the locks the open-file limit allows
+// at once is registered in chunks in dependency order, with the same rows
+// as one transaction gives; in all-or-nothing mode a failure in a later
+// chunk undoes the earlier ones, so nothing is left registered.
+func TestChunked(t *testing.T) {
+	b, s := testStore(t, false)
+	before := rowDump(t, s, b.Valid)
+	in := inputsOf(t, s, b.Valid, true)
+	removeRows(t, s, b.Valid)
+	fakeLimits(t, fileReserve+10, fileReserve+10, 1<<20) // 10 paths at once
+	log := &report.Log{}
+	// A mismatch in the last path in dependency order: a path nothing
+	// refers to, registered in the last chunk.
+	var bad string
+	for _, p := range topPaths(b, len(b.Valid)) {
+		if len(b.Refs[p]) > 0 {
+			bad = p
+		}
+	}
+	for i := range in {
+		if in[i].Path == bad {
+			in[i].NarHash[0] ^= 1
+		}
+	}
+	res, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Progress: log})
+	if !errors.Is(err, ErrHashMismatch) || res.Registered != 0 {
+		t.Fatalf("got %v, %d registered", err, res.Registered)
+	}
+	if v := validAmong(t, s, b.Valid); len(v) != 0 {
+		t.Fatalf("%d paths left valid after the undo: %v", len(v), v[:min(3, len(v))])
+	}
+	if info := log.Texts(report.LevelInfo); len(info) != 2 || !strings.Contains(info[0], "chunks of at most 10") || !strings.Contains(info[1], "invalid again") {
+		t.Errorf("info %q, want the chunks and the undo", info)
+	}
+	for i := range in {
+		if in[i].Path == bad {
+			in[i].NarHash[0] ^= 1
+		}
+	}
+	res, err = Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser})
+	if err != nil || res.Registered != len(in) {
+		t.Fatalf("%v, %d registered", err, res.Registered)
+	}
+	if after := rowDump(t, s, b.Valid); !slices.Equal(before, after) {
+		t.Errorf("rows differ:\n%s", lineDiff(before, after))
 	}
 }
 
