@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,7 +30,8 @@ import (
 // new but lock files. A rerun then completes: exit 0 with everything
 // registered as real Nix would (or, when the killed run had committed,
 // exit 2 "already valid" and --reregister exit 0), every tree canonical,
-// and `nix-store --verify --check-contents` accepts the store.
+// and `nix-store --verify --check-contents` accepts the store. Last, a
+// SIGTERM in the middle of a run exits 130 with nothing registered.
 func TestRegisterKill9(t *testing.T) {
 	buid, bgid := realUser(t, "sk-register-build")
 	ns := buildNixStore(t, nixSpec{Paths: 120, Seed: 2425, Files: 20, Salt: "register-kill9"})
@@ -225,5 +227,47 @@ func TestRegisterKill9(t *testing.T) {
 	}
 	if changed == 0 {
 		t.Fatalf("no kill landed after the trees started changing: the kills do not cover the run")
+	}
+
+	// SIGTERM in the middle of a run: exit 130 with nothing registered
+	// (or, when the transaction had committed, exit 0), and a rerun
+	// completes.
+	m := modes[0]
+	in, args := modeArgs(m)
+	interrupted := false
+	for try := 0; try < 8 && !interrupted; try++ {
+		reset()
+		cmd := nsScript(root, `exec "$@"`, args...)
+		cmd.Stdin = strings.NewReader(in)
+		var errb strings.Builder
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(durations[m] / 2)
+		cmd.Process.Signal(syscall.SIGTERM) // unshare and sh exec: the pid is storekeeper's
+		err := cmd.Wait()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		n := validCount(t, root, paths)
+		switch {
+		case code == 130:
+			interrupted = true
+			if n != 0 || !strings.Contains(errb.String(), "interrupted") {
+				t.Fatalf("SIGTERM: exit 130 with %d paths valid\n%s", n, errb.String())
+			}
+		case code == 0 && n == len(paths):
+		case code == -1: // the signal came before storekeeper started
+		default:
+			t.Fatalf("SIGTERM: exit %d with %d of %d paths valid\n%s", code, n, len(paths), errb.String())
+		}
+	}
+	if !interrupted {
+		t.Fatalf("no SIGTERM landed while register ran")
+	}
+	if r := runArgs(in, args...); r.code != 0 || regRows(t, root) != want {
+		t.Fatalf("the rerun after SIGTERM: exit %d\n%s", r.code, r.stderr)
 	}
 }

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -160,7 +159,7 @@ func TestRegisterScan(t *testing.T) {
 	// --candidates narrows the search to their closure and the batch: c
 	// names a in a file and b in a symlink; with b alone as candidate
 	// only b is found.
-	root = freshStore(t, f.Root, f.outPaths("a", "b", "c"))
+	root = freshStore(t, f.Root, f.outPaths("a", "b", "c", "d"))
 	if r := runRegisterNS(t, root, "", "register", "--scan", f.Outs["a"], f.Outs["b"]); r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
@@ -173,7 +172,18 @@ func TestRegisterScan(t *testing.T) {
 	if g := regRefs(t, root)[f.Outs["c"]]; strings.Join(g, " ") != f.Outs["b"] {
 		t.Fatalf("with --candidates %s, c's references are %v, want only it", f.Outs["b"], g)
 	}
-	if _, err := os.Stat(phys); err != nil {
-		t.Fatal(err)
+
+	// In the registration format --scan replaces the references given,
+	// with a warning naming the path when they differ.
+	r := runRegisterNS(t, root, fmt.Sprintf("%s\n\n1\n%s\n", f.Outs["d"], f.Outs["b"]), "--json", "register", "--scan")
+	e := parseEnvelope(t, r)
+	if r.code != 0 || !e.OK {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if g, w := regRefs(t, root)[f.Outs["d"]], nixRefs[f.Outs["d"]]; strings.Join(g, " ") != strings.Join(w, " ") {
+		t.Fatalf("d's references are %v, real Nix registered %v", g, w)
+	}
+	if !strings.Contains(r.stdout, `"level": "warning"`) || !strings.Contains(r.stdout, `"path": "`+f.Outs["d"]+`"`) {
+		t.Fatalf("no warning about d's given references:\n%s", r.stdout)
 	}
 }
