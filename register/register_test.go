@@ -756,3 +756,64 @@ func TestReadOnly(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestCanonicalTop: trees whose top is canonical are read first with
+// their nodes checked: one with a non-canonical file inside or an
+// extended attribute is still canonicalised (attribute removed), one
+// with a FIFO inside is rejected before the batch's other, non-canonical
+// tree is changed at all.
+func TestCanonicalTop(t *testing.T) {
+	b, s := testStore(t, false)
+	canonTop := func(root string) {
+		t.Helper()
+		if err := unix.Chmod(root, 0o555); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.UtimesNano(root, []unix.Timespec{{Sec: 1}, {Sec: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inner, attr, other := newPath(b, "inner"), newPath(b, "attr"), newPath(b, "other")
+	innerRoot := tree(t, b, inner, 0, map[string]string{"f": "x"})
+	attrRoot := tree(t, b, attr, 0, map[string]string{"f": "y"})
+	otherRoot := tree(t, b, other, 0, map[string]string{"f": "z"})
+	if err := storetest.Canonicalise(attrRoot); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lsetxattr(filepath.Join(attrRoot, "f"), "user.x", []byte("1"), 0); err != nil {
+		t.Skipf("no user xattrs: %v", err)
+	}
+	canonTop(innerRoot)
+	in := []Input{{Registration: db.Registration{Path: inner}}, {Registration: db.Registration{Path: attr}}}
+	if _, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser}); err != nil {
+		t.Fatal(err)
+	}
+	if m := metaOf(t, filepath.Join(innerRoot, "f")); m.mode&0o7777 != 0o444 || m.mtime.Sec != 1 {
+		t.Errorf("inner file not canonicalised: %+v", m)
+	}
+	if n, err := unix.Llistxattr(filepath.Join(attrRoot, "f"), make([]byte, 64)); err != nil || n != 0 {
+		t.Errorf("attribute left: %d, %v", n, err)
+	}
+	// A FIFO under a canonical top, with a non-canonical tree in the batch.
+	fifo := newPath(b, "fifo")
+	fifoRoot := tree(t, b, fifo, 0, map[string]string{"f": "w"})
+	if err := unix.Mkfifo(filepath.Join(fifoRoot, "p"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	canonTop(fifoRoot)
+	before := metaTree(t, otherRoot)
+	in = []Input{{Registration: db.Registration{Path: other}}, {Registration: db.Registration{Path: fifo}}}
+	_, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Jobs: 1})
+	var rej *fs.RejectedError
+	if !errors.As(err, &rej) || rej.Kind != fs.RejectType {
+		t.Fatalf("got %v, want a type rejection", err)
+	}
+	for p, m := range before {
+		if got := metaOf(t, p); got != m {
+			t.Errorf("%s changed: %+v -> %+v", p, m, got)
+		}
+	}
+	if v := validAmong(t, s, []string{other, fifo}); len(v) != 0 {
+		t.Errorf("registered: %v", v)
+	}
+}
