@@ -171,6 +171,31 @@ func TestRegisterBadInput(t *testing.T) {
 		})
 	}
 
+	// Several bad paths: the text output names each, --json gives each
+	// path its error; nothing is registered.
+	ghost2 := "/nix/store/" + randName(rng) + "-ghost2"
+	several := recC + ghost + "\n\n0\n" + ghost2 + "\n\n0\n"
+	r := runRegisterNS(t, root, several, "register")
+	if r.code != 2 || !strings.Contains(r.stderr, ghost+"'") || !strings.Contains(r.stderr, ghost2+"'") {
+		t.Fatalf("two paths not on disk: exit %d, want 2 naming both\n%s", r.code, r.stderr)
+	}
+	r = runRegisterNS(t, root, several, "--json", "register")
+	env := parseEnvelope(t, r)
+	if r.code != 2 || env.Result == nil || len(env.Result.Paths) != 3 || env.Result.PathsRegistered != 0 {
+		t.Fatalf("two paths not on disk: exit %d\n%s", r.code, r.stdout)
+	}
+	for i, pj := range env.Result.Paths {
+		switch {
+		case i == 0 && (pj.Path != c || pj.Registered || pj.Error != nil):
+			t.Errorf("paths[0] %+v, want %s not registered and without an error of its own", pj, c)
+		case i > 0 && (pj.Registered || pj.Error == nil || pj.Error.Kind != "missing" || !strings.Contains(pj.Error.Message, pj.Path)):
+			t.Errorf("paths[%d] %+v, want a missing error naming it", i, pj)
+		}
+	}
+	if got := snapshot(); got != dbBefore {
+		t.Fatalf("the database or the store directory changed")
+	}
+
 	// --reregister: a valid path's row is updated exactly as real Nix
 	// updates it (hash, size; deriver and registration time kept), and
 	// its references only grow, as in Nix: first with a reference added,

@@ -35,6 +35,10 @@ type registerOptions struct {
 // limit bounds far below this anyway.
 const maxRegisterInput = 1 << 22
 
+// maxFailureLines bounds the further failing paths printed as text
+// besides the first (the run's error).
+const maxFailureLines = 20
+
 func newRegisterCommand(g *globalOptions) *cobra.Command {
 	o := &registerOptions{}
 	cmd := &cobra.Command{
@@ -177,6 +181,23 @@ func runRegister(cmd *cobra.Command, g *globalOptions, o *registerOptions, args 
 	if g.json {
 		p.JSON(out)
 		return err
+	}
+	// The first failure is err, printed last; the others of an
+	// all-or-nothing batch are printed before it, so that one run shows
+	// what to fix (at most maxFailureLines; --json has them all).
+	failed := 0
+	for _, pj := range out.Paths {
+		if pj.Error == nil {
+			continue
+		}
+		failed++
+		switch {
+		case failed == 1:
+		case failed <= maxFailureLines+1:
+			p.Errorf("%s", pj.Error.Message)
+		case failed == maxFailureLines+2:
+			p.Errorf("and %d more paths that cannot be registered (--json lists them all)", out.PathsFailed-maxFailureLines-1)
+		}
 	}
 	for _, pj := range out.Paths {
 		if pj.Registered {
