@@ -73,6 +73,20 @@ type DB struct {
 	// main connection was opened (immutable or not).
 	rawURI     string
 	busyMillis int64
+	// fsync is Options.FsyncMetadata, which Register's raw writer
+	// applies as the pool's connections do (syncMode).
+	fsync bool
+}
+
+// syncMode is SQLite's synchronous setting of d's read-write
+// connections: nix.conf's fsync-metadata.
+func (d *DB) syncMode() string { return syncPragma(d.fsync) }
+
+func syncPragma(fsync bool) string {
+	if fsync {
+		return "normal"
+	}
+	return "off"
 }
 
 // OpenDB opens the database in dbDir after checking db/schema. It refuses
@@ -130,7 +144,7 @@ func Open(ctx context.Context, dbDir string, o Options) (*DB, error) {
 		}
 		return nil, classifyDBError(dbPath, err)
 	}
-	d := &DB{SQL: db, Path: dbPath, Schema: schema, ReadOnly: o.ReadOnly, bigLock: bl, rawURI: rawURI, busyMillis: busyMillis(o)}
+	d := &DB{SQL: db, Path: dbPath, Schema: schema, ReadOnly: o.ReadOnly, bigLock: bl, rawURI: rawURI, busyMillis: busyMillis(o), fsync: o.FsyncMetadata}
 	if err := d.inspectColumns(ctx); err != nil {
 		d.Close()
 		return nil, classifyDBError(dbPath, err)
@@ -344,10 +358,7 @@ func openSQL(ctx context.Context, dbPath string, o Options, roExtra string) (*sq
 	if o.ReadOnly {
 		q = "mode=ro" + roExtra + "&" + q + "&_query_only=1"
 	} else {
-		sync := "normal"
-		if !o.FsyncMetadata {
-			sync = "off"
-		}
+		sync := syncPragma(o.FsyncMetadata)
 		// A 32 MiB page cache: on a 315k-path store (170 MB DB) the
 		// collector's invalidation is as fast as with 64 MiB, and its
 		// peak memory 80 MB lower (239 MB instead of 320 MB). Nix's

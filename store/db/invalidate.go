@@ -274,11 +274,6 @@ func (d *DB) ImmediateTx(ctx context.Context, fn func(*sql.Conn) error) error {
 		return err
 	}
 	defer c.Close()
-	return immediateTxOn(ctx, c, fn)
-}
-
-// immediateTxOn is ImmediateTx on the connection c.
-func immediateTxOn(ctx context.Context, c *sql.Conn, fn func(*sql.Conn) error) error {
 	if _, err := c.ExecContext(ctx, "begin immediate"); err != nil {
 		return err
 	}

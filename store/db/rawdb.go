@@ -40,6 +40,12 @@ func (e *rawError) Code() int     { return e.code }
 // connections were opened with (see openReadOnly), so both read the file
 // the same way.
 func openRaw(uri string, busyMillis int64) (*rawConn, error) {
+	return openRawFlags(uri, busyMillis, sqlite3.SQLITE_OPEN_READONLY|sqlite3.SQLITE_OPEN_URI|sqlite3.SQLITE_OPEN_NOMUTEX)
+}
+
+// openRawFlags is openRaw with sqlite3_open_v2's flags (Register's
+// writer opens read-write).
+func openRawFlags(uri string, busyMillis int64, flags int32) (*rawConn, error) {
 	c := &rawConn{tls: libc.NewTLS()}
 	curi, err := libc.CString(uri)
 	if err != nil {
@@ -54,7 +60,6 @@ func openRaw(uri string, busyMillis int64) (*rawConn, error) {
 	}
 	defer libc.Xfree(c.tls, pdb)
 	*(*uintptr)(cptr(pdb)) = 0
-	flags := int32(sqlite3.SQLITE_OPEN_READONLY | sqlite3.SQLITE_OPEN_URI | sqlite3.SQLITE_OPEN_NOMUTEX)
 	rc := sqlite3.Xsqlite3_open_v2(c.tls, curi, pdb, flags, 0)
 	c.db = *(*uintptr)(cptr(pdb))
 	if rc != sqlite3.SQLITE_OK {

@@ -2,7 +2,6 @@ package db
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"math"
@@ -10,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"storekeeper/nix/nar"
 	"storekeeper/nix/storepath"
@@ -118,20 +119,20 @@ func (e *ReferenceError) Unwrap() error { return ErrNotValidReference }
 // the file system: the caller (register.Register) has checked,
 // canonicalised and hashed the trees and checked a .drv's outputs.
 //
-// The transaction runs on a connection without SQLite's foreign key
-// enforcement (InvalidationConn; on a database with foreign keys other
-// than Refs' and DerivationOutputs' into ValidPaths enforcement stays
-// on): every id the Refs and DerivationOutputs rows name is one Register
-// read in the transaction or inserted, which is what the keys check, at
-// a third of the cost.
+// The transaction runs on a connection of its own straight to SQLite
+// (rawWriter), without SQLite's foreign key enforcement unless the schema
+// has foreign keys other than Refs' and DerivationOutputs' into
+// ValidPaths: every id the Refs and DerivationOutputs rows name is one
+// Register read in the transaction or inserted, which is what those keys
+// check.
 //
 // All or nothing: on any error (bad input, a refusal, SQLite's, ctx
 // cancelled while the transaction runs) the transaction is rolled back
 // and nothing is written; a kill -9 at any instant leaves the database
 // with all of the batch or none of it (SQLite's atomic commit), so a
 // reader never sees a valid path whose references are not valid. The
-// write lock is taken up front (waiting up to the busy timeout, under
-// ctx), so a concurrent nix-daemon cannot make it fail half-way.
+// write lock is taken up front (waiting up to the busy timeout; cancelling ends the wait at once), so a concurrent nix-daemon
+// cannot make it fail half-way.
 func (d *DB) Register(ctx context.Context, regs []Registration, o RegisterOptions) error {
 	if len(regs) == 0 {
 		return nil
@@ -143,12 +144,7 @@ func (d *DB) Register(ctx context.Context, regs []Registration, o RegisterOption
 	if err != nil {
 		return err
 	}
-	now := time.Now().Unix()
-	c, done, err := d.InvalidationConn(ctx)
-	if err == nil {
-		err = immediateTxOn(ctx, c, func(c *sql.Conn) error { return b.write(ctx, c, o, now) })
-		done()
-	}
+	err = d.registerRaw(ctx, b, o)
 	if err == nil {
 		return nil
 	}
@@ -341,15 +337,40 @@ func checkCycles(regs []Registration, adj [][]int32) error {
 	return nil
 }
 
-// write runs the batch in the transaction on c.
-func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, now int64) error {
+// registerRaw runs the batch in one transaction on a rawWriter: all of
+// it is committed, or nothing.
+func (d *DB) registerRaw(ctx context.Context, b *regBatch, o RegisterOptions) error {
+	w, err := d.openRawWriter(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	if err := w.beginImmediate(ctx, d.busyMillis); err != nil {
+		return err
+	}
+	err = b.write(ctx, w, o, time.Now().Unix())
+	if err == nil {
+		err = w.c.exec("commit")
+	}
+	if err != nil {
+		w.rollback() // if interrupted too, closing the connection rolls back
+		if ctx.Err() != nil && ResultCode(err)&0xff == sqlite3.SQLITE_INTERRUPT {
+			return fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		return err
+	}
+	return nil
+}
+
+// write writes the batch in w's transaction.
+func (b *regBatch) write(ctx context.Context, w *rawWriter, o RegisterOptions, now int64) error {
 	regs := b.regs
 	look := make([]string, 0, len(regs)+len(b.external))
 	for i := range regs {
 		look = append(look, regs[i].Path)
 	}
 	look = append(look, b.external...)
-	valid, err := pathIDs(ctx, c, look)
+	valid, err := w.pathIDs(look)
 	if err != nil {
 		return err
 	}
@@ -376,6 +397,9 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 	if err := b.checkExternal(extIDs); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 
 	d := b.d
 	cols, vals := "path, hash, registrationTime, deriver, narSize", "?, ?, ?, ?, ?"
@@ -390,12 +414,19 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 			set += ", " + c.name + " = ?"
 		}
 	}
-	ins, err := c.PrepareContext(ctx, "insert into ValidPaths ("+cols+") values ("+vals+")")
+	ins, err := w.prepare("insert into ValidPaths (" + cols + ") values (" + vals + ")")
 	if err != nil {
 		return err
 	}
-	defer ins.Close()
-	var upd, outs *sql.Stmt
+	defer ins.close()
+	var upd, outs *rawWriteStmt
+	defer func() {
+		for _, s := range []*rawWriteStmt{upd, outs} {
+			if s != nil {
+				s.close()
+			}
+		}
+	}()
 	args := make([]any, 0, 8)
 	var names []string
 	// Rows first, then the references, as Nix.
@@ -422,13 +453,12 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 		}
 		if ids[i] != 0 {
 			if upd == nil {
-				if upd, err = c.PrepareContext(ctx, "update ValidPaths set "+set+" where path = ?"); err != nil {
+				if upd, err = w.prepare("update ValidPaths set " + set + " where path = ?"); err != nil {
 					return err
 				}
-				defer upd.Close()
 			}
 			args = append(append(append(args[:0], size, hash), extra[:n]...), r.Path)
-			if _, err := upd.ExecContext(ctx, args...); err != nil {
+			if err := upd.exec(args...); err != nil {
 				return fmt.Errorf("updating the row of %s: %w", r.Path, err)
 			}
 			continue
@@ -441,19 +471,15 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 			t = now
 		}
 		args = append(append(args[:0], r.Path, hash, t, nullIf(r.Deriver != "", r.Deriver), size), extra[:n]...)
-		res, err := ins.ExecContext(ctx, args...)
-		if err != nil {
+		if err := ins.exec(args...); err != nil {
 			return fmt.Errorf("inserting the row of %s: %w", r.Path, err)
 		}
-		if ids[i], err = res.LastInsertId(); err != nil {
-			return err
-		}
+		ids[i] = w.lastInsertID()
 		if len(r.Outputs) > 0 {
 			if outs == nil {
-				if outs, err = c.PrepareContext(ctx, "insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)"); err != nil {
+				if outs, err = w.prepare("insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)"); err != nil {
 					return err
 				}
-				defer outs.Close()
 			}
 			names = names[:0]
 			for name := range r.Outputs {
@@ -461,17 +487,17 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 			}
 			sort.Strings(names)
 			for _, name := range names {
-				if _, err := outs.ExecContext(ctx, ids[i], name, r.Outputs[name]); err != nil {
+				if err := outs.exec(ids[i], name, r.Outputs[name]); err != nil {
 					return fmt.Errorf("registering output %s of %s: %w", name, r.Path, err)
 				}
 			}
 		}
 	}
-	ref, err := c.PrepareContext(ctx, "insert or replace into Refs (referrer, reference) values (?, ?)")
+	ref, err := w.prepare("insert or replace into Refs (referrer, reference) values (?, ?)")
 	if err != nil {
 		return err
 	}
-	defer ref.Close()
+	defer ref.close()
 	for _, i := range b.order {
 		for _, k := range b.refs[i] {
 			var refID int64
@@ -480,7 +506,7 @@ func (b *regBatch) write(ctx context.Context, c *sql.Conn, o RegisterOptions, no
 			} else {
 				refID = extIDs[-k-1]
 			}
-			if _, err := ref.ExecContext(ctx, ids[i], refID); err != nil {
+			if err := ref.exec(ids[i], refID); err != nil {
 				return fmt.Errorf("registering a reference of %s: %w", regs[i].Path, err)
 			}
 		}
@@ -526,6 +552,11 @@ func joinSigs(sigs []string) string {
 	return strings.Join(dedupSorted(s), " ")
 }
 
+// pathIDsQuery is the query of n paths' ids.
+func pathIDsQuery(n int) string {
+	return "select id, path from ValidPaths where path in (" + placeholders(n) + ")"
+}
+
 // pathIDs returns the ValidPaths ids of those of paths (full store paths)
 // that are valid as q sees them, with one query per invalidateChunk
 // paths.
@@ -537,7 +568,7 @@ func pathIDs(ctx context.Context, q Querier, paths []string) (map[string]int64, 
 		for j, p := range part {
 			args[j] = p
 		}
-		rows, err := q.QueryContext(ctx, "select id, path from ValidPaths where path in ("+placeholders(len(part))+")", args...)
+		rows, err := q.QueryContext(ctx, pathIDsQuery(len(part)), args...)
 		if err != nil {
 			return nil, err
 		}

@@ -433,6 +433,74 @@ func TestRegisterAtomic(t *testing.T) {
 	sameDump(t, "after a cancelled register", before, dumpDB(t, d.SQL, true, true))
 }
 
+// TestRegisterLockedOrCancelled: while another connection holds the
+// write lock, Register waits; a cancelled context ends the wait at once,
+// the busy timeout ends it with ErrDBLocked; a context cancelled while a
+// big batch is being written rolls it back. Each time nothing is written;
+// once the lock is free the batch goes in.
+func TestRegisterLockedOrCancelled(t *testing.T) {
+	d, b := fixtureDB(t, 5, false)
+	regs := killBatch(1, 20000, b.Valid[0])
+	holder, err := sql.Open("sqlite", "file:"+d.Path+"?_busy_timeout=1000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	hc, err := holder.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hc.ExecContext(context.Background(), "begin immediate"); err != nil {
+		t.Fatal(err)
+	}
+	before := dumpDB(t, d.SQL, true, true)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	start := time.Now()
+	err = d.Register(ctx, regs[:10], db.RegisterOptions{})
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("cancelled while waiting for the lock: %v after %v", err, time.Since(start))
+	}
+	short, err := db.Open(context.Background(), filepath.Dir(d.Path), db.Options{BusyTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	if err := short.Register(context.Background(), regs[:10], db.RegisterOptions{}); !errors.Is(err, db.ErrDBLocked) {
+		t.Fatalf("busy timeout: %v", err)
+	}
+	hc.ExecContext(context.Background(), "rollback")
+	hc.Close()
+	sameDump(t, "after waiting for the lock", before, dumpDB(t, d.SQL, true, true))
+
+	cancelled := 0
+	for _, delay := range []time.Duration{0, time.Millisecond, 5 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond} {
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(delay, cancel)
+		err := d.Register(ctx, regs, db.RegisterOptions{})
+		cancel()
+		if err == nil {
+			break // the batch went in before the cancellation
+		}
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled after %v: %v", delay, err)
+		}
+		cancelled++
+		t.Logf("cancelled after %v: %v", delay, err)
+		sameDump(t, fmt.Sprintf("cancelled after %v", delay), before, dumpDB(t, d.SQL, true, true))
+	}
+	if cancelled == 0 {
+		t.Error("no Register was cancelled")
+	}
+	if err := d.Register(context.Background(), regs, db.RegisterOptions{Reregister: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, d.SQL, "select count(*) from ValidPaths where path like ?", "%-kill1-%"); n != len(regs) {
+		t.Errorf("%d of %d paths registered", n, len(regs))
+	}
+}
+
 // TestRegisterCADerivationsSchema: a database with Nix's ca-derivations
 // tables (Realisations, RealisationsRefs, with their foreign keys into
 // ValidPaths) takes a batch; those tables are left alone.
