@@ -27,6 +27,11 @@ func TestCopyBadInput(t *testing.T) {
 	mustMkdir(t, filepath.Join(ns.Root, "nix/future/nix/store"))
 	writeFileMode(t, filepath.Join(ns.Root, "nix/future/nix/var/nix/db/schema"), []byte("99"), 0o644)
 	writeFileMode(t, filepath.Join(ns.Root, "nix/a-file"), []byte("x"), 0o644)
+	// An empty directory of another user, to create a store in.
+	mustMkdir(t, filepath.Join(ns.Root, "nix/users-dir"))
+	if err := os.Chown(filepath.Join(ns.Root, "nix/users-dir"), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
 
 	cases := []struct {
 		name, kind string
@@ -45,6 +50,7 @@ func TestCopyBadInput(t *testing.T) {
 		{"--to a file", "no-store", []string{"--to", "/nix/a-file", good}, []string{"/nix/a-file", "not a directory"}, ""},
 		{"--to a database of another schema", "db-schema", []string{"--to", "/nix/future", good}, []string{"version 99"}, "nix/future"},
 		{"--to a store of another user", "permission", []string{"--to", "/nix/foreign", good}, []string{"belongs to uid 65534", "as its owner"}, "nix/foreign"},
+		{"--to a new store in another user's directory", "permission", []string{"--to", "/nix/users-dir", good}, []string{"/nix/users-dir", "belongs to uid 65534"}, "nix/users-dir"},
 		{"--method reflink on ext4", "method-unsupported", []string{"--method", "reflink", "--to", "/nix/t1", good}, []string{"--method reflink", "cannot clone", "--method auto"}, ""},
 	}
 	for _, c := range cases {

@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -241,5 +242,92 @@ df -T "$T" | tail -1
 	}
 	if res.PathsCopied != len(want) {
 		t.Fatalf("%+v", res)
+	}
+}
+
+// TestCopyInteropReflink: on a file system that clones (XFS with
+// reflink, made on a loop device in the test's private namespace; the
+// test skips where mkfs.xfs is not installed), a store copied there with
+// --method copy is copied on with --method reflink and with auto
+// (--from it): both clone every file (method reflink, new inodes), and
+// real Nix verifies the targets and sees the source's closure. A dry run
+// before says what would be copied and creates nothing.
+func TestCopyInteropReflink(t *testing.T) {
+	requireNix(t)
+	if _, err := exec.LookPath("mkfs.xfs"); err != nil {
+		t.Skip("mkfs.xfs is not installed (apt-get install xfsprogs): no file system that clones to test reflinks on")
+	}
+	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 4545, Files: 4, Salt: "copy-reflink"})
+	paths := []string{ns.Outputs[19]["out"], ns.Outputs[15]["out"]}
+	want := copyNixClosure(t, ns.Root, "", paths)
+	img := filepath.Join(t.TempDir(), "xfs.img")
+	if out, err := exec.Command("truncate", "-s", "400M", img).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=1", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.xfs: %v %s", err, out)
+	}
+	mustMkdir(t, filepath.Join(ns.Root, "nix/xfs"))
+	script := `mount -o loop "$IMG" /nix/xfs || exit 96
+mkdir /nix/xfs/src /nix/xfs/dry /nix/xfs/r /nix/xfs/a
+"$SK" --json copy --dry-run --to /nix/xfs/dry "$@" > /nix/xfs/dry.json || echo "dry-run failed"
+ls -A /nix/xfs/dry | sed 's/^/dry-entry /'
+"$SK" --quiet copy --method copy --to /nix/xfs/src "$@" || echo "copy to xfs failed"
+"$SK" --json copy --method reflink --from /nix/xfs/src --to /nix/xfs/r "$@" > /nix/xfs/r.json || echo "reflink failed $?"
+"$SK" --json copy --from /nix/xfs/src --to /nix/xfs/a "$@" > /nix/xfs/a.json || echo "auto failed $?"
+for t in r a; do
+  nix-store --store /nix/xfs/$t --verify --check-contents 2>&1 | grep -E "error|modified" && echo "verify $t failed"
+  echo "closure $t: $(nix-store --store /nix/xfs/$t -qR "$@" | sort | tr '\n' ' ')"
+  for p in $(nix-store --store /nix/xfs/$t -qR "$@"); do
+    f=$(find /nix/xfs/$t$p -type f | head -1)
+    [ -n "$f" ] && [ "$(stat -c %i "$f")" = "$(stat -c %i "/nix/xfs/src${f#/nix/xfs/$t}")" ] && echo "same inode $f"
+  done
+done
+cat /nix/xfs/dry.json /nix/xfs/r.json /nix/xfs/a.json > "$OUT"
+umount /nix/xfs
+`
+	out := filepath.Join(t.TempDir(), "out.json")
+	cmd := nsScript(ns.Root, script, paths...)
+	cmd.Env = append(cmd.Env, "IMG="+img, "SK="+binary, "OUT="+out)
+	r := runCmd(t, cmd, nil)
+	if r.code == 96 {
+		t.Skipf("cannot mount an XFS image here: %s", r.stderr)
+	}
+	if r.code != 0 || strings.Contains(r.stdout, "failed") || strings.Contains(r.stdout, "same inode") || strings.Contains(r.stdout, "dry-entry") {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, tail(r.stderr, 3000))
+	}
+	for _, tg := range []string{"r", "a"} {
+		if !strings.Contains(r.stdout, "closure "+tg+": "+strings.Join(want, " ")+" ") {
+			t.Errorf("the closure in %s is not the source's:\n%s", tg, r.stdout)
+		}
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	for i, what := range []string{"dry run", "reflink", "auto"} {
+		var env struct {
+			OK     bool       `json:"ok"`
+			Result copyResult `json:"result"`
+		}
+		if err := dec.Decode(&env); err != nil {
+			t.Fatalf("%s: %v\n%s", what, err, data)
+		}
+		res := env.Result
+		if i == 0 {
+			if !env.OK || !res.DryRun || res.PathsToCopy != len(want) || res.PathsCopied != 0 || res.BytesCopied == 0 || res.StoreCreated {
+				t.Errorf("dry run: %+v", res)
+			}
+			continue
+		}
+		if !env.OK || res.PathsCopied != len(want) {
+			t.Fatalf("%s: %+v", what, res)
+		}
+		for _, p := range res.Paths {
+			if copyFirstFile(ns.Root, p.Path) != "" && p.Method != "reflink" {
+				t.Errorf("%s: %s was copied by %q, want reflink", what, p.Path, p.Method)
+			}
+		}
 	}
 }

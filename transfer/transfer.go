@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
@@ -266,17 +267,35 @@ func Copy(ctx context.Context, from, to *store.Store, paths []string, o Options)
 
 // CheckTarget checks, before anything is opened or created there, that
 // a store at to can take paths of from: the same logical store directory
-// (ErrStoreDirMismatch), and a store directory, if it exists, of this
-// process's user (ErrNotOwner: nothing is created in a directory another
-// user controls).
+// (ErrStoreDirMismatch), and a store directory of this process's user,
+// or, when it does not exist yet, a directory to create it in of this
+// process's user or root (ErrNotOwner: nothing is created in a directory
+// another user controls).
 func CheckTarget(from, to store.Layout) error {
 	if from.StoreDir != to.StoreDir {
 		return fmt.Errorf("%w: the source's is %s, the target's %s (give the target's with --to 'local?root=DIR&store=%s')",
 			ErrStoreDirMismatch, from.StoreDir, to.StoreDir, from.StoreDir)
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(to.RealStoreDir, &st); err == nil && int(st.Uid) != os.Geteuid() {
+	err := unix.Stat(to.RealStoreDir, &st)
+	if err == nil && int(st.Uid) != os.Geteuid() {
 		return notOwnerError(to.RealStoreDir, st.Uid)
+	}
+	if err != nil {
+		// A new store: the directory it is created in must be ours (or
+		// root's), not another user's.
+		for d := filepath.Dir(to.RealStoreDir); ; d = filepath.Dir(d) {
+			if unix.Stat(d, &st) == nil {
+				if int(st.Uid) != os.Geteuid() && st.Uid != 0 {
+					return fmt.Errorf("%w: the new store would be created in %s, which belongs to uid %d, and storekeeper runs as uid %d: create the store as that user, or give the directory to uid %d (nothing was copied)",
+						ErrNotOwner, d, st.Uid, os.Geteuid(), os.Geteuid())
+				}
+				break
+			}
+			if d == "/" || d == "." {
+				break
+			}
+		}
 	}
 	return nil
 }

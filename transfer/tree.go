@@ -335,7 +335,7 @@ func futimens(fd int) error {
 // systems cannot clone (rather than a failure of this file).
 func cloneUnsupported(err error) bool {
 	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EXDEV) ||
-		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EBADF)
+		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS)
 }
 
 // reflinkError explains a FICLONE failure.
@@ -413,9 +413,10 @@ func probeReflink(dir int) error {
 	a, b := ".reflink-probe-a", ".reflink-probe-b"
 	defer unix.Unlinkat(dir, a, 0)
 	defer unix.Unlinkat(dir, b, 0)
-	fa, err := createFile(dir, a, a)
+	// The source of a clone must be open for reading.
+	fa, err := unix.Openat(dir, a, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return err
+		return fmt.Errorf("creating %s: %w", a, err)
 	}
 	defer unix.Close(fa)
 	if _, err := unix.Write(fa, []byte("storekeeper reflink probe\n")); err != nil {
