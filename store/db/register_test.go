@@ -302,6 +302,15 @@ func TestRegisterRefusals(t *testing.T) {
 			sameDump(t, "after a refusal", before, dumpDB(t, d.SQL, true, true))
 		})
 	}
+	// A database open read-only is refused before anything is read.
+	ro, err := db.Open(ctx, filepath.Dir(d.Path), db.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.Register(ctx, []db.Registration{ok}, db.RegisterOptions{}); !errors.Is(err, db.ErrDBAccess) {
+		t.Errorf("read-only: %v", err)
+	}
 	// The same batch without the refusals' paths goes through.
 	if err := d.Register(ctx, []db.Registration{ok}, db.RegisterOptions{}); err != nil {
 		t.Fatal(err)
