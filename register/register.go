@@ -306,17 +306,9 @@ func (r *run) chunk(ctx context.Context, l *Locks, items []*item, set *refscan.S
 	// before), so they need neither the check pass (the NAR walk refuses
 	// what it cannot hold) nor canonicalising. Every tree that will be
 	// changed is checked before any is.
-	var fast, slow []*item
-	uid, _, err := fs.StoreOwner(r.storeFd)
+	fast, slow, err := r.split(items)
 	if err != nil {
 		return r.stopped(err)
-	}
-	for _, it := range items {
-		if r.o.BuildUID < 0 && canonicalNode(&it.top, uid) {
-			fast = append(fast, it)
-		} else {
-			slow = append(slow, it)
-		}
 	}
 	var recheck []*item
 	steps := []func() error{
@@ -345,6 +337,23 @@ func (r *run) chunk(ctx context.Context, l *Locks, items []*item, set *refscan.S
 		}
 	}
 	return r.register(ctx, items)
+}
+
+// split divides items into those read first without the check pass
+// (no build user, and the top canonical) and the others.
+func (r *run) split(items []*item) (fast, slow []*item, err error) {
+	uid, _, err := fs.StoreOwner(r.storeFd)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, it := range items {
+		if r.o.BuildUID < 0 && canonicalNode(&it.top, uid) {
+			fast = append(fast, it)
+		} else {
+			slow = append(slow, it)
+		}
+	}
+	return fast, slow, nil
 }
 
 // chunks splits the batch's paths that passed validation into the
@@ -428,9 +437,13 @@ func (r *run) dependencyOrder(items []*item) ([]*item, error) {
 }
 
 // chunked registers a batch too large for its locks to be held at once:
-// temporary roots for the whole batch first, the check pass of EVERY
-// tree (before any is changed, so a rejected tree changes nothing), then
-// each chunk under its own PathLocks and in its own transaction. In
+// temporary roots for the whole batch first, the check pass of every
+// tree to be changed (before any is changed, so a rejected tree changes
+// nothing; without a build user, trees with a canonical top are read
+// in their chunk instead, and one found holding a FIFO there stops the
+// batch after the earlier chunks' trees were canonicalised, as `nix-store
+// --register-validity` would have), then each chunk under its own
+// PathLocks and in its own transaction. In
 // all-or-nothing mode a failure in a later chunk undoes the earlier
 // ones: the paths they made valid are invalidated again (in one
 // transaction; the trees stay, canonical), unless a path registered
@@ -447,7 +460,11 @@ func (r *run) chunked(ctx context.Context, chunks [][]*item, set *refscan.Set, w
 	if err := roots.AddAll(ctx, all); err != nil {
 		return r.stopped(fmt.Errorf("adding %d temporary roots: %w", len(all), err))
 	}
-	if err := r.checkTrees(ctx, r.alive(r.items)); err != nil {
+	_, slow, err := r.split(r.alive(r.items))
+	if err != nil {
+		return r.stopped(err)
+	}
+	if err := r.checkTrees(ctx, slow); err != nil {
 		return r.stopped(err)
 	}
 	if err := r.settle(); err != nil {
