@@ -84,3 +84,80 @@ func TestCopyBadInput(t *testing.T) {
 		t.Fatal("the source's database changed")
 	}
 }
+
+// TestCopyDamagedSource: a source path whose contents no longer match
+// its database hash makes copy exit 1: it is named with error kind
+// "mismatch", the paths that refer to it with "reference-failed", none
+// of them is valid in the target (real Nix verifies it), and every other
+// path of the closure is copied.
+func TestCopyDamagedSource(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 30, Seed: 4646, Files: 3, Salt: "copy-damaged"})
+	top := ns.Outputs[29]["out"]
+	closure := copyNixClosure(t, ns.Root, "", []string{top})
+	// A path of the closure with a file, referred to by another.
+	var victim string
+	for _, p := range closure {
+		if p == top || copyFirstFile(ns.Root, p) == "" {
+			continue
+		}
+		if refs := strings.Fields(runNS(t, ns.Root, nil, "nix-store", "-q", "--referrers", p)); len(refs) > 0 {
+			victim = p
+			break
+		}
+	}
+	if victim == "" {
+		t.Fatal("no referenced path with a file in the closure")
+	}
+	f := filepath.Join(ns.Root, victim, copyFirstFile(ns.Root, victim))
+	os.Chmod(f, 0o644)
+	if err := os.WriteFile(f, []byte("damaged\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]bool{}
+	for _, p := range strings.Fields(runNS(t, ns.Root, nil, "nix-store", "-q", "--referrers-closure", victim)) {
+		bad[p] = true
+	}
+	mustMkdir(t, filepath.Join(ns.Root, "nix/dst"))
+	r := runInNS(t, ns.Root, "--json", "copy", "--to", "/nix/dst", top)
+	if r.code != 1 {
+		t.Fatalf("exit %d, want 1\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	env, res := parseCopyJSON(t, r.stdout)
+	if env.OK || env.Error == nil || env.Error.Kind != "findings" {
+		t.Errorf("envelope error %+v", env.Error)
+	}
+	copied := 0
+	for _, p := range res.Paths {
+		switch {
+		case p.Path == victim:
+			if p.Copied || p.Error == nil || p.Error.Kind != "mismatch" || !strings.Contains(p.Error.Message, victim) {
+				t.Errorf("the damaged path: %+v %+v", p, p.Error)
+			}
+		case bad[p.Path]:
+			if p.Copied || p.Error == nil || p.Error.Kind != "reference-failed" {
+				t.Errorf("a referrer of the damaged path: %+v %+v", p, p.Error)
+			}
+		default:
+			if !p.Copied {
+				t.Errorf("%s was not copied: %+v", p.Path, p.Error)
+			}
+			copied++
+		}
+	}
+	if copied == 0 || res.PathsFailed != len(closure)-copied || res.PathsFailed < 2 {
+		t.Fatalf("%d copied, %d failed of %d", copied, res.PathsFailed, len(closure))
+	}
+	copyNixVerify(t, ns.Root, "/nix/dst")
+	recs := copyDumpRecords(t, runNS(t, ns.Root, nil, "nix-store", "--store", "/nix/dst", "--dump-db"))
+	if len(recs) != copied || recs[victim] != "" {
+		t.Fatalf("%d valid paths in the target, want %d", len(recs), copied)
+	}
+	if _, err := os.Lstat(filepath.Join(ns.Root, "nix/dst", victim)); !os.IsNotExist(err) {
+		t.Errorf("the damaged path's copy is left in the target's store directory: %v", err)
+	}
+	// Text: the failures are named on stdout.
+	r = runInNS(t, ns.Root, "copy", "--to", "/nix/dst", top)
+	if r.code != 1 || !strings.Contains(r.stdout, "could not copy '"+victim+"'") || !strings.Contains(r.stderr, "could not be copied") {
+		t.Errorf("text: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
