@@ -61,6 +61,17 @@ func (d *DB) openRawWriter(ctx context.Context) (*rawWriter, error) {
 		c.close()
 		return nil, err
 	}
+	// A database not in WAL mode: a rollback journal truncated after each
+	// transaction, as Nix's connections keep it (use-sqlite-wal false).
+	if mode, err := w.queryText("pragma journal_mode"); err != nil || (mode != "wal" && mode != "truncate") {
+		if err == nil {
+			err = c.exec("pragma journal_mode = truncate")
+		}
+		if err != nil {
+			c.close()
+			return nil, err
+		}
+	}
 	w.stop = context.AfterFunc(ctx, func() {
 		w.mu.Lock()
 		defer w.mu.Unlock()
@@ -94,6 +105,20 @@ func (w *rawWriter) queryInt(sql string) (int64, error) {
 		return 0, err
 	}
 	return s.int64(0), nil
+}
+
+// queryText runs a query whose first column of its first row is text.
+func (w *rawWriter) queryText(sql string) (string, error) {
+	s, err := w.c.prepare(sql)
+	if err != nil {
+		return "", err
+	}
+	defer s.close()
+	ok, err := s.next()
+	if err != nil || !ok {
+		return "", err
+	}
+	return string(s.text(0)), nil
 }
 
 // beginImmediate begins a write transaction, waiting for SQLite's write

@@ -35,12 +35,16 @@ func regPath(dir, name string) string {
 
 func regHash(s string) nar.Hash { return sha256.Sum256([]byte(s)) }
 
+// nixDefaults are the options a store is opened with under Nix's default
+// settings (use-sqlite-wal, fsync-metadata).
+var nixDefaults = db.Options{UseWAL: true, FsyncMetadata: true}
+
 // emptyDB is a writable database of storetest's schema (Nix's, or
-// Guix's) with no rows, opened with db.Open.
+// Guix's) with no rows, opened with db.Open and Nix's defaults.
 func emptyDB(t testing.TB, guix bool) *db.DB {
 	t.Helper()
 	b := storetest.MustBuild(t, storetest.Spec{Paths: 1, Seed: 1, DBOnly: true, Guix: guix})
-	d, err := db.Open(context.Background(), b.Layout.DBDir(), db.Options{})
+	d, err := db.Open(context.Background(), b.Layout.DBDir(), nixDefaults)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,11 +58,18 @@ func emptyDB(t testing.TB, guix bool) *db.DB {
 }
 
 // fixtureDB is a writable storetest database with n derivations' paths
-// valid: references outside a batch point at them.
+// valid (references outside a batch point at them), opened with Nix's
+// defaults (WAL).
 func fixtureDB(t testing.TB, n int, guix bool) (*db.DB, *storetest.Built) {
 	t.Helper()
+	return fixtureDBWith(t, n, guix, nixDefaults)
+}
+
+// fixtureDBWith is fixtureDB opened with o.
+func fixtureDBWith(t testing.TB, n int, guix bool, o db.Options) (*db.DB, *storetest.Built) {
+	t.Helper()
 	b := storetest.MustBuild(t, storetest.Spec{Paths: n, Seed: 3, MaxDeps: 3, DBOnly: true, Guix: guix, Multi: 0.3})
-	d, err := db.Open(context.Background(), b.Layout.DBDir(), db.Options{})
+	d, err := db.Open(context.Background(), b.Layout.DBDir(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,9 +423,31 @@ func TestRegisterGuix(t *testing.T) {
 
 // TestRegisterAtomic: an error in the middle of the batch's writes (a
 // trigger refusing one of its paths, after others were inserted) leaves
-// the database as it was; so does a cancelled context.
+// the database as it was; so does a cancelled context; a batch without
+// the refused path then goes in. In WAL mode (Nix's default) and with a
+// rollback journal (use-sqlite-wal false: Nix's truncate mode, which
+// Register's connection keeps).
 func TestRegisterAtomic(t *testing.T) {
-	d, b := fixtureDB(t, 10, false)
+	for _, mode := range []struct {
+		name string
+		o    db.Options
+		want string
+	}{{"wal", nixDefaults, "wal"}, {"rollback journal", db.Options{}, "truncate"}} {
+		t.Run(mode.name, func(t *testing.T) {
+			d, b := fixtureDBWith(t, 10, false, mode.o)
+			var got string
+			if err := d.SQL.QueryRow("pragma journal_mode").Scan(&got); err != nil || got != mode.want {
+				t.Fatalf("journal mode %q %v, want %s", got, err, mode.want)
+			}
+			testRegisterAtomic(t, d, b)
+			if err := d.SQL.QueryRow("pragma journal_mode").Scan(&got); err != nil || got != mode.want {
+				t.Fatalf("journal mode after: %q %v, want %s", got, err, mode.want)
+			}
+		})
+	}
+}
+
+func testRegisterAtomic(t *testing.T, d *db.DB, b *storetest.Built) {
 	ctx := context.Background()
 	var regs []db.Registration
 	prev := b.Valid[0]
@@ -440,6 +473,20 @@ func TestRegisterAtomic(t *testing.T) {
 		t.Fatalf("cancelled: %v", err)
 	}
 	sameDump(t, "after a cancelled register", before, dumpDB(t, d.SQL, true, true))
+	if err := d.Register(ctx, regs[:150], db.RegisterOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	paths := make([]string, len(regs))
+	for i, r := range regs {
+		paths[i] = r.Path
+	}
+	valid, err := d.ValidAmong(ctx, paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(valid) != 150 || !valid[regs[149].Path] {
+		t.Errorf("%d paths registered, want the first 150", len(valid))
+	}
 }
 
 // TestRegisterLockedOrCancelled: while another connection holds the
@@ -471,7 +518,9 @@ func TestRegisterLockedOrCancelled(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
 		t.Fatalf("cancelled while waiting for the lock: %v after %v", err, time.Since(start))
 	}
-	short, err := db.Open(context.Background(), filepath.Dir(d.Path), db.Options{BusyTimeout: 300 * time.Millisecond})
+	so := nixDefaults
+	so.BusyTimeout = 300 * time.Millisecond
+	short, err := db.Open(context.Background(), filepath.Dir(d.Path), so)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -806,7 +855,7 @@ in [ a b f ]
 	nix(r3, nil, "nix-store", "--load-db")
 	nix(r4, nil, "nix-store", "--extra-experimental-features", "ca-derivations", "--load-db")
 	open := func(root string) *db.DB {
-		d, err := db.Open(context.Background(), filepath.Join(root, "nix/var/nix/db"), db.Options{})
+		d, err := db.Open(context.Background(), filepath.Join(root, "nix/var/nix/db"), nixDefaults)
 		if err != nil {
 			t.Fatal(err)
 		}
