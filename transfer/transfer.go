@@ -697,6 +697,9 @@ func (r *run) batch(ctx context.Context, rows map[string]*db.PathInfo, res *Resu
 		case err == nil:
 			err = errors.New("register did not register it")
 		}
+		if ctx.Err() != nil && !errors.Is(err, ErrInterrupted) {
+			err = fmt.Errorf("%w: %w", ErrInterrupted, err)
+		}
 		pr.Err = fmt.Errorf("'%s' was not copied: %w", pr.Path, err)
 		failed[pr.Path] = pr.Err
 		// Not valid: its tree leaves the store (under its lock).

@@ -153,6 +153,7 @@ func runCopy(cmd *cobra.Command, g *globalOptions, o *copyOptions, args []string
 	prog := newProgress(p)
 	res, err := transfer.Copy(ctx, from, to, paths, transfer.Options{Method: method, DryRun: o.dryRun, Jobs: o.jobs, Progress: prog})
 	prog.finish()
+	interrupted := 0
 	out := &copyJSON{DryRun: o.dryRun, Target: toLay.String(), StoreCreated: created, PathsRequested: len(paths)}
 	if res != nil {
 		for _, pr := range res.Paths {
@@ -179,7 +180,11 @@ func runCopy(cmd *cobra.Command, g *globalOptions, o *copyOptions, args []string
 					why = transfer.ErrInterrupted
 				}
 				pj.Error = &pathErrorJSON{Kind: copyErrorKind(why), Message: why.Error()}
-				if !g.json {
+				switch {
+				case g.json:
+				case errors.Is(why, transfer.ErrInterrupted):
+					interrupted++ // one line for all of them, below
+				default:
 					p.Textln(fmt.Sprintf("could not copy '%s': %s", report.Name(pr.Path), report.Text(why.Error())))
 				}
 			}
@@ -188,6 +193,9 @@ func runCopy(cmd *cobra.Command, g *globalOptions, o *copyOptions, args []string
 		out.PathsClosure = len(res.Paths)
 	}
 	out.ElapsedSeconds = time.Since(start).Seconds()
+	if interrupted > 0 {
+		p.Infof("%d paths were not copied (interrupted; they are not valid in the target, and the next run copies them)", interrupted)
+	}
 	if g.json {
 		p.JSON(out)
 	} else if res != nil && (p.progress || g.verbose) {
