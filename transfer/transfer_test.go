@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -402,4 +403,74 @@ func TestCopyDamagedSource(t *testing.T) {
 	}
 	sort.Strings(good)
 	checkTarget(t, from, to, good)
+}
+
+// cancelAfter is a Progress that cancels once n bytes were added.
+type cancelAfter struct {
+	report.Log
+	n      atomic.Int64
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) Add(n int64) {
+	if c.n.Add(-n) <= 0 {
+		c.cancel()
+	}
+}
+
+// TestCopyCancelled: a Copy cancelled while trees are being copied
+// returns an error wrapping context.Canceled, every path not copied says
+// ErrInterrupted, what is valid in the target is whole, nothing else is
+// left in its store directory (no staged or unregistered tree, no trash),
+// and a second run copies the rest.
+func TestCopyCancelled(t *testing.T) {
+	f := newFixture(t, storetest.Spec{Paths: 60, Seed: 21, MaxDeps: 4, Files: 4, FileSize: 4000})
+	root := []string{f.b.Outputs[59]["out"], f.b.Outputs[45]["out"]}
+	want := closureOf(f.b, root...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr := &cancelAfter{cancel: cancel}
+	pr.n.Store(20000)
+	res, err := Copy(ctx, f.from, f.to, root, Options{Progress: pr, Jobs: 1, Method: MethodCopy})
+	if !errors.Is(err, context.Canceled) || res == nil {
+		t.Fatalf("cancelled: %v", err)
+	}
+	valid := map[string]bool{}
+	for _, p := range validIn(t, f.to) {
+		valid[p] = true
+	}
+	notCopied := 0
+	for _, p := range res.Paths {
+		if p.Copied != valid[p.Path] {
+			t.Fatalf("%s: copied %v, valid %v", p.Path, p.Copied, valid[p.Path])
+		}
+		if !p.Copied {
+			notCopied++
+			if !errors.Is(p.Err, ErrInterrupted) {
+				t.Errorf("%s: %v", p.Path, p.Err)
+			}
+		}
+	}
+	if notCopied == 0 {
+		t.Fatal("the cancellation came too late")
+	}
+	var got []string
+	for p := range valid {
+		got = append(got, p)
+	}
+	sort.Strings(got)
+	checkTarget(t, f.from, f.to, got)
+	ents, err := os.ReadDir(f.to.Layout.RealStoreDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if n := e.Name(); n != ".links" && !strings.HasSuffix(n, ".lock") && !valid[f.to.Layout.StorePathOf(n)] {
+			t.Errorf("%s is left in the target's store directory", n)
+		}
+	}
+	if _, err := Copy(context.Background(), f.from, f.to, root, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	checkTarget(t, f.from, f.to, want)
 }
