@@ -134,9 +134,9 @@ type item struct {
 	// wasValid: valid when the batch was validated (Reregister).
 	wasValid bool
 	top      unix.Stat_t // the lstat of the path when validated
-	// hashed: hash and size are the tree's; needCanon: it was found not
-	// canonical while read (it is then checked and canonicalised).
-	hashed, needCanon bool
+	// needCanon: it was found not canonical while read (it is then
+	// checked and canonicalised).
+	needCanon bool
 }
 
 // run is one Register call's state.
@@ -223,14 +223,21 @@ type run struct {
 // other registers off the paths; a garbage collector leaves them alone
 // (temporary roots). A process still writing into a tree after it was
 // handed to Register can make the canonicalisation fail
-// (fs.ErrTreeChanged) or the hash mismatch, never register a tree other
-// than the one hashed.
+// (fs.ErrTreeChanged) or the hash mismatch; the hash registered is the
+// one of the tree read, which no one but root can write into once it is
+// canonical (unless it still holds a descriptor opened for writing
+// before, as in Nix).
+//
+// The Result is never nil; its Paths are in input order.
 func Register(ctx context.Context, s *store.Store, inputs []Input, o Options) (*Result, error) {
-	if s.ReadOnly {
-		return nil, fmt.Errorf("register: %w; nothing was registered", ErrReadOnly)
-	}
 	r := &run{s: s, o: o, pr: o.Progress, printer: o.Printer, sd: s.Layout.StoreDir,
 		res: &Result{Paths: make([]PathResult, len(inputs))}, byPath: make(map[string]*item, len(inputs))}
+	for i := range inputs {
+		r.res.Paths[i].Path = inputs[i].Path
+	}
+	if s.ReadOnly {
+		return r.res, fmt.Errorf("register: %w; nothing was registered", ErrReadOnly)
+	}
 	if r.pr == nil {
 		r.pr = report.Discard
 	}
@@ -239,9 +246,6 @@ func Register(ctx context.Context, s *store.Store, inputs []Input, o Options) (*
 	}
 	if r.o.Jobs <= 0 {
 		r.o.Jobs = runtime.GOMAXPROCS(0)
-	}
-	for i := range inputs {
-		r.res.Paths[i].Path = inputs[i].Path
 	}
 	if len(inputs) == 0 {
 		return r.res, nil
@@ -974,7 +978,6 @@ func (r *run) hashAll(ctx context.Context, items []*item, set *refscan.Set, cano
 			return nil
 		}
 		h.Sum(it.hash[:0])
-		it.hashed = true
 		it.size = uint64(n)
 		pr := &r.res.Paths[it.idx]
 		pr.NarHash, pr.NarSize = it.hash, it.size
