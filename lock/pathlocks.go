@@ -22,6 +22,9 @@ import (
 type PathLocks struct {
 	mu   sync.Mutex
 	held []heldLock
+	// shared is LockPathsAt's one duplicate of the caller's directory,
+	// which every held lock uses; Unlock closes it last.
+	shared *lockDir
 }
 
 type heldLock struct {
@@ -104,18 +107,30 @@ func LockPathsAt(ctx context.Context, dir *os.File, dirPath string, names []stri
 	for i, n := range names {
 		paths[i] = filepath.Join(dirPath, n)
 	}
-	return lockSorted(ctx, paths, wait, waitMsg, func(p string) (*lockDir, string, error) {
-		d, err := lockDirOf(dir, dirPath)
-		return d, filepath.Base(p), err
-	})
+	// One duplicate of the directory for all the names (not one each: a
+	// batch of tens of thousands of paths saves three system calls per
+	// lock).
+	d, err := lockDirOf(dir, dirPath)
+	if err != nil {
+		return nil, err
+	}
+	return lockSortedIn(ctx, paths, wait, waitMsg, func(p string) (*lockDir, string, error) {
+		return d, filepath.Base(p), nil
+	}, d)
 }
 
 // lockSorted locks the sorted, deduplicated paths in turn; dirOf opens
 // the directory of each and gives its name there.
 func lockSorted(ctx context.Context, paths []string, wait bool, waitMsg func(string), dirOf func(p string) (*lockDir, string, error)) (*PathLocks, error) {
+	return lockSortedIn(ctx, paths, wait, waitMsg, dirOf, nil)
+}
+
+// lockSortedIn is lockSorted where dirOf returns shared for every path
+// (when shared is not nil): the PathLocks owns it and closes it last.
+func lockSortedIn(ctx context.Context, paths []string, wait bool, waitMsg func(string), dirOf func(p string) (*lockDir, string, error), shared *lockDir) (*PathLocks, error) {
 	sorted := append([]string(nil), paths...)
 	sort.Strings(sorted)
-	pl := &PathLocks{}
+	pl := &PathLocks{shared: shared}
 	for i, p := range sorted {
 		if i > 0 && p == sorted[i-1] {
 			continue
@@ -131,13 +146,15 @@ func lockSorted(ctx context.Context, paths []string, wait bool, waitMsg func(str
 		}
 		h, err := lockAt(ctx, d, name+".lock", p, wait, waitMsg)
 		if err != nil {
-			d.close()
+			if d != shared {
+				d.close()
+			}
 			pl.Unlock(false)
 			return nil, err
 		}
 		if d.ours() {
 			h.dir = d
-		} else {
+		} else if d != shared {
 			d.close()
 		}
 		pl.held = append(pl.held, h)
@@ -243,11 +260,15 @@ func (p *PathLocks) Unlock(deleteLockFiles bool) error {
 				first = fmt.Errorf("marking %s stale: %w", h.lockPath, err)
 			}
 		}
-		h.dir.close()
+		if h.dir != p.shared {
+			h.dir.close()
+		}
 		if err := h.f.Close(); err != nil && first == nil {
 			first = err
 		}
 	}
 	p.held = nil
+	p.shared.close()
+	p.shared = nil
 	return first
 }

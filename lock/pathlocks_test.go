@@ -239,3 +239,47 @@ func TestLockPathsChildKilled(t *testing.T) {
 		t.Fatal("locks of a killed child were not released")
 	}
 }
+
+// TestLockPathsAtOneDirDescriptor: LockPathsAt holds one descriptor per
+// lock file and one duplicate of the directory for all of them, deletes
+// the files on Unlock(true) in a directory of ours, and closes all.
+func TestLockPathsAtOneDirDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	var names []string
+	for i := 0; i < 100; i++ {
+		names = append(names, "p"+string(rune('a'+i%26))+string(rune('a'+i/26)))
+	}
+	before := fds()
+	pl, err := LockPathsAt(context.Background(), d, dir, names, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fds() - before; got != len(names)+1 {
+		t.Errorf("%d descriptors held for %d locks, want %d", got, len(names), len(names)+1)
+	}
+	if err := pl.Unlock(true); err != nil {
+		t.Fatal(err)
+	}
+	if got := fds(); got != before {
+		t.Errorf("%d descriptors after Unlock, want %d", got, before)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 0 {
+		t.Errorf("%d lock files left in a directory of ours", len(ents))
+	}
+}
