@@ -78,13 +78,10 @@ func LockWait(ctx context.Context, s *store.Store, paths []string, waitMsg func(
 }
 
 func (l *Locks) lock(ctx context.Context, names []string, waitMsg func(string)) error {
-	per, err := fdsPerLock(int(l.dir.Fd()))
-	if err != nil {
+	if _, err := raiseFileLimit(uint64(len(names))+fileReserve, len(names)); err != nil {
 		return err
 	}
-	if _, err := raiseFileLimit(uint64(len(names))*per+fileReserve, len(names)); err != nil {
-		return err
-	}
+	var err error
 	if l.roots, err = lock.OpenTempRoots(l.lay.StateDir); err != nil {
 		return fmt.Errorf("temporary roots in %s: %w", l.lay.TempRootsDir(), err)
 	}
@@ -182,21 +179,6 @@ func (l *Locks) Close() error {
 	return errors.Join(errs...)
 }
 
-// fdsPerLock is how many descriptors a PathLock in the store directory
-// open at fd holds: the lock file's, and where lock files are deleted on
-// release (a directory that is ours: owned by us, writable by nobody
-// else; see lock.PathLocks.Unlock) one more for the directory.
-func fdsPerLock(fd int) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return 0, fmt.Errorf("the store directory: %w", err)
-	}
-	if int(st.Uid) == os.Geteuid() && st.Mode&0o022 == 0 {
-		return 2, nil
-	}
-	return 1, nil
-}
-
 // openStoreDir opens the physical store directory.
 func openStoreDir(lay store.Layout) (*os.File, error) {
 	fd, err := unix.Open(lay.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -206,7 +188,8 @@ func openStoreDir(lay store.Layout) (*os.File, error) {
 	return os.NewFile(uintptr(fd), lay.RealStoreDir), nil
 }
 
-// fileReserve is the open files kept free beside the lock files: the
+// fileReserve is the open files kept free beside the lock files (one
+// each: lock.LockPathsAt shares one descriptor of the directory): the
 // database, the hashing and canonicalising walkers' directories.
 const fileReserve = 1024
 

@@ -369,19 +369,14 @@ func (r *run) split(items []*item) (fast, slow []*item, err error) {
 // that does not fit is refused (ErrTooMany).
 func (r *run) chunks() ([][]*item, error) {
 	items := r.alive(r.items)
-	per, err := fdsPerLock(r.storeFd)
-	if err != nil {
-		return nil, err
-	}
-	need := uint64(len(items))*per + fileReserve
-	have, limitErr := raiseFileLimit(need, len(items))
+	have, limitErr := raiseFileLimit(uint64(len(items))+fileReserve, len(items))
 	if limitErr == nil {
 		return [][]*item{items}, nil
 	}
-	if r.o.Scan || have <= fileReserve+per || !errors.Is(limitErr, ErrTooMany) {
+	if r.o.Scan || have <= fileReserve || !errors.Is(limitErr, ErrTooMany) {
 		return nil, limitErr
 	}
-	size := int((have - fileReserve) / per)
+	size := int(have - fileReserve)
 	order, err := r.dependencyOrder(items)
 	if err != nil {
 		return nil, err
