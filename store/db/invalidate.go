@@ -266,7 +266,8 @@ const unknownForeignKeys = `select count(*) from sqlite_master m, pragma_foreign
 // of the pool (foreign keys enforced): the transaction takes SQLite's
 // write lock up front (waiting up to the busy timeout, under ctx), so a
 // concurrent nix-daemon cannot make it fail half-way. It commits if fn
-// returns nil and rolls back otherwise: kill -9 at any instant leaves the
+// returns nil (also when ctx ends just then: the commit is not
+// cancelled, and a nil error means committed) and rolls back otherwise: kill -9 at any instant leaves the
 // database as it was or with all of fn's changes.
 func (d *DB) ImmediateTx(ctx context.Context, fn func(*sql.Conn) error) error {
 	c, err := d.SQL.Conn(ctx)
@@ -281,7 +282,10 @@ func (d *DB) ImmediateTx(ctx context.Context, fn func(*sql.Conn) error) error {
 		c.ExecContext(context.Background(), "rollback")
 		return err
 	}
-	if _, err := c.ExecContext(ctx, "commit"); err != nil {
+	// Not under ctx: the driver reports ctx's error for a statement run
+	// under a cancelled context even when it completed, which would call a
+	// committed transaction failed. Once fn succeeded its work is kept.
+	if _, err := c.ExecContext(context.Background(), "commit"); err != nil {
 		c.ExecContext(context.Background(), "rollback")
 		return err
 	}
