@@ -178,7 +178,9 @@ type regBatch struct {
 func (d *DB) planRegistration(regs []Registration) (*regBatch, error) {
 	storeDir := filepath.Dir(regs[0].Path)
 	checkPath := func(p, what string, i int) error {
-		if filepath.Dir(p) != storeDir || storepath.ValidateBaseName(filepath.Base(p)) != nil || !filepath.IsAbs(p) {
+		// Clean: "/nix/store/x-y/" or "/nix/./store/x-y" would be
+		// written as they are, rows no lookup ever finds.
+		if filepath.Dir(p) != storeDir || storepath.ValidateBaseName(filepath.Base(p)) != nil || !filepath.IsAbs(p) || filepath.Clean(p) != p {
 			return fmt.Errorf("%w: the %s %q of registration %d (%q) is not a store path of %s", ErrBadRegistration, what, p, i+1, regs[i].Path, storeDir)
 		}
 		return nil
