@@ -132,6 +132,10 @@ func (w *rawWriter) beginImmediate(ctx context.Context, busyMillis int64) error 
 	pause := time.Millisecond
 	for {
 		err := c.exec("begin immediate")
+		if err != nil && ResultCode(err)&0xff == sqlite3.SQLITE_INTERRUPT && ctx.Err() != nil {
+			// ctx's interrupt (a cancellation before or during the wait)
+			return fmt.Errorf("waiting for the database's write lock: %w (%w)", ctx.Err(), err)
+		}
 		if err == nil || ResultCode(err)&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
 			return err
 		}

@@ -351,6 +351,14 @@ func (d *DB) registerRaw(ctx context.Context, b *regBatch, o RegisterOptions) er
 		return err
 	}
 	err = b.write(ctx, w, o, time.Now().Unix())
+	if err == nil && testHookBeforeCommit != nil {
+		testHookBeforeCommit()
+	}
+	if err == nil {
+		// ctx's interrupt stops a running statement only: SQLite drops
+		// one sent while none runs (the next statement clears it).
+		err = ctx.Err()
+	}
 	if err == nil {
 		err = w.c.exec("commit")
 	}
@@ -363,6 +371,10 @@ func (d *DB) registerRaw(ctx context.Context, b *regBatch, o RegisterOptions) er
 	}
 	return nil
 }
+
+// testHookBeforeCommit, set by tests, runs after a batch's rows are
+// written, before the commit.
+var testHookBeforeCommit func()
 
 // write writes the batch in w's transaction.
 func (b *regBatch) write(ctx context.Context, w *rawWriter, o RegisterOptions, now int64) error {

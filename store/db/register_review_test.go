@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"storekeeper/store/db"
 )
@@ -42,5 +43,54 @@ func TestRegisterRefusesUncleanPaths(t *testing.T) {
 	err := d.Register(ctx, []db.Registration{{Path: p, References: []string{b.Valid[0] + "/"}}}, db.RegisterOptions{})
 	if !errors.Is(err, db.ErrBadRegistration) {
 		t.Errorf("unclean valid reference: %v", err)
+	}
+}
+
+// TestRegisterCancelledBetweenStatements: a context cancelled while no
+// statement of the batch runs (here: after the last row, before the
+// commit) rolls the batch back and Register says so. SQLite forgets an
+// interrupt that arrives while no statement runs (the next statement
+// clears it), so ctx's interrupt alone would let the batch commit, and
+// Register return nil, for a cancellation that came in time.
+func TestRegisterCancelledBetweenStatements(t *testing.T) {
+	d, b := fixtureDB(t, 5, false)
+	regs := killBatch(7, 50, b.Valid[0])
+	before := dumpDB(t, d.SQL, true, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db.SetTestHookBeforeCommit(func() {
+		cancel()
+		time.Sleep(50 * time.Millisecond) // ctx's interrupt is sent meanwhile
+	})
+	defer db.SetTestHookBeforeCommit(nil)
+	err := d.Register(ctx, regs, db.RegisterOptions{})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Register with its context cancelled before the commit: %v, want context.Canceled", err)
+	}
+	sameDump(t, "after a cancellation before the commit", before, dumpDB(t, d.SQL, true, true))
+	db.SetTestHookBeforeCommit(nil)
+	if err := d.Register(context.Background(), regs, db.RegisterOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRegisterCancelledEarly: a context cancelled before Register starts
+// (its interrupt then races with the transaction's begin) always gives an
+// error wrapping context.Canceled, never SQLite's bare "interrupted".
+func TestRegisterCancelledEarly(t *testing.T) {
+	d, b := fixtureDB(t, 5, false)
+	regs := killBatch(8, 3, b.Valid[0])
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	bad := 0
+	for i := range 300 {
+		err := d.Register(ctx, regs, db.RegisterOptions{})
+		if !errors.Is(err, context.Canceled) {
+			bad++
+			t.Errorf("try %d: %v, want context.Canceled", i, err)
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of 300 cancelled Registers did not say so", bad)
 	}
 }
