@@ -140,6 +140,10 @@ func (d *DB) Register(ctx context.Context, regs []Registration, o RegisterOption
 	if d.ReadOnly {
 		return fmt.Errorf("%w: %s is open read-only; cannot register paths", ErrDBAccess, d.Path)
 	}
+	if d.bigLock == nil {
+		// Closed: its own connection would write without the big-lock.
+		return fmt.Errorf("%w: %s is closed; cannot register paths", ErrDBAccess, d.Path)
+	}
 	b, err := d.planRegistration(regs)
 	if err != nil {
 		return err

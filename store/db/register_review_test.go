@@ -94,3 +94,22 @@ func TestRegisterCancelledEarly(t *testing.T) {
 		t.Errorf("%d of 300 cancelled Registers did not say so", bad)
 	}
 }
+
+// TestRegisterClosed: Register on a closed DB is refused and writes
+// nothing (its own connection would otherwise write without the
+// big-lock the DB held).
+func TestRegisterClosed(t *testing.T) {
+	d, b := fixtureDB(t, 5, false)
+	before := dumpDB(t, d.SQL, true, true)
+	dbDir := filepath.Dir(d.Path)
+	d.Close()
+	if err := d.Register(context.Background(), killBatch(9, 3, b.Valid[0]), db.RegisterOptions{}); !errors.Is(err, db.ErrDBAccess) {
+		t.Errorf("Register after Close: %v, want ErrDBAccess", err)
+	}
+	d2, err := db.Open(context.Background(), dbDir, nixDefaults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	sameDump(t, "after Register on a closed DB", before, dumpDB(t, d2.SQL, true, true))
+}
