@@ -443,6 +443,8 @@ func classifyDBError(dbPath string, err error) error {
 		return fmt.Errorf("%w: %s: %w (nothing was changed; check it with sqlite3 %s 'pragma integrity_check' and restore it from a backup)", ErrCorruptDB, dbPath, err, dbPath)
 	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
 		return fmt.Errorf("%w: %s: %w (another process, usually nix-daemon, holds a long write transaction; try again later)", ErrDBLocked, dbPath, err)
+	case sqlite3.SQLITE_FULL:
+		return fmt.Errorf("%w: the disk holding %s is full: %w; free space (storekeeper gc) and try again", fs.ErrDiskFull, filepath.Dir(dbPath), err)
 	case sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH:
 		if ro, _ := fs.IsReadOnlyMount(filepath.Dir(dbPath)); ro {
 			return fs.ReadOnlyDirError(fs.ErrReadOnlyFS, filepath.Dir(dbPath), "", "opening "+dbPath, err, "")
