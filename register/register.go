@@ -396,6 +396,27 @@ func (r *run) chunks() ([][]*item, error) {
 // given references inside the batch; self-references ignored). A cycle
 // is refused.
 func (r *run) dependencyOrder(items []*item) ([]*item, error) {
+	out, stuck := r.order(items)
+	if len(stuck) > 0 {
+		return nil, cycleError(stuck)
+	}
+	return out, nil
+}
+
+// cycleError names (some of) the paths stuck in or behind a cycle.
+func cycleError(stuck []*item) error {
+	var cyc []string
+	for _, it := range stuck[:min(5, len(stuck))] {
+		cyc = append(cyc, it.path)
+	}
+	return fmt.Errorf("%w among %s", db.ErrCycle, strings.Join(cyc, ", "))
+}
+
+// order sorts items references first (Kahn's algorithm over the given
+// references inside the batch; self-references and failed items
+// ignored) and returns the items that cannot be sorted (in a cycle, or
+// referring to one) as stuck, in input order.
+func (r *run) order(items []*item) (out, stuck []*item) {
 	pending := make(map[*item]int, len(items))
 	referrers := map[*item][]*item{}
 	for _, it := range items {
@@ -407,7 +428,7 @@ func (r *run) dependencyOrder(items []*item) ([]*item, error) {
 			}
 		}
 	}
-	var ready, out []*item
+	var ready []*item
 	for _, it := range items {
 		if pending[it] == 0 {
 			ready = append(ready, it)
@@ -423,16 +444,12 @@ func (r *run) dependencyOrder(items []*item) ([]*item, error) {
 			}
 		}
 	}
-	if len(out) != len(items) {
-		var cyc []string
-		for _, it := range items {
-			if pending[it] > 0 && len(cyc) < 5 {
-				cyc = append(cyc, it.path)
-			}
+	for _, it := range items {
+		if pending[it] > 0 {
+			stuck = append(stuck, it)
 		}
-		return nil, fmt.Errorf("%w among %s", db.ErrCycle, strings.Join(cyc, ", "))
 	}
-	return out, nil
+	return out, stuck
 }
 
 // chunked registers a batch too large for its locks to be held at once:
@@ -729,6 +746,16 @@ func (r *run) validate(ctx context.Context, inputs []Input) error {
 	if err := r.checkValidity(ctx, r.items); err != nil {
 		return err
 	}
+	// A cycle in the given references (db.Register would refuse it, but
+	// only after the trees were canonicalised).
+	if !r.o.Scan {
+		if _, stuck := r.order(r.alive(r.items)); len(stuck) > 0 {
+			cause := cycleError(stuck)
+			for _, it := range stuck {
+				r.fail(it, fmt.Errorf("'%s' is in, or refers to, a cycle of references (%w): a path may refer to itself, but paths may not refer to each other in a circle; fix the references", it.path, cause))
+			}
+		}
+	}
 	r.pr.Add(int64(len(inputs)))
 	return nil
 }
@@ -789,7 +816,7 @@ func (r *run) checkValidity(ctx context.Context, items []*item) error {
 	for _, it := range alive {
 		it.wasValid = it.wasValid || valid[it.path]
 		if valid[it.path] && !r.o.Reregister {
-			r.fail(it, fmt.Errorf("'%s' %w: pass --reregister (Options.Reregister) to update its row, or leave it out", it.path, db.ErrAlreadyValid))
+			r.fail(it, fmt.Errorf("'%s' %w: pass --reregister to update its row, or leave it out", it.path, db.ErrAlreadyValid))
 			continue
 		}
 		for _, ref := range it.refs {
@@ -839,8 +866,14 @@ func (r *run) parallel(ctx context.Context, items []*item, fn func(it *item) err
 // 3): nothing is changed.
 func (r *run) checkTrees(ctx context.Context, items []*item) error {
 	items = r.alive(items)
+	// The store's owner, as the canonicalisation gets it: the check
+	// accepts nodes an interrupted run left canonical with that owner.
+	uid, gid, err := fs.StoreOwner(r.storeFd)
+	if err != nil {
+		return err
+	}
 	return r.parallel(ctx, items, func(it *item) error {
-		err := fs.Canonicalise(r.storeFd, it.base, fs.CanonicaliseOptions{BuildUID: r.o.BuildUID, Display: it.path, CheckOnly: true})
+		err := fs.Canonicalise(r.storeFd, it.base, fs.CanonicaliseOptions{BuildUID: r.o.BuildUID, UID: uid, GID: gid, Display: it.path, CheckOnly: true})
 		r.pr.Add(1)
 		if err != nil {
 			return r.treeError(it, err)

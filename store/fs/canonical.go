@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/internal/sys"
+	"storekeeper/report"
 )
 
 // Canonical describes the metadata Nix gives every node of a store path
@@ -119,7 +120,7 @@ const (
 // node; the tree was not changed at all.
 type RejectedError struct {
 	Kind     RejectKind
-	Path     string // the node, under the tree's display name
+	Path     string // the node, under the tree's display name (as it is; Error quotes it with report.Name)
 	UID      uint32 // the node's owner
 	BuildUID int    // the build user (NoBuildUser when unchecked)
 	Mode     uint32 // the node's st_mode
@@ -136,13 +137,13 @@ func (e *RejectedError) Error() string {
 			what = "directory"
 		}
 		return fmt.Sprintf("%s '%s' is owned by uid %d, not by the build user (uid %d): a builder may not put a %s of another user into its output (for example by 'ln /etc/shadow $out/foo')%s",
-			what, e.Path, e.UID, e.BuildUID, what, tail)
+			what, report.Name(e.Path), e.UID, e.BuildUID, what, tail)
 	case RejectHardLink:
 		return fmt.Sprintf("'%s' (owner uid %d) has %d hard links but only %d are inside the tree: it is a hard link to a file outside the output%s",
-			e.Path, e.UID, e.Links, e.Inside, tail)
+			report.Name(e.Path), e.UID, e.Links, e.Inside, tail)
 	default:
 		return fmt.Sprintf("'%s' (owner uid %d) is a %s: a store path holds only regular files, directories and symlinks%s",
-			e.Path, e.UID, sys.FileKind(e.Mode), tail)
+			report.Name(e.Path), e.UID, sys.FileKind(e.Mode), tail)
 	}
 }
 

@@ -1,0 +1,146 @@
+package register
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"storekeeper/store/db"
+	"storekeeper/store/fs"
+)
+
+// TestGivenCycleRefusedFirst: references given in a cycle (a -> b -> a)
+// are refused in validation, before any tree of the batch is changed
+// (not only by db.Register after canonicalisation).
+func TestGivenCycleRefusedFirst(t *testing.T) {
+	b, s := testStore(t, false)
+	a, c, z := newPath(b, "a-cyc"), newPath(b, "c-cyc"), newPath(b, "z-ok")
+	roots := map[string]string{}
+	for _, p := range []string{a, c, z} {
+		roots[p] = tree(t, b, p, 0, map[string]string{"f": "x"})
+	}
+	before := map[string]meta{}
+	for _, r := range roots {
+		for k, v := range metaTree(t, r) {
+			before[k] = v
+		}
+	}
+	in := []Input{
+		{Registration: db.Registration{Path: z}},
+		{Registration: db.Registration{Path: a, References: []string{c, a}}},
+		{Registration: db.Registration{Path: c, References: []string{a}}},
+	}
+	res, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Jobs: 1})
+	if !errors.Is(err, db.ErrCycle) || !strings.Contains(err.Error(), a) {
+		t.Fatalf("got %v, want ErrCycle naming %s", err, a)
+	}
+	if res.Paths[0].Err != nil || res.Paths[1].Err == nil || res.Paths[2].Err == nil {
+		t.Errorf("per-path errors %v / %v / %v, want the two in the cycle", res.Paths[0].Err, res.Paths[1].Err, res.Paths[2].Err)
+	}
+	for p, m := range before {
+		if got := metaOf(t, p); got != m {
+			t.Errorf("%s changed: %+v -> %+v", p, m, got)
+		}
+	}
+	if v := validAmong(t, s, []string{a, c, z}); len(v) != 0 {
+		t.Errorf("registered: %v", v)
+	}
+	// Partial: the cycle is left out, the rest registered.
+	res, err = Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Partial: true})
+	if err != nil || res.Registered != 1 || !res.Paths[0].Registered || !errors.Is(res.Paths[1].Err, db.ErrCycle) {
+		t.Fatalf("partial: %v, %+v", err, res)
+	}
+}
+
+// TestAlreadyValidWording: the refusal of a valid path names the CLI's
+// flag only, not the library's option.
+func TestAlreadyValidWording(t *testing.T) {
+	b, s := testStore(t, false)
+	p := topPaths(b, 1)[0]
+	_, err := Register(context.Background(), s, inputsOf(t, s, []string{p}, false), Options{BuildUID: fs.NoBuildUser})
+	if !errors.Is(err, db.ErrAlreadyValid) || !strings.Contains(err.Error(), "--reregister") || strings.Contains(err.Error(), "Options.") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestCheckPassStoreOwner: the check pass of every tree uses the store's
+// owner for the nodes an interrupted run left canonical, as the
+// canonicalisation does: with a store directory owned by a user other
+// than root, a tree holding a node already canonical and owned by that
+// user (a rerun after a kill) is accepted, and a node canonical and
+// owned by root (not the store's owner) is rejected before any tree of
+// the batch is changed.
+func TestCheckPassStoreOwner(t *testing.T) {
+	needRoot(t)
+	const buildUID, storeUID = 30001, 30007
+	b, s := testStore(t, false)
+	if err := os.Chown(b.Layout.RealStoreDir, storeUID, storeUID); err != nil {
+		t.Fatal(err)
+	}
+	canonical := func(p string, uid int) {
+		if err := os.Lchown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o444); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Lutimes(p, []unix.Timeval{{Sec: 1}, {Sec: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A rerun: one file already canonical, owned by the store's owner.
+	p := newPath(b, "rerun")
+	root := tree(t, b, p, buildUID, map[string]string{"done": "a", "todo": "b"})
+	canonical(filepath.Join(root, "done"), storeUID)
+	if _, err := Register(context.Background(), s, []Input{{Registration: db.Registration{Path: p}}}, Options{BuildUID: buildUID}); err != nil {
+		t.Fatalf("rerun: %v", err)
+	}
+	// A root-owned canonical file: not the store owner's; rejected
+	// before the batch's other tree (first in order, one job) changes.
+	ok, bad := newPath(b, "a-ok"), newPath(b, "b-root")
+	okRoot := tree(t, b, ok, buildUID, map[string]string{"f": "a"})
+	badRoot := tree(t, b, bad, buildUID, map[string]string{"f": "b"})
+	canonical(filepath.Join(badRoot, "f"), 0)
+	before := metaTree(t, okRoot)
+	_, err := Register(context.Background(), s, []Input{{Registration: db.Registration{Path: ok}}, {Registration: db.Registration{Path: bad}}}, Options{BuildUID: buildUID, Jobs: 1})
+	var rej *fs.RejectedError
+	if !errors.As(err, &rej) || rej.Kind != fs.RejectOwner {
+		t.Fatalf("got %v, want an owner rejection", err)
+	}
+	for n, m := range before {
+		if got := metaOf(t, n); got != m {
+			t.Errorf("%s changed before the rejection: %+v -> %+v", n, m, got)
+		}
+	}
+}
+
+// TestRejectedNameEscaped: a file name chosen by the builder (a newline,
+// a terminal escape) is escaped in the rejection's text, so it cannot
+// forge a line of output.
+func TestRejectedNameEscaped(t *testing.T) {
+	needRoot(t)
+	const buildUID, otherUID = 30001, 30002
+	b, s := testStore(t, false)
+	p := newPath(b, "evil")
+	root := tree(t, b, p, buildUID, map[string]string{"f": "a"})
+	name := filepath.Join(root, "x\nregistered 1 path\x1b[2J")
+	if err := os.WriteFile(name, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(name, otherUID, otherUID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Register(context.Background(), s, []Input{{Registration: db.Registration{Path: p}}}, Options{BuildUID: buildUID})
+	var rej *fs.RejectedError
+	if !errors.As(err, &rej) {
+		t.Fatalf("got %v, want a rejection", err)
+	}
+	if strings.ContainsAny(err.Error(), "\n\x1b") {
+		t.Errorf("error text holds the raw name: %q", err.Error())
+	}
+}
