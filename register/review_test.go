@@ -144,3 +144,50 @@ func TestRejectedNameEscaped(t *testing.T) {
 		t.Errorf("error text holds the raw name: %q", err.Error())
 	}
 }
+
+// TestSymlinksNotFollowed: a symlink at the top of a path or inside it,
+// pointing at a file outside (even the build user's, with a mode and
+// mtime canonicalisation would change), is registered as a symlink: the
+// target is never changed.
+func TestSymlinksNotFollowed(t *testing.T) {
+	needRoot(t)
+	const buildUID = 30001
+	b, s := testStore(t, false)
+	outside := filepath.Join(filepath.Dir(b.Layout.RealStoreDir), "outside")
+	if err := os.WriteFile(outside, []byte("x"), 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(outside, buildUID, buildUID); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(outside, 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	before := metaOf(t, outside)
+	top, in := newPath(b, "top-link"), newPath(b, "in-link")
+	if err := os.Symlink(outside, b.Layout.RealPath(top)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(b.Layout.RealPath(top), buildUID, buildUID); err != nil {
+		t.Fatal(err)
+	}
+	root := tree(t, b, in, buildUID, map[string]string{"f": "a"})
+	if err := os.Symlink(outside, filepath.Join(root, "l")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(filepath.Join(root, "l"), buildUID, buildUID); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []Options{{BuildUID: buildUID}, {BuildUID: fs.NoBuildUser, Reregister: true}} {
+		res, err := Register(context.Background(), s, []Input{{Registration: db.Registration{Path: top}}, {Registration: db.Registration{Path: in}}}, o)
+		if err != nil || res.Registered != 2 {
+			t.Fatalf("%+v: %v, %+v", o, err, res)
+		}
+		if got := metaOf(t, outside); got != before {
+			t.Fatalf("%+v: the symlinks' target changed: %+v -> %+v", o, before, got)
+		}
+		if m := metaOf(t, b.Layout.RealPath(top)); m.mode&unix.S_IFMT != unix.S_IFLNK || m.uid != 0 {
+			t.Errorf("top symlink: %+v", m)
+		}
+	}
+}

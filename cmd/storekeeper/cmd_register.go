@@ -35,6 +35,42 @@ type registerOptions struct {
 // limit bounds far below this anyway.
 const maxRegisterInput = 1 << 22
 
+// maxRegisterBytes bounds the bytes read from stdin: every record is held
+// in memory, and maxRegisterInput records of up to validity.MaxReferences
+// references each would not be bounded in practice (a 'nix-store
+// --dump-db' of a store of a million paths is well under this). A var for
+// tests.
+var maxRegisterBytes int64 = 1 << 30
+
+// errInputTooLarge: the registration on stdin is more than
+// maxRegisterBytes.
+var errInputTooLarge = errors.New("the registration on stdin is too large")
+
+// boundedReader reads at most n more bytes from r, then fails with
+// errInputTooLarge (not io.EOF: a cut input must not read as a shorter
+// valid one).
+type boundedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		// At the bound: the end of the input is fine, one byte more is not.
+		var one [1]byte
+		if n, err := b.r.Read(one[:]); n == 0 && err != nil {
+			return 0, err
+		}
+		return 0, fmt.Errorf("%w: %w: more than %d bytes; register it in several runs (references first)", validity.ErrBadRegistration, errInputTooLarge, maxRegisterBytes)
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	b.n -= int64(n)
+	return n, err
+}
+
 // maxFailureLines bounds the further failing paths printed as text
 // besides the first (the run's error).
 const maxFailureLines = 20
@@ -255,9 +291,10 @@ func registerArg(lay store.Layout, a string) string {
 }
 
 // readRegistrations reads Nix's registration format from r (bounded: see
-// validity.Reader, and at most maxRegisterInput records).
+// validity.Reader, at most maxRegisterInput records and maxRegisterBytes
+// bytes).
 func readRegistrations(r io.Reader, storeDir string, hashGiven bool) ([]register.Input, error) {
-	rd := validity.NewReader(r, storeDir, hashGiven)
+	rd := validity.NewReader(&boundedReader{r: r, n: maxRegisterBytes}, storeDir, hashGiven)
 	var out []register.Input
 	for {
 		info, err := rd.Next()

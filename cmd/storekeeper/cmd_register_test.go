@@ -76,3 +76,41 @@ func TestReadRegistrations(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 }
+
+// endless is a registration stream that never ends: path after path, each
+// with the most references a record may have.
+type endless struct{ buf []byte }
+
+func (e *endless) Read(p []byte) (int, error) {
+	if len(e.buf) == 0 {
+		const a = "/nix/store/00000000000000000000000000000000-a"
+		var b strings.Builder
+		b.WriteString(a + "\n\n1000\n")
+		for range 1000 {
+			b.WriteString(a + "\n")
+		}
+		e.buf = []byte(b.String())
+	}
+	n := copy(p, e.buf)
+	e.buf = e.buf[n:]
+	return n, nil
+}
+
+// TestReadRegistrationsBounded: an endless (or huge) registration stream
+// is refused once it passes maxRegisterBytes, as bad input, instead of
+// being held in memory without bound.
+func TestReadRegistrationsBounded(t *testing.T) {
+	old := maxRegisterBytes
+	maxRegisterBytes = 1 << 20
+	defer func() { maxRegisterBytes = old }()
+	_, err := readRegistrations(&endless{}, "/nix/store", false)
+	if !errors.Is(err, errInputTooLarge) || errorKindOf(err) != "bad-input" || !strings.Contains(err.Error(), "several runs") {
+		t.Fatalf("got %v (kind %s)", err, errorKindOf(err))
+	}
+	// Exactly at the bound is fine.
+	const rec = "/nix/store/00000000000000000000000000000000-a\n\n0\n"
+	maxRegisterBytes = int64(len(rec))
+	if in, err := readRegistrations(strings.NewReader(rec), "/nix/store", false); err != nil || len(in) != 1 {
+		t.Fatalf("at the bound: %v, %d", err, len(in))
+	}
+}
