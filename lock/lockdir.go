@@ -83,6 +83,14 @@ func (d *lockDir) ours() bool {
 	return int(d.st.Uid) == unix.Geteuid() && d.st.Mode&0o022 == 0
 }
 
+// ownSticky reports whether the directory is owned by the effective uid
+// and has the sticky bit (Nix's /nix/store: 1775 root:nixbld): others may
+// create files there but not unlink or rename over a file of ours, so a
+// lock file we own may be deleted as in a directory that is ours.
+func (d *lockDir) ownSticky() bool {
+	return int(d.st.Uid) == unix.Geteuid() && d.st.Mode&unix.S_ISVTX != 0
+}
+
 // asOwner reports whether files in the directory are opened with its
 // owner's file-system ids: when running as root in a directory another
 // user owns, so that root never creates a file there, never opens one

@@ -152,7 +152,7 @@ func lockSortedIn(ctx context.Context, paths []string, wait bool, waitMsg func(s
 			pl.Unlock(false)
 			return nil, err
 		}
-		if d.ours() {
+		if d.ours() || d.ownSticky() && int(h.st.Uid) == unix.Geteuid() {
 			h.dir = d
 		} else if d != shared {
 			d.close()
@@ -234,9 +234,12 @@ func (p *PathLocks) LockFiles() []string {
 // only when the protected path is finished, as Nix does after a
 // successful build), but only where that is safe:
 //   - only in a directory that is ours (owned by the effective uid and
-//     writable by nobody else); in any other directory, such as a user's
-//     profiles/per-user/USER, nothing is unlinked or written and the
-//     empty lock file stays for the next locker;
+//     writable by nobody else), or, for a lock file we own, in a
+//     directory we own with the sticky bit (Nix's /nix/store, 1775
+//     root:nixbld: nobody else may unlink or rename over our file); in
+//     any other directory, such as a user's profiles/per-user/USER,
+//     nothing is unlinked or written and the empty lock file stays for
+//     the next locker;
 //   - the name is unlinked only if it is still the file we locked (same
 //     device and inode); "d" is written only into the regular file we
 //     opened and locked, never through a name.
