@@ -705,7 +705,9 @@ func (r *run) batch(ctx context.Context, rows map[string]*db.PathInfo, res *Resu
 		// Not valid: its tree leaves the store (under its lock).
 		r.remove(pr.Path)
 	}
-	if rerr != nil && len(registered) == 0 && ctx.Err() == nil && rr == nil {
+	if rerr != nil && ctx.Err() == nil {
+		// In Partial mode register fails only when the batch could not
+		// be registered at all (the database, the locks): the run stops.
 		return fmt.Errorf("transfer: registering in the target: %w", rerr)
 	}
 	return ctx.Err()

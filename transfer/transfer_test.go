@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -473,4 +474,37 @@ func TestCopyCancelled(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkTarget(t, f.from, f.to, want)
+}
+
+// closeDBOnAdd closes a store's database at the first bytes copied.
+type closeDBOnAdd struct {
+	report.Log
+	once sync.Once
+	s    *store.Store
+}
+
+func (c *closeDBOnAdd) Add(int64) { c.once.Do(func() { c.s.DB.Close() }) }
+
+// TestCopyRegisterFails: when the target's database fails under a batch
+// (here: closed while its trees are copied), Copy stops with that error
+// (the command's exit 2, not a list of path failures), every path says
+// why it was not copied, and no tree is left at a store name.
+func TestCopyRegisterFails(t *testing.T) {
+	f := newFixture(t, storetest.Spec{Paths: 10, Seed: 22, MaxDeps: 3, Files: 2, FileSize: 500})
+	root := []string{f.b.Outputs[9]["out"]}
+	res, err := Copy(context.Background(), f.from, f.to, root, Options{Progress: &closeDBOnAdd{s: f.to}})
+	if err == nil || !strings.Contains(err.Error(), "registering in the target") || !strings.Contains(err.Error(), "database is closed") || res == nil {
+		t.Fatalf("Copy: %v", err)
+	}
+	for _, p := range res.Paths {
+		if p.Copied || p.Err == nil {
+			t.Errorf("%+v", p)
+		}
+	}
+	ents, _ := os.ReadDir(f.to.Layout.RealStoreDir)
+	for _, e := range ents {
+		if n := e.Name(); n != ".links" && !strings.HasSuffix(n, ".lock") {
+			t.Errorf("%s is left in the target's store directory", n)
+		}
+	}
 }
