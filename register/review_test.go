@@ -191,3 +191,81 @@ func TestSymlinksNotFollowed(t *testing.T) {
 		}
 	}
 }
+
+// TestLooksCanonical: a tree canonical throughout (root's, 0444/0555,
+// mtime 1) holding a hard link to a foreign root-owned file that looks
+// canonical too: with a build user it is rejected (the hard-link check
+// runs whatever the top looks like), nothing changed; without one it is
+// only read (the fast path), and the foreign file is still unchanged.
+func TestLooksCanonical(t *testing.T) {
+	needRoot(t)
+	const buildUID = 30001
+	b, s := testStore(t, false)
+	foreign := filepath.Join(filepath.Dir(b.Layout.RealStoreDir), "foreign")
+	if err := os.WriteFile(foreign, []byte("secret"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	p := newPath(b, "looks-canonical")
+	root := tree(t, b, p, 0, map[string]string{"f": "a"})
+	if err := os.Link(foreign, filepath.Join(root, "g")); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{filepath.Join(root, "f"), foreign, root} {
+		mode := uint32(0o444)
+		if n == root {
+			mode = 0o555
+		}
+		if err := unix.Chmod(n, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Lutimes(n, []unix.Timeval{{Sec: 1}, {Sec: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, treeBefore := metaOf(t, foreign), metaTree(t, root)
+	in := []Input{{Registration: db.Registration{Path: p}}}
+	_, err := Register(context.Background(), s, in, Options{BuildUID: buildUID})
+	var rej *fs.RejectedError
+	if !errors.As(err, &rej) || rej.Kind != fs.RejectHardLink {
+		t.Fatalf("with a build user: %v, want a hard-link rejection", err)
+	}
+	for n, m := range treeBefore {
+		if got := metaOf(t, n); got != m {
+			t.Errorf("%s changed: %+v -> %+v", n, m, got)
+		}
+	}
+	res, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser})
+	if err != nil || res.Registered != 1 {
+		t.Fatalf("without a build user: %v", err)
+	}
+	if got := metaOf(t, foreign); got != before {
+		t.Errorf("without a build user the foreign file changed: %+v -> %+v", before, got)
+	}
+}
+
+// TestConcurrentSamePaths: two Register calls of the same batch at once
+// (each under the paths' PathLocks): one registers it, the other finds
+// it valid under the locks and registers nothing; the rows are right.
+func TestConcurrentSamePaths(t *testing.T) {
+	b, s := testStore(t, false)
+	before := rowDump(t, s, b.Valid)
+	in := inputsOf(t, s, b.Valid, true)
+	removeRows(t, s, b.Valid)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := Register(context.Background(), s, append([]Input(nil), in...), Options{BuildUID: fs.NoBuildUser})
+			errs <- err
+		}()
+	}
+	e1, e2 := <-errs, <-errs
+	if (e1 == nil) == (e2 == nil) {
+		t.Fatalf("want exactly one to succeed: %v / %v", e1, e2)
+	}
+	if err := errors.Join(e1, e2); !errors.Is(err, db.ErrAlreadyValid) {
+		t.Errorf("the other: %v, want ErrAlreadyValid", err)
+	}
+	if after := rowDump(t, s, b.Valid); strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("rows differ:\n%s", lineDiff(before, after))
+	}
+}
