@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/report"
 	"storekeeper/store/db"
 	"storekeeper/store/fs"
 )
@@ -264,6 +265,95 @@ func TestConcurrentSamePaths(t *testing.T) {
 	}
 	if err := errors.Join(e1, e2); !errors.Is(err, db.ErrAlreadyValid) {
 		t.Errorf("the other: %v, want ErrAlreadyValid", err)
+	}
+	if after := rowDump(t, s, b.Valid); strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("rows differ:\n%s", lineDiff(before, after))
+	}
+}
+
+// phaseHook is a Progress calling fn at each phase start.
+type phaseHook struct {
+	report.Log
+	fn func(name string)
+}
+
+func (h *phaseHook) Phase(name string, total int64, bytes bool) { h.fn(name) }
+func (h *phaseHook) Add(int64)                                  {}
+
+// TestChunkedUndoReferred: in a batch registered in chunks, a later
+// chunk fails after another process registered a path referring to a
+// path of an earlier chunk: the undo cannot make that one invalid (its
+// referrer would dangle), so the earlier chunks stay valid, every valid
+// path's references valid, and the error says so. A rerun with
+// Reregister completes with the rows one transaction gives.
+func TestChunkedUndoReferred(t *testing.T) {
+	b, s := testStore(t, false)
+	before := rowDump(t, s, b.Valid)
+	in := inputsOf(t, s, b.Valid, true)
+	removeRows(t, s, b.Valid)
+	fakeLimits(t, fileReserve+10, fileReserve+10, 1<<20)
+	var bad string
+	for _, p := range topPaths(b, len(b.Valid)) {
+		if len(b.Refs[p]) > 0 {
+			bad = p
+		}
+	}
+	for i := range in {
+		if in[i].Path == bad {
+			in[i].NarHash[0] ^= 1
+		}
+	}
+	// Once the first chunk is registered, "another process" registers a
+	// path referring to one of its paths.
+	other := newPath(b, "other-referrer")
+	tree(t, b, other, 0, map[string]string{"f": "x"})
+	registered := 0
+	var firstDone string
+	hook := &phaseHook{}
+	hook.fn = func(name string) {
+		if name == "registering" {
+			registered++
+			return
+		}
+		if name == "hashing" && registered == 1 && firstDone == "" {
+			for _, p := range b.Valid {
+				if v := validAmong(t, s, []string{p}); len(v) == 1 {
+					firstDone = p
+					break
+				}
+			}
+			if firstDone == "" {
+				t.Fatal("no path valid after the first chunk")
+			}
+			if _, err := Register(context.Background(), s, []Input{{Registration: db.Registration{Path: other, References: []string{firstDone}}}}, Options{BuildUID: fs.NoBuildUser}); err != nil {
+				t.Fatalf("the other registration: %v", err)
+			}
+		}
+	}
+	res, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Progress: hook})
+	if !errors.Is(err, ErrHashMismatch) || !strings.Contains(err.Error(), "could not be made invalid again") {
+		t.Fatalf("got %v", err)
+	}
+	valid := validAmong(t, s, b.Valid)
+	if len(valid) == 0 || res.Registered != len(valid) {
+		t.Errorf("%d valid, result says %d registered", len(valid), res.Registered)
+	}
+	// Every valid path's references are valid.
+	rows, missing, err := s.DB.Closure(context.Background(), append(valid, other))
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("closure of the valid paths: %v, missing %v", err, missing)
+	}
+	_ = rows
+	for i := range in {
+		if in[i].Path == bad {
+			in[i].NarHash[0] ^= 1
+		}
+	}
+	if _, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser}); !errors.Is(err, db.ErrAlreadyValid) {
+		t.Fatalf("rerun: %v, want the paths already valid refused", err)
+	}
+	if _, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Reregister: true}); err != nil {
+		t.Fatalf("rerun with Reregister: %v", err)
 	}
 	if after := rowDump(t, s, b.Valid); strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("rows differ:\n%s", lineDiff(before, after))
