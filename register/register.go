@@ -387,7 +387,7 @@ func (r *run) chunks() ([][]*item, error) {
 		out = append(out, order[:k])
 		order = order[k:]
 	}
-	r.printer.Info(fmt.Sprintf("registering %d paths in %d chunks of at most %d, each in its own transaction: the open-file limit (%d) allows no more lock files at once and cannot be raised",
+	r.printer.Info(fmt.Sprintf("registering %d paths in %d chunks of at most %d, each in its own transaction: the open-file limit (%d) allows no more lock files at once and cannot be raised; if this run is killed, the chunks done stay registered: run it again with --reregister",
 		len(items), len(out), size, have))
 	return out, nil
 }

@@ -119,7 +119,9 @@ a concurrent garbage collector. A reader never sees a valid path whose
 references are not valid. All or nothing: on any error nothing is
 registered. A kill at any instant leaves every path either valid with
 its hash and references or not valid (its tree perhaps canonicalised);
-running the command again finishes the job.
+running the command again finishes the job (with --reregister when the
+input was registered in chunks, which an open-file limit too low for a
+lock file per path forces: the chunks done by then stay registered).
 
 Progress per path and bytes on a terminal; otherwise silent but for
 errors (--verbose: a line per path). --json: paths[] with path,
