@@ -991,6 +991,23 @@ func (r *run) hashAll(ctx context.Context, items []*item, set *refscan.Set, cano
 				}
 				return nil, nil
 			}
+		} else {
+			// Every node read must be canonical: a process of the build
+			// user still running can rename entries of a directory whose
+			// children were canonicalised before the directory itself
+			// is; once every node read is root's (the store owner's) and
+			// read-only, no one but root can change the tree.
+			fn = func(nd *nar.Node) (io.Writer, error) {
+				if st, err := nd.Stat(); err != nil || !canonicalNode(st, uid) {
+					node := it.path
+					if nd.Rel != "" {
+						node += "/" + nd.Rel
+					}
+					return nil, fmt.Errorf("'%s' is not canonical once canonicalised (a process still writing into the tree?): %w",
+						report.Name(node), fs.ErrTreeChanged)
+				}
+				return nil, nil
+			}
 		}
 		n, _, err := nar.DumpPathAtFiles(w, r.storeFd, it.base, it.path, fn)
 		if err != nil && !canon && errors.Is(err, nar.ErrUnsupportedFileType) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -357,5 +358,73 @@ func TestChunkedUndoReferred(t *testing.T) {
 	}
 	if after := rowDump(t, s, b.Valid); strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("rows differ:\n%s", lineDiff(before, after))
+	}
+}
+
+// TestSwappedAfterCanonicalised: a build user still running can rename
+// entries of a directory whose children were canonicalised but which is
+// not itself yet (children go first). A file of its own put there (its
+// owner, mode 0644: writable by it after registration) must not be
+// registered: the read after canonicalisation checks every node.
+func TestSwappedAfterCanonicalised(t *testing.T) {
+	needRoot(t)
+	const buildUID = 30001
+	b, s := testStore(t, false)
+	p := newPath(b, "swapped")
+	files := map[string]string{}
+	const n = 3000
+	for i := range n {
+		files[filepath.Join("d", "f"+strconv.Itoa(i))] = "x"
+	}
+	root := tree(t, b, p, buildUID, files)
+	dir := filepath.Join(root, "d")
+	done := make(chan struct{})
+	swapped := make(chan string, 1)
+	go func() {
+		defer close(swapped)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			for i := range n {
+				f := filepath.Join(dir, "f"+strconv.Itoa(i))
+				var st unix.Stat_t
+				if unix.Lstat(f, &st) != nil || st.Uid != 0 || st.Mtim.Sec != 1 {
+					continue
+				}
+				// Changed by the canonicalisation: put a file of the
+				// build user's in its place.
+				tmp := filepath.Join(dir, ".new")
+				if err := os.WriteFile(tmp, []byte("mine"), 0o644); err != nil {
+					t.Error(err)
+					return
+				}
+				os.Lchown(tmp, buildUID, buildUID)
+				if err := os.Rename(tmp, f); err != nil {
+					t.Error(err)
+					return
+				}
+				swapped <- f
+				return
+			}
+		}
+	}()
+	res, err := Register(context.Background(), s, []Input{{Registration: db.Registration{Path: p}}}, Options{BuildUID: buildUID, Jobs: 1})
+	close(done)
+	f, ok := <-swapped
+	if !ok {
+		t.Skip("the canonicalisation ended before a file could be swapped")
+	}
+	if err == nil {
+		m := metaOf(t, f)
+		t.Fatalf("registered (%d) with %s swapped in after its canonicalisation: uid %d mode %o", res.Registered, f, m.uid, m.mode&0o7777)
+	}
+	if !errors.Is(err, fs.ErrTreeChanged) {
+		t.Errorf("got %v, want ErrTreeChanged", err)
+	}
+	if v := validAmong(t, s, []string{p}); len(v) != 0 {
+		t.Errorf("registered: %v", v)
 	}
 }
