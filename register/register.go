@@ -816,7 +816,7 @@ func (r *run) checkValidity(ctx context.Context, items []*item) error {
 	for _, it := range alive {
 		it.wasValid = it.wasValid || valid[it.path]
 		if valid[it.path] && !r.o.Reregister {
-			r.fail(it, fmt.Errorf("'%s' %w: pass --reregister to update its row, or leave it out", it.path, db.ErrAlreadyValid))
+			r.fail(it, fmt.Errorf("'%s' is already valid (%w): pass --reregister to update its row, or leave it out", it.path, db.ErrAlreadyValid))
 			continue
 		}
 		for _, ref := range it.refs {
