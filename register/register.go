@@ -888,8 +888,19 @@ func (r *run) treeError(it *item, err error) error {
 	if errors.As(err, &rej) {
 		return fmt.Errorf("'%s' was rejected: %w", it.path, err)
 	}
-	return fmt.Errorf("'%s': %w", it.path, err)
+	return fmt.Errorf("'%s': %w", it.path, lineSafe{err})
 }
+
+// lineSafe is an error whose text names nodes inside a tree (from
+// fs.Canonicalise or the NAR walk, which do not quote them) with every
+// newline escaped: a builder's file name cannot forge a line of output
+// (the printer's report.Text escapes every other control character).
+type lineSafe struct{ err error }
+
+func (e lineSafe) Error() string {
+	return strings.ReplaceAll(e.err.Error(), "\n", `\n`)
+}
+func (e lineSafe) Unwrap() error { return e.err }
 
 // candidates is the reference scanner's candidate set: the closure of
 // o.Candidates (or every valid path) and the batch.
@@ -1016,7 +1027,7 @@ func (r *run) hashAll(ctx context.Context, items []*item, set *refscan.Set, cano
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("'%s': hashing: %w", it.path, err)
+			return fmt.Errorf("'%s': hashing: %w", it.path, lineSafe{err})
 		}
 		if !canonical {
 			it.needCanon = true

@@ -428,3 +428,40 @@ func TestSwappedAfterCanonicalised(t *testing.T) {
 		t.Errorf("registered: %v", v)
 	}
 }
+
+// TestTreeErrorNameEscaped: an error about a node inside a tree (here: a
+// tree nested deeper than Canonicalise follows) whose path holds a
+// builder's name with a newline does not carry the raw newline, which
+// would forge a line of output.
+func TestTreeErrorNameEscaped(t *testing.T) {
+	b, s := testStore(t, false)
+	p := newPath(b, "deep")
+	root := tree(t, b, p, 0, map[string]string{"f": "a"})
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2100 {
+		name := "d"
+		if i == 0 {
+			name = "x\nregistered 1 path"
+		}
+		if err := unix.Mkdirat(fd, name, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		nfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd = nfd
+	}
+	unix.Close(fd)
+	_, err = Register(context.Background(), s, []Input{{Registration: db.Registration{Path: p}}}, Options{BuildUID: fs.NoBuildUser})
+	if err == nil {
+		t.Fatal("registered a tree nested 2100 deep")
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error text holds a raw newline: %q", err.Error())
+	}
+}
