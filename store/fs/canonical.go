@@ -139,6 +139,10 @@ func (e *RejectedError) Error() string {
 		return fmt.Sprintf("%s '%s' is owned by uid %d, not by the build user (uid %d): a builder may not put a %s of another user into its output (for example by 'ln /etc/shadow $out/foo')%s",
 			what, report.Name(e.Path), e.UID, e.BuildUID, what, tail)
 	case RejectHardLink:
+		if e.BuildUID < 0 {
+			return fmt.Sprintf("'%s' (owner uid %d) has %d hard links but only %d are inside the tree, and canonicalising it would change the file outside as well (its mode, mtime, owner or extended attributes): it is left as it is; give the tree its own copy of the file%s",
+				report.Name(e.Path), e.UID, e.Links, e.Inside, tail)
+		}
 		return fmt.Sprintf("'%s' (owner uid %d) has %d hard links but only %d are inside the tree: it is a hard link to a file outside the output%s",
 			report.Name(e.Path), e.UID, e.Links, e.Inside, tail)
 	default:
@@ -163,6 +167,9 @@ type inodeUse struct {
 	first  string // display path of its first name
 	uid    uint32
 	mode   uint32
+	// change: the change pass would change it (without a build user,
+	// recorded for nodes with links outside the tree only).
+	change bool
 }
 
 // Canonicalise makes the tree name (relative to the open directory dirfd;
@@ -183,6 +190,12 @@ type inodeUse struct {
 // its names inside); otherwise the tree is rejected (RejectOwner,
 // RejectHardLink) naming the node and its owner, and no node, least of
 // all the foreign one, has its mode, owner, mtime or attributes changed.
+// Without the check (NoBuildUser), a file or symlink with links outside
+// the tree that the change pass would change (its owner, mode, mtime or
+// an attribute it removes) rejects the tree too (RejectHardLink): the
+// change would reach the file outside (a tree holding a hard link to
+// /etc/shadow), which Nix's register-validity changes; one already
+// canonical (a copy made by hard links) is left as it is and accepted.
 //
 // It never follows a symlink: each node is reached from its parent's
 // descriptor with O_NOFOLLOW and changed through its own descriptor
@@ -206,12 +219,10 @@ func Canonicalise(dirfd int, name string, opts CanonicaliseOptions) error {
 	if err := c.walk(dirfd, name, display, false, 0); err != nil {
 		return err
 	}
-	if opts.BuildUID >= 0 {
-		for _, u := range c.order {
-			if u.mode&unix.S_IFMT != unix.S_IFDIR && u.nlink > u.inside {
-				return &RejectedError{Kind: RejectHardLink, Path: u.first, UID: u.uid, BuildUID: opts.BuildUID,
-					Mode: u.mode, Links: u.nlink, Inside: u.inside}
-			}
+	for _, u := range c.order {
+		if u.mode&unix.S_IFMT != unix.S_IFDIR && u.nlink > u.inside && (opts.BuildUID >= 0 || u.change) {
+			return &RejectedError{Kind: RejectHardLink, Path: u.first, UID: u.uid, BuildUID: opts.BuildUID,
+				Mode: u.mode, Links: u.nlink, Inside: u.inside}
 		}
 	}
 	if opts.CheckOnly {
@@ -248,6 +259,41 @@ func (c *canon) owned(st *unix.Stat_t) bool {
 	return !change && st.Mode&0o7000 == 0
 }
 
+// wouldChange reports whether the change pass would change the node
+// name in dirfd (lstat st, not a directory): its owner, mode, mtime or
+// an extended attribute it would remove.
+func (c *canon) wouldChange(dirfd int, name, display string, st *unix.Stat_t) (bool, error) {
+	if _, change := c.c.Fix(st.Mode); change || st.Mode&0o7000 != 0 || !c.c.MtimeOK(st) || int(st.Uid) != c.opts.UID {
+		return true, nil
+	}
+	fd, err := sys.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	if err != nil {
+		return false, fmt.Errorf("canonicalising %s: %w", display, err)
+	}
+	defer unix.Close(fd)
+	proc := "/proc/self/fd/" + strconv.Itoa(fd)
+	n, err := unix.Listxattr(proc, nil)
+	for err == nil && n > len(c.xbuf) {
+		c.xbuf = make([]byte, n)
+		n, err = unix.Listxattr(proc, c.xbuf)
+		if errors.Is(err, unix.ERANGE) {
+			n, err = unix.Listxattr(proc, nil)
+		}
+	}
+	if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENODATA) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("listing the extended attributes of %s: %w", display, err)
+	}
+	for _, a := range strings.Split(string(c.xbuf[:n]), "\x00") {
+		if a != "" && !c.c.keepXattr(a) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // walk visits name in dirfd: the check pass (fix false) records and
 // checks every node; the change pass (fix true) changes them.
 func (c *canon) walk(dirfd int, name, display string, fix bool, depth int) error {
@@ -280,6 +326,13 @@ func (c *canon) walk(dirfd int, name, display string, fix bool, depth int) error
 		}
 		u.inside++
 		if !isDir {
+			if c.opts.BuildUID < 0 && st.Nlink > 1 && u.inside == 1 {
+				ch, err := c.wouldChange(dirfd, name, display, &st)
+				if err != nil {
+					return err
+				}
+				u.change = ch
+			}
 			return nil
 		}
 	}

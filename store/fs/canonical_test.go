@@ -279,7 +279,6 @@ func TestCanonicaliseUnchecked(t *testing.T) {
 	os.Mkdir(out, 0o755)
 	os.WriteFile(filepath.Join(out, "f"), []byte("x"), 0o644)
 	os.Lchown(filepath.Join(out, "f"), uid, gid)
-	os.Link(filepath.Join(out, "f"), filepath.Join(dir, "elsewhere"))
 	if err := Canonicalise(unix.AT_FDCWD, out, CanonicaliseOptions{BuildUID: NoBuildUser, UID: 0, GID: 0}); err != nil {
 		t.Fatal(err)
 	}
@@ -287,6 +286,74 @@ func TestCanonicaliseUnchecked(t *testing.T) {
 	unix.Lstat(filepath.Join(out, "f"), &st)
 	if st.Uid != 0 || st.Mode&0o7777 != 0o444 || st.Mtim.Sec != 1 {
 		t.Errorf("f: uid %d mode %o mtime %d", st.Uid, st.Mode&0o7777, st.Mtim.Sec)
+	}
+}
+
+// TestCanonicaliseUncheckedLeavesOutsideFiles: without a build user, a
+// file with a hard link outside the tree (ln /etc/shadow out/f) is
+// changed only if nothing would change (already canonical and the
+// store's, as after a copy by hard links); otherwise the tree is
+// rejected and neither name's inode changes (never change a file that is
+// not ours).
+func TestCanonicaliseUncheckedLeavesOutsideFiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	for _, tc := range []struct {
+		name   string
+		mode   uint32
+		mtime  int64
+		xattr  bool
+		reject bool
+	}{
+		{"secret", 0o640, 1700000000, false, true},
+		{"canonical", 0o444, 1, false, false},
+		{"canonical-with-xattr", 0o444, 1, true, true},
+		{"setuid", 0o4555, 1, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := openTempDir(t)
+			out, outside := filepath.Join(dir, "out"), filepath.Join(dir, "outside")
+			os.Mkdir(out, 0o755)
+			if err := os.WriteFile(outside, []byte("secret"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if tc.xattr {
+				if err := unix.Setxattr(outside, "user.x", []byte("1"), 0); err != nil {
+					t.Skipf("no user xattrs here: %v", err)
+				}
+			}
+			unix.Chmod(outside, tc.mode)
+			unix.UtimesNano(outside, []unix.Timespec{{Sec: tc.mtime}, {Sec: tc.mtime}})
+			if err := os.Link(outside, filepath.Join(out, "f")); err != nil {
+				t.Fatal(err)
+			}
+			var before, after unix.Stat_t
+			unix.Lstat(outside, &before)
+			err := Canonicalise(unix.AT_FDCWD, out, CanonicaliseOptions{BuildUID: NoBuildUser, UID: 0, GID: 0, Display: "out"})
+			unix.Lstat(outside, &after)
+			var rej *RejectedError
+			if tc.reject {
+				if !errors.As(err, &rej) || rej.Kind != RejectHardLink || !strings.Contains(err.Error(), "outside as well") {
+					t.Fatalf("got %v, want a hard-link rejection", err)
+				}
+				if before.Mode != after.Mode || before.Mtim != after.Mtim || before.Uid != after.Uid || before.Ctim != after.Ctim {
+					t.Errorf("the outside file changed: mode %o -> %o, mtime %v -> %v", before.Mode, after.Mode, before.Mtim, after.Mtim)
+				}
+				if tc.xattr {
+					if n, err := unix.Getxattr(outside, "user.x", make([]byte, 8)); err != nil || n != 1 {
+						t.Errorf("the outside file's attribute was removed: %v", err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("an already canonical file linked outside was refused: %v", err)
+			}
+			if before.Ctim != after.Ctim {
+				t.Errorf("an already canonical file was changed")
+			}
+		})
 	}
 }
 
