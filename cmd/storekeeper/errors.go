@@ -115,6 +115,7 @@ var errorTable = []errorClass{
 	{"cycle", exitCannotRun, isAny(db.ErrCycle)},
 	{"mismatch", exitCannotRun, isAny(register.ErrHashMismatch, db.ErrNotContentAddressed)},
 	{"rejected", exitCannotRun, func(err error) bool { var re *storefs.RejectedError; return errors.As(err, &re) }},
+	{"changed", exitCannotRun, isAny(storefs.ErrTreeChanged, register.ErrChanged)},
 	{"too-many", exitCannotRun, isAny(register.ErrTooMany)},
 	{"links-dir", exitCannotRun, isAny(optimise.ErrLinksDir)},
 	{"no-substituter", exitCannotRun, isAny(errNoSources)},

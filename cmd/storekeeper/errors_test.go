@@ -81,6 +81,8 @@ func TestErrorTable(t *testing.T) {
 		{wrap(db.ErrCycle), false, "cycle", 2},
 		{wrap(register.ErrHashMismatch), false, "mismatch", 2},
 		{wrap(&storefs.RejectedError{Kind: storefs.RejectHardLink, Path: "/x/foo"}), false, "rejected", 2},
+		{wrap(storefs.ErrTreeChanged), false, "changed", 2},
+		{wrap(register.ErrChanged), false, "changed", 2},
 		{wrap(register.ErrTooMany), false, "too-many", 2},
 		{wrap(optimise.ErrLinksDir), false, "links-dir", 2},
 		{&fs.PathError{Op: "open", Path: "/x", Err: fs.ErrPermission}, false, "permission", 2},
