@@ -13,8 +13,10 @@
 # and registrationTime, Refs by path, DerivationOutputs by path) are
 # compared with the ones Nix wrote: a difference stops the script.
 #
-# The floor is every file of the store read once by two readers
-# (bench/readfloor). Needs root (private mount namespaces), nix-bin,
+# The floors: every file of the store read once by two readers
+# (bench/readfloor), and the lock protocol's files alone (one
+# "<path>.lock" created, locked and deleted per path, one at a time: the
+# store directory's lock serialises creations anyway). Needs root (private mount namespaces), nix-bin,
 # sqlite3 and Go.
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "$0")")
@@ -42,6 +44,7 @@ while i < len(lines) and lines[i]:
     n = int(lines[i + 1]); out += lines[i:i + 2 + n]; i += 2 + n
 open(sys.argv[2], 'w').write('\n'.join(out) + '\n')
 EOF
+NPATHS=$(sqlite3 "$DB/db.sqlite" "select count(*) from ValidPaths")
 rm -rf "$DB"; inroot "$R" nix-store --init; cp -a "$DB" "$W/db-empty"
 
 rows() {
@@ -63,9 +66,31 @@ READFLOOR=$W/readfloor
 (cd "$HERE/.." && go build -o "$READFLOOR" ./bench/readfloor)
 declare -A sum
 add() { sum[$1]=$(echo "${sum[$1]:-0} + $2" | bc); }
+# lockfloor: the lock protocol's own cost, one "<path>.lock" per path
+# created, flock'ed, unlinked, marked and closed in the store directory,
+# as PathLocks does for every path it registers (Nix's register-validity
+# takes no locks).
+lockfloor() {
+	/usr/bin/env python3 - "$R/nix/store" "$NPATHS" <<'PYEOF'
+import fcntl, os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+t = time.time()
+fds = []
+for i in range(n):
+    fd = os.open('zz-lockfloor-%08d.lock' % i, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.unlink('zz-lockfloor-%08d.lock' % i, dir_fd=dfd)
+    os.write(fd, b'd')
+    os.close(fd)
+print('%.2f' % (time.time() - t))
+PYEOF
+}
 for rep in $(seq 1 "$REPS"); do
 	t0=$(now); "$READFLOOR" -j 2 "$R/nix/store" > /dev/null
 	printf -v fl '%.2f' "$(echo "$(now) - $t0" | bc)"; add floor "$fl"
+	lk=$(lockfloor); add lockfloor "$lk"
+	echo "rep $rep: read floor $fl s; lock files for $NPATHS paths $lk s"
 	for mode in nohash hash; do
 		flag=(); [ $mode = hash ] && flag=(--hash-given)
 		nix_side() { reset; timed n "$W/dump-$mode" nix-store --register-validity "${flag[@]}"; rows > "$W/rows-nix"; }
@@ -73,12 +98,12 @@ for rep in $(seq 1 "$REPS"); do
 		if [ $((rep % 2)) -eq 1 ]; then nix_side; tool_side; order="nix first"
 		else tool_side; nix_side; order="tool first"; fi
 		cmp -s "$W/rows-nix" "$W/rows-tool" || { echo "register.sh: rows differ ($mode):" >&2; diff "$W/rows-nix" "$W/rows-tool" | head >&2; exit 1; }
-		echo "rep $rep $mode ($order): nix $n s, tool $t s, read floor $fl s; rows equal ($(wc -l < "$W/rows-nix") lines)"
+		echo "rep $rep $mode ($order): nix $n s, tool $t s; rows equal ($(wc -l < "$W/rows-nix") lines)"
 		add "$mode-nix" "$n"; add "$mode-tool" "$t"
 	done
 done
 r() { echo "scale=2; $1 / $2" | bc; }
 for mode in nohash hash; do
-	echo "$mode: nix ${sum[$mode-nix]} s, tool ${sum[$mode-tool]} s over $REPS: $(r "${sum[$mode-nix]}" "${sum[$mode-tool]}")x faster; tool / read floor $(r "${sum[$mode-tool]}" "${sum[floor]}")"
+	echo "$mode: nix ${sum[$mode-nix]} s, tool ${sum[$mode-tool]} s over $REPS: $(r "${sum[$mode-nix]}" "${sum[$mode-tool]}")x faster; tool / read floor $(r "${sum[$mode-tool]}" "${sum[floor]}"); tool / (read floor + lock files) $(r "${sum[$mode-tool]}" "$(echo "${sum[floor]} + ${sum[lockfloor]}" | bc)")"
 done
 rm -rf "$R" "$W/db-empty"
