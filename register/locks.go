@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -92,54 +89,17 @@ func (l *Locks) lock(ctx context.Context, names []string, waitMsg func(string)) 
 	if err := l.roots.AddAll(ctx, full); err != nil {
 		return fmt.Errorf("adding %d temporary roots: %w", len(full), err)
 	}
-	if len(names) >= parallelLockMin {
-		if l.pls, err = tryLockParallel(ctx, l.dir, l.lay.RealStoreDir, names); err == nil {
-			return nil
-		}
-	}
+	// In order, one at a time, waiting for a busy one, as Nix does.
+	// Creating lock files in parallel gains nothing: the store
+	// directory's lock serialises their creation in the kernel, and the
+	// contention costs more CPU (63k paths: 11.7 s of CPU in two
+	// goroutines against 7.0 s in one, the same wall time).
 	pl, err := lock.LockPathsAt(ctx, l.dir, l.lay.RealStoreDir, names, true, waitMsg)
 	if err != nil {
 		return fmt.Errorf("locking %d paths: %w", len(names), err)
 	}
 	l.pls = []*lock.PathLocks{pl}
 	return nil
-}
-
-// parallelLockMin is the batch size from which locks are first tried in
-// parallel.
-const parallelLockMin = 256
-
-// tryLockParallel takes the locks of names (sorted) without waiting, a
-// contiguous range of them per CPU at once: taking a lock file is a few
-// system calls, which dominate for tens of thousands of paths. Never
-// waiting, it cannot deadlock with processes taking locks in order (as
-// Nix does); when any lock is busy, or anything fails, every lock taken
-// is released and the error returned, and the caller takes them all in
-// order, waiting.
-func tryLockParallel(ctx context.Context, dir *os.File, dirPath string, names []string) ([]*lock.PathLocks, error) {
-	sorted := slices.Clone(names)
-	slices.Sort(sorted)
-	parts := min(runtime.GOMAXPROCS(0), 8)
-	size := (len(sorted) + parts - 1) / parts
-	pls := make([]*lock.PathLocks, parts)
-	errs := make([]error, parts)
-	var wg sync.WaitGroup
-	for k := range parts {
-		lo, hi := min(k*size, len(sorted)), min((k+1)*size, len(sorted))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pls[k], errs[k] = lock.LockPathsAt(ctx, dir, dirPath, sorted[lo:hi], false, nil)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, pl := range pls {
-			pl.Unlock(false)
-		}
-		return nil, err
-	}
-	return pls, nil
 }
 
 // Holds reports whether p (a full store path) is one of the paths locked.

@@ -979,6 +979,20 @@ func (r *run) hashAll(ctx context.Context, items []*item, set *refscan.Set, cano
 	}
 	hashes, _ := r.pr.(Hashes)
 	var warnMu sync.Mutex
+	// Trees only read (already canonical before this run, so no process
+	// of a build user can be changing them) and not scanned are hashed
+	// as verify hashes: small files opened, read and closed through
+	// io_uring, many per system call (nar.BatchHasher; a nil one, where
+	// io_uring is missing, walks as DumpPathAtFiles does). One hasher
+	// per worker, kept in a pool for the next tree.
+	hashers := make(chan *nar.BatchHasher, r.o.Jobs)
+	defer func() {
+		close(hashers)
+		for bh := range hashers {
+			bh.Close()
+		}
+	}()
+	batch := !canon && set == nil
 	return r.parallel(ctx, r.alive(items), func(it *item) error {
 		if canon {
 			if err := fs.Canonicalise(r.storeFd, it.base, fs.CanonicaliseOptions{BuildUID: r.o.BuildUID, UID: uid, GID: gid, Display: it.path}); err != nil {
@@ -1020,7 +1034,24 @@ func (r *run) hashAll(ctx context.Context, items []*item, set *refscan.Set, cano
 				return nil, nil
 			}
 		}
-		n, _, err := nar.DumpPathAtFiles(w, r.storeFd, it.base, it.path, fn)
+		var n int64
+		var err error
+		if batch {
+			var bh *nar.BatchHasher
+			select {
+			case bh = <-hashers:
+			default:
+				bh, _ = nar.NewBatchHasher() // nil on error: hashes path by path
+			}
+			it.hash, n, err = bh.HashPathFiles(r.s.Layout.RealStoreDir+"/"+it.base, fn)
+			select {
+			case hashers <- bh:
+			default:
+				bh.Close()
+			}
+		} else {
+			n, _, err = nar.DumpPathAtFiles(w, r.storeFd, it.base, it.path, fn)
+		}
 		if err != nil && !canon && errors.Is(err, nar.ErrUnsupportedFileType) {
 			// A FIFO, socket or device: the check pass words it.
 			it.needCanon = true
@@ -1033,7 +1064,9 @@ func (r *run) hashAll(ctx context.Context, items []*item, set *refscan.Set, cano
 			it.needCanon = true
 			return nil
 		}
-		h.Sum(it.hash[:0])
+		if !batch {
+			h.Sum(it.hash[:0])
+		}
 		it.size = uint64(n)
 		pr := &r.res.Paths[it.idx]
 		pr.NarHash, pr.NarSize = it.hash, it.size
