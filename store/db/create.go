@@ -12,11 +12,11 @@ import (
 	"storekeeper/lock"
 )
 
-// nixSchemaSQL is the schema Nix 2.8 creates a new database with: the
+// NixSchemaSQL is the schema Nix 2.8 creates a new database with: the
 // statements as Nix runs them (sqlite_master then holds byte for byte
 // what it holds in a database made by `nix-store --init`; a test
 // compares them).
-const nixSchemaSQL = `create table if not exists ValidPaths (
+const NixSchemaSQL = `create table if not exists ValidPaths (
     id               integer primary key autoincrement not null,
     path             text unique not null,
     hash             text not null,
@@ -109,7 +109,7 @@ func Create(ctx context.Context, dbDir string, o CreateOptions) error {
 	if err := setJournalMode(ctx, sdb, o.UseWAL); err != nil {
 		return classifyDBError(dbPath, err)
 	}
-	if _, err := sdb.ExecContext(ctx, nixSchemaSQL); err != nil {
+	if _, err := sdb.ExecContext(ctx, NixSchemaSQL); err != nil {
 		return classifyDBError(dbPath, err)
 	}
 	if err := sdb.Close(); err != nil {

@@ -1,19 +1,10 @@
 package storetest
 
-// nixSchema is the table layout of Nix 2.x's db.sqlite (db/schema 10).
-const nixSchema = `
-create table if not exists ValidPaths (
-    id               integer primary key autoincrement not null,
-    path             text unique not null,
-    hash             text not null,
-    registrationTime integer not null,
-    deriver          text,
-    narSize          integer,
-    ultimate         integer,
-    sigs             text,
-    ca               text
-);
-` + commonSchema
+import "storekeeper/store/db"
+
+// nixSchema is the table layout of Nix 2.x's db.sqlite (db/schema 10):
+// exactly what Nix 2.8 creates (db.Create's).
+const nixSchema = db.NixSchemaSQL
 
 // guixSchema is the layout of Guix's daemon database (db/schema 7): no
 // ultimate, sigs or ca columns.
@@ -28,8 +19,8 @@ create table if not exists ValidPaths (
 );
 ` + commonSchema
 
-// commonSchema is the part both share: references, the trigger that drops
-// self-references, and derivation outputs.
+// commonSchema is the rest of Guix's layout: references, the trigger
+// that drops self-references, and derivation outputs.
 const commonSchema = `
 create table if not exists Refs (
     referrer  integer not null,
