@@ -12,9 +12,7 @@ package tests
 // listens on at 127.0.0.1.
 
 import (
-	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -448,46 +446,10 @@ func pathState(t testing.TB, root, p string) string {
 // repair must leave it equal (it changes files, never rows).
 func dbSnapshot(t testing.TB, root string) string {
 	t.Helper()
-	dbPath := filepath.Join(root, "nix/var/nix/db/db.sqlite")
-	db, err := sql.Open("sqlite", "file:"+dbPath+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var lines []string
-	query := func(q string) {
-		rows, err := db.QueryContext(context.Background(), q)
-		if err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-		defer rows.Close()
-		cols, _ := rows.Columns()
-		for rows.Next() {
-			vals := make([]any, len(cols))
-			ptrs := make([]any, len(cols))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := rows.Scan(ptrs...); err != nil {
-				t.Fatal(err)
-			}
-			var sb strings.Builder
-			for i, v := range vals {
-				if b, ok := v.([]byte); ok {
-					v = string(b)
-				}
-				fmt.Fprintf(&sb, "%s=%v ", cols[i], v)
-			}
-			lines = append(lines, sb.String())
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	query(`select path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca from ValidPaths`)
-	query(`select 'ref' as ref, a.path as referrer, b.path as reference from Refs r join ValidPaths a on a.id = r.referrer join ValidPaths b on b.id = r.reference`)
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
+	return strings.Join(queryLines(t, root,
+		`select path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca from ValidPaths`,
+		`select 'ref' as ref, a.path as referrer, b.path as reference from Refs r join ValidPaths a on a.id = r.referrer join ValidPaths b on b.id = r.reference`,
+	), "\n")
 }
 
 // repairVictims picks n output paths (no .drv) of ns, spread over the
