@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"fmt"
 	"sort"
 	"strings"
 
@@ -96,14 +95,7 @@ func (d *DB) closure(ctx context.Context, paths []string) (map[string]*PathInfo,
 			rs.Close()
 			return nil, err
 		}
-		if size.Valid && size.Int64 > 0 {
-			r.NarSize = uint64(size.Int64)
-		}
-		h, err := parseDBHash(hash)
-		if err != nil {
-			r.HashErr = fmt.Errorf("the database's hash %q of %s: %w", hash, r.Path, err)
-		}
-		r.NarHash = h
+		r.NarHash, r.NarSize, r.HashErr = rowHash(r.Path, hash, size)
 		r.RegistrationTime = regTime.Int64
 		r.Deriver = deriver.String
 		r.Ultimate = ultimate.Valid && ultimate.Int64 != 0

@@ -64,14 +64,7 @@ func pathRows(ctx context.Context, sdb *sql.DB, paths []string) (map[string]*Pat
 				rows.Close()
 				return nil, err
 			}
-			if size.Valid && size.Int64 > 0 {
-				r.NarSize = uint64(size.Int64)
-			}
-			h, err := parseDBHash(hash)
-			if err != nil {
-				r.HashErr = fmt.Errorf("the database's hash %q of %s: %w", hash, r.Path, err)
-			}
-			r.NarHash = h
+			r.NarHash, r.NarSize, r.HashErr = rowHash(r.Path, hash, size)
 			out[r.Path] = &r
 			byID[r.ID] = &r
 		}
@@ -112,4 +105,19 @@ func pathRows(ctx context.Context, sdb *sql.DB, paths []string) (map[string]*Pat
 		sort.Strings(r.References)
 	}
 	return out, nil
+}
+
+// rowHash reads a ValidPaths row's hash and narSize columns: the size,
+// 0 when NULL or not positive (old stores), and the hash, or why it
+// could not be parsed (HashErr: the row is still usable by path).
+func rowHash(path, hash string, size sql.NullInt64) (nar.Hash, uint64, error) {
+	var n uint64
+	if size.Valid && size.Int64 > 0 {
+		n = uint64(size.Int64)
+	}
+	h, err := parseDBHash(hash)
+	if err != nil {
+		err = fmt.Errorf("the database's hash %q of %s: %w", hash, path, err)
+	}
+	return h, n, err
 }
