@@ -66,10 +66,11 @@ READFLOOR=$W/readfloor
 (cd "$HERE/.." && go build -o "$READFLOOR" ./bench/readfloor)
 declare -A sum
 add() { sum[$1]=$(echo "${sum[$1]:-0} + $2" | bc); }
-# lockfloor: the lock protocol's own cost, one "<path>.lock" per path
-# created, flock'ed, unlinked, marked and closed in the store directory,
-# as PathLocks does for every path it registers (Nix's register-validity
-# takes no locks).
+# lockfloor: the lock protocol's own cost: one "<path>.lock" per path
+# created and flock'ed in the store directory, all of them existing at
+# once (the directory grows by as many entries), then each unlinked and
+# marked, as PathLocks does for every path it registers (Nix's
+# register-validity takes no locks).
 lockfloor() {
 	/usr/bin/env python3 - "$R/nix/store" "$NPATHS" <<'PYEOF'
 import fcntl, os, sys, time
@@ -77,10 +78,14 @@ d, n = sys.argv[1], int(sys.argv[2])
 dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
 t = time.time()
 fds = []
-for i in range(n):
-    fd = os.open('zz-lockfloor-%08d.lock' % i, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+names = ['zz-lockfloor-%08d.lock' % i for i in range(n)]
+for name in names:
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.unlink('zz-lockfloor-%08d.lock' % i, dir_fd=dfd)
+    os.close(fd)
+for name in names:
+    fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    os.unlink(name, dir_fd=dfd)
     os.write(fd, b'd')
     os.close(fd)
 print('%.2f' % (time.time() - t))
