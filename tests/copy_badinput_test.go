@@ -32,6 +32,18 @@ func TestCopyBadInput(t *testing.T) {
 	if err := os.Chown(filepath.Join(ns.Root, "nix/users-dir"), 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
+	// A root whose nix/store is a symlink to another directory of root's,
+	// and a root-owned directory inside another user's (#24 review).
+	mustMkdir(t, filepath.Join(ns.Root, "nix/linktarget"))
+	if err := os.Chmod(filepath.Join(ns.Root, "nix/linktarget"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mustMkdir(t, filepath.Join(ns.Root, "nix/symlinked/nix"))
+	mustSymlink(t, "/nix/linktarget", filepath.Join(ns.Root, "nix/symlinked/nix/store"))
+	mustMkdir(t, filepath.Join(ns.Root, "nix/users-parent/mnt"))
+	if err := os.Chown(filepath.Join(ns.Root, "nix/users-parent"), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
 
 	cases := []struct {
 		name, kind string
@@ -51,6 +63,8 @@ func TestCopyBadInput(t *testing.T) {
 		{"--to a database of another schema", "db-schema", []string{"--to", "/nix/future", good}, []string{"version 99"}, "nix/future"},
 		{"--to a store of another user", "permission", []string{"--to", "/nix/foreign", good}, []string{"belongs to uid 65534", "as its owner"}, "nix/foreign"},
 		{"--to a new store in another user's directory", "permission", []string{"--to", "/nix/users-dir", good}, []string{"/nix/users-dir", "belongs to uid 65534"}, "nix/users-dir"},
+		{"--to a root whose nix/store is a symlink", "permission", []string{"--to", "/nix/symlinked", good}, []string{"/nix/symlinked/nix/store is a symlink"}, "nix/linktarget"},
+		{"--to a root inside another user's directory", "permission", []string{"--to", "/nix/users-parent/mnt", good}, []string{"/nix/users-parent,", "belongs to uid 65534"}, "nix/users-parent/mnt"},
 		{"--method reflink on ext4", "method-unsupported", []string{"--method", "reflink", "--to", "/nix/t1", good}, []string{"--method reflink", "cannot clone", "--method auto"}, ""},
 	}
 	for _, c := range cases {

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -67,8 +68,10 @@ var (
 	// directories (a path cannot keep its name).
 	ErrStoreDirMismatch = errors.New("transfer: the stores have different store directories")
 	ErrReadOnly         = errors.New("transfer: the target store is opened read-only")
-	// ErrNotOwner: the target store directory belongs to another user.
-	ErrNotOwner = errors.New("transfer: the target store directory belongs to another user")
+	// ErrNotOwner: the target store directory belongs to another user,
+	// or it or the database directory is reached through a symlink or a
+	// directory another user could change (CheckTarget).
+	ErrNotOwner = errors.New("transfer: the target is not this user's to write into")
 	// ErrMethodUnsupported: the method asked for cannot be used here.
 	ErrMethodUnsupported = errors.New("the method cannot be used here")
 	// ErrBadSourceTree: a source path holds a node a store path may not
@@ -78,6 +81,9 @@ var (
 	// to was not.
 	ErrReferenceFailed = errors.New("a path it refers to was not copied")
 	ErrInterrupted     = errors.New("interrupted")
+	// ErrMissingInTarget: a path valid in the target's database is not in
+	// its store directory.
+	ErrMissingInTarget = errors.New("missing from the target's store directory")
 	// ErrBadSourceRow: the source's row of a path cannot be used (its
 	// hash column does not parse).
 	ErrBadSourceRow = errors.New("the source's database row cannot be used")
@@ -113,8 +119,8 @@ type Result struct {
 }
 
 // batchSize bounds the paths locked, staged and registered together (each
-// PathLock holds a descriptor).
-const batchSize = 2048
+// PathLock holds a descriptor); a var for tests.
+var batchSize = 2048
 
 // Copy copies the closure (under references) of paths, valid in from,
 // into to, skipping what is valid there already.
@@ -122,7 +128,10 @@ const batchSize = 2048
 // In detail: the closure and every row of it are read from from's
 // database in one read transaction (db.Closure); a path asked for that is
 // not valid there is an error wrapping ErrNotValid, and nothing is done.
-// The paths valid in to are skipped (never touched). The others are
+// The paths valid in to are skipped (never touched); one valid there but
+// missing from to's store directory fails with ErrMissingInTarget, and
+// when every such path is missing the target looks unmounted and Copy
+// refuses (store.ErrStoreLooksUnmounted), doing nothing. The others are
 // handled in dependency order, in batches: register.Lock takes their temp
 // roots and PathLocks in to; paths that became valid meanwhile are
 // skipped; each remaining one is built by o.Jobs workers in this run's
@@ -135,7 +144,10 @@ const batchSize = 2048
 // given (HashGiven; ultimate false, as Nix's copies), Partial: a path
 // whose tree does not hash to the source's hash (a damaged source) is not
 // registered, nor is anything referring to it, and the rest is. The tree
-// of a path not registered is moved out of the store and deleted.
+// of a path not registered is moved out of the store and deleted, unless
+// register found it already valid (registered meanwhile by a process
+// that takes no PathLock, as nix-store --register-validity): it is then
+// skipped, its tree left in place.
 //
 // Files (o.Method): see Method. A tree never follows a symlink, in the
 // source or the target (copyTree); a source node that is not a regular
@@ -201,11 +213,17 @@ func Copy(ctx context.Context, from, to *store.Store, paths []string, o Options)
 			return nil, fmt.Errorf("transfer: reading the target store's database: %w", err)
 		}
 	}
+	if err := checkPresent(to, order, valid, res); err != nil {
+		return nil, err
+	}
 	var todo []int
 	var total int64
 	for i, p := range order {
 		r := rows[p]
-		res.Paths[i] = PathResult{Path: p, Bytes: r.NarSize}
+		res.Paths[i].Path, res.Paths[i].Bytes = p, r.NarSize
+		if res.Paths[i].Err != nil {
+			continue // valid there but missing (checkPresent)
+		}
 		if valid[p] {
 			res.Paths[i].Skipped = true
 			res.Skipped++
@@ -265,39 +283,117 @@ func Copy(ctx context.Context, from, to *store.Store, paths []string, o Options)
 	return res, nil
 }
 
+// checkPresent checks that each path of order valid in to is in its
+// store directory (lstat, never followed): one that is not is not
+// "already there". When none of them is, the target's store directory
+// looks unmounted (store.CheckPresence: it is refused, nothing is done,
+// so that nothing is copied into the mount point); otherwise the
+// missing ones fail with ErrMissingInTarget in res (not copied: the
+// target's database says they are valid), and the rest goes on.
+func checkPresent(to *store.Store, order []string, valid map[string]bool, res *Result) error {
+	checked := 0
+	var gone []int
+	for i, p := range order {
+		if !valid[p] {
+			continue
+		}
+		checked++
+		var st unix.Stat_t
+		if err := unix.Lstat(to.Layout.RealPath(p), &st); errors.Is(err, unix.ENOENT) {
+			gone = append(gone, i)
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	var names []string
+	if len(gone) == checked {
+		if ents, err := os.ReadDir(to.Layout.RealStoreDir); err == nil {
+			names = make([]string, 0, len(ents))
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+		}
+	}
+	if err := store.CheckPresence(to.Layout, store.Presence{Valid: checked, Missing: len(gone), Names: names}); err != nil {
+		return fmt.Errorf("transfer: the target: %w (of the %d paths of the closure valid in its database; nothing was copied)", err, checked)
+	}
+	for _, i := range gone {
+		p := order[i]
+		res.Paths[i].Err = fmt.Errorf("'%s' is valid in the target's database but %w %s: it was not copied; check the target with storekeeper verify (--store as --to), repair it, then run copy again",
+			p, ErrMissingInTarget, to.Layout.RealStoreDir)
+	}
+	return nil
+}
+
 // CheckTarget checks, before anything is opened or created there, that
 // a store at to can take paths of from: the same logical store directory
 // (ErrStoreDirMismatch), and a store directory of this process's user,
 // or, when it does not exist yet, a directory to create it in of this
 // process's user or root (ErrNotOwner: nothing is created in a directory
-// another user controls).
+// another user controls); and neither the store directory nor the
+// database directory is reached through a symlink or through a directory
+// another user could change (see checkChain; ErrNotOwner too).
 func CheckTarget(from, to store.Layout) error {
 	if from.StoreDir != to.StoreDir {
 		return fmt.Errorf("%w: the source's is %s, the target's %s (give the target's with --to 'local?root=DIR&store=%s')",
 			ErrStoreDirMismatch, from.StoreDir, to.StoreDir, from.StoreDir)
 	}
-	var st unix.Stat_t
-	err := unix.Stat(to.RealStoreDir, &st)
-	if err == nil && int(st.Uid) != os.Geteuid() {
-		return notOwnerError(to.RealStoreDir, st.Uid)
-	}
-	if err != nil {
-		// A new store: the directory it is created in must be ours (or
-		// root's), not another user's.
-		for d := filepath.Dir(to.RealStoreDir); ; d = filepath.Dir(d) {
-			if unix.Stat(d, &st) == nil {
-				if int(st.Uid) != os.Geteuid() && st.Uid != 0 {
-					return fmt.Errorf("%w: the new store would be created in %s, which belongs to uid %d, and storekeeper runs as uid %d: create the store as that user, or give the directory to uid %d (nothing was copied)",
-						ErrNotOwner, d, st.Uid, os.Geteuid(), os.Geteuid())
-				}
-				break
-			}
-			if d == "/" || d == "." {
-				break
-			}
+	for _, dir := range []string{to.RealStoreDir, to.DBDir()} {
+		if d, src := filepath.Clean(dir), filepath.Clean(from.RealStoreDir); strings.HasPrefix(d, src+"/") {
+			// Creating it would change a path of the source store.
+			return fmt.Errorf("%w: the target's %s is inside the source's store directory %s: give a target outside it (nothing was copied)", ErrBadOptions, dir, src)
+		}
+		if err := checkChain(dir, dir == to.RealStoreDir); err != nil {
+			return err
 		}
 	}
+	// The store directory, when it exists, must be ours (its parents and
+	// the directory a new one is created in were checked above).
+	var st unix.Stat_t
+	if err := unix.Stat(to.RealStoreDir, &st); err == nil && int(st.Uid) != os.Geteuid() {
+		return notOwnerError(to.RealStoreDir, st.Uid)
+	}
 	return nil
+}
+
+// checkChain checks dir (absolute) and each of its existing parents, up
+// to /: none may be a symlink (as Nix refuses for the store directory
+// and its parents: a store created or written through one writes where
+// the link points, chmod and chown included), and none may be a
+// directory that a user other than root and this process's could
+// change: owned by another user, or writable by others without the
+// sticky bit (the store directory itself, 1775 root:nixbld in Nix's
+// multi-user stores, is checked by its owner only, by the caller).
+// Directories that do not exist yet are created later under a checked
+// parent.
+func checkChain(dir string, isStoreDir bool) error {
+	euid := os.Geteuid()
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		var st unix.Stat_t
+		err := unix.Lstat(d, &st)
+		switch {
+		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
+			// Not there yet (or not a directory: reported by what opens it).
+		case err != nil:
+			return fmt.Errorf("transfer: checking the target's directory %s: %w", d, err)
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			return fmt.Errorf("%w: %s is a symlink, and the target's store and database directories are reached through no symlink (as Nix requires; it would write where the link points): give the real directory with --to (nothing was copied)",
+				ErrNotOwner, d)
+		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		case isStoreDir && d == filepath.Clean(dir):
+			// Its owner is checked by the caller; 1775 is Nix's.
+		case int(st.Uid) != euid && st.Uid != 0:
+			return fmt.Errorf("%w: the target's %s is under %s, which belongs to uid %d, and storekeeper runs as uid %d: that user could swap what storekeeper writes into; give the directory to uid %d or root, or copy as its owner (nothing was copied)",
+				ErrNotOwner, dir, d, st.Uid, euid, euid)
+		case st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0:
+			return fmt.Errorf("%w: the target's %s is under %s, which others can write into (mode %#o, no sticky bit): they could swap what storekeeper writes into; make it writable by its owner only (chmod go-w) (nothing was copied)",
+				ErrNotOwner, dir, d, st.Mode&0o7777)
+		}
+		if d == "/" || d == "." {
+			return nil
+		}
+	}
 }
 
 func notOwnerError(dir string, uid uint32) error {
@@ -441,6 +537,14 @@ func newRun(ctx context.Context, from, to *store.Store, o Options) (*run, error)
 	if int(st.Uid) != os.Geteuid() {
 		r.close()
 		return nil, notOwnerError(lay.RealStoreDir, st.Uid)
+	}
+	var sst unix.Stat_t
+	if err := unix.Fstat(r.srcFd, &sst); err == nil && sst.Dev == st.Dev && sst.Ino == st.Ino {
+		// Two databases for one store directory: a path valid in the
+		// source only would look like an invalid leftover in the target,
+		// to be replaced.
+		r.close()
+		return nil, fmt.Errorf("%w: the source and the target have the same store directory %s but different databases (nothing was copied)", ErrBadOptions, lay.RealStoreDir)
 	}
 	uid, _, err := fs.StoreOwner(r.storeFd)
 	if err != nil {
@@ -655,6 +759,9 @@ func (r *run) batch(ctx context.Context, rows map[string]*db.PathInfo, res *Resu
 		return ctx.Err()
 	}
 	sort.Slice(done, func(a, b int) bool { return done[a].idx < done[b].idx })
+	if testHookPlaced != nil {
+		testHookPlaced(r.to, done[0].info.Path)
+	}
 
 	// Register them, each checked against the source's hash.
 	inputs := make([]register.Input, len(done))
@@ -691,6 +798,13 @@ func (r *run) batch(ctx context.Context, rows map[string]*db.PathInfo, res *Resu
 			continue
 		}
 		err := why[pr.Path]
+		if errors.Is(err, db.ErrAlreadyValid) {
+			// Registered meanwhile by a process that takes no PathLock
+			// (nix-store --register-validity, --load-db): valid, so its
+			// tree stays where it is.
+			pr.Skipped, pr.Method = true, ""
+			continue
+		}
 		switch {
 		case err == nil && rerr != nil:
 			err = rerr
@@ -735,9 +849,11 @@ func (r *run) place(ctx context.Context, pr *PathResult, info *db.PathInfo) erro
 	staged := r.trash.Path + "/" + base
 	st, err := r.cp.copyTree(ctx, r.srcFd, base, r.from.Layout.RealPath(pr.Path), r.trash.Fd, base)
 	if err == nil {
+		movable(r.trash.Fd, base)
 		err = fs.PutNew(r.trash.Fd, base, r.storeFd, base)
 		if errors.Is(err, unix.EEXIST) {
 			// An invalid leftover (a killed run's, a failed build's).
+			movable(r.storeFd, base)
 			err = fs.Exchange(r.trash.Fd, base, r.storeFd, base)
 			if err == nil {
 				if _, rerr := fs.RemoveTree(r.trash.Fd, base, staged); rerr != nil && !errors.Is(rerr, unix.ENOENT) {
@@ -756,7 +872,36 @@ func (r *run) place(ctx context.Context, pr *PathResult, info *db.PathInfo) erro
 		return fmt.Errorf("'%s' was not copied: %w", pr.Path, err)
 	}
 	pr.Method = st.method()
+	if os.Geteuid() != 0 {
+		// movable's mode back: 0555, mtime 1.
+		if fd, err := sys.OpenAt(r.storeFd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC); err == nil {
+			unix.Fchmod(fd, fs.Nix.Dir)
+			futimens(fd)
+			unix.Close(fd)
+		}
+	}
 	return nil
+}
+
+// movable makes the directory name of dirfd (never followed) writable by
+// its owner, when this process is not root and owns it: the kernel moves
+// a directory to another parent only for a process that may write into
+// it (its ".." entry changes), which root always may and the owner of a
+// 0555 directory may not. place gives a placed tree its mode back;
+// anything else moved is deleted.
+func movable(dirfd int, name string) {
+	if os.Geteuid() == 0 {
+		return
+	}
+	fd, err := sys.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	if err != nil {
+		return // not a directory (or gone): nothing to do
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) == nil && int(st.Uid) == os.Geteuid() && st.Mode&0o200 == 0 {
+		unix.Fchmod(fd, st.Mode&0o7777|0o200)
+	}
 }
 
 // remove moves the tree at path's store name (put there by place, not
@@ -768,6 +913,7 @@ func (r *run) remove(path string) {
 	if err := sys.LstatAt(r.storeFd, base, &st); err != nil {
 		return
 	}
+	movable(r.storeFd, base)
 	name, err := fs.MoveInto(r.storeFd, base, r.trash.Fd)
 	if err != nil {
 		r.o.Progress.Warn(fmt.Sprintf("copy: moving the unregistered copy of %s out of the store: %s (it is not valid; gc deletes it)", report.Name(path), report.Text(err.Error())), path)
@@ -775,6 +921,10 @@ func (r *run) remove(path string) {
 	}
 	fs.RemoveTree(r.trash.Fd, name, r.trash.Path+"/"+name)
 }
+
+// testHookPlaced, set by tests, runs after a batch's trees are placed at
+// their store names, before they are registered (with one of them).
+var testHookPlaced func(to *store.Store, path string)
 
 // quiet passes register's messages on, not its phases and counts: the
 // run's bar is the copy's.

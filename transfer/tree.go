@@ -137,7 +137,9 @@ func (c *copier) dir(ctx context.Context, srcDir int, name, display string, dstD
 	}
 	defer unix.Close(dfd)
 	for _, e := range ents {
-		if err := c.node(ctx, sfd, e.Name, display+"/"+e.Name, dfd, e.Name, depth+1, s); err != nil {
+		// display only names the node in errors: escaped (report.Name),
+		// so a file name cannot forge a line of output.
+		if err := c.node(ctx, sfd, e.Name, display+"/"+report.Name(e.Name), dfd, e.Name, depth+1, s); err != nil {
 			return err
 		}
 	}

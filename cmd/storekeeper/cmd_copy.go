@@ -167,7 +167,7 @@ func runCopy(cmd *cobra.Command, g *globalOptions, o *copyOptions, args []string
 				if !g.json {
 					p.Verbosef("copied '%s' (%s, %s)", report.Name(pr.Path), pr.Method, report.FormatSize(pr.Bytes))
 				}
-			case o.dryRun:
+			case o.dryRun && pr.Err == nil:
 				out.PathsToCopy++
 				out.BytesCopied += pr.Bytes
 				if !g.json {
@@ -257,6 +257,7 @@ var copyErrorKinds = []struct {
 	{transfer.ErrMethodUnsupported, "method-unsupported"},
 	{transfer.ErrBadSourceTree, "bad-source"},
 	{transfer.ErrBadSourceRow, "bad-source"},
+	{transfer.ErrMissingInTarget, "missing-in-target"},
 }
 
 func copyErrorKind(err error) string {
