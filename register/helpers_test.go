@@ -259,3 +259,28 @@ func needRoot(t testing.TB) {
 		t.Skip("needs root (chown to other uids)")
 	}
 }
+
+// chunkedMismatch is a test store whose rows were removed (before: its
+// rows), with locks for only 10 paths at once (so Register works in
+// chunks), and its inputs with hashes given, the hash of bad wrong: the
+// last path in dependency order that refers to others, registered in
+// the last chunk.
+func chunkedMismatch(t *testing.T) (b *storetest.Built, s *store.Store, before []string, in []Input, bad string) {
+	t.Helper()
+	b, s = testStore(t, false)
+	before = rowDump(t, s, b.Valid)
+	in = inputsOf(t, s, b.Valid, true)
+	removeRows(t, s, b.Valid)
+	fakeLimits(t, fileReserve+10, fileReserve+10, 1<<20)
+	for _, p := range topPaths(b, len(b.Valid)) {
+		if len(b.Refs[p]) > 0 {
+			bad = p
+		}
+	}
+	for i := range in {
+		if in[i].Path == bad {
+			in[i].NarHash[0] ^= 1
+		}
+	}
+	return b, s, before, in, bad
+}

@@ -638,25 +638,8 @@ func TestFileLimit(t *testing.T) {
 // as one transaction gives; in all-or-nothing mode a failure in a later
 // chunk undoes the earlier ones, so nothing is left registered.
 func TestChunked(t *testing.T) {
-	b, s := testStore(t, false)
-	before := rowDump(t, s, b.Valid)
-	in := inputsOf(t, s, b.Valid, true)
-	removeRows(t, s, b.Valid)
-	fakeLimits(t, fileReserve+10, fileReserve+10, 1<<20) // 10 paths at once
+	b, s, before, in, bad := chunkedMismatch(t)
 	log := &report.Log{}
-	// A mismatch in the last path in dependency order: a path nothing
-	// refers to, registered in the last chunk.
-	var bad string
-	for _, p := range topPaths(b, len(b.Valid)) {
-		if len(b.Refs[p]) > 0 {
-			bad = p
-		}
-	}
-	for i := range in {
-		if in[i].Path == bad {
-			in[i].NarHash[0] ^= 1
-		}
-	}
 	res, err := Register(context.Background(), s, in, Options{BuildUID: fs.NoBuildUser, Progress: log})
 	if !errors.Is(err, ErrHashMismatch) || res.Registered != 0 {
 		t.Fatalf("got %v, %d registered", err, res.Registered)

@@ -288,22 +288,7 @@ func (h *phaseHook) Add(int64)                                  {}
 // path's references valid, and the error says so. A rerun with
 // Reregister completes with the rows one transaction gives.
 func TestChunkedUndoReferred(t *testing.T) {
-	b, s := testStore(t, false)
-	before := rowDump(t, s, b.Valid)
-	in := inputsOf(t, s, b.Valid, true)
-	removeRows(t, s, b.Valid)
-	fakeLimits(t, fileReserve+10, fileReserve+10, 1<<20)
-	var bad string
-	for _, p := range topPaths(b, len(b.Valid)) {
-		if len(b.Refs[p]) > 0 {
-			bad = p
-		}
-	}
-	for i := range in {
-		if in[i].Path == bad {
-			in[i].NarHash[0] ^= 1
-		}
-	}
+	b, s, before, in, bad := chunkedMismatch(t)
 	// Once the first chunk is registered, "another process" registers a
 	// path referring to one of its paths.
 	other := newPath(b, "other-referrer")
