@@ -1,0 +1,415 @@
+package lock
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// LockUser is a process that holds, or waits for, a lock on a file, as
+// /proc/locks says.
+type LockUser struct {
+	PID     int    `json:"pid"`     // in this PID namespace; 0 when unknown (an OFD lock)
+	Command string `json:"command"` // its command line ("" if unreadable)
+	Kind    string `json:"kind"`    // flock, posix or ofd
+	Mode    string `json:"mode"`    // shared or exclusive
+	// Since is when the process started (from /proc/PID/stat's start
+	// time and /proc/stat's btime, assuming 100 clock ticks a second),
+	// not when it took the lock, which Linux does not record. Zero when
+	// unknown.
+	Since time.Time `json:"since,omitzero"`
+}
+
+// LockFileStatus is one lock file and who holds or waits for it.
+type LockFileStatus struct {
+	Path    string     `json:"path"`
+	Exists  bool       `json:"exists"`
+	Holders []LockUser `json:"holders"`
+	Waiters []LockUser `json:"waiters"`
+	// Stale: the file exists and nobody holds a lock on it (a temp-roots
+	// file or path lock whose owner is gone). Only for temp-roots and
+	// path-lock files.
+	Stale bool   `json:"stale"`
+	Error string `json:"error,omitempty"`
+}
+
+// StatusOptions tune Status.
+type StatusOptions struct {
+	ProcDir  string // "" means /proc
+	MaxFiles int    // temp-roots and path-lock files listed at most each (0: 100)
+}
+
+// StatusReport is what Status found: a snapshot, each part read at a
+// slightly different instant.
+type StatusReport struct {
+	GCLock  LockFileStatus `json:"gc_lock"`
+	BigLock LockFileStatus `json:"big_lock"`
+	// GCRunning: some process holds gc.lock exclusively, as a collector
+	// does while it deletes.
+	GCRunning bool `json:"gc_running"`
+	// GCSocket is <stateDir>/gc-socket/socket; GCSocketAccepts says
+	// whether a connection to it was accepted (a collector serving it).
+	GCSocket        string `json:"gc_socket"`
+	GCSocketExists  bool   `json:"gc_socket_exists"`
+	GCSocketAccepts bool   `json:"gc_socket_accepts"`
+	GCSocketError   string `json:"gc_socket_error,omitempty"`
+
+	// TempRoots lists the files in <stateDir>/temproots, held ones first
+	// (at most MaxFiles); TempRootsMore is how many more there are.
+	TempRoots      []LockFileStatus `json:"temp_roots"`
+	TempRootsTotal int              `json:"temp_roots_total"`
+	TempRootsStale int              `json:"temp_roots_stale"`
+	TempRootsMore  int              `json:"temp_roots_more"`
+	// PathLocks lists the <path>.lock files in the store directory, held
+	// ones first (at most MaxFiles); PathLocksMore is how many more.
+	PathLocks      []LockFileStatus `json:"path_locks"`
+	PathLocksTotal int              `json:"path_locks_total"`
+	PathLocksStale int              `json:"path_locks_stale"`
+	PathLocksMore  int              `json:"path_locks_more"`
+
+	// LocksTruncated: /proc/locks had more lines than were read.
+	LocksTruncated bool `json:"locks_truncated,omitempty"`
+}
+
+// lockEntry is one /proc/locks line.
+type lockEntry struct {
+	pid     int
+	kind    string
+	mode    string
+	waiting bool
+}
+
+type inodeKey struct {
+	major, minor uint32
+	ino          uint64
+}
+
+// Status reports who holds or waits for the locks of the store whose
+// state directory is stateDir and whose (physical) store directory is
+// storeDir: gc.lock, db/big-lock, each temp-roots file and each
+// <path>.lock file. It is read-only: it reads procDir/locks once and
+// matches files to its lines by device and inode (stat only; no lock file
+// is opened, let alone locked or created), and it connects to the gc
+// socket, if there is one, to see whether a collector accepts (closing at
+// once, having sent nothing). A file is stale when nobody holds a lock on
+// it as far as /proc/locks shows (a process in another PID namespace may
+// show as pid 0; one in a namespace /proc/locks hides is not seen).
+func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
+	if o.ProcDir == "" {
+		o.ProcDir = "/proc"
+	}
+	if o.MaxFiles <= 0 {
+		o.MaxFiles = 100
+	}
+	locks, truncated, err := readAllLocks(o.ProcDir)
+	if err != nil {
+		return nil, err
+	}
+	pc := &procCache{dir: o.ProcDir, start: map[int]time.Time{}, cmd: map[int]string{}}
+	r := &StatusReport{LocksTruncated: truncated, TempRoots: []LockFileStatus{}, PathLocks: []LockFileStatus{}}
+	r.GCLock = statusOf(filepath.Join(stateDir, "gc.lock"), locks, pc, true)
+	r.BigLock = statusOf(filepath.Join(stateDir, "db", "big-lock"), locks, pc, true)
+	for _, h := range r.GCLock.Holders {
+		if h.Mode == "exclusive" {
+			r.GCRunning = true
+		}
+	}
+	r.GCSocket = GCSocketPath(stateDir)
+	var st unix.Stat_t
+	if err := unix.Lstat(r.GCSocket, &st); err == nil {
+		r.GCSocketExists = true
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			r.GCSocketError = "not a socket"
+		} else if c, err := dialBriefly(r.GCSocket); err != nil {
+			r.GCSocketError = err.Error()
+		} else {
+			r.GCSocketAccepts = true
+			c.Close()
+		}
+	} else if !errors.Is(err, unix.ENOENT) {
+		r.GCSocketError = err.Error()
+	}
+	var errs []error
+	r.TempRoots, r.TempRootsTotal, r.TempRootsStale, r.TempRootsMore, err = listLockFiles(TempRootsDir(stateDir), func(name string) bool {
+		return !strings.HasPrefix(name, ".")
+	}, locks, pc, o.MaxFiles)
+	if r.TempRoots == nil {
+		r.TempRoots = []LockFileStatus{}
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing temporary roots: %w", err))
+	}
+	r.PathLocks, r.PathLocksTotal, r.PathLocksStale, r.PathLocksMore, err = listLockFiles(storeDir, func(name string) bool {
+		return strings.HasSuffix(name, ".lock") && !strings.HasPrefix(name, ".")
+	}, locks, pc, o.MaxFiles)
+	if r.PathLocks == nil {
+		r.PathLocks = []LockFileStatus{}
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing path locks: %w", err))
+	}
+	return r, errors.Join(errs...)
+}
+
+// dialBriefly connects to the Unix socket at path, giving up after 2 s.
+func dialBriefly(path string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return DialUnix(ctx, path)
+}
+
+// readAllLocks reads procDir/locks (at most maxLocksLines lines) into its
+// entries by inode.
+func readAllLocks(procDir string) (map[inodeKey][]lockEntry, bool, error) {
+	f, err := os.Open(procDir + "/locks")
+	if err != nil {
+		return nil, false, fmt.Errorf("reading the lock table: %w", err)
+	}
+	defer f.Close()
+	m, truncated, err := parseAllLocks(io.LimitReader(f, 64<<20))
+	if err != nil {
+		return nil, false, fmt.Errorf("reading %s/locks: %w", procDir, err)
+	}
+	return m, truncated, nil
+}
+
+// parseAllLocks parses /proc/locks lines, holders ("1: FLOCK ADVISORY
+// WRITE 1234 08:01:5678 0 EOF") and waiters ("1: -> FLOCK ...").
+func parseAllLocks(r io.Reader) (map[inodeKey][]lockEntry, bool, error) {
+	m := map[inodeKey][]lockEntry{}
+	sc := bufio.NewScanner(r)
+	n := 0
+	for sc.Scan() {
+		if n++; n > maxLocksLines {
+			return m, true, nil
+		}
+		f := strings.Fields(sc.Text())
+		waiting := len(f) > 1 && f[1] == "->"
+		if waiting {
+			f = append(f[:1], f[2:]...)
+		}
+		if len(f) < 6 {
+			continue
+		}
+		parts := strings.Split(f[5], ":")
+		if len(parts) != 3 {
+			continue
+		}
+		a, err1 := strconv.ParseUint(parts[0], 16, 32)
+		b, err2 := strconv.ParseUint(parts[1], 16, 32)
+		c, err3 := strconv.ParseUint(parts[2], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(f[4])
+		if err != nil || pid < 0 {
+			pid = 0
+		}
+		k := inodeKey{uint32(a), uint32(b), c}
+		if len(m[k]) >= maxHolders*4 {
+			continue
+		}
+		m[k] = append(m[k], lockEntry{pid: pid, kind: kindName(f[1]), mode: modeName(f[3]), waiting: waiting})
+	}
+	if err := sc.Err(); err != nil {
+		return m, false, err
+	}
+	return m, false, nil
+}
+
+func kindName(t string) string {
+	switch t {
+	case "FLOCK":
+		return "flock"
+	case "POSIX":
+		return "posix"
+	case "OFDLCK":
+		return "ofd"
+	}
+	return strings.ToLower(t)
+}
+
+func modeName(m string) string {
+	switch m {
+	case "READ":
+		return "shared"
+	case "WRITE":
+		return "exclusive"
+	}
+	return strings.ToLower(m)
+}
+
+// procCache reads each process's command line and start time once.
+type procCache struct {
+	dir   string
+	btime int64 // -1: unreadable
+	start map[int]time.Time
+	cmd   map[int]string
+}
+
+func (c *procCache) user(e lockEntry) LockUser {
+	u := LockUser{PID: e.pid, Kind: e.kind, Mode: e.mode}
+	if e.pid <= 0 {
+		return u
+	}
+	if s, ok := c.cmd[e.pid]; ok {
+		u.Command = s
+	} else {
+		u.Command = commandLine(c.dir, e.pid)
+		c.cmd[e.pid] = u.Command
+	}
+	if t, ok := c.start[e.pid]; ok {
+		u.Since = t
+	} else {
+		u.Since = c.startTime(e.pid)
+		c.start[e.pid] = u.Since
+	}
+	return u
+}
+
+// startTime is when pid started: /proc/PID/stat's field 22 (clock ticks
+// since boot; 100 a second, as on every Linux architecture Go runs on)
+// plus /proc/stat's btime. Zero when either cannot be read.
+func (c *procCache) startTime(pid int) time.Time {
+	if c.btime == 0 {
+		c.btime = -1
+		if b, err := readBounded(c.dir+"/stat", 1<<20); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(l, "btime "); ok {
+					if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+						c.btime = n
+					}
+				}
+			}
+		}
+	}
+	if c.btime < 0 {
+		return time.Time{}
+	}
+	b, err := readBounded(c.dir+"/"+strconv.Itoa(pid)+"/stat", 4096)
+	if err != nil {
+		return time.Time{}
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces and ')'
+	if i < 0 {
+		return time.Time{}
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state); field 22 (starttime) is f[19].
+	if len(f) < 20 {
+		return time.Time{}
+	}
+	ticks, err := strconv.ParseInt(f[19], 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.Unix(c.btime, 0).Add(time.Duration(ticks) * (time.Second / 100))
+}
+
+func readBounded(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
+}
+
+// statusOf stats path (following symbolic links when follow, as lockers
+// open gc.lock and big-lock) and fills in its holders and waiters.
+func statusOf(path string, locks map[inodeKey][]lockEntry, pc *procCache, follow bool) LockFileStatus {
+	s := LockFileStatus{Path: path, Holders: []LockUser{}, Waiters: []LockUser{}}
+	var st unix.Stat_t
+	var err error
+	if follow {
+		err = unix.Stat(path, &st)
+	} else {
+		err = unix.Lstat(path, &st)
+	}
+	if err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			s.Error = (&os.PathError{Op: "stat", Path: path, Err: err}).Error()
+		}
+		return s
+	}
+	s.Exists = true
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		s.Error = "not a regular file"
+		return s
+	}
+	for _, e := range locks[inodeKey{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}] {
+		if e.waiting {
+			s.Waiters = append(s.Waiters, pc.user(e))
+		} else {
+			s.Holders = append(s.Holders, pc.user(e))
+		}
+	}
+	return s
+}
+
+// listLockFiles reports the files in dir whose names want accepts: held
+// ones (and ones with an error) first, then stale ones, at most max, sorted
+// by name within each group; total, stale and more count them all. A
+// missing dir lists nothing.
+func listLockFiles(dir string, want func(string) bool, locks map[inodeKey][]lockEntry, pc *procCache, max int) (list []LockFileStatus, total, stale, more int, err error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, 0, 0, 0, nil
+		}
+		return nil, 0, 0, 0, err
+	}
+	defer d.Close()
+	var held, idle []LockFileStatus
+	for {
+		names, rerr := d.Readdirnames(1024)
+		for _, name := range names {
+			if !want(name) {
+				continue
+			}
+			s := statusOf(filepath.Join(dir, name), locks, pc, false)
+			if !s.Exists {
+				continue // gone meanwhile
+			}
+			total++
+			if s.Error == "" && len(s.Holders) == 0 {
+				s.Stale = true
+				stale++
+				if len(idle) < max {
+					idle = append(idle, s)
+				} else {
+					more++
+				}
+				continue
+			}
+			held = append(held, s) // bounded by the /proc/locks lines read
+		}
+		if rerr == io.EOF || len(names) == 0 {
+			break
+		}
+		if rerr != nil {
+			return nil, 0, 0, 0, rerr
+		}
+	}
+	sort.Slice(held, func(i, j int) bool { return held[i].Path < held[j].Path })
+	sort.Slice(idle, func(i, j int) bool { return idle[i].Path < idle[j].Path })
+	list = append(append([]LockFileStatus{}, held...), idle...)
+	if len(list) > max {
+		more += len(list) - max
+		list = list[:max]
+	}
+	return list, total, stale, more, nil
+}
