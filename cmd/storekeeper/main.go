@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -51,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		p.json = true
 		name := ""
 		if executed != nil && executed != cmd {
-			name = executed.Name()
+			name = strings.TrimPrefix(executed.CommandPath(), cmd.Name()+" ") // "lock status"
 		}
 		storeDir := ""
 		if lay != nil {

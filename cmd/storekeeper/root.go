@@ -101,6 +101,7 @@ nix-daemon, through Nix's own database and lock protocols.
 	cmd.AddCommand(newRepairCommand(g))
 	cmd.AddCommand(newRegisterCommand(g))
 	cmd.AddCommand(newCopyCommand(g))
+	cmd.AddCommand(newLockCommand(g))
 	for _, c := range cmd.Commands() {
 		if run := c.RunE; run != nil {
 			c.RunE = func(c *cobra.Command, args []string) error {
