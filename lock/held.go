@@ -81,36 +81,54 @@ func parseLocks(r io.Reader, major, minor uint32, ino uint64) ([]Holder, error) 
 	var out []Holder
 	sc := bufio.NewScanner(r)
 	for n := 0; sc.Scan() && n < maxLocksLines && len(out) < maxHolders; n++ {
-		f := strings.Fields(sc.Text())
-		if len(f) < 6 || f[1] == "->" {
+		l, ok := parseLocksLine(sc.Text())
+		if !ok || l.waiting || l.key != (inodeKey{major, minor, ino}) {
 			continue
 		}
-		var maj, min uint32
-		var in uint64
-		parts := strings.Split(f[5], ":")
-		if len(parts) != 3 {
-			continue
-		}
-		a, err1 := strconv.ParseUint(parts[0], 16, 32)
-		b, err2 := strconv.ParseUint(parts[1], 16, 32)
-		c, err3 := strconv.ParseUint(parts[2], 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
-			continue
-		}
-		maj, min, in = uint32(a), uint32(b), c
-		if maj != major || min != minor || in != ino {
-			continue
-		}
-		pid, err := strconv.Atoi(f[4])
-		if err != nil || pid < 0 {
-			pid = 0
-		}
-		out = append(out, Holder{PID: pid, Type: f[1], Mode: f[3]})
+		out = append(out, Holder{PID: l.pid, Type: l.typ, Mode: l.mode})
 	}
 	if err := sc.Err(); err != nil {
 		return out, fmt.Errorf("reading /proc/locks: %w", err)
 	}
 	return out, nil
+}
+
+// locksLine is one line of /proc/locks.
+type locksLine struct {
+	key       inodeKey
+	pid       int    // 0 when not a number (a holder in another pid namespace shows -1)
+	typ, mode string // as written: FLOCK, POSIX, OFDLCK; READ, WRITE
+	waiting   bool   // a blocked waiter ("->" after the number)
+}
+
+// parseLocksLine parses a /proc/locks line ("1: FLOCK  ADVISORY  WRITE
+// 1234 08:01:5678 0 EOF", a waiter "1: -> FLOCK ..."); ok is false for a
+// line of another shape.
+func parseLocksLine(line string) (l locksLine, ok bool) {
+	f := strings.Fields(line)
+	if len(f) > 1 && f[1] == "->" {
+		l.waiting = true
+		f = append(f[:1], f[2:]...)
+	}
+	if len(f) < 6 {
+		return l, false
+	}
+	parts := strings.Split(f[5], ":")
+	if len(parts) != 3 {
+		return l, false
+	}
+	a, err1 := strconv.ParseUint(parts[0], 16, 32)
+	b, err2 := strconv.ParseUint(parts[1], 16, 32)
+	c, err3 := strconv.ParseUint(parts[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return l, false
+	}
+	l.key = inodeKey{uint32(a), uint32(b), c}
+	if pid, err := strconv.Atoi(f[4]); err == nil && pid > 0 {
+		l.pid = pid
+	}
+	l.typ, l.mode = f[1], f[3]
+	return l, true
 }
 
 // commandLine is /proc/PID/cmdline with spaces between the arguments,

@@ -195,33 +195,11 @@ func parseAllLocks(r io.Reader) (map[inodeKey][]lockEntry, bool, error) {
 		if n++; n > maxLocksLines {
 			return m, true, nil
 		}
-		f := strings.Fields(sc.Text())
-		waiting := len(f) > 1 && f[1] == "->"
-		if waiting {
-			f = append(f[:1], f[2:]...)
-		}
-		if len(f) < 6 {
+		l, ok := parseLocksLine(sc.Text())
+		if !ok || len(m[l.key]) >= maxHolders*4 {
 			continue
 		}
-		parts := strings.Split(f[5], ":")
-		if len(parts) != 3 {
-			continue
-		}
-		a, err1 := strconv.ParseUint(parts[0], 16, 32)
-		b, err2 := strconv.ParseUint(parts[1], 16, 32)
-		c, err3 := strconv.ParseUint(parts[2], 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(f[4])
-		if err != nil || pid < 0 {
-			pid = 0
-		}
-		k := inodeKey{uint32(a), uint32(b), c}
-		if len(m[k]) >= maxHolders*4 {
-			continue
-		}
-		m[k] = append(m[k], lockEntry{pid: pid, kind: kindName(f[1]), mode: modeName(f[3]), waiting: waiting})
+		m[l.key] = append(m[l.key], lockEntry{pid: l.pid, kind: kindName(l.typ), mode: modeName(l.mode), waiting: l.waiting})
 	}
 	if err := sc.Err(); err != nil {
 		return m, false, err
