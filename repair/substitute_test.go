@@ -637,25 +637,7 @@ func TestSubstituteLinks(t *testing.T) {
 // name, same size) to the damaged inode again.
 func TestSubstituteLinksDroppedBeforeSwap(t *testing.T) {
 	f := newSubFixture(t, smallSpec())
-	dirs := f.dirs()
-	var p string
-	for q := range dirs {
-		if p == "" || q < p {
-			p = q
-		}
-	}
-	links := f.b.Layout.LinksDir()
-	os.MkdirAll(links, 0o755)
-	file := filepath.Join(f.real(p), dirs[p])
-	h, _, err := nar.HashPath(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entry := filepath.Join(links, h.Base32())
-	if err := os.Link(file, entry); err != nil {
-		t.Fatal(err)
-	}
-	f.modify(p, dirs[p])
+	p, entry := f.damagedLinked()
 	var atSwap error
 	testHookSwapped = func(q string) {
 		if q == p {
@@ -686,25 +668,7 @@ func TestSubstituteLinksDroppedBeforeSwap(t *testing.T) {
 // old copy checked after the swap: its damaged .links entry goes too.
 func TestSubstituteLinksPathBackAtSwap(t *testing.T) {
 	f := newSubFixture(t, smallSpec())
-	dirs := f.dirs()
-	var p string
-	for q := range dirs {
-		if p == "" || q < p {
-			p = q
-		}
-	}
-	links := f.b.Layout.LinksDir()
-	os.MkdirAll(links, 0o755)
-	file := filepath.Join(f.real(p), dirs[p])
-	h, _, err := nar.HashPath(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entry := filepath.Join(links, h.Base32())
-	if err := os.Link(file, entry); err != nil {
-		t.Fatal(err)
-	}
-	f.modify(p, dirs[p])
+	p, entry := f.damagedLinked()
 	aside := filepath.Join(filepath.Dir(f.b.Layout.RealStoreDir), "aside")
 	if err := os.Rename(f.real(p), aside); err != nil {
 		t.Fatal(err)
@@ -945,4 +909,30 @@ func TestAdaptivePool(t *testing.T) {
 			t.Errorf("slow=%v: %d workers", slow, n)
 		}
 	}
+}
+
+// damagedLinked takes the first path (by name) with a file, makes that
+// file's intact contents a .links entry (a hard link, as optimise does),
+// then damages the file in place; it returns the path and the entry.
+func (f *subFixture) damagedLinked() (p, entry string) {
+	f.t.Helper()
+	dirs := f.dirs()
+	for q := range dirs {
+		if p == "" || q < p {
+			p = q
+		}
+	}
+	links := f.b.Layout.LinksDir()
+	os.MkdirAll(links, 0o755)
+	file := filepath.Join(f.real(p), dirs[p])
+	h, _, err := nar.HashPath(file)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	entry = filepath.Join(links, h.Base32())
+	if err := os.Link(file, entry); err != nil {
+		f.t.Fatal(err)
+	}
+	f.modify(p, dirs[p])
+	return p, entry
 }
