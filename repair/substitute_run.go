@@ -232,35 +232,10 @@ func inheritsXattrs(fd int) bool {
 // repair) left in the trash: their staged trees and old copies. It runs
 // under gc.lock shared.
 func (r *subRun) emptyAbandoned(ctx context.Context, trash fs.Trash) error {
-	parent, err := trash.Open()
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if err != nil {
+	if _, err := trash.EmptyAbandoned(ctx, func(n int) {
+		r.pr.Info(fmt.Sprintf("emptying the trash left by an interrupted run (%d entries)", n))
+	}); err != nil {
 		return fmt.Errorf("repair: %w", err)
-	}
-	defer unix.Close(parent)
-	runs, _, err := trash.ClaimAbandoned(parent)
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("repair: %w", err)
-	}
-	// Entries of the layout before run directories are gc's to claim.
-	if len(runs) == 0 {
-		return nil
-	}
-	items, err := fs.Entries(runs)
-	if err == nil && len(items) > 0 {
-		r.pr.Info(fmt.Sprintf("emptying the trash left by an interrupted run (%d entries)", len(items)))
-		_, _, err = fs.DeleteEntries(ctx, items, 2*runtime.GOMAXPROCS(0), nil)
-	}
-	for _, run := range runs {
-		run.Close(err == nil)
-	}
-	if err != nil {
-		return fmt.Errorf("repair: emptying the trash %s: %w (run storekeeper gc to retry)", trash.Path, err)
 	}
 	return nil
 }

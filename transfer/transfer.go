@@ -614,35 +614,14 @@ func emptyTrash(ctx context.Context, to *store.Store, pr report.Progress) error 
 // copy) left in the trash; the caller holds gc.lock shared (as repair
 // does), so that no collector runs meanwhile.
 func emptyAbandoned(ctx context.Context, trash fs.Trash, pr report.Progress) error {
-	parent, err := trash.Open()
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
+	n, err := trash.EmptyAbandoned(ctx, func(n int) {
+		pr.Info(fmt.Sprintf("emptying the trash left by an interrupted run (%d entries)", n))
+	})
 	if err != nil {
 		return fmt.Errorf("transfer: %w", err)
 	}
-	defer unix.Close(parent)
-	runs, _, err := trash.ClaimAbandoned(parent)
-	if errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("transfer: %w", err)
-	}
-	if len(runs) == 0 {
+	if n == 0 {
 		trash.RemoveIfEmpty()
-		return nil
-	}
-	items, err := fs.Entries(runs)
-	if err == nil && len(items) > 0 {
-		pr.Info(fmt.Sprintf("emptying the trash left by an interrupted run (%d entries)", len(items)))
-		_, _, err = fs.DeleteEntries(ctx, items, 2*runtime.GOMAXPROCS(0), nil)
-	}
-	for _, run := range runs {
-		run.Close(err == nil)
-	}
-	if err != nil {
-		return fmt.Errorf("transfer: emptying the trash %s: %w (run storekeeper gc to retry)", trash.Path, err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -195,6 +196,50 @@ func IsEmptyDir(fd int) (bool, error) {
 			return false, nil
 		}
 	}
+}
+
+// EmptyAbandoned deletes what runs that died or were interrupted left
+// in their run directories (ClaimAbandoned), with parallel workers, and
+// removes those directories. announce, if not nil, gets the number of
+// entries before they are deleted. Entries of the layout before run
+// directories are left (they are gc's to claim with MoveInto). The caller
+// holds gc.lock shared, so that no collector runs meanwhile. It returns
+// how many run directories it claimed; a missing trash is 0 and no error.
+// Cancellation: ctx stops the deletion; what is left stays in the run
+// directories, which the next run claims again.
+func (t Trash) EmptyAbandoned(ctx context.Context, announce func(entries int)) (int, error) {
+	parent, err := t.Open()
+	if errors.Is(err, unix.ENOENT) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(parent)
+	runs, _, err := t.ClaimAbandoned(parent)
+	if errors.Is(err, unix.ENOENT) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(runs) == 0 {
+		return 0, nil
+	}
+	items, err := Entries(runs)
+	if err == nil && len(items) > 0 {
+		if announce != nil {
+			announce(len(items))
+		}
+		_, _, err = DeleteEntries(ctx, items, 2*runtime.GOMAXPROCS(0), nil)
+	}
+	for _, run := range runs {
+		run.Close(err == nil)
+	}
+	if err != nil {
+		return len(runs), fmt.Errorf("emptying the trash %s: %w (run storekeeper gc to retry)", t.Path, err)
+	}
+	return len(runs), nil
 }
 
 // ClaimAbandoned lists the trash open at parent (from Open) and locks the
