@@ -18,9 +18,9 @@ var importRules = map[string][]string{
 	"cmd/mkdemostore": {"store/storetest"},
 	// capabilities: each uses the layers below, never another capability
 	// (but gc → roots: the collector's roots are roots')
-	"gc":       {"roots", "graph", "store", "store/db", "store/fs", "nix/storepath", "lock", "report", "internal/sys"},
+	"gc":       {"roots", "graph", "store", "store/db", "store/fs", "store/usage", "nix/storepath", "lock", "report", "internal/sys"},
 	"optimise": {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys", "internal/varint"},
-	"roots":    {"graph", "store", "store/db", "nix/storepath", "lock", "report", "internal/sys"},
+	"roots":    {"graph", "store", "store/db", "store/usage", "nix/storepath", "lock", "report", "internal/sys"},
 	"verify":   {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "report", "internal/varint", "verify/finding"},
 	// repair carries out the remedies of verify's findings: it uses their
 	// types (verify/finding), never verify's audit
@@ -40,6 +40,7 @@ var importRules = map[string][]string{
 	"store/db":        {"graph", "store/fs", "nix/nar", "nix/storepath", "lock", "report"},
 	"store/fs":        {"internal/sys", "report"},
 	"store/storetest": {"store", "store/db", "store/fs", "nix/nar", "nix/nixconf", "nix/storepath", "nix/derivation"},
+	"store/usage":     {"internal/sys"}, // what store entries hold on disk, counting hard links
 	// the reference graph and what is computed on it: no SQL, no file I/O
 	// (nix/nar only for the type of the NAR hash column)
 	"graph": {"nix/nar"},
