@@ -7,9 +7,10 @@ import (
 
 	"storekeeper/report"
 	"storekeeper/roots"
-	"storekeeper/store"
 )
 
+// rootsOptions are the flags of `roots` and, for --no-runtime and
+// --no-temp (persistent flags), of its subcommands.
 type rootsOptions struct {
 	why        string
 	pruneStale bool
@@ -17,6 +18,9 @@ type rootsOptions struct {
 	noTemp     bool
 }
 
+// newRootsCommand is `roots`: the listing, and the parent of its
+// subcommands (why, ...). Each subcommand also has an alias flag on
+// `roots` (--why PATH) that runs the same code.
 func newRootsCommand(g *globalOptions) *cobra.Command {
 	o := &rootsOptions{}
 	cmd := &cobra.Command{
@@ -30,22 +34,33 @@ roots of running processes (/proc) and temporary roots ({temp:PID}).
 Unlike Nix, roots changes nothing: stale links in gcroots/auto are reported
 on stderr and left alone unless --prune-stale is given. With --json, one
 object per root: kind (direct, indirect, profile, runtime, temp), link,
-target, and for runtime roots the pid, command line and what held the path
-(exe, cwd, fd, maps, environ, kernel).`,
+target, for link roots the link's owner and modification time (mtime, unix
+seconds), and for runtime roots the pid, command line and what held the
+path (exe, cwd, fd, maps, environ, kernel).
+
+Subcommands: 'roots why PATH...' explains why paths are alive.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRoots(cmd, g, o)
 		},
 	}
+	pf := cmd.PersistentFlags()
+	pf.BoolVar(&o.noRuntime, "no-runtime", false, "do not scan /proc for runtime roots")
+	pf.BoolVar(&o.noTemp, "no-temp", false, "do not read temporary roots")
 	f := cmd.Flags()
-	f.StringVar(&o.why, "why", "", "explain why PATH is still alive: the root that keeps it and a shortest chain of paths from that root, each edge with its kind (reference, keep-outputs, keep-derivations)")
+	f.StringVar(&o.why, "why", "", "explain why PATH is still alive (the same as 'roots why PATH')")
 	f.BoolVar(&o.pruneStale, "prune-stale", false, "remove stale links in gcroots/auto (needs write access)")
-	f.BoolVar(&o.noRuntime, "no-runtime", false, "do not scan /proc for runtime roots")
-	f.BoolVar(&o.noTemp, "no-temp", false, "do not read temporary roots")
+	cmd.AddCommand(newRootsWhyCommand(g, o))
 	return cmd
 }
 
 func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
+	if o.why != "" {
+		if o.pruneStale {
+			return usagef("--why and --prune-stale exclude each other")
+		}
+		return runRootsWhy(cmd, g, o, &whyOptions{}, []string{o.why})
+	}
 	ctx := cmd.Context()
 	p := g.printer(cmd)
 	s, err := g.openStore(ctx, !o.pruneStale)
@@ -53,9 +68,6 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 		return err
 	}
 	defer s.Close()
-	if o.why != "" {
-		return runWhy(cmd, g, p, s, o)
-	}
 	res, err := roots.Find(ctx, s, roots.Options{PruneStale: o.pruneStale, NoRuntime: o.noRuntime, NoTemp: o.noTemp})
 	if err != nil {
 		return err
@@ -83,40 +95,6 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 	// The listing is the command's result: printed even under --quiet.
 	for _, r := range res.Roots {
 		fmt.Fprintf(p.out, "%s -> %s\n", report.Name(r.Link), report.Name(r.Target))
-	}
-	return nil
-}
-
-// runWhy answers "why is this path still alive?" with the root and a
-// shortest chain of paths that keep it, each edge with its kind, as the
-// collector sees it (keep-outputs and keep-derivations from nix.conf).
-func runWhy(cmd *cobra.Command, g *globalOptions, p *printer, s *store.Store, o *rootsOptions) error {
-	e, err := roots.Why(cmd.Context(), s, o.why, roots.WhyOptions{
-		Roots:       roots.Options{NoRuntime: o.noRuntime, NoTemp: o.noTemp},
-		KeepOutputs: s.Settings.KeepOutputs, KeepDerivations: s.Settings.KeepDerivations,
-	})
-	if err != nil {
-		return err
-	}
-	if g.json {
-		return p.JSON(e)
-	}
-	if !e.Alive {
-		with := ""
-		if e.DeadWith > 0 {
-			with = fmt.Sprintf(" with the %d dead paths that keep it", e.DeadWith)
-		}
-		fmt.Fprintf(p.out, "%s is dead: no root keeps it alive ('storekeeper gc' would delete it%s, about %s by NAR size)\n",
-			report.Name(e.Path), with, report.FormatSize(e.NarBytes))
-		return nil
-	}
-	fmt.Fprintf(p.out, "%s is alive\n  root: %s\n", report.Name(e.Path), report.Name(e.Root))
-	for i, l := range e.Chain {
-		if i == 0 {
-			fmt.Fprintf(p.out, "  %s\n", report.Name(l.Path))
-		} else {
-			fmt.Fprintf(p.out, "  -> %s (%s)\n", report.Name(l.Path), l.Edge)
-		}
 	}
 	return nil
 }
