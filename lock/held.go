@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/internal/procfs"
 )
 
 // HeldError is the error of a lock that another process held when it was
@@ -40,12 +42,11 @@ type Holder struct {
 	Command string // its command line, arguments separated by spaces ("" if unreadable)
 }
 
-// Bounds of what Holders reads: /proc/locks lines and holders kept, and
-// the length of a command line.
+// Bounds of what Holders reads: /proc/locks lines and holders kept (a
+// command line is bounded by procfs.CommandLine).
 const (
-	maxLocksLines  = 1 << 20
-	maxHolders     = 16
-	maxCommandLine = 256
+	maxLocksLines = 1 << 20
+	maxHolders    = 16
 )
 
 // Holders returns the processes holding a lock on the file at path (not
@@ -69,7 +70,7 @@ func Holders(procDir, path string) ([]Holder, error) {
 	defer f.Close()
 	hs, err := parseLocks(io.LimitReader(f, 64<<20), unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
 	for i := range hs {
-		hs[i].Command = commandLine(procDir, hs[i].PID)
+		hs[i].Command = procfs.CommandLine(procDir, hs[i].PID)
 	}
 	return hs, err
 }
@@ -129,19 +130,4 @@ func parseLocksLine(line string) (l locksLine, ok bool) {
 	}
 	l.typ, l.mode = f[1], f[3]
 	return l, true
-}
-
-// commandLine is /proc/PID/cmdline with spaces between the arguments,
-// cut to maxCommandLine bytes; "" when it cannot be read.
-func commandLine(procDir string, pid int) string {
-	if pid <= 0 {
-		return ""
-	}
-	f, err := os.Open(procDir + "/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(io.LimitReader(f, maxCommandLine))
-	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }

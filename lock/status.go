@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/internal/procfs"
 )
 
 // LockUser is a process that holds, or waits for, a lock on a file, as
@@ -245,7 +247,7 @@ func (c *procCache) user(e lockEntry) LockUser {
 	if s, ok := c.cmd[e.pid]; ok {
 		u.Command = s
 	} else {
-		u.Command = commandLine(c.dir, e.pid)
+		u.Command = procfs.CommandLine(c.dir, e.pid)
 		c.cmd[e.pid] = u.Command
 	}
 	if t, ok := c.start[e.pid]; ok {

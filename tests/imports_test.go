@@ -20,7 +20,7 @@ var importRules = map[string][]string{
 	// (but gc → roots: the collector's roots are roots')
 	"gc":       {"roots", "graph", "store", "store/db", "store/fs", "store/usage", "nix/storepath", "lock", "report", "internal/sys"},
 	"optimise": {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/storepath", "lock", "report", "internal/sys", "internal/varint"},
-	"roots":    {"graph", "store", "store/db", "store/usage", "nix/storepath", "lock", "report", "internal/sys"},
+	"roots":    {"graph", "store", "store/db", "store/usage", "nix/storepath", "lock", "report", "internal/sys", "internal/procfs"},
 	"verify":   {"graph", "store", "store/db", "store/fs", "nix/nar", "nix/signature", "nix/storepath", "report", "internal/varint", "verify/finding"},
 	// repair carries out the remedies of verify's findings: it uses their
 	// types (verify/finding), never verify's audit
@@ -54,8 +54,9 @@ var importRules = map[string][]string{
 	"nix/derivation":  {"nix/storepath"},
 	"nix/signature":   {"nix/nar"},
 	"nix/narinfo":     {"nix/nar", "nix/signature", "nix/storepath"},
-	"lock":            {"internal/sys"},
+	"lock":            {"internal/sys", "internal/procfs", "nix/storepath"}, // storepath: which store-directory names are path locks (lock prune)
 	"internal/sys":    {},
+	"internal/procfs": {}, // bounded reads of /proc/PID (lock, roots)
 	"internal/varint": {},
 	"report":          {},
 	"bench/linkfloor": {"nix/nar", "internal/sys"},
