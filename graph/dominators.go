@@ -35,6 +35,7 @@ type DomTree struct {
 
 	lcaOnce sync.Once
 	pre     []uint32 // by node: position in a preorder of the dominator tree
+	byPre   []Node   // the reached nodes in that preorder
 	size    []uint32 // by node: size of its dominator subtree
 	up      [][]Node // up[k][n]: the 2^k-th dominator of n (SuperRoot past the top)
 }
@@ -252,6 +253,17 @@ func (t *DomTree) Dominates(a, b Node) bool {
 	return t.pre[a] <= t.pre[b] && t.pre[b] < t.pre[a]+t.size[a]
 }
 
+// Dominated calls fn for every node n dominates (n itself first), in a
+// preorder of the dominator tree; n must be reached. O(what it visits)
+// after the index LCA uses, built once.
+func (t *DomTree) Dominated(n Node, fn func(Node)) {
+	t.lcaOnce.Do(t.buildLCA)
+	p := t.pre[n]
+	for _, v := range t.byPre[p : p+t.size[n]] {
+		fn(v)
+	}
+}
+
 // LCA is the nearest common dominator of a and b (both reached): the
 // deepest node that dominates both. O(log N) after an index built once in
 // O(N log depth).
@@ -289,6 +301,7 @@ func (t *DomTree) buildLCA() {
 		pos[p]++
 	}
 	t.pre = make([]uint32, total)
+	t.byPre = make([]Node, 0, len(t.order))
 	t.size = make([]uint32, total)
 	depth := make([]uint32, total)
 	maxDepth := uint32(0)
@@ -298,6 +311,7 @@ func (t *DomTree) buildLCA() {
 		n := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		t.pre[n] = next
+		t.byPre = append(t.byPre, n)
 		next++
 		if n != SuperRoot {
 			depth[n] = depth[t.idom[n]] + 1

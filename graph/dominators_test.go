@@ -186,6 +186,26 @@ func checkAgainstBrute(t *testing.T, e *graph.Edges, roots []graph.PathID, r *ra
 			}
 		}
 	}
+	for d := 0; d < total; d++ {
+		if !reached[d] {
+			continue
+		}
+		var got []int
+		dt.Dominated(graph.Node(d), func(v graph.Node) { got = append(got, int(v)) })
+		if len(got) == 0 || got[0] != d {
+			t.Fatalf("Dominated(%d) does not start with itself: %v", d, got)
+		}
+		sort.Ints(got)
+		var want []int
+		for v := 0; v < total; v++ {
+			if dom[v][d] {
+				want = append(want, v)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("Dominated(%d) = %v, want %v", d, got, want)
+		}
+	}
 	dt.Sum(ones)
 	for d := 0; d < total; d++ {
 		if !reached[d] {
