@@ -14,9 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os/user"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -44,6 +47,12 @@ type Root struct {
 	Kind   Kind   `json:"kind"`
 	Link   string `json:"link"`
 	Target string `json:"target"` // full store path
+	// Link roots (direct, indirect, profile): the owner of the link (user
+	// name, or the uid in decimal when it has no name) and its
+	// modification time (unix seconds); filled in by Find (one lstat per
+	// root, never followed).
+	Owner string `json:"owner,omitempty"`
+	MTime int64  `json:"mtime,omitempty"`
 	// Runtime and temp roots: the process.
 	PID     int    `json:"pid,omitempty"`
 	Command string `json:"command,omitempty"` // its command line, arguments separated by spaces
@@ -290,7 +299,7 @@ func (w *walk) visit(dirfd int, name, p string, typ uint8, again bool) error {
 			base = base[i+1:]
 		}
 		if storepath.ValidateBaseName(base) == nil {
-			w.f.cands = append(w.f.cands, candidate{Root{Kind: w.kind, Link: p, Target: w.f.lay.StoreDir + "/" + base}, true})
+			w.f.cands = append(w.f.cands, candidate{w.f.linkRoot(Root{Kind: w.kind, Link: p, Target: w.f.lay.StoreDir + "/" + base}, dirfd, name), true})
 		}
 	}
 	return nil
@@ -389,7 +398,7 @@ func (w *walk) link(dirfd int, name, p string, again bool) error {
 		return f.walkErr(p, err)
 	}
 	if sp, ok := f.toStorePath(target); ok {
-		f.cands = append(f.cands, candidate{Root{Kind: w.kind, Link: p, Target: sp}, true})
+		f.cands = append(f.cands, candidate{f.linkRoot(Root{Kind: w.kind, Link: p, Target: sp}, dirfd, name), true})
 		return nil
 	}
 	// Indirect: the link names a symlink elsewhere that points into the
@@ -420,7 +429,9 @@ func (w *walk) link(dirfd int, name, p string, again bool) error {
 		if w.kind == Profile || isInDir(tpath, f.lay.ProfilesDir()) {
 			k = Profile
 		}
-		f.cands = append(f.cands, candidate{Root{Kind: k, Link: tpath, Target: sp}, true})
+		r := Root{Kind: k, Link: tpath, Target: sp}
+		f.stamp(&r, &st)
+		f.cands = append(f.cands, candidate{r, true})
 	}
 	return nil
 }
@@ -498,6 +509,40 @@ func (f *finder) walkErr(p string, err error) error {
 			ErrRootsUnreadable, p, err)
 	}
 	return f.ioErr(p, err)
+}
+
+// linkRoot is r, a link root found as the entry name of the directory
+// open at dirfd, with its owner and modification time from one lstat,
+// never followed; a link gone meanwhile keeps them empty.
+func (f *finder) linkRoot(r Root, dirfd int, name string) Root {
+	var st unix.Stat_t
+	if sys.LstatAt(dirfd, name, &st) == nil {
+		f.stamp(&r, &st)
+	}
+	return r
+}
+
+// stamp sets r's Owner and MTime from the link's own lstat.
+func (f *finder) stamp(r *Root, st *unix.Stat_t) {
+	r.Owner, r.MTime = UserName(st.Uid), st.Mtim.Sec
+}
+
+var userNames sync.Map // uint32 -> string
+
+// UserName is the name of the user uid from the user database, or the uid
+// in decimal when it has none; each uid is looked up once per process.
+// Safe for concurrent use.
+func UserName(uid uint32) string {
+	if n, ok := userNames.Load(uid); ok {
+		return n.(string)
+	}
+	id := strconv.FormatUint(uint64(uid), 10)
+	n := id
+	if u, err := user.LookupId(id); err == nil && u.Username != "" {
+		n = u.Username
+	}
+	userNames.Store(uid, n)
+	return n
 }
 
 func isInDir(p, dir string) bool {

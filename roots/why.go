@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 
 	"storekeeper/graph"
 	"storekeeper/lock"
 	"storekeeper/store"
 	"storekeeper/store/db"
+	"storekeeper/store/usage"
 )
 
 // ErrNotValid is wrapped by Why's error for a store path that is not a
@@ -19,20 +21,33 @@ var ErrNotValid = errors.New("roots: not a valid path")
 type Explanation struct {
 	Path  string `json:"path"`
 	Alive bool   `json:"alive"`
-	// Root is the root that keeps Path alive ("LINK -> PATH",
-	// "{temp:PID} -> PATH"), and Chain a shortest chain of paths from
-	// that root's target down to Path, each kept alive by the one before
-	// it through the edge it names.
-	Root  string `json:"root,omitempty"`
+	// Root is the root that keeps Path alive (the first, in Find's order,
+	// of the roots whose target starts Chain), and Chain a shortest chain
+	// of paths from that root's target down to Path (no root is nearer),
+	// each kept alive by the one before it through the edge it names.
+	Root  *Root  `json:"root,omitempty"`
 	Chain []Link `json:"chain,omitempty"`
+	// Roots (WhyOptions.All) is every root that keeps Path alive, each
+	// with a shortest chain from its own target: shortest chains first,
+	// then by the root's "LINK -> TARGET".
+	Roots []RootChain `json:"roots,omitempty"`
 	// For a dead path: DeadWith counts the other paths a collection
 	// deletes with it (the dead paths that keep it, through references
 	// and the keep-* edges: Nix's collector deletes them together, and
-	// 'gc --delete' needs them all), and NarBytes is the sum of the NAR
-	// sizes of the path and of those: about what deleting them frees
-	// (less where files are hard-linked with paths that stay).
-	DeadWith int    `json:"dead_with,omitempty"`
-	NarBytes uint64 `json:"nar_bytes,omitempty"`
+	// 'gc --delete' needs them all), NarBytes is the sum of the NAR sizes
+	// of the path and of those, and FreedBytes what deleting them all
+	// frees on disk, counting hard links as gc does (a file also linked
+	// from a path that stays frees nothing). All 0 for a live path.
+	DeadWith   int    `json:"dead_with"`
+	NarBytes   uint64 `json:"nar_bytes"`
+	FreedBytes uint64 `json:"freed_bytes"`
+}
+
+// RootChain is one root that keeps a path alive and a shortest chain from
+// its target to the path.
+type RootChain struct {
+	Root  Root   `json:"root"`
+	Chain []Link `json:"chain"`
 }
 
 // Link is one path of a chain and the edge through which the path before
@@ -52,32 +67,56 @@ type WhyOptions struct {
 	// KeepOutputs / KeepDerivations: nix.conf's keep-outputs and
 	// keep-derivations, which add their edges to the references.
 	KeepOutputs, KeepDerivations bool
+	// All lists every root that keeps the path (Explanation.Roots).
+	All bool
+	// Jobs is the number of parallel walks measuring a dead path's bytes
+	// (0: GOMAXPROCS).
+	Jobs int
 }
 
-// Why explains why path is alive: a store path, a path below one (which
-// stands for its store path) or a symlink to either, read as nix-store -q
-// --roots reads its argument (store.Layout.FollowLinksToStorePath). It uses the roots Find finds,
-// the reference graph and the keep-* edges, the collector's liveness
-// (graph.Liveness, breadth first from every root at once), and a shortest
-// chain from a root to path. A valid path no root keeps is reported not
-// alive.
+// Why explains why path is alive; it is WhyPaths for one path, returning
+// that path's error.
+func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Explanation, error) {
+	es, errs, err := WhyPaths(ctx, s, []string{path}, o)
+	if err != nil {
+		return nil, err
+	}
+	if errs[0] != nil {
+		return nil, errs[0]
+	}
+	return es[0], nil
+}
+
+// WhyPaths explains why each of paths is alive: a store path, a path
+// below one (which stands for its store path) or a symlink to either,
+// read as nix-store -q --roots reads its argument
+// (store.Layout.FollowLinksToStorePath). It finds the roots and loads
+// the reference graph once for all of them, and computes the collector's
+// liveness once (graph.Liveness, breadth first from every root at once,
+// through the references and the keep-* edges): each live path gets a
+// shortest chain from the nearest root; with o.All, one backward search
+// from the path (graph.Reach) gives every root that keeps it its own
+// shortest chain. A valid path no root keeps is reported dead, with the
+// dead paths deleted with it and the bytes deleting them all frees
+// (store/usage: hard links counted as gc counts them).
+//
+// The result has, for each path in order, its explanation or its error
+// (errs[i], wrapping ErrNotValid or storepath.ErrBadStorePath for a
+// path that is not a valid store path, or the error measuring a dead
+// path's files): one path failing does not stop the others. err is set
+// only when nothing could be explained (the roots, the database).
 //
 // Concurrency: it holds gc.lock shared while it reads (when the store
 // lets it take the lock), so it waits for a running collector and no
 // collector deletes anything under it; roots and the graph are each one
 // consistent snapshot. It changes nothing. Cancellation: ctx stops it,
 // holding nothing.
-func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Explanation, error) {
+func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions) (es []*Explanation, errs []error, err error) {
 	lay := s.Layout
-	sp, err := lay.FollowLinksToStorePath(path)
-	if err != nil {
-		return nil, fmt.Errorf("roots: %w", err)
-	}
-	base := sp[len(lay.StoreDir)+1:]
 	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, nil)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 		gcLock = nil // no access to the lock: a snapshot, like any read
 	}
@@ -87,40 +126,132 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 	ro.PruneStale, ro.Strict = false, false
 	rr, err := Find(ctx, s, ro)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	g, err := s.LoadGraph(ctx, db.GraphOptions{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	id, ok := g.Lookup(base)
-	if !ok {
-		return nil, fmt.Errorf("%w: %s is not registered in the store's database (collected already, or never built): nothing keeps it", ErrNotValid, lay.StorePathOf(base))
+	x := newExplainer(g, rr.Roots, o)
+	es, errs = make([]*Explanation, len(paths)), make([]error, len(paths))
+	var links map[uint64]bool
+	for i, p := range paths {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		sp, err := lay.FollowLinksToStorePath(p)
+		if err != nil {
+			errs[i] = fmt.Errorf("roots: %w", err)
+			continue
+		}
+		id, ok := g.Lookup(sp)
+		if !ok {
+			errs[i] = fmt.Errorf("%w: %s is not registered in the store's database (collected already, or never built): nothing keeps it", ErrNotValid, sp)
+			continue
+		}
+		e, dead := x.explain(id)
+		if dead != nil {
+			if links == nil {
+				if links, err = usage.LinkInodes(lay.LinksDir()); err != nil {
+					return nil, nil, fmt.Errorf("roots: reading the store's .links: %w", err)
+				}
+			}
+			names := make([]string, len(dead))
+			for k, v := range dead {
+				names[k] = g.Name(v)
+			}
+			us, err := usage.Measure(ctx, lay.RealStoreDir, names, o.Jobs, nil)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, nil, ctx.Err()
+				}
+				errs[i] = fmt.Errorf("roots: measuring what deleting %s frees: %w", sp, err)
+				continue
+			}
+			e.FreedBytes, _ = usage.Freed(us, links)
+		}
+		es[i] = e
 	}
-	live := graph.NewLiveness(graph.NewEdges(g, o.KeepOutputs, o.KeepDerivations))
-	for _, r := range rr.Roots {
+	return es, errs, nil
+}
+
+// explainer is what WhyPaths computes once for all its paths.
+type explainer struct {
+	g        *graph.Graph
+	roots    []Root
+	byTarget map[graph.PathID][]int // indices into roots, in Find's order
+	live     *graph.Liveness
+	reach    *graph.Reach // for All; nil otherwise
+}
+
+// newExplainer computes the liveness of g under roots (in Find's order):
+// O(paths + edges).
+func newExplainer(g *graph.Graph, roots []Root, o WhyOptions) *explainer {
+	e := graph.NewEdges(g, o.KeepOutputs, o.KeepDerivations)
+	x := &explainer{g: g, roots: roots, byTarget: map[graph.PathID][]int{}, live: graph.NewLiveness(e)}
+	for i, r := range roots {
 		if rid, ok := g.Lookup(r.Target); ok {
-			live.AddRoot(rid, r.String())
+			x.byTarget[rid] = append(x.byTarget[rid], i)
+			x.live.AddRoot(rid, r.String())
 		}
 	}
-	live.Propagate()
+	x.live.Propagate()
+	if o.All {
+		x.reach = graph.NewReach(e)
+	}
+	return x
+}
+
+// explain explains id; for a dead path it also returns the dead paths a
+// collection deletes with it, id first (to measure).
+func (x *explainer) explain(id graph.PathID) (*Explanation, []graph.PathID) {
+	g := x.g
 	e := &Explanation{Path: g.Path(id)}
-	root, chain, alive := live.Chain(id)
+	_, chain, alive := x.live.Chain(id)
 	if !alive {
 		// Its dead keepers: O(what they are), with the reverse index
 		// built in O(edges), less than the graph's load.
-		for v, d := range live.DeadFrom([]graph.PathID{id}) {
-			if d {
-				e.DeadWith++
-				e.NarBytes += g.NarSize[v]
+		dead := []graph.PathID{id}
+		for v, d := range x.live.DeadFrom([]graph.PathID{id}) {
+			if d && graph.PathID(v) != id {
+				dead = append(dead, graph.PathID(v))
 			}
 		}
-		e.DeadWith--
-		return e, nil
+		e.DeadWith = len(dead) - 1
+		for _, v := range dead {
+			e.NarBytes += g.NarSize[v]
+		}
+		return e, dead
 	}
-	e.Alive, e.Root = true, root
-	for _, st := range chain {
-		e.Chain = append(e.Chain, Link{Path: g.Path(st.ID), Edge: st.Edge})
+	e.Alive = true
+	r := x.roots[x.byTarget[chain[0].ID][0]]
+	e.Root, e.Chain = &r, x.links(chain)
+	if x.reach != nil {
+		x.reach.To(id)
+		for rid, idx := range x.byTarget {
+			if _, ok := x.reach.Dist(rid); !ok {
+				continue
+			}
+			c := x.links(x.reach.Chain(rid))
+			for _, i := range idx {
+				e.Roots = append(e.Roots, RootChain{Root: x.roots[i], Chain: c})
+			}
+		}
+		sort.Slice(e.Roots, func(i, j int) bool {
+			a, b := e.Roots[i], e.Roots[j]
+			if len(a.Chain) != len(b.Chain) {
+				return len(a.Chain) < len(b.Chain)
+			}
+			return a.Root.String() < b.Root.String()
+		})
 	}
 	return e, nil
+}
+
+func (x *explainer) links(steps []graph.Step) []Link {
+	out := make([]Link, len(steps))
+	for i, st := range steps {
+		out[i] = Link{Path: x.g.Path(st.ID), Edge: st.Edge}
+	}
+	return out
 }

@@ -44,7 +44,10 @@ func parseDumpDB(t *testing.T, out string) nixDB {
 type whyJSON struct {
 	Path  string `json:"path"`
 	Alive bool   `json:"alive"`
-	Root  string `json:"root"`
+	Root  *struct {
+		Link   string `json:"link"`
+		Target string `json:"target"`
+	} `json:"root"`
 	Chain []struct {
 		Path string `json:"path"`
 		Edge string `json:"edge"`
@@ -53,22 +56,28 @@ type whyJSON struct {
 	NarBytes uint64 `json:"nar_bytes"`
 }
 
-// parseWhy reads the output of roots --why --json: the explanation, in
-// the JSON envelope's result (or alone).
+// root is the explanation's root as Nix prints it, "LINK -> TARGET" ("" if
+// none).
+func (e whyJSON) root() string {
+	if e.Root == nil {
+		return ""
+	}
+	return e.Root.Link + " -> " + e.Root.Target
+}
+
+// parseWhy reads the output of roots --why --json: the explanation of its
+// one path, in the JSON envelope's result.
 func parseWhy(t *testing.T, out string) whyJSON {
 	t.Helper()
 	var env struct {
-		Result *whyJSON `json:"result"`
+		Result struct {
+			Paths []whyJSON `json:"paths"`
+		} `json:"result"`
 	}
-	if err := json.Unmarshal([]byte(out), &env); err != nil {
-		t.Fatalf("roots --why --json: bad JSON: %v\n%s", err, out)
+	if err := json.Unmarshal([]byte(out), &env); err != nil || len(env.Result.Paths) != 1 {
+		t.Fatalf("roots --why --json: bad JSON (%v) or not one path:\n%s", err, out)
 	}
-	if env.Result != nil {
-		return *env.Result
-	}
-	var e whyJSON
-	json.Unmarshal([]byte(out), &e)
-	return e
+	return env.Result.Paths[0]
 }
 
 // TestWhyMatchesNix: on a store written by real Nix, for every valid
@@ -166,11 +175,11 @@ done < "$OUT/list"
 					continue
 				}
 				alive++
-				if !nixRoots[e.Root] {
-					t.Fatalf("%s: our chain starts at root %q, which nix-store -q --roots does not list:\n%v", p, e.Root, nixRoots)
+				if !nixRoots[e.root()] {
+					t.Fatalf("%s: our chain starts at root %q, which nix-store -q --roots does not list:\n%v", p, e.root(), nixRoots)
 				}
-				if len(e.Chain) == 0 || !strings.HasSuffix(e.Root, " -> "+e.Chain[0].Path) || e.Chain[0].Edge != "root" || e.Chain[len(e.Chain)-1].Path != p {
-					t.Fatalf("%s: root %q, chain %+v", p, e.Root, e.Chain)
+				if len(e.Chain) == 0 || e.Root.Target != e.Chain[0].Path || e.Chain[0].Edge != "root" || e.Chain[len(e.Chain)-1].Path != p {
+					t.Fatalf("%s: root %q, chain %+v", p, e.root(), e.Chain)
 				}
 				for k := 1; k < len(e.Chain); k++ {
 					u, v := e.Chain[k-1].Path, e.Chain[k]
