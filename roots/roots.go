@@ -56,6 +56,11 @@ type Root struct {
 	// Runtime and temp roots: the process.
 	PID     int    `json:"pid,omitempty"`
 	Command string `json:"command,omitempty"` // its command line, arguments separated by spaces
+	// Runtime and temp roots: the process's user (name, or uid in
+	// decimal), and for Via "environ" the name of the environment
+	// variable whose value named the path.
+	User string `json:"user,omitempty"`
+	Env  string `json:"env,omitempty"`
 	// Runtime roots: what held it: exe, cwd, fd, maps, environ, or
 	// kernel (/proc/sys/kernel/modprobe and the like).
 	Via string `json:"via,omitempty"`
@@ -558,6 +563,7 @@ func (f *finder) temp() error {
 		f.note(f.lay.TempRootsDir(), "", e.Error())
 	}
 	for _, tf := range scan.Files {
+		cmd, user := f.process(tf.PID) // the pid in this PID namespace, as the file is named
 		for _, r := range tf.Roots {
 			if _, err := storepath.Parse(f.lay.StoreDir, r); err != nil {
 				f.note(tf.Path, r, "ignoring malformed temporary root: "+err.Error())
@@ -565,7 +571,7 @@ func (f *finder) temp() error {
 			}
 			// Nix reports temp roots whether or not they are valid yet: a
 			// builder registers them before the path exists.
-			f.cands = append(f.cands, candidate{Root{Kind: Temp, Link: fmt.Sprintf("{temp:%d}", tf.PID), Target: r, PID: tf.PID}, false})
+			f.cands = append(f.cands, candidate{Root{Kind: Temp, Link: fmt.Sprintf("{temp:%d}", tf.PID), Target: r, PID: tf.PID, Command: cmd, User: user}, false})
 		}
 	}
 	return nil
