@@ -183,8 +183,14 @@ func rootText(r roots.Root, now time.Time) string {
 	if r.PID != 0 {
 		d = append(d, fmt.Sprintf("pid %d", r.PID))
 	}
+	if r.User != "" {
+		d = append(d, "user "+report.Name(r.User))
+	}
 	if r.Via != "" {
 		d = append(d, "via "+report.Name(r.Via))
+	}
+	if r.Env != "" {
+		d = append(d, "variable "+report.Name(r.Env))
 	}
 	if r.Command != "" {
 		d = append(d, "command '"+report.Name(r.Command)+"'")
