@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"storekeeper/report"
 )
@@ -30,11 +32,16 @@ type whyEntry struct {
 }
 
 type whyRoot struct {
-	Kind   string `json:"kind"`
-	Link   string `json:"link"`
-	Target string `json:"target"`
-	Owner  string `json:"owner"`
-	MTime  int64  `json:"mtime"`
+	Kind    string `json:"kind"`
+	Link    string `json:"link"`
+	Target  string `json:"target"`
+	Owner   string `json:"owner"`
+	MTime   int64  `json:"mtime"`
+	PID     int    `json:"pid"`
+	User    string `json:"user"`
+	Command string `json:"command"`
+	Via     string `json:"via"`
+	Env     string `json:"env"`
 }
 
 func (r whyRoot) String() string { return r.Link + " -> " + r.Target }
@@ -152,7 +159,10 @@ func (m whyModel) checkChain(t *testing.T, p, what string, c []whyLink, want int
 //     which stays unchanged;
 //   - `--dot` parses back to the roots, paths and edges of `--all`, a
 //     root link with quotes, backslashes and control characters in its
-//     name included.
+//     name included;
+//   - a process with the dead path in an environment variable keeps it
+//     alive as a runtime root shown with its pid, user, command line and
+//     the variable's name.
 func TestRootsWhy(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 30, Seed: 41, Roots: 4, Gens: 2, NixConf: "keep-outputs = true\n", Salt: "roots-why"})
 	state := filepath.Join(ns.Root, "nix/var/nix")
@@ -434,6 +444,28 @@ func TestRootsWhy(t *testing.T) {
 		if c < 0x20 && c != '\n' || c == 0x7f {
 			t.Fatalf("--dot output holds control character %q", c)
 		}
+	}
+
+	// A process with the dead path in its environment keeps it alive: a
+	// runtime root with its pid, user, command line and the variable.
+	sleeper := exec.Command("sleep", "300")
+	sleeper.Env = append(os.Environ(), "SK_WHY_HELD="+sampleDead)
+	startGroup(t, sleeper)
+	var held whyEntry
+	for try := 0; try < 50; try++ { // until the process has exec'ed sleep
+		r = runInNS(t, ns.Root, "--json", "roots", "why", sampleDead)
+		if held = parseWhyEnvelope(t, r.stdout).Result.Paths[0]; held.Alive && held.Root != nil && held.Root.Command == "sleep 300" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if rt := held.Root; r.code != 0 || rt == nil || rt.Kind != "runtime" || rt.PID != sleeper.Process.Pid || rt.User != "root" ||
+		rt.Via != "environ" || rt.Env != "SK_WHY_HELD" || rt.Command != "sleep 300" || len(held.Chain) != 1 {
+		t.Errorf("%s in a process's environment: exit %d %+v %+v", sampleDead, r.code, held, held.Root)
+	}
+	txt = runInNS(t, ns.Root, "roots", "why", sampleDead)
+	if want := fmt.Sprintf("(runtime, pid %d, user root, via environ, variable SK_WHY_HELD, command 'sleep 300')", sleeper.Process.Pid); !strings.Contains(txt.stdout, want) {
+		t.Errorf("roots why %s as text: want %q in\n%s", sampleDead, want, txt.stdout)
 	}
 }
 

@@ -11,11 +11,12 @@ import (
 // TestWhyTextEscaped: a root's link and a process's command line come
 // from other users: in the text, control characters are escaped, so
 // neither can forge a line or drive a terminal; a runtime root shows its
-// pid, what held the path and its command line.
+// pid, user, what held the path, the environment variable and its command
+// line.
 func TestWhyTextEscaped(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	e := &roots.Explanation{Path: "/nix/store/aaaa-x", Alive: true,
-		Root:  &roots.Root{Kind: roots.Runtime, Link: "/proc/12/environ", Target: "/nix/store/aaaa-x", PID: 12, Via: "environ", Command: "sudo\x1b[2J\n/nix/store/aaaa-x is dead"},
+		Root:  &roots.Root{Kind: roots.Runtime, Link: "/proc/12/environ", Target: "/nix/store/aaaa-x", PID: 12, User: "alice", Via: "environ", Env: "SUDO_COMMAND", Command: "sudo\x1b[2J\n/nix/store/aaaa-x is dead"},
 		Chain: []roots.Link{{Path: "/nix/store/aaaa-x"}}}
 	var b strings.Builder
 	whyText(&b, e, false, now)
@@ -23,7 +24,7 @@ func TestWhyTextEscaped(t *testing.T) {
 	if strings.ContainsRune(out, '\x1b') || strings.Contains(out, "\n/nix/store/aaaa-x is dead") {
 		t.Errorf("a command line drove the terminal or forged a line:\n%q", out)
 	}
-	for _, want := range []string{"(runtime, ", "pid 12", "via environ", `command 'sudo\x1b[2J\n/nix/store/aaaa-x is dead'`} {
+	for _, want := range []string{"(runtime, pid 12, user alice, via environ, variable SUDO_COMMAND, ", `command 'sudo\x1b[2J\n/nix/store/aaaa-x is dead'`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in\n%s", want, out)
 		}
