@@ -29,7 +29,7 @@ type fakeProc struct {
 }
 
 // writeFakeProc writes p as proc/PID, the files Busy and Find read.
-func writeFakeProc(t *testing.T, proc string, pid int, p fakeProc) {
+func writeFakeProc(t testing.TB, proc string, pid int, p fakeProc) {
 	t.Helper()
 	dir := filepath.Join(proc, fmt.Sprint(pid))
 	if err := os.MkdirAll(filepath.Join(dir, "fd"), 0o755); err != nil {
