@@ -155,8 +155,8 @@ func (m whyModel) checkChain(t *testing.T, p, what string, c []whyLink, want int
 //   - a bad PATH among good ones is reported (exit 1) and the others
 //     explained; `roots --why` is the same as `roots why`; no store is
 //     exit 2;
-//   - the same answers as an unprivileged user on the root-owned store,
-//     which stays unchanged;
+//   - the same answers as an unprivileged user on the root-owned store
+//     mounted read-only, which stays unchanged;
 //   - `--dot` parses back to the roots, paths and edges of `--all`, a
 //     root link with quotes, backslashes and control characters in its
 //     name included;
@@ -366,8 +366,8 @@ func TestRootsWhy(t *testing.T) {
 		t.Errorf("roots why on no store: exit %d\n%s", r.code, r.stderr)
 	}
 
-	// An unprivileged user, on the root-owned store: the same answers,
-	// nothing changed.
+	// An unprivileged user, on the root-owned store mounted read-only: the
+	// same answers, nothing changed.
 	for d := ns.Root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
@@ -378,7 +378,7 @@ func TestRootsWhy(t *testing.T) {
 	}
 	writeFileMode(t, bin, data, 0o755)
 	before := snapshotTree(t, filepath.Join(ns.Root, "nix"))
-	cmd = nsScript(ns.Root, `exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`, append([]string{bin, "--json", "roots", "why", "--all"}, alivePaths...)...)
+	cmd = nsScript(ns.Root, `mount -o remount,bind,ro /nix || exit 97; exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`, append([]string{bin, "--json", "roots", "why", "--all"}, alivePaths...)...)
 	nobody := runCmd(t, cmd, nil)
 	if nobody.code != 0 {
 		t.Fatalf("roots why as nobody: exit %d\n%s", nobody.code, nobody.stderr)
