@@ -62,11 +62,11 @@ func runRootsBusy(cmd *cobra.Command, g *globalOptions) error {
 	if err != nil {
 		return err
 	}
-	for _, n := range r.Notes {
-		p.Warnf("%s", n)
-	}
 	if g.json {
-		return p.JSON(r)
+		return p.JSON(r) // the notes are in the result
+	}
+	for _, n := range r.Notes {
+		p.Warnf("%s", report.Name(n))
 	}
 	fmt.Fprint(p.out, busyText(r, os.Geteuid() == 0))
 	return nil
