@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path"
 	"regexp"
 	"sort"
 	"strconv"
@@ -123,7 +124,9 @@ func Busy(ctx context.Context, s *store.Store, o BusyOptions) (*BusyReport, erro
 	}
 	sc := &procScanner{proc: proc, withRoot: true,
 		envRes: []*regexp.Regexp{envPathRegexp(dir)},
-		want:   func(t string) bool { return t == dir || storepath.IsInStore(dir, t) },
+		// /proc writes clean paths; a "." or ".." (a fake tree's) could
+		// name a file elsewhere.
+		want: func(t string) bool { return t == dir || storepath.IsInStore(dir, t) && path.Clean(t) == t },
 	}
 	type held struct {
 		entry string // the entry's base name under dir ("" for dir itself)

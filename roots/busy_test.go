@@ -97,6 +97,7 @@ func busyFixture(t *testing.T) (b *storetest.Built, s *store.Store, proc string,
 			"1":  "socket:[1234]",
 			"2":  lay.RealStoreDir + "/.links/0abc",
 			"7":  "/etc/passwd", // outside the store
+			"8":  lay.RealStoreDir + "/../../etc/passwd",
 			"10": rp(4) + "/share/y (deleted)",
 		},
 		maps: "7f0000000000-7f0000001000 r-xp 00000000 08:01 1234      " + rp(5) + "/lib/libx.so\n" +
