@@ -2,12 +2,10 @@ package lock
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -62,7 +60,9 @@ type StatusReport struct {
 	// does while it deletes.
 	GCRunning bool `json:"gc_running"`
 	// GCSocket is <stateDir>/gc-socket/socket; GCSocketAccepts says
-	// whether a connection to it was accepted (a collector serving it).
+	// whether a process listens on it (a collector serving it), from the
+	// kernel's socket table (see unixListening): it is never connected
+	// to.
 	GCSocket        string `json:"gc_socket"`
 	GCSocketExists  bool   `json:"gc_socket_exists"`
 	GCSocketAccepts bool   `json:"gc_socket_accepts"`
@@ -103,9 +103,10 @@ type inodeKey struct {
 // storeDir: gc.lock, db/big-lock, each temp-roots file and each
 // <path>.lock file. It is read-only: it reads procDir/locks once and
 // matches files to its lines by device and inode (stat only; no lock file
-// is opened, let alone locked or created), and it connects to the gc
-// socket, if there is one, to see whether a collector accepts (closing at
-// once, having sent nothing). A file is stale when nobody holds a lock on
+// is opened, let alone locked or created), and it asks the kernel's
+// socket table whether a process listens on the gc socket, never
+// connecting to it (a connection that closes at once can crash Nix 2.8's
+// collector). A file is stale when nobody holds a lock on
 // it as far as /proc/locks shows (a process in another PID namespace may
 // show as pid 0; one in a namespace /proc/locks hides is not seen).
 func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
@@ -134,11 +135,12 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 		r.GCSocketExists = true
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 			r.GCSocketError = "not a socket"
-		} else if c, err := dialBriefly(r.GCSocket); err != nil {
-			r.GCSocketError = err.Error()
-		} else {
+		} else if ok, err := unixListening(&st); err != nil {
+			r.GCSocketError = err.Error() + " (it is not connected to: a client that closes at once can crash Nix 2.8's collector)"
+		} else if ok {
 			r.GCSocketAccepts = true
-			c.Close()
+		} else {
+			r.GCSocketError = "no process listens on it"
 		}
 	} else if !errors.Is(err, unix.ENOENT) {
 		r.GCSocketError = err.Error()
@@ -163,13 +165,6 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 		errs = append(errs, fmt.Errorf("listing path locks: %w", err))
 	}
 	return r, errors.Join(errs...)
-}
-
-// dialBriefly connects to the Unix socket at path, giving up after 2 s.
-func dialBriefly(path string) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return DialUnix(ctx, path)
 }
 
 // readAllLocks reads procDir/locks (at most maxLocksLines lines) into its

@@ -159,3 +159,51 @@ func TestStatusRealLocksAndSocket(t *testing.T) {
 		t.Errorf("gc socket: exists %v accepts %v (%s)", r.GCSocketExists, r.GCSocketAccepts, r.GCSocketError)
 	}
 }
+
+// TestStatusNeverConnectsToGCSocket: a listening gc socket is reported as
+// served without a connection to it (a client that closes at once can
+// crash Nix 2.8's collector); once nobody listens, a socket file left
+// behind is reported as not served; another listening socket (another
+// inode) is not taken for it.
+func TestStatusNeverConnectsToGCSocket(t *testing.T) {
+	state, store := t.TempDir(), t.TempDir()
+	if err := os.MkdirAll(filepath.Join(state, "gc-socket"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	other, err := ListenUnix(filepath.Join(state, "other-socket"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	l, err := ListenUnix(GCSocketPath(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+			accepted <- struct{}{}
+		}
+	}()
+	r, err := Status(state, store, StatusOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.GCSocketExists || !r.GCSocketAccepts || r.GCSocketError != "" {
+		t.Errorf("listening: exists %v accepts %v (%s)", r.GCSocketExists, r.GCSocketAccepts, r.GCSocketError)
+	}
+	select {
+	case <-accepted:
+		t.Error("Status connected to the gc socket")
+	case <-time.After(200 * time.Millisecond):
+	}
+	l.Close() // the socket file stays (ListenUnix does not unlink it)
+	r, err = Status(state, store, StatusOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.GCSocketExists || r.GCSocketAccepts || !strings.Contains(r.GCSocketError, "no process listens") {
+		t.Errorf("not listening: exists %v accepts %v (%s)", r.GCSocketExists, r.GCSocketAccepts, r.GCSocketError)
+	}
+}
