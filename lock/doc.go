@@ -21,5 +21,6 @@
 // with that user's file-system ids, and lock files are deleted only in
 // directories that are the process's own (see LockPaths and Unlock).
 //
-// It depends only on the standard library and golang.org/x/sys/unix.
+// It depends only on the standard library, golang.org/x/sys/unix,
+// internal/sys and nix/storepath (which names are path locks).
 package lock

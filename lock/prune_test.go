@@ -1,0 +1,484 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pruneFixture is a state directory with temproots/ and a store
+// directory, both ours.
+type pruneFixture struct {
+	state, store, tr string
+}
+
+func newPruneFixture(t *testing.T) pruneFixture {
+	t.Helper()
+	root := t.TempDir()
+	f := pruneFixture{state: filepath.Join(root, "var"), store: filepath.Join(root, "store")}
+	f.tr = TempRootsDir(f.state)
+	for _, d := range []string{f.tr, f.store} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// deadPID is a pid no process has (none in /proc), as a stale temp-roots
+// file's name.
+func deadPID(t *testing.T, skip ...int) int {
+	t.Helper()
+	for pid := 4194000; pid > 300000; pid-- {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); errors.Is(err, fs.ErrNotExist) {
+			taken := false
+			for _, s := range skip {
+				taken = taken || s == pid
+			}
+			if !taken {
+				return pid
+			}
+		}
+	}
+	t.Fatal("no free pid")
+	return 0
+}
+
+func writeFile(t *testing.T, p, data string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// holdFile locks p exclusively through an open file description of its
+// own (another process, as far as flock is concerned) until the test ends.
+func holdFile(t *testing.T, p string, m Mode) {
+	t.Helper()
+	f, err := OpenLockFile(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Lock(context.Background(), f, m, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+}
+
+func byPath(r *PruneReport) map[string]PruneFile {
+	m := map[string]PruneFile{}
+	for _, f := range r.Files {
+		m[f.Path] = f
+	}
+	return m
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+const lockHash = "0123456789abcdfghijklmnpqrsvwxyz"
+
+// TestPruneHeldAndStale: held files (exclusive or shared) are kept and
+// their holder named; stale ones are removed and marked "d" for whoever
+// opened them before; files that are not lock files are left alone.
+func TestPruneHeldAndStale(t *testing.T) {
+	f := newPruneFixture(t)
+	d1 := deadPID(t)
+	d2 := deadPID(t, d1)
+	d3 := deadPID(t, d1, d2)
+	heldTR := filepath.Join(f.tr, strconv.Itoa(d1))
+	sharedTR := filepath.Join(f.tr, strconv.Itoa(d3))
+	staleTR := filepath.Join(f.tr, strconv.Itoa(d2))
+	runningTR := filepath.Join(f.tr, strconv.Itoa(os.Getpid()))
+	badTR := filepath.Join(f.tr, "0012")
+	hiddenTR := filepath.Join(f.tr, ".keep")
+	writeFile(t, heldTR, "/nix/store/"+lockHash+"-a\x00")
+	writeFile(t, sharedTR, "")
+	writeFile(t, staleTR, "/nix/store/"+lockHash+"-b\x00")
+	writeFile(t, runningTR, "")
+	writeFile(t, badTR, "")
+	writeFile(t, hiddenTR, "")
+	holdFile(t, heldTR, Exclusive)
+	holdFile(t, sharedTR, Shared)
+
+	heldPL := filepath.Join(f.store, lockHash+"-held.lock")
+	stalePL := filepath.Join(f.store, lockHash+"-stale.lock")
+	markedPL := filepath.Join(f.store, lockHash+"-marked.lock")
+	dataPL := filepath.Join(f.store, lockHash+"-data.lock")
+	badPL := filepath.Join(f.store, "notastorepath.lock")
+	path := filepath.Join(f.store, lockHash+"-stale")
+	for _, p := range []string{heldPL, stalePL, badPL} {
+		writeFile(t, p, "")
+	}
+	writeFile(t, markedPL, "d")
+	writeFile(t, dataPL, "precious")
+	writeFile(t, path, "a store path")
+	holdFile(t, heldPL, Exclusive)
+
+	// Opened before the prune, as a Nix process that has not locked yet.
+	early, err := os.Open(stalePL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Close()
+
+	r, err := Prune(f.state, f.store, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := byPath(r)
+	want := map[string][2]string{
+		heldTR:    {PruneKept, PruneHeld},
+		sharedTR:  {PruneKept, PruneHeld},
+		staleTR:   {PruneRemoved, ""},
+		runningTR: {PruneKept, PrunePIDRunning},
+		badTR:     {PruneKept, PruneBadName},
+		heldPL:    {PruneKept, PruneHeld},
+		stalePL:   {PruneRemoved, ""},
+		markedPL:  {PruneRemoved, ""},
+		dataPL:    {PruneKept, PruneNotLock},
+		badPL:     {PruneKept, PruneBadName},
+	}
+	if len(got) != len(want) {
+		t.Errorf("report lists %d files, want %d: %+v", len(got), len(want), r.Files)
+	}
+	for p, w := range want {
+		g, ok := got[p]
+		if !ok || g.Action != w[0] || g.Reason != w[1] {
+			t.Errorf("%s: %+v, want %s %s", p, g, w[0], w[1])
+		}
+		if gone := !exists(p); gone != (w[0] == PruneRemoved) {
+			t.Errorf("%s: removed %v, action %s", p, gone, w[0])
+		}
+	}
+	for _, p := range []string{heldTR, sharedTR, heldPL} {
+		hs := got[p].Holders
+		if len(hs) == 0 || hs[0].PID != os.Getpid() {
+			t.Errorf("%s: holders %+v, want pid %d", p, hs, os.Getpid())
+		}
+	}
+	if !exists(hiddenTR) || !exists(path) {
+		t.Error("a hidden temp-roots file or a store path was removed")
+	}
+	if b, _ := os.ReadFile(dataPL); string(b) != "precious" {
+		t.Errorf("a lock file holding data was changed: %q", b)
+	}
+	b := make([]byte, 8)
+	if n, _ := early.ReadAt(b, 0); string(b[:n]) != "d" {
+		t.Errorf("the removed lock file holds %q, want the stale mark \"d\"", b[:n])
+	}
+	if r.Removed != 3 || r.TempRootsRemoved != 1 || r.PathLocksRemoved != 2 || r.Held != 3 || r.Kept != 7 || r.Failed != 0 {
+		t.Errorf("totals %+v", r)
+	}
+	// A second run finds nothing more to remove.
+	r2, err := Prune(f.state, f.store, PruneOptions{})
+	if err != nil || r2.Removed != 0 || r2.Held != 3 {
+		t.Errorf("second run: %+v, %v", r2, err)
+	}
+}
+
+// TestPruneSymlinkAndSpecial: a symbolic link at a temp-roots or
+// path-lock name is neither followed nor removed, whatever it points to
+// (a stale lock file, a precious file); a FIFO is not opened (the run
+// does not block) nor removed.
+func TestPruneSymlinkAndSpecial(t *testing.T) {
+	f := newPruneFixture(t)
+	outside := filepath.Join(t.TempDir(), "precious")
+	writeFile(t, outside, "")
+	before, _ := os.Stat(outside)
+	pid := deadPID(t)
+	fifoPID := deadPID(t, pid)
+	linkTR := filepath.Join(f.tr, strconv.Itoa(pid))
+	linkPL := filepath.Join(f.store, lockHash+"-link.lock")
+	fifoTR := filepath.Join(f.tr, strconv.Itoa(fifoPID))
+	dirPL := filepath.Join(f.store, lockHash+"-dir.lock")
+	if err := os.Symlink(outside, linkTR); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, linkPL); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(fifoTR, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dirPL, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var r *PruneReport
+	var err error
+	go func() { r, err = Prune(f.state, f.store, PruneOptions{}); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("prune blocked on a FIFO")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := byPath(r)
+	for p, reason := range map[string]string{linkTR: PruneSymlink, linkPL: PruneSymlink, fifoTR: PruneNotRegular, dirPL: PruneNotRegular} {
+		if got[p].Action != PruneKept || got[p].Reason != reason {
+			t.Errorf("%s: %+v, want kept %s", p, got[p], reason)
+		}
+		if !exists(p) {
+			t.Errorf("%s was removed", p)
+		}
+	}
+	after, err := os.Stat(outside)
+	if err != nil || after.Size() != 0 || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("the symlink's target changed: %v %v", after, err)
+	}
+	if r.Removed != 0 || r.Failed != 0 {
+		t.Errorf("totals %+v", r)
+	}
+}
+
+// TestPruneHardLinked: a file with a second link (say, to a file of
+// someone else's) is not a lock file: not marked, not removed.
+func TestPruneHardLinked(t *testing.T) {
+	f := newPruneFixture(t)
+	other := filepath.Join(f.state, "other")
+	writeFile(t, other, "")
+	p := filepath.Join(f.store, lockHash+"-linked.lock")
+	if err := os.Link(other, p); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Prune(f.state, f.store, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := byPath(r)[p]; g.Action != PruneKept || g.Reason != PruneLinks || !exists(p) {
+		t.Errorf("%+v", g)
+	}
+	if b, _ := os.ReadFile(other); len(b) != 0 {
+		t.Errorf("the other link's file was written: %q", b)
+	}
+}
+
+// TestPruneReplacedWhileChecked: a file replaced after prune took the
+// lock of the old one and before it unlinks: the new file is left, not
+// unlinked and not marked.
+func TestPruneReplacedWhileChecked(t *testing.T) {
+	f := newPruneFixture(t)
+	pid := deadPID(t)
+	tr := filepath.Join(f.tr, strconv.Itoa(pid))
+	pl := filepath.Join(f.store, lockHash+"-x.lock")
+	writeFile(t, tr, "")
+	writeFile(t, pl, "")
+	testHookPruneLocked = func(p string) {
+		tmp := p + ".new"
+		writeFile(t, tmp, "")
+		if err := os.Rename(tmp, p); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookPruneLocked = nil }()
+	r, err := Prune(f.state, f.store, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := byPath(r)
+	for _, p := range []string{tr, pl} {
+		if got[p].Action != PruneKept || got[p].Reason != PruneReplaced {
+			t.Errorf("%s: %+v, want kept replaced", p, got[p])
+		}
+		if st, err := os.Stat(p); err != nil || st.Size() != 0 {
+			t.Errorf("%s: the new file was removed or marked: %v %v", p, st, err)
+		}
+	}
+}
+
+func treeState(t *testing.T, dirs ...string) []string {
+	t.Helper()
+	var out []string
+	for _, d := range dirs {
+		filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			var st unix.Stat_t
+			if unix.Lstat(p, &st) == nil {
+				b, _ := os.ReadFile(p)
+				out = append(out, p+" "+strconv.FormatUint(st.Ino, 10)+" "+strconv.FormatInt(st.Mtim.Nano(), 10)+" "+strconv.Quote(string(b)))
+			}
+			return nil
+		})
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestPruneDryRun: the report says what would go, nothing changes, and
+// every lock taken was released.
+func TestPruneDryRun(t *testing.T) {
+	f := newPruneFixture(t)
+	pid := deadPID(t)
+	held := deadPID(t, pid)
+	tr := filepath.Join(f.tr, strconv.Itoa(pid))
+	hr := filepath.Join(f.tr, strconv.Itoa(held))
+	pl := filepath.Join(f.store, lockHash+"-x.lock")
+	writeFile(t, tr, "/nix/store/"+lockHash+"-b\x00")
+	writeFile(t, hr, "")
+	writeFile(t, pl, "")
+	holdFile(t, hr, Exclusive)
+	before := treeState(t, f.state, f.store)
+	r, err := Prune(f.state, f.store, PruneOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := byPath(r)
+	if !r.DryRun || got[tr].Action != PruneWouldRemove || got[pl].Action != PruneWouldRemove || got[hr].Reason != PruneHeld || r.Removed != 2 {
+		t.Errorf("dry run report %+v", r)
+	}
+	if after := treeState(t, f.state, f.store); strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("dry run changed files:\n%v\n%v", before, after)
+	}
+	for _, p := range []string{tr, pl} {
+		if locked, err := IsLocked(p); err != nil || locked {
+			t.Errorf("%s still locked after the dry run: %v %v", p, locked, err)
+		}
+	}
+}
+
+// TestPruneNotOurs: a directory another user owns allows no deletion:
+// its stale files are reported as failed and left; with neither
+// directory ours, prune refuses and changes nothing.
+func TestPruneNotOurs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a directory to another user")
+	}
+	f := newPruneFixture(t)
+	pid := deadPID(t)
+	tr := filepath.Join(f.tr, strconv.Itoa(pid))
+	pl := filepath.Join(f.store, lockHash+"-x.lock")
+	writeFile(t, tr, "")
+	writeFile(t, pl, "")
+	for _, p := range []string{f.tr, tr} {
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := Prune(f.state, f.store, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := byPath(r)
+	if got[tr].Action != PruneFailed || got[tr].Reason != PrunePermission || !exists(tr) {
+		t.Errorf("temp-roots file in another user's directory: %+v", got[tr])
+	}
+	if got[pl].Action != PruneRemoved || r.Failed != 1 {
+		t.Errorf("report %+v", r)
+	}
+
+	// The store directory sticky and ours, the lock file another user's:
+	// not ours to delete. With the temp-roots directory not ours either,
+	// nothing may be deleted at all: refused.
+	writeFile(t, pl, "")
+	if err := os.Chown(f.store, 65534, 0); err != nil {
+		t.Fatal(err)
+	}
+	before := treeState(t, f.state, f.store)
+	r, err = Prune(f.state, f.store, PruneOptions{})
+	if !errors.Is(err, ErrPruneAccess) || !errors.Is(err, fs.ErrPermission) || r != nil {
+		t.Fatalf("want a refusal, got %+v, %v", r, err)
+	}
+	if !strings.Contains(err.Error(), f.store) || !strings.Contains(err.Error(), f.tr) {
+		t.Errorf("the refusal does not name the directories: %v", err)
+	}
+	if after := treeState(t, f.state, f.store); strings.Join(before, "\n") != strings.Join(after, "\n") {
+		t.Errorf("a refused prune changed files")
+	}
+
+	if err := os.Chown(f.store, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(f.store, os.ModeSticky|0o775); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(pl, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	mine := filepath.Join(f.store, lockHash+"-mine.lock")
+	writeFile(t, mine, "")
+	r, err = Prune(f.state, f.store, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = byPath(r)
+	if got[pl].Action != PruneFailed || got[pl].Reason != PrunePermission || !exists(pl) || got[mine].Action != PruneRemoved || exists(mine) {
+		t.Errorf("sticky store: %+v", r.Files)
+	}
+}
+
+// TestPruneAgainstPathLocks: a goroutine takes and releases a path lock
+// over and over with LockPathsAt (Nix's PathLocks protocol) while prune
+// runs in a loop: whenever the locker holds its lock, the file it holds
+// is the one linked at the name (never one prune unlinked), and prune
+// did remove the file between rounds.
+func TestPruneAgainstPathLocks(t *testing.T) {
+	f := newPruneFixture(t)
+	name := lockHash + "-busy"
+	lockPath := filepath.Join(f.store, name+".lock")
+	dir, err := os.Open(f.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	ctx := context.Background()
+	var stop atomic.Bool
+	var rounds, removed atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			r, err := Prune(f.state, f.store, PruneOptions{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			removed.Add(int64(r.PathLocksRemoved))
+		}
+	}()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) || removed.Load() < 20 {
+		if time.Now().After(deadline.Add(20 * time.Second)) {
+			break
+		}
+		pl, err := LockPathsAt(ctx, dir, f.store, []string{name}, true, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := pl.held[0]
+		var cur unix.Stat_t
+		if err := unix.Stat(lockPath, &cur); err != nil || cur.Ino != held.st.Ino || cur.Dev != held.st.Dev {
+			t.Errorf("round %d: holding inode %d, but the name is %v (%v)", rounds.Load(), held.st.Ino, cur.Ino, err)
+		}
+		var now unix.Stat_t
+		if err := unix.Fstat(int(held.f.Fd()), &now); err != nil || now.Nlink != 1 || now.Size != 0 {
+			t.Errorf("round %d: the held file has %d links and %d bytes", rounds.Load(), now.Nlink, now.Size)
+		}
+		pl.Unlock(false)
+		rounds.Add(1)
+	}
+	stop.Store(true)
+	wg.Wait()
+	if removed.Load() == 0 {
+		t.Errorf("prune never removed the lock file in %d rounds: the race was not exercised", rounds.Load())
+	}
+	t.Logf("%d rounds, %d removals", rounds.Load(), removed.Load())
+}
