@@ -26,3 +26,34 @@ func TestLockStatusTextEscaped(t *testing.T) {
 		}
 	}
 }
+
+// TestLockPruneText: a line per file saying what was done and why, with
+// the holder of a held file, names and details escaped (a file name
+// cannot forge a line), and the totals.
+func TestLockPruneText(t *testing.T) {
+	r := &lock.PruneReport{Files: []lock.PruneFile{
+		{Path: "/nix/var/nix/temproots/12", Kind: lock.KindTempRoots, Action: lock.PruneRemoved},
+		{Path: "/nix/store/x\nremoved /etc/passwd.lock", Kind: lock.KindPathLock, Action: lock.PruneKept, Reason: lock.PruneHeld,
+			Holders: []lock.LockUser{{PID: 7, Command: "nix-build\x1b[2J", Kind: "flock", Mode: "exclusive"}}},
+		{Path: "/nix/store/y.lock", Kind: lock.KindPathLock, Action: lock.PruneFailed, Reason: lock.PrunePermission, Detail: "not ours\nremoved"},
+	}, Removed: 1, TempRootsRemoved: 1, Kept: 1, Held: 1, Failed: 1}
+	out := pruneText(r)
+	for _, want := range []string{
+		"removed /nix/var/nix/temproots/12 (stale temp-roots file, nobody held it)\n",
+		"kept /nix/store/x\\nremoved /etc/passwd.lock: held by PID 7 'nix-build\\x1b[2J' (exclusive flock)\n",
+		"could not remove /nix/store/y.lock: permission (not ours\\nremoved)\n",
+		"removed 1 stale file(s) (1 temp-roots, 0 path locks); kept 1 (1 held); 1 could not be removed\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("text lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "\n") != 4 || strings.ContainsRune(out, '\x1b') {
+		t.Errorf("a name forged a line or kept an escape:\n%q", out)
+	}
+	r.DryRun = true
+	r.Files = []lock.PruneFile{{Path: "/nix/store/z.lock", Kind: lock.KindPathLock, Action: lock.PruneWouldRemove}}
+	if out := pruneText(r); !strings.HasPrefix(out, "would remove /nix/store/z.lock (stale path lock, nobody holds it)\nwould remove 1 stale file(s)") {
+		t.Errorf("dry run text:\n%s", out)
+	}
+}
