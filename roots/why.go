@@ -109,8 +109,9 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 // Concurrency: it holds gc.lock shared while it reads (when the store
 // lets it take the lock), so it waits for a running collector and no
 // collector deletes anything under it; roots and the graph are each one
-// consistent snapshot. It changes nothing. Cancellation: ctx stops it,
-// holding nothing.
+// consistent snapshot (read at the same time, in two goroutines, both
+// ended before it returns). It changes nothing. Cancellation: ctx stops
+// it, holding nothing.
 func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions) (es []*Explanation, errs []error, err error) {
 	lay := s.Layout
 	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, nil)
@@ -124,14 +125,26 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 
 	ro := o.Roots
 	ro.PruneStale, ro.Strict = false, false
-	rr, err := Find(ctx, s, ro)
-	if err != nil {
-		return nil, nil, err
+	// The roots' search (mostly system calls: /proc, gcroots) runs while
+	// the graph loads (mostly CPU); each stops on ctx.
+	type found struct {
+		rr  *Result
+		err error
 	}
-	g, err := s.LoadGraph(ctx, db.GraphOptions{})
-	if err != nil {
-		return nil, nil, err
+	fc := make(chan found, 1)
+	go func() {
+		rr, err := Find(ctx, s, ro)
+		fc <- found{rr, err}
+	}()
+	g, gerr := s.LoadGraph(ctx, db.GraphOptions{})
+	f := <-fc
+	if f.err != nil {
+		return nil, nil, f.err
 	}
+	if gerr != nil {
+		return nil, nil, gerr
+	}
+	rr := f.rr
 	x := newExplainer(g, rr.Roots, o)
 	es, errs = make([]*Explanation, len(paths)), make([]error, len(paths))
 	var links map[uint64]bool
