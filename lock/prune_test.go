@@ -482,3 +482,40 @@ func TestPruneAgainstPathLocks(t *testing.T) {
 	}
 	t.Logf("%d rounds, %d removals", rounds.Load(), removed.Load())
 }
+
+// BenchmarkPrune10k: one run over 10,000 stale path locks and 1,000
+// stale temp-roots files (all removed) beside 10,000 store entries that
+// are not lock files.
+func BenchmarkPrune10k(b *testing.B) {
+	root := b.TempDir()
+	state, store := filepath.Join(root, "var"), filepath.Join(root, "store")
+	tr := TempRootsDir(state)
+	for _, d := range []string{tr, store} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < 10000; i++ {
+		if err := os.WriteFile(filepath.Join(store, lockHash+"-p"+strconv.Itoa(i)), nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		for j := 0; j < 10000; j++ {
+			if err := os.WriteFile(filepath.Join(store, lockHash+"-p"+strconv.Itoa(j)+".lock"), nil, 0o600); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for j := 0; j < 1000; j++ {
+			if err := os.WriteFile(filepath.Join(tr, strconv.Itoa(3000000+j)), nil, 0o600); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		r, err := Prune(state, store, PruneOptions{})
+		if err != nil || r.Removed != 11000 {
+			b.Fatalf("%v removed %d", err, r.Removed)
+		}
+	}
+}
