@@ -53,35 +53,81 @@ func (u Usage) Bytes() uint64 {
 	return b
 }
 
-// walk measures one entry (a path below the real store dir) without
-// following symlinks. An entry or file that is gone is skipped (a
-// concurrent gc or build may delete it): it frees nothing.
-func walk(root string) (Usage, error) {
+// walker measures entries relative to the store directory's descriptor:
+// every node is reached by an *at call from its parent's descriptor and
+// nothing is followed (directories are opened with O_NOFOLLOW, other
+// nodes are lstat'ed). Per directory it costs an open, one getdents (two
+// where the file system does not mark a listing's end) and a close; per
+// other node one fstatat. A node that vanishes meanwhile (a concurrent
+// gc, a build) is skipped: it frees nothing.
+type walker struct {
+	marked bool // the store's file system marks a listing's end (sys.DirEndMarked)
+	ents   []sys.Dirent
+}
+
+// entry measures the entry name of the directory open at dirfd; disp
+// names it in errors.
+func (w *walker) entry(dirfd int, name, disp string) (Usage, error) {
 	var u Usage
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() {
-			return nil
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return nil
-		}
-		b := uint64(st.Blocks) * 512
-		if st.Nlink <= 1 {
-			u.Single += b
-			return nil
-		}
-		u.Multi = append(u.Multi, Inode{Ino: st.Ino, Nlink: uint64(st.Nlink), Seen: 1, Blocks: b})
-		return nil
-	})
+	err := w.node(dirfd, name, disp, unix.DT_UNKNOWN, &u)
 	u.Multi = merge(u.Multi)
 	return u, err
+}
+
+// node adds the node name of dirfd, of getdents type typ (DT_UNKNOWN:
+// not known), to u.
+func (w *walker) node(dirfd int, name, disp string, typ uint8, u *Usage) error {
+	if typ == unix.DT_DIR || typ == unix.DT_UNKNOWN {
+		fd, err := sys.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+		switch {
+		case err == nil:
+			return w.dir(fd, disp, u)
+		case err == unix.ENOENT:
+			return nil
+		case err != unix.ENOTDIR && err != unix.ELOOP:
+			return &os.PathError{Op: "open", Path: disp, Err: err}
+		}
+		// Not a directory (now): measured as what it is.
+	}
+	var st unix.Stat_t
+	if err := sys.LstatAt(dirfd, name, &st); err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return &os.PathError{Op: "lstat", Path: disp, Err: err}
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return w.node(dirfd, name, disp, unix.DT_DIR, u) // a directory since getdents
+	}
+	b := uint64(st.Blocks) * 512
+	if st.Nlink <= 1 {
+		u.Single += b
+		return nil
+	}
+	u.Multi = append(u.Multi, Inode{Ino: st.Ino, Nlink: uint64(st.Nlink), Seen: 1, Blocks: b})
+	return nil
+}
+
+// dir measures the entries of the directory open at fd, and closes it.
+func (w *walker) dir(fd int, disp string, u *Usage) error {
+	defer unix.Close(fd)
+	start := len(w.ents)
+	ents, err := sys.ReadDirentsMarked(fd, w.marked, w.ents)
+	if err != nil {
+		if err == unix.ENOENT {
+			return nil // removed since it was opened
+		}
+		return &os.PathError{Op: "readdir", Path: disp, Err: err}
+	}
+	w.ents = ents
+	defer func() { w.ents = w.ents[:start] }()
+	for i := start; i < len(ents); i++ {
+		e := w.ents[i]
+		if err := w.node(fd, e.Name, disp+"/"+e.Name, e.Type, u); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // merge sorts ms by inode and folds the links of one inode into one
@@ -118,7 +164,7 @@ func merge(ms []Inode) []Inode {
 // only reads: no symlink is followed and nothing is opened for writing.
 //
 // The result has one Usage per name, in order. An entry that does not
-// exist measures zero. On a read error the first error is returned with
+// exist measures zero; names must be base names (no "/"). On a read error the first error is returned with
 // the usages measured (the failing entry's partial); on cancellation only
 // ctx's error. Concurrency: entries changed meanwhile (a gc deleting them,
 // optimise linking them) are measured as each file was when it was
@@ -126,6 +172,16 @@ func merge(ms []Inode) []Inode {
 func Measure(ctx context.Context, realStoreDir string, names []string, jobs int, progress func()) ([]Usage, error) {
 	if jobs <= 0 {
 		jobs = runtime.GOMAXPROCS(0)
+	}
+	storeFd, err := unix.Open(realStoreDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: realStoreDir, Err: err}
+	}
+	defer unix.Close(storeFd)
+	marked := false
+	var st unix.Stat_t
+	if unix.Fstat(storeFd, &st) == nil {
+		marked = sys.DirEndMarked(storeFd, st.Dev)
 	}
 	out := make([]Usage, len(names))
 	var wg sync.WaitGroup
@@ -136,8 +192,9 @@ func Measure(ctx context.Context, realStoreDir string, names []string, jobs int,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			wk := &walker{marked: marked}
 			for i := range work {
-				u, err := walk(filepath.Join(realStoreDir, names[i]))
+				u, err := wk.entry(storeFd, names[i], filepath.Join(realStoreDir, names[i]))
 				if err != nil {
 					once.Do(func() { firstErr = err })
 				}
