@@ -87,11 +87,13 @@ type SizeReport struct {
 	// largest FreedBytes first; SharedTotal counts them all.
 	Shared      []SharedSize `json:"shared,omitempty"`
 	SharedTotal int          `json:"shared_total"`
-	// The dead paths (valid paths no root keeps), and what deleting them
-	// all frees now: what a collection frees before any root is removed.
+	// The dead paths (valid paths no root keeps), and with
+	// SizeOptions.MeasureDead (DeadMeasured) what deleting them all frees
+	// on disk now: what a collection frees before any root is removed.
 	DeadPaths    int        `json:"dead_paths"`
 	DeadNarBytes uint64     `json:"dead_nar_bytes"`
 	DeadBytes    uint64     `json:"dead_bytes"`
+	DeadMeasured bool       `json:"dead_measured"`
 	Totals       SizeTotals `json:"totals"`
 	// Notes from the roots' search (roots that could not be read, roots
 	// of invalid paths).
@@ -129,6 +131,13 @@ type SizeOptions struct {
 	MaxShared int
 	// ListFreed fills in RootSize.Freed, the paths each root frees.
 	ListFreed bool
+	// MeasureDead measures the dead paths' files too (DeadBytes), and
+	// counts their links among those that go: a file a root's path shares
+	// with a dead path is then counted as freed with the root (the dead
+	// path goes in the same collection). Without it only the live paths
+	// are measured (on a store never collected, a small part of it), and
+	// such a file counts as staying.
+	MeasureDead bool
 	// Progress receives the phases and a step per path measured (nil:
 	// report.Discard).
 	Progress report.Progress
@@ -143,18 +152,20 @@ var genLinkName = regexp.MustCompile(`^(.*)-([0-9]+)-link$`)
 // liveness graph seen from all the roots (graph.Dominators), and their
 // bytes on disk, counting hard links exactly as the collector does: a
 // file with several links frees its blocks only when every one of its
-// links is in a path that goes, in a dead path, or in .links; a file
-// also linked from a path that stays (or from outside the store) frees
-// nothing. For each such file, its blocks are counted at the nearest
-// common dominator of the live paths holding it, and a root's freed
-// bytes are the sum over the nodes it dominates; so a file shared by
-// two roots' paths is freed by neither alone.
+// links is in a path that goes, in .links, or (with o.MeasureDead) in a
+// dead path; a file also linked from a path that stays (or from outside
+// the store) frees nothing. For each such file, its blocks are counted at
+// the nearest common dominator of the live paths holding it, and a
+// root's freed bytes are the sum over the nodes it dominates; so a file
+// shared by two roots' paths is freed by neither alone.
 //
-// Dead paths are reported once (DeadPaths, DeadBytes: what a collection
-// frees now) and never attributed to a root; a collection after removing
-// root r frees DeadBytes + r.FreedBytes. Every valid path's files are
-// measured once, in parallel (store/usage), and the roots' closures are
-// read from the graph loaded once.
+// Dead paths are reported once (DeadPaths; with o.MeasureDead DeadBytes,
+// what a collection frees now) and never attributed to a root; a
+// collection after removing root r frees DeadBytes + r.FreedBytes (with
+// o.MeasureDead; without it, at least r.FreedBytes besides the dead
+// paths' own). Every live path's files (with o.MeasureDead every valid
+// path's) are measured once, in parallel (store/usage), and the roots'
+// closures are read from the graph loaded once.
 //
 // Concurrency: it holds gc.lock shared while it reads (when the store
 // lets it take the lock), so it waits for a running collector and no
@@ -201,16 +212,24 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 	dt := graph.Dominators(e, targets)
 
 	n := g.Len()
-	names := make([]string, n)
-	for id := range names {
-		names[id] = g.Name(graph.PathID(id))
+	var names []string
+	var ids []graph.PathID
+	for id := 0; id < n; id++ {
+		if o.MeasureDead || dt.Reached(dt.PathNode(graph.PathID(id))) {
+			names = append(names, g.Name(graph.PathID(id)))
+			ids = append(ids, graph.PathID(id))
+		}
 	}
-	p.Phase("measuring paths", int64(n), false)
-	us, err := usage.Measure(ctx, lay.RealStoreDir, names, o.Jobs, func() { p.Add(1) })
+	p.Phase("measuring paths", int64(len(names)), false)
+	measured, err := usage.Measure(ctx, lay.RealStoreDir, names, o.Jobs, func() { p.Add(1) })
 	if err != nil {
 		return nil, fmt.Errorf("roots: measuring the store's paths: %w", err)
 	}
-	names = nil
+	us := make([]usage.Usage, n)
+	for k, id := range ids {
+		us[id] = measured[k]
+	}
+	names, measured = nil, nil
 	links, err := usage.LinkInodes(lay.LinksDir())
 	if err != nil {
 		return nil, fmt.Errorf("roots: reading the store's .links: %w", err)
@@ -219,7 +238,7 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 		return nil, err
 	}
 	p.Phase("adding up", -1, false)
-	a := newSizer(g, e, dt, us, links)
+	a := newSizer(g, e, dt, us, links, o.MeasureDead)
 	rep := a.report(rr, targets, o.MaxShared, o.ListFreed)
 	return rep, ctx.Err()
 }
@@ -244,6 +263,7 @@ type sizer struct {
 	deadPaths    int
 	deadNar      uint64
 	deadBytes    uint64
+	deadMeasured bool
 	liveNar      uint64
 	livePaths    int
 	liveBytesAll uint64
@@ -251,7 +271,9 @@ type sizer struct {
 
 // newSizer attributes every live path's and every file's bytes to their
 // node of the dominator tree and sums them up the tree.
-func newSizer(g *graph.Graph, e *graph.Edges, dt *graph.DomTree, us []usage.Usage, links map[uint64]bool) *sizer {
+//
+// us has a Usage per path; without measuredDead the dead paths' are empty.
+func newSizer(g *graph.Graph, e *graph.Edges, dt *graph.DomTree, us []usage.Usage, links map[uint64]bool, measuredDead bool) *sizer {
 	n := g.Len()
 	z := &sizer{g: g, e: e, dt: dt, us: us}
 	total := dt.Len()
@@ -322,7 +344,10 @@ func newSizer(g *graph.Graph, e *graph.Edges, dt *graph.DomTree, us []usage.Usag
 			z.bytes[f.lca] += f.blocks
 		}
 	}
-	z.deadBytes, _ = usage.Freed(dead, links)
+	if measuredDead {
+		z.deadBytes, _ = usage.Freed(dead, links)
+		z.deadMeasured = true
+	}
 	dt.Sum(z.bytes)
 	dt.Sum(z.paths)
 	dt.Sum(z.nar)
@@ -393,7 +418,7 @@ func (w *closureWalker) walk(start graph.PathID, shared []int) (closure, []int) 
 // the largest shared nodes.
 func (z *sizer) report(rr *Result, targets []graph.PathID, maxShared int, listFreed bool) *SizeReport {
 	g, dt := z.g, z.dt
-	rep := &SizeReport{Notes: rr.Notes, DeadPaths: z.deadPaths, DeadNarBytes: z.deadNar, DeadBytes: z.deadBytes,
+	rep := &SizeReport{Notes: rr.Notes, DeadPaths: z.deadPaths, DeadNarBytes: z.deadNar, DeadBytes: z.deadBytes, DeadMeasured: z.deadMeasured,
 		Totals: SizeTotals{Roots: len(rr.Roots), Paths: g.Len(), LivePaths: z.livePaths, LiveNarBytes: z.liveNar, LiveBytes: z.liveBytesAll}}
 
 	// The shared top nodes: paths whose immediate dominator is the

@@ -87,10 +87,19 @@ func newSizeFixture(t testing.TB, names []string, refs [][2]string, rootNames []
 	return fx
 }
 
-func (fx *sizeFixture) size(keepOutputs, keepDerivations bool) *SizeReport {
+func (fx *sizeFixture) size(keepOutputs, keepDerivations, measureDead bool) *SizeReport {
 	e := graph.NewEdges(fx.g, keepOutputs, keepDerivations)
 	dt := graph.Dominators(e, fx.roots)
-	z := newSizer(fx.g, e, dt, fx.us, fx.links)
+	us := fx.us
+	if !measureDead {
+		us = make([]usage.Usage, len(fx.us))
+		for id := range us {
+			if dt.Reached(dt.PathNode(graph.PathID(id))) {
+				us[id] = fx.us[id]
+			}
+		}
+	}
+	z := newSizer(fx.g, e, dt, us, fx.links, measureDead)
 	rr := &Result{}
 	for i, id := range fx.roots {
 		target := "/nix/store/missing"
@@ -129,7 +138,7 @@ func TestSizeSharedFile(t *testing.T) {
 			{blocks: 700, holders: []string{"dead", "dead"}, inLinks: true},  // only the dead path
 			{blocks: 800, holders: []string{"common", "c"}, inLinks: true},   // shared: c is its own (doubly rooted)
 		})
-	rep := fx.size(false, false)
+	rep := fx.size(false, false, true)
 	m := byLink(rep)
 	if got, want := m["/gcroots/r00"].FreedBytes, uint64(100+1000+8192+300); got != want {
 		t.Errorf("root a frees %d, want %d (not the file shared with b's lib)", got, want)
@@ -147,6 +156,16 @@ func TestSizeSharedFile(t *testing.T) {
 	}
 	if rep.DeadPaths != 1 || rep.DeadBytes != 900+700 {
 		t.Errorf("dead: %d paths, %d bytes; want 1, %d", rep.DeadPaths, rep.DeadBytes, 900+700)
+	}
+	// Without measuring the dead paths, the file b's lib shares with the
+	// dead path counts as staying, and the dead bytes are not known.
+	lean := fx.size(false, false, false)
+	if got, want := byLink(lean)["/gcroots/r01"].FreedBytes, uint64(2000); got != want || lean.DeadMeasured || lean.DeadBytes != 0 || lean.DeadPaths != 1 {
+		t.Errorf("without the dead paths measured: root b frees %d (want %d), dead %d paths, %d bytes, measured %v",
+			got, want, lean.DeadPaths, lean.DeadBytes, lean.DeadMeasured)
+	}
+	if !rep.DeadMeasured {
+		t.Error("DeadMeasured not set")
 	}
 	if got, want := m["/gcroots/r00"].ClosureBytes, uint64(100+1000+50000+4096+8192+300+800); got != want {
 		t.Errorf("closure of a: %d bytes, want %d (each file once)", got, want)
@@ -212,7 +231,7 @@ func TestSizeAgainstRemoval(t *testing.T) {
 		}
 		fx := newSizeFixture(t, names, refs, rootNames, single, files)
 		keepOut, keepDrv := false, false
-		rep := fx.size(keepOut, keepDrv)
+		rep := fx.size(keepOut, keepDrv, true)
 		e := graph.NewEdges(fx.g, keepOut, keepDrv)
 		liveWithout := func(skip int) []bool {
 			l := graph.NewLiveness(e)
