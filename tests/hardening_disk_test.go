@@ -15,7 +15,7 @@ import (
 var diskElapsedRe = regexp.MustCompile(`(?m) in [0-9][0-9.]*[a-zµ]+$`)
 
 // diskReadOnlyCommands are the commands that must work on a full disk.
-var diskReadOnlyCommands = []string{"info", "roots", "verify", "gc --dry-run", "gc --print-dead"}
+var diskReadOnlyCommands = []string{"info", "roots", "roots size", "verify", "gc --dry-run", "gc --print-dead"}
 
 // diskAddInWAL adds a path to the store under root with real Nix while
 // this process holds a read transaction open, so that Nix cannot

@@ -16,6 +16,7 @@ type rootsOptions struct {
 	pruneStale bool
 	noRuntime  bool
 	noTemp     bool
+	size       bool
 }
 
 // newRootsCommand is `roots`: the listing, and the parent of its
@@ -51,10 +52,18 @@ Subcommands: 'roots why PATH...' explains why paths are alive.`,
 	f.StringVar(&o.why, "why", "", "explain why PATH is still alive (the same as 'roots why PATH')")
 	f.BoolVar(&o.pruneStale, "prune-stale", false, "remove stale links in gcroots/auto (needs write access)")
 	cmd.AddCommand(newRootsWhyCommand(g, o))
+	f.BoolVar(&o.size, "size", false, "show what each root keeps and what removing it alone frees (the same as 'roots size')")
+	cmd.AddCommand(newRootsSizeCommand(g, o))
 	return cmd
 }
 
 func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
+	if o.size {
+		if o.why != "" || o.pruneStale {
+			return usagef("--size excludes --why and --prune-stale")
+		}
+		return runRootsSize(cmd, g, o, &sizeOptions{maxShared: 50})
+	}
 	if o.why != "" {
 		if o.pruneStale {
 			return usagef("--why and --prune-stale exclude each other")
