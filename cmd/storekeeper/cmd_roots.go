@@ -17,6 +17,7 @@ type rootsOptions struct {
 	noRuntime  bool
 	noTemp     bool
 	size       bool
+	busy       bool
 }
 
 // newRootsCommand is `roots`: the listing, and the parent of its
@@ -36,10 +37,12 @@ Unlike Nix, roots changes nothing: stale links in gcroots/auto are reported
 on stderr and left alone unless --prune-stale is given. With --json, one
 object per root: kind (direct, indirect, profile, runtime, temp), link,
 target, for link roots the link's owner and modification time (mtime, unix
-seconds), and for runtime roots the pid, command line and what held the
-path (exe, cwd, fd, maps, environ, kernel).
+seconds), for runtime roots the pid, user, command line and what held the
+path (exe, cwd, fd, maps, environ with the variable's name in env, kernel),
+for temp roots the pid, user and command line.
 
-Subcommands: 'roots why PATH...' explains why paths are alive.`,
+Subcommands: 'roots why PATH...' explains why paths are alive, 'roots size'
+what each root keeps and frees, 'roots busy' which processes hold the store.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRoots(cmd, g, o)
@@ -54,10 +57,18 @@ Subcommands: 'roots why PATH...' explains why paths are alive.`,
 	cmd.AddCommand(newRootsWhyCommand(g, o))
 	f.BoolVar(&o.size, "size", false, "show what each root keeps and what removing it alone frees (the same as 'roots size')")
 	cmd.AddCommand(newRootsSizeCommand(g, o))
+	f.BoolVar(&o.busy, "busy", false, "list the processes holding anything in the store directory (the same as 'roots busy')")
+	cmd.AddCommand(newRootsBusyCommand(g))
 	return cmd
 }
 
 func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
+	if o.busy {
+		if o.why != "" || o.pruneStale || o.size {
+			return usagef("--busy excludes --why, --size and --prune-stale")
+		}
+		return runRootsBusy(cmd, g)
+	}
 	if o.size {
 		if o.why != "" || o.pruneStale {
 			return usagef("--size excludes --why and --prune-stale")
