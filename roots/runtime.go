@@ -163,6 +163,9 @@ func (sc *procScanner) scan(pid int) procScan {
 // is cut.
 const maxEnvName = 256
 
+// note records what reading file left in ps: whether it was cut at its
+// bound, and its error (a process gone or denied is marked by failed,
+// any other error kept).
 func (sc *procScanner) note(ps *procScan, file string, cut bool, err error, failed func(error)) {
 	if cut {
 		ps.cut = append(ps.cut, file)
