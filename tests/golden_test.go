@@ -42,6 +42,7 @@ func TestGolden(t *testing.T) {
 	cases := []goldenCase{
 		{name: "info", args: []string{"info"}},
 		{name: "roots", args: []string{"roots", "--no-runtime"}},
+		{name: "roots-size", args: []string{"roots", "size", "--no-runtime", "--paths", "--dead"}},
 		{name: "gc-print-dead", args: []string{"gc", "--print-dead"}},
 		{name: "gc-dry-run", args: []string{"gc", "--dry-run"}},
 		{name: "verify", args: []string{"verify"}},
@@ -133,12 +134,18 @@ func formatGolden(args []string, r result) string {
 //     block size and allocation (gc's bytes freed, "freeing 1.17 MiB",
 //     its JSON bytes_freed, optimise's blocks_freed), become BLOCKBYTES.
 //     optimise's MiB and bytes_freed are file sizes and stay exact;
+//     roots size's bytes on disk become BLOCKBYTES too: its JSON
+//     closure_bytes, freed_bytes, live_bytes and dead_bytes, and every
+//     size in its text but those "by NAR size", with its padding;
 //   - in JSON, roots' link "owner" and "mtime" values become "LINK".
 var (
 	goldenDuration = regexp.MustCompile(`\b(\d+h)?(\d+m)?\d+(\.\d+)?(ns|µs|us|ms|s|m|h)\b`)
 	goldenJSONTime = regexp.MustCompile(`("[a-z_]*_seconds": )-?[0-9][0-9.e+-]*`)
 	goldenGCFreed  = regexp.MustCompile(`(freeing |freed |"bytes_freed": )[0-9][0-9.]*( [KMGTPE]?i?B)?`)
 	goldenBlocks   = regexp.MustCompile(`("blocks_freed": )[0-9]+`)
+	// roots size: JSON bytes on disk; text sizes, NAR ones kept.
+	goldenSizeJSON = regexp.MustCompile(`("(closure|freed|live|dead)_bytes": )[0-9]+`)
+	goldenSizeText = regexp.MustCompile(` *[0-9][0-9.]* (B|[KMGTPE]iB)( by NAR size)?`)
 	// roots' link owners and modification times (the test's user, the
 	// time the demo store was written).
 	goldenRootLink = regexp.MustCompile(`("owner": )"[^"]*"|("mtime": )[0-9]+`)
@@ -152,12 +159,22 @@ func normaliseGolden(s, root string) string {
 	var out []string
 	gc := strings.Contains(s, "$ storekeeper --store ROOT --no-progress gc") ||
 		strings.Contains(s, "--json gc")
+	rootsSize := strings.Contains(s, "--no-progress roots size") || strings.Contains(s, "--json roots size")
 	for _, line := range strings.SplitAfter(s, "\n") {
 		if !strings.HasPrefix(line, "$ ") {
 			line = goldenDuration.ReplaceAllString(line, "DURATION")
 		}
 		if gc {
 			line = goldenGCFreed.ReplaceAllString(line, "${1}BLOCKBYTES")
+		}
+		if rootsSize {
+			line = goldenSizeJSON.ReplaceAllString(line, "${1}BLOCKBYTES")
+			line = goldenSizeText.ReplaceAllStringFunc(line, func(m string) string {
+				if strings.HasSuffix(m, " by NAR size") {
+					return m
+				}
+				return " BLOCKBYTES" // the column's padding too
+			})
 		}
 		out = append(out, line)
 	}

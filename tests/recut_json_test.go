@@ -90,6 +90,12 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		{[]string{"gc", "--print-dead", "--print-live"}, 2, "usage"},
 		{[]string{"verify", "--budget", "10MB"}, 2, "usage"},
 		{[]string{"no-such-command"}, 2, "usage"},
+		{[]string{"roots", "size", "--no-runtime"}, 0, ""},
+		{[]string{"roots", "size", "--dot"}, 2, "usage"}, // --dot with --json
+		{[]string{"roots", "why", "--no-runtime", "/nix/store/c7hpmrlfybzjqnsf03sgaxy9s6nl16la-pkg-42"}, 0, ""},
+		{[]string{"roots", "busy"}, 0, ""},
+		{[]string{"lock", "status"}, 0, ""},
+		{[]string{"lock", "prune", "--dry-run"}, 0, ""},
 	} {
 		args := append([]string{"--json"}, c.args...)
 		r := goldenRun(env, root, args...)
@@ -98,7 +104,11 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 			continue
 		}
 		e := decodeEnvelope(t, r.stdout)
-		if want := c.args[0]; c.kind != "usage" || want != "no-such-command" {
+		want := c.args[0]
+		if (want == "roots" || want == "lock") && len(c.args) > 1 && !strings.HasPrefix(c.args[1], "-") {
+			want += " " + c.args[1] // a subcommand: named by its path
+		}
+		if c.kind != "usage" || want != "no-such-command" {
 			if e.Command != want {
 				t.Errorf("%v: command %q, want %q", args, e.Command, want)
 			}
