@@ -28,6 +28,12 @@ type PruneOptions struct {
 	// report what would be removed; nothing is unlinked or written.
 	DryRun  bool
 	ProcDir string // "" means /proc: /proc/locks (holders) and the pid check
+	// ValidPath reports whether the store path with base name name is
+	// valid (registered in the store's database). Required when the
+	// store directory exists: a store path may itself be named NAME.lock
+	// and hold nothing or just "d" (nix-store --add of such a file), and
+	// only the database tells it from a lock file.
+	ValidPath func(name string) (bool, error)
 }
 
 // What Prune did with a file (PruneFile.Action).
@@ -47,6 +53,7 @@ const (
 	PruneLinks      = "links"         // a regular file with other hard links: not a lock file
 	PruneNotLock    = "not-lock-file" // path lock: holds data other than Nix's stale mark "d"
 	PruneBadName    = "name"          // temp-roots: the name is not a pid; store: not <store path>.lock
+	PruneStorePath  = "store-path"    // path lock: a valid store path named NAME.lock, or one being added (its own NAME.lock exists)
 	PruneReplaced   = "replaced"      // the name was removed or replaced while it was checked
 	PrunePermission = "permission"    // we may not delete it (failed)
 	PruneError      = "error"         // another error (failed)
@@ -114,11 +121,16 @@ var testHookPruneLocked func(path string)
 // Nix's collector does with temp-roots files (gc.cc, findTempRoots). If a
 // process holds the file, shared or exclusive, the try fails and the
 // file is kept. If it succeeds, nobody held it: then, still holding the
-// lock, Prune checks that the name is still the file it locked (same
-// device and inode, a single link), unlinks the name and writes "d" into
+// lock, Prune checks the file (below) and that the name is still the
+// file it locked (same device and inode, a single link), unlinks the name and writes "d" into
 // the file (only if its link count fell to 0), and closes it, which
-// releases the lock. A path-lock file must be empty or hold just "d"
-// (Nix writes nothing else into one); a temp-roots file's name must be a
+// releases the lock. The name is checked last, just before the unlink.
+// A path-lock file must be empty or hold just "d" (Nix writes nothing
+// else into one), and must not be a store path itself: a store path may
+// be named NAME.lock and hold nothing or "d" (nix-store --add of such a
+// file), so a file whose own lock NAME.lock exists (a path being added or
+// built) or that o.ValidPath says is valid is kept (reason "store-path");
+// a temp-roots file's name must be a
 // pid, and it is kept while a process with that pid runs (/proc/PID
 // exists: the owner's pid was reused, and such a process could be about
 // to replace the file, see below).
@@ -171,6 +183,11 @@ func Prune(stateDir, storeDir string, o PruneOptions) (*PruneReport, error) {
 	r := &PruneReport{DryRun: o.DryRun, TempRootsDir: TempRootsDir(stateDir), StoreDir: storeDir, Files: []PruneFile{}}
 	p.r = r
 
+	if o.ValidPath == nil {
+		if _, err := os.Lstat(storeDir); err == nil {
+			return nil, errors.New("lock.Prune: PruneOptions.ValidPath is nil, so a path lock cannot be told from a store path named NAME.lock")
+		}
+	}
 	tr, err := openPruneDir(r.TempRootsDir)
 	if err != nil {
 		return nil, fmt.Errorf("opening the temporary roots directory: %w", err)
@@ -383,8 +400,8 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return failed(PruneError, (&os.PathError{Op: "fstat", Path: pf.Path, Err: err}).Error())
 	}
-	if st.Nlink == 0 || !stillLinked(d.fd, name, &st) {
-		return kept(PruneReplaced, "removed or replaced by another process while it was checked: the new file is left as it is")
+	if st.Nlink == 0 {
+		return kept(PruneReplaced, "removed by another process while it was checked")
 	}
 	if st.Nlink != 1 {
 		return kept(PruneLinks, fmt.Sprintf("a regular file with %d links, not a lock file: left as it is", st.Nlink))
@@ -394,6 +411,11 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 		if !staleMarkOnly(f, st.Size) {
 			return kept(PruneNotLock, fmt.Sprintf("holds %d bytes, and Nix writes nothing but the stale mark \"d\" into a lock file: left as it is", st.Size))
 		}
+		if why, err := p.storePath(d, name); err != nil {
+			return failed(PruneError, fmt.Sprintf("could not tell whether it is a store path rather than a lock file: %v; run 'storekeeper verify' or check the store's database", err))
+		} else if why != "" {
+			return kept(PruneStorePath, why)
+		}
 	case KindTempRoots:
 		if running(p.o.ProcDir, pid) {
 			return kept(PrunePIDRunning, fmt.Sprintf("nobody holds it, but a process with pid %d runs (the pid was reused, or its owner is about to replace the file): left for the collector", pid))
@@ -401,6 +423,11 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 	}
 	if !may {
 		return failed(PrunePermission, fmt.Sprintf("stale, but not ours to delete: it belongs to uid %d in %s (owner uid %d, mode %04o); run as its owner", st.Uid, d.path, d.st.Uid, d.st.Mode&0o7777))
+	}
+	// Checked last, just before the unlink: the name is still the file
+	// locked and checked above.
+	if !stillLinked(d.fd, name, &st) {
+		return kept(PruneReplaced, "removed or replaced by another process while it was checked: the new file is left as it is")
 	}
 	if p.o.DryRun {
 		pf.Action = PruneWouldRemove
@@ -425,6 +452,32 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 	}
 	pf.Action = PruneRemoved
 	return pf, true
+}
+
+// storePath says why the file name in the store directory d, empty or
+// holding just "d", is a store path rather than a path lock ("" if it is
+// not one): its own lock file name.lock exists (a store path being added
+// or built: Nix holds NAME.lock from before it writes NAME until NAME is
+// registered, and deletes it only then), or name is a valid path in the
+// database. The lock file is looked at first and the database second, so
+// that a path registered meanwhile is seen by one or the other.
+func (p *pruner) storePath(d *lockDir, name string) (string, error) {
+	var st unix.Stat_t
+	switch err := fstatatNoFollow(d.fd, name+".lock", &st); err {
+	case nil:
+		return "its own lock file " + name + ".lock exists: a store path being added or built (or left by one), not a lock file", nil
+	case unix.ENOENT:
+	default:
+		return "", &os.PathError{Op: "stat", Path: filepath.Join(d.path, name+".lock"), Err: err}
+	}
+	valid, err := p.o.ValidPath(name)
+	if err != nil {
+		return "", err
+	}
+	if valid {
+		return "a valid store path (registered in the database), not a lock file", nil
+	}
+	return "", nil
 }
 
 // staleMarkOnly reports whether the locked file f of size bytes is empty

@@ -135,7 +135,7 @@ func TestPruneHeldAndStale(t *testing.T) {
 	}
 	defer early.Close()
 
-	r, err := Prune(f.state, f.store, PruneOptions{})
+	r, err := Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +184,7 @@ func TestPruneHeldAndStale(t *testing.T) {
 		t.Errorf("totals %+v", r)
 	}
 	// A second run finds nothing more to remove.
-	r2, err := Prune(f.state, f.store, PruneOptions{})
+	r2, err := Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 	if err != nil || r2.Removed != 0 || r2.Held != 3 {
 		t.Errorf("second run: %+v, %v", r2, err)
 	}
@@ -220,7 +220,7 @@ func TestPruneSymlinkAndSpecial(t *testing.T) {
 	done := make(chan struct{})
 	var r *PruneReport
 	var err error
-	go func() { r, err = Prune(f.state, f.store, PruneOptions{}); close(done) }()
+	go func() { r, err = Prune(f.state, f.store, PruneOptions{ValidPath: noneValid}); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -257,7 +257,7 @@ func TestPruneHardLinked(t *testing.T) {
 	if err := os.Link(other, p); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Prune(f.state, f.store, PruneOptions{})
+	r, err := Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func TestPruneReplacedWhileChecked(t *testing.T) {
 		}
 	}
 	defer func() { testHookPruneLocked = nil }()
-	r, err := Prune(f.state, f.store, PruneOptions{})
+	r, err := Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestPruneDryRun(t *testing.T) {
 	writeFile(t, pl, "")
 	holdFile(t, hr, Exclusive)
 	before := treeState(t, f.state, f.store)
-	r, err := Prune(f.state, f.store, PruneOptions{DryRun: true})
+	r, err := Prune(f.state, f.store, PruneOptions{DryRun: true, ValidPath: noneValid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,7 +372,7 @@ func TestPruneNotOurs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r, err := Prune(f.state, f.store, PruneOptions{})
+	r, err := Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +392,7 @@ func TestPruneNotOurs(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := treeState(t, f.state, f.store)
-	r, err = Prune(f.state, f.store, PruneOptions{})
+	r, err = Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 	if !errors.Is(err, ErrPruneAccess) || !errors.Is(err, fs.ErrPermission) || r != nil {
 		t.Fatalf("want a refusal, got %+v, %v", r, err)
 	}
@@ -414,7 +414,7 @@ func TestPruneNotOurs(t *testing.T) {
 	}
 	mine := filepath.Join(f.store, lockHash+"-mine.lock")
 	writeFile(t, mine, "")
-	r, err = Prune(f.state, f.store, PruneOptions{})
+	r, err = Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +446,7 @@ func TestPruneAgainstPathLocks(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			r, err := Prune(f.state, f.store, PruneOptions{})
+			r, err := Prune(f.state, f.store, PruneOptions{ValidPath: noneValid})
 			if err != nil {
 				t.Error(err)
 				return
@@ -513,9 +513,85 @@ func BenchmarkPrune10k(b *testing.B) {
 			}
 		}
 		b.StartTimer()
-		r, err := Prune(state, store, PruneOptions{})
+		r, err := Prune(state, store, PruneOptions{ValidPath: noneValid})
 		if err != nil || r.Removed != 11000 {
 			b.Fatalf("%v removed %d", err, r.Removed)
+		}
+	}
+}
+
+// noneValid is PruneOptions.ValidPath for a store with no valid path
+// named like a lock file.
+func noneValid(string) (bool, error) { return false, nil }
+
+// TestPruneKeepsStorePaths: a store path named NAME.lock that holds
+// nothing or "d" is store contents, not a lock file: one the database
+// says is valid, and one being added (its own NAME.lock exists, even
+// unheld), are kept (reason store-path), untouched; one whose validity
+// cannot be told fails and stays; without ValidPath Prune refuses to run.
+// A stale path lock beside them goes.
+func TestPruneKeepsStorePaths(t *testing.T) {
+	f := newPruneFixture(t)
+	validPL := filepath.Join(f.store, lockHash+"-empty.lock")
+	markPL := filepath.Join(f.store, lockHash+"-d.lock")
+	addingPL := filepath.Join(f.store, lockHash+"-adding.lock")
+	unknownPL := filepath.Join(f.store, lockHash+"-unknown.lock")
+	stalePL := filepath.Join(f.store, lockHash+"-stale.lock")
+	for _, p := range []string{validPL, addingPL, unknownPL, stalePL, addingPL + ".lock"} {
+		writeFile(t, p, "")
+	}
+	writeFile(t, markPL, "d")
+	holdFile(t, addingPL+".lock", Exclusive)
+	var asked []string
+	valid := func(name string) (bool, error) {
+		asked = append(asked, name)
+		switch name {
+		case filepath.Base(validPL), filepath.Base(markPL):
+			return true, nil
+		case filepath.Base(unknownPL):
+			return false, errors.New("database is locked")
+		}
+		return false, nil
+	}
+	if _, err := Prune(f.state, f.store, PruneOptions{}); err == nil || !strings.Contains(err.Error(), "ValidPath") {
+		t.Fatalf("Prune without ValidPath: %v", err)
+	}
+	for _, dry := range []bool{true, false} {
+		r, err := Prune(f.state, f.store, PruneOptions{ValidPath: valid, DryRun: dry})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := byPath(r)
+		for _, p := range []string{validPL, markPL, addingPL} {
+			if g := got[p]; g.Action != PruneKept || g.Reason != PruneStorePath {
+				t.Errorf("dry run %v: %s: %+v, want kept store-path", dry, p, g)
+			}
+		}
+		if g := got[unknownPL]; g.Action != PruneFailed || g.Reason != PruneError || !strings.Contains(g.Detail, "database is locked") {
+			t.Errorf("dry run %v: %s: %+v, want failed error", dry, unknownPL, g)
+		}
+		want := PruneRemoved
+		if dry {
+			want = PruneWouldRemove
+		}
+		if g := got[stalePL]; g.Action != want {
+			t.Errorf("dry run %v: stale path lock: %+v", dry, g)
+		}
+	}
+	for _, p := range []string{validPL, markPL, addingPL, unknownPL} {
+		if !exists(p) {
+			t.Errorf("%s was removed", p)
+		}
+	}
+	if b, _ := os.ReadFile(validPL); len(b) != 0 {
+		t.Errorf("a valid store path was written: %q", b)
+	}
+	if exists(stalePL) {
+		t.Error("the stale path lock is still there")
+	}
+	for _, n := range asked {
+		if n == filepath.Base(addingPL) {
+			t.Error("the database was asked about a path being added (its lock file says enough)")
 		}
 	}
 }

@@ -233,10 +233,10 @@ exec nix-store --gc`)
 	gcEnded()
 
 	nixDir := filepath.Join(ns.Root, "nix")
-	before := treeListing(t, nixDir)
+	before := pruneListing(t, nixDir)
 	same := func(what string) {
 		t.Helper()
-		if after := treeListing(t, nixDir); strings.Join(before, "\n") != strings.Join(after, "\n") {
+		if after := pruneListing(t, nixDir); strings.Join(before, "\n") != strings.Join(after, "\n") {
 			t.Errorf("%s changed the store or state directory:\nbefore %v\nafter %v", what, before, after)
 		}
 	}
@@ -250,7 +250,7 @@ exec nix-store --gc`)
 	}
 	userBin := filepath.Join(ns.Root, "storekeeper")
 	writeFileMode(t, userBin, data, 0o755)
-	before = treeListing(t, nixDir) // with the user's binary beside nix/
+	before = pruneListing(t, nixDir) // with the user's binary beside nix/
 	for _, args := range [][]string{{"lock", "prune"}, {"lock", "prune", "--dry-run"}} {
 		cmd := exec.Command(userBin, append([]string{"--store", ns.Root, "--json"}, args...)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
@@ -476,7 +476,7 @@ func TestLockPruneReadOnly(t *testing.T) {
 touch /nix/store/.probe 2>/dev/null && exit 99
 exec "$@"`
 	nixDir := filepath.Join(ns.Root, "nix")
-	before := treeListing(t, nixDir)
+	before := pruneListing(t, nixDir)
 
 	r := runCmd(t, nsScript(ns.Root, roStore, binary, "--json", "lock", "prune", "--dry-run"), nil)
 	if got := parsePrune(t, r); r.code != 0 || got.Result == nil || got.Result.Removed != 1 || got.Result.Files[0].Action != "would-remove" {
@@ -488,7 +488,7 @@ exec "$@"`
 	if got := parsePrune(t, r); r.code != 2 || got.Error == nil || got.Error.Kind != "read-only" {
 		t.Errorf("read-only state directory: exit %d, %+v\n%s", r.code, got.Error, r.stderr)
 	}
-	if after := treeListing(t, nixDir); strings.Join(before, "\n") != strings.Join(after, "\n") {
+	if after := pruneListing(t, nixDir); strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("a dry run or a refused prune changed the store:\nbefore %v\nafter %v", before, after)
 	}
 
@@ -500,4 +500,85 @@ exec "$@"`
 		t.Errorf("the stale path lock is still there: %v", err)
 	}
 	nixVerify(t, ns.Root)
+}
+
+// TestLockPruneKeepsStorePaths: a store path may itself be named like a
+// path lock (NAME.lock) and hold nothing, or just "d": `nix-store --add`
+// of an empty file named empty.lock, or of one holding "d". Such files
+// are store contents, not lock files: lock prune keeps them (reason
+// "store-path") and nix-store --verify still accepts the store. So does
+// a file being added or built (its own lock, NAME.lock.lock, held), which
+// is not valid yet. A real stale path lock beside them is removed.
+func TestLockPruneKeepsStorePaths(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 2, Seed: 29, Salt: "lock-prune-storepath"})
+	storeDir := filepath.Join(ns.Root, "nix/store")
+	src := t.TempDir()
+	os.Chmod(src, 0o755)
+	var valid []string
+	for name, data := range map[string]string{"empty.lock": "", "d.lock": "d"} {
+		f := filepath.Join(src, name)
+		writeFileMode(t, f, []byte(data), 0o644)
+		r := runNSAll(t, ns.Root, "nix-store", "--add", f)
+		sp := strings.TrimSpace(r.stdout)
+		if r.code != 0 || !strings.HasPrefix(sp, "/nix/store/") || !strings.HasSuffix(sp, "-"+name) {
+			t.Fatalf("nix-store --add %s: exit %d\n%s\n%s", name, r.code, r.stdout, r.stderr)
+		}
+		valid = append(valid, filepath.Join(storeDir, filepath.Base(sp)))
+	}
+	building := filepath.Join(storeDir, "22222222222222222222222222222222-building.lock")
+	writeFileMode(t, building, nil, 0o644)
+	hold := exec.Command("flock", "-x", building+".lock", "sleep", "120")
+	startGroup(t, hold)
+	waitFor(t, "flock to hold the lock of a path being built", func() bool { _, err := os.Stat(building + ".lock"); return err == nil })
+	stale := filepath.Join(storeDir, "33333333333333333333333333333333-stale.lock")
+	writeFileMode(t, stale, nil, 0o600)
+
+	r := run(t, "--store", ns.Root, "--json", "lock", "prune")
+	got := parsePrune(t, r)
+	if r.code != 0 || got.Result == nil {
+		t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	actions := map[string]lockPruneFile{}
+	for _, f := range got.Result.Files {
+		actions[f.Path] = f
+	}
+	for _, p := range append(valid, building) {
+		if a := actions[p]; a.Action != "kept" || a.Reason != "store-path" {
+			t.Errorf("%s: %+v, want kept store-path", p, a)
+		}
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("lock prune removed a store path: %v", err)
+		}
+	}
+	if a := actions[stale]; a.Action != "removed" {
+		t.Errorf("the stale path lock: %+v", a)
+	}
+	if _, err := os.Lstat(stale); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the stale path lock is still there: %v", err)
+	}
+	syscall.Kill(-hold.Process.Pid, syscall.SIGKILL)
+	os.Remove(building)
+	os.Remove(building + ".lock")
+	nixVerify(t, ns.Root)
+}
+
+// pruneListing is treeListing without what SQLite's readers of a WAL
+// database create and touch (db.sqlite-shm, db.sqlite-wal, so the db
+// directory's mtime): lock prune reads the database, read-only, to tell
+// a store path named NAME.lock from a lock file, as every reader (Nix
+// included) does.
+func pruneListing(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, l := range treeListing(t, dir) {
+		p, rest, _ := strings.Cut(l, " ")
+		switch {
+		case strings.HasSuffix(p, "/db/db.sqlite-shm"), strings.HasSuffix(p, "/db/db.sqlite-wal"):
+			continue
+		case strings.HasSuffix(p, "/var/nix/db"):
+			l = p + " " + rest[:strings.LastIndexByte(rest, ' ')]
+		}
+		out = append(out, l)
+	}
+	return out
 }

@@ -55,9 +55,10 @@ file someone holds is kept; a file nobody holds is unlinked while locked and
 then marked stale ("d" written into it), so that a Nix process that opened
 it before and locks it after starts over with a fresh file, as Nix's
 PathLocks and temp-roots code do. Symbolic links, special files, files with
-several links, path-lock files holding data, temp-roots files whose pid
-runs, and names that are not a pid or a store path's lock are reported and
-left alone. gc.lock, db/big-lock and the gc socket are never touched.
+several links, path-lock files holding data, store paths named NAME.lock
+(valid in the database, or being added: their own NAME.lock exists),
+temp-roots files whose pid runs, and names that are not a pid or a store
+path's lock are reported and left alone. gc.lock, db/big-lock and the gc socket are never touched.
 
 It needs the right to delete in the temp-roots directory or the store
 directory (root for a multi-user Nix); a stale file it may not delete is
@@ -92,7 +93,19 @@ func runLockPrune(cmd *cobra.Command, g *globalOptions, dryRun bool) error {
 			return err
 		}
 	}
-	r, err := lock.Prune(lay.StateDir, lay.RealStoreDir, lock.PruneOptions{DryRun: dryRun})
+	// The database, read-only, tells a store path named NAME.lock (empty,
+	// or holding "d") from a path lock.
+	s, err := g.openStore(cmd.Context(), true)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	valid := func(name string) (bool, error) {
+		path := lay.StoreDir + "/" + name
+		v, err := s.DB.ValidAmong(cmd.Context(), []string{path})
+		return v[path], err
+	}
+	r, err := lock.Prune(lay.StateDir, lay.RealStoreDir, lock.PruneOptions{DryRun: dryRun, ValidPath: valid})
 	if r == nil {
 		return err
 	}
