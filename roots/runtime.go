@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"storekeeper/internal/procfs"
 )
@@ -29,7 +30,13 @@ const (
 // path (Nix's regex: six whitespace-separated fields, the sixth a path).
 // A mapped file that was deleted (" (deleted)" after its path) or whose
 // path holds whitespace has more fields: Nix does not count it.
-var mapLine = regexp.MustCompile(`^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+(/\S+)\s*$`)
+//
+// Nix's \s and \S are libstdc++'s std::regex classes, C's isspace in
+// the "C" locale: space, \t, \n, \v, \f, \r. RE2's \s lacks \v, so
+// the classes are spelled out (a mapped file named "a\vb" is no root,
+// "lib\v" is one, as in Nix).
+var mapLine = regexp.MustCompile(strings.NewReplacer(`\s`, `[ \t\n\v\f\r]`, `\S`, `[^ \t\n\v\f\r]`).
+	Replace(`^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+(/\S+)\s*$`))
 
 // envPathRegexp matches a store path in an environment block as Nix
 // does: the store directory, '/', then [0-9a-z]+ and name characters.
@@ -207,9 +214,9 @@ func mappedPath(line []byte) string {
 	return string(line[i:j])
 }
 
-// isSpace is \s of mapLine (RE2's: space, \t, \n, \f, \r).
+// isSpace is mapLine's \s (C's isspace: space, \t, \n, \v, \f, \r).
 func isSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r'
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }
 
 // isAbs: only absolute link targets name files (sockets and pipes read

@@ -406,3 +406,111 @@ exec sleep 120
 		}
 	}
 }
+
+// TestRootsBusyMapsAsNix: a process maps (LD_PRELOAD) a library from a
+// store path whose file name has a vertical tab inside ("a\vb") and one
+// from another whose name ends in one ("lib\v"). Nix's maps pattern
+// (libstdc++'s \s counts \v as space) makes only the second a maps root;
+// `roots` lists exactly what real `nix-store --gc --print-roots` lists
+// for the process, and `roots busy` marks the same holding alone as a
+// runtime root.
+func TestRootsBusyMapsAsNix(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 4, Seed: 27, Salt: "roots-busy-maps"})
+	lib := "/lib/x86_64-linux-gnu/libdl.so.2"
+	if _, err := os.Stat(lib); err != nil {
+		t.Skipf("no %s to preload: %v", lib, err)
+	}
+	out := t.TempDir()
+	script := `
+set -e
+mkdir -p "$OUT/inside" "$OUT/end"
+cp "$LIB" "$OUT/inside/a` + "\v" + `b"
+cp "$LIB" "$OUT/end/lib` + "\v" + `"
+inside=$(nix-store --add "$OUT/inside")
+end=$(nix-store --add "$OUT/end")
+echo "INSIDE $inside"
+echo "END $end"
+LD_PRELOAD="$inside/a` + "\v" + `b:$end/lib` + "\v" + `" sleep 60 &
+pid=$!
+echo "PID $pid"
+i=0; until grep -q "$end" /proc/$pid/maps 2>/dev/null || [ $i -gt 100 ]; do sleep 0.05; i=$((i+1)); done
+set +e
+"$BIN" roots > "$OUT/ours.txt" 2>"$OUT/ours.err"; echo "RC $?"
+"$BIN" --json roots busy > "$OUT/busy.json" 2>>"$OUT/ours.err"; echo "BUSYRC $?"
+nix-store --gc --print-roots > "$OUT/nix.txt" 2>"$OUT/nix.err"; echo "NIXRC $?"
+cp /proc/$pid/maps "$OUT/maps"
+kill $pid
+`
+	cmd := nsScript(ns.Root, script)
+	cmd.Env = append(cmd.Env, "BIN="+binary, "OUT="+out, "LIB="+lib)
+	res, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, res)
+	}
+	var inside, end string
+	var pid int
+	rcs := map[string]int{}
+	for _, l := range strings.Split(string(res), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 2 {
+			continue
+		}
+		switch f[0] {
+		case "INSIDE":
+			inside = f[1]
+		case "END":
+			end = f[1]
+		case "PID":
+			pid, _ = strconv.Atoi(f[1])
+		default:
+			rcs[f[0]], _ = strconv.Atoi(f[1])
+		}
+	}
+	if rcs["RC"] != 0 || rcs["BUSYRC"] != 0 || rcs["NIXRC"] != 0 || pid == 0 || inside == "" || end == "" {
+		e, _ := os.ReadFile(filepath.Join(out, "ours.err"))
+		ne, _ := os.ReadFile(filepath.Join(out, "nix.err"))
+		t.Fatalf("script: %s\nstorekeeper: %s\nnix: %s", res, e, ne)
+	}
+	maps, _ := os.ReadFile(filepath.Join(out, "maps"))
+	if !strings.Contains(string(maps), inside+"/a\vb") || !strings.Contains(string(maps), end+"/lib\v") {
+		t.Fatalf("the process does not map both libraries:\n%s", maps)
+	}
+	mine := func(file string) map[string]bool {
+		data, _ := os.ReadFile(filepath.Join(out, file))
+		set := map[string]bool{}
+		for l := range rootLines(string(data)) {
+			if strings.HasPrefix(l, fmt.Sprintf("/proc/%d/", pid)) {
+				set[l] = true
+			}
+		}
+		return set
+	}
+	ours, nix := mine("ours.txt"), mine("nix.txt")
+	mapsEnd := fmt.Sprintf("/proc/%d/maps -> %s", pid, end)
+	if !nix[mapsEnd] {
+		t.Fatalf("nix-store --gc --print-roots lacks %q (harness problem?): %v", mapsEnd, nix)
+	}
+	if a, b := diffSets(ours, nix); len(a)+len(b) > 0 {
+		t.Errorf("the process's runtime roots: only storekeeper %v, only nix-store --gc --print-roots %v", a, b)
+	}
+	var b busyJSON
+	data, _ := os.ReadFile(filepath.Join(out, "busy.json"))
+	if err := json.Unmarshal(data, &b); err != nil {
+		t.Fatalf("roots busy --json: %v\n%s", err, data)
+	}
+	got := map[string]bool{}
+	for _, p := range b.Result.Paths {
+		for _, h := range p.Holders {
+			if h.PID == pid && h.Via == "maps" {
+				got[fmt.Sprintf("%s %q %v", p.Path, h.File, h.RuntimeRoot)] = true
+			}
+		}
+	}
+	want := map[string]bool{
+		fmt.Sprintf("%s %q %v", inside, inside+"/a\vb", false): true,
+		fmt.Sprintf("%s %q %v", end, end+"/lib", true):         true,
+	}
+	if a, b := diffSets(got, want); len(a)+len(b) > 0 {
+		t.Errorf("roots busy's maps holders: unexpected %v, missing %v", a, b)
+	}
+}
