@@ -29,7 +29,9 @@ type fileSpec struct {
 	outside int
 }
 
-func newSizeFixture(t testing.TB, names []string, refs [][2]string, rootNames []string, single map[string]uint64, files []fileSpec) *sizeFixture {
+// outs are derivation outputs {drv, output}: a DerivationOutputs row, and
+// the output's deriver set to drv (for keep-outputs / keep-derivations).
+func newSizeFixture(t testing.TB, names []string, refs [][2]string, outs [][2]string, rootNames []string, single map[string]uint64, files []fileSpec) *sizeFixture {
 	b := graph.NewBuilder("/nix/store", len(names))
 	fx := &sizeFixture{pathsOf: map[string]graph.PathID{}, links: map[uint64]bool{}}
 	for i, n := range names {
@@ -46,12 +48,21 @@ func newSizeFixture(t testing.TB, names []string, refs [][2]string, rootNames []
 			t.Fatal(err)
 		}
 	}
+	sort.SliceStable(outs, func(i, j int) bool { return fx.pathsOf[outs[i][0]] < fx.pathsOf[outs[j][0]] })
+	for _, o := range outs {
+		if err := b.AddOutput(fx.pathsOf[o[0]], graph.DrvOutput{Name: "out", Path: "/nix/store/" + o[1], ID: fx.pathsOf[o[1]]}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	g := b.Graph()
 	g.NarSize = make([]uint64, len(names))
 	for i := range g.NarSize {
 		g.NarSize[i] = uint64(1000 * (i + 1))
 	}
 	fx.g = b.Finish()
+	for _, o := range outs {
+		fx.g.Deriver[fx.pathsOf[o[1]]] = fx.pathsOf[o[0]]
+	}
 	for _, r := range rootNames {
 		id, ok := fx.pathsOf[r]
 		if !ok {
@@ -126,7 +137,7 @@ func byLink(rep *SizeReport) map[string]RootSize {
 func TestSizeSharedFile(t *testing.T) {
 	fx := newSizeFixture(t,
 		[]string{"a", "b", "liba", "libb", "common", "c", "dead"},
-		[][2]string{{"a", "liba"}, {"b", "libb"}, {"a", "common"}, {"b", "common"}},
+		[][2]string{{"a", "liba"}, {"b", "libb"}, {"a", "common"}, {"b", "common"}}, nil,
 		[]string{"a", "b", "c", "c"},
 		map[string]uint64{"a": 100, "liba": 1000, "libb": 2000, "common": 50000, "c": 7, "dead": 900},
 		[]fileSpec{
@@ -193,25 +204,46 @@ func TestSizeSharedFile(t *testing.T) {
 	}
 }
 
-// TestSizeAgainstRemoval: on random graphs with random shared files, for
-// every root, what a collection frees after removing that root alone
-// (the newly dead paths and the dead ones, by usage.Freed, gc's own
-// rule) is DeadBytes + the root's FreedBytes, and the paths it deletes
-// are FreedPaths.
+// TestSizeAgainstRemoval: on random graphs with random shared files
+// (derivations with outputs, keep-outputs and keep-derivations at random,
+// so cycles through keep-* edges, self-references, roots of no valid
+// path), for every root, what a collection frees after removing that
+// root alone (the newly dead paths and the dead ones, by usage.Freed,
+// gc's own rule) is DeadBytes + the root's FreedBytes, and the paths it
+// deletes are FreedPaths; without the dead paths measured, the paths are
+// the same and the bytes never more than what it frees besides the dead
+// paths' own.
 func TestSizeAgainstRemoval(t *testing.T) {
 	r := rand.New(rand.NewSource(3))
 	for iter := 0; iter < 300; iter++ {
 		n := 2 + r.Intn(25)
-		var names []string
+		var names, drvs []string
 		for i := 0; i < n; i++ {
-			names = append(names, fmt.Sprintf("p%d", i))
+			nm := fmt.Sprintf("p%d", i)
+			if r.Intn(3) == 0 {
+				nm += ".drv"
+				drvs = append(drvs, nm)
+			}
+			names = append(names, nm)
 		}
 		var refs [][2]string
 		for k := r.Intn(2 * n); k > 0; k-- {
 			refs = append(refs, [2]string{names[r.Intn(n)], names[r.Intn(n)]})
 		}
+		// Derivations' outputs (any path, a derivation too, or the
+		// derivation itself): cycles through the keep-* edges.
+		var outs [][2]string
+		for _, d := range drvs {
+			for k := r.Intn(3); k > 0; k-- {
+				outs = append(outs, [2]string{d, names[r.Intn(n)]})
+			}
+		}
 		var rootNames []string
 		for k := 1 + r.Intn(5); k > 0; k-- {
+			if r.Intn(10) == 0 {
+				rootNames = append(rootNames, "invalid") // a root of no valid path
+				continue
+			}
 			rootNames = append(rootNames, names[r.Intn(n)])
 		}
 		single := map[string]uint64{}
@@ -229,9 +261,10 @@ func TestSizeAgainstRemoval(t *testing.T) {
 			}
 			files = append(files, f)
 		}
-		fx := newSizeFixture(t, names, refs, rootNames, single, files)
-		keepOut, keepDrv := false, false
+		fx := newSizeFixture(t, names, refs, outs, rootNames, single, files)
+		keepOut, keepDrv := r.Intn(2) == 0, r.Intn(2) == 0
 		rep := fx.size(keepOut, keepDrv, true)
+		lean := byLink(fx.size(keepOut, keepDrv, false))
 		e := graph.NewEdges(fx.g, keepOut, keepDrv)
 		liveWithout := func(skip int) []bool {
 			l := graph.NewLiveness(e)
@@ -272,6 +305,12 @@ func TestSizeAgainstRemoval(t *testing.T) {
 			if rep.DeadBytes+rs.FreedBytes != freed || rs.FreedPaths != deleted {
 				t.Fatalf("iteration %d, root %d: predicted %d paths, %d+%d bytes; removing it deletes %d paths, frees %d",
 					iter, i, rs.FreedPaths, rep.DeadBytes, rs.FreedBytes, deleted, freed)
+			}
+			// Without the dead paths measured, the same paths, and
+			// bytes that can only be low.
+			if ls := lean[rs.Link]; ls.FreedPaths != deleted || ls.FreedBytes > freed-rep.DeadBytes {
+				t.Fatalf("iteration %d, root %d, dead paths not measured: predicted %d paths, %d bytes; removing it deletes %d paths, frees %d besides the dead paths' %d",
+					iter, i, ls.FreedPaths, ls.FreedBytes, deleted, freed-rep.DeadBytes, rep.DeadBytes)
 			}
 		}
 	}
