@@ -75,7 +75,11 @@ type StatusReport struct {
 	TempRootsStale int              `json:"temp_roots_stale"`
 	TempRootsMore  int              `json:"temp_roots_more"`
 	// PathLocks lists the <path>.lock files in the store directory, held
-	// ones first (at most MaxFiles); PathLocksMore is how many more.
+	// ones first (at most MaxFiles); PathLocksMore is how many more. A
+	// directory or a file holding more than "d" that nobody locks is a
+	// store path named NAME.lock (a fetched Cargo.lock), not a path lock,
+	// and is left out. Status reads no database: an empty store path
+	// named NAME.lock shows as a stale path lock (lock prune keeps it).
 	PathLocks      []LockFileStatus `json:"path_locks"`
 	PathLocksTotal int              `json:"path_locks_total"`
 	PathLocksStale int              `json:"path_locks_stale"`
@@ -148,7 +152,7 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 	var errs []error
 	r.TempRoots, r.TempRootsTotal, r.TempRootsStale, r.TempRootsMore, err = listLockFiles(TempRootsDir(stateDir), func(name string) bool {
 		return !strings.HasPrefix(name, ".")
-	}, locks, pc, o.MaxFiles)
+	}, nil, locks, pc, o.MaxFiles)
 	if r.TempRoots == nil {
 		r.TempRoots = []LockFileStatus{}
 	}
@@ -157,7 +161,7 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 	}
 	r.PathLocks, r.PathLocksTotal, r.PathLocksStale, r.PathLocksMore, err = listLockFiles(storeDir, func(name string) bool {
 		return strings.HasSuffix(name, ".lock") && !strings.HasPrefix(name, ".")
-	}, locks, pc, o.MaxFiles)
+	}, storeContents, locks, pc, o.MaxFiles)
 	if r.PathLocks == nil {
 		r.PathLocks = []LockFileStatus{}
 	}
@@ -335,11 +339,27 @@ func statusOf(path string, locks map[inodeKey][]lockEntry, pc *procCache, follow
 	return s
 }
 
+// storeContents reports whether the entry with lstat st in the store
+// directory, named NAME.lock, is store contents rather than a path lock: a
+// directory, or a regular file holding more than Nix's stale mark "d"
+// (Nix writes nothing else into a lock file). Store paths named NAME.lock
+// are common (a fetched Cargo.lock).
+func storeContents(st *unix.Stat_t) bool {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return true
+	case unix.S_IFREG:
+		return st.Size > 1
+	}
+	return false
+}
+
 // listLockFiles reports the files in dir whose names want accepts: held
 // ones (and ones with an error) first, then stale ones, at most max, sorted
 // by name within each group; total, stale and more count them all. A
-// missing dir lists nothing.
-func listLockFiles(dir string, want func(string) bool, locks map[inodeKey][]lockEntry, pc *procCache, max int) (list []LockFileStatus, total, stale, more int, err error) {
+// missing dir lists nothing. An entry skip (if not nil) says is no lock
+// file is left out, unless a process holds or waits for a lock on it.
+func listLockFiles(dir string, want func(string) bool, skip func(*unix.Stat_t) bool, locks map[inodeKey][]lockEntry, pc *procCache, max int) (list []LockFileStatus, total, stale, more int, err error) {
 	d, err := os.Open(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -355,7 +375,14 @@ func listLockFiles(dir string, want func(string) bool, locks map[inodeKey][]lock
 			if !want(name) {
 				continue
 			}
-			s := statusOf(filepath.Join(dir, name), locks, pc, false)
+			p := filepath.Join(dir, name)
+			if skip != nil {
+				var st unix.Stat_t
+				if unix.Lstat(p, &st) == nil && skip(&st) && len(locks[inodeKey{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}]) == 0 {
+					continue
+				}
+			}
+			s := statusOf(p, locks, pc, false)
 			if !s.Exists {
 				continue // gone meanwhile
 			}
