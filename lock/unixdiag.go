@@ -15,9 +15,15 @@ const (
 	udiagShowVFS = 0x2 // UDIAG_SHOW_VFS: the bound file's device and inode
 	unixDiagVFS  = 1   // UNIX_DIAG_VFS attribute
 	tcpListen    = 10  // TCP_LISTEN, the state of a listening Unix socket
-	// maxDiagMessages bounds the sockets read from the kernel's table.
-	maxDiagMessages = 1 << 20
 )
+
+// maxDiagMessages bounds the messages (one a listening socket) read from
+// the kernel's table; a variable for tests.
+var maxDiagMessages = 1 << 20
+
+// errDiagTooMany says the kernel's table of listening Unix sockets was
+// longer than maxDiagMessages and the socket was not among those read.
+var errDiagTooMany = errors.New("more listening Unix sockets than storekeeper reads")
 
 // errNoSockDiag says the kernel does not answer unix_diag requests.
 var errNoSockDiag = errors.New("the kernel does not list Unix sockets (no unix_diag)")
@@ -113,5 +119,8 @@ func unixListening(st *unix.Stat_t) (bool, error) {
 			}
 		}
 	}
-	return found, nil
+	if found {
+		return true, nil
+	}
+	return false, fmt.Errorf("%w (%d): whether a process listens on the socket is unknown; 'ss -xlp' lists them", errDiagTooMany, maxDiagMessages)
 }
