@@ -168,7 +168,8 @@ var genLinkName = regexp.MustCompile(`^(.*)-([0-9]+)-link$`)
 // closures are read from the graph loaded once.
 //
 // Concurrency: it holds gc.lock shared while it reads (when the store
-// lets it take the lock), so it waits for a running collector and no
+// lets it take the lock), so it waits for a running collector (saying
+// so through o.Progress's Info) and no
 // collector deletes anything under it; roots, the graph and the files are
 // each read once, and a build or optimise running meanwhile may make the
 // numbers slightly stale. It changes nothing and needs no write access.
@@ -179,7 +180,8 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 		p = report.Discard
 	}
 	lay := s.Layout
-	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, nil)
+	onWait := func() { p.Info("waiting for the big garbage collector lock...") } // a collection runs: said, as gc does
+	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, onWait)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
