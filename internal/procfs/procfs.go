@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // The bounds of what is read, each far above what a process normally
@@ -100,6 +101,42 @@ func CommandLine(procDir string, pid int) string {
 type Stat struct {
 	State byte   // R, S, D, Z (zombie), X (dead), ...
 	Flags uint64 // the kernel's PF_* flags
+	// StartTicks is when the process started, in clock ticks after boot
+	// (field 22; ClockTicks a second): see Started.
+	StartTicks uint64
+}
+
+// ClockTicks is the kernel's USER_HZ, the unit of /proc/PID/stat's
+// times: 100 a second on every Linux architecture Go runs on.
+const ClockTicks = 100
+
+// Started is when the process started, given when the system booted
+// (BootTime).
+func (s Stat) Started(boot time.Time) time.Time {
+	return boot.Add(time.Duration(s.StartTicks) * (time.Second / ClockTicks))
+}
+
+// maxProcStat bounds /proc/stat: its per-CPU lines and its interrupt
+// counts grow with the machine (a few hundred KiB on thousands of CPUs).
+const maxProcStat = 16 << 20
+
+// BootTime is when the system booted: /proc/stat's btime line.
+func BootTime(procDir string) (time.Time, error) {
+	p := procDir + "/stat"
+	b, _, err := ReadFile(p, maxProcStat)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, l := range bytes.Split(b, []byte{'\n'}) {
+		if v, ok := bytes.CutPrefix(l, []byte("btime ")); ok {
+			n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("%s: btime: %w", p, err)
+			}
+			return time.Unix(n, 0), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%s: no btime line", p)
 }
 
 // pfKthread is the kernel's PF_KTHREAD.
@@ -127,15 +164,20 @@ func ReadStat(procDir string, pid int) (Stat, error) {
 		return Stat{}, fmt.Errorf("%s: no ')' after the command name", p)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); field 9 (flags) is f[6].
-	if len(f) < 7 || len(f[0]) != 1 {
-		return Stat{}, fmt.Errorf("%s: %d fields after the command name, want at least 7", p, len(f))
+	// f[0] is field 3 (state); field 9 (flags) is f[6], field 22
+	// (starttime) f[19]. Linux has written 52 fields since 3.5.
+	if len(f) < 20 || len(f[0]) != 1 {
+		return Stat{}, fmt.Errorf("%s: %d fields after the command name, want at least 20", p, len(f))
 	}
 	flags, err := strconv.ParseUint(f[6], 10, 64)
 	if err != nil {
 		return Stat{}, fmt.Errorf("%s: flags: %w", p, err)
 	}
-	return Stat{State: f[0][0], Flags: flags}, nil
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return Stat{}, fmt.Errorf("%s: starttime: %w", p, err)
+	}
+	return Stat{State: f[0][0], Flags: flags, StartTicks: start}, nil
 }
 
 // RealUID is the real uid of the process, from /proc/PID/status's Uid

@@ -3,11 +3,13 @@ package procfs_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"storekeeper/internal/procfs"
 )
@@ -45,15 +47,21 @@ func TestCommandLine(t *testing.T) {
 // may hold ") S"), the real uid (the first of the Uid line).
 func TestStatAndUID(t *testing.T) {
 	proc := t.TempDir()
-	write(t, proc+"/7/stat", []byte("7 (a) S 1 (b)) Z 1 7 7 0 -1 2097216 0 0 0 0\n"))
+	write(t, proc+"/7/stat", []byte("7 (a) S 1 (b)) Z 1 7 7 0 -1 2097216 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0\n"))
 	write(t, proc+"/8/stat", []byte("8 (x) S 1\n"))
+	write(t, proc+"/10/stat", []byte("10 (x) S 1 10 10 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 12x 0 0\n"))
 	write(t, proc+"/7/status", []byte("Name:\ta\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n"))
 	st, err := procfs.ReadStat(proc, 7)
-	if err != nil || st.State != 'Z' || !st.Zombie() || !st.KernelThread() {
+	if err != nil || st.State != 'Z' || !st.Zombie() || !st.KernelThread() || st.StartTicks != 12345 {
 		t.Errorf("stat %+v %v", st, err)
 	}
-	if _, err := procfs.ReadStat(proc, 8); err == nil || !strings.Contains(err.Error(), "8/stat") {
-		t.Errorf("short stat: %v", err)
+	if got := st.Started(time.Unix(1000, 0)); !got.Equal(time.Unix(1123, 450e6)) {
+		t.Errorf("started %v", got)
+	}
+	for _, pid := range []int{8, 10} {
+		if _, err := procfs.ReadStat(proc, pid); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d/stat", pid)) {
+			t.Errorf("bad stat %d: %v", pid, err)
+		}
 	}
 	if _, err := procfs.ReadStat(proc, 9); !procfs.Vanished(err) {
 		t.Errorf("missing process: %v", err)
@@ -141,5 +149,23 @@ func TestFDsAndErrors(t *testing.T) {
 	}
 	if l, err := procfs.Link(proc, 1, "fd/1a"); err != nil || l != "/x" {
 		t.Errorf("link %q %v", l, err)
+	}
+}
+
+// TestBootTime: /proc/stat's btime line, found after long lines; a file
+// without one is an error naming it.
+func TestBootTime(t *testing.T) {
+	proc := t.TempDir()
+	write(t, proc+"/stat", []byte("cpu 1 2 3\nintr "+strings.Repeat("0 ", 1<<20)+"\nbtime 1700000000\nprocesses 5\n"))
+	if bt, err := procfs.BootTime(proc); err != nil || !bt.Equal(time.Unix(1700000000, 0)) {
+		t.Errorf("boot time %v %v", bt, err)
+	}
+	none := t.TempDir()
+	write(t, none+"/stat", []byte("cpu 1 2 3\n"))
+	if _, err := procfs.BootTime(none); err == nil || !strings.Contains(err.Error(), none+"/stat") {
+		t.Errorf("no btime: %v", err)
+	}
+	if bt, err := procfs.BootTime("/proc"); err != nil || bt.After(time.Now()) || bt.Year() < 2000 {
+		t.Errorf("this machine's boot time %v %v", bt, err)
 	}
 }
