@@ -1,0 +1,102 @@
+package metrics
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrUnsafeFile is wrapped by WriteFile's refusals of where it was asked
+// to write: a directory another user controls, a final name that is not
+// a regular file.
+var ErrUnsafeFile = errors.New("metrics: refusing to write the metrics file")
+
+// WriteFile replaces the file at path with fams in the text format
+// (Write), atomically: the text goes to a new temporary file in the same
+// directory (".NAME.tmp-PID-RANDOM", created with O_EXCL and O_NOFOLLOW,
+// mode 0644; node_exporter reads only names ending in .prom), which is
+// fsynced and renamed over path; the directory is then fsynced.
+//
+// Guarantees: a reader sees the old file or the new one, whole, at every
+// instant; an error, a crash or a kill at any point leaves the old file
+// as it was (a kill may leave the temporary file behind, which no reader
+// of *.prom files reads). Two writers of one path: the last rename wins,
+// each file whole. Nothing is followed at the final name: a symlink
+// there, or anything but a regular file, is refused. The directory must
+// be owned by the caller's effective uid and writable by it alone (so
+// root never creates a file where another user could swap it); symlinks
+// in the directory's own path are followed, as when it is opened by
+// name. fams are checked first: invalid families (ErrInvalid) change
+// nothing.
+func WriteFile(path string, fams []Family) error {
+	text, err := Format(fams)
+	if err != nil {
+		return err
+	}
+	dir, base := filepath.Split(filepath.Clean(path))
+	if base == "" || base == "." || base == ".." || base == "/" {
+		return fmt.Errorf("%w %q: it names no file", ErrUnsafeFile, path)
+	}
+	if dir == "" {
+		dir = "."
+	}
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("metrics: opening the directory of %s: %w", path, &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(dfd, &st); err != nil {
+		return fmt.Errorf("metrics: %s: %w", dir, err)
+	}
+	if euid := uint32(os.Geteuid()); st.Uid != euid || st.Mode&0o022 != 0 {
+		return fmt.Errorf("%w %s: its directory %s is owned by uid %d with mode %04o; it must be owned by uid %d and writable by its owner only (use a directory such as /var/lib/prometheus/node-exporter, owned by root, mode 0755)",
+			ErrUnsafeFile, path, dir, st.Uid, st.Mode&0o7777, euid)
+	}
+	switch err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); {
+	case errors.Is(err, unix.ENOENT):
+	case err != nil:
+		return fmt.Errorf("metrics: %w", &os.PathError{Op: "lstat", Path: path, Err: err})
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return fmt.Errorf("%w %s: it is a symlink (it is never followed): remove it, or give the file it points to", ErrUnsafeFile, path)
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		return fmt.Errorf("%w %s: it exists and is not a regular file: remove it, or give another file", ErrUnsafeFile, path)
+	}
+
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	tmp := fmt.Sprintf(".%s.tmp-%d-%s", base, os.Getpid(), hex.EncodeToString(rnd[:]))
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("metrics: creating a temporary file in %s: %w", dir, &os.PathError{Op: "open", Path: filepath.Join(dir, tmp), Err: err})
+	}
+	f := os.NewFile(uintptr(fd), filepath.Join(dir, tmp))
+	err = f.Chmod(0o644) // whatever the umask: node_exporter runs as another user
+	if err == nil {
+		_, err = f.Write(text)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		if rerr := unix.Renameat(dfd, tmp, dfd, base); rerr != nil {
+			err = &os.LinkError{Op: "rename", Old: filepath.Join(dir, tmp), New: path, Err: rerr}
+		}
+	}
+	if err != nil {
+		unix.Unlinkat(dfd, tmp, 0)
+		return fmt.Errorf("metrics: writing %s (the old file, if any, is unchanged): %w", path, err)
+	}
+	if err := unix.Fsync(dfd); err != nil {
+		return fmt.Errorf("metrics: %s was replaced, but syncing its directory failed: %w", path, &os.PathError{Op: "fsync", Path: dir, Err: err})
+	}
+	return nil
+}
