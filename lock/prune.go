@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"storekeeper/internal/sys"
 	"storekeeper/nix/storepath"
 
 	"golang.org/x/sys/unix"
@@ -153,6 +154,11 @@ var testHookPruneLocked func(path string)
 // removing stale temp-roots files, exclude each other through the same
 // lock: whoever takes it second finds the file unlinked and leaves it.
 //
+// The two directories are opened without following a symbolic link in a
+// directory another user controls (see openTrustedDir: such a user could
+// otherwise point them at a directory of root's), and listed through the
+// descriptors opened.
+//
 // Permission: a file is deleted only where lock files may be deleted
 // (see PathLocks.Unlock): in a directory that is ours (owned by the
 // effective uid, writable by nobody else), or, for a file we own, in a
@@ -218,14 +224,97 @@ func Prune(stateDir, storeDir string, o PruneOptions) (*PruneReport, error) {
 	return r, errors.Join(errs...)
 }
 
-// openPruneDir opens dir as a lockDir; nil (and no error) if it does not
-// exist.
+// openPruneDir opens dir as a lockDir, through openTrustedDir; nil (and
+// no error) if it does not exist.
 func openPruneDir(dir string) (*lockDir, error) {
-	d, err := openLockDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	fd, err := openTrustedDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
 	}
-	return d, err
+	return newLockDir(fd, dir)
+}
+
+// maxPathLinks bounds the symbolic links openTrustedDir follows (as
+// Linux's 40).
+const maxPathLinks = 40
+
+// openTrustedDir opens the directory path component by component, never
+// following a symbolic link that sits in a directory another user
+// controls. A link is followed only where the directory holding it is
+// owned by root or the effective uid and writable by nobody else, or,
+// for a link owned by root or the effective uid, is sticky (others can
+// neither remove nor replace it there): so the way to the directory is
+// root's (or ours), and a user who controls a store's state directory (a
+// single-user install, a store in a home directory) cannot point
+// temproots, or the store directory, at a directory of root's and have
+// root delete files there that look like temp-roots or lock files.
+// Otherwise the error names the link and wraps fs.ErrPermission.
+func openTrustedDir(path string) (int, error) {
+	start := "."
+	if strings.HasPrefix(path, "/") {
+		start = "/"
+	}
+	fd, err := openDirAt(unix.AT_FDCWD, start, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: start, Err: err}
+	}
+	cur := start // the directory fd is, for messages
+	comps := strings.Split(path, "/")
+	links := 0
+	for len(comps) > 0 {
+		c := comps[0]
+		comps = comps[1:]
+		if c == "" || c == "." {
+			continue
+		}
+		nfd, err := openDirAt(fd, c, unix.O_NOFOLLOW)
+		if err == nil {
+			unix.Close(fd)
+			fd, cur = nfd, filepath.Join(cur, c)
+			continue
+		}
+		var lst unix.Stat_t
+		if err != unix.ELOOP && err != unix.ENOTDIR || fstatatNoFollow(fd, c, &lst) != nil || lst.Mode&unix.S_IFMT != unix.S_IFLNK {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "open", Path: filepath.Join(cur, c), Err: err}
+		}
+		link := filepath.Join(cur, c)
+		var dst unix.Stat_t
+		if err := unix.Fstat(fd, &dst); err != nil {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "stat", Path: cur, Err: err}
+		}
+		euid := uint32(unix.Geteuid())
+		trusted := func(uid uint32) bool { return uid == 0 || uid == euid }
+		if !(trusted(dst.Uid) && dst.Mode&0o022 == 0 || dst.Mode&unix.S_ISVTX != 0 && trusted(dst.Uid) && trusted(lst.Uid)) {
+			unix.Close(fd)
+			return -1, fmt.Errorf("refusing to follow the symbolic link %s on the way to %s: it is in %s (owner uid %d, mode %04o), which another user controls; pass the directory it points to, or run as that user: %w",
+				link, path, cur, dst.Uid, dst.Mode&0o7777, fs.ErrPermission)
+		}
+		if links++; links > maxPathLinks {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "open", Path: path, Err: unix.ELOOP}
+		}
+		target, err := sys.ReadlinkAt(fd, c)
+		if err != nil {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "readlink", Path: link, Err: err}
+		}
+		if strings.HasPrefix(target, "/") {
+			nfd, err := openDirAt(unix.AT_FDCWD, "/", 0)
+			if err != nil {
+				unix.Close(fd)
+				return -1, &os.PathError{Op: "open", Path: "/", Err: err}
+			}
+			unix.Close(fd)
+			fd, cur = nfd, "/"
+		}
+		comps = append(strings.Split(target, "/"), comps...)
+	}
+	return fd, nil
 }
 
 // mayDelete reports whether some lock file in d may be deleted by us:
@@ -267,10 +356,13 @@ const maxLocksRereads = 3
 
 // pruneDir handles every name in d that want accepts, in sorted order.
 func (p *pruner) pruneDir(d *lockDir, kind string, want func(string) bool) error {
-	f, err := os.Open(d.path)
+	// Listed through d's descriptor: the directory opened, not whatever
+	// its path names now.
+	fd, err := openDirAt(d.fd, ".", 0)
 	if err != nil {
-		return err
+		return &os.PathError{Op: "open", Path: d.path, Err: err}
 	}
+	f := os.NewFile(uintptr(fd), d.path)
 	defer f.Close()
 	var names []string
 	for {

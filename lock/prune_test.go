@@ -595,3 +595,70 @@ func TestPruneKeepsStorePaths(t *testing.T) {
 		}
 	}
 }
+
+// TestPruneNoSymlinkInOthersDirectory: as root, on a store whose state
+// directory another user controls (a single-user install, a store under
+// a user's home), that user can point temproots (or the store directory)
+// at any directory of root's by a symbolic link: Prune must not follow it
+// and delete root's files there whose names look like pids (or lock
+// files). It refuses, names the link, and changes nothing. A symbolic
+// link in a directory only root controls is followed (/nix -> /data/nix).
+func TestPruneNoSymlinkInOthersDirectory(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	root := t.TempDir()
+	victim := filepath.Join(root, "root-owned")
+	if err := os.MkdirAll(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(victim, strconv.Itoa(deadPID(t)))
+	lockFile := filepath.Join(victim, lockHash+"-x.lock")
+	writeFile(t, pidFile, "root's data")
+	writeFile(t, lockFile, "")
+
+	user := filepath.Join(root, "user")
+	state := filepath.Join(user, "state")
+	store := filepath.Join(user, "store")
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(state, "temproots")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, store); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{user, state} {
+		if err := os.Chown(p, 12345, 12345); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, dry := range []bool{true, false} {
+		r, err := Prune(state, store, PruneOptions{ValidPath: noneValid, DryRun: dry})
+		if err == nil || !strings.Contains(err.Error(), "symbolic link") {
+			t.Errorf("dry run %v: Prune through another user's symlink: err %v, report %+v", dry, err, r)
+		}
+	}
+	if !exists(pidFile) || !exists(lockFile) {
+		t.Fatal("Prune followed another user's symbolic link and deleted root's files")
+	}
+
+	// A link in a directory of root's is followed.
+	trusted := filepath.Join(root, "trusted")
+	if err := os.MkdirAll(filepath.Join(trusted, "real", "temproots"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(trusted, "real", "store"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("real", filepath.Join(trusted, "link")); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(trusted, "real", "temproots", strconv.Itoa(deadPID(t)))
+	writeFile(t, stale, "")
+	r, err := Prune(filepath.Join(trusted, "link"), filepath.Join(trusted, "link", "store"), PruneOptions{ValidPath: noneValid})
+	if err != nil || r.Removed != 1 || exists(stale) {
+		t.Errorf("through root's own link: %v %+v", err, r)
+	}
+}
