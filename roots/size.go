@@ -89,7 +89,11 @@ type SizeReport struct {
 	SharedTotal int          `json:"shared_total"`
 	// The dead paths (valid paths no root keeps), and with
 	// SizeOptions.MeasureDead (DeadMeasured) what deleting them all frees
-	// on disk now: what a collection frees before any root is removed.
+	// on disk now: what a collection frees before any root is removed,
+	// but for the store entries that are not valid paths (a failed
+	// build's leftovers) and the .links entries nothing links to any more,
+	// which a collection deletes too and which are not measured here
+	// ('storekeeper gc --dry-run' counts the former).
 	DeadPaths    int        `json:"dead_paths"`
 	DeadNarBytes uint64     `json:"dead_nar_bytes"`
 	DeadBytes    uint64     `json:"dead_bytes"`
@@ -160,10 +164,13 @@ var genLinkName = regexp.MustCompile(`^(.*)-([0-9]+)-link$`)
 // shared by two roots' paths is freed by neither alone.
 //
 // Dead paths are reported once (DeadPaths; with o.MeasureDead DeadBytes,
-// what a collection frees now) and never attributed to a root; a
+// what deleting them frees now) and never attributed to a root; a
 // collection after removing root r frees DeadBytes + r.FreedBytes (with
 // o.MeasureDead; without it, at least r.FreedBytes besides the dead
-// paths' own). Every live path's files (with o.MeasureDead every valid
+// paths' own), plus what it deletes that is no valid path (leftovers,
+// unused .links entries). Bytes are files' and symlinks' allocated
+// blocks, as the collector counts what it frees; the directories' own
+// blocks, which the file system also gets back, are not counted. Every live path's files (with o.MeasureDead every valid
 // path's) are measured once, in parallel (store/usage), and the roots'
 // closures are read from the graph loaded once.
 //

@@ -41,27 +41,31 @@ never counted in a root) and the totals.
 
 Every live path's files are measured once, in parallel (-j); the graph and
 the roots are read once. --dead measures the dead paths' files too: their
-bytes on disk (what a collection frees now), and a file a root's path
-shares with a dead path then counts as freed with the root (both go in the
-next collection; without --dead it counts as staying). Removing a root and
-collecting frees the dead bytes plus that root's freed bytes. Nothing is changed and no write access is
-needed; gc.lock is held shared while reading when it can be, so a running
-collection is waited for. 'roots --size' is the same as 'roots size'.
+bytes on disk (what a collection frees now), and a file a root's path shares
+with a dead path then counts as freed with the root (both go in the next
+collection; without --dead it counts as staying). Removing a root and
+collecting frees the dead bytes plus that root's freed bytes, plus the store
+entries that are not valid paths (failed builds' leftovers) and the unused
+.links entries, which are not measured here. Bytes on disk are the allocated
+blocks of files and symlinks, as the collector counts them: the directories'
+own blocks (a block or more each), which 'df' also shows freed, are not
+counted. Nothing is changed and no write access is needed; gc.lock is held
+shared while reading when it can be, so a running collection is waited for.
+'roots --size' is the same as 'roots size'.
 
 Output: text (FREED, PATHS, CLOSURE, ROOT); --json (roots: [{kind, link,
-target, owner, mtime, pid, command, via, closure_paths, closure_nar_bytes,
-closure_bytes, freed_paths, freed_nar_bytes, freed_bytes, freed (with
---paths: the paths it frees), profile,
-generation, current}], profiles: [{profile, current, generations:
-[{generation, current, link, closure_paths, closure_bytes, freed_paths,
-freed_bytes}]}], shared: [{path, paths, nar_bytes, freed_bytes, roots}],
-shared_total, dead_paths, dead_nar_bytes, dead_bytes (with --dead),
-dead_measured, totals: {roots,
+target, owner, mtime, pid, user, command, via, env, closure_paths,
+closure_nar_bytes, closure_bytes, freed_paths, freed_nar_bytes, freed_bytes,
+freed (with --paths: the paths it frees), profile, generation, current}],
+profiles: [{profile, current, generations: [{generation, current, link,
+closure_paths, closure_bytes, freed_paths, freed_bytes}]}], shared: [{path,
+paths, nar_bytes, freed_bytes, roots}], shared_total, dead_paths,
+dead_nar_bytes, dead_bytes (with --dead), dead_measured, totals: {roots,
 paths, live_paths, live_nar_bytes, live_bytes, freed_paths, freed_bytes},
-notes); --dot, a Graphviz digraph of the roots (boxes, with what each
-frees) and the paths several roots share (ellipses, with what they hold
-that only those roots keep), the --max-shared largest:
-'storekeeper roots size --dot | dot -Tsvg'.
+notes); --dot, a Graphviz digraph of the roots (boxes, with what each frees)
+and the paths several roots share (ellipses, with what they hold that only
+those roots keep), the --max-shared largest: 'storekeeper roots size --dot |
+dot -Tsvg'.
 
 Exit status: 0, or 2 if it could not run (no store, roots unreadable, a
 path's files unreadable).`,
@@ -73,7 +77,7 @@ path's files unreadable).`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&o.dot, "dot", false, "print a Graphviz digraph of the roots and the paths they share instead of text")
-	f.IntVar(&o.maxShared, "max-shared", 50, "list at most N of the paths several roots share (the largest)")
+	f.IntVar(&o.maxShared, "max-shared", 50, "list at most N of the paths several roots share (the largest; 0: none)")
 	f.BoolVar(&o.paths, "paths", false, "also list the paths removing each root would delete")
 	f.BoolVar(&o.dead, "dead", false, "also measure the dead paths: their bytes on disk, and files roots' paths share with them")
 	f.IntVarP(&o.jobs, "jobs", "j", 0, "measure the paths' files with N parallel walks (default: the number of CPUs)")
