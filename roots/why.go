@@ -72,6 +72,10 @@ type WhyOptions struct {
 	// Jobs is the number of parallel walks measuring a dead path's bytes
 	// (0: GOMAXPROCS).
 	Jobs int
+	// OnWait, if set, is called once when a collector holds gc.lock and
+	// WhyPaths starts waiting for it to finish (to say so: a collection
+	// can take hours).
+	OnWait func()
 }
 
 // Why explains why path is alive; it is WhyPaths for one path, returning
@@ -107,14 +111,14 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 // only when nothing could be explained (the roots, the database).
 //
 // Concurrency: it holds gc.lock shared while it reads (when the store
-// lets it take the lock), so it waits for a running collector and no
-// collector deletes anything under it; roots and the graph are each one
-// consistent snapshot (read at the same time, in two goroutines, both
-// ended before it returns). It changes nothing. Cancellation: ctx stops
+// lets it take the lock), so it waits for a running collector (calling
+// o.OnWait first) and no collector deletes anything under it; roots and
+// the graph are each one consistent snapshot (read at the same time, in
+// two goroutines, both ended before it returns). It changes nothing. Cancellation: ctx stops
 // it, holding nothing.
 func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions) (es []*Explanation, errs []error, err error) {
 	lay := s.Layout
-	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, nil)
+	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, o.OnWait)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()

@@ -88,6 +88,9 @@ func runRootsWhy(cmd *cobra.Command, g *globalOptions, ro *rootsOptions, o *whyO
 		Roots:       roots.Options{NoRuntime: ro.noRuntime, NoTemp: ro.noTemp},
 		KeepOutputs: s.Settings.KeepOutputs, KeepDerivations: s.Settings.KeepDerivations,
 		All: o.all,
+		OnWait: func() {
+			p.Infof("waiting for the garbage collector lock %s (a garbage collection is running; Ctrl-C to stop)...", report.Name(s.Layout.GCLockPath()))
+		},
 	})
 	if err != nil {
 		return err
