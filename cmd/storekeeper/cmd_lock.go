@@ -197,16 +197,7 @@ func runLockStatus(cmd *cobra.Command, g *globalOptions, max int) error {
 	} else {
 		b.WriteString("garbage collection: not running\n")
 	}
-	switch {
-	case r.GCSocketAccepts:
-		fmt.Fprintf(&b, "gc socket: %s accepts connections\n", report.Name(r.GCSocket))
-	case r.GCSocketExists:
-		fmt.Fprintf(&b, "gc socket: %s does not accept connections (%s)\n", report.Name(r.GCSocket), report.Name(r.GCSocketError))
-	case r.GCSocketError != "":
-		fmt.Fprintf(&b, "gc socket: %s\n", report.Name(r.GCSocketError))
-	default:
-		fmt.Fprintf(&b, "gc socket: %s does not exist\n", report.Name(r.GCSocket))
-	}
+	gcSocketLine(&b, r)
 	fileList(&b, "temp-roots files", r.TempRoots, r.TempRootsTotal, r.TempRootsStale, r.TempRootsMore)
 	fileList(&b, "path-lock files", r.PathLocks, r.PathLocksTotal, r.PathLocksStale, r.PathLocksMore)
 	if r.LocksTruncated {
@@ -214,6 +205,21 @@ func runLockStatus(cmd *cobra.Command, g *globalOptions, max int) error {
 	}
 	fmt.Fprint(p.out, b.String())
 	return err
+}
+
+// gcSocketLine says whether a process listens on the gc socket (the
+// kernel's socket table was asked; nothing connected to it).
+func gcSocketLine(b *strings.Builder, r *lock.StatusReport) {
+	switch {
+	case r.GCSocketAccepts:
+		fmt.Fprintf(b, "gc socket: %s is served (a process listens on it)\n", report.Name(r.GCSocket))
+	case r.GCSocketExists:
+		fmt.Fprintf(b, "gc socket: %s is not served (%s)\n", report.Name(r.GCSocket), report.Name(r.GCSocketError))
+	case r.GCSocketError != "":
+		fmt.Fprintf(b, "gc socket: %s\n", report.Name(r.GCSocketError))
+	default:
+		fmt.Fprintf(b, "gc socket: %s does not exist\n", report.Name(r.GCSocket))
+	}
 }
 
 // lockLine prints one of the store's two global locks and its holders.

@@ -57,3 +57,23 @@ func TestLockPruneText(t *testing.T) {
 		t.Errorf("dry run text:\n%s", out)
 	}
 }
+
+// TestLockStatusGCSocketText: the gc socket is never connected to, so the
+// text says whether a process listens on it, not that it "accepts
+// connections"; the reason it is not served is escaped.
+func TestLockStatusGCSocketText(t *testing.T) {
+	for _, c := range []struct {
+		r    lock.StatusReport
+		want string
+	}{
+		{lock.StatusReport{GCSocket: "/s", GCSocketExists: true, GCSocketAccepts: true}, "gc socket: /s is served (a process listens on it)\n"},
+		{lock.StatusReport{GCSocket: "/s", GCSocketExists: true, GCSocketError: "no process listens on it\x1b"}, "gc socket: /s is not served (no process listens on it\\x1b)\n"},
+		{lock.StatusReport{GCSocket: "/s"}, "gc socket: /s does not exist\n"},
+	} {
+		var b strings.Builder
+		gcSocketLine(&b, &c.r)
+		if b.String() != c.want {
+			t.Errorf("%+v: %q, want %q", c.r, b.String(), c.want)
+		}
+	}
+}
