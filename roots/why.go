@@ -102,7 +102,9 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 // from the path (graph.Reach) gives every root that keeps it its own
 // shortest chain. A valid path no root keeps is reported dead, with the
 // dead paths deleted with it and the bytes deleting them all frees
-// (store/usage: hard links counted as gc counts them).
+// (store/usage: hard links counted as gc counts them). A path that is
+// not valid yet but that temporary roots name (being built or copied)
+// is alive, kept by them, as the collector keeps it.
 //
 // The result has, for each path in order, its explanation or its error
 // (errs[i], wrapping ErrNotValid or storepath.ErrBadStorePath for a
@@ -163,6 +165,10 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 		}
 		id, ok := g.Lookup(sp)
 		if !ok {
+			if e := x.notYetValid(sp); e != nil {
+				es[i] = e
+				continue
+			}
 			errs[i] = fmt.Errorf("%w: %s is not registered in the store's database (collected already, or never built): nothing keeps it", ErrNotValid, sp)
 			continue
 		}
@@ -263,6 +269,32 @@ func (x *explainer) explain(id graph.PathID) (*Explanation, []graph.PathID) {
 		})
 	}
 	return e, nil
+}
+
+// notYetValid explains sp, a path that is not valid, when temporary
+// roots name it (a build, substitution or copy is putting it in the
+// store: the collector keeps it, and what it will refer to is not known
+// yet): alive, kept by the first such root in Find's order, its chain
+// the path alone; with All, every such root. Nil when no root names it.
+func (x *explainer) notYetValid(sp string) *Explanation {
+	var e *Explanation
+	for _, r := range x.roots {
+		if r.Target != sp {
+			continue
+		}
+		c := []Link{{Path: sp, Edge: graph.Root}}
+		if e == nil {
+			r := r
+			e = &Explanation{Path: sp, Alive: true, Root: &r, Chain: c}
+		}
+		if x.reach != nil {
+			e.Roots = append(e.Roots, RootChain{Root: r, Chain: c})
+		}
+	}
+	if e != nil {
+		sort.Slice(e.Roots, func(i, j int) bool { return e.Roots[i].Root.String() < e.Roots[j].Root.String() })
+	}
+	return e
 }
 
 func (x *explainer) links(steps []graph.Step) []Link {

@@ -33,7 +33,9 @@ keep-derivations from nix.conf). With --all, every root that keeps it, each
 with its own shortest chain (shortest first). A dead path is said to be dead,
 with the dead paths 'storekeeper gc' would delete with it and what deleting
 them frees on disk (hard links counted: a file also linked from a path that
-stays frees nothing) and by NAR size.
+stays frees nothing) and by NAR size. A path not valid yet that a process
+holds as a temporary root (a build or copy in progress) is alive, kept by
+that root.
 
 The roots and the graph are read once for all the paths; nothing is changed
 and no write access is needed. 'roots --why PATH' is the same as
