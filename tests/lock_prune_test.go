@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -581,4 +582,105 @@ func pruneListing(t *testing.T, dir string) []string {
 		out = append(out, l)
 	}
 	return out
+}
+
+// TestLockPruneWhileNixBuilds: a real nix-build is building (its builder
+// waits for a file): Nix itself holds its temp-roots file
+// (temproots/PID, exclusively, for as long as it runs) and the output's
+// path lock (OUT.lock, exclusively, until the output is registered).
+// lock prune, run several times while it builds, keeps both (naming
+// nix-build as the holder of its temp-roots file) and removes the stale
+// files beside them; the build then finishes, its output is valid, and
+// nix-store --verify accepts the store.
+func TestLockPruneWhileNixBuilds(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 2, Seed: 30, Salt: "lock-prune-build"})
+	state := filepath.Join(ns.Root, "nix/var/nix")
+	storeDir := filepath.Join(ns.Root, "nix/store")
+	sync := t.TempDir()
+	os.Chmod(sync, 0o755)
+	goFile := filepath.Join(sync, "go")
+	expr := fmt.Sprintf(`derivation { name = "sk-held-build"; system = "x86_64-linux"; builder = "/bin/sh";
+  args = [ "-c" "while [ ! -e %s ]; do sleep 0.05; done; echo built > $out" ]; salt = "%d"; }`, goFile, time.Now().UnixNano())
+	out := &strings.Builder{}
+	build := nsScript(ns.Root, `exec "$@"`, "nix-build", "--no-out-link", "-E", expr)
+	build.Stdout, build.Stderr = out, out
+	startGroup(t, build)
+	done := make(chan error, 1)
+	go func() { done <- build.Wait() }()
+
+	var outLock, tempRoots string
+	waitFor(t, "nix-build to lock its output", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("nix-build ended early: %v\n%s", err, out)
+		default:
+		}
+		m, _ := filepath.Glob(filepath.Join(storeDir, "*-sk-held-build.lock"))
+		if len(m) != 1 {
+			return false
+		}
+		outLock = m[0]
+		trs, _ := filepath.Glob(filepath.Join(state, "temproots", "*"))
+		for _, tr := range trs {
+			if b, _ := os.ReadFile(tr); strings.Contains(string(b), "sk-held-build") {
+				tempRoots = tr
+			}
+		}
+		return tempRoots != ""
+	})
+	nixPID, _ := strconv.Atoi(filepath.Base(tempRoots))
+	outIno, trIno := inode(t, outLock), inode(t, tempRoots)
+
+	staleTR := filepath.Join(state, "temproots", strconv.Itoa(freePID(t, nixPID)))
+	stalePL := filepath.Join(storeDir, "44444444444444444444444444444444-stale.lock")
+	for i := 0; i < 5; i++ {
+		writeFileMode(t, staleTR, nil, 0o600)
+		writeFileMode(t, stalePL, nil, 0o600)
+		r := run(t, "--store", ns.Root, "--json", "lock", "prune")
+		got := parsePrune(t, r)
+		if r.code != 0 || got.Result == nil {
+			t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		actions := map[string]lockPruneFile{}
+		for _, f := range got.Result.Files {
+			actions[f.Path] = f
+		}
+		for _, p := range []string{outLock, tempRoots} {
+			if a := actions[p]; a.Action != "kept" || a.Reason != "held" {
+				t.Fatalf("run %d: %s, held by nix-build: %+v\n%s", i, p, a, r.stdout)
+			}
+		}
+		if h := actions[tempRoots].Holders; len(h) != 1 || h[0].PID != nixPID || !strings.Contains(h[0].Command, "nix-build") {
+			t.Errorf("run %d: the temp-roots file's holder: %+v, want pid %d nix-build", i, h, nixPID)
+		}
+		for _, p := range []string{staleTR, stalePL} {
+			if a := actions[p]; a.Action != "removed" || exists(p) {
+				t.Errorf("run %d: %s: %+v", i, p, a)
+			}
+		}
+		if inode(t, outLock) != outIno || inode(t, tempRoots) != trIno {
+			t.Fatalf("run %d: a file nix-build holds was replaced", i)
+		}
+	}
+
+	writeFileMode(t, goFile, nil, 0o644)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("nix-build: %v\n%s", err, out)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("nix-build did not finish\n%s", out)
+	}
+	outPath := strings.TrimSpace(out.String())
+	outPath = outPath[strings.LastIndex(outPath, "\n")+1:]
+	if r := runNSAll(t, ns.Root, "nix-store", "--check-validity", outPath); r.code != 0 {
+		t.Errorf("the built output %q is not valid: %s", outPath, r.stderr)
+	}
+	nixVerify(t, ns.Root)
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }
