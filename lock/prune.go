@@ -148,7 +148,10 @@ var testHookPruneLocked func(path string)
 // removes and recreates the name without locking it could put a new file
 // there between the final check and the unlink (no Nix locker does: a
 // temp-roots file is replaced only by the process whose pid is its name,
-// which is checked not to run, and a path-lock file only by a holder of
+// which is checked not to run (left: a process given that pid again, in
+// the microseconds between the check and the unlink, that unlinks the
+// stale file and creates its own then; Nix's collector, which checks no
+// pid, has that window too), and a path-lock file only by a holder of
 // its lock or by Nix's own collector, which already deletes lock files
 // by name without any check). Several Prune runs, and Nix's collector
 // removing stale temp-roots files, exclude each other through the same
