@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -78,9 +79,9 @@ type procScan struct {
 	// fdErr is a failure to list /proc/PID/fd other than the process
 	// being gone or denied (Find stops on it, as Nix does).
 	fdErr error
-	// errs are the other failures to read maps or environ, and cut the
-	// files read only up to procfs's bounds (what lies past them was not
-	// looked at).
+	// errs are the other failures to read maps or environ (Find stops on
+	// them, as Nix does; each names its file), and cut the files read
+	// only up to procfs's bounds (what lies past them was not looked at).
 	errs []error
 	cut  []string
 }
@@ -260,6 +261,10 @@ func (f *finder) runtime(ctx context.Context) error {
 		ps := sc.scan(pid)
 		if ps.fdErr != nil {
 			return f.ioErr(filepath.Join(proc, e.Name(), "fd"), ps.fdErr)
+		}
+		// Nix stops on these too: a root missed here could be collected.
+		for _, err := range ps.errs {
+			return fmt.Errorf("%w: %w", ErrRootsUnreadable, err)
 		}
 		for _, c := range ps.cut {
 			f.note(c, "", "longer than storekeeper reads: only its beginning was searched for runtime roots")

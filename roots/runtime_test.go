@@ -1,9 +1,12 @@
 package roots_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"storekeeper/roots"
@@ -60,5 +63,38 @@ func TestRuntimeRootsAsNix(t *testing.T) {
 		if got[i] != want[i] {
 			t.Fatalf("runtime roots\n got %q\nwant %q", got, want)
 		}
+	}
+}
+
+// TestRuntimeUnreadableMapsOrEnviron: a maps or environ file that cannot
+// be read for a reason other than the process being gone or this user
+// being refused (here a directory: EISDIR; on a real machine ENOMEM or
+// EIO) stops Find with an error naming it, as it stops Nix's
+// findRuntimeRoots: a root silently missed there could let the collector
+// delete a file a process uses. Busy notes it and goes on.
+func TestRuntimeUnreadableMapsOrEnviron(t *testing.T) {
+	for _, file := range []string{"maps", "environ"} {
+		t.Run(file, func(t *testing.T) {
+			_, s := fixture(t)
+			proc := t.TempDir()
+			pd := filepath.Join(proc, "4244")
+			os.MkdirAll(filepath.Join(pd, "fd"), 0o755)
+			os.WriteFile(filepath.Join(pd, "stat"), []byte("4244 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n"), 0o644)
+			for _, f := range []string{"maps", "environ"} {
+				if f == file {
+					os.MkdirAll(filepath.Join(pd, f), 0o755)
+				} else {
+					os.WriteFile(filepath.Join(pd, f), nil, 0o644)
+				}
+			}
+			res, err := roots.Find(context.Background(), s, roots.Options{NoTemp: true, ProcDir: proc})
+			if !errors.Is(err, roots.ErrRootsUnreadable) || !strings.Contains(err.Error(), pd+"/"+file) || res != nil {
+				t.Fatalf("Find: %v (result %v), want an error naming %s", err, res != nil, pd+"/"+file)
+			}
+			r, err := roots.Busy(context.Background(), s, roots.BusyOptions{ProcDir: proc})
+			if err != nil || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], pd+"/"+file) {
+				t.Fatalf("Busy: %v, notes %q", err, r.Notes)
+			}
+		})
 	}
 }
