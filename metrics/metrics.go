@@ -65,8 +65,8 @@ var ErrInvalid = errors.New("metrics: invalid metric")
 // sorted by name); the HELP line is left out when the help text is
 // empty. Everything is checked before anything is written: on
 // an error (wrapping ErrInvalid) w gets nothing. Values are written as
-// Go's shortest representation (integers below 2^53 with all their
-// digits), with NaN, +Inf and -Inf as the format
+// Go's shortest representation (without an exponent from 1e-4 to
+// 1e15, and for integers below 2^53), with NaN, +Inf and -Inf as the format
 // spells them; no timestamps (node_exporter's textfile collector refuses
 // them).
 func Write(w io.Writer, fams []Family) error {
@@ -164,8 +164,9 @@ func FormatValue(v float64) string {
 	case math.IsInf(v, -1):
 		return "-Inf"
 	}
-	if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
-		return strconv.FormatFloat(v, 'f', -1, 64) // a count or a byte size: all its digits
+	if a := math.Abs(v); v == math.Trunc(v) && a < 1<<53 || a >= 1e-4 && a < 1e15 {
+		// Counts, byte sizes, timestamps: all their digits, no exponent.
+		return strconv.FormatFloat(v, 'f', -1, 64)
 	}
 	return strconv.FormatFloat(v, 'g', -1, 64)
 }

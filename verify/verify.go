@@ -138,6 +138,9 @@ type Result struct {
 	// Suspect is store.CheckPresence's verdict on the store directory:
 	// nil when it looked whole (or no valid path was missing).
 	Suspect error `json:"-"`
+	// Coverage is the ledger's audit coverage after the run (nil when
+	// it could not be read); for --metrics-file.
+	Coverage *Coverage `json:"-"`
 }
 
 // Problems reports whether any finding is left unrepaired.
@@ -286,7 +289,7 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog report.Progress
 	}
 	v.recordFS()
 	finding.Sort(v.findings)
-	res := &Result{Findings: v.findings, Summary: v.sum, Suspect: v.suspect}
+	res := &Result{Findings: v.findings, Summary: v.sum, Suspect: v.suspect, Coverage: v.coverage()}
 	if res.Findings == nil {
 		res.Findings = []finding.Finding{}
 	}

@@ -186,6 +186,9 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	prog.phaseLines = true
 	res, err := gc.Collect(ctx, s, opts, prog)
 	prog.finish()
+	if (opts.Action == gc.Delete || opts.Action == gc.DeleteSpecific) && !o.dryRun {
+		g.runResult = res // --metrics-file: only a collection that deletes
+	}
 	if err != nil && res == nil {
 		return err
 	}

@@ -107,6 +107,9 @@ func runOptimise(cmd *cobra.Command, g *globalOptions, o *optimiseOptions, args 
 	if res == nil {
 		return err
 	}
+	if !o.dryRun {
+		g.runResult = res // --metrics-file
+	}
 	elapsed := time.Since(t0)
 
 	var savings *int64

@@ -117,6 +117,7 @@ func runRepair(cmd *cobra.Command, g *globalOptions, o *repairOptions, args []st
 	start := time.Now()
 	prog := newProgress(p)
 	res := &repairJSON{DryRun: o.dryRun}
+	g.runResult = res // --metrics-file
 
 	var targets []repair.Target
 	if o.damaged {

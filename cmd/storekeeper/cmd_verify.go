@@ -206,6 +206,9 @@ func runVerify(cmd *cobra.Command, g *globalOptions, o *verifyOptions, args []st
 	start := time.Now()
 	res, err := verify.Verify(ctx, s, vo, prog)
 	prog.finish()
+	if res != nil {
+		g.runResult = res // --metrics-file
+	}
 	var subst *repairJSON
 	if err == nil && o.repair {
 		// The local fixes, then what needs a substitute, through the

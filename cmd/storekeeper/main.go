@@ -46,6 +46,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		lay = &l
 	}
 	o := classify(err, ctx.Err() != nil, lay, "")
+	elapsed := time.Since(start)
+	// --metrics-file: the run's metrics, also those of a failed run; a
+	// file that cannot be written fails a run that succeeded.
+	merr := writeRunMetrics(executed, g, time.Now(), elapsed, o)
+	if merr != nil && o.code == exitOK {
+		o, merr = classify(merr, false, lay, ""), nil
+	}
 	jsonOut := g.json || (err != nil && !g.ran && wantsJSON(args))
 	if jsonOut && (g.ran || err != nil) {
 		p := g.printerFor(stdout, stderr)
@@ -58,12 +65,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if lay != nil {
 			storeDir = lay.StoreDir
 		}
-		if werr := p.writeEnvelope(name, storeDir, o, time.Since(start)); werr != nil && o.code == exitOK {
+		if werr := p.writeEnvelope(name, storeDir, o, elapsed); werr != nil && o.code == exitOK {
 			o = classify(werr, false, lay, "")
 		}
 	}
 	for _, l := range o.lines() {
 		fmt.Fprintln(stderr, report.Text(l))
+	}
+	if merr != nil {
+		fmt.Fprintln(stderr, report.Text("storekeeper: error: "+merr.Error()))
 	}
 	return o.code
 }

@@ -30,6 +30,9 @@ type globalOptions struct {
 
 	ran bool     // a command's RunE started (cobra accepted the command line)
 	p   *printer // the run's printer, once made
+
+	metricsFile string // --metrics-file FILE (metrics.go)
+	runResult   any    // the command's typed result, for --metrics-file (metrics.go's runFamilies)
 }
 
 // newRootCommand returns the command tree, its global options and a
@@ -102,6 +105,8 @@ nix-daemon, through Nix's own database and lock protocols.
 	cmd.AddCommand(newRegisterCommand(g))
 	cmd.AddCommand(newCopyCommand(g))
 	cmd.AddCommand(newLockCommand(g))
+	cmd.AddCommand(newMetricsCommand(g))
+	addMetricsFlags(cmd, g)
 	for _, c := range cmd.Commands() {
 		if run := c.RunE; run != nil {
 			c.RunE = func(c *cobra.Command, args []string) error {
