@@ -514,3 +514,104 @@ kill $pid
 		t.Errorf("roots busy's maps holders: unexpected %v, missing %v", a, b)
 	}
 }
+
+// TestRuntimeRootsFakeProcAsNix: real `nix-store --gc --print-roots` and
+// `storekeeper roots` read the same hostile /proc (a fake tree bind
+// mounted over /proc in the store's namespace) and list the same runtime
+// roots: links to a deleted store path and to a deleted file below one,
+// a socket, maps lines with a vertical tab inside a name, at its end and
+// between fields, with a space, a deleted mapping, leading whitespace;
+// environment variables whose names hold control characters or a store
+// path, a match that runs on into "=x", a block without a final NUL;
+// kernel files with and without their newline.
+func TestRuntimeRootsFakeProcAsNix(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 24, Seed: 28, Salt: "roots-fake-proc"})
+	var ps []string
+	for _, outs := range ns.Outputs {
+		ps = append(ps, outs["out"])
+	}
+	sort.Strings(ps)
+	if len(ps) < 21 {
+		t.Fatalf("%d outputs", len(ps))
+	}
+	P := func(i int) string { return ps[i] }
+	proc := filepath.Join(t.TempDir(), "proc")
+	mk := func(rel, data string) {
+		p := filepath.Join(proc, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln := func(rel, target string) {
+		p := filepath.Join(proc, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln("100/exe", P(1)+"/bin/x")
+	ln("100/cwd", P(2)+" (deleted)")
+	ln("100/fd/3", P(3)+"/x (deleted)")
+	ln("100/fd/4", "socket:[1]")
+	ln("100/fd/5", P(4))
+	ln("100/fd/6", "relative"+P(0))
+	mk("100/maps", "7f0-7f1 r--p 0 08:01 1 "+P(5)+"/lib.so\n"+
+		"7f0-7f1 r--p 0 08:01 1 "+P(6)+"/a\vb\n"+
+		"7f0-7f1 r--p 0 08:01 1 "+P(7)+"/lib\v\n"+
+		"7f0-7f1\vr--p 0 08:01 1 "+P(8)+"/lib\n"+
+		"7f0-7f1 r--p 0 08:01 1 "+P(9)+"/a b\n"+
+		"7f0-7f1 r--p 0 08:01 1 "+P(10)+"/x (deleted)\n"+
+		" \t7f0-7f1 r--p 0 08:01 1 \f"+P(11)+"/y \r\n"+
+		"7f0-7f1 r--p 0 08:01 "+P(0)+"\n")
+	mk("100/environ", "A="+P(12)+"\x00B\x1b[31m\n="+P(13)+"/bin\x00X"+P(14)+" Y=1\x00C="+P(15)+"=x\x00D=:"+P(16))
+	mk("100/cmdline", "prog\x00")
+	ln("101/cwd", P(17))
+	if err := os.MkdirAll(filepath.Join(proc, "101/fd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mk("sys/kernel/modprobe", P(18)+"\n")
+	mk("sys/kernel/fbsplash", P(19)+"/bin/x")
+	mk("sys/kernel/poweroff_cmd", P(20)+"/x\n")
+
+	out := t.TempDir()
+	script := `
+mount --bind "$FAKEPROC" /proc || exit 96
+"$BIN" roots > "$OUT/ours.txt" 2>"$OUT/ours.err"; echo "RC $?"
+nix-store --gc --print-roots > "$OUT/nix.txt" 2>"$OUT/nix.err"; echo "NIXRC $?"
+`
+	cmd := nsScript(ns.Root, script)
+	cmd.Env = append(cmd.Env, "BIN="+binary, "OUT="+out, "FAKEPROC="+proc)
+	res, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, res)
+	}
+	read := func(f string) string { b, _ := os.ReadFile(filepath.Join(out, f)); return string(b) }
+	if !strings.Contains(string(res), "RC 0\n") || !strings.Contains(string(res), "NIXRC 0\n") {
+		t.Fatalf("%s\nstorekeeper: %s\nnix: %s", res, read("ours.err"), read("nix.err"))
+	}
+	procLines := func(s string) map[string]bool {
+		set := map[string]bool{}
+		for l := range rootLines(s) {
+			if strings.HasPrefix(l, "/proc/") {
+				set[l] = true
+			}
+		}
+		return set
+	}
+	ours, nix := procLines(read("ours.txt")), procLines(read("nix.txt"))
+	// The cases the tree is made of are all there (the fake /proc was read).
+	for _, w := range []string{"/proc/100/exe -> " + P(1), "/proc/101/cwd -> " + P(17), "/proc/sys/kernel/poweroff_cmd -> " + P(20)} {
+		if !nix[w] {
+			t.Fatalf("nix-store --gc --print-roots lacks %q (harness problem?):\n%s\n%s", w, read("nix.txt"), read("nix.err"))
+		}
+	}
+	if a, b := diffSets(ours, nix); len(a)+len(b) > 0 {
+		t.Errorf("runtime roots from the fake /proc: only storekeeper %q, only nix-store --gc --print-roots %q", a, b)
+	}
+	t.Logf("%d runtime roots agree", len(nix))
+}
