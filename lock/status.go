@@ -139,7 +139,7 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 		r.GCSocketExists = true
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 			r.GCSocketError = "not a socket"
-		} else if ok, err := unixListening(&st); err != nil {
+		} else if ok, err := unixListening(&st, r.GCSocket); err != nil {
 			r.GCSocketError = err.Error() + " (it is not connected to: a client that closes at once can crash Nix 2.8's collector)"
 		} else if ok {
 			r.GCSocketAccepts = true

@@ -1,9 +1,14 @@
 package lock
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -31,13 +36,20 @@ var errNoSockDiag = errors.New("the kernel does not list Unix sockets (no unix_d
 // unixListening reports whether a Unix socket in this network namespace
 // listens on the socket file with fstat st, asking the kernel's socket
 // table through NETLINK_SOCK_DIAG (as ss -xl does) for the listening
-// sockets and the device and inode of the file each is bound to. It never
+// sockets and the device and inode of the file each is bound to (path is
+// the file's name, for its file system's device). It never
 // connects to the socket: a connection that closes at once can crash Nix
 // 2.8's collector (its server thread terminates the process when a
 // second client arrives on the file descriptor number of one that has
-// already gone). The kernel reports the inode's low 32 bits; the device
-// must match too. A listener in another network namespace is not seen.
-func unixListening(st *unix.Stat_t) (bool, error) {
+// already gone). The kernel reports the inode's low 32 bits, and the
+// device of the file system (its superblock's), which stat gives too
+// except on btrfs, where a file in a subvolume has the subvolume's: either
+// device matches, the superblock's found through the file's mount
+// (superblockDev). On btrfs inode numbers repeat across subvolumes, so
+// another listening socket with the file's inode number in another
+// subvolume of the same file system would be taken for it. A listener in
+// another network namespace is not seen.
+func unixListening(st *unix.Stat_t, path string) (bool, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return false, fmt.Errorf("%w: %w", errNoSockDiag, err)
@@ -64,7 +76,13 @@ func unixListening(st *unix.Stat_t) (bool, error) {
 		return false, fmt.Errorf("%w: %w", errNoSockDiag, err)
 	}
 
-	wantMajor, wantMinor := unix.Major(st.Dev), unix.Minor(st.Dev)
+	// The kernel's dev_t: major << 20 | minor.
+	kdev := func(major, minor uint32) uint32 { return major<<20 | minor&(1<<20-1) }
+	wantDev := kdev(unix.Major(st.Dev), unix.Minor(st.Dev))
+	sbDev := wantDev
+	if major, minor, ok := superblockDev(path); ok {
+		sbDev = kdev(major, minor)
+	}
 	wantIno := uint32(st.Ino)
 	found := false
 	buf := make([]byte, 64<<10)
@@ -106,8 +124,8 @@ func unixListening(st *unix.Stat_t) (bool, error) {
 				}
 				if typ == unixDiagVFS && l >= 12 {
 					ino := ne.Uint32(a[4:])
-					dev := ne.Uint32(a[8:]) // the kernel's dev_t: major << 20 | minor
-					if ino == wantIno && dev>>20 == wantMajor && dev&(1<<20-1) == wantMinor {
+					dev := ne.Uint32(a[8:]) // the kernel's dev_t
+					if ino == wantIno && (dev == wantDev || dev == sbDev) {
 						found = true
 					}
 				}
@@ -123,4 +141,46 @@ func unixListening(st *unix.Stat_t) (bool, error) {
 		return true, nil
 	}
 	return false, fmt.Errorf("%w (%d): whether a process listens on the socket is unknown; 'ss -xlp' lists them", errDiagTooMany, maxDiagMessages)
+}
+
+// maxMountinfo bounds what superblockDev reads of /proc/self/mountinfo.
+const maxMountinfo = 16 << 20
+
+// superblockDev returns the device number of the file system holding
+// path (not followed if a symbolic link): the major:minor that
+// /proc/self/mountinfo gives for the mount statx names (STATX_MNT_ID,
+// Linux 5.8), which is the superblock's s_dev. ok is false when it cannot
+// be found (an older kernel, no /proc).
+func superblockDev(path string) (major, minor uint32, ok bool) {
+	var sx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &sx); err != nil || sx.Mask&unix.STATX_MNT_ID == 0 {
+		return 0, 0, false
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return 0, 0, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.LimitReader(f, maxMountinfo))
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	want := strconv.FormatUint(sx.Mnt_id, 10) + " "
+	for sc.Scan() {
+		l := sc.Text()
+		if !strings.HasPrefix(l, want) {
+			continue
+		}
+		// ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...
+		fields := strings.SplitN(l, " ", 4)
+		if len(fields) < 4 {
+			return 0, 0, false
+		}
+		ma, mi, found := strings.Cut(fields[2], ":")
+		a, err1 := strconv.ParseUint(ma, 10, 32)
+		b, err2 := strconv.ParseUint(mi, 10, 32)
+		if !found || err1 != nil || err2 != nil {
+			return 0, 0, false
+		}
+		return uint32(a), uint32(b), true
+	}
+	return 0, 0, false
 }

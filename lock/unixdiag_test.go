@@ -2,6 +2,8 @@ package lock
 
 import (
 	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -15,6 +17,7 @@ import (
 func TestUnixListeningBound(t *testing.T) {
 	dir := t.TempDir()
 	var last unix.Stat_t
+	var last0 string
 	for i := 0; i < 5; i++ {
 		p := filepath.Join(dir, "s"+strconv.Itoa(i))
 		l, err := ListenUnix(p)
@@ -22,11 +25,12 @@ func TestUnixListeningBound(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer l.Close()
+		last0 = p
 		if err := unix.Lstat(p, &last); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ok, err := unixListening(&last)
+	ok, err := unixListening(&last, last0)
 	if err != nil || !ok {
 		t.Fatalf("listening socket: %v, %v", ok, err)
 	}
@@ -34,17 +38,68 @@ func TestUnixListeningBound(t *testing.T) {
 	if err := unix.Lstat(dir, &none); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := unixListening(&none); ok || err != nil {
+	if ok, err := unixListening(&none, dir); ok || err != nil {
 		t.Fatalf("a file no socket is bound to: %v, %v", ok, err)
 	}
 	defer func(n int) { maxDiagMessages = n }(maxDiagMessages)
 	maxDiagMessages = 2
-	ok, err = unixListening(&none)
+	ok, err = unixListening(&none, dir)
 	if ok || !errors.Is(err, errDiagTooMany) {
 		t.Errorf("more sockets than the bound: %v, %v; want errDiagTooMany", ok, err)
 	}
 	// One seen within the bound is listening, whatever follows.
-	if ok, err := unixListening(&last); !ok && !errors.Is(err, errDiagTooMany) {
+	if ok, err := unixListening(&last, last0); !ok && !errors.Is(err, errDiagTooMany) {
 		t.Errorf("a listening socket, bound 2: %v, %v", ok, err)
+	}
+}
+
+// TestStatusGCSocketOnBtrfsSubvolume: on btrfs, stat gives a file in a
+// subvolume the subvolume's own device number, while the kernel's socket
+// table gives the file system's (its superblock's): a collector serving
+// its socket on /nix in a subvolume (Fedora's and openSUSE's layout) was
+// reported as not listening. The superblock's device, from the file's
+// mount, is matched too.
+func TestStatusGCSocketOnBtrfsSubvolume(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mount)")
+	}
+	if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
+		t.Skip("no mkfs.btrfs (btrfs-progs)")
+	}
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{{"truncate", "-s", "120M", img}, {"mkfs.btrfs", "-q", img}, {"mount", "-o", "loop", img, mnt}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Skipf("%v: %v\n%s", c, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	if out, err := exec.Command("btrfs", "subvolume", "create", filepath.Join(mnt, "nix")).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
+	}
+	state, store := filepath.Join(mnt, "nix", "var"), filepath.Join(mnt, "nix", "store")
+	for _, d := range []string{filepath.Join(state, "gc-socket"), store} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := ListenUnix(GCSocketPath(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r, err := Status(state, store, StatusOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.GCSocketExists || !r.GCSocketAccepts {
+		t.Errorf("a listening gc socket in a btrfs subvolume: exists %v accepts %v (%s)", r.GCSocketExists, r.GCSocketAccepts, r.GCSocketError)
+	}
+	l.Close()
+	if r, err := Status(state, store, StatusOptions{}); err != nil || r.GCSocketAccepts {
+		t.Errorf("after the listener closed: accepts %v, %v", r.GCSocketAccepts, err)
 	}
 }
