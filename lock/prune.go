@@ -188,7 +188,7 @@ func Prune(stateDir, storeDir string, o PruneOptions) (*PruneReport, error) {
 	if o.ProcDir == "" {
 		o.ProcDir = "/proc"
 	}
-	p := &pruner{o: o, pc: &procCache{dir: o.ProcDir, start: map[int]time.Time{}, cmd: map[int]string{}}}
+	p := &pruner{o: o, devs: sbDevs{}, pc: &procCache{dir: o.ProcDir, start: map[int]time.Time{}, cmd: map[int]string{}}}
 	r := &PruneReport{DryRun: o.DryRun, TempRootsDir: TempRootsDir(stateDir), StoreDir: storeDir, Files: []PruneFile{}}
 	p.r = r
 
@@ -348,6 +348,8 @@ type pruner struct {
 	o  PruneOptions
 	r  *PruneReport
 	pc *procCache
+	// devs: the file systems' devices, as /proc/locks names files by.
+	devs sbDevs
 	// locks is /proc/locks, read when a held file is first met and again
 	// (at most maxLocksRereads times) when a held file is not in it.
 	locks    map[inodeKey][]lockEntry
@@ -482,7 +484,7 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 
 	if err := tryLock(f, unix.LOCK_EX); err != nil {
 		if errors.Is(err, ErrWouldBlock) {
-			pf.Holders = p.holders(&st)
+			pf.Holders = p.holders(pf.Path, &st)
 			return kept(PruneHeld, "")
 		}
 		return failed(PruneError, err.Error())
@@ -597,8 +599,8 @@ func running(procDir string, pid int) bool {
 }
 
 // holders returns who /proc/locks says holds the file with fstat st.
-func (p *pruner) holders(st *unix.Stat_t) []LockUser {
-	key := inodeKey{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}
+func (p *pruner) holders(path string, st *unix.Stat_t) []LockUser {
+	key := p.devs.key(path, st, false)
 	stale := p.locks != nil && len(p.locks[key]) == 0 && p.rereads < maxLocksRereads
 	if p.locks == nil && p.locksErr == nil || stale {
 		if stale {

@@ -125,9 +125,10 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 		return nil, err
 	}
 	pc := &procCache{dir: o.ProcDir, start: map[int]time.Time{}, cmd: map[int]string{}}
+	devs := sbDevs{}
 	r := &StatusReport{LocksTruncated: truncated, TempRoots: []LockFileStatus{}, PathLocks: []LockFileStatus{}}
-	r.GCLock = statusOf(filepath.Join(stateDir, "gc.lock"), locks, pc, true)
-	r.BigLock = statusOf(filepath.Join(stateDir, "db", "big-lock"), locks, pc, true)
+	r.GCLock = statusOf(filepath.Join(stateDir, "gc.lock"), locks, pc, devs, true)
+	r.BigLock = statusOf(filepath.Join(stateDir, "db", "big-lock"), locks, pc, devs, true)
 	for _, h := range r.GCLock.Holders {
 		if h.Mode == "exclusive" {
 			r.GCRunning = true
@@ -152,7 +153,7 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 	var errs []error
 	r.TempRoots, r.TempRootsTotal, r.TempRootsStale, r.TempRootsMore, err = listLockFiles(TempRootsDir(stateDir), func(name string) bool {
 		return !strings.HasPrefix(name, ".")
-	}, nil, locks, pc, o.MaxFiles)
+	}, nil, locks, pc, devs, o.MaxFiles)
 	if r.TempRoots == nil {
 		r.TempRoots = []LockFileStatus{}
 	}
@@ -161,7 +162,7 @@ func Status(stateDir, storeDir string, o StatusOptions) (*StatusReport, error) {
 	}
 	r.PathLocks, r.PathLocksTotal, r.PathLocksStale, r.PathLocksMore, err = listLockFiles(storeDir, func(name string) bool {
 		return strings.HasSuffix(name, ".lock") && !strings.HasPrefix(name, ".")
-	}, storeContents, locks, pc, o.MaxFiles)
+	}, storeContents, locks, pc, devs, o.MaxFiles)
 	if r.PathLocks == nil {
 		r.PathLocks = []LockFileStatus{}
 	}
@@ -307,9 +308,29 @@ func readBounded(path string, n int64) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, n))
 }
 
+// sbDevs maps the device number stat gives files (st_dev) to their file
+// system's (superblock's), by which /proc/locks names a locked file; they
+// differ for a file in a btrfs subvolume. Files stat gives one device are
+// in one file system, so each device is looked up once.
+type sbDevs map[uint64]uint64
+
+// key is the /proc/locks key of the file at path with stat st (path
+// followed as st was: follow).
+func (c sbDevs) key(path string, st *unix.Stat_t, follow bool) inodeKey {
+	dev, ok := c[st.Dev]
+	if !ok {
+		dev = st.Dev
+		if major, minor, ok := superblockDev(path, follow); ok {
+			dev = unix.Mkdev(major, minor)
+		}
+		c[st.Dev] = dev
+	}
+	return inodeKey{unix.Major(dev), unix.Minor(dev), st.Ino}
+}
+
 // statusOf stats path (following symbolic links when follow, as lockers
 // open gc.lock and big-lock) and fills in its holders and waiters.
-func statusOf(path string, locks map[inodeKey][]lockEntry, pc *procCache, follow bool) LockFileStatus {
+func statusOf(path string, locks map[inodeKey][]lockEntry, pc *procCache, devs sbDevs, follow bool) LockFileStatus {
 	s := LockFileStatus{Path: path, Holders: []LockUser{}, Waiters: []LockUser{}}
 	var st unix.Stat_t
 	var err error
@@ -329,7 +350,7 @@ func statusOf(path string, locks map[inodeKey][]lockEntry, pc *procCache, follow
 		s.Error = "not a regular file"
 		return s
 	}
-	for _, e := range locks[inodeKey{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}] {
+	for _, e := range locks[devs.key(path, &st, follow)] {
 		if e.waiting {
 			s.Waiters = append(s.Waiters, pc.user(e))
 		} else {
@@ -359,7 +380,7 @@ func storeContents(st *unix.Stat_t) bool {
 // by name within each group; total, stale and more count them all. A
 // missing dir lists nothing. An entry skip (if not nil) says is no lock
 // file is left out, unless a process holds or waits for a lock on it.
-func listLockFiles(dir string, want func(string) bool, skip func(*unix.Stat_t) bool, locks map[inodeKey][]lockEntry, pc *procCache, max int) (list []LockFileStatus, total, stale, more int, err error) {
+func listLockFiles(dir string, want func(string) bool, skip func(*unix.Stat_t) bool, locks map[inodeKey][]lockEntry, pc *procCache, devs sbDevs, max int) (list []LockFileStatus, total, stale, more int, err error) {
 	d, err := os.Open(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -378,11 +399,11 @@ func listLockFiles(dir string, want func(string) bool, skip func(*unix.Stat_t) b
 			p := filepath.Join(dir, name)
 			if skip != nil {
 				var st unix.Stat_t
-				if unix.Lstat(p, &st) == nil && skip(&st) && len(locks[inodeKey{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}]) == 0 {
+				if unix.Lstat(p, &st) == nil && skip(&st) && len(locks[devs.key(p, &st, false)]) == 0 {
 					continue
 				}
 			}
-			s := statusOf(p, locks, pc, false)
+			s := statusOf(p, locks, pc, devs, false)
 			if !s.Exists {
 				continue // gone meanwhile
 			}

@@ -80,7 +80,7 @@ func unixListening(st *unix.Stat_t, path string) (bool, error) {
 	kdev := func(major, minor uint32) uint32 { return major<<20 | minor&(1<<20-1) }
 	wantDev := kdev(unix.Major(st.Dev), unix.Minor(st.Dev))
 	sbDev := wantDev
-	if major, minor, ok := superblockDev(path); ok {
+	if major, minor, ok := superblockDev(path, false); ok {
 		sbDev = kdev(major, minor)
 	}
 	wantIno := uint32(st.Ino)
@@ -147,13 +147,17 @@ func unixListening(st *unix.Stat_t, path string) (bool, error) {
 const maxMountinfo = 16 << 20
 
 // superblockDev returns the device number of the file system holding
-// path (not followed if a symbolic link): the major:minor that
+// path (followed if a symbolic link only when follow): the major:minor that
 // /proc/self/mountinfo gives for the mount statx names (STATX_MNT_ID,
 // Linux 5.8), which is the superblock's s_dev. ok is false when it cannot
 // be found (an older kernel, no /proc).
-func superblockDev(path string) (major, minor uint32, ok bool) {
+func superblockDev(path string, follow bool) (major, minor uint32, ok bool) {
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if follow {
+		flags = 0
+	}
 	var sx unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &sx); err != nil || sx.Mask&unix.STATX_MNT_ID == 0 {
+	if err := unix.Statx(unix.AT_FDCWD, path, flags, unix.STATX_MNT_ID, &sx); err != nil || sx.Mask&unix.STATX_MNT_ID == 0 {
 		return 0, 0, false
 	}
 	f, err := os.Open("/proc/self/mountinfo")

@@ -60,27 +60,8 @@ func TestUnixListeningBound(t *testing.T) {
 // reported as not listening. The superblock's device, from the file's
 // mount, is matched too.
 func TestStatusGCSocketOnBtrfsSubvolume(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mount)")
-	}
-	if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
-		t.Skip("no mkfs.btrfs (btrfs-progs)")
-	}
-	dir := t.TempDir()
-	img, mnt := filepath.Join(dir, "img"), filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range [][]string{{"truncate", "-s", "120M", img}, {"mkfs.btrfs", "-q", img}, {"mount", "-o", "loop", img, mnt}} {
-		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			t.Skipf("%v: %v\n%s", c, err, out)
-		}
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
-	if out, err := exec.Command("btrfs", "subvolume", "create", filepath.Join(mnt, "nix")).CombinedOutput(); err != nil {
-		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
-	}
-	state, store := filepath.Join(mnt, "nix", "var"), filepath.Join(mnt, "nix", "store")
+	mnt := btrfsSubvolume(t)
+	state, store := filepath.Join(mnt, "var"), filepath.Join(mnt, "store")
 	for _, d := range []string{filepath.Join(state, "gc-socket"), store} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -101,5 +82,76 @@ func TestStatusGCSocketOnBtrfsSubvolume(t *testing.T) {
 	l.Close()
 	if r, err := Status(state, store, StatusOptions{}); err != nil || r.GCSocketAccepts {
 		t.Errorf("after the listener closed: accepts %v, %v", r.GCSocketAccepts, err)
+	}
+}
+
+// btrfsSubvolume mounts a fresh btrfs file system (a loop file) until the
+// test ends and returns a subvolume of it, or skips the test.
+func btrfsSubvolume(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mount)")
+	}
+	if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
+		t.Skip("no mkfs.btrfs (btrfs-progs)")
+	}
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{{"truncate", "-s", "120M", img}, {"mkfs.btrfs", "-q", img}, {"mount", "-o", "loop", img, mnt}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Skipf("%v: %v\n%s", c, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	sub := filepath.Join(mnt, "nix")
+	if out, err := exec.Command("btrfs", "subvolume", "create", sub).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs subvolume create: %v\n%s", err, out)
+	}
+	return sub
+}
+
+// TestStatusHoldersOnBtrfsSubvolume: /proc/locks names a locked file by
+// its file system's (superblock's) device, which on btrfs is not the
+// device stat gives a file in a subvolume: held gc.lock, big-lock,
+// temp-roots files and path locks there were all shown free or stale.
+// Prune names the holder of a held file too.
+func TestStatusHoldersOnBtrfsSubvolume(t *testing.T) {
+	sub := btrfsSubvolume(t)
+	state, store := filepath.Join(sub, "var"), filepath.Join(sub, "store")
+	for _, d := range []string{TempRootsDir(state), filepath.Join(state, "db"), store} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gcLock := filepath.Join(state, "gc.lock")
+	tr := filepath.Join(TempRootsDir(state), strconv.Itoa(os.Getpid()))
+	pl := filepath.Join(store, lockHash+"-x.lock")
+	for _, p := range []string{gcLock, tr, pl} {
+		writeFile(t, p, "")
+		holdFile(t, p, Exclusive)
+	}
+	r, err := Status(state, store, StatusOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.GCRunning || len(r.GCLock.Holders) != 1 || r.GCLock.Holders[0].PID != os.Getpid() {
+		t.Errorf("gc.lock held in a btrfs subvolume: running %v, %+v", r.GCRunning, r.GCLock)
+	}
+	for _, l := range [][]LockFileStatus{r.TempRoots, r.PathLocks} {
+		if len(l) != 1 || l[0].Stale || len(l[0].Holders) != 1 {
+			t.Errorf("a held file in a btrfs subvolume: %+v", l)
+		}
+	}
+	pr, err := Prune(state, store, PruneOptions{ValidPath: noneValid, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range pr.Files {
+		if f.Action != PruneKept || f.Reason != PruneHeld || len(f.Holders) != 1 || f.Holders[0].PID != os.Getpid() {
+			t.Errorf("prune of a held file in a btrfs subvolume: %+v", f)
+		}
 	}
 }
