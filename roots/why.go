@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
+	"strings"
 
 	"storekeeper/graph"
 	"storekeeper/lock"
+	"storekeeper/report"
 	"storekeeper/store"
 	"storekeeper/store/db"
 	"storekeeper/store/usage"
@@ -72,10 +75,12 @@ type WhyOptions struct {
 	// Jobs is the number of parallel walks measuring a dead path's bytes
 	// (0: GOMAXPROCS).
 	Jobs int
-	// OnWait, if set, is called once when a collector holds gc.lock and
-	// WhyPaths starts waiting for it to finish (to say so: a collection
-	// can take hours).
-	OnWait func()
+	// Progress receives WhyPaths' messages (nil: report.Discard): Info
+	// when it starts waiting for a running collector (a collection can
+	// take hours), and a Warn for each thing that may hide roots from
+	// this user, so that a path it reports dead may be alive for the
+	// collector (see WhyPaths).
+	Progress report.Progress
 }
 
 // Why explains why path is alive; it is WhyPaths for one path, returning
@@ -106,6 +111,11 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 // not valid yet but that temporary roots name (being built or copied)
 // is alive, kept by them, as the collector keeps it.
 //
+// Run by a user other than root, Find may not see every root (see
+// hiddenRoots): each such gap is a Warn on o.Progress, and, when some
+// path is reported dead, one more Warn says that it may be alive for the
+// collector.
+//
 // The result has, for each path in order, its explanation or its error
 // (errs[i], wrapping ErrNotValid or storepath.ErrBadStorePath for a
 // path that is not a valid store path, or the error measuring a dead
@@ -113,14 +123,19 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 // only when nothing could be explained (the roots, the database).
 //
 // Concurrency: it holds gc.lock shared while it reads (when the store
-// lets it take the lock), so it waits for a running collector (calling
-// o.OnWait first) and no collector deletes anything under it; roots and
+// lets it take the lock), so it waits for a running collector (saying
+// so through o.Progress's Info) and no collector deletes anything under it; roots and
 // the graph are each one consistent snapshot (read at the same time, in
 // two goroutines, both ended before it returns). It changes nothing. Cancellation: ctx stops
 // it, holding nothing.
 func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions) (es []*Explanation, errs []error, err error) {
 	lay := s.Layout
-	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, o.OnWait)
+	pr := o.Progress
+	if pr == nil {
+		pr = report.Discard
+	}
+	onWait := func() { pr.Info("waiting for the big garbage collector lock...") } // as gc and roots size say it
+	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, onWait)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
@@ -151,6 +166,10 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 		return nil, nil, gerr
 	}
 	rr := f.rr
+	hidden := hiddenRoots(lay, rr, o.Roots)
+	for _, h := range hidden {
+		pr.Warn(h.msg, h.path)
+	}
 	x := newExplainer(g, rr.Roots, o)
 	es, errs = make([]*Explanation, len(paths)), make([]error, len(paths))
 	var links map[uint64]bool
@@ -195,7 +214,38 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 		}
 		es[i] = e
 	}
+	if len(hidden) > 0 {
+		for _, e := range es {
+			if e != nil && !e.Alive {
+				pr.Warn("a path reported dead may still be kept by a root this user cannot see: run 'roots why' as root for the collector's answer", "")
+				break
+			}
+		}
+	}
 	return es, errs, nil
+}
+
+// hidden is something that may hide roots from this user: a message and
+// the path concerned ("" for none).
+type hidden struct{ msg, path string }
+
+// hiddenRoots lists what may hide roots from Find's result: the potential
+// roots it could not read (a symlink in a private home directory that a
+// gcroots/auto link names, a temp-roots file), and, for a user other
+// than root looking for runtime roots, the other users' processes, whose
+// open files, maps and environment the kernel does not show (Find skips
+// them silently, as Nix does). The collector, run as root, sees them all.
+func hiddenRoots(lay store.Layout, rr *Result, o Options) []hidden {
+	var out []hidden
+	for _, n := range rr.Notes {
+		if strings.HasPrefix(n.Message, "cannot read") || n.Link == lay.TempRootsDir() {
+			out = append(out, hidden{fmt.Sprintf("%s: '%s'; a path kept only by roots there may be reported dead", n.Message, report.Name(n.Link)), n.Link})
+		}
+	}
+	if uid := os.Geteuid(); uid != 0 && !o.NoRuntime {
+		out = append(out, hidden{fmt.Sprintf("running as %s, not root: the processes of other users cannot be inspected for runtime roots", report.Name(UserName(uint32(uid)))), ""})
+	}
+	return out
 }
 
 // explainer is what WhyPaths computes once for all its paths.

@@ -63,6 +63,10 @@ type whyEnvelope struct {
 	Error   *struct {
 		Kind string `json:"kind"`
 	} `json:"error"`
+	Messages []struct {
+		Level string `json:"level"`
+		Text  string `json:"text"`
+	} `json:"messages"`
 	Result struct {
 		Paths []whyEntry `json:"paths"`
 	} `json:"result"`
@@ -466,6 +470,42 @@ func TestRootsWhy(t *testing.T) {
 	txt = runInNS(t, ns.Root, "roots", "why", sampleDead)
 	if want := fmt.Sprintf("(runtime, pid %d, user root, via environ, variable SK_WHY_HELD, command 'sleep 300')", sleeper.Process.Pid); !strings.Contains(txt.stdout, want) {
 		t.Errorf("roots why %s as text: want %q in\n%s", sampleDead, want, txt.stdout)
+	}
+
+	// As a user other than root, some roots cannot be seen: root's
+	// sleeper above (its environment is not shown to another user), and
+	// a root behind a directory only root may read. The path they keep
+	// shows dead then, with warnings naming both gaps and saying that
+	// the path may be alive for the collector; root sees it alive.
+	priv := t.TempDir()
+	if err := os.Chmod(priv, 0o700); err != nil { // root's alone
+		t.Fatal(err)
+	}
+	mustSymlink(t, sampleDead, filepath.Join(priv, "result"))
+	mustSymlink(t, filepath.Join(priv, "result"), filepath.Join(state, "gcroots", "auto", "private-root"))
+	r = runInNS(t, ns.Root, "--json", "roots", "why", "--no-runtime", sampleDead)
+	if e := parseWhyEnvelope(t, r.stdout).Result.Paths[0]; r.code != 0 || !e.Alive || e.Root == nil || e.Root.Link != filepath.Join(priv, "result") {
+		t.Errorf("as root, %s behind the private root: exit %d %+v", sampleDead, r.code, e)
+	}
+	cmd = nsScript(ns.Root, `exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`, bin, "--json", "roots", "why", sampleDead)
+	r = runCmd(t, cmd, nil)
+	env = parseWhyEnvelope(t, r.stdout)
+	var warned []string
+	for _, m := range env.Messages {
+		if m.Level == "warning" {
+			warned = append(warned, m.Text)
+		}
+	}
+	warnText := strings.Join(warned, "\n")
+	if e := env.Result.Paths[0]; r.code != 0 || e.Alive || len(warned) < 3 ||
+		!strings.Contains(warnText, "cannot read potential root: permission denied: '"+filepath.Join(priv, "result")+"'") ||
+		!strings.Contains(warnText, "running as nobody, not root: the processes of other users cannot be inspected") ||
+		!strings.Contains(warned[len(warned)-1], "a path reported dead may still be kept by a root this user cannot see") {
+		t.Errorf("as nobody, %s kept by roots nobody cannot see: exit %d, alive %v, warnings:\n%s", sampleDead, r.code, e.Alive, warnText)
+	}
+	cmd = nsScript(ns.Root, `exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`, bin, "roots", "why", sampleDead)
+	if txt := runCmd(t, cmd, nil); txt.code != 0 || !strings.Contains(txt.stderr, "warning: a path reported dead may still be kept") {
+		t.Errorf("as nobody, as text: exit %d\n%s%s", txt.code, txt.stdout, txt.stderr)
 	}
 }
 

@@ -89,10 +89,8 @@ func runRootsWhy(cmd *cobra.Command, g *globalOptions, ro *rootsOptions, o *whyO
 	es, errs, err := roots.WhyPaths(ctx, s, args, roots.WhyOptions{
 		Roots:       roots.Options{NoRuntime: ro.noRuntime, NoTemp: ro.noTemp},
 		KeepOutputs: s.Settings.KeepOutputs, KeepDerivations: s.Settings.KeepDerivations,
-		All: o.all,
-		OnWait: func() {
-			p.Infof("waiting for the garbage collector lock %s (a garbage collection is running; Ctrl-C to stop)...", report.Name(s.Layout.GCLockPath()))
-		},
+		All:      o.all,
+		Progress: newProgress(p),
 	})
 	if err != nil {
 		return err
