@@ -96,6 +96,8 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		{[]string{"roots", "busy"}, 0, ""},
 		{[]string{"lock", "status"}, 0, ""},
 		{[]string{"lock", "prune", "--dry-run"}, 0, ""},
+		{[]string{"db", "vacuum", "--check"}, 0, ""},
+		{[]string{"db", "vacuum", "--timeout", "-1s"}, 2, "usage"},
 	} {
 		args := append([]string{"--json"}, c.args...)
 		r := goldenRun(env, root, args...)
@@ -105,7 +107,7 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		}
 		e := decodeEnvelope(t, r.stdout)
 		want := c.args[0]
-		if (want == "roots" || want == "lock") && len(c.args) > 1 && !strings.HasPrefix(c.args[1], "-") {
+		if (want == "roots" || want == "lock" || want == "db") && len(c.args) > 1 && !strings.HasPrefix(c.args[1], "-") {
 			want += " " + c.args[1] // a subcommand: named by its path
 		}
 		if c.kind != "usage" || want != "no-such-command" {
