@@ -1,0 +1,60 @@
+package verify
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"storekeeper/graph"
+)
+
+func TestLedgerCoverage(t *testing.T) {
+	b := graph.NewBuilder("/nix/store", 4)
+	names := []string{"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b", "cccccccccccccccccccccccccccccccc-c", "dddddddddddddddddddddddddddddddd-d"}
+	for i, n := range names {
+		if _, err := b.AddPath(int64(i+1), []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.BeginRefs(0)
+	g := b.Finish()
+	now := time.Unix(2_000_000_000, 0)
+	recent, old := now.Add(-time.Hour).Unix(), now.Add(-8*24*time.Hour).Unix()
+	dir := t.TempDir()
+
+	// No ledger: nothing verified.
+	c, err := LedgerCoverage(dir, g, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ValidPaths != 4 || c.Recent != 0 || c.Unverified != 4 || c.Ratio() != 0 || c.Oldest != 0 || c.Newest != 0 {
+		t.Errorf("empty ledger: %+v", c)
+	}
+
+	// The snapshot, then the log of a run (a later line wins), a record
+	// of a path no longer valid, a torn last line.
+	snap := fmt.Sprintf("%d ok %s\n%d ok %s\n%d ok gone-path\n", old, names[0], old, names[1], recent)
+	log := fmt.Sprintf("%d damaged %s\n%d ok %s\n%d ok %s", recent, names[1], recent, names[2], recent, names[3])
+	os.WriteFile(filepath.Join(dir, ledgerName), []byte(snap), 0o644)
+	os.WriteFile(filepath.Join(dir, ledgerLogName), []byte(log), 0o644)
+	c, err = LedgerCoverage(dir, g, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Coverage{ValidPaths: 4, Recent: 2, Unverified: 1, Since: now.Add(-CoverageWindow).Unix(), Oldest: old, Newest: recent}
+	if c != want || c.Ratio() != 0.5 {
+		t.Errorf("got %+v (ratio %v), want %+v (0.5)", c, c.Ratio(), want)
+	}
+
+	// An empty store is fully covered; an unreadable ledger is an error.
+	if (Coverage{}).Ratio() != 1 {
+		t.Errorf("empty store: ratio %v", (Coverage{}).Ratio())
+	}
+	os.Remove(filepath.Join(dir, ledgerName))
+	os.Mkdir(filepath.Join(dir, ledgerName), 0o755)
+	if _, err := LedgerCoverage(dir, g, now); err == nil {
+		t.Errorf("a ledger that is a directory: no error")
+	}
+}
