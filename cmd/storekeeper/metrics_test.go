@@ -43,7 +43,7 @@ func TestRunFamilies(t *testing.T) {
 				`storekeeper_verify_paths_damaged{command="verify"}`: "1", `storekeeper_verify_coverage_ratio{command="verify"}`: "0.75",
 				`storekeeper_verify_paths_never_verified{command="verify"}`: "1", `storekeeper_verify_oldest_age_seconds{command="verify"}`: "10000",
 				`storekeeper_verify_newest_timestamp_seconds{command="verify"}`: "1699999999",
-				`storekeeper_last_run_success{command="verify"}`: "0", `storekeeper_last_run_exit_code{command="verify"}`: "1",
+				`storekeeper_last_run_success{command="verify"}`:                "0", `storekeeper_last_run_exit_code{command="verify"}`: "1",
 				`storekeeper_last_run_error{command="verify",kind="findings"}`: "1",
 			}},
 		{"repair", outcome{}, &repairJSON{PathsRequested: 3, PathsRepaired: 2, PathsFailed: 1, BytesDownloaded: 99}, map[string]string{
