@@ -231,8 +231,13 @@ func isAbs(t string) bool { return len(t) > 0 && t[0] == '/' }
 // poweroff_cmd}). Each root of a process carries its pid, command line
 // and user; an environ root also the name of the (first) variable that
 // names it. Processes that vanish or that we may not inspect are skipped
-// silently, like Nix; `roots busy` (Busy) counts them. A maps or environ
-// file past procfs's bounds is read up to them and noted.
+// silently, like Nix; `roots busy` (Busy) counts them. Any other failure
+// to list a process's descriptors or read its maps or environ is an
+// error wrapping ErrRootsUnreadable, as it is for Nix. A maps or environ
+// file past procfs's bounds is read up to them and noted; a maps line cut
+// at procfs.MaxMapsLine (a file deeper than 64 KiB of path) is matched
+// as cut, which can only add a root Nix would not take (when what was
+// cut holds whitespace), never miss one.
 func (f *finder) runtime(ctx context.Context) error {
 	proc := f.o.ProcDir
 	ents, err := os.ReadDir(proc)
