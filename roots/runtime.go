@@ -237,7 +237,8 @@ func isAbs(t string) bool { return len(t) > 0 && t[0] == '/' }
 // file past procfs's bounds is read up to them and noted; a maps line cut
 // at procfs.MaxMapsLine (a file deeper than 64 KiB of path) is matched
 // as cut, which can only add a root Nix would not take (when what was
-// cut holds whitespace), never miss one.
+// cut holds whitespace), never miss one (the kernel starts the path
+// within a line's first hundred bytes).
 func (f *finder) runtime(ctx context.Context) error {
 	proc := f.o.ProcDir
 	ents, err := os.ReadDir(proc)
