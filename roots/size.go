@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 
 	"storekeeper/graph"
 	"storekeeper/lock"
@@ -102,7 +103,17 @@ type SizeReport struct {
 	// Notes from the roots' search (roots that could not be read, roots
 	// of invalid paths).
 	Notes []Note `json:"notes,omitempty"`
+	// Warnings say what makes the freed numbers possibly too high: roots
+	// that could not be read, and, when not run as root, other users'
+	// processes not searched for runtime roots (a path only they keep is
+	// counted as freed here, but the collector keeps it).
+	Warnings []string `json:"warnings,omitempty"`
 }
+
+// sizeRuntimeWarning is the warning of a run by a user other than root
+// that searched the processes for runtime roots.
+const sizeRuntimeWarning = "not running as root: other users' processes were not searched for runtime roots; " +
+	"a path only they hold counts here as freed, but the collector keeps it"
 
 // SizeTotals sums up the store.
 type SizeTotals struct {
@@ -249,7 +260,24 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 	p.Phase("adding up", -1, false)
 	a := newSizer(g, e, dt, us, links, o.MeasureDead)
 	rep := a.report(rr, targets, o.MaxShared, o.ListFreed)
+	rep.Warnings = sizeWarnings(rr.Notes, !ro.NoRuntime && os.Geteuid() != 0)
 	return rep, ctx.Err()
+}
+
+// sizeWarnings lists what may make the freed numbers too high: each root
+// Find could not read (its note), and with partialRuntime the runtime
+// roots of other users' processes, not searched.
+func sizeWarnings(notes []Note, partialRuntime bool) []string {
+	var out []string
+	for _, n := range notes {
+		if strings.HasPrefix(n.Message, "cannot read potential root") {
+			out = append(out, n.Link+": "+n.Message+": a path only this root keeps counts here as freed, but the collector keeps it")
+		}
+	}
+	if partialRuntime {
+		out = append(out, sizeRuntimeWarning)
+	}
+	return out
 }
 
 // sizer holds what Size computes on the graph and the measured files.

@@ -53,9 +53,10 @@ type sizeEnvelope struct {
 			FreedBytes uint64 `json:"freed_bytes"`
 			Roots      []int  `json:"roots"`
 		} `json:"shared"`
-		DeadPaths    int    `json:"dead_paths"`
-		DeadBytes    uint64 `json:"dead_bytes"`
-		DeadMeasured bool   `json:"dead_measured"`
+		DeadPaths    int      `json:"dead_paths"`
+		DeadBytes    uint64   `json:"dead_bytes"`
+		DeadMeasured bool     `json:"dead_measured"`
+		Warnings     []string `json:"warnings"`
 		Totals       struct {
 			Roots      int    `json:"roots"`
 			Paths      int    `json:"paths"`
@@ -542,7 +543,14 @@ func TestRootsSizeOutputs(t *testing.T) {
 		t.Errorf("--dot: the hostile link is not escaped as expected:\n%s", out)
 	}
 
-	// An unprivileged user: the same answer, nothing changed.
+	if len(rep.Warnings) != 0 {
+		t.Errorf("as root: warnings %q, want none", rep.Warnings)
+	}
+
+	// An unprivileged user: the same answer, nothing changed; but it
+	// warns that other users' processes were not searched for runtime
+	// roots (a path only they hold is counted as freed, the collector
+	// keeps it), and names a root it could not read.
 	for d := ns.Root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
@@ -557,12 +565,28 @@ func TestRootsSizeOutputs(t *testing.T) {
 	if nobody.code != 0 {
 		t.Fatalf("roots size as nobody: exit %d\n%s", nobody.code, nobody.stderr)
 	}
-	ja, _ := json.Marshal(parseSizeEnvelope(t, nobody.stdout).Result)
+	asNobody := parseSizeEnvelope(t, nobody.stdout).Result
+	if len(asNobody.Warnings) != 1 || !strings.Contains(asNobody.Warnings[0], "runtime roots") {
+		t.Errorf("as nobody: warnings %q, want one about runtime roots", asNobody.Warnings)
+	}
+	asNobody.Warnings = nil
+	ja, _ := json.Marshal(asNobody)
 	jb, _ := json.Marshal(rep)
 	if string(ja) != string(jb) {
 		t.Errorf("as nobody:\n%s\nas root:\n%s", ja, jb)
 	}
 	if after := snapshotTree(t, filepath.Join(ns.Root, "nix")); after != before {
 		t.Errorf("roots size as nobody changed the store")
+	}
+	// A root in a private home directory: nobody cannot read it.
+	private := filepath.Join(ns.Root, "home/private")
+	if err := os.MkdirAll(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mustSymlink(t, target, filepath.Join(private, "result"))
+	mustSymlink(t, filepath.Join(private, "result"), filepath.Join(ns.Root, "nix/var/nix/gcroots/auto/private-result"))
+	text = runCmd(t, nsScript(ns.Root, `exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`, bin, "roots", "size"), nil)
+	if text.code != 0 || !strings.Contains(text.stderr, "warning") || !strings.Contains(text.stderr, private+"/result: cannot read potential root") || !strings.Contains(text.stderr, "runtime roots") {
+		t.Errorf("roots size as nobody with an unreadable root: exit %d, stderr:\n%s", text.code, text.stderr)
 	}
 }

@@ -62,7 +62,9 @@ closure_paths, closure_bytes, freed_paths, freed_bytes}]}], shared: [{path,
 paths, nar_bytes, freed_bytes, roots}], shared_total, dead_paths,
 dead_nar_bytes, dead_bytes (with --dead), dead_measured, totals: {roots,
 paths, live_paths, live_nar_bytes, live_bytes, freed_paths, freed_bytes},
-notes); --dot, a Graphviz digraph of the roots (boxes, with what each frees)
+notes, warnings: what may make the freed numbers too high: roots that
+could not be read, and when not run as root, other users' processes not
+searched for runtime roots (in text, warnings on stderr)); --dot, a Graphviz digraph of the roots (boxes, with what each frees)
 and the paths several roots share (ellipses, with what they hold that only
 those roots keep), the --max-shared largest: 'storekeeper roots size --dot |
 dot -Tsvg'.
@@ -121,6 +123,11 @@ func runRootsSize(cmd *cobra.Command, g *globalOptions, ro *rootsOptions, o *siz
 			p.Verbosef("%s: '%s' -> '%s'", n.Message, report.Name(n.Link), report.Name(n.Target))
 		} else {
 			p.Verbosef("%s: '%s'", n.Message, report.Name(n.Link))
+		}
+	}
+	if !g.json {
+		for _, w := range rep.Warnings {
+			p.Warnf("%s", w) // escaped by the printer; with --json in the result only, as roots busy's notes
 		}
 	}
 	switch {
