@@ -336,7 +336,8 @@ func TestDBVacuumCheckCorrupt(t *testing.T) {
 // disk) killed with SIGKILL at random instants while VACUUM runs leaves a
 // database with the same rows that nix-store --verify --check-contents
 // and storekeeper verify accept (SQLite's WAL: the old database or the
-// new one); a vacuum after it finishes.
+// new one); SIGTERM interrupts it (exit 130) with the rows as they were;
+// a vacuum after it finishes.
 func TestDBVacuumKill(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2604, Salt: "db-vacuum-kill"})
 	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
@@ -406,8 +407,35 @@ func TestDBVacuumKill(t *testing.T) {
 	if killed < 2 {
 		t.Fatalf("%d of 4 vacuums were killed while they ran (a whole one takes %v)", killed, span)
 	}
+
+	// SIGTERM while VACUUM runs: interrupted (exit 130), the statement
+	// rolled back, the rows as they were.
 	fattenDB(t, dbPath, 1<<20)
 	content := dbContent(t, dbPath)
+	cmd := exec.Command(binary, "--store", ns.Root, "db", "vacuum")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if strings.HasPrefix(sc.Text(), "vacuuming ") {
+			time.Sleep(span / 4)
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	if err := cmd.Wait(); cmd.ProcessState.ExitCode() != 130 || !strings.Contains(strings.Join(lines, "\n"), "storekeeper: interrupted") {
+		t.Fatalf("SIGTERM during VACUUM: %v, exit %d\n%s", err, cmd.ProcessState.ExitCode(), strings.Join(lines, "\n"))
+	}
+	if dbContent(t, dbPath) != content {
+		t.Fatal("the rows differ after an interrupted vacuum")
+	}
+
 	r = run(t, "--store", ns.Root, "--json", "db", "vacuum")
 	if _, v := vacuumEnvelope(t, r); r.code != 0 || v == nil || !v.Vacuumed || v.SizeAfterBytes >= v.SizeBeforeBytes*3/4 {
 		t.Fatalf("vacuum after the kills: exit %d, %+v\n%s", r.code, v, r.stderr)
