@@ -111,10 +111,11 @@ func Why(ctx context.Context, s *store.Store, path string, o WhyOptions) (*Expla
 // not valid yet but that temporary roots name (being built or copied)
 // is alive, kept by them, as the collector keeps it.
 //
-// Run by a user other than root, Find may not see every root (see
-// hiddenRoots): each such gap is a Warn on o.Progress, and, when some
-// path is reported dead, one more Warn says that it may be alive for the
-// collector.
+// Find may not see every root (see hiddenRoots): run by a user other
+// than root, or with o.Roots leaving out runtime or temporary roots. Each
+// potential root it could not read is a Warn on o.Progress, and, when
+// some path is reported dead, one more Warn says why it may be alive for
+// the collector.
 //
 // The result has, for each path in order, its explanation or its error
 // (errs[i], wrapping ErrNotValid or storepath.ErrBadStorePath for a
@@ -166,9 +167,9 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 		return nil, nil, gerr
 	}
 	rr := f.rr
-	hidden := hiddenRoots(lay, rr, o.Roots)
-	for _, h := range hidden {
-		pr.Warn(h.msg, h.path)
+	unread, unseen := hiddenRoots(lay, rr, o.Roots)
+	for _, n := range unread {
+		pr.Warn(fmt.Sprintf("%s: '%s'; a path kept only by roots there may be reported dead", n.Message, report.Name(n.Link)), n.Link)
 	}
 	x := newExplainer(g, rr.Roots, o)
 	es, errs = make([]*Explanation, len(paths)), make([]error, len(paths))
@@ -214,10 +215,11 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 		}
 		es[i] = e
 	}
-	if len(hidden) > 0 {
+	if len(unseen) > 0 {
 		for _, e := range es {
 			if e != nil && !e.Alive {
-				pr.Warn("a path reported dead may still be kept by a root this user cannot see: run 'roots why' as root for the collector's answer", "")
+				pr.Warn("a path reported dead may still be kept by a root not seen here ("+strings.Join(unseen, "; ")+
+					"): run 'roots why' as root, with runtime and temporary roots, for the collector's answer", "")
 				break
 			}
 		}
@@ -225,27 +227,34 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 	return es, errs, nil
 }
 
-// hidden is something that may hide roots from this user: a message and
-// the path concerned ("" for none).
-type hidden struct{ msg, path string }
-
-// hiddenRoots lists what may hide roots from Find's result: the potential
+// hiddenRoots says what may have hidden roots from Find's result, so
+// that a path reported dead may be alive for the collector (run as
+// root, it sees every root): unread are Find's notes on the potential
 // roots it could not read (a symlink in a private home directory that a
-// gcroots/auto link names, a temp-roots file), and, for a user other
-// than root looking for runtime roots, the other users' processes, whose
-// open files, maps and environment the kernel does not show (Find skips
-// them silently, as Nix does). The collector, run as root, sees them all.
-func hiddenRoots(lay store.Layout, rr *Result, o Options) []hidden {
-	var out []hidden
+// gcroots/auto link names, a temp-roots file), and unseen the reasons,
+// as phrases: those roots, for a user other than root looking for
+// runtime roots the other users' processes (the kernel shows no one
+// else's open files, maps or environment; Find skips them silently, as
+// Nix does), and the kinds of roots o left out.
+func hiddenRoots(lay store.Layout, rr *Result, o Options) (unread []Note, unseen []string) {
 	for _, n := range rr.Notes {
 		if strings.HasPrefix(n.Message, "cannot read") || n.Link == lay.TempRootsDir() {
-			out = append(out, hidden{fmt.Sprintf("%s: '%s'; a path kept only by roots there may be reported dead", n.Message, report.Name(n.Link)), n.Link})
+			unread = append(unread, n)
 		}
 	}
-	if uid := os.Geteuid(); uid != 0 && !o.NoRuntime {
-		out = append(out, hidden{fmt.Sprintf("running as %s, not root: the processes of other users cannot be inspected for runtime roots", report.Name(UserName(uint32(uid)))), ""})
+	if len(unread) > 0 {
+		unseen = append(unseen, fmt.Sprintf("%d potential roots could not be read", len(unread)))
 	}
-	return out
+	if uid := os.Geteuid(); uid != 0 && !o.NoRuntime {
+		unseen = append(unseen, fmt.Sprintf("running as %s, not root: the processes of other users cannot be inspected for runtime roots", report.Name(UserName(uint32(uid)))))
+	}
+	if o.NoRuntime {
+		unseen = append(unseen, "runtime roots were not looked for")
+	}
+	if o.NoTemp {
+		unseen = append(unseen, "temporary roots were not read")
+	}
+	return unread, unseen
 }
 
 // explainer is what WhyPaths computes once for all its paths.
