@@ -96,6 +96,7 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		{[]string{"roots", "busy"}, 0, ""},
 		{[]string{"lock", "status"}, 0, ""},
 		{[]string{"lock", "prune", "--dry-run"}, 0, ""},
+		{[]string{"metrics"}, 0, ""},
 		{[]string{"db", "vacuum", "--check"}, 0, ""},
 		{[]string{"db", "vacuum", "--timeout", "-1s"}, 2, "usage"},
 	} {
