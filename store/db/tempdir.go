@@ -36,8 +36,10 @@ import (
 // Exceptions: when $SQLITE_TMPDIR is set the administrator chose, and
 // SQLite goes on using it (and its fallbacks); when the first database
 // directory is not writable by this process (a read-only command as
-// another user, a read-only mount) nothing is set and SQLite falls back
-// to $TMPDIR and /var/tmp as before: such a process writes no database.
+// another user, a read-only mount), or is not this user's alone (root on
+// a single-user store: root creates nothing in a directory another user
+// controls; a directory others may write into; a symbolic link), nothing
+// is set and SQLite falls back to $TMPDIR and /var/tmp as before.
 // The global is written once, never while a connection of this package
 // is open (a later database, as copy's target, shares the first one's
 // directory). On Linux SQLite opens each temporary file with O_TMPFILE
@@ -52,7 +54,7 @@ var tempDirOnce sync.Once
 // the first time it is called (see above); later calls do nothing.
 func setTempDir(dbDir string) {
 	tempDirOnce.Do(func() {
-		if os.Getenv("SQLITE_TMPDIR") != "" || !usableTempDir(dbDir) {
+		if os.Getenv("SQLITE_TMPDIR") != "" || !usableTempDir(dbDir) || !ownDir(dbDir) {
 			return
 		}
 		p, err := libc.CString(dbDir)
@@ -73,6 +75,18 @@ func usableTempDir(dir string) bool {
 		return false
 	}
 	return unix.Access(dir, unix.W_OK|unix.X_OK) == nil
+}
+
+// ownDir reports whether dir belongs to this process's user and no one
+// else may write into it: root creates no file in a directory another
+// user controls (a single-user store's, where SQLite falls back to a
+// named temporary file on a file system without O_TMPFILE).
+func ownDir(dir string) bool {
+	var st unix.Stat_t
+	if unix.Lstat(dir, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return false
+	}
+	return int(st.Uid) == os.Geteuid() && st.Mode&0o022 == 0
 }
 
 // TempDir returns the directory SQLite puts this process's temporary
