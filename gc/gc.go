@@ -92,6 +92,20 @@ type Options struct {
 	// MaxFreed stops the collection once this many bytes are freed
 	// (0: no limit).
 	MaxFreed uint64
+	// FreeTarget, if set, decides for a deleting collection how much to
+	// free from the free space of the store's file system read right
+	// after gc.lock is taken exclusively (statfs: bytes available to
+	// unprivileged users, total bytes). collect false means enough is
+	// free: nothing is collected and Result.EnoughFree is set. Otherwise
+	// maxFreed (0: no limit) becomes MaxFreed, or the smaller of the two.
+	// Reading the space under the lock makes a run that waited for
+	// another collector see what that one freed, so queued runs do no
+	// work (gc --ensure-free, gc --auto).
+	FreeTarget func(avail, total uint64) (collect bool, maxFreed uint64)
+	// IgnoreRoots are root links (roots.Root.Link) treated as already
+	// removed: a DryRun after keep policies that were only listed
+	// reports what the collection would free once they are gone.
+	IgnoreRoots map[string]bool
 	// KeepOutputs / KeepDerivations: nix.conf's keep-outputs and
 	// keep-derivations.
 	KeepOutputs, KeepDerivations bool
@@ -149,6 +163,10 @@ type Result struct {
 	// Spared lists dead paths kept at the last moment because a client
 	// registered them as temporary roots during the run.
 	Spared []string `json:"spared,omitempty"`
+	// FreeBytes is the free space FreeTarget was given (read under
+	// gc.lock); EnoughFree says it was enough and nothing was collected.
+	FreeBytes  uint64 `json:"free_bytes,omitempty"`
+	EnoughFree bool   `json:"enough_free,omitempty"`
 	// TrashEmptied counts entries left in the trash by earlier runs that
 	// did not finish (killed or interrupted) and deleted now.
 	TrashEmptied int `json:"trash_emptied"`
@@ -184,7 +202,9 @@ type collector struct {
 
 	g        *graph.Graph
 	deleting bool
-	start    time.Time
+	// enough: FreeTarget found enough free space; nothing is collected.
+	enough bool
+	start  time.Time
 	// cleanups run at close, last first (see plan.go); gcLock, srv,
 	// lockedAt and exclusive are what they release.
 	cleanups  []func()

@@ -28,8 +28,19 @@ type GenerationOptions struct {
 	OlderThan time.Duration
 	// DeleteOld deletes every generation but the current one.
 	DeleteOld bool
-	DryRun    bool
-	Now       time.Time
+	// Keep and KeepSince are the keep policy (keep.go): with either set,
+	// every generation is deleted but the current one, the Keep newest
+	// (by number) and those newer than KeepSince (kept if any rule keeps
+	// it). They exclude OlderThan and DeleteOld.
+	Keep      int
+	KeepSince time.Duration
+	// Profiles, if set, limits the run to these profiles (absolute paths
+	// of profile links, as `nix-env --profile` takes them), each reached
+	// from "/" without following a symbolic link (keep.go); otherwise
+	// every profile under the profiles directory is processed.
+	Profiles []string
+	DryRun   bool
+	Now      time.Time
 	// Warn, if set, is told about each profile skipped because its lock
 	// could not be taken safely (its lock file is a symbolic link, not a
 	// regular file, not empty, not openable as the directory's owner, ...):
@@ -93,7 +104,10 @@ var testHookBeforeGenerations func(profile string)
 // current generation is never removed, and only symbolic links are: a
 // file of another type named like a generation is left alone. Each
 // profile's "<profile>.lock" is held while it is changed, as Nix's
-// nix-env does (not with DryRun).
+// nix-env does (not with DryRun). With o.Profiles only those profiles are
+// processed (an error wrapping ErrNotProfile for a path that is not one,
+// before anything of it is changed); the keep policy (o.Keep,
+// o.KeepSince) is in keep.go.
 //
 // Directories of other users: the walk opens each directory below
 // profilesDir relative to its parent with O_NOFOLLOW and does everything
@@ -121,16 +135,21 @@ func DeleteGenerations(ctx context.Context, profilesDir string, o GenerationOpti
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	top, err := os.Open(profilesDir)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("gc: opening the profiles directory: %w", err)
-	}
-	defer top.Close()
 	w := &genWalk{ctx: ctx, o: o}
-	err = w.walk(top, profilesDir, 0)
+	var err error
+	if len(o.Profiles) > 0 {
+		err = w.profiles(o.Profiles)
+	} else {
+		top, oerr := os.Open(profilesDir)
+		if oerr != nil {
+			if errors.Is(oerr, os.ErrNotExist) || errors.Is(oerr, os.ErrPermission) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("gc: opening the profiles directory: %w", oerr)
+		}
+		defer top.Close()
+		err = w.walk(top, profilesDir, 0)
+	}
 	if o.Warn == nil && len(w.skipped) > 0 {
 		err = errors.Join(append([]error{err}, w.skipped...)...)
 	}
@@ -272,7 +291,9 @@ func (w *genWalk) profile(dir *os.File, dirPath, name string) error {
 	sort.Slice(gens, func(i, j int) bool { return gens[i].n < gens[j].n })
 	curName := filepath.Base(cur)
 	var doomed []generation
-	if o.DeleteOld {
+	if o.keepPolicy() {
+		doomed = o.keepDoomed(gens, curName)
+	} else if o.DeleteOld {
 		for _, g := range gens {
 			if g.name != curName {
 				doomed = append(doomed, g)

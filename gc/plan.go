@@ -19,6 +19,7 @@ import (
 	"storekeeper/roots"
 	"storekeeper/store"
 	"storekeeper/store/db"
+	"storekeeper/store/fs"
 )
 
 // trashName is the directory in the store dir where dead paths wait for
@@ -206,6 +207,22 @@ func (c *collector) newPlan(ctx context.Context) (*Plan, error) {
 	c.addCleanup(c.endExclusive)
 	c.addCleanup(c.closeTrash)
 
+	if c.deleting && c.o.FreeTarget != nil {
+		avail, total, err := fs.FreeSpace(c.lay.RealStoreDir)
+		if err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+		c.res.FreeBytes = avail
+		collect, max := c.o.FreeTarget(avail, total)
+		if !collect {
+			c.enough, c.res.EnoughFree = true, true
+			return &Plan{c: c, p: &plan{limit: -1}}, nil
+		}
+		if max > 0 && (c.o.MaxFreed == 0 || max < c.o.MaxFreed) {
+			c.o.MaxFreed = max
+		}
+	}
+
 	if c.deleting {
 		c.srv, err = startServer(c, c.lay.GCSocketPath())
 		if err != nil {
@@ -273,6 +290,9 @@ func (c *collector) endExclusive() {
 // execute deletes what p says; newPlan has taken gc.lock exclusively and
 // started the socket server.
 func (c *collector) execute(ctx context.Context, p *plan) error {
+	if c.enough {
+		return nil
+	}
 	ierr := c.invalidateAndMove(ctx, p)
 	c.stopServer()
 	c.endExclusive()
@@ -417,6 +437,9 @@ func (c *collector) computePlan(ctx context.Context) (*plan, error) {
 	// path's chain is a shortest one from some root.
 	c.live = graph.NewLiveness(graph.NewEdges(g, c.o.KeepOutputs, c.o.KeepDerivations))
 	for _, r := range rr.Roots {
+		if c.o.IgnoreRoots[r.Link] {
+			continue
+		}
 		if id, ok := g.Lookup(r.Target); ok {
 			c.live.AddRoot(id, r.String())
 		}

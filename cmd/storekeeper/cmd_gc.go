@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +24,13 @@ type gcOptions struct {
 	deleteOlderThan                      string
 	deleteOld                            bool
 	batchSize, workers                   int
+
+	// gc --auto and the keep policies (issue #26; cmd_gc_auto.go's doc).
+	auto                     bool
+	minFree, maxFree         string
+	keep                     int
+	keepSince, keepAutoSince string
+	profiles                 []string
 }
 
 func newGCCommand(g *globalOptions) *cobra.Command {
@@ -60,6 +69,13 @@ of 1024, as Nix's --max-freed; KiB, MiB... and lower case are the same);
 	f.DurationVar(&o.keepRecent, "keep-recent", 0, "keep paths registered within this duration (a grace period), e.g. 2h")
 	f.StringVar(&o.deleteOlderThan, "delete-older-than", "", "first delete profile generations older than this (e.g. 30d, at most 106751d; never the current one)")
 	f.BoolVarP(&o.deleteOld, "delete-old", "d", false, "first delete all profile generations but the current ones")
+	f.BoolVar(&o.auto, "auto", false, "collect only if the store's file system has less than min-free available, until max-free is (nix.conf's min-free and max-free; min-free 0 means never); else exit at once")
+	f.StringVar(&o.minFree, "min-free", "", "with --auto: collect when less than this is available (SIZE or PCT%; default nix.conf min-free)")
+	f.StringVar(&o.maxFree, "max-free", "", "with --auto: collect until this much is available (SIZE or PCT%; default nix.conf max-free, none: everything dead)")
+	f.IntVar(&o.keep, "keep", 0, "first delete profile generations but the N newest (by number) and the current one; with --keep-since a generation either keeps stays")
+	f.StringVar(&o.keepSince, "keep-since", "", "first delete profile generations older than this (e.g. 14d, 12h, 2w) but the current one (and --keep's)")
+	f.StringVar(&o.keepAutoSince, "keep-auto-since", "", "first remove gcroots/auto links whose indirect root (a result or .direnv symlink) was not modified within this (e.g. 30d)")
+	f.StringArrayVar(&o.profiles, "profile", nil, "apply --keep, --keep-since, -d or --delete-older-than only to this profile (repeatable; default: every profile under the profiles directory)")
 	f.IntVar(&o.batchSize, "batch-size", 0, "most paths invalidated per transaction (default 65536)")
 	f.MarkHidden("batch-size")
 	f.IntVar(&o.workers, "delete-workers", 0, "workers deleting the trash (default 2 per CPU)")
@@ -92,13 +108,20 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	if o.keepRecent < 0 {
 		return usagef("--keep-recent %s: must not be negative", o.keepRecent)
 	}
-	gopts := gc.GenerationOptions{DeleteOld: o.deleteOld, DryRun: o.dryRun, Warn: func(msg string) { p.Warnf("%s", msg) }}
+	gopts := gc.GenerationOptions{DeleteOld: o.deleteOld, DryRun: o.dryRun, Profiles: o.profiles, Warn: func(msg string) { p.Warnf("%s", msg) }}
 	if o.deleteOlderThan != "" {
 		d, err := gc.ParseOlderThan(o.deleteOlderThan)
 		if err != nil {
 			return usagef("--delete-older-than: %w", err)
 		}
 		gopts.OlderThan = d
+	}
+	policy, err := parseKeepFlags(cmd, o, &gopts)
+	if err != nil {
+		return err
+	}
+	if policy.any() && (opts.Action != gc.Delete) {
+		return usagef("--keep, --keep-since and --keep-auto-since collect: they exclude --print-dead, --print-live and --delete")
 	}
 	if o.maxFreed != "" {
 		n, err := report.ParseSize(o.maxFreed)
@@ -107,13 +130,35 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		}
 		opts.MaxFreed = n
 	}
+	var ensureFree *gc.FreeSpec
 	if o.ensureFree != "" {
-		if _, _, err := parseEnsureFree(o.ensureFree); err != nil {
+		spec, err := parseFreeSpec("--ensure-free", o.ensureFree)
+		if err != nil {
 			return err
 		}
+		ensureFree = &spec
+		opts.FreeTarget = func(avail, total uint64) (bool, uint64) {
+			want := spec.Of(total)
+			return avail < want, want - min(avail, want)
+		}
+	}
+	var auto *autoRun
+	if o.auto {
+		if err := checkAutoFlags(cmd, o); err != nil {
+			return err
+		}
+		var done bool
+		auto, done, err = startAuto(g, o, p)
+		if err != nil || done {
+			return err
+		}
+		defer auto.lock.Release()
+		opts.FreeTarget = auto.thresholds.Need
+	} else if cmd.Flags().Changed("min-free") || cmd.Flags().Changed("max-free") {
+		return usagef("--min-free and --max-free go with --auto")
 	}
 	readOnly := opts.Action == gc.PrintDead || opts.Action == gc.PrintLive || o.dryRun
-	if o.deleteOld || o.deleteOlderThan != "" {
+	if o.deleteOld || o.deleteOlderThan != "" || policy.any() {
 		readOnly = false
 	}
 	if !readOnly {
@@ -148,8 +193,8 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		p.Infof("--max-freed 0: nothing to do")
 		return nil
 	}
-	if o.ensureFree != "" {
-		want, err := ensureFreeBytes(s.Layout.RealStoreDir, o.ensureFree)
+	if ensureFree != nil {
+		want, err := freeBytesToReach(s.Layout.RealStoreDir, *ensureFree)
 		if err != nil {
 			return err
 		}
@@ -163,17 +208,44 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	}
 
 	var gens []gc.RemovedGeneration
-	if o.deleteOld || o.deleteOlderThan != "" {
+	if o.deleteOld || o.deleteOlderThan != "" || gopts.Keep > 0 || gopts.KeepSince > 0 {
 		gens, err = gc.DeleteGenerations(ctx, s.Layout.ProfilesDir(), gopts)
 		for _, r := range gens {
 			verb := "removing"
 			if o.dryRun {
 				verb = "would remove"
 			}
-			p.Infof("%s profile generation %d of %s", verb, r.Number, r.Profile)
+			p.Infof("%s profile generation %d of %s", verb, r.Number, report.Name(r.Profile))
+		}
+		if errors.Is(err, gc.ErrNotProfile) {
+			return usagef("--profile: %w", err)
 		}
 		if err != nil {
 			return err
+		}
+	}
+	var autoRoots []gc.AutoRoot
+	if policy.autoSince > 0 {
+		autoRoots, err = gc.PruneAutoRoots(ctx, filepath.Join(s.Layout.GCRootsDir(), "auto"), gc.AutoRootOptions{Since: policy.autoSince, StoreDir: s.Layout.StoreDir, ProfilesDir: s.Layout.ProfilesDir(), DryRun: o.dryRun})
+		for _, r := range autoRoots {
+			verb := "removing"
+			if o.dryRun {
+				verb = "would remove"
+			}
+			p.Infof("%s auto root %s (%s -> %s, modified %s)", verb, report.Name(r.Link), report.Name(r.Target), report.Name(r.StorePath), time.Unix(r.MTime, 0).UTC().Format(time.RFC3339))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if o.dryRun && (len(gens) > 0 || len(autoRoots) > 0) {
+		// What the collection would free once they are gone.
+		opts.IgnoreRoots = map[string]bool{}
+		for _, r := range gens {
+			opts.IgnoreRoots[r.Link] = true
+		}
+		for _, r := range autoRoots {
+			opts.IgnoreRoots[r.Target] = true
 		}
 	}
 
@@ -192,13 +264,22 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	if err != nil && res == nil {
 		return err
 	}
+	if auto != nil {
+		auto.finish(s.Layout.RealStoreDir, res, p)
+	}
 	if g.json {
 		type out struct {
 			*gc.Result
 			Generations []gc.RemovedGeneration `json:"generations_removed,omitempty"`
+			AutoRoots   []gc.AutoRoot          `json:"auto_roots_removed,omitempty"`
+			Auto        *autoReport            `json:"auto,omitempty"`
 			DryRun      bool                   `json:"dry_run,omitempty"`
 		}
-		p.JSON(out{res, gens, o.dryRun})
+		var ar *autoReport
+		if auto != nil {
+			ar = &auto.report
+		}
+		p.JSON(out{res, gens, autoRoots, ar, o.dryRun})
 		return err
 	}
 	switch {
@@ -209,6 +290,12 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	case o.dryRun:
 		if !p.quiet {
 			fmt.Fprintf(p.out, "would delete %d store paths, freeing %s\n", len(res.Dead), mib(res.BytesFreed))
+		}
+	case res.EnoughFree:
+		// Another collector freed enough while this run waited: said by
+		// auto.finish or below.
+		if auto == nil {
+			p.Infof("the store's file system has %s free now: nothing to do", report.FormatSize(res.FreeBytes))
 		}
 	case err != nil && res.PathsDeleted+res.EntriesDeleted == 0 && res.BytesFreed == 0:
 		// Refused or interrupted before deleting anything: the error says it.
@@ -245,37 +332,40 @@ func mib(b uint64) string { return fmt.Sprintf("%.2f MiB", float64(b)/(1<<20)) }
 // ensureFreeBytes turns --ensure-free (SIZE or PCT%) into the number of
 // bytes to free now (0: already enough free).
 func ensureFreeBytes(dir, spec string) (uint64, error) {
-	size, pct, err := parseEnsureFree(spec)
+	f, err := parseFreeSpec("--ensure-free", spec)
 	if err != nil {
 		return 0, err
 	}
+	return freeBytesToReach(dir, f)
+}
+
+// freeBytesToReach is the number of bytes to free now for the store's
+// file system (dir) to have spec free (0: already enough free).
+func freeBytesToReach(dir string, spec gc.FreeSpec) (uint64, error) {
 	avail, total, err := fs.FreeSpace(dir)
 	if err != nil {
 		return 0, err
 	}
-	want := size
-	if pct >= 0 {
-		want = uint64(pct / 100 * float64(total))
-	}
+	want := spec.Of(total)
 	if avail >= want {
 		return 0, nil
 	}
 	return want - avail, nil
 }
 
-// parseEnsureFree reads --ensure-free: a size (pct -1) or a percentage
-// from 0 to 100 of the file system.
-func parseEnsureFree(spec string) (size uint64, pct float64, err error) {
+// parseFreeSpec reads a free-space flag (--ensure-free, --min-free,
+// --max-free): a size, or a percentage from 0 to 100 of the file system.
+func parseFreeSpec(flag, spec string) (gc.FreeSpec, error) {
 	if p, ok := strings.CutSuffix(spec, "%"); ok {
 		f, err := strconv.ParseFloat(p, 64)
 		if err != nil || !(f >= 0 && f <= 100) { // NaN too
-			return 0, 0, usagef("--ensure-free %q: expected a size or a percentage from 0%% to 100%%", spec)
+			return gc.FreeSpec{}, usagef("%s %q: expected a size or a percentage from 0%% to 100%%", flag, spec)
 		}
-		return 0, f, nil
+		return gc.FreeSpec{Percent: f, IsPercent: true}, nil
 	}
 	n, err := report.ParseSize(spec)
 	if err != nil {
-		return 0, 0, usagef("--ensure-free: %w, or a percentage from 0%% to 100%%", err)
+		return gc.FreeSpec{}, usagef("%s: %w, or a percentage from 0%% to 100%%", flag, err)
 	}
-	return n, -1, nil
+	return gc.FreeSpec{Bytes: n}, nil
 }

@@ -1,0 +1,118 @@
+package gc
+
+// Automatic collection by free space (`gc --auto`, issue #26), with Nix
+// 2.8's min-free / max-free semantics (LocalStore::autoGC): when the
+// store's file system has less than min-free bytes available, collect
+// until max-free bytes are available; min-free 0 (Nix's default) means
+// never; max-free's default (the largest number) means no limit: every
+// dead path goes.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+
+	"storekeeper/lock"
+	"storekeeper/store/fs"
+)
+
+// FreeSpec is an amount of free space: Bytes, or with IsPercent a
+// percentage (0 to 100) of the file system's size.
+type FreeSpec struct {
+	Bytes     uint64
+	Percent   float64
+	IsPercent bool
+}
+
+// Of is the amount in bytes on a file system of total bytes.
+func (f FreeSpec) Of(total uint64) uint64 {
+	if f.IsPercent {
+		return uint64(f.Percent / 100 * float64(total))
+	}
+	return f.Bytes
+}
+
+// Unlimited is max-free's default: no limit.
+var Unlimited = FreeSpec{Bytes: math.MaxUint64}
+
+// Auto are the thresholds of an automatic collection.
+type Auto struct {
+	MinFree, MaxFree FreeSpec
+}
+
+// Need decides as Nix 2.8's autoGC does, from the bytes available (avail)
+// on a file system of total bytes: nothing when avail >= min-free or
+// avail >= max-free (so min-free 0 never collects); otherwise collect
+// max-free - avail bytes (maxFreed 0, no limit, when max-free is
+// Unlimited).
+func (a Auto) Need(avail, total uint64) (collect bool, maxFreed uint64) {
+	minFree, maxFree := a.MinFree.Of(total), a.MaxFree.Of(total)
+	if avail >= minFree || avail >= maxFree {
+		return false, 0
+	}
+	if !a.MaxFree.IsPercent && a.MaxFree.Bytes == math.MaxUint64 {
+		return true, 0
+	}
+	return true, maxFree - avail
+}
+
+// Check is the first step of `gc --auto`: one statfs of dir (the store's
+// real directory), nothing else (no database, no lock, no roots). It
+// returns the bytes available and the file system's size, and whether a
+// collection is needed.
+func (a Auto) Check(dir string) (avail, total uint64, collect bool, err error) {
+	avail, total, err = fs.FreeSpace(dir)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("gc: %w", err)
+	}
+	collect, _ = a.Need(avail, total)
+	return avail, total, collect, nil
+}
+
+// AutoLockName is the lock file that keeps two `gc --auto` runs apart, in
+// storekeeper's own state directory (store.Layout.OwnStateDir).
+const AutoLockName = "gc-auto.lock"
+
+// ErrAutoRunning is wrapped by AcquireAutoLock's error when another run
+// holds the lock.
+var ErrAutoRunning = errors.New("gc: another automatic collection is running")
+
+// AutoLock is a held gc-auto.lock.
+type AutoLock struct{ f *os.File }
+
+// Release releases the lock (closing its file). Idempotent; nil-safe.
+func (l *AutoLock) Release() {
+	if l != nil && l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+}
+
+// AcquireAutoLock takes <ownStateDir>/gc-auto.lock exclusively (flock)
+// without waiting, creating the directory (mode 0755) and the file (0600)
+// as needed; a lock file that is a symbolic link or not a regular file is
+// refused, never followed, and the file is never deleted. When another
+// process holds it the error wraps ErrAutoRunning and a lock.HeldError
+// naming the file. The kernel releases the lock when the process ends,
+// however it ends, so a killed run never blocks the next one.
+func AcquireAutoLock(ownStateDir string) (*AutoLock, error) {
+	if err := os.MkdirAll(ownStateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("gc: creating %s: %w", ownStateDir, err)
+	}
+	path := filepath.Join(ownStateDir, AutoLockName)
+	f, err := lock.OpenLockFile(path, true)
+	if err != nil {
+		return nil, fmt.Errorf("gc: opening %s: %w", path, err)
+	}
+	if err := lock.Lock(context.Background(), f, lock.Exclusive, false); err != nil {
+		f.Close()
+		if errors.Is(err, lock.ErrWouldBlock) {
+			return nil, fmt.Errorf("%w: %w", ErrAutoRunning, &lock.HeldError{Path: path, Err: err})
+		}
+		return nil, fmt.Errorf("gc: locking %s: %w", path, err)
+	}
+	return &AutoLock{f: f}, nil
+}

@@ -1,0 +1,266 @@
+package gc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"storekeeper/gc"
+)
+
+// setMtime sets the mtime (and atime) of the link p itself.
+func setMtime(t *testing.T, p string, at time.Time) {
+	t.Helper()
+	ts := unix.NsecToTimespec(at.UnixNano())
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// profileDir makes dir/profile with generations 1..n, generation g
+// ages[g-1] old, the current one cur.
+func profileDir(t *testing.T, dir string, ages []time.Duration, cur int, now time.Time) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, age := range ages {
+		link := filepath.Join(dir, fmt.Sprintf("profile-%d-link", i+1))
+		if err := os.Symlink(fmt.Sprintf("/nix/store/%032d-env", i+1), link); err != nil {
+			t.Fatal(err)
+		}
+		setMtime(t, link, now.Add(-age))
+	}
+	prof := filepath.Join(dir, "profile")
+	if err := os.Symlink(fmt.Sprintf("profile-%d-link", cur), prof); err != nil {
+		t.Fatal(err)
+	}
+	return prof
+}
+
+func numbers(rs []gc.RemovedGeneration) []int {
+	out := []int{}
+	for _, r := range rs {
+		out = append(out, r.Number)
+	}
+	return out
+}
+
+// TestKeepPolicy: generations removed by --keep N, --keep-since D and
+// both (a generation either keeps stays); the current one always stays,
+// also when it is old and not among the newest; --dry-run removes
+// nothing and lists the same.
+func TestKeepPolicy(t *testing.T) {
+	day := 24 * time.Hour
+	now := time.Now()
+	// Generations 1..6: 40, 30, 20, 10, 3 and 1 days old; current: 2.
+	ages := []time.Duration{40 * day, 30 * day, 20 * day, 10 * day, 3 * day, 1 * day}
+	for _, c := range []struct {
+		name      string
+		keep      int
+		keepSince time.Duration
+		want      []int
+	}{
+		{"keep1", 1, 0, []int{1, 3, 4, 5}},
+		{"keep3", 3, 0, []int{1, 3}},
+		{"keep10", 10, 0, []int{}},
+		{"since5d", 0, 5 * day, []int{1, 3, 4}},
+		{"since15d", 0, 15 * day, []int{1, 3}},
+		{"since1h", 0, time.Hour, []int{1, 3, 4, 5, 6}},
+		{"keep1-since15d", 1, 15 * day, []int{1, 3}},
+		{"keep4-since5d", 4, 5 * day, []int{1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, dry := range []bool{true, false} {
+				dir := filepath.Join(t.TempDir(), "profiles")
+				prof := profileDir(t, dir, ages, 2, now)
+				got, err := gc.DeleteGenerations(context.Background(), dir, gc.GenerationOptions{Keep: c.keep, KeepSince: c.keepSince, DryRun: dry, Now: now})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(numbers(got), c.want) {
+					t.Fatalf("dry-run %v: removed %v, want %v", dry, numbers(got), c.want)
+				}
+				var left []int
+				for g := 1; g <= 6; g++ {
+					if _, err := os.Lstat(fmt.Sprintf("%s-%d-link", prof, g)); err == nil {
+						left = append(left, g)
+					}
+				}
+				wantLeft := 6
+				if !dry {
+					wantLeft -= len(c.want)
+				}
+				if len(left) != wantLeft {
+					t.Fatalf("dry-run %v: left %v", dry, left)
+				}
+				if _, err := os.Lstat(prof + "-2-link"); err != nil {
+					t.Fatalf("the current generation was removed: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestKeepProfiles: --profile limits the run to the profiles given; a
+// path that is not a profile, a generation link, or one reached through
+// a symbolic link is refused before any profile is changed.
+func TestKeepProfiles(t *testing.T) {
+	day := 24 * time.Hour
+	now := time.Now()
+	ages := []time.Duration{3 * day, 2 * day, day}
+	top := t.TempDir()
+	a := profileDir(t, filepath.Join(top, "a"), ages, 3, now)
+	b := profileDir(t, filepath.Join(top, "b"), ages, 3, now)
+	got, err := gc.DeleteGenerations(context.Background(), "/nonexistent", gc.GenerationOptions{Keep: 1, Profiles: []string{a, a}, Now: now})
+	if err != nil || !reflect.DeepEqual(numbers(got), []int{1, 2}) {
+		t.Fatalf("--profile a: %v, %v", numbers(got), err)
+	}
+	if _, err := os.Lstat(b + "-1-link"); err != nil {
+		t.Fatalf("profile b was touched: %v", err)
+	}
+	if err := os.Symlink(filepath.Join(top, "b"), filepath.Join(top, "via")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(b, filepath.Join(top, "b-alias")); err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(top, "plain")
+	os.WriteFile(plain, nil, 0o644)
+	for _, bad := range []string{
+		filepath.Join(top, "via", "profile"), // through a symlinked directory
+		b + "-1-link",                        // a generation
+		filepath.Join(top, "b-alias"),        // a link to a profile
+		plain,                                // not a link
+		filepath.Join(top, "missing"),
+		"relative/profile",
+	} {
+		got, err := gc.DeleteGenerations(context.Background(), "/nonexistent", gc.GenerationOptions{Keep: 1, Profiles: []string{b, bad}, Now: now})
+		if !errors.Is(err, gc.ErrNotProfile) || len(got) != 0 {
+			t.Errorf("--profile %s: %v, %v; want ErrNotProfile and nothing removed", bad, numbers(got), err)
+		}
+	}
+	if _, err := os.Lstat(b + "-1-link"); err != nil {
+		t.Fatalf("profile b was changed by a refused run: %v", err)
+	}
+}
+
+// TestPruneAutoRoots: only auto links whose indirect root (a symlink into
+// the store) is older than the cut-off go; recent ones, stale ones,
+// targets that are not symlinks or point outside the store stay; the
+// user's link is never removed; --dry-run lists the same and changes
+// nothing.
+func TestPruneAutoRoots(t *testing.T) {
+	day := 24 * time.Hour
+	now := time.Now()
+	for _, dry := range []bool{true, false} {
+		top := t.TempDir()
+		auto := filepath.Join(top, "gcroots", "auto")
+		home := filepath.Join(top, "home")
+		os.MkdirAll(auto, 0o755)
+		os.MkdirAll(home, 0o755)
+		mk := func(name, target string, age time.Duration, file bool) {
+			link := filepath.Join(home, name)
+			if file {
+				os.WriteFile(link, nil, 0o644)
+			} else if target != "" {
+				if err := os.Symlink(target, link); err != nil {
+					t.Fatal(err)
+				}
+				setMtime(t, link, now.Add(-age))
+			}
+			if err := os.Symlink(link, filepath.Join(auto, "auto-"+name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mk("old", "/nix/store/00000000000000000000000000000001-a", 40*day, false)
+		mk("new", "/nix/store/00000000000000000000000000000002-b", 1*day, false)
+		mk("outside", "/etc/passwd", 40*day, false)
+		mk("gone", "", 0, false)
+		mk("file", "", 40*day, true)
+		mk("profile-3-link", "/nix/store/00000000000000000000000000000003-env", 40*day, false) // a generation elsewhere
+		got, err := gc.PruneAutoRoots(context.Background(), auto, gc.AutoRootOptions{Since: 30 * day, StoreDir: "/nix/store", DryRun: dry, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].Link != filepath.Join(auto, "auto-old") || got[0].Target != filepath.Join(home, "old") ||
+			got[0].StorePath != "/nix/store/00000000000000000000000000000001-a" || got[0].MTime != now.Add(-40*day).Unix() {
+			t.Fatalf("dry-run %v: %+v", dry, got)
+		}
+		for _, n := range []string{"old", "new", "outside", "gone", "file", "profile-3-link"} {
+			_, err := os.Lstat(filepath.Join(auto, "auto-"+n))
+			if gone := err != nil; gone != (n == "old" && !dry) {
+				t.Errorf("dry-run %v: auto-%s removed: %v", dry, n, gone)
+			}
+		}
+		if _, err := os.Lstat(filepath.Join(home, "old")); err != nil {
+			t.Errorf("the user's link was removed: %v", err)
+		}
+	}
+	if _, err := gc.PruneAutoRoots(context.Background(), "/nonexistent/auto", gc.AutoRootOptions{Since: day, StoreDir: "/nix/store"}); err != nil {
+		t.Errorf("a missing gcroots/auto: %v", err)
+	}
+}
+
+// TestAutoNeed: Nix 2.8's autoGC decision.
+func TestAutoNeed(t *testing.T) {
+	const G = 1 << 30
+	for _, c := range []struct {
+		a       gc.Auto
+		avail   uint64
+		collect bool
+		max     uint64
+	}{
+		{gc.Auto{MinFree: gc.FreeSpec{}, MaxFree: gc.Unlimited}, 0, false, 0},                 // min-free 0: never
+		{gc.Auto{MinFree: gc.FreeSpec{Bytes: 5 * G}, MaxFree: gc.Unlimited}, 6 * G, false, 0}, // above
+		{gc.Auto{MinFree: gc.FreeSpec{Bytes: 5 * G}, MaxFree: gc.Unlimited}, 5 * G, false, 0}, // equal: above
+		{gc.Auto{MinFree: gc.FreeSpec{Bytes: 5 * G}, MaxFree: gc.Unlimited}, 4 * G, true, 0},  // no limit
+		{gc.Auto{MinFree: gc.FreeSpec{Bytes: 5 * G}, MaxFree: gc.FreeSpec{Bytes: 8 * G}}, 4 * G, true, 4 * G},
+		{gc.Auto{MinFree: gc.FreeSpec{Bytes: 5 * G}, MaxFree: gc.FreeSpec{Bytes: 3 * G}}, 4 * G, false, 0}, // above max-free
+		{gc.Auto{MinFree: gc.FreeSpec{Percent: 10, IsPercent: true}, MaxFree: gc.FreeSpec{Percent: 20, IsPercent: true}}, 5 * G, true, 15 * G},
+		{gc.Auto{MinFree: gc.FreeSpec{Bytes: math.MaxUint64}, MaxFree: gc.Unlimited}, 4 * G, true, 0},
+	} {
+		collect, max := c.a.Need(c.avail, 100*G)
+		if collect != c.collect || max != c.max {
+			t.Errorf("%+v avail %d: %v %d, want %v %d", c.a, c.avail, collect, max, c.collect, c.max)
+		}
+	}
+}
+
+// TestAutoLock: a second AcquireAutoLock fails with ErrAutoRunning while
+// the first is held, and succeeds once it is released; a symlinked lock
+// file is refused.
+func TestAutoLock(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "storekeeper")
+	l, err := gc.AcquireAutoLock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gc.AcquireAutoLock(dir); !errors.Is(err, gc.ErrAutoRunning) {
+		t.Fatalf("second lock: %v", err)
+	}
+	l.Release()
+	l2, err := gc.AcquireAutoLock(dir)
+	if err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	l2.Release()
+	l2.Release()
+	dir2 := t.TempDir()
+	target := filepath.Join(dir2, "target")
+	os.Symlink(target, filepath.Join(dir2, gc.AutoLockName))
+	if _, err := gc.AcquireAutoLock(dir2); err == nil || errors.Is(err, gc.ErrAutoRunning) {
+		t.Fatalf("symlinked lock file: %v", err)
+	}
+	if _, err := os.Lstat(target); err == nil {
+		t.Fatal("the symlink's target was created")
+	}
+}
