@@ -15,7 +15,7 @@ import (
 // timer runs unattended, and `metrics` itself.
 var metricsCommands = map[string]bool{"gc": true, "optimise": true, "verify": true, "repair": true, "metrics": true}
 
-const metricsFileHelp = "at the end, also when the run fails, write its metrics to FILE in node_exporter's textfile format, atomically (a file per command, e.g. /var/lib/prometheus/node-exporter/storekeeper-gc.prom)"
+const metricsFileHelp = "at the end, also when the run fails, write its metrics to `FILE` in node_exporter's textfile format, atomically (a file per command, e.g. /var/lib/prometheus/node-exporter/storekeeper-gc.prom)"
 
 // addMetricsFlags gives each of metricsCommands its --metrics-file flag.
 func addMetricsFlags(root *cobra.Command, g *globalOptions) {
@@ -68,7 +68,7 @@ var (
 )
 
 // familyBuilder collects the families of one run, every sample labelled
-// command=<the command>.
+// command=<the command> (metricsCommandLabel).
 type familyBuilder struct {
 	command string
 	fams    []metrics.Family
@@ -161,5 +161,16 @@ func writeRunMetrics(executed *cobra.Command, g *globalOptions, end time.Time, e
 	if g.metricsFile == "" || executed == nil || !metricsCommands[executed.Name()] || executed.Parent() == nil || executed.Parent().Parent() != nil {
 		return nil
 	}
-	return metrics.WriteFile(g.metricsFile, runFamilies(executed.Name(), end, elapsed, o, g.runResult))
+	return metrics.WriteFile(g.metricsFile, runFamilies(metricsCommandLabel(executed), end, elapsed, o, g.runResult))
+}
+
+// metricsCommandLabel is the command label of a run of executed: its
+// name, but "gc-auto" for gc --auto, which a timer runs every few
+// minutes beside the daily gc: two files with the same labels would be
+// duplicate series to node_exporter, which then fails the scrape.
+func metricsCommandLabel(executed *cobra.Command) string {
+	if f := executed.Flags().Lookup("auto"); executed.Name() == "gc" && f != nil && f.Changed && f.Value.String() == "true" {
+		return "gc-auto"
+	}
+	return executed.Name()
 }

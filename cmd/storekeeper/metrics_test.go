@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"storekeeper/gc"
 	"storekeeper/metrics"
 	"storekeeper/optimise"
@@ -120,6 +122,17 @@ func TestMetricsFlag(t *testing.T) {
 		!strings.Contains(string(b), "storekeeper_last_run_success{command=\"gc\"} 0\n") {
 		t.Errorf("the failure is not in the file:\n%s", b)
 	}
+	// gc --auto's runs are labelled gc-auto (its timer's file sits beside
+	// the daily gc's).
+	if f := findCommand(root, "gc").Flags().Lookup("auto"); f != nil {
+		file := filepath.Join(dir, "gc-auto.prom")
+		run(t.Context(), []string{"--store", filepath.Join(dir, "none"), "gc", "--auto", "--min-free", "1", "--metrics-file", file}, &out, &errb)
+		if b, err := os.ReadFile(file); err != nil || !strings.Contains(string(b), `storekeeper_last_run_success{command="gc-auto"}`) {
+			t.Errorf("gc --auto's file: %v\n%s", err, b)
+		}
+	} else {
+		t.Log("gc has no --auto flag yet: its label is not tested")
+	}
 	// The store does not exist: still a failure (no-store), and the
 	// metrics command writes it too.
 	code = run(t.Context(), []string{"--store", filepath.Join(dir, "none"), "metrics", "--metrics-file", filepath.Join(dir, "m.prom")}, &out, &errb)
@@ -136,4 +149,13 @@ func TestMetricsFlag(t *testing.T) {
 	if code != exitCannotRun || !strings.Contains(errb.String(), "exclude each other") || !strings.Contains(errb.String(), "missing") {
 		t.Errorf("exit %d, stderr %q", code, errb.String())
 	}
+}
+
+func findCommand(root *cobra.Command, name string) *cobra.Command {
+	for _, c := range root.Commands() {
+		if c.Name() == name {
+			return c
+		}
+	}
+	return nil
 }
