@@ -107,6 +107,9 @@ nix-daemon, through Nix's own database and lock protocols.
 	cmd.AddCommand(newLockCommand(g))
 	cmd.AddCommand(newMetricsCommand(g))
 	addMetricsFlags(cmd, g)
+	cmd.AddCommand(newSystemdCommand(g))
+	cmd.AddCommand(newManCommand(g))
+	cmd.AddCommand(newDBCommand(g))
 	for _, c := range cmd.Commands() {
 		if run := c.RunE; run != nil {
 			c.RunE = func(c *cobra.Command, args []string) error {

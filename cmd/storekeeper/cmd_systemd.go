@@ -1,0 +1,347 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"storekeeper/contrib/systemd"
+	"storekeeper/report"
+)
+
+// systemdInstallResult is what `systemd install` reports (--json).
+type systemdInstallResult struct {
+	Dir    string              `json:"dir"`
+	DryRun bool                `json:"dry_run"`
+	Units  []systemdUnitResult `json:"units"`
+	// Enable is the command that activates the timers (never run by
+	// storekeeper).
+	Enable string `json:"enable"`
+}
+
+// systemdUnitResult is one unit file: its action is "installed" (a new
+// file), "replaced" (a different file or a symlink there, with --force),
+// "unchanged" (the same bytes were there), "would-install" and
+// "would-replace" (--dry-run), or "refused" (a different file or a
+// symlink there, without --force).
+type systemdUnitResult struct {
+	Name   string `json:"name"`
+	Path   string `json:"path"`
+	Action string `json:"action"`
+	Reason string `json:"reason,omitempty"`
+}
+
+type systemdInstallOptions struct {
+	dir, bin, metricsDir string
+	noMetrics            bool
+	dryRun, force        bool
+}
+
+func newSystemdCommand(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "systemd",
+		Short: "Install storekeeper's systemd units: daily gc and optimise, a rolling verify, gc --auto every 5 minutes",
+		Args:  cobra.NoArgs,
+	}
+	o := &systemdInstallOptions{}
+	install := &cobra.Command{
+		Use:   "install",
+		Short: "Write storekeeper's systemd service and timer units (does not run systemctl)",
+		Long: `Write storekeeper's systemd units into a directory (default
+/etc/systemd/system), with ExecStart= naming this storekeeper binary (its
+absolute path, or --bin PATH):
+
+  storekeeper-gc.service, .timer        daily at 03:15 (randomised by up to
+                                        45 minutes): gc --keep 5
+                                        --keep-since 30d; on success it
+                                        starts storekeeper-optimise.service
+  storekeeper-optimise.service          optimise, after a successful gc
+  storekeeper-verify.service, .timer    daily at 05:00 (up to 1 hour
+                                        later): verify --check-contents
+                                        --budget 30m, the least recently
+                                        verified paths first
+  storekeeper-gc-auto.service, .timer   every 5 minutes: gc --auto (one
+                                        statfs unless free space is low)
+  storekeeper-repair.service            repair --damaged, the only unit
+                                        with network; no timer: start it
+                                        by hand or from verify's OnFailure=
+
+Each runs at the lowest CPU and I/O priority (gc --auto: low, not idle)
+in a read-only system where only the store, /nix/var and the metrics
+directory are writable, without network (but repair), with no new
+privileges and only the capabilities its command needs; each writes
+node_exporter's textfile metrics to --metrics-dir
+(/var/lib/prometheus/node-exporter) unless --no-metrics. The comments in
+the files say why each setting is what it is.
+
+A unit file already there is left alone when it holds the same bytes and
+refused when it differs (edited by hand, or from another version), or when
+a symlink is there (systemctl mask links a unit to /dev/null), unless
+--force: then it is replaced, the symlink itself, never where it points.
+Every check is made before anything is written, so a refusal writes
+nothing. Each file is written whole (a temporary file in the directory,
+fsynced, renamed over the name), never through a symlink; the directory
+must belong to this user or root and be writable by its owner only.
+
+It then prints the command that activates the timers:
+  systemctl daemon-reload && systemctl enable --now storekeeper-gc.timer
+  storekeeper-gc-auto.timer storekeeper-verify.timer
+storekeeper never runs systemctl itself.
+
+` + exitCodesHelp,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			g.ran = true
+			return runSystemdInstall(cmd, g, o)
+		},
+	}
+	f := install.Flags()
+	f.StringVar(&o.dir, "dir", "/etc/systemd/system", "the directory to write the units into")
+	f.StringVar(&o.bin, "bin", "", "the storekeeper binary the units run (default: this one's absolute path)")
+	f.StringVar(&o.metricsDir, "metrics-dir", systemd.DefaultMetricsDir, "node_exporter's textfile directory, where each unit writes storekeeper-UNIT.prom")
+	f.BoolVar(&o.noMetrics, "no-metrics", false, "write no metrics files (no --metrics-file in the units)")
+	f.BoolVar(&o.dryRun, "dry-run", false, "say what would be written, write nothing")
+	f.BoolVar(&o.force, "force", false, "replace unit files that differ from storekeeper's, and symlinks at their names")
+	cmd.AddCommand(install)
+	return cmd
+}
+
+// enableLine is the command that activates the timers of units.
+func enableLine(units []systemd.Unit) string {
+	line := "systemctl daemon-reload && systemctl enable --now"
+	for _, u := range units {
+		if u.Timer() {
+			line += " " + u.Name
+		}
+	}
+	return line
+}
+
+func runSystemdInstall(cmd *cobra.Command, g *globalOptions, o *systemdInstallOptions) error {
+	p := g.printer(cmd)
+	bin := o.bin
+	if bin == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("finding this binary's path for ExecStart= (give it with --bin PATH): %w", err)
+		}
+		bin = self
+	} else if !filepath.IsAbs(bin) {
+		return usagef("--bin %s: give an absolute path (systemd runs ExecStart= by it)", report.Name(bin))
+	}
+	if st, err := os.Stat(bin); err != nil {
+		return usagef("--bin %s: the units would run a binary that is not there: %w", report.Name(bin), err)
+	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		return usagef("--bin %s: not an executable file (mode %v)", report.Name(bin), st.Mode())
+	}
+	if o.noMetrics && cmd.Flags().Changed("metrics-dir") {
+		return usagef("--no-metrics and --metrics-dir exclude each other")
+	}
+	opts := systemd.Options{Binary: bin, MetricsDir: o.metricsDir, NoMetrics: o.noMetrics}
+	units := systemd.Units()
+	rendered := make([][]byte, len(units))
+	for i, u := range units {
+		data, err := systemd.Render(u, opts)
+		if err != nil {
+			return &usageError{err}
+		}
+		rendered[i] = data
+	}
+
+	dir, err := openOwnDir(o.dir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	res := systemdInstallResult{Dir: o.dir, DryRun: o.dryRun, Enable: enableLine(units)}
+	var refused []string
+	for i, u := range units {
+		r := systemdUnitResult{Name: u.Name, Path: filepath.Join(o.dir, u.Name)}
+		same, reason, err := compareAt(dir, u.Name, rendered[i])
+		switch {
+		case err != nil:
+			return err
+		case same:
+			r.Action = "unchanged"
+		case reason == "":
+			r.Action = "installed"
+		case !o.force:
+			r.Action, r.Reason = "refused", reason
+			refused = append(refused, report.Name(r.Path)+" ("+reason+")")
+		default:
+			r.Action, r.Reason = "replaced", reason
+		}
+		if o.dryRun {
+			switch r.Action {
+			case "installed":
+				r.Action = "would-install"
+			case "replaced":
+				r.Action = "would-replace"
+			}
+		}
+		res.Units = append(res.Units, r)
+	}
+	if len(refused) > 0 {
+		if g.json {
+			p.JSON(res)
+		}
+		return fmt.Errorf("not replacing %s, which differ from storekeeper's units (%w): compare them with the files in contrib/systemd (or see what --dry-run says), then run again with --force to replace them (nothing was written)",
+			strings.Join(refused, ", "), fs.ErrExist)
+	}
+	if !o.dryRun {
+		wrote := false
+		for i, r := range res.Units {
+			if r.Action == "unchanged" {
+				continue
+			}
+			if err := writeFileAt(dir, r.Name, rendered[i], 0o644); err != nil {
+				return fmt.Errorf("writing %s: %w", r.Path, err)
+			}
+			wrote = true
+		}
+		if wrote {
+			if err := dir.Sync(); err != nil {
+				return fmt.Errorf("syncing %s: %w", o.dir, err)
+			}
+		}
+	}
+	if !o.noMetrics {
+		if st, err := os.Stat(o.metricsDir); err != nil || !st.IsDir() {
+			p.Warnf("%s, where the units write their metrics, is not a directory here: create it (apt-get install prometheus-node-exporter creates Debian's), or install with --metrics-dir DIR or --no-metrics", report.Name(o.metricsDir))
+		}
+	}
+	if g.json {
+		return p.JSON(res)
+	}
+	for _, r := range res.Units {
+		line := r.Action + " " + report.Name(r.Path)
+		if r.Reason != "" {
+			line += " (" + r.Reason + ")"
+		}
+		p.Textln(line)
+	}
+	if o.dryRun {
+		p.Textln("nothing was written (--dry-run); then run:")
+	} else {
+		p.Textln("now run:")
+	}
+	p.Textln("  " + res.Enable)
+	return nil
+}
+
+// openOwnDir opens the directory name (symlinks in its name followed, as
+// any path given on the command line) to write files into it, and
+// refuses one that another user could change under us: owned by a user
+// other than root and this process's, or writable by group or others
+// (fs.ErrPermission). Everything written there is then written relative
+// to the descriptor, so the checked directory is the one written.
+func openOwnDir(name string) (*os.File, error) {
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening the directory %s: %w", report.Name(name), err)
+	}
+	d := os.NewFile(uintptr(fd), name)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("%s: %w", report.Name(name), err)
+	}
+	euid := os.Geteuid()
+	switch {
+	case int(st.Uid) != euid && st.Uid != 0:
+		d.Close()
+		return nil, fmt.Errorf("%w: %s belongs to uid %d, and storekeeper runs as uid %d: that user could swap what is written there; write into a directory of your own or root's",
+			fs.ErrPermission, report.Name(name), st.Uid, euid)
+	case st.Mode&0o022 != 0:
+		d.Close()
+		return nil, fmt.Errorf("%w: %s is writable by others (mode %#o): they could swap what is written there; make it writable by its owner only (chmod go-w)",
+			fs.ErrPermission, report.Name(name), st.Mode&0o7777)
+	}
+	return d, nil
+}
+
+// maxCompared bounds how much of an existing file compareAt reads: more
+// than any unit file or man page storekeeper writes.
+const maxCompared = 1 << 20
+
+// compareAt compares the file at name in dir with want, never following
+// a symlink there. same: it holds exactly want. Otherwise reason says
+// what is there ("" when nothing is): "differs", "a symlink", or for
+// anything but a regular file an error (it cannot be replaced by a file).
+func compareAt(dir *os.File, name string, want []byte) (same bool, reason string, err error) {
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return false, "", nil
+	case errors.Is(err, unix.ELOOP):
+		return false, "a symlink", nil
+	case err != nil:
+		return false, "", fmt.Errorf("reading %s: %w", report.Name(filepath.Join(dir.Name(), name)), err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, "", fmt.Errorf("reading %s: %w", report.Name(filepath.Join(dir.Name(), name)), err)
+	}
+	if !st.Mode().IsRegular() {
+		return false, "", fmt.Errorf("%w: %s is not a regular file (%v): remove it first", fs.ErrExist, report.Name(filepath.Join(dir.Name(), name)), st.Mode().Type())
+	}
+	have, err := io.ReadAll(io.LimitReader(f, maxCompared+1))
+	if err != nil {
+		return false, "", fmt.Errorf("reading %s: %w", report.Name(filepath.Join(dir.Name(), name)), err)
+	}
+	if bytes.Equal(have, want) {
+		return true, "", nil
+	}
+	return false, "differs", nil
+}
+
+// writeFileAt replaces the entry name in dir with a regular file holding
+// data, mode perm: data goes to a new temporary file in dir
+// (".NAME.tmp-RANDOM", created with O_EXCL and O_NOFOLLOW), which is
+// fsynced and renamed over name. Whatever was at name (a file, a
+// symlink) is replaced, never written through; a reader sees the old
+// file or the new one, whole. An error or a crash leaves the old entry
+// as it was (a crash may leave the temporary file). The caller fsyncs
+// dir after its last write.
+func writeFileAt(dir *os.File, name string, data []byte, perm uint32) error {
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return err
+	}
+	tmp := "." + name + ".tmp-" + hex.EncodeToString(rnd[:])
+	dfd := int(dir.Fd())
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(os.FileMode(perm)) // whatever the umask
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(dfd, tmp, dfd, name)
+	}
+	if err != nil {
+		unix.Unlinkat(dfd, tmp, 0)
+	}
+	return err
+}
