@@ -82,7 +82,9 @@ type PruneReport struct {
 	StoreDir     string `json:"store_dir"`
 	// Files lists every temp-roots file and every <path>.lock file in the
 	// store directory it looked at, sorted by path within each kind
-	// (temp-roots first).
+	// (temp-roots first), but for store paths named NAME.lock that are a
+	// directory or a file holding more than "d" (a fetched Cargo.lock),
+	// which are left out.
 	Files []PruneFile `json:"files"`
 	// Removed counts the files removed (DryRun: that would be), also
 	// split by kind.
@@ -415,7 +417,9 @@ func (p *pruner) add(pf PruneFile) {
 }
 
 // pruneFile handles the file name in d; ok is false when it vanished
-// before it was looked at.
+// before it was looked at, or is store contents, not a lock file (see
+// storeContents: a directory, or a file holding more than "d"; lock
+// status leaves these out too).
 func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool) {
 	pf = PruneFile{Path: filepath.Join(d.path, name), Kind: kind}
 	kept := func(reason, detail string) (PruneFile, bool) {
@@ -446,6 +450,9 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 			return pf, false
 		}
 		return failed(PruneError, (&os.PathError{Op: "stat", Path: pf.Path, Err: err}).Error())
+	}
+	if kind == KindPathLock && storeContents(&lst) {
+		return pf, false // a store path named NAME.lock: not reported
 	}
 	switch lst.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
