@@ -99,6 +99,9 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		{[]string{"metrics"}, 0, ""},
 		{[]string{"db", "vacuum", "--check"}, 0, ""},
 		{[]string{"db", "vacuum", "--timeout", "-1s"}, 2, "usage"},
+		{[]string{"systemd", "install", "--dry-run", "--dir", t.TempDir(), "--bin", binary}, 0, ""},
+		{[]string{"systemd", "install", "--dir", t.TempDir(), "--bin", "storekeeper"}, 2, "usage"},
+		{[]string{"man", t.TempDir()}, 0, ""},
 	} {
 		args := append([]string{"--json"}, c.args...)
 		r := goldenRun(env, root, args...)
@@ -108,7 +111,7 @@ func TestJSONEnvelopeEveryCommand(t *testing.T) {
 		}
 		e := decodeEnvelope(t, r.stdout)
 		want := c.args[0]
-		if (want == "roots" || want == "lock" || want == "db") && len(c.args) > 1 && !strings.HasPrefix(c.args[1], "-") {
+		if (want == "roots" || want == "lock" || want == "db" || want == "systemd") && len(c.args) > 1 && !strings.HasPrefix(c.args[1], "-") {
 			want += " " + c.args[1] // a subcommand: named by its path
 		}
 		if c.kind != "usage" || want != "no-such-command" {
