@@ -89,12 +89,12 @@ type SizeReport struct {
 	Shared      []SharedSize `json:"shared,omitempty"`
 	SharedTotal int          `json:"shared_total"`
 	// The dead paths (valid paths no root keeps), and with
-	// SizeOptions.MeasureDead (DeadMeasured) what deleting them all frees
-	// on disk now: what a collection frees before any root is removed,
-	// but for the store entries that are not valid paths (a failed
-	// build's leftovers) and the .links entries nothing links to any more,
-	// which a collection deletes too and which are not measured here
-	// ('storekeeper gc --dry-run' counts the former).
+	// SizeOptions.MeasureDead (DeadMeasured) what deleting them all, and
+	// the .links entries nothing links to any more, frees on disk now:
+	// what a collection frees before any root is removed, but for the
+	// store entries that are not valid paths (a failed build's
+	// leftovers), which a collection deletes too and which are not
+	// measured here ('storekeeper gc --dry-run' counts them).
 	DeadPaths    int        `json:"dead_paths"`
 	DeadNarBytes uint64     `json:"dead_nar_bytes"`
 	DeadBytes    uint64     `json:"dead_bytes"`
@@ -178,8 +178,8 @@ var genLinkName = regexp.MustCompile(`^(.*)-([0-9]+)-link$`)
 // what deleting them frees now) and never attributed to a root; a
 // collection after removing root r frees DeadBytes + r.FreedBytes (with
 // o.MeasureDead; without it, at least r.FreedBytes besides the dead
-// paths' own), plus what it deletes that is no valid path (leftovers,
-// unused .links entries). Bytes are files' and symlinks' allocated
+// paths' own), plus what it deletes that is no valid path (leftovers;
+// and without o.MeasureDead, unused .links entries). Bytes are files' and symlinks' allocated
 // blocks, as the collector counts what it frees; the directories' own
 // blocks, which the file system also gets back, are not counted. Every live path's files (with o.MeasureDead every valid
 // path's) are measured once, in parallel (store/usage), and the roots'
@@ -254,12 +254,24 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 	if err != nil {
 		return nil, fmt.Errorf("roots: reading the store's .links: %w", err)
 	}
+	// With the dead paths: the .links entries nothing else links to any
+	// more (one link: the walk counts them as single-link files), which
+	// the collector removes too.
+	var unusedLinks uint64
+	if o.MeasureDead {
+		lu, err := usage.Measure(ctx, lay.RealStoreDir, []string{filepath.Base(lay.LinksDir())}, 1, nil)
+		if err != nil {
+			return nil, fmt.Errorf("roots: measuring the store's .links: %w", err)
+		}
+		unusedLinks = lu[0].Single
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	p.Phase("adding up", -1, false)
 	a := newSizer(g, e, dt, us, links, o.MeasureDead)
 	rep := a.report(rr, targets, o.MaxShared, o.ListFreed)
+	rep.DeadBytes += unusedLinks
 	rep.Warnings = sizeWarnings(rr.Notes, !ro.NoRuntime && os.Geteuid() != 0)
 	return rep, ctx.Err()
 }

@@ -402,6 +402,29 @@ func TestRootsSizeKeepOutputsDrvRoot(t *testing.T) {
 	checkRemoval(t, base, most)
 }
 
+// TestRootsSizeDeadUnusedLinks: with --dead, dead_bytes is what real
+// nix-store --gc frees when no root is removed, also when .links holds
+// entries nothing links to any more (a collection cut short, a path
+// deleted by hand): the collector removes them too.
+func TestRootsSizeDeadUnusedLinks(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 30, Seed: 39, Roots: 3, Gens: 2, Salt: "roots-size-unused-links"})
+	base := ns.Root
+	runNS(t, base, nil, "nix-store", "--optimise")
+	writeFileMode(t, filepath.Join(base, "nix/store/.links/0000000000000000000000000000000000000000000000000000"), make([]byte, 1<<20), 0o444)
+	r := runInNS(t, base, "--json", "roots", "size", "--dead")
+	if r.code != 0 {
+		t.Fatalf("roots size --dead: exit %d\n%s", r.code, r.stderr)
+	}
+	rep := parseSizeEnvelope(t, r.stdout).Result
+	before := measureStore(t, base)
+	runNS(t, base, nil, "nix-store", "--gc")
+	after := measureStore(t, base)
+	freed := before.bytes - after.bytes
+	if diff := max(freed, rep.DeadBytes) - min(freed, rep.DeadBytes); rep.DeadPaths == 0 || diff*100 > rep.DeadBytes {
+		t.Errorf("%d dead paths: predicted %d bytes, nix-store --gc freed %d", rep.DeadPaths, rep.DeadBytes, freed)
+	}
+}
+
 // TestRootsSizeOutputs: on a store written by real Nix (keep-derivations
 // off, so that a root's closure is what nix-store -qR prints): every root
 // `roots` lists is sized, its closure paths and NAR bytes are Nix's

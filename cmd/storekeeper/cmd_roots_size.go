@@ -41,17 +41,17 @@ never counted in a root) and the totals.
 
 Every live path's files are measured once, in parallel (-j); the graph and
 the roots are read once. --dead measures the dead paths' files too: their
-bytes on disk (what a collection frees now), and a file a root's path shares
-with a dead path then counts as freed with the root (both go in the next
-collection; without --dead it counts as staying). Removing a root and
-collecting frees the dead bytes plus that root's freed bytes, plus the store
-entries that are not valid paths (failed builds' leftovers) and the unused
-.links entries, which are not measured here. Bytes on disk are the allocated
-blocks of files and symlinks, as the collector counts them: the directories'
-own blocks (a block or more each), which 'df' also shows freed, are not
-counted. Nothing is changed and no write access is needed; gc.lock is held
-shared while reading when it can be, so a running collection is waited for.
-'roots --size' is the same as 'roots size'.
+bytes on disk with the unused .links entries' (what a collection frees now),
+and a file a root's path shares with a dead path then counts as freed with
+the root (both go in the next collection; without --dead it counts as
+staying). Removing a root and collecting frees the dead bytes plus that
+root's freed bytes, plus the store entries that are not valid paths (failed
+builds' leftovers), which are not measured here. Bytes on disk are the
+allocated blocks of files and symlinks, as the collector counts them: the
+directories' own blocks (a block or more each), which 'df' also shows freed,
+are not counted. Nothing is changed and no write access is needed; gc.lock
+is held shared while reading when it can be, so a running collection is
+waited for. 'roots --size' is the same as 'roots size'.
 
 Output: text (FREED, PATHS, CLOSURE, ROOT); --json (roots: [{kind, link,
 target, owner, mtime, pid, user, command, via, env, closure_paths,
