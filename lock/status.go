@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -233,10 +232,11 @@ func modeName(m string) string {
 
 // procCache reads each process's command line and start time once.
 type procCache struct {
-	dir   string
-	btime int64 // -1: unreadable
-	start map[int]time.Time
-	cmd   map[int]string
+	dir      string
+	boot     time.Time // /proc/stat's btime; zero: unreadable
+	bootRead bool
+	start    map[int]time.Time
+	cmd      map[int]string
 }
 
 func (c *procCache) user(e lockEntry) LockUser {
@@ -263,49 +263,18 @@ func (c *procCache) user(e lockEntry) LockUser {
 // since boot; 100 a second, as on every Linux architecture Go runs on)
 // plus /proc/stat's btime. Zero when either cannot be read.
 func (c *procCache) startTime(pid int) time.Time {
-	if c.btime == 0 {
-		c.btime = -1
-		if b, err := readBounded(c.dir+"/stat", 1<<20); err == nil {
-			for _, l := range strings.Split(string(b), "\n") {
-				if v, ok := strings.CutPrefix(l, "btime "); ok {
-					if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
-						c.btime = n
-					}
-				}
-			}
-		}
+	if !c.bootRead {
+		c.bootRead = true
+		c.boot, _ = procfs.BootTime(c.dir)
 	}
-	if c.btime < 0 {
+	if c.boot.IsZero() {
 		return time.Time{}
 	}
-	b, err := readBounded(c.dir+"/"+strconv.Itoa(pid)+"/stat", 4096)
+	st, err := procfs.ReadStat(c.dir, pid)
 	if err != nil {
 		return time.Time{}
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')') // the command name may hold spaces and ')'
-	if i < 0 {
-		return time.Time{}
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); field 22 (starttime) is f[19].
-	if len(f) < 20 {
-		return time.Time{}
-	}
-	ticks, err := strconv.ParseInt(f[19], 10, 64)
-	if err != nil {
-		return time.Time{}
-	}
-	return time.Unix(c.btime, 0).Add(time.Duration(ticks) * (time.Second / 100))
-}
-
-func readBounded(path string, n int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, n))
+	return st.Started(c.boot)
 }
 
 // sbDevs maps the device number stat gives files (st_dev) to their file
