@@ -68,7 +68,10 @@ func Holders(procDir, path string) ([]Holder, error) {
 		return nil, err
 	}
 	defer f.Close()
-	hs, err := parseLocks(io.LimitReader(f, 64<<20), unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	// /proc/locks names the file system's device, which differs from
+	// stat's on btrfs subvolumes (sbDevs, as lock status matches them).
+	k := sbDevs{}.key(path, &st, true)
+	hs, err := parseLocks(io.LimitReader(f, 64<<20), k.major, k.minor, k.ino)
 	for i := range hs {
 		hs[i].Command = procfs.CommandLine(procDir, hs[i].PID)
 	}

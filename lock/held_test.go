@@ -67,3 +67,25 @@ func TestHeldErrorNamesTheLockAndItsHolder(t *testing.T) {
 		t.Errorf("holders %+v, want this process (%d) with an exclusive flock", hs, unix.Getpid())
 	}
 }
+
+// TestHoldersOnBtrfsSubvolume: /proc/locks names a btrfs file by its file
+// system's device, stat by the subvolume's; Holders (the hint of every
+// lock-held error) found nobody there.
+func TestHoldersOnBtrfsSubvolume(t *testing.T) {
+	if _, err := os.Stat("/proc/locks"); err != nil {
+		t.Skip("no /proc/locks")
+	}
+	dir := btrfsSubvolume(t)
+	held, err := AcquireGCLock(context.Background(), dir, Exclusive, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	hs, err := Holders("", filepath.Join(dir, "gc.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs) != 1 || hs[0].PID != unix.Getpid() {
+		t.Errorf("holders of a gc.lock in a btrfs subvolume: %+v, want this process (%d)", hs, unix.Getpid())
+	}
+}
