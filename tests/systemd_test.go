@@ -487,6 +487,19 @@ func TestSystemdInstall(t *testing.T) {
 		t.Errorf("--no-metrics:\n%s", data)
 	}
 
+	// A binary in the store: written, with a warning (a collection would
+	// delete it after an upgrade).
+	storeDir := filepath.Join(t.TempDir(), "store")
+	mustMkdir(t, filepath.Join(storeDir, "abc-storekeeper/bin"))
+	inStore := filepath.Join(storeDir, "abc-storekeeper/bin/storekeeper")
+	if out, err := exec.Command("cp", binary, inStore).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	r = run(t, "--store-dir", storeDir, "systemd", "install", "--dir", t.TempDir(), "--bin", inStore, "--no-metrics")
+	if r.code != 0 || !strings.Contains(r.stderr, "warning: the units will run "+inStore+", in the store") {
+		t.Errorf("a binary in the store: exit %d, no warning:\n%s", r.code, r.stderr)
+	}
+
 	// Refusals: nothing written, exit 2.
 	uid, gid := realUser(t, unitUser)
 	foreign := t.TempDir()

@@ -59,7 +59,9 @@ func newSystemdCommand(g *globalOptions) *cobra.Command {
 		Short: "Write storekeeper's systemd service and timer units (does not run systemctl)",
 		Long: `Write storekeeper's systemd units into a directory (default
 /etc/systemd/system), with ExecStart= naming this storekeeper binary (its
-absolute path, or --bin PATH):
+absolute path, or --bin PATH; a path in the store is written with a
+warning: a collection deletes it once no profile keeps it, so give a
+profile's, such as /nix/var/nix/profiles/default/bin/storekeeper):
 
   storekeeper-gc.service, .timer        daily at 03:15 (randomised by up to
                                         45 minutes): gc --keep 5
@@ -143,6 +145,14 @@ func runSystemdInstall(cmd *cobra.Command, g *globalOptions, o *systemdInstallOp
 		return usagef("--bin %s: the units would run a binary that is not there: %w", report.Name(bin), err)
 	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
 		return usagef("--bin %s: not an executable file (mode %v)", report.Name(bin), st.Mode())
+	}
+	if lay, err := g.layout(); err == nil {
+		for _, d := range []string{lay.StoreDir, lay.RealStoreDir} {
+			if strings.HasPrefix(bin, d+"/") {
+				p.Warnf("the units will run %s, in the store: a collection deletes it once no profile keeps it (after an upgrade), and the units then fail; give --bin a path that stays, such as a profile's (/nix/var/nix/profiles/default/bin/storekeeper, /run/current-system/sw/bin/storekeeper)", report.Name(bin))
+				break
+			}
+		}
 	}
 	if o.noMetrics && cmd.Flags().Changed("metrics-dir") {
 		return usagef("--no-metrics and --metrics-dir exclude each other")
