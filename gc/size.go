@@ -12,7 +12,9 @@ func (c *collector) usages(ctx context.Context, names []string) ([]usage.Usage, 
 	return usage.Measure(ctx, c.lay.RealStoreDir, names, 0, func() { c.progress.Add(1) })
 }
 
-// measure computes what the plan would free (dry run).
+// measure computes what the plan would free (dry run): its entries, and
+// the .links entries nothing links to any more, which removeUnusedLinks
+// deletes after them.
 func (c *collector) measure(ctx context.Context, p *plan) (uint64, error) {
 	names := p.entryNames(c)
 	us, err := c.usages(ctx, names)
@@ -24,7 +26,11 @@ func (c *collector) measure(ctx context.Context, p *plan) (uint64, error) {
 		return 0, err
 	}
 	total, _ := usage.Freed(us, links)
-	return total, nil
+	unused, err := usage.UnusedLinks(ctx, c.lay.LinksDir())
+	if err != nil {
+		return 0, err
+	}
+	return total + unused, nil
 }
 
 // limit cuts the plan for MaxFreed: whole components in deletion order,

@@ -240,6 +240,21 @@ func LinkInodes(linksDir string) (map[uint64]bool, error) {
 	return out, nil
 }
 
+// UnusedLinks is what the entries of linksDir (the store's .links) that
+// nothing else links to any more take on disk: those with one link, which
+// a collection removes after deleting the dead paths (Nix's
+// removeUnusedLinks), so they are freed whatever else goes. It walks
+// linksDir as Measure walks an entry (nothing followed; a missing
+// directory holds nothing). Concurrency: an optimise running meanwhile
+// may link an entry just counted.
+func UnusedLinks(ctx context.Context, linksDir string) (uint64, error) {
+	us, err := Measure(ctx, filepath.Dir(linksDir), []string{filepath.Base(linksDir)}, 1, nil)
+	if err != nil {
+		return 0, err
+	}
+	return us[0].Single, nil
+}
+
 // Freed is what deleting all of us at once frees, by gc's rule: every
 // single-link file, and each multi-link file whose every link is among
 // us or in .links (links, from LinkInodes: gc then deletes the .links

@@ -123,3 +123,22 @@ func TestMeasureAndFreed(t *testing.T) {
 		t.Error("Measure with a cancelled context: no error")
 	}
 }
+
+// TestUnusedLinks: the .links entries with one link are counted, those
+// still linked from the store are not; a missing .links holds nothing.
+func TestUnusedLinks(t *testing.T) {
+	store := t.TempDir()
+	links := filepath.Join(store, ".links")
+	write(t, filepath.Join(links, "unused"), 30000)
+	write(t, filepath.Join(store, "p", "f"), 50000)
+	if err := os.Link(filepath.Join(store, "p", "f"), filepath.Join(links, "used")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := UnusedLinks(context.Background(), links)
+	if want := blocks(t, filepath.Join(links, "unused")); err != nil || got != want {
+		t.Errorf("UnusedLinks = %d, %v; want %d", got, err, want)
+	}
+	if got, err := UnusedLinks(context.Background(), filepath.Join(store, "none")); err != nil || got != 0 {
+		t.Errorf("missing .links: %d, %v", got, err)
+	}
+}
