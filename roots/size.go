@@ -255,15 +255,13 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 		return nil, fmt.Errorf("roots: reading the store's .links: %w", err)
 	}
 	// With the dead paths: the .links entries nothing else links to any
-	// more (one link: the walk counts them as single-link files), which
-	// the collector removes too.
+	// more, which the collector removes too.
 	var unusedLinks uint64
 	if o.MeasureDead {
-		lu, err := usage.Measure(ctx, lay.RealStoreDir, []string{filepath.Base(lay.LinksDir())}, 1, nil)
+		unusedLinks, err = usage.UnusedLinks(ctx, lay.LinksDir())
 		if err != nil {
 			return nil, fmt.Errorf("roots: measuring the store's .links: %w", err)
 		}
-		unusedLinks = lu[0].Single
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
