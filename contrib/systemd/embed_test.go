@@ -71,7 +71,7 @@ func TestUnitsHardening(t *testing.T) {
 		if want := "--metrics-file " + DefaultMetricsDir + "/" + base + ".prom"; !strings.Contains(mf, want) {
 			t.Errorf("%s: ExecStart %q lacks %q", u.Name, mf, want)
 		}
-		for k, v := range map[string]string{"ProtectSystem": "strict", "NoNewPrivileges": "yes", "ProtectProc": "default", "ProcSubset": "all", "SystemCallArchitectures": "native", "MemoryDenyWriteExecute": "yes"} {
+		for k, v := range map[string]string{"ProtectSystem": "strict", "NoNewPrivileges": "yes", "ProtectProc": "default", "ProcSubset": "all", "SystemCallArchitectures": "native", "MemoryDenyWriteExecute": "yes", "PrivateMounts": "yes"} {
 			if got := one(t, u, s, k); got != v {
 				t.Errorf("%s: %s=%s, want %s", u.Name, k, got, v)
 			}
