@@ -63,6 +63,11 @@ func (r *Reach) Dist(u PathID) (int, bool) {
 // included (the paths To visited).
 func (r *Reach) Keepers() int { return len(r.visited) }
 
+// Visited lists the paths that keep the target of the last To alive, the
+// target first, then by distance (breadth-first order). It aliases the
+// Reach and is valid until the next To: do not modify it.
+func (r *Reach) Visited() []PathID { return r.visited }
+
 // Chain is a shortest chain from u to the target of the last To: u first
 // (its Edge is Root), then each path with the kind of the edge from the
 // one before, the target last; nil when u does not keep the target.

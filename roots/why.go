@@ -173,7 +173,15 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 	}
 	x := newExplainer(g, rr.Roots, o)
 	es, errs = make([]*Explanation, len(paths)), make([]error, len(paths))
-	var links map[uint64]bool
+	// The dead paths' sets are measured together once explained: each
+	// entry once, however many sets it is in, in one parallel walk.
+	type deadSet struct {
+		i   int   // the argument
+		idx []int // into names
+	}
+	var sets []deadSet
+	var names []string
+	nameIdx := map[graph.PathID]int{}
 	for i, p := range paths {
 		if err := ctx.Err(); err != nil {
 			return nil, nil, err
@@ -194,26 +202,52 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 		}
 		e, dead := x.explain(id)
 		if dead != nil {
-			if links == nil {
-				if links, err = usage.LinkInodes(lay.LinksDir()); err != nil {
-					return nil, nil, fmt.Errorf("roots: reading the store's .links: %w", err)
-				}
-			}
-			names := make([]string, len(dead))
+			ds := deadSet{i: i, idx: make([]int, len(dead))}
 			for k, v := range dead {
-				names[k] = g.Name(v)
-			}
-			us, err := usage.Measure(ctx, lay.RealStoreDir, names, o.Jobs, nil)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, nil, ctx.Err()
+				j, ok := nameIdx[v]
+				if !ok {
+					j = len(names)
+					nameIdx[v] = j
+					names = append(names, g.Name(v))
 				}
-				errs[i] = fmt.Errorf("roots: measuring what deleting %s frees: %w", sp, err)
-				continue
+				ds.idx[k] = j
 			}
-			e.FreedBytes, _ = usage.Freed(us, links)
+			sets = append(sets, ds)
 		}
 		es[i] = e
+	}
+	if len(sets) > 0 {
+		links, err := usage.LinkInodes(lay.LinksDir())
+		if err != nil {
+			return nil, nil, fmt.Errorf("roots: reading the store's .links: %w", err)
+		}
+		us, merr := usage.Measure(ctx, lay.RealStoreDir, names, o.Jobs, nil)
+		if merr != nil && ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		for _, ds := range sets {
+			sub := make([]usage.Usage, len(ds.idx))
+			var err error = merr
+			if merr == nil {
+				for k, j := range ds.idx {
+					sub[k] = us[j]
+				}
+			} else { // which sets fail: each measured alone
+				own := make([]string, len(ds.idx))
+				for k, j := range ds.idx {
+					own[k] = names[j]
+				}
+				if sub, err = usage.Measure(ctx, lay.RealStoreDir, own, o.Jobs, nil); err != nil && ctx.Err() != nil {
+					return nil, nil, ctx.Err()
+				}
+			}
+			if err != nil {
+				errs[ds.i] = fmt.Errorf("roots: measuring what deleting %s frees: %w", es[ds.i].Path, err)
+				es[ds.i] = nil
+				continue
+			}
+			es[ds.i].FreedBytes, _ = usage.Freed(sub, links)
+		}
 	}
 	if len(unseen) > 0 {
 		for _, e := range es {
@@ -263,14 +297,16 @@ type explainer struct {
 	roots    []Root
 	byTarget map[graph.PathID][]int // indices into roots, in Find's order
 	live     *graph.Liveness
-	reach    *graph.Reach // for All; nil otherwise
+	edges    *graph.Edges
+	all      bool         // WhyOptions.All
+	reach    *graph.Reach // for All and dead paths' keepers; made on first use
 }
 
 // newExplainer computes the liveness of g under roots (in Find's order):
 // O(paths + edges).
 func newExplainer(g *graph.Graph, roots []Root, o WhyOptions) *explainer {
 	e := graph.NewEdges(g, o.KeepOutputs, o.KeepDerivations)
-	x := &explainer{g: g, roots: roots, byTarget: map[graph.PathID][]int{}, live: graph.NewLiveness(e)}
+	x := &explainer{g: g, roots: roots, byTarget: map[graph.PathID][]int{}, live: graph.NewLiveness(e), edges: e}
 	for i, r := range roots {
 		if rid, ok := g.Lookup(r.Target); ok {
 			x.byTarget[rid] = append(x.byTarget[rid], i)
@@ -279,9 +315,18 @@ func newExplainer(g *graph.Graph, roots []Root, o WhyOptions) *explainer {
 	}
 	x.live.Propagate()
 	if o.All {
-		x.reach = graph.NewReach(e)
+		x.all, x.reach = true, graph.NewReach(e)
 	}
 	return x
+}
+
+// reacher is the explainer's Reach, made on first use (O(paths) memory,
+// once).
+func (x *explainer) reacher() *graph.Reach {
+	if x.reach == nil {
+		x.reach = graph.NewReach(x.edges)
+	}
+	return x.reach
 }
 
 // explain explains id; for a dead path it also returns the dead paths a
@@ -291,14 +336,13 @@ func (x *explainer) explain(id graph.PathID) (*Explanation, []graph.PathID) {
 	e := &Explanation{Path: g.Path(id)}
 	_, chain, alive := x.live.Chain(id)
 	if !alive {
-		// Its dead keepers: O(what they are), with the reverse index
-		// built in O(edges), less than the graph's load.
-		dead := []graph.PathID{id}
-		for v, d := range x.live.DeadFrom([]graph.PathID{id}) {
-			if d && graph.PathID(v) != id {
-				dead = append(dead, graph.PathID(v))
-			}
-		}
+		// Its keepers, all dead as it is: one backward search, O(what
+		// they are and their edges) with the Reach's arrays reused (and
+		// the reverse index built once in O(edges)), never O(paths) per
+		// dead path.
+		r := x.reacher()
+		r.To(id)
+		dead := append([]graph.PathID(nil), r.Visited()...)
 		e.DeadWith = len(dead) - 1
 		for _, v := range dead {
 			e.NarBytes += g.NarSize[v]
@@ -308,7 +352,7 @@ func (x *explainer) explain(id graph.PathID) (*Explanation, []graph.PathID) {
 	e.Alive = true
 	r := x.roots[x.byTarget[chain[0].ID][0]]
 	e.Root, e.Chain = &r, x.links(chain)
-	if x.reach != nil {
+	if x.all {
 		x.reach.To(id)
 		for rid, idx := range x.byTarget {
 			if _, ok := x.reach.Dist(rid); !ok {
@@ -346,7 +390,7 @@ func (x *explainer) notYetValid(sp string) *Explanation {
 			r := r
 			e = &Explanation{Path: sp, Alive: true, Root: &r, Chain: c}
 		}
-		if x.reach != nil {
+		if x.all {
 			e.Roots = append(e.Roots, RootChain{Root: r, Chain: c})
 		}
 	}
