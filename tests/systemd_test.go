@@ -205,8 +205,10 @@ const unitUser = "skunituser"
 // nothing; the gc unit removes exactly the generations its keep policy
 // removes (locking the user's profile as that user: CAP_SETUID), then
 // collects exactly what real Nix calls dead and nothing it calls live
-// (runtime roots read from /proc, one of them in another user's process:
-// CAP_SYS_PTRACE; indirect roots under the test's directory); optimise links on a read-only bind-mounted store (the
+// (runtime roots read from /proc, two of them in another user's
+// processes: an environment variable and a working directory, which
+// CAP_SYS_PTRACE lets it read; indirect roots under the test's
+// directory); optimise links on a read-only bind-mounted store (the
 // remount needs CAP_SYS_ADMIN); real nix-store --verify --check-contents
 // passes at the end.
 func TestSystemdUnitsRun(t *testing.T) {
@@ -263,9 +265,36 @@ func TestSystemdUnitsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { holder.Process.Kill(); holder.Wait() }()
+	// And another user's process working in a dead store directory (its
+	// cwd: reading /proc/PID/cwd takes CAP_SYS_PTRACE), dead also with
+	// the first one's closure alive; with an empty environment (no PWD
+	// naming it).
 	liveBefore = sorted(runNS(t, root, nil, "nix-store", "--gc", "--print-live"))
-	if !containsString(liveBefore, held) {
-		t.Fatalf("real Nix does not take %s in another user's environment as a root", held)
+	heldCwd := ""
+	for _, outs := range ns.Outputs {
+		p := outs["out"]
+		if st, err := os.Stat(filepath.Join(root, p)); err == nil && st.IsDir() && p != held && !containsString(liveBefore, p) {
+			heldCwd = p
+			break
+		}
+	}
+	if heldCwd == "" {
+		t.Fatal("no dead directory in the fixture")
+	}
+	cwdHolder := nsScript(root, fmt.Sprintf(`cd "$1" && exec env -i setpriv --reuid=%d --regid=%d --clear-groups sleep 600`, uid, gid), heldCwd)
+	if err := cwdHolder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cwdHolder.Process.Kill(); cwdHolder.Wait() }()
+	for i := 0; ; i++ {
+		liveBefore = sorted(runNS(t, root, nil, "nix-store", "--gc", "--print-live"))
+		if containsString(liveBefore, held) && containsString(liveBefore, heldCwd) {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("real Nix does not take %s (another user's environment) and %s (another user's working directory) as roots", held, heldCwd)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	for _, name := range serviceNames {
@@ -301,8 +330,10 @@ func TestSystemdUnitsRun(t *testing.T) {
 					t.Errorf("generation %d of %s's profile: removed %v, want %v (lstat: %v)", g+1, unitUser, os.IsNotExist(err), removed, err)
 				}
 			}
-			if _, err := os.Lstat(filepath.Join(root, held)); err != nil {
-				t.Errorf("the gc unit collected %s, a runtime root of another user's process: %v", held, err)
+			for _, p := range []string{held, heldCwd} {
+				if _, err := os.Lstat(filepath.Join(root, p)); err != nil {
+					t.Errorf("the gc unit collected %s, a runtime root of another user's process: %v", p, err)
+				}
 			}
 			if dead := runNS(t, root, nil, "nix-store", "--gc", "--print-dead"); strings.TrimSpace(dead) != "" {
 				t.Errorf("after the gc unit real Nix still finds dead paths:\n%s", tail(dead, 2000))
