@@ -30,7 +30,15 @@ func NewReach(e *Edges) *Reach {
 
 // To computes, for every path, the length of its shortest chain of edges
 // to the path to (0 for to itself). It replaces the previous search.
-func (r *Reach) To(to PathID) {
+func (r *Reach) To(to PathID) { r.ToAmong(to, nil) }
+
+// ToAmong is To searching only through the paths u with among[u] (to
+// itself always; nil: every path): the chains found, and so Dist and
+// Chain, use no other path. Given the live set (Liveness.AliveSet) and a
+// live path, it finds every root's shortest chain as To does, since
+// every path on a chain from a root is alive, without visiting the
+// dead paths that keep it (on a store never collected, most of them).
+func (r *Reach) ToAmong(to PathID, among []bool) {
 	for _, v := range r.visited {
 		r.dist[v] = -1
 	}
@@ -42,7 +50,7 @@ func (r *Reach) To(to PathID) {
 		v := r.visited[head]
 		d := r.dist[v] + 1
 		r.e.Backward(v, func(u PathID, _ EdgeKind) {
-			if r.dist[u] < 0 {
+			if r.dist[u] < 0 && (among == nil || among[u]) {
 				r.dist[u] = d
 				r.visited = append(r.visited, u)
 			}

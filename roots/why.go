@@ -353,7 +353,7 @@ func (x *explainer) explain(id graph.PathID) (*Explanation, []graph.PathID) {
 	r := x.roots[x.byTarget[chain[0].ID][0]]
 	e.Root, e.Chain = &r, x.links(chain)
 	if x.all {
-		x.reach.To(id)
+		x.reach.ToAmong(id, x.live.AliveSet()) // a chain from a root holds live paths only
 		for rid, idx := range x.byTarget {
 			if _, ok := x.reach.Dist(rid); !ok {
 				continue
