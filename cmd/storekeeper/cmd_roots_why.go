@@ -38,8 +38,12 @@ holds as a temporary root (a build or copy in progress) is alive, kept by
 that root.
 
 The roots and the graph are read once for all the paths; nothing is changed
-and no write access is needed. 'roots --why PATH' is the same as
-'roots why PATH'.
+and no write access is needed. While a garbage collection runs, it waits for
+it to finish (and says so). As a user other than root, or with --no-runtime
+or --no-temp, some roots are not seen (other users' processes, potential
+roots it may not read): warnings name them, and a path reported dead may
+still be kept by one of them; run it as root for the collector's answer.
+'roots --why PATH' is the same as 'roots why PATH'.
 
 Output: text; --json (per path: argument, path, alive, root, chain, roots,
 dead_with, nar_bytes, freed_bytes, or error); --dot, a Graphviz digraph of
