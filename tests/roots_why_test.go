@@ -369,6 +369,9 @@ func TestRootsWhy(t *testing.T) {
 	if r := run(t, "--store", filepath.Join(t.TempDir(), "none"), "roots", "why", bad); r.code != 2 {
 		t.Errorf("roots why on no store: exit %d\n%s", r.code, r.stderr)
 	}
+	if r := runInNS(t, ns.Root, "roots", "why"); r.code != 2 || !strings.Contains(r.stderr, "roots why needs at least one PATH: a store path, a file in one, or a symlink") {
+		t.Errorf("roots why without a PATH: exit %d\n%s", r.code, r.stderr)
+	}
 
 	// An unprivileged user, on the root-owned store mounted read-only: the
 	// same answers, nothing changed.

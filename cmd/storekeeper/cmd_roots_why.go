@@ -53,7 +53,12 @@ kind when not a reference): 'storekeeper roots why --all --dot P | dot -Tsvg'.
 Exit status: 0 every PATH explained, 1 some PATH could not be (not a valid
 store path, or its files unreadable; named, and the others still explained),
 2 could not run (no store, roots unreadable, bad usage).`,
-		Args: cobra.MinimumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("roots why needs at least one PATH: a store path, a file in one, or a symlink to one such as ./result")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g.ran = true
 			return runRootsWhy(cmd, g, ro, o, args)
