@@ -125,10 +125,8 @@ func runRootsSize(cmd *cobra.Command, g *globalOptions, ro *rootsOptions, o *siz
 			p.Verbosef("%s: '%s'", n.Message, report.Name(n.Link))
 		}
 	}
-	if !g.json {
-		for _, w := range rep.Warnings {
-			p.Warnf("%s", w) // escaped by the printer; with --json in the result only, as roots busy's notes
-		}
+	for _, w := range rep.Warnings {
+		p.Warnf("%s", w) // escaped by the printer; with --json also in messages, as every command's warnings (and in the result, as data)
 	}
 	switch {
 	case g.json:
