@@ -42,6 +42,30 @@ type Holder struct {
 	Command string // its command line, arguments separated by spaces ("" if unreadable)
 }
 
+// DescribeHolders names holders as messages do: "PID 12 'nix-store
+// --serve' (shared flock lock), ...", a holder without a pid (in another
+// PID namespace, or an OFD lock) as "a process in another PID namespace".
+// quote makes a command line safe to print (report.Name: anyone's argv
+// could otherwise forge a line of output); lock itself prints nothing.
+func DescribeHolders(hs []Holder, quote func(string) string) string {
+	who := make([]string, 0, len(hs))
+	for _, h := range hs {
+		s := "a process in another PID namespace"
+		if h.PID > 0 {
+			s = fmt.Sprintf("PID %d", h.PID)
+		}
+		if h.Command != "" {
+			s += " '" + quote(h.Command) + "'"
+		}
+		mode := "shared"
+		if h.Mode == "WRITE" {
+			mode = "exclusive"
+		}
+		who = append(who, s+" ("+mode+" "+strings.ToLower(h.Type)+" lock)")
+	}
+	return strings.Join(who, ", ")
+}
+
 // Bounds of what Holders reads: /proc/locks lines and holders kept (a
 // command line is bounded by procfs.CommandLine).
 const (

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"strings"
 
 	"storekeeper/gc"
 	"storekeeper/lock"
@@ -198,21 +197,5 @@ func lockHint(err error, lay *store.Layout, procDir string) string {
 		return fmt.Sprintf("%s is held by another process (run 'fuser -v %s' or 'lslocks' to see which); wait for it to finish, or stop it, and run again",
 			report.Name(path), report.ShellArg(path))
 	}
-	var who []string
-	for _, h := range holders {
-		s := "a process it cannot name"
-		if h.PID > 0 {
-			s = fmt.Sprintf("PID %d", h.PID)
-		}
-		if h.Command != "" {
-			// Anyone's argv: quoted, so it cannot forge a line of stderr.
-			s += " '" + report.Name(h.Command) + "'"
-		}
-		mode := "shared"
-		if h.Mode == "WRITE" {
-			mode = "exclusive"
-		}
-		who = append(who, s+" ("+mode+" "+strings.ToLower(h.Type)+" lock)")
-	}
-	return fmt.Sprintf("%s is held by %s; wait for it to finish, or stop it, and run again", report.Name(path), strings.Join(who, ", "))
+	return fmt.Sprintf("%s is held by %s; wait for it to finish, or stop it, and run again", report.Name(path), lock.DescribeHolders(holders, report.Name))
 }

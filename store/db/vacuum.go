@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -367,20 +366,5 @@ func holdersText(procDir, path string) string {
 	if len(hs) == 0 {
 		return "a process /proc/locks does not name (see 'lslocks')"
 	}
-	var who []string
-	for _, h := range hs {
-		s := "a process in another PID namespace"
-		if h.PID > 0 {
-			s = fmt.Sprintf("PID %d", h.PID)
-		}
-		if h.Command != "" {
-			s += " '" + report.Name(h.Command) + "'"
-		}
-		mode := "shared"
-		if h.Mode == "WRITE" {
-			mode = "exclusive"
-		}
-		who = append(who, s+" ("+mode+" "+strings.ToLower(h.Type)+" lock)")
-	}
-	return strings.Join(who, ", ")
+	return lock.DescribeHolders(hs, report.Name)
 }
