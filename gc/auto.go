@@ -15,7 +15,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"storekeeper/lock"
+	"storekeeper/store"
 	"storekeeper/store/fs"
 )
 
@@ -59,17 +62,42 @@ func (a Auto) Need(avail, total uint64) (collect bool, maxFreed uint64) {
 	return true, maxFree - avail
 }
 
-// Check is the first step of `gc --auto`: one statfs of dir (the store's
-// real directory), nothing else (no database, no lock, no roots). It
-// returns the bytes available and the file system's size, and whether a
-// collection is needed.
-func (a Auto) Check(dir string) (avail, total uint64, collect bool, err error) {
-	avail, total, err = fs.FreeSpace(dir)
+// Check is the first step of `gc --auto`: one statfs of the store's real
+// directory and the stat of db/reserved (see availWithoutReserve; reserved
+// is gc-reserved-space), nothing else (no database, no lock, no roots).
+// It returns the bytes available and the file system's size, and whether
+// a collection is needed.
+func (a Auto) Check(lay store.Layout, reserved uint64) (avail, total uint64, collect bool, err error) {
+	avail, total, err = fs.FreeSpace(lay.RealStoreDir)
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("gc: %w", err)
 	}
+	avail = availWithoutReserve(lay, reserved, avail)
 	collect, _ = a.Need(avail, total)
 	return avail, total, collect, nil
+}
+
+// availWithoutReserve is avail (the store file system's free bytes) less
+// what db/reserved (Nix's gc-reserved-space, size bytes) lacks of its
+// size now, when it is on the store's file system: a collection releases
+// it before taking gc.lock and recreates it at its end, so the space it
+// frees meanwhile is not free. Every free-space decision (gc --auto's
+// first look, FreeTarget under gc.lock) sees the same number whether or
+// not a collection is running.
+func availWithoutReserve(lay store.Layout, size, avail uint64) uint64 {
+	var db, sd unix.Stat_t
+	if size == 0 || unix.Stat(lay.DBDir(), &db) != nil || unix.Stat(lay.RealStoreDir, &sd) != nil || db.Dev != sd.Dev {
+		return avail
+	}
+	var rs unix.Stat_t
+	if unix.Stat(filepath.Join(lay.DBDir(), "reserved"), &rs) == nil {
+		held := uint64(rs.Blocks) * 512
+		if held >= size {
+			return avail
+		}
+		size -= held
+	}
+	return avail - min(avail, size)
 }
 
 // AutoLockName is the lock file that keeps two `gc --auto` runs apart, in

@@ -212,6 +212,7 @@ func (c *collector) newPlan(ctx context.Context) (*Plan, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gc: %w", err)
 		}
+		avail = c.withoutReserve(avail)
 		c.res.FreeBytes = avail
 		collect, max := c.o.FreeTarget(avail, total)
 		if !collect {
@@ -259,6 +260,11 @@ func (c *collector) newPlan(ctx context.Context) (*Plan, error) {
 		}
 	}
 	return pl, nil
+}
+
+// withoutReserve is availWithoutReserve for this run's store.
+func (c *collector) withoutReserve(avail uint64) uint64 {
+	return availWithoutReserve(c.lay, c.s.Settings.GCReservedSpace, avail)
 }
 
 // stopServer stops serving the gc socket (once).

@@ -163,7 +163,7 @@ func startAuto(g *globalOptions, o *gcOptions, p *printer) (*autoRun, bool, erro
 	if !a.MinFree.IsPercent && a.MinFree.Bytes == 0 {
 		return done("disabled", "min-free is 0: automatic collection is off (set min-free in nix.conf, or give --min-free)")
 	}
-	avail, total, collect, err := a.Check(lay.RealStoreDir)
+	avail, total, collect, err := a.Check(lay, settings.GCReservedSpace)
 	if err != nil {
 		return nil, false, err
 	}
@@ -180,6 +180,15 @@ func startAuto(g *globalOptions, o *gcOptions, p *printer) (*autoRun, bool, erro
 		return done("above-min-free", "%s available on %s, min-free %s: nothing to do",
 			report.FormatSize(avail), report.Name(lay.RealStoreDir), report.FormatSize(r.report.MinFree))
 	}
+	// The store is made writable before gc-auto.lock is taken: on a
+	// read-only mount (NixOS) storekeeper re-executes itself in a private
+	// mount namespace, and a lock the parent took first would be held
+	// for the whole run, so the child would find it held and do nothing.
+	if !o.dryRun {
+		if err := ensureWritableStore(lay); err != nil {
+			return nil, false, err
+		}
+	}
 	l, err := gc.AcquireAutoLock(lay.OwnStateDir())
 	if errors.Is(err, gc.ErrAutoRunning) {
 		path := filepath.Join(lay.OwnStateDir(), gc.AutoLockName)
@@ -195,7 +204,7 @@ func startAuto(g *globalOptions, o *gcOptions, p *printer) (*autoRun, bool, erro
 	}
 	// Read again now that no other gc --auto runs: one that just
 	// finished may have freed enough.
-	avail, _, collect, err = a.Check(lay.RealStoreDir)
+	avail, _, collect, err = a.Check(lay, settings.GCReservedSpace)
 	if err != nil {
 		l.Release()
 		return nil, false, err
