@@ -17,14 +17,17 @@ type Coverage struct {
 	// ValidPaths is the number of valid paths counted.
 	ValidPaths int `json:"valid_paths"`
 	// Recent counts the valid paths last verified at or after Since;
-	// Unverified those the ledger has no record of.
+	// Unverified those the ledger has no record of, or only one older
+	// than the path's registration (of contents deleted since: the path
+	// was collected and registered again).
 	Recent     int `json:"paths_verified_recently"`
 	Unverified int `json:"paths_never_verified"`
 	// Since is the start of the window (Unix seconds): now less
 	// CoverageWindow.
 	Since int64 `json:"since"`
 	// Oldest and Newest are the times (Unix seconds) of the least and
-	// the most recent record of a valid path; 0 when none has one.
+	// the most recent record of a valid path (not counting records older
+	// than the path's registration); 0 when none has one.
 	Oldest int64 `json:"oldest_verified"`
 	Newest int64 `json:"newest_verified"`
 }
@@ -56,6 +59,12 @@ func coverageOf(entries map[string]LedgerEntry, g *graph.Graph, now time.Time) C
 	c := Coverage{ValidPaths: g.Len(), Since: now.Add(-CoverageWindow).Unix()}
 	for id := graph.PathID(0); int(id) < g.Len(); id++ {
 		e, ok := entries[g.Name(id)]
+		if ok && int(id) < len(g.RegTime) && e.Time < g.RegTime[id] {
+			// Checked before the path was registered: those contents
+			// were deleted and these registered since (a collection,
+			// then a rebuild or substitution); they were never checked.
+			ok = false
+		}
 		if !ok {
 			c.Unverified++
 			continue

@@ -58,3 +58,33 @@ func TestLedgerCoverage(t *testing.T) {
 		t.Errorf("a ledger that is a directory: no error")
 	}
 }
+
+// TestLedgerCoverageReregistered: a record older than the path's
+// registration is of contents that were deleted (a collection) and
+// registered again since: the contents now in the store were never
+// checked, so the path counts as never verified.
+func TestLedgerCoverageReregistered(t *testing.T) {
+	b := graph.NewBuilder("/nix/store", 2)
+	names := []string{"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b"}
+	now := time.Unix(2_000_000_000, 0)
+	verified := now.Add(-2 * time.Hour).Unix()
+	for i, n := range names {
+		if _, err := b.AddPath(int64(i+1), []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a: registered before its check; b: registered again after it.
+	b.Graph().RegTime = append(b.Graph().RegTime, verified-60, verified+60)
+	b.BeginRefs(0)
+	g := b.Finish()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, ledgerName), []byte(fmt.Sprintf("%d ok %s\n%d ok %s\n", verified, names[0], verified, names[1])), 0o644)
+	c, err := LedgerCoverage(dir, g, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Coverage{ValidPaths: 2, Recent: 1, Unverified: 1, Since: now.Add(-CoverageWindow).Unix(), Oldest: verified, Newest: verified}
+	if c != want {
+		t.Errorf("got %+v, want %+v", c, want)
+	}
+}
