@@ -52,7 +52,23 @@ dir holds none of the valid paths (a store that failed to mount).
 
 Sizes are a number of bytes, or one with a unit K, M, G, T, P or E (powers
 of 1024, as Nix's --max-freed; KiB, MiB... and lower case are the same);
---ensure-free also takes a percentage of the store's file system (e.g. 10%).`,
+--ensure-free, --min-free and --max-free also take a percentage of the
+store's file system (e.g. 10%).
+
+--auto (for a timer every few minutes) has Nix's min-free/max-free
+semantics: above min-free it exits at once after one statfs, opening no
+database and reading no root; below, it collects until max-free is
+available. Two never run at once: a second --auto exits 0 saying another
+one runs; the free space is read again once the locks are taken, so a run
+that waited for another collector does no work if that one freed enough.
+
+Keep policies remove profile generations and auto roots first (every
+profile under the profiles directory, or each --profile): --keep N keeps
+the N newest generations, --keep-since DURATION those newer than that, both
+together what either keeps; the current generation is always kept.
+--keep-auto-since removes the gcroots/auto links whose result or .direnv
+symlink was not modified within DURATION (only when given). With --dry-run
+they list what they would remove and gc what it would then free.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGC(cmd, g, o, args)
 		},
@@ -69,13 +85,13 @@ of 1024, as Nix's --max-freed; KiB, MiB... and lower case are the same);
 	f.DurationVar(&o.keepRecent, "keep-recent", 0, "keep paths registered within this duration (a grace period), e.g. 2h")
 	f.StringVar(&o.deleteOlderThan, "delete-older-than", "", "first delete profile generations older than this (e.g. 30d, at most 106751d; never the current one)")
 	f.BoolVarP(&o.deleteOld, "delete-old", "d", false, "first delete all profile generations but the current ones")
-	f.BoolVar(&o.auto, "auto", false, "collect only if the store's file system has less than min-free available, until max-free is (nix.conf's min-free and max-free; min-free 0 means never); else exit at once")
-	f.StringVar(&o.minFree, "min-free", "", "with --auto: collect when less than this is available (SIZE or PCT%; default nix.conf min-free)")
-	f.StringVar(&o.maxFree, "max-free", "", "with --auto: collect until this much is available (SIZE or PCT%; default nix.conf max-free, none: everything dead)")
-	f.IntVar(&o.keep, "keep", 0, "first delete profile generations but the N newest (by number) and the current one; with --keep-since a generation either keeps stays")
-	f.StringVar(&o.keepSince, "keep-since", "", "first delete profile generations older than this (e.g. 14d, 12h, 2w) but the current one (and --keep's)")
-	f.StringVar(&o.keepAutoSince, "keep-auto-since", "", "first remove gcroots/auto links whose indirect root (a result or .direnv symlink) was not modified within this (e.g. 30d)")
-	f.StringArrayVar(&o.profiles, "profile", nil, "apply --keep, --keep-since, -d or --delete-older-than only to this profile (repeatable; default: every profile under the profiles directory)")
+	f.BoolVar(&o.auto, "auto", false, "collect only when the store's file system has less than min-free available, until max-free is; else exit at once (one statfs, no database opened)")
+	f.StringVar(&o.minFree, "min-free", "", "with --auto: collect when less than `SIZE` (or PCT%) is available (default: nix.conf min-free; 0: never)")
+	f.StringVar(&o.maxFree, "max-free", "", "with --auto: collect until `SIZE` (or PCT%) is available (default: nix.conf max-free; unset: every dead path)")
+	f.IntVar(&o.keep, "keep", 0, "first delete profile generations but the `N` newest (by number) and the current one (with --keep-since: kept if either keeps it)")
+	f.StringVar(&o.keepSince, "keep-since", "", "first delete profile generations older than `DURATION` (14d, 12h, 2w, 90m) but the current one (with --keep: kept if either keeps it)")
+	f.StringVar(&o.keepAutoSince, "keep-auto-since", "", "first remove the gcroots/auto links whose indirect root (a result or .direnv symlink) was not modified within `DURATION` (e.g. 30d)")
+	f.StringArrayVar(&o.profiles, "profile", nil, "apply --keep, --keep-since, -d or --delete-older-than only to the profile `PATH` (repeatable; default: every profile under the profiles directory)")
 	f.IntVar(&o.batchSize, "batch-size", 0, "most paths invalidated per transaction (default 65536)")
 	f.MarkHidden("batch-size")
 	f.IntVar(&o.workers, "delete-workers", 0, "workers deleting the trash (default 2 per CPU)")
