@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,10 +30,13 @@ var ErrUnsafeFile = errors.New("metrics: refusing to write the metrics file")
 // each file whole. Nothing is followed at the final name: a symlink
 // there, or anything but a regular file, is refused. The directory must
 // be owned by the caller's effective uid and writable by it alone (so
-// root never creates a file where another user could swap it); symlinks
-// in the directory's own path are followed, as when it is opened by
-// name. fams are checked first: invalid families (ErrInvalid) change
-// nothing.
+// root never creates a file where another user could swap it). Its path
+// is walked a component at a time (openDir): a symlink on the way is
+// followed only where another user could not have put it, so that root
+// never writes where a link of another user's points (Debian's
+// /var/lib/prometheus is the prometheus user's: its node-exporter, a
+// root directory, is fine, a link put in its place is refused). fams are
+// checked first: invalid families (ErrInvalid) change nothing.
 func WriteFile(path string, fams []Family) error {
 	text, err := Format(fams)
 	if err != nil {
@@ -45,9 +49,9 @@ func WriteFile(path string, fams []Family) error {
 	if dir == "" {
 		dir = "."
 	}
-	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	dfd, err := openDir(dir)
 	if err != nil {
-		return fmt.Errorf("metrics: opening the directory of %s: %w", path, &os.PathError{Op: "open", Path: dir, Err: err})
+		return fmt.Errorf("metrics: opening the directory of %s: %w", path, err)
 	}
 	defer unix.Close(dfd)
 	var st unix.Stat_t
@@ -99,4 +103,87 @@ func WriteFile(path string, fams []Family) error {
 		return fmt.Errorf("metrics: %s was replaced, but syncing its directory failed: %w", path, &os.PathError{Op: "fsync", Path: dir, Err: err})
 	}
 	return nil
+}
+
+// maxLinks bounds the symlinks openDir follows (Linux's own limit).
+const maxLinks = 40
+
+// openDir opens the directory dir (relative: from the working directory)
+// a component at a time, never letting the kernel follow a symlink: a
+// link met on the way is read and followed by openDir itself, and only
+// when the directory holding it is owned by root or the caller and
+// writable by its owner alone, or is sticky (as /tmp) and the link is
+// root's or the caller's. A link in a directory another user controls
+// is refused (ErrUnsafeFile): that user could point it anywhere, and
+// root would write there. Real directories are walked through whoever
+// owns them: another user can put there only directories of their own,
+// which WriteFile's check of the final directory refuses, or move
+// root's directories that were already theirs to move.
+func openDir(dir string) (int, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return -1, err
+	}
+	fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: "/", Err: err}
+	}
+	rest := strings.Split(abs, "/")
+	at := "/" // where fd is, for messages
+	links := 0
+	for len(rest) > 0 {
+		c := rest[0]
+		rest = rest[1:]
+		if c == "" || c == "." {
+			continue
+		}
+		next := filepath.Join(at, c)
+		nfd, err := unix.Openat(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == nil {
+			unix.Close(fd)
+			fd, at = nfd, next
+			continue
+		}
+		var lst, dst unix.Stat_t
+		if (err != unix.ELOOP && err != unix.ENOTDIR) ||
+			unix.Fstatat(fd, c, &lst, unix.AT_SYMLINK_NOFOLLOW) != nil || lst.Mode&unix.S_IFMT != unix.S_IFLNK {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "open", Path: next, Err: err}
+		}
+		if err := unix.Fstat(fd, &dst); err != nil {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "stat", Path: at, Err: err}
+		}
+		euid := uint32(os.Geteuid())
+		mine := func(uid uint32) bool { return uid == 0 || uid == euid }
+		if !mine(dst.Uid) || dst.Mode&0o022 != 0 && (dst.Mode&unix.S_ISVTX == 0 || !mine(lst.Uid)) {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%w: %s is a symlink in %s, a directory another user controls (owned by uid %d, mode %04o), which could point it anywhere: give the path it points to, if that is the directory meant",
+				ErrUnsafeFile, next, at, dst.Uid, dst.Mode&0o7777)
+		}
+		if links++; links > maxLinks {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "open", Path: dir, Err: unix.ELOOP}
+		}
+		buf := make([]byte, unix.PathMax)
+		n, err := unix.Readlinkat(fd, c, buf)
+		if err == nil && n >= len(buf) {
+			err = unix.ENAMETOOLONG
+		}
+		if err != nil {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "readlink", Path: next, Err: err}
+		}
+		target := string(buf[:n])
+		if strings.HasPrefix(target, "/") {
+			rfd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			unix.Close(fd)
+			if err != nil {
+				return -1, &os.PathError{Op: "open", Path: "/", Err: err}
+			}
+			fd, at = rfd, "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return fd, nil
 }

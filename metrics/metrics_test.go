@@ -426,3 +426,71 @@ func unescape(s string, quote bool) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// TestWriteFileDirectoryPath: root follows no symlink that another user
+// could have put in the directory's path (as the prometheus user can in
+// Debian's /var/lib/prometheus, owned by it: node-exporter swapped for a
+// link to /etc would have root write there); a real directory owned by
+// root under another user's directory (Debian's layout) and links in
+// root's own directories are fine.
+func TestWriteFileDirectoryPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a directory another user owns")
+	}
+	base := t.TempDir()
+	os.Chmod(base, 0o755)
+	target := filepath.Join(base, "etc")
+	os.Mkdir(target, 0o755)
+	prom := filepath.Join(base, "prometheus")
+	os.Mkdir(prom, 0o755)
+	os.Chown(prom, 65534, 65534)
+
+	// Debian's layout: prometheus/node-exporter, a root directory in the
+	// prometheus user's one.
+	ne := filepath.Join(prom, "node-exporter")
+	os.Mkdir(ne, 0o755)
+	if err := WriteFile(filepath.Join(ne, "gc.prom"), sampleFams(1)); err != nil {
+		t.Errorf("a root directory under another user's: %v", err)
+	}
+	// The other user swaps it for a link to a root directory.
+	os.Rename(ne, filepath.Join(prom, "old"))
+	os.Symlink(target, ne)
+	os.Lchown(ne, 65534, 65534)
+	if err := WriteFile(filepath.Join(ne, "gc.prom"), sampleFams(1)); !errors.Is(err, ErrUnsafeFile) || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("a link in another user's directory: err = %v", err)
+	}
+	// ... or further down the path: prometheus/link/x.
+	os.Remove(ne)
+	os.Mkdir(filepath.Join(target, "sub"), 0o755)
+	os.Symlink(target, ne)
+	if err := WriteFile(filepath.Join(ne, "sub", "gc.prom"), sampleFams(1)); !errors.Is(err, ErrUnsafeFile) {
+		t.Errorf("a link in another user's directory, then a subdirectory: err = %v", err)
+	}
+	assertOnly(t, target, "sub")
+	assertOnly(t, filepath.Join(target, "sub"))
+
+	// Links in root's own directories are followed, relative ones and
+	// ".." included.
+	os.Symlink("etc", filepath.Join(base, "rel"))
+	os.Symlink(filepath.Join(base, "rel", "sub", ".."), filepath.Join(base, "abs"))
+	for _, p := range []string{filepath.Join(base, "rel", "a.prom"), filepath.Join(base, "abs", "sub", "b.prom")} {
+		if err := WriteFile(p, sampleFams(1)); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	assertOnly(t, target, "a.prom", "sub")
+	assertOnly(t, filepath.Join(target, "sub"), "b.prom")
+	// A loop is an error, not a hang.
+	os.Symlink("loop", filepath.Join(base, "loop"))
+	if err := WriteFile(filepath.Join(base, "loop", "x.prom"), sampleFams(1)); err == nil {
+		t.Errorf("a symlink loop: no error")
+	}
+	// A relative path is resolved from the working directory.
+	wd, _ := os.Getwd()
+	defer os.Chdir(wd)
+	os.Chdir(target)
+	if err := WriteFile("c.prom", sampleFams(1)); err != nil {
+		t.Errorf("relative path: %v", err)
+	}
+	assertOnly(t, target, "a.prom", "c.prom", "sub")
+}
