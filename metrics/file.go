@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +27,8 @@ var ErrUnsafeFile = errors.New("metrics: refusing to write the metrics file")
 // Guarantees: a reader sees the old file or the new one, whole, at every
 // instant; an error, a crash or a kill at any point leaves the old file
 // as it was (a kill may leave the temporary file behind, which no reader
-// of *.prom files reads). Two writers of one path: the last rename wins,
+// of *.prom files reads; the next write of path removes it once it is
+// staleTemp old). Two writers of one path: the last rename wins,
 // each file whole. Nothing is followed at the final name: a symlink
 // there, or anything but a regular file, is refused. The directory must
 // be owned by the caller's effective uid and writable by it alone (so
@@ -72,9 +74,10 @@ func WriteFile(path string, fams []Family) error {
 		return fmt.Errorf("%w %s: it exists and is not a regular file: remove it, or give another file", ErrUnsafeFile, path)
 	}
 
+	removeStaleTemps(dfd, base)
 	var rnd [6]byte
 	rand.Read(rnd[:])
-	tmp := fmt.Sprintf(".%s.tmp-%d-%s", base, os.Getpid(), hex.EncodeToString(rnd[:]))
+	tmp := fmt.Sprintf("%s%d-%s", tempPrefix(base), os.Getpid(), hex.EncodeToString(rnd[:]))
 	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return fmt.Errorf("metrics: creating a temporary file in %s: %w", dir, &os.PathError{Op: "open", Path: filepath.Join(dir, tmp), Err: err})
@@ -186,4 +189,42 @@ func openDir(dir string) (int, error) {
 		rest = append(strings.Split(target, "/"), rest...)
 	}
 	return fd, nil
+}
+
+// staleTemp is the age past which a temporary file of WriteFile's is one
+// a killed writer left: a write of a few kilobytes takes milliseconds,
+// its fsync seconds on a busy disk.
+const staleTemp = 10 * time.Minute
+
+// tempPrefix starts the names of the temporary files of base.
+func tempPrefix(base string) string { return "." + base + ".tmp-" }
+
+// removeStaleTemps removes, in the directory dfd, the regular files named
+// as WriteFile's temporary files of base that were last modified more
+// than staleTemp ago. Best effort: an error only leaves them. A writer
+// stopped (SIGSTOP) for longer finds its temporary file gone and reports
+// the failed rename, the old file kept. The directory is read in batches
+// of bounded size.
+func removeStaleTemps(dfd int, base string) {
+	d, err := unix.Openat(dfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	f := os.NewFile(uintptr(d), ".")
+	defer f.Close()
+	prefix, cutoff := tempPrefix(base), time.Now().Add(-staleTemp)
+	for {
+		names, err := f.Readdirnames(256)
+		for _, n := range names {
+			var st unix.Stat_t
+			if !strings.HasPrefix(n, prefix) || unix.Fstatat(dfd, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil ||
+				st.Mode&unix.S_IFMT != unix.S_IFREG || time.Unix(st.Mtim.Unix()).After(cutoff) {
+				continue
+			}
+			unix.Unlinkat(dfd, n, 0)
+		}
+		if err != nil {
+			return
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -493,4 +494,28 @@ func TestWriteFileDirectoryPath(t *testing.T) {
 		t.Errorf("relative path: %v", err)
 	}
 	assertOnly(t, target, "a.prom", "c.prom", "sub")
+}
+
+// TestWriteFileStaleTemp: a temporary file that a writer killed between
+// creating and renaming it left behind (kill -9, a unit's stop timeout)
+// is removed by a later write of the same file once it is old; a recent
+// one (a writer at work) and other files' are left alone.
+func TestWriteFileStaleTemp(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	old := time.Now().Add(-time.Hour)
+	for _, n := range []string{".x.prom.tmp-1-aaaaaaaaaaaa", ".x.prom.tmp-2-bbbbbbbbbbbb", ".y.prom.tmp-3-cccccccccccc", ".x.prom.tmp-dir"} {
+		if n == ".x.prom.tmp-dir" {
+			os.Mkdir(filepath.Join(dir, n), 0o755)
+		} else {
+			os.WriteFile(filepath.Join(dir, n), []byte("x 1\n"), 0o644)
+		}
+		if n != ".x.prom.tmp-2-bbbbbbbbbbbb" {
+			os.Chtimes(filepath.Join(dir, n), old, old)
+		}
+	}
+	if err := WriteFile(filepath.Join(dir, "x.prom"), sampleFams(1)); err != nil {
+		t.Fatal(err)
+	}
+	assertOnly(t, dir, ".x.prom.tmp-2-bbbbbbbbbbbb", ".x.prom.tmp-dir", ".y.prom.tmp-3-cccccccccccc", "x.prom")
 }
