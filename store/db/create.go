@@ -95,7 +95,7 @@ func Create(ctx context.Context, dbDir string, o CreateOptions) error {
 		return fmt.Errorf("%w: taking %s: %w", ErrDBAccess, filepath.Join(dbDir, "big-lock"), err)
 	}
 	defer bl.Release()
-	setTempDir(dbDir) // SQLite's temporary files: see tempdir.go
+	setTempDir(dbDir, true) // SQLite's temporary files: see tempdir.go
 	dbPath := filepath.Join(dbDir, "db.sqlite")
 	sync := "normal"
 	if !o.FsyncMetadata {

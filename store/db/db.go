@@ -119,7 +119,7 @@ func Open(ctx context.Context, dbDir string, o Options) (*DB, error) {
 		}
 	}
 
-	setTempDir(dbDir) // SQLite's temporary files: see tempdir.go
+	setTempDir(dbDir, !o.ReadOnly) // SQLite's temporary files: see tempdir.go
 	bl, err := lock.AcquireBigLock(ctx, dbDir, lock.Shared, o.ReadOnly)
 	if err != nil {
 		// A read-only user may lack even read access to big-lock; Nix

@@ -105,7 +105,7 @@ func Vacuum(ctx context.Context, dbDir string, o VacuumOptions) (*VacuumResult, 
 	if err := checkWritableDBDir(dbDir); err != nil {
 		return nil, err
 	}
-	setTempDir(dbDir)
+	setTempDir(dbDir, true)
 
 	bl, waited, err := lockBigExclusive(ctx, dbDir, o)
 	res.LockWaitSeconds = waited.Seconds()
