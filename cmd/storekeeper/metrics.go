@@ -1,6 +1,7 @@
 package main
 
 import (
+	"reflect"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -81,8 +82,9 @@ func (b *familyBuilder) add(d metricDef, v float64, extra ...metrics.Label) {
 
 // runFamilies are the metrics of a run of command that ended at end
 // after elapsed with outcome o; result is what the command recorded in
-// globalOptions.runResult (nil: only the run's own metrics: it failed
-// before having a result, or it changed nothing by design, as a dry run).
+// globalOptions.runResult (nil, or a nil pointer: only the run's own
+// metrics: it failed before having a result, or it changed nothing by
+// design, as a dry run).
 func runFamilies(command string, end time.Time, elapsed time.Duration, o outcome, result any) []metrics.Family {
 	b := &familyBuilder{command: command}
 	b.add(mRunTimestamp, float64(end.UnixMilli())/1000)
@@ -91,6 +93,11 @@ func runFamilies(command string, end time.Time, elapsed time.Duration, o outcome
 	b.add(mRunExitCode, float64(o.code))
 	if o.code != exitOK {
 		b.add(mRunError, 1, metrics.Label{Name: "kind", Value: o.kind})
+	}
+	if v := reflect.ValueOf(result); v.Kind() == reflect.Pointer && v.IsNil() {
+		// A typed nil (cmd_gc records gc.Collect's result, which is nil
+		// when Collect failed before it started): nothing to add.
+		return b.fams
 	}
 	switch r := result.(type) {
 	case *gc.Result:

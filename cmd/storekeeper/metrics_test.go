@@ -61,6 +61,13 @@ func TestRunFamilies(t *testing.T) {
 				`storekeeper_verify_oldest_age_seconds`: "", // no record: absent
 			}},
 		{"gc", failed, nil, map[string]string{`storekeeper_last_run_error{command="gc",kind="usage"}`: "1", `storekeeper_gc_bytes_freed`: ""}},
+		// A command that records its result even when the library
+		// returned none (gc.Collect's (nil, err)): the run's own only.
+		{"gc", failed, (*gc.Result)(nil), map[string]string{`storekeeper_last_run_error{command="gc",kind="usage"}`: "1", `storekeeper_gc_bytes_freed`: ""}},
+		{"verify", failed, (*verify.Result)(nil), map[string]string{`storekeeper_last_run_success{command="verify"}`: "0", `storekeeper_verify_paths_checked`: ""}},
+		{"optimise", failed, (*optimise.Result)(nil), map[string]string{`storekeeper_optimise_bytes_saved`: ""}},
+		{"repair", failed, (*repairJSON)(nil), map[string]string{`storekeeper_repair_paths_requested`: ""}},
+		{"metrics", failed, (*storeHealth)(nil), map[string]string{`storekeeper_store_paths`: ""}},
 	}
 	defs := map[string]metricDef{}
 	for _, c := range cases {
