@@ -175,7 +175,20 @@ func FreeSpace(dir string) (avail, total uint64, err error) {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, 0, fmt.Errorf("store: statfs %s: %w", dir, err)
 	}
-	return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
+	avail, total = freeSpaceOf(&st)
+	return avail, total, nil
+}
+
+// freeSpaceOf is FreeSpace's arithmetic on a statfs result: f_bavail
+// (what root's reserved blocks leave, as Nix's autoGC counts) and
+// f_blocks are in f_frsize units (statvfs(3), Nix 2.8's autoGC), which is
+// not f_bsize on every file system (ZFS: 512 and 128 KiB).
+func freeSpaceOf(st *unix.Statfs_t) (avail, total uint64) {
+	unit := uint64(st.Frsize)
+	if st.Frsize <= 0 {
+		unit = uint64(st.Bsize)
+	}
+	return st.Bavail * unit, st.Blocks * unit
 }
 
 // MountOf finds a mount in /proc/self/mountinfo by its id: its file-system
