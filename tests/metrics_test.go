@@ -360,7 +360,7 @@ func TestMetricsNodeExporter(t *testing.T) {
 	// optimise.
 	env, w = metricsRun(t, root, url, file("optimise"), 0, "optimise")
 	res := env["result"].(map[string]any)
-	expectSample(t, w, "storekeeper_optimise_bytes_saved", "optimise", num(res["bytes_freed"]))
+	expectSample(t, w, "storekeeper_optimise_saved_bytes", "optimise", num(res["bytes_freed"]))
 	expectSample(t, w, "storekeeper_optimise_files_linked", "optimise", num(res["files_linked"]))
 	if num(res["files_linked"]) == 0 {
 		t.Errorf("optimise linked nothing: the store has shared contents")
@@ -370,7 +370,7 @@ func TestMetricsNodeExporter(t *testing.T) {
 	deadBefore := len(strings.Fields(runInNS(t, root, "gc", "--print-dead").stdout))
 	env, w = metricsRun(t, root, url, file("gc"), 0, "gc")
 	res = env["result"].(map[string]any)
-	expectSample(t, w, "storekeeper_gc_bytes_freed", "gc", num(res["bytes_freed"]))
+	expectSample(t, w, "storekeeper_gc_freed_bytes", "gc", num(res["bytes_freed"]))
 	expectSample(t, w, "storekeeper_gc_paths_deleted", "gc", num(res["paths_deleted"]))
 	expectSample(t, w, "storekeeper_gc_entries_deleted", "gc", num(res["entries_deleted"]))
 	expectSample(t, w, "storekeeper_gc_lock_held_seconds", "gc", num(res["lock_held_seconds"]))
@@ -417,7 +417,7 @@ func TestMetricsNodeExporter(t *testing.T) {
 	expectSample(t, w, "storekeeper_repair_paths_repaired", "repair", num(res["paths_repaired"]))
 	expectSample(t, w, "storekeeper_repair_paths_failed", "repair", num(res["paths_failed"]))
 	expectSample(t, w, "storekeeper_repair_paths_requested", "repair", num(res["paths_requested"]))
-	expectSample(t, w, "storekeeper_repair_bytes_downloaded", "repair", num(res["bytes_downloaded"]))
+	expectSample(t, w, "storekeeper_repair_downloaded_bytes", "repair", num(res["bytes_downloaded"]))
 	// (a damaged .links entry counts among verify's damaged paths, and
 	// repair drops it rather than substituting it)
 	if r := num(res["paths_repaired"]); r < 1 || r > damaged || r != num(res["paths_requested"]) || num(res["paths_failed"]) != 0 {
@@ -501,7 +501,7 @@ wait $gc; echo "GC $?"
 	if res == nil {
 		t.Fatalf("the interrupted gc's --json has no result:\n%s", gcOut)
 	}
-	expectSample(t, w, "storekeeper_gc_bytes_freed", "gc", num(res["bytes_freed"]))
+	expectSample(t, w, "storekeeper_gc_freed_bytes", "gc", num(res["bytes_freed"]))
 	expectSample(t, w, "storekeeper_gc_paths_deleted", "gc", num(res["paths_deleted"]))
 	served := scrape(t, url)
 	for k, v := range w {

@@ -43,11 +43,11 @@ var (
 	mRunError     = metricDef{"storekeeper_last_run_error", "1 for the kind of error that ended the command's last run (the --json error.kind); absent after a success.", metrics.Gauge}
 
 	mLockWait       = metricDef{"storekeeper_lock_wait_seconds", "How long the command's last run waited for gc.lock.", metrics.Gauge}
-	mGCBytesFreed   = metricDef{"storekeeper_gc_bytes_freed", "Bytes the last collection freed (its own deletions, counting hard links).", metrics.Gauge}
+	mGCBytesFreed   = metricDef{"storekeeper_gc_freed_bytes", "Bytes the last collection freed (its own deletions, counting hard links).", metrics.Gauge}
 	mGCPaths        = metricDef{"storekeeper_gc_paths_deleted", "Valid store paths the last collection deleted.", metrics.Gauge}
 	mGCEntries      = metricDef{"storekeeper_gc_entries_deleted", "Other store directory entries (invalid leftovers, stale lock files) the last collection deleted.", metrics.Gauge}
 	mGCLockHeld     = metricDef{"storekeeper_gc_lock_held_seconds", "How long the last collection held gc.lock exclusively.", metrics.Gauge}
-	mOptBytesSaved  = metricDef{"storekeeper_optimise_bytes_saved", "Bytes the last optimise freed by hard-linking identical files.", metrics.Gauge}
+	mOptBytesSaved  = metricDef{"storekeeper_optimise_saved_bytes", "Bytes the last optimise freed by hard-linking identical files.", metrics.Gauge}
 	mOptFilesLinked = metricDef{"storekeeper_optimise_files_linked", "Files the last optimise replaced by a hard link.", metrics.Gauge}
 	mVerChecked     = metricDef{"storekeeper_verify_paths_checked", "Valid paths the last verify checked (existence and database rows).", metrics.Gauge}
 	mVerHashed      = metricDef{"storekeeper_verify_paths_hashed", "Valid paths the last verify NAR-hashed.", metrics.Gauge}
@@ -55,7 +55,7 @@ var (
 	mRepRequested   = metricDef{"storekeeper_repair_paths_requested", "Paths the last repair was asked to (or, with --damaged, found it had to) repair.", metrics.Gauge}
 	mRepRepaired    = metricDef{"storekeeper_repair_paths_repaired", "Paths the last repair put back from a substituter.", metrics.Gauge}
 	mRepFailed      = metricDef{"storekeeper_repair_paths_failed", "Paths the last repair could not repair.", metrics.Gauge}
-	mRepDownloaded  = metricDef{"storekeeper_repair_bytes_downloaded", "Bytes the last repair downloaded.", metrics.Gauge}
+	mRepDownloaded  = metricDef{"storekeeper_repair_downloaded_bytes", "Bytes the last repair downloaded.", metrics.Gauge}
 
 	mCoverage   = metricDef{"storekeeper_verify_coverage_ratio", "Fraction of the valid paths whose contents verify checked within the last 7 days (its ledger).", metrics.Gauge}
 	mUnverified = metricDef{"storekeeper_verify_paths_never_verified", "Valid paths whose contents verify never checked (its ledger).", metrics.Gauge}

@@ -31,14 +31,14 @@ func TestRunFamilies(t *testing.T) {
 		{"gc", outcome{}, &gc.Result{BytesFreed: 4096, PathsDeleted: 3, EntriesDeleted: 1, LockHeldSeconds: 0.5,
 			Phases: []gc.PhaseTime{{Name: "lock", Seconds: 2.25}, {Name: "roots", Seconds: 1}}},
 			map[string]string{
-				`storekeeper_gc_bytes_freed{command="gc"}`: "4096", `storekeeper_gc_paths_deleted{command="gc"}`: "3",
+				`storekeeper_gc_freed_bytes{command="gc"}`: "4096", `storekeeper_gc_paths_deleted{command="gc"}`: "3",
 				`storekeeper_gc_entries_deleted{command="gc"}`: "1", `storekeeper_lock_wait_seconds{command="gc"}`: "2.25",
 				`storekeeper_gc_lock_held_seconds{command="gc"}`: "0.5", `storekeeper_last_run_success{command="gc"}`: "1",
 				`storekeeper_last_run_timestamp_seconds{command="gc"}`: "1700000000.25", `storekeeper_last_run_duration_seconds{command="gc"}`: "1.5",
 				`storekeeper_last_run_exit_code{command="gc"}`: "0",
 			}},
 		{"optimise", outcome{}, &optimise.Result{BytesFreed: 10, FilesLinked: 2}, map[string]string{
-			`storekeeper_optimise_bytes_saved{command="optimise"}`: "10", `storekeeper_optimise_files_linked{command="optimise"}`: "2"}},
+			`storekeeper_optimise_saved_bytes{command="optimise"}`: "10", `storekeeper_optimise_files_linked{command="optimise"}`: "2"}},
 		{"verify", outcome{code: exitFindings, kind: "findings"}, &verify.Result{Summary: verify.Summary{Checked: 4, ContentsChecked: 2, Damaged: 1}, Coverage: cov},
 			map[string]string{
 				`storekeeper_verify_paths_checked{command="verify"}`: "4", `storekeeper_verify_paths_hashed{command="verify"}`: "2",
@@ -50,7 +50,7 @@ func TestRunFamilies(t *testing.T) {
 			}},
 		{"repair", outcome{}, &repairJSON{PathsRequested: 3, PathsRepaired: 2, PathsFailed: 1, BytesDownloaded: 99}, map[string]string{
 			`storekeeper_repair_paths_requested{command="repair"}`: "3", `storekeeper_repair_paths_repaired{command="repair"}`: "2",
-			`storekeeper_repair_paths_failed{command="repair"}`: "1", `storekeeper_repair_bytes_downloaded{command="repair"}`: "99"}},
+			`storekeeper_repair_paths_failed{command="repair"}`: "1", `storekeeper_repair_downloaded_bytes{command="repair"}`: "99"}},
 		{"repair", failed, &repairJSON{DryRun: true, PathsRequested: 3}, map[string]string{
 			`storekeeper_last_run_error{command="repair",kind="usage"}`: "1", `storekeeper_repair_paths_requested`: ""}},
 		{"metrics", outcome{}, &storeHealth{Now: 1700000000, Paths: 5, NarBytes: 500, DeadPaths: 2, DeadNarBytes: 200, Audit: verify.Coverage{ValidPaths: 5, Unverified: 5}},
@@ -60,12 +60,12 @@ func TestRunFamilies(t *testing.T) {
 				`storekeeper_verify_coverage_ratio{command="metrics"}`: "0", `storekeeper_verify_paths_never_verified{command="metrics"}`: "5",
 				`storekeeper_verify_oldest_age_seconds`: "", // no record: absent
 			}},
-		{"gc", failed, nil, map[string]string{`storekeeper_last_run_error{command="gc",kind="usage"}`: "1", `storekeeper_gc_bytes_freed`: ""}},
+		{"gc", failed, nil, map[string]string{`storekeeper_last_run_error{command="gc",kind="usage"}`: "1", `storekeeper_gc_freed_bytes`: ""}},
 		// A command that records its result even when the library
 		// returned none (gc.Collect's (nil, err)): the run's own only.
-		{"gc", failed, (*gc.Result)(nil), map[string]string{`storekeeper_last_run_error{command="gc",kind="usage"}`: "1", `storekeeper_gc_bytes_freed`: ""}},
+		{"gc", failed, (*gc.Result)(nil), map[string]string{`storekeeper_last_run_error{command="gc",kind="usage"}`: "1", `storekeeper_gc_freed_bytes`: ""}},
 		{"verify", failed, (*verify.Result)(nil), map[string]string{`storekeeper_last_run_success{command="verify"}`: "0", `storekeeper_verify_paths_checked`: ""}},
-		{"optimise", failed, (*optimise.Result)(nil), map[string]string{`storekeeper_optimise_bytes_saved`: ""}},
+		{"optimise", failed, (*optimise.Result)(nil), map[string]string{`storekeeper_optimise_saved_bytes`: ""}},
 		{"repair", failed, (*repairJSON)(nil), map[string]string{`storekeeper_repair_paths_requested`: ""}},
 		{"metrics", failed, (*storeHealth)(nil), map[string]string{`storekeeper_store_paths`: ""}},
 	}
