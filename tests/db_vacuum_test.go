@@ -571,3 +571,53 @@ func TestDBVacuumUnprivileged(t *testing.T) {
 		t.Fatal("a refused vacuum changed the database")
 	}
 }
+
+// TestDBVacuumNixStartedDuring: Nix processes that start while VACUUM
+// runs wait for it and then succeed: a nix-store on the store directly,
+// and a nix-daemon's worker serving a client (the idle daemon holds no
+// big-lock; each worker takes it shared when it opens the store). Both
+// say "waiting for the big Nix store lock...", neither fails or times
+// out, and each answers only after the vacuum has finished.
+func TestDBVacuumNixStartedDuring(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2607, Salt: "db-vacuum-during"})
+	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	fattenDB(t, dbPath, 2<<20)
+	out := t.TempDir()
+	cmd := nsScript(ns.Root, `
+p=$(ls -d /nix/store/*-* | grep -v '\.drv$' | head -1)
+want=$(nix-store -q --hash "$p") || exit 90
+nix-daemon > "$OUT/daemon.log" 2>&1 & d=$!
+i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+"$BIN" lock status | grep -q 'big-lock: .* is free' || { echo "the idle daemon holds the big-lock"; kill $d; exit 91; }
+"$BIN" db vacuum > "$OUT/vac.out" 2>&1 & v=$!
+i=0; while ! grep -q '^vacuuming ' "$OUT/vac.out" && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done
+NIX_REMOTE=daemon nix-store -q --hash "$p" > "$OUT/daemon-client.out" 2>&1 & q=$!
+nix-store -q --hash "$p" > "$OUT/direct.out" 2>&1; rd=$?
+wait $q; rq=$?
+kill -0 $v 2>/dev/null && echo "a Nix query finished before the vacuum"
+wait $v; echo "vacuum rc $?"
+echo "direct rc $rd"; echo "daemon-client rc $rq"
+kill $d; wait $d
+grep -qx "$want" "$OUT/direct.out" || echo "direct: wrong answer"
+grep -qx "$want" "$OUT/daemon-client.out" || echo "daemon client: wrong answer"
+`)
+	cmd.Env = append(cmd.Env, "BIN="+binary, "OUT="+out)
+	r := runCmd(t, cmd, nil)
+	read := func(f string) string {
+		b, _ := os.ReadFile(filepath.Join(out, f))
+		return string(b)
+	}
+	logs := fmt.Sprintf("%s\n%s\nvacuum:\n%s\ndirect:\n%s\ndaemon client:\n%s\ndaemon:\n%s", r.stdout, r.stderr, read("vac.out"), read("direct.out"), read("daemon-client.out"), read("daemon.log"))
+	if r.code != 0 || !strings.Contains(r.stdout, "vacuum rc 0") || !strings.Contains(r.stdout, "direct rc 0") || !strings.Contains(r.stdout, "daemon-client rc 0") ||
+		strings.Contains(r.stdout, "wrong answer") || strings.Contains(r.stdout, "finished before") {
+		t.Fatalf("exit %d\n%s", r.code, logs)
+	}
+	if !strings.Contains(read("vac.out"), "vacuumed ") {
+		t.Fatalf("the vacuum did not run\n%s", logs)
+	}
+	const waiting = "waiting for the big Nix store lock..."
+	if !strings.Contains(read("direct.out"), waiting) || !strings.Contains(read("daemon.log")+read("daemon-client.out"), waiting) {
+		t.Fatalf("a Nix process started during the vacuum did not wait for the big-lock\n%s", logs)
+	}
+	nixVerify(t, ns.Root)
+}
