@@ -201,8 +201,9 @@ const unitUser = "skunituser"
 // TestSystemdUnitsRun runs every service's ExecStart= as installed, under
 // its restrictions (hardenedScript), against a store written by real Nix
 // with an unprivileged user's profile in profiles/per-user: each exits
-// 0 and writes its metrics file; gc --auto (min-free unset) collects
-// nothing; the gc unit removes exactly the generations its keep policy
+// 0 and writes its metrics file; gc --auto collects nothing with
+// min-free unset, and with a min-free above the disk's size every dead
+// path and no live one; the gc unit removes exactly the generations its keep policy
 // removes (locking the user's profile as that user: CAP_SETUID), then
 // collects exactly what real Nix calls dead and nothing it calls live
 // (runtime roots read from /proc, two of them in another user's
@@ -322,6 +323,27 @@ func TestSystemdUnitsRun(t *testing.T) {
 			}
 			if dead := runNS(t, root, nil, "nix-store", "--gc", "--print-dead"); strings.TrimSpace(dead) == "" {
 				t.Errorf("gc --auto without min-free collected the dead paths")
+			}
+			// Again with a min-free above the file system's size: it
+			// collects until max-free (unset: everything dead) is free,
+			// under the same restrictions, and keeps every root.
+			conf := filepath.Join(root, "etc-nix/nix.conf")
+			orig, err := os.ReadFile(conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFileMode(t, conf, append(append([]byte{}, orig...), "min-free = 1125899906842624\n"...), 0o644)
+			r := runCmd(t, nsScript(root, hardenedScript(t, u), args...), args)
+			writeFileMode(t, conf, orig, 0o644)
+			t.Logf("gc --auto below min-free:\n%s%s", r.stdout, r.stderr)
+			if r.code != 0 {
+				t.Fatalf("%s with min-free 1 PiB: exit %d\n%s%s", name, r.code, tail(r.stdout, 3000), tail(r.stderr, 3000))
+			}
+			if dead := runNS(t, root, nil, "nix-store", "--gc", "--print-dead"); strings.TrimSpace(dead) != "" {
+				t.Errorf("gc --auto below min-free left dead paths real Nix finds:\n%s", tail(dead, 2000))
+			}
+			if live := sorted(runNS(t, root, nil, "nix-store", "--gc", "--print-live")); !equalStrings(live, liveBefore) {
+				t.Errorf("gc --auto below min-free changed the live set (%d paths, were %d)", len(live), len(liveBefore))
 			}
 		case "storekeeper-gc":
 			for g := range ages {
