@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/internal/sys"
+	"storekeeper/lock"
 	"storekeeper/nix/storepath"
 )
 
@@ -179,8 +180,13 @@ type AutoRootOptions struct {
 	// every generation in gcroots/auto too, and generations are the
 	// generation policies' (the current one is never removed).
 	ProfilesDir string
-	DryRun      bool
-	Now         time.Time
+	// StateDir is Nix's state directory: unless DryRun, gc.lock in it is
+	// held shared while links are removed (see PruneAutoRoots); OnWait,
+	// if set, is called once when that waits for a running collector.
+	StateDir string
+	OnWait   func()
+	DryRun   bool
+	Now      time.Time
 }
 
 // AutoRoot is one gcroots/auto link removed (or, with DryRun, that
@@ -215,10 +221,16 @@ type AutoRoot struct {
 // being pruned gives it a new mtime: after removing an auto link the
 // target is looked at again and, if it was modified since the cut-off
 // meanwhile, the auto link is put back (symlinkat, unless Nix made it
-// again first). A crash leaves each link removed or not.
+// again first). Links are removed only with o.StateDir's gc.lock held
+// shared (as Nix's builders hold it to add a root), waiting for a running
+// collector to finish, so no collector reads the roots while a link is
+// away and before it is put back. A crash leaves each link removed or
+// not (between the removal and the putting back: removed; the next
+// rebuild makes it again).
 //
-// Cancellation: ctx is checked before each entry; the error wraps
-// ctx.Err() and the links removed so far are returned with it.
+// Cancellation: ctx is checked before each entry and while waiting for
+// gc.lock; the error wraps ctx.Err() and the links removed so far are
+// returned with it.
 func PruneAutoRoots(ctx context.Context, autoDir string, o AutoRootOptions) ([]AutoRoot, error) {
 	if o.Since <= 0 {
 		return nil, fmt.Errorf("gc: --keep-auto-since must be positive")
@@ -235,6 +247,13 @@ func PruneAutoRoots(ctx context.Context, autoDir string, o AutoRootOptions) ([]A
 		return nil, fmt.Errorf("gc: opening %s: %w", autoDir, err)
 	}
 	defer unix.Close(fd)
+	if !o.DryRun && o.StateDir != "" {
+		gcLock, err := lock.AcquireGCLock(ctx, o.StateDir, lock.Shared, true, o.OnWait)
+		if err != nil {
+			return nil, fmt.Errorf("gc: pruning %s: %w", autoDir, err)
+		}
+		defer gcLock.Release()
+	}
 	ents, err := sys.ReadDirents(fd, nil)
 	if err != nil {
 		return nil, fmt.Errorf("gc: listing %s: %w", autoDir, err)

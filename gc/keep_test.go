@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/gc"
+	"storekeeper/lock"
 )
 
 // setMtime sets the mtime (and atime) of the link p itself.
@@ -262,5 +263,85 @@ func TestAutoLock(t *testing.T) {
 	}
 	if _, err := os.Lstat(target); err == nil {
 		t.Fatal("the symlink's target was created")
+	}
+}
+
+// TestPruneAutoRootsWaitsForCollector: links are removed only while no
+// collector can run (gc.lock held shared, as Nix's builders hold it to
+// add a root): an auto link removed and put back because its root was
+// re-created meanwhile is never missing while a `nix-store --gc` reads
+// the roots. While another process holds gc.lock exclusively nothing is
+// removed; once it is released the old root goes. --dry-run does not
+// wait.
+func TestPruneAutoRootsWaitsForCollector(t *testing.T) {
+	day := 24 * time.Hour
+	now := time.Now()
+	top := t.TempDir()
+	state := filepath.Join(top, "var", "nix")
+	auto := filepath.Join(state, "gcroots", "auto")
+	home := filepath.Join(top, "home")
+	os.MkdirAll(auto, 0o755)
+	os.MkdirAll(home, 0o755)
+	link := filepath.Join(home, "result")
+	if err := os.Symlink("/nix/store/00000000000000000000000000000001-a", link); err != nil {
+		t.Fatal(err)
+	}
+	setMtime(t, link, now.Add(-40*day))
+	autoLink := filepath.Join(auto, "x")
+	if err := os.Symlink(link, autoLink); err != nil {
+		t.Fatal(err)
+	}
+	held, err := lock.AcquireGCLock(context.Background(), state, lock.Exclusive, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := gc.AutoRootOptions{Since: 30 * day, StoreDir: "/nix/store", StateDir: state, Now: now}
+	dry := opts
+	dry.DryRun = true
+	if got, err := gc.PruneAutoRoots(context.Background(), auto, dry); err != nil || len(got) != 1 {
+		t.Fatalf("dry-run with gc.lock held: %+v, %v", got, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := gc.PruneAutoRoots(context.Background(), auto, opts)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		held.Release()
+		t.Fatalf("PruneAutoRoots ran while a collector held gc.lock (err %v)", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if _, err := os.Lstat(autoLink); err != nil {
+		t.Fatalf("the auto link was removed while a collector held gc.lock: %v", err)
+	}
+	held.Release()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("PruneAutoRoots did not go on once gc.lock was released")
+	}
+	if _, err := os.Lstat(autoLink); err == nil {
+		t.Fatal("the old auto link was not removed once gc.lock was free")
+	}
+	// Cancelled while waiting: an error wrapping ctx.Err(), nothing removed.
+	if err := os.Symlink(link, autoLink); err != nil {
+		t.Fatal(err)
+	}
+	held, err = lock.AcquireGCLock(context.Background(), state, lock.Exclusive, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := gc.PruneAutoRoots(ctx, auto, opts); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled while waiting for gc.lock: %v", err)
+	}
+	if _, err := os.Lstat(autoLink); err != nil {
+		t.Fatalf("a cancelled run removed the auto link: %v", err)
 	}
 }

@@ -242,7 +242,8 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	}
 	var autoRoots []gc.AutoRoot
 	if policy.autoSince > 0 {
-		autoRoots, err = gc.PruneAutoRoots(ctx, filepath.Join(s.Layout.GCRootsDir(), "auto"), gc.AutoRootOptions{Since: policy.autoSince, StoreDir: s.Layout.StoreDir, ProfilesDir: s.Layout.ProfilesDir(), DryRun: o.dryRun})
+		autoRoots, err = gc.PruneAutoRoots(ctx, filepath.Join(s.Layout.GCRootsDir(), "auto"), gc.AutoRootOptions{Since: policy.autoSince, StoreDir: s.Layout.StoreDir, ProfilesDir: s.Layout.ProfilesDir(), DryRun: o.dryRun,
+			StateDir: s.Layout.StateDir, OnWait: func() { p.Infof("waiting for the big garbage collector lock...") }})
 		for _, r := range autoRoots {
 			verb := "removing"
 			if o.dryRun {
