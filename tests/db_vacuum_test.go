@@ -621,3 +621,64 @@ grep -qx "$want" "$OUT/daemon-client.out" || echo "daemon client: wrong answer"
 	}
 	nixVerify(t, ns.Root)
 }
+
+// TestDBVacuumSingleUserStore: root vacuuming a single-user store (the
+// store and state dir owned by a user, as a root timer does) with /tmp
+// and /var/tmp full: SQLite's temporary copy still goes to the database's
+// directory (nameless O_TMPFILE files: nothing with a name is created in
+// the user's directory), the vacuum succeeds, no file in db/ is left
+// owned by root, and the user's own Nix then reads and writes the store.
+func TestDBVacuumSingleUserStore(t *testing.T) {
+	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2608, Salt: "db-vacuum-single-user"})
+	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	fattenDB(t, dbPath, 1<<20)
+	rows := validRows(t, dbPath)
+	uid, gid := realUser(t, "sk-db-vac-single")
+	for d := ns.Root; d != "/" && d != "/tmp"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-bin"), data, 0o755)
+	conf, err := os.ReadFile(filepath.Join(ns.Root, "etc-nix/nix.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustMkdir(t, filepath.Join(ns.Root, "nix/sk-etc-nix"))
+	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-etc-nix/nix.conf"), conf, 0o644)
+	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-add.txt"), []byte("added by the store's owner after the vacuum\n"), 0o644)
+	if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, gid), filepath.Join(ns.Root, "nix/store"), filepath.Join(ns.Root, "nix/var")).CombinedOutput(); err != nil {
+		t.Fatalf("chown: %v\n%s", err, out)
+	}
+	cmd := nsScript(ns.Root, `
+export NIX_CONF_DIR=/nix/sk-etc-nix
+for d in /tmp /var/tmp; do
+	mount -t tmpfs -o size=256k sk-full "$d" || exit 97
+	dd if=/dev/zero of="$d/fill" bs=4k 2>/dev/null
+	[ "$(stat -f -c %a "$d")" = 0 ] || { echo "$d is not full" >&2; exit 98; }
+done
+TMPDIR=/tmp /nix/sk-bin --json db vacuum; rc=$?
+find /nix/var/nix/db ! -user "$U" -printf 'NOT-THE-OWNER %p\n' >&2
+p=$(ls -d /nix/store/*-* | grep -v '\.drv$' | head -1)
+HOME=/nonexistent setpriv --reuid="$U" --regid="$G" --clear-groups nix-store -q --hash "$p" >&2 || echo "USER-NIX-FAILED query" >&2
+HOME=/nonexistent setpriv --reuid="$U" --regid="$G" --clear-groups nix-store --add /nix/sk-add.txt >&2 || echo "USER-NIX-FAILED add" >&2
+exit $rc
+`)
+	cmd.Env = append(cmd.Env, fmt.Sprintf("U=%d", uid), fmt.Sprintf("G=%d", gid))
+	r := runCmd(t, cmd, nil)
+	e, v := vacuumEnvelope(t, r)
+	if r.code != 0 || !e.OK || v == nil || !v.Vacuumed || v.TempDir != "/nix/var/nix/db" {
+		t.Fatalf("root's vacuum of a single-user store with /tmp and /var/tmp full: exit %d, %+v\n%s\n%s", r.code, v, r.stdout, r.stderr)
+	}
+	if v.SizeAfterBytes >= v.SizeBeforeBytes {
+		t.Errorf("size before %d, after %d", v.SizeBeforeBytes, v.SizeAfterBytes)
+	}
+	if strings.Contains(r.stderr, "NOT-THE-OWNER") || strings.Contains(r.stderr, "USER-NIX-FAILED") || !strings.Contains(r.stderr, "/nix/store/") {
+		t.Fatalf("after root's vacuum the store is not the user's as before:\n%s", r.stderr)
+	}
+	if got := validRows(t, dbPath); got != rows+1 {
+		t.Fatalf("%d valid paths after the vacuum and the user's nix-store --add; want %d+1", got, rows)
+	}
+}
