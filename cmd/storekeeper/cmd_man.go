@@ -137,7 +137,7 @@ func manPage(c *cobra.Command) []byte {
 		b.WriteString(".SH COMMANDS\n")
 		for _, s := range c.Commands() {
 			if s.IsAvailableCommand() {
-				b.WriteString(".TP\n.B " + roffText(s.CommandPath()) + "\n" + roffText(s.Short) + "\n.br\nSee " + roffText(manName(s)) + "(1).\n")
+				b.WriteString(".TP\n.B " + roffText(s.CommandPath()) + "\n" + roffLines(s.Short) + ".br\nSee " + roffText(manName(s)) + "(1).\n")
 			}
 		}
 	}
@@ -146,7 +146,7 @@ func manPage(c *cobra.Command) []byte {
 
 	b.WriteString(".SH EXIT STATUS\n")
 	for _, e := range exitStatuses() {
-		b.WriteString(".TP\n.B " + e[0] + "\n" + roffText(e[1]) + "\n")
+		b.WriteString(".TP\n.B " + e[0] + "\n" + roffLines(e[1]))
 	}
 
 	var also []string
@@ -224,7 +224,7 @@ func writeRoffFlags(b *bytes.Buffer, title string, fs *pflag.FlagSet) {
 			}
 			usage += " (default " + d + ")"
 		}
-		items = append(items, ".TP\n"+head+"\n"+roffText(usage)+"\n")
+		items = append(items, ".TP\n"+head+"\n"+roffLines(usage))
 	})
 	if len(items) == 0 {
 		return
@@ -283,6 +283,21 @@ func roffLine(s string) string {
 		t = `\&` + t
 	}
 	return t + "\n"
+}
+
+// roffLines is s as input lines, each through roffLine (so that text
+// starting with '.' or an apostrophe is never read as a request), its line breaks
+// kept as breaks (.br), as --help shows them: for text written at the
+// start of a line, such as a command's Short or a flag's usage.
+func roffLines(s string) string {
+	var b strings.Builder
+	for i, l := range strings.Split(s, "\n") {
+		if i > 0 {
+			b.WriteString(".br\n")
+		}
+		b.WriteString(roffLine(l))
+	}
+	return b.String()
 }
 
 // roffQuoted is s as a quoted macro argument.
