@@ -11,12 +11,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	iofs "io/fs"
 	"math"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
+	"storekeeper/internal/sys"
 	"storekeeper/lock"
 	"storekeeper/store"
 	"storekeeper/store/fs"
@@ -120,18 +122,28 @@ func (l *AutoLock) Release() {
 }
 
 // AcquireAutoLock takes <ownStateDir>/gc-auto.lock exclusively (flock)
-// without waiting, creating the directory (mode 0755) and the file (0600)
-// as needed; a lock file that is a symbolic link or not a regular file is
-// refused, never followed, and the file is never deleted. When another
-// process holds it the error wraps ErrAutoRunning and a lock.HeldError
-// naming the file. The kernel releases the lock when the process ends,
-// however it ends, so a killed run never blocks the next one.
+// without waiting, creating the directory (mode 0755, its parent must
+// exist) and the file (0600) as needed. The directory is opened without
+// following a symbolic link (one there is refused: the error says to
+// remove it) and the lock file is opened in that very directory; as root
+// the directory is not created in a parent another user controls (owned
+// by another user, or writable by others without the sticky bit: the
+// error says to create it). A lock file that is a symbolic link or not a
+// regular file is refused, never followed, and the file is never
+// deleted. When another process holds it the error wraps ErrAutoRunning
+// and a lock.HeldError naming the file. The kernel releases the lock when
+// the process ends, however it ends, so a killed run never blocks the
+// next one.
 func AcquireAutoLock(ownStateDir string) (*AutoLock, error) {
-	if err := os.MkdirAll(ownStateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("gc: creating %s: %w", ownStateDir, err)
+	dfd, err := openStateDir(ownStateDir)
+	if err != nil {
+		return nil, err
 	}
+	defer unix.Close(dfd)
 	path := filepath.Join(ownStateDir, AutoLockName)
-	f, err := lock.OpenLockFile(path, true)
+	// The directory opened above, not the path again: its parent's owner
+	// could have put a symbolic link in its place meanwhile.
+	f, err := lock.OpenLockFile(fmt.Sprintf("/proc/self/fd/%d/%s", dfd, AutoLockName), true)
 	if err != nil {
 		return nil, fmt.Errorf("gc: opening %s: %w", path, err)
 	}
@@ -143,4 +155,38 @@ func AcquireAutoLock(ownStateDir string) (*AutoLock, error) {
 		return nil, fmt.Errorf("gc: locking %s: %w", path, err)
 	}
 	return &AutoLock{f: f}, nil
+}
+
+// openStateDir opens the directory dir, creating it (see AcquireAutoLock).
+func openStateDir(dir string) (int, error) {
+	dir = filepath.Clean(dir)
+	parent, name := filepath.Dir(dir), filepath.Base(dir)
+	pfd, err := unix.Open(parent, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("gc: opening %s: %w", parent, err)
+	}
+	defer unix.Close(pfd)
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := sys.OpenAt(pfd, name, flags)
+	if err == unix.ENOENT {
+		var st unix.Stat_t
+		if err := unix.Fstat(pfd, &st); err != nil {
+			return -1, fmt.Errorf("gc: stat %s: %w", parent, err)
+		}
+		if unix.Geteuid() == 0 && (st.Uid != 0 || (st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0)) {
+			return -1, fmt.Errorf("gc: not creating %s as root in %s, which uid %d owns or others may write to: create it as root (install -d -m 755 %s), or run as the store's owner: %w",
+				dir, parent, st.Uid, dir, iofs.ErrPermission)
+		}
+		if err := unix.Mkdirat(pfd, name, 0o755); err != nil && err != unix.EEXIST {
+			return -1, fmt.Errorf("gc: creating %s: %w", dir, err)
+		}
+		fd, err = sys.OpenAt(pfd, name, flags)
+	}
+	if err == unix.ELOOP || err == unix.ENOTDIR {
+		return -1, fmt.Errorf("gc: %s is a symbolic link or not a directory, which storekeeper never follows: remove it (it is made again as a directory): %w", dir, err)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("gc: opening %s: %w", dir, err)
+	}
+	return fd, nil
 }

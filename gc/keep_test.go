@@ -345,3 +345,48 @@ func TestPruneAutoRootsWaitsForCollector(t *testing.T) {
 		t.Fatalf("a cancelled run removed the auto link: %v", err)
 	}
 }
+
+// TestAutoLockStateDir: the state directory is never followed when it is
+// a symbolic link (the lock file is not created where it points), and as
+// root it is not created in a directory another user controls.
+func TestAutoLockStateDir(t *testing.T) {
+	top := t.TempDir()
+	elsewhere := filepath.Join(top, "elsewhere")
+	os.MkdirAll(elsewhere, 0o755)
+	parent := filepath.Join(top, "var")
+	os.MkdirAll(parent, 0o755)
+	state := filepath.Join(parent, "storekeeper")
+	if err := os.Symlink(elsewhere, state); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := gc.AcquireAutoLock(state); err == nil || errors.Is(err, gc.ErrAutoRunning) {
+		l.Release()
+		t.Fatalf("symlinked state dir: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(elsewhere, gc.AutoLockName)); err == nil {
+		t.Fatal("the lock file was created where the symlinked state dir points")
+	}
+	if unix.Geteuid() != 0 {
+		t.Skip("the rest needs root")
+	}
+	os.Remove(state)
+	if err := os.Chown(parent, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := gc.AcquireAutoLock(state); err == nil || errors.Is(err, gc.ErrAutoRunning) {
+		l.Release()
+		t.Fatalf("state dir in a directory uid 65534 owns: %v", err)
+	}
+	if _, err := os.Lstat(state); err == nil {
+		t.Fatal("root created the state dir in a directory another user owns")
+	}
+	// A state dir root made there beforehand is used.
+	os.Chown(parent, 0, 0)
+	os.Mkdir(state, 0o755)
+	os.Chown(parent, 65534, 65534)
+	l, err := gc.AcquireAutoLock(state)
+	if err != nil {
+		t.Fatalf("existing state dir: %v", err)
+	}
+	l.Release()
+}
