@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -30,10 +31,11 @@ type systemdInstallResult struct {
 }
 
 // systemdUnitResult is one unit file: its action is "installed" (a new
-// file), "replaced" (a different file or a symlink there, with --force),
-// "unchanged" (the same bytes were there), "would-install" and
-// "would-replace" (--dry-run), or "refused" (a different file or a
-// symlink there, without --force).
+// file), "replaced" (with --force: a different file, one another user
+// could write, or a symlink there; Reason says which), "unchanged" (the
+// same bytes were there, writable by its owner only), "would-install"
+// and "would-replace" (--dry-run), or "refused" (what "replaced" replaces,
+// without --force).
 type systemdUnitResult struct {
 	Name   string `json:"name"`
 	Path   string `json:"path"`
@@ -87,9 +89,11 @@ node_exporter's textfile metrics to --metrics-dir
 the files say why each setting is what it is.
 
 A unit file already there is left alone when it holds the same bytes and
-refused when it differs (edited by hand, or from another version), or when
-a symlink is there (systemctl mask links a unit to /dev/null), unless
---force: then it is replaced, the symlink itself, never where it points.
+only its owner (this user or root) can write it; it is refused when it
+differs (edited by hand, or from another version), when group or others
+can write it or another user owns it, or when a symlink is there
+(systemctl mask links a unit to /dev/null), unless --force: then it is
+replaced, the symlink itself, never where it points.
 Every check is made before anything is written, so a refusal writes
 nothing. Each file is written whole (a temporary file in the directory,
 fsynced, renamed over the name), never through a symlink; the directory
@@ -285,9 +289,12 @@ func openOwnDir(name string) (*os.File, error) {
 const maxCompared = 1 << 20
 
 // compareAt compares the file at name in dir with want, never following
-// a symlink there. same: it holds exactly want. Otherwise reason says
-// what is there ("" when nothing is): "differs", "a symlink", or for
-// anything but a regular file an error (it cannot be replaced by a file).
+// a symlink there. same: it holds exactly want and no one but its owner,
+// this user or root, can write it. Otherwise reason says what is there
+// ("" when nothing is): "differs", "a symlink", "writable by others, mode
+// M" or "owned by uid N" (want's bytes, but another user could change
+// them), or for anything but a regular file an error (it cannot be
+// replaced by a file).
 func compareAt(dir *os.File, name string, want []byte) (same bool, reason string, err error) {
 	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	switch {
@@ -311,10 +318,18 @@ func compareAt(dir *os.File, name string, want []byte) (same bool, reason string
 	if err != nil {
 		return false, "", fmt.Errorf("reading %s: %w", report.Name(filepath.Join(dir.Name(), name)), err)
 	}
-	if bytes.Equal(have, want) {
-		return true, "", nil
+	if !bytes.Equal(have, want) {
+		return false, "differs", nil
 	}
-	return false, "differs", nil
+	// The same bytes, but whoever else can write the file can make root
+	// run anything at the unit's next start: not left as it is.
+	if perm := st.Mode().Perm(); perm&0o022 != 0 {
+		return false, fmt.Sprintf("writable by others, mode %#o", perm), nil
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() && sys.Uid != 0 {
+		return false, fmt.Sprintf("owned by uid %d", sys.Uid), nil
+	}
+	return true, "", nil
 }
 
 // writeFileAt replaces the entry name in dir with a regular file holding
