@@ -721,6 +721,14 @@ echo "commands: ${COMPREPLY[*]}"
 COMP_LINE="storekeeper gc --keep-s"; COMP_POINT=${#COMP_LINE}; COMP_WORDS=(storekeeper gc --keep-s); COMP_CWORD=2
 __start_storekeeper storekeeper --keep-s gc
 echo "flags: ${COMPREPLY[*]}"
+# Subcommands of subcommands, and their own flags.
+c() { COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; COMP_WORDS=("$@"); COMP_CWORD=$(($#-1)); COMPREPLY=()
+  __start_storekeeper storekeeper "${@: -1}" "${@: -2:1}"; echo "$*: ${COMPREPLY[*]}"; }
+c storekeeper roots w
+c storekeeper lock pr
+c storekeeper db va
+c storekeeper db vacuum --ch
+c storekeeper systemd install --dr
 `
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Env = append(os.Environ(), "SK="+binary, "PATH="+filepath.Dir(binary)+":"+os.Getenv("PATH"))
@@ -728,7 +736,9 @@ echo "flags: ${COMPREPLY[*]}"
 	if err != nil {
 		t.Fatalf("bash: %v\n%s", err, out)
 	}
-	for _, want := range []string{"complete -o default -F __start_storekeeper storekeeper", "commands: systemd", "flags: --keep-since"} {
+	for _, want := range []string{"complete -o default -F __start_storekeeper storekeeper", "commands: systemd", "flags: --keep-since",
+		"storekeeper roots w: why\n", "storekeeper lock pr: prune\n", "storekeeper db va: vacuum\n",
+		"storekeeper db vacuum --ch: --check\n", "storekeeper systemd install --dr: --dry-run\n"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("bash completion: no %q in:\n%s", want, out)
 		}
