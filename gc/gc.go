@@ -104,7 +104,9 @@ type Options struct {
 	FreeTarget func(avail, total uint64) (collect bool, maxFreed uint64)
 	// IgnoreRoots are root links (roots.Root.Link) treated as already
 	// removed: a DryRun after keep policies that were only listed
-	// reports what the collection would free once they are gone.
+	// reports what the collection would free once they are gone. Only
+	// with DryRun (or PrintDead/PrintLive): a deleting collection with
+	// IgnoreRoots set is refused.
 	IgnoreRoots map[string]bool
 	// KeepOutputs / KeepDerivations: nix.conf's keep-outputs and
 	// keep-derivations.
@@ -294,6 +296,9 @@ func newCollector(s *store.Store, o Options, p report.Progress) (*collector, err
 	c.deleting = (o.Action == Delete || o.Action == DeleteSpecific) && !o.DryRun
 	if c.deleting && s.ReadOnly {
 		return nil, ErrReadOnly
+	}
+	if c.deleting && len(o.IgnoreRoots) > 0 {
+		return nil, errors.New("gc: Options.IgnoreRoots is only for a dry run: a collection that deletes never ignores a root")
 	}
 	return c, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"storekeeper/gc"
 	"storekeeper/lock"
+	"storekeeper/store"
 )
 
 // setMtime sets the mtime (and atime) of the link p itself.
@@ -389,4 +391,21 @@ func TestAutoLockStateDir(t *testing.T) {
 		t.Fatalf("existing state dir: %v", err)
 	}
 	l.Release()
+}
+
+// TestIgnoreRootsDryRunOnly: Options.IgnoreRoots (a dry run's "as if the
+// policies had removed these") is refused for a collection that deletes:
+// a root it names would otherwise not keep its paths alive.
+func TestIgnoreRootsDryRunOnly(t *testing.T) {
+	top := t.TempDir()
+	s := &store.Store{Layout: store.Layout{StoreDir: top + "/nix/store", RealStoreDir: top + "/nix/store", StateDir: top + "/nix/var/nix"}}
+	for _, a := range []gc.Action{gc.Delete, gc.DeleteSpecific} {
+		_, err := gc.Collect(context.Background(), s, gc.Options{Action: a, IgnoreRoots: map[string]bool{"/home/u/result": true}}, nil)
+		if err == nil || !strings.Contains(err.Error(), "only for a dry run") {
+			t.Errorf("action %v with IgnoreRoots, not a dry run: %v", a, err)
+		}
+		if _, err := gc.NewPlan(context.Background(), s, gc.Options{Action: a, IgnoreRoots: map[string]bool{"/home/u/result": true}}, nil); err == nil || !strings.Contains(err.Error(), "only for a dry run") {
+			t.Errorf("NewPlan, action %v with IgnoreRoots, not a dry run: %v", a, err)
+		}
+	}
 }
