@@ -85,8 +85,10 @@ in a read-only system where only the store, /nix/var and the metrics
 directory are writable, without network (but repair), with no new
 privileges and only the capabilities its command needs; each writes
 node_exporter's textfile metrics to --metrics-dir
-(/var/lib/prometheus/node-exporter) unless --no-metrics. The comments in
-the files say why each setting is what it is.
+(/var/lib/prometheus/node-exporter) unless --no-metrics: a directory
+owned by root and writable by root alone, or every run fails (install
+warns when it is not). The comments in the files say why each setting is
+what it is.
 
 A unit file already there is left alone when it holds the same bytes and
 only its owner (this user or root) can write it; it is refused when it
@@ -230,8 +232,8 @@ func runSystemdInstall(cmd *cobra.Command, g *globalOptions, o *systemdInstallOp
 		}
 	}
 	if !o.noMetrics {
-		if st, err := os.Stat(o.metricsDir); err != nil || !st.IsDir() {
-			p.Warnf("%s, where the units write their metrics, is not a directory here: create it (apt-get install prometheus-node-exporter creates Debian's), or install with --metrics-dir DIR or --no-metrics", report.Name(o.metricsDir))
+		if why := metricsDirProblem(o.metricsDir); why != "" {
+			p.Warnf("%s, where the units write their metrics: %s; each run of a unit fails (exit 2) while it cannot write its metrics file: use a directory owned by root and writable by root alone (apt-get install prometheus-node-exporter creates Debian's), or install with --metrics-dir DIR or --no-metrics", report.Name(o.metricsDir), why)
 		}
 	}
 	if g.json {
@@ -251,6 +253,29 @@ func runSystemdInstall(cmd *cobra.Command, g *globalOptions, o *systemdInstallOp
 	}
 	p.Textln("  " + res.Enable)
 	return nil
+}
+
+// metricsDirProblem says why the units, which run as root, could not
+// write their metrics files into dir as it is here ("" when they can):
+// metrics.WriteFile writes only into a directory owned by its writer
+// (root) and writable by it alone. It is read when install runs (a
+// package build may install the units where dir does not exist yet), so
+// install only warns.
+func metricsDirProblem(dir string) string {
+	st, err := os.Stat(dir)
+	switch {
+	case err != nil:
+		return report.Text(err.Error())
+	case !st.IsDir():
+		return "not a directory"
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
+		return fmt.Sprintf("it belongs to uid %d, not root", sys.Uid)
+	}
+	if perm := st.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Sprintf("it is writable by group or others (mode %#o)", perm)
+	}
+	return ""
 }
 
 // openOwnDir opens the directory name (symlinks in its name followed, as

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -53,6 +54,51 @@ func TestCompareAtUnsafeSameBytes(t *testing.T) {
 		}
 		if same != tc.same || (reason != "") != tc.wantWhy {
 			t.Errorf("%s (mode %v, uid %d): same=%v reason=%q, want same=%v and a reason: %v", tc.name, tc.mode, tc.uid, same, reason, tc.same, tc.wantWhy)
+		}
+	}
+}
+
+// TestMetricsDirProblem: install warns about a metrics directory where
+// the units, which run as root, could not write (metrics.WriteFile wants
+// a directory owned by its writer and writable by it alone), as it does
+// about one that is missing: each run would fail.
+func TestMetricsDirProblem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the directories are given to root and another user")
+	}
+	base := t.TempDir()
+	mk := func(name string, mode os.FileMode, uid int) string {
+		p := filepath.Join(base, name)
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	file := filepath.Join(base, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		dir  string
+		want string // "" for none
+	}{
+		{mk("root", 0o755, 0), ""},
+		{mk("rootprivate", 0o700, 0), ""},
+		{mk("other", 0o755, 4242), "uid 4242"},
+		{mk("groupw", 0o775, 0), "writable by group or others"},
+		{mk("sticky", 0o1777, 0), "writable by group or others"},
+		{filepath.Join(base, "missing"), "no such file"},
+		{file, "not a directory"},
+	} {
+		got := metricsDirProblem(tc.dir)
+		if (got == "") != (tc.want == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.dir, got, tc.want)
 		}
 	}
 }
