@@ -166,9 +166,10 @@ type Result struct {
 	// registered them as temporary roots during the run.
 	Spared []string `json:"spared,omitempty"`
 	// FreeBytes is the free space FreeTarget was given (read under
-	// gc.lock); EnoughFree says it was enough and nothing was collected.
-	FreeBytes  uint64 `json:"free_bytes,omitempty"`
-	EnoughFree bool   `json:"enough_free,omitempty"`
+	// gc.lock; nil when there is no FreeTarget, and 0 on a full file
+	// system); EnoughFree says it was enough and nothing was collected.
+	FreeBytes  *uint64 `json:"free_bytes,omitempty"`
+	EnoughFree bool    `json:"enough_free,omitempty"`
 	// TrashEmptied counts entries left in the trash by earlier runs that
 	// did not finish (killed or interrupted) and deleted now.
 	TrashEmptied int `json:"trash_emptied"`

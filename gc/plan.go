@@ -213,7 +213,7 @@ func (c *collector) newPlan(ctx context.Context) (*Plan, error) {
 			return nil, fmt.Errorf("gc: %w", err)
 		}
 		avail = c.withoutReserve(avail)
-		c.res.FreeBytes = avail
+		c.res.FreeBytes = &avail
 		collect, max := c.o.FreeTarget(avail, total)
 		if !collect {
 			c.enough, c.res.EnoughFree = true, true

@@ -326,3 +326,38 @@ wait $p1; echo "RC1 $?"
 		t.Errorf("%d of %d dead entries left: the queued run deleted some", left, f.Dead)
 	}
 }
+
+// TestGCAutoFullStore: with the store's file system full (nothing
+// available to users), gc --auto collects, and its JSON says what it
+// read: free_bytes 0 under gc.lock (present, not left out as if no free
+// space had been read) and free_bytes_before 0.
+func TestGCAutoFullStore(t *testing.T) {
+	f := buildAutoFixture(t, 265)
+	args := []string{"gc", "--auto", "--json", "--min-free", fmt.Sprint(f.Avail), "--max-free", fmt.Sprint(f.Avail + f.Garbage/2)}
+	script := `exec 9<"$BIN"
+fallocate -l $(( $(stat -f -c '%a * %S' "$NSROOT") )) "$NSROOT/filler2" 2>/dev/null
+dd if=/dev/zero of="$NSROOT/filler3" bs=4k 2>/dev/null
+[ "$(stat -f -c %a "$NSROOT")" -eq 0 ] || { echo "NOT FULL"; exit 99; }
+rm -f "$NSROOT/filler2" "$NSROOT/filler3"
+fallocate -l $(( $(stat -f -c '%a * %S' "$NSROOT") )) "$NSROOT/filler2" 2>/dev/null
+dd if=/dev/zero of="$NSROOT/filler3" bs=4k 2>/dev/null
+/dev/fd/9 "$@"`
+	cmd := nsScript(f.Root, script, args...)
+	cmd.Env = append(cmd.Env, "BIN="+binary)
+	r := runCmd(t, cmd, args)
+	var raw struct {
+		Result map[string]json.RawMessage `json:"result"`
+	}
+	json.Unmarshal([]byte(r.stdout), &raw)
+	e := parseAuto(t, "gc --auto on a full store", r.stdout)
+	if r.code != 0 || e.Result.Auto == nil || !e.Result.Auto.Collected || e.Result.PathsDeleted == 0 {
+		t.Fatalf("gc --auto on a full store: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if e.Result.Auto.FreeBefore != 0 {
+		t.Errorf("free_bytes_before %d on a full file system", e.Result.Auto.FreeBefore)
+	}
+	if fb, ok := raw.Result["free_bytes"]; !ok || string(fb) != "0" {
+		t.Errorf("result.free_bytes: %q (present %v), want 0: the free space read under gc.lock\n%s", fb, ok, r.stdout)
+	}
+	nixVerify(t, f.Root)
+}

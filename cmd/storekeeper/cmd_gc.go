@@ -312,7 +312,7 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		// Another collector freed enough while this run waited: said by
 		// auto.finish or below.
 		if auto == nil {
-			p.Infof("the store's file system has %s free now: nothing to do", report.FormatSize(res.FreeBytes))
+			p.Infof("the store's file system has %s free now: nothing to do", report.FormatSize(*res.FreeBytes))
 		}
 	case err != nil && res.PathsDeleted+res.EntriesDeleted == 0 && res.BytesFreed == 0:
 		// Refused or interrupted before deleting anything: the error says it.

@@ -231,7 +231,7 @@ func (r *autoRun) finish(dir string, res *gc.Result, p *printer) {
 	r.report.Reason = "collected"
 	if res.EnoughFree {
 		r.report.Reason = "freed-meanwhile"
-		p.Infof("%s available on %s once gc.lock was taken (another collector freed it): nothing to do", report.FormatSize(res.FreeBytes), report.Name(dir))
+		p.Infof("%s available on %s once gc.lock was taken (another collector freed it): nothing to do", report.FormatSize(*res.FreeBytes), report.Name(dir))
 		return
 	}
 	if avail, _, err := fs.FreeSpace(dir); err == nil {
