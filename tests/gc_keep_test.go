@@ -395,7 +395,7 @@ func TestGCKeepBadInput(t *testing.T) {
 	}{
 		{[]string{"--keep", "0"}, "--keep 0"},
 		{[]string{"--keep", "-3"}, "--keep -3"},
-		{[]string{"--keep-since", "soon"}, "--keep-since"},
+		{[]string{"--keep-since", "soon"}, "or a duration such as 90m"},
 		{[]string{"--keep-since", "0d"}, "--keep-since"},
 		{[]string{"--keep-auto-since", "-5h"}, "--keep-auto-since"},
 		{[]string{"--keep", "2", "-d"}, "exclude"},

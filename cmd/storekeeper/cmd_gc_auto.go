@@ -43,7 +43,7 @@ func parseAge(flag, v string) (time.Duration, error) {
 	if err != nil {
 		gd, gerr := time.ParseDuration(v)
 		if gerr != nil {
-			return 0, usagef("%s: %w", flag, err)
+			return 0, usagef("%s: %w, or a duration such as 90m or 1h30m", flag, err)
 		}
 		d = gd
 	}
