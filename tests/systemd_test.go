@@ -21,6 +21,7 @@ package tests
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -771,5 +772,64 @@ func touchSymlink(t *testing.T, p string, at time.Time) {
 	t.Helper()
 	if out, err := exec.Command("touch", "-h", "-d", at.UTC().Format("2006-01-02 15:04:05 UTC"), p).CombinedOutput(); err != nil {
 		t.Fatalf("touch -h %s: %v %s", p, err, out)
+	}
+}
+
+// TestSystemdGCSocketSeen: while the gc unit collects under its
+// restrictions (gc.lock held, the gc socket served), `storekeeper lock
+// status` run outside the unit, as an admin would, sees the socket
+// served. The kernel lists a Unix socket's listener (unix_diag, ss -xl)
+// only in its own network namespace: with PrivateNetwork=yes the
+// collection's socket, which every Nix client does reach through the
+// file system, was reported "not served (no process listens on it)"
+// with the GC lock held, a false diagnosis of every stuck build.
+func TestSystemdGCSocketSeen(t *testing.T) {
+	requireRoot(t)
+	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2628, Roots: 2, Salt: t.Name()})
+	units := t.TempDir()
+	mdir := filepath.Join(t.TempDir(), "textfile")
+	mustMkdir(t, mdir)
+	installUnits(t, units, "--metrics-dir", mdir)
+	for _, name := range []string{"storekeeper-gc", "storekeeper-gc-auto"} {
+		u := readUnit(t, filepath.Join(units, name+".service"))
+		if u.get("PrivateNetwork") == "yes" {
+			t.Errorf("%s: PrivateNetwork=yes hides the gc socket's listener from lock status", name)
+		}
+	}
+	u := readUnit(t, filepath.Join(units, "storekeeper-gc.service"))
+	args := strings.Fields(u.get("ExecStart"))
+	dir := t.TempDir()
+	script := `
+mkfifo "$DIR/sync"
+_STOREKEEPER_TEST_GC_SYNC="$DIR/sync" unshare -m --propagation private sh -c "$HARDENED" hardened "$@" > "$DIR/gc.out" 2> "$DIR/gc.err" & gc=$!
+i=0; while [ ! -S /nix/var/nix/gc-socket/socket ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+sleep 0.3
+"$BIN" lock status --json > "$DIR/status.json" 2> "$DIR/status.err"
+echo "STATUS $?"
+timeout 60 sh -c 'echo go > "$DIR/sync"'
+wait $gc; echo "GC $?"
+`
+	cmd := nsScript(ns.Root, script, args...)
+	cmd.Env = append(cmd.Env, "DIR="+dir, "BIN="+binary, "HARDENED="+hardenedScript(t, u))
+	out, err := cmd.CombinedOutput()
+	gcErr, _ := os.ReadFile(filepath.Join(dir, "gc.err"))
+	if err != nil || !strings.Contains(string(out), "GC 0") || !strings.Contains(string(out), "STATUS 0") {
+		statusErr, _ := os.ReadFile(filepath.Join(dir, "status.err"))
+		t.Fatalf("the gc unit with lock status during its collection: %v\n%s\ngc stderr: %s\nstatus stderr: %s", err, out, tail(string(gcErr), 2000), statusErr)
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "status.json"))
+	var env struct {
+		Result struct {
+			GCRunning       bool   `json:"gc_running"`
+			GCSocketAccepts bool   `json:"gc_socket_accepts"`
+			GCSocketError   string `json:"gc_socket_error"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(data, &env); err != nil {
+		t.Fatalf("lock status --json: %v\n%s", err, data)
+	}
+	if !env.Result.GCRunning || !env.Result.GCSocketAccepts {
+		t.Errorf("lock status during the gc unit's collection: gc_running %v, gc_socket_accepts %v (%s), want both true\n%s",
+			env.Result.GCRunning, env.Result.GCSocketAccepts, env.Result.GCSocketError, data)
 	}
 }

@@ -34,7 +34,8 @@ func one(t *testing.T, u Unit, s map[string][]string, key string) string {
 // TestUnitsHardening checks what every unit must have: each service a
 // oneshot at low priority in a read-only system with the store's
 // directories writable, no new privileges and a capability bounding set;
-// no network but for repair; gc's home directories and /tmp visible (an
+// no network but for repair (Unix sockets only; gc and gc --auto, which
+// serve the gc socket, without a network namespace of their own); gc's home directories and /tmp visible (an
 // indirect root may be there); every timer persistent, randomised and
 // starting a service that exists.
 func TestUnitsHardening(t *testing.T) {
@@ -95,6 +96,12 @@ func TestUnitsHardening(t *testing.T) {
 		if base == "storekeeper-repair" {
 			if len(net) != 0 || !strings.Contains(af, "AF_INET") {
 				t.Errorf("%s: repair needs the network: PrivateNetwork=%v, RestrictAddressFamilies=%s", u.Name, net, af)
+			}
+		} else if strings.HasPrefix(base, "storekeeper-gc") {
+			// gc serves the gc socket: in a network namespace of its own
+			// its listener is invisible to lock status (unix_diag).
+			if len(net) != 0 || af != "AF_UNIX" {
+				t.Errorf("%s: want RestrictAddressFamilies=AF_UNIX and no PrivateNetwork (it hides the gc socket's listener), got %v and %s", u.Name, net, af)
 			}
 		} else if len(net) != 1 || net[0] != "yes" || af != "AF_UNIX" {
 			t.Errorf("%s: want PrivateNetwork=yes and RestrictAddressFamilies=AF_UNIX, got %v and %s", u.Name, net, af)
