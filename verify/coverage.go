@@ -1,7 +1,11 @@
 package verify
 
 import (
+	"errors"
 	"fmt"
+	"math"
+	"os"
+	"path/filepath"
 	"time"
 
 	"storekeeper/graph"
@@ -48,18 +52,39 @@ func (c Coverage) Ratio() float64 {
 // run in progress or killed (whose lines count, as the next run folds
 // them in), each read whole; a torn last line is ignored.
 func LedgerCoverage(stateDir string, g *graph.Graph, now time.Time) (Coverage, error) {
-	l, err := loadLedger(stateDir)
-	if err != nil {
-		return Coverage{}, fmt.Errorf("verify: reading the ledger in %s: %w", stateDir, err)
+	// Per valid path, not a map of every record: the ledger of a 315k
+	// path store took 0.67 s and 110 MB through loadLedger's map.
+	times := make([]int64, g.Len())
+	for i := range times {
+		times[i] = noRecord
 	}
-	return coverageOf(l.entries, g, now), nil
+	for _, n := range []string{ledgerName, ledgerLogName} {
+		b, err := os.ReadFile(filepath.Join(stateDir, n))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return Coverage{}, fmt.Errorf("verify: reading the ledger in %s: %w", stateDir, err)
+		}
+		parseLedger(b, func(t int64, _, name []byte) {
+			if id, ok := g.Lookup(string(name)); ok {
+				times[id] = t
+			}
+		})
+	}
+	return coverageOf(g, now, func(id graph.PathID) (int64, bool) { return times[id], times[id] != noRecord }), nil
 }
 
-func coverageOf(entries map[string]LedgerEntry, g *graph.Graph, now time.Time) Coverage {
+// noRecord marks a path without a ledger record in LedgerCoverage.
+const noRecord = math.MinInt64
+
+// coverageOf counts g's valid paths by when the ledger (record: a path's
+// last check's time, if it has one) says they were last verified.
+func coverageOf(g *graph.Graph, now time.Time, record func(graph.PathID) (int64, bool)) Coverage {
 	c := Coverage{ValidPaths: g.Len(), Since: now.Add(-CoverageWindow).Unix()}
 	for id := graph.PathID(0); int(id) < g.Len(); id++ {
-		e, ok := entries[g.Name(id)]
-		if ok && int(id) < len(g.RegTime) && e.Time < g.RegTime[id] {
+		t, ok := record(id)
+		if ok && int(id) < len(g.RegTime) && t < g.RegTime[id] {
 			// Checked before the path was registered: those contents
 			// were deleted and these registered since (a collection,
 			// then a rebuild or substitution); they were never checked.
@@ -69,14 +94,14 @@ func coverageOf(entries map[string]LedgerEntry, g *graph.Graph, now time.Time) C
 			c.Unverified++
 			continue
 		}
-		if e.Time >= c.Since {
+		if t >= c.Since {
 			c.Recent++
 		}
-		if c.Oldest == 0 || e.Time < c.Oldest {
-			c.Oldest = e.Time
+		if c.Oldest == 0 || t < c.Oldest {
+			c.Oldest = t
 		}
-		if e.Time > c.Newest {
-			c.Newest = e.Time
+		if t > c.Newest {
+			c.Newest = t
 		}
 	}
 	return c
@@ -94,6 +119,9 @@ func (v *verifier) coverage() *Coverage {
 		}
 		entries = l.entries
 	}
-	c := coverageOf(entries, v.g, v.now())
+	c := coverageOf(v.g, v.now(), func(id graph.PathID) (int64, bool) {
+		e, ok := entries[v.g.Name(id)]
+		return e.Time, ok
+	})
 	return &c
 }

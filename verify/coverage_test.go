@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,4 +88,47 @@ func TestLedgerCoverageReregistered(t *testing.T) {
 	if c != want {
 		t.Errorf("got %+v, want %+v", c, want)
 	}
+}
+
+// BenchmarkLedgerCoverage: the ledger of a 315k-path store (the size of
+// the bench store s150k), every path recorded: what it adds to
+// `storekeeper metrics` and to verify's result.
+func BenchmarkLedgerCoverage(b *testing.B) {
+	const n = 315_000
+	gb := graph.NewBuilder("/nix/store", n)
+	var led strings.Builder
+	now := time.Unix(2_000_000_000, 0)
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("%016x%016x-package", uint64(i)*0x9E3779B97F4A7C15, i) // hash parts differ from the first byte, as real ones
+		if _, err := gb.AddPath(int64(i+1), []byte(name)); err != nil {
+			b.Fatal(err)
+		}
+		gb.Graph().RegTime = append(gb.Graph().RegTime, now.Unix()-int64(30*24*3600))
+		fmt.Fprintf(&led, "%d ok %s\n", now.Unix()-int64(i%(14*24*3600)), name)
+	}
+	gb.BeginRefs(0)
+	g := gb.Finish()
+	dir := b.TempDir()
+	os.WriteFile(filepath.Join(dir, ledgerName), []byte(led.String()), 0o644)
+	b.Run("LedgerCoverage", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			c, err := LedgerCoverage(dir, g, now)
+			if err != nil || c.ValidPaths != n || c.Unverified != 0 {
+				b.Fatalf("%+v %v", c, err)
+			}
+		}
+	})
+	// Through the ledger's map of every record, as a verify run has it.
+	b.Run("map", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			l, err := loadLedger(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := coverageOf(g, now, func(id graph.PathID) (int64, bool) { e, ok := l.entries[g.Name(id)]; return e.Time, ok })
+			if c.ValidPaths != n || c.Unverified != 0 {
+				b.Fatalf("%+v", c)
+			}
+		}
+	})
 }

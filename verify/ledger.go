@@ -59,6 +59,14 @@ func loadLedger(dir string) (*ledger, error) {
 }
 
 func (l *ledger) parse(b []byte) {
+	parseLedger(b, func(t int64, status, name []byte) {
+		l.entries[string(name)] = LedgerEntry{Time: t, Status: string(status)}
+	})
+}
+
+// parseLedger calls fn for each well-formed line of b in order; the
+// slices alias b. Malformed lines and a torn last line are skipped.
+func parseLedger(b []byte, fn func(t int64, status, name []byte)) {
 	for len(b) > 0 {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
@@ -74,7 +82,7 @@ func (l *ledger) parse(b []byte) {
 		if err != nil {
 			continue
 		}
-		l.entries[string(f[2])] = LedgerEntry{Time: t, Status: string(f[1])}
+		fn(t, f[1], f[2])
 	}
 }
 
