@@ -17,6 +17,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 //go:embed *.service *.timer
@@ -80,11 +81,16 @@ var ErrBadPath = errors.New("systemd: path cannot go into a unit file")
 // checkPath refuses what systemd would not read back as the same path:
 // a relative path, a path with characters ExecStart= splits or expands
 // (white space, quotes, backslashes, % specifiers, $ variables) or a
-// control character, or one that is not clean (//, /./, /../, a trailing
-// slash).
+// control character, one that is not valid UTF-8 (systemd ignores the
+// line), or one that is not clean (//, /./, /../, a trailing slash).
 func checkPath(what, p string) error {
 	if !path.IsAbs(p) || path.Clean(p) != p {
 		return fmt.Errorf("%w: %s %q: give a clean absolute path", ErrBadPath, what, p)
+	}
+	if !utf8.ValidString(p) {
+		// systemd ignores such a line ("String is not UTF-8 clean"): the
+		// unit would have no ExecStart= and fail to load.
+		return fmt.Errorf("%w: %s %q is not valid UTF-8, which systemd does not read in a unit: give a path that is", ErrBadPath, what, p)
 	}
 	for _, r := range p {
 		if r <= ' ' || r == 0x7f || strings.ContainsRune(`"'\%$;`, r) {

@@ -149,7 +149,7 @@ func TestRender(t *testing.T) {
 	if ExecStart(out)[0] != DefaultBinary {
 		t.Errorf("default binary: %q", ExecStart(out))
 	}
-	for _, bad := range []string{"storekeeper", "/opt/my bin/storekeeper", "/opt/%n", "/opt/$HOME", "/opt//x", "/opt/x/", "/opt/a\\b", "/opt/\x1b[31m", "/opt/a'b"} {
+	for _, bad := range []string{"storekeeper", "/opt/my bin/storekeeper", "/opt/%n", "/opt/$HOME", "/opt//x", "/opt/x/", "/opt/a\\b", "/opt/\x1b[31m", "/opt/a'b", "/opt/sk\xff"} {
 		if _, err := Render(gc, Options{Binary: bad}); !errors.Is(err, ErrBadPath) {
 			t.Errorf("binary %q: err %v, want ErrBadPath", bad, err)
 		}
