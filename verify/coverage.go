@@ -108,17 +108,19 @@ func coverageOf(g *graph.Graph, now time.Time, record func(graph.PathID) (int64,
 }
 
 // coverage is the run's Result.Coverage: the ledger as this run leaves
-// it (its own records included), or, when the run did not load it (no
-// contents checked), as it is on disk; nil when it cannot be read.
+// it: its records (this run's included) when it recorded and committed
+// them, else as it is on disk (a run with --no-record, or that could not
+// write or commit the ledger, changed nothing there, and the next run and
+// `storekeeper metrics` know only the disk's); nil when it cannot be read.
 func (v *verifier) coverage() *Coverage {
-	entries := v.led.entries
-	if !v.o.CheckContents {
-		l, err := loadLedger(v.o.StateDir)
+	if v.sum.Recording != "yes" {
+		c, err := LedgerCoverage(v.o.StateDir, v.g, v.now())
 		if err != nil {
 			return nil
 		}
-		entries = l.entries
+		return &c
 	}
+	entries := v.led.entries
 	c := coverageOf(v.g, v.now(), func(id graph.PathID) (int64, bool) {
 		e, ok := entries[v.g.Name(id)]
 		return e.Time, ok

@@ -132,3 +132,25 @@ func BenchmarkLedgerCoverage(b *testing.B) {
 		}
 	})
 }
+
+// TestResultCoverageNotRecorded: a run that records nothing (--no-record,
+// or a state dir it cannot write) reports the coverage of the ledger as
+// it is on disk, not as if its own checks were in it: the next
+// `storekeeper metrics` and the next budgeted run know only the ledger.
+func TestResultCoverageNotRecorded(t *testing.T) {
+	f := newFixture(t, smallSpec())
+	state := t.TempDir()
+	n := len(f.b.Valid)
+	res := f.verify(Options{CheckContents: true, NoRecord: true, StateDir: state})
+	if c := res.Coverage; c == nil || c.Recent != 0 || c.Unverified != c.ValidPaths {
+		t.Errorf("--no-record: coverage %+v, want nothing verified (the ledger is empty)", c)
+	}
+	res = f.verify(Options{CheckContents: true, StateDir: state})
+	if c := res.Coverage; c == nil || c.Recent != n || c.Unverified != 0 {
+		t.Errorf("recording run: coverage %+v, want all %d verified", c, n)
+	}
+	res = f.verify(Options{CheckContents: true, NoRecord: true, StateDir: state})
+	if c := res.Coverage; c == nil || c.Recent != n {
+		t.Errorf("--no-record after a recording run: coverage %+v, want the ledger's %d", c, n)
+	}
+}
