@@ -57,8 +57,8 @@ var (
 	mRepFailed      = metricDef{"storekeeper_repair_paths_failed", "Paths the last repair could not repair.", metrics.Gauge}
 	mRepDownloaded  = metricDef{"storekeeper_repair_downloaded_bytes", "Bytes the last repair downloaded.", metrics.Gauge}
 
-	mCoverage   = metricDef{"storekeeper_verify_coverage_ratio", "Fraction of the valid paths whose contents verify checked within the last 7 days (its ledger).", metrics.Gauge}
-	mUnverified = metricDef{"storekeeper_verify_paths_never_verified", "Valid paths whose contents verify never checked (its ledger).", metrics.Gauge}
+	mCoverage   = metricDef{"storekeeper_verify_coverage_ratio", "Fraction of the valid paths whose contents verify checked within the last 7 days and since they were registered (its ledger).", metrics.Gauge}
+	mUnverified = metricDef{"storekeeper_verify_paths_never_verified", "Valid paths whose contents verify never checked (no record in its ledger since the path was registered).", metrics.Gauge}
 	mOldestAge  = metricDef{"storekeeper_verify_oldest_age_seconds", "Age of the least recent content check of a valid path that has one (its ledger); absent when none has.", metrics.Gauge}
 	mNewest     = metricDef{"storekeeper_verify_newest_timestamp_seconds", "When the most recent content check of a valid path was (Unix time; verify's ledger); absent when none was.", metrics.Gauge}
 
