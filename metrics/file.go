@@ -127,7 +127,11 @@ func openDir(dir string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	// O_PATH on the way: a directory the caller may search but not read
+	// (0711) is walked through, as the kernel would; the last one is
+	// opened for reading at the end (fsync needs it).
+	const walk = unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC
+	fd, err := unix.Open("/", walk, 0)
 	if err != nil {
 		return -1, &os.PathError{Op: "open", Path: "/", Err: err}
 	}
@@ -141,7 +145,7 @@ func openDir(dir string) (int, error) {
 			continue
 		}
 		next := filepath.Join(at, c)
-		nfd, err := unix.Openat(fd, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		nfd, err := unix.Openat(fd, c, walk|unix.O_NOFOLLOW, 0)
 		if err == nil {
 			unix.Close(fd)
 			fd, at = nfd, next
@@ -179,7 +183,7 @@ func openDir(dir string) (int, error) {
 		}
 		target := string(buf[:n])
 		if strings.HasPrefix(target, "/") {
-			rfd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			rfd, err := unix.Open("/", walk, 0)
 			unix.Close(fd)
 			if err != nil {
 				return -1, &os.PathError{Op: "open", Path: "/", Err: err}
@@ -188,7 +192,12 @@ func openDir(dir string) (int, error) {
 		}
 		rest = append(strings.Split(target, "/"), rest...)
 	}
-	return fd, nil
+	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	unix.Close(fd)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: at, Err: err}
+	}
+	return dfd, nil
 }
 
 // staleTemp is the age past which a temporary file of WriteFile's is one

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -518,4 +519,36 @@ func TestWriteFileStaleTemp(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertOnly(t, dir, ".x.prom.tmp-2-bbbbbbbbbbbb", ".x.prom.tmp-dir", ".y.prom.tmp-3-cccccccccccc", "x.prom")
+}
+
+// TestWriteFileSearchOnlyAncestor: a directory on the way that the
+// caller may search but not read (mode 0711, another user's) does not
+// stop the write, as it does not stop opening the path by name. Run as
+// root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv), as a
+// hardened unit may be.
+func TestWriteFileSearchOnlyAncestor(t *testing.T) {
+	if p := os.Getenv("METRICS_TEST_WRITE"); p != "" {
+		if err := WriteFile(p, sampleFams(1)); err != nil {
+			fmt.Println("WRITE FAILED:", err)
+		}
+		return
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if os.Geteuid() != 0 || err != nil {
+		t.Skip("needs root and setpriv")
+	}
+	base := t.TempDir()
+	os.Chmod(base, 0o755)
+	locked := filepath.Join(base, "locked")
+	os.Mkdir(locked, 0o711)
+	os.Chown(locked, 65534, 65534)
+	tf := filepath.Join(locked, "textfile")
+	os.Mkdir(tf, 0o755)
+	cmd := exec.Command(setpriv, "--bounding-set=-dac_override,-dac_read_search", os.Args[0], "-test.run=^TestWriteFileSearchOnlyAncestor$")
+	cmd.Env = append(os.Environ(), "METRICS_TEST_WRITE="+filepath.Join(tf, "x.prom"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.Contains(string(out), "WRITE FAILED") {
+		t.Errorf("%v\n%s", err, out)
+	}
+	assertOnly(t, tf, "x.prom")
 }
