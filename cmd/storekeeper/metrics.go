@@ -101,10 +101,16 @@ func runFamilies(command string, end time.Time, elapsed time.Duration, o outcome
 	}
 	switch r := result.(type) {
 	case *gc.Result:
+		// One sample whatever the phases (a second would be a duplicate
+		// series, which the format refuses: the run would fail).
+		wait, locked := 0.0, false
 		for _, ph := range r.Phases {
 			if ph.Name == "lock" {
-				b.add(mLockWait, ph.Seconds)
+				wait, locked = wait+ph.Seconds, true
 			}
+		}
+		if locked {
+			b.add(mLockWait, wait)
 		}
 		b.add(mGCBytesFreed, float64(r.BytesFreed))
 		b.add(mGCPaths, float64(r.PathsDeleted))

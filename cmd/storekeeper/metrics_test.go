@@ -37,6 +37,8 @@ func TestRunFamilies(t *testing.T) {
 				`storekeeper_last_run_timestamp_seconds{command="gc"}`: "1700000000.25", `storekeeper_last_run_duration_seconds{command="gc"}`: "1.5",
 				`storekeeper_last_run_exit_code{command="gc"}`: "0",
 			}},
+		{"gc", outcome{}, &gc.Result{Phases: []gc.PhaseTime{{Name: "lock", Seconds: 1}, {Name: "roots", Seconds: 1}, {Name: "lock", Seconds: 0.5}}},
+			map[string]string{`storekeeper_lock_wait_seconds{command="gc"}`: "1.5"}},
 		{"optimise", outcome{}, &optimise.Result{BytesFreed: 10, FilesLinked: 2}, map[string]string{
 			`storekeeper_optimise_saved_bytes{command="optimise"}`: "10", `storekeeper_optimise_files_linked{command="optimise"}`: "2"}},
 		{"verify", outcome{code: exitFindings, kind: "findings"}, &verify.Result{Summary: verify.Summary{Checked: 4, ContentsChecked: 2, Damaged: 1}, Coverage: cov},
