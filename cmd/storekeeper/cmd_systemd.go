@@ -63,7 +63,9 @@ func newSystemdCommand(g *globalOptions) *cobra.Command {
 /etc/systemd/system), with ExecStart= naming this storekeeper binary (its
 absolute path, or --bin PATH; a path in the store is written with a
 warning: a collection deletes it once no profile keeps it, so give a
-profile's, such as /nix/var/nix/profiles/default/bin/storekeeper):
+profile's, such as /nix/var/nix/profiles/default/bin/storekeeper; so is,
+installing as root, a binary another user could replace: the file, or a
+directory or symlink on its way, not root's alone):
 
   storekeeper-gc.service, .timer        daily at 03:15 (randomised by up to
                                         45 minutes): gc --keep 5
@@ -160,6 +162,14 @@ func runSystemdInstall(cmd *cobra.Command, g *globalOptions, o *systemdInstallOp
 			}
 		}
 	}
+	// Installed by root, the units run bin as root: warn when another
+	// user could replace it. (An install by another user, such as a
+	// package build, writes units whose files root owns later.)
+	if os.Geteuid() == 0 {
+		if why := binaryProblem(bin); why != "" {
+			p.Warnf("the units run %s as root, but %s: whoever can change it could run anything as root at the next timer; install storekeeper where only root can change it (/usr/local/bin, a root profile) and give it with --bin", report.Name(bin), why)
+		}
+	}
 	if o.noMetrics && cmd.Flags().Changed("metrics-dir") {
 		return usagef("--no-metrics and --metrics-dir exclude each other")
 	}
@@ -253,6 +263,81 @@ func runSystemdInstall(cmd *cobra.Command, g *globalOptions, o *systemdInstallOp
 	}
 	p.Textln("  " + res.Enable)
 	return nil
+}
+
+// maxBinaryLinks bounds the symlinks binaryProblem follows (Linux's own
+// limit).
+const maxBinaryLinks = 40
+
+// binaryProblem says how a user other than root could replace bin, the
+// absolute path the units run as root with capabilities ("" when none
+// can): the file itself owned by another user or writable by group or
+// others, or a directory it is reached through (every symlink on the way
+// followed, each link's own directory checked too) owned by another user
+// or writable by group or others, unless that directory is sticky and
+// the entry is root's (as /nix/store). Whoever can replace it runs
+// anything as root at the next timer.
+func binaryProblem(bin string) string {
+	if !filepath.IsAbs(bin) {
+		return "not an absolute path"
+	}
+	rest := strings.Split(bin, "/")
+	dir, links := "/", 0
+	for len(rest) > 0 {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			dir = filepath.Dir(dir)
+			continue
+		}
+		p := filepath.Join(dir, c)
+		var dst, st unix.Stat_t
+		if err := unix.Stat(dir, &dst); err != nil {
+			return report.Text(err.Error())
+		}
+		if err := unix.Lstat(p, &st); err != nil {
+			return report.Name(p) + ": " + report.Text(err.Error())
+		}
+		if dst.Uid != 0 {
+			return fmt.Sprintf("%s, on its way, belongs to uid %d", report.Name(dir), dst.Uid)
+		}
+		switch {
+		case dst.Mode&0o022 == 0:
+		case dst.Mode&unix.S_ISVTX == 0:
+			return fmt.Sprintf("%s, on its way, is writable by group or others (mode %#o)", report.Name(dir), dst.Mode&0o7777)
+		case st.Uid != 0:
+			return fmt.Sprintf("%s belongs to uid %d", report.Name(p), st.Uid)
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			if links++; links > maxBinaryLinks {
+				return report.Name(bin) + ": too many symlinks"
+			}
+			target, err := os.Readlink(p)
+			if err != nil {
+				return report.Text(err.Error())
+			}
+			if filepath.IsAbs(target) {
+				dir = "/"
+			}
+			rest = append(strings.Split(target, "/"), rest...)
+			continue
+		}
+		dir = p
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return report.Text(err.Error())
+	}
+	if st.Uid != 0 {
+		return fmt.Sprintf("%s belongs to uid %d", report.Name(dir), st.Uid)
+	}
+	if st.Mode&0o022 != 0 {
+		return fmt.Sprintf("%s is writable by group or others (mode %#o)", report.Name(dir), st.Mode&0o7777)
+	}
+	return ""
 }
 
 // metricsDirProblem says why the units, which run as root, could not

@@ -92,13 +92,88 @@ func TestMetricsDirProblem(t *testing.T) {
 		{mk("rootprivate", 0o700, 0), ""},
 		{mk("other", 0o755, 4242), "uid 4242"},
 		{mk("groupw", 0o775, 0), "writable by group or others"},
-		{mk("sticky", 0o1777, 0), "writable by group or others"},
+		{mk("sticky", 0o777|os.ModeSticky, 0), "writable by group or others"},
 		{filepath.Join(base, "missing"), "no such file"},
 		{file, "not a directory"},
 	} {
 		got := metricsDirProblem(tc.dir)
 		if (got == "") != (tc.want == "") || !strings.Contains(got, tc.want) {
 			t.Errorf("%s: %q, want %q", tc.dir, got, tc.want)
+		}
+	}
+}
+
+// TestBinaryProblem: the units run their binary as root, so install
+// warns when a user other than root could replace it: the file itself,
+// or a directory on its path (as given, and after its symlinks), owned by
+// another user or writable by group or others (but a sticky directory of
+// root's holding root's entry, as /nix/store). A profile of another user
+// (per-user/USER) is such a path.
+func TestBinaryProblem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the files are given to another user")
+	}
+	base := t.TempDir()
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mkdir := func(p string, mode os.FileMode, uid int) string {
+		t.Helper()
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	bin := func(p string, uid int) string {
+		t.Helper()
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := bin(filepath.Join(mkdir(filepath.Join(base, "rootbin"), 0o755, 0), "sk"), 0)
+	alices := bin(filepath.Join(mkdir(filepath.Join(base, "alicebin"), 0o755, 4242), "sk"), 0)
+	ownedByAlice := bin(filepath.Join(base, "rootbin", "alice-sk"), 4242)
+	groupw := bin(filepath.Join(mkdir(filepath.Join(base, "groupw"), 0o775, 0), "sk"), 0)
+	sticky := bin(filepath.Join(mkdir(filepath.Join(base, "sticky"), 0o775|os.ModeSticky, 0), "sk"), 0)
+	worldFile := bin(filepath.Join(base, "rootbin", "world-sk"), 0)
+	if err := os.Chmod(worldFile, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	// A link in alice's directory to root's binary: alice can repoint it.
+	linkDir := mkdir(filepath.Join(base, "alicelinks"), 0o755, 4242)
+	link := filepath.Join(linkDir, "sk")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	// A link in root's directory to a binary in alice's: alice can
+	// replace the target.
+	rootLink := filepath.Join(base, "rootbin", "to-alice")
+	if err := os.Symlink(alices, rootLink); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ bin, want string }{
+		{good, ""},
+		{sticky, ""},
+		{alices, "uid 4242"},
+		{ownedByAlice, "uid 4242"},
+		{groupw, "writable by group or others"},
+		{worldFile, "writable by group or others"},
+		{link, "uid 4242"},
+		{rootLink, "uid 4242"},
+	} {
+		got := binaryProblem(tc.bin)
+		if (got == "") != (tc.want == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.bin, got, tc.want)
 		}
 	}
 }
