@@ -43,11 +43,11 @@ var (
 	mRunError     = metricDef{"storekeeper_last_run_error", "1 for the kind of error that ended the command's last run (the --json error.kind); absent after a success.", metrics.Gauge}
 
 	mLockWait       = metricDef{"storekeeper_lock_wait_seconds", "How long the command's last run waited for gc.lock.", metrics.Gauge}
-	mGCBytesFreed   = metricDef{"storekeeper_gc_freed_bytes", "Bytes the last collection freed (its own deletions, counting hard links).", metrics.Gauge}
+	mGCBytesFreed   = metricDef{"storekeeper_gc_freed_bytes", "Bytes the last collection freed: the blocks of the files whose last hard link it removed (not what another process deleted first).", metrics.Gauge}
 	mGCPaths        = metricDef{"storekeeper_gc_paths_deleted", "Valid store paths the last collection deleted.", metrics.Gauge}
 	mGCEntries      = metricDef{"storekeeper_gc_entries_deleted", "Other store directory entries (invalid leftovers, stale lock files) the last collection deleted.", metrics.Gauge}
 	mGCLockHeld     = metricDef{"storekeeper_gc_lock_held_seconds", "How long the last collection held gc.lock exclusively.", metrics.Gauge}
-	mOptBytesSaved  = metricDef{"storekeeper_optimise_saved_bytes", "Bytes the last optimise freed by hard-linking identical files.", metrics.Gauge}
+	mOptBytesSaved  = metricDef{"storekeeper_optimise_saved_bytes", "Bytes the last optimise freed: the sizes of the files it replaced by a hard link to an identical one.", metrics.Gauge}
 	mOptFilesLinked = metricDef{"storekeeper_optimise_files_linked", "Files the last optimise replaced by a hard link.", metrics.Gauge}
 	mVerChecked     = metricDef{"storekeeper_verify_paths_checked", "Valid paths the last verify checked (existence and database rows).", metrics.Gauge}
 	mVerHashed      = metricDef{"storekeeper_verify_paths_hashed", "Valid paths the last verify NAR-hashed.", metrics.Gauge}
