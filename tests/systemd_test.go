@@ -833,3 +833,27 @@ wait $gc; echo "GC $?"
 			env.Result.GCRunning, env.Result.GCSocketAccepts, env.Result.GCSocketError, data)
 	}
 }
+
+// TestManDirUmask: the directory `man DIR` creates is readable by every
+// user, as the pages in it are (0644), whatever the umask: with root's
+// umask 077 (a hardened system) a new /usr/local/share/man/man1 was 0700
+// and no other user could read a page.
+func TestManDirUmask(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "man1")
+	out, err := exec.Command("sh", "-c", `umask 077 && exec "$0" man "$1"`, binary, dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("man: %v\n%s", err, out)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o755 {
+		t.Errorf("man created %s with mode %v under umask 077, want 0755", dir, st.Mode().Perm())
+	}
+	st, err = os.Stat(filepath.Join(dir, "storekeeper.1"))
+	if err != nil || st.Mode().Perm() != 0o644 {
+		t.Errorf("storekeeper.1: %v %v, want mode 0644", err, st)
+	}
+}

@@ -40,7 +40,8 @@ func newManCommand(g *globalOptions) *cobra.Command {
 definitions as --help: storekeeper.1, storekeeper-gc.1, storekeeper-lock-status.1,
 ..., each with NAME, SYNOPSIS, DESCRIPTION, COMMANDS (of a parent), OPTIONS,
 GLOBAL OPTIONS, EXIT STATUS and SEE ALSO. DIR is created if it does not
-exist (its parent must); it must belong to this user or root and be
+exist (its parent must; mode 0755, as the pages are 0644, whatever the
+umask); it must belong to this user or root and be
 writable by its owner only. Each page is written whole (a temporary file,
 fsynced, renamed over the name; a symlink there is replaced, never
 followed).
@@ -59,7 +60,10 @@ or read one in place: man -l DIR/storekeeper-gc.1
 
 func runMan(cmd *cobra.Command, g *globalOptions, dir string) error {
 	p := g.printer(cmd)
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	created := true
+	if err := os.Mkdir(dir, 0o755); errors.Is(err, os.ErrExist) {
+		created = false
+	} else if err != nil {
 		return fmt.Errorf("creating %s: %w", report.Name(dir), err)
 	}
 	d, err := openOwnDir(dir)
@@ -67,6 +71,13 @@ func runMan(cmd *cobra.Command, g *globalOptions, dir string) error {
 		return err
 	}
 	defer d.Close()
+	if created {
+		// Readable by every user, as the pages are, whatever the umask
+		// (077 made it root's alone).
+		if err := d.Chmod(0o755); err != nil {
+			return fmt.Errorf("making %s readable by every user: %w", report.Name(dir), err)
+		}
+	}
 	res := manResult{Dir: dir}
 	for _, c := range manCommands(cmd.Root()) {
 		name := manName(c) + ".1"
