@@ -744,6 +744,13 @@ c storekeeper systemd install --dr
 			t.Errorf("bash completion: no %q in:\n%s", want, out)
 		}
 	}
+	// Directories only where a directory is asked for.
+	for _, args := range [][]string{{"man", ""}, {"systemd", "install", "--dir", ""}, {"systemd", "install", "--metrics-dir", ""}} {
+		r := run(t, append([]string{"__complete"}, args...)...)
+		if !strings.Contains(r.stdout, ":16\n") || !strings.Contains(r.stderr, "ShellCompDirectiveFilterDirs") {
+			t.Errorf("completing %q: not directories only (directive 16):\n%s%s", args, r.stdout, r.stderr)
+		}
+	}
 	for _, c := range []struct{ shell, head, check string }{
 		{"zsh", "#compdef storekeeper", "zsh -n"},
 		{"fish", "complete -c storekeeper", "fish --no-execute"},

@@ -52,6 +52,13 @@ or read one in place: man -l DIR/storekeeper-gc.1
 
 ` + exitCodesHelp,
 		Args: cobra.ExactArgs(1),
+		// DIR: shells complete directories only.
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+			if len(args) > 0 {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			return nil, cobra.ShellCompDirectiveFilterDirs
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runMan(cmd, g, args[0])
 		},

@@ -122,6 +122,9 @@ storekeeper never runs systemctl itself.
 	f.BoolVar(&o.noMetrics, "no-metrics", false, "write no metrics files (no --metrics-file in the units)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "say what would be written, write nothing")
 	f.BoolVar(&o.force, "force", false, "replace unit files that differ from storekeeper's, and symlinks at their names")
+	// Shells complete directories for these (the flags exist: no error).
+	install.MarkFlagDirname("dir")
+	install.MarkFlagDirname("metrics-dir")
 	cmd.AddCommand(install)
 	return cmd
 }
