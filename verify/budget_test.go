@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bytes"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"sort"
@@ -38,11 +39,14 @@ func TestBudgetCoversStoreOldestFirst(t *testing.T) {
 	for i := 0; i < g.Len(); i++ {
 		total += int64(g.NarSize[i])
 	}
-	clock := int64(1000)
+	// Runs an hour apart, after the paths were registered (a record from
+	// before a path's registration is of other contents).
+	base := time.Now().Unix()
+	clock := base
 	now := func() time.Time { return time.Unix(clock, 0) }
 	seen := map[string]int{}
 	for run := 1; run <= 3; run++ {
-		clock = int64(run * 1000)
+		clock = base + int64(run*3600)
 		res := f.verify(Options{BudgetBytes: total / 3, Now: now})
 		if res.Problems() {
 			t.Fatalf("run %d: %+v", run, res.Findings)
@@ -76,12 +80,41 @@ func TestBudgetCoversStoreOldestFirst(t *testing.T) {
 		t.Fatalf("three runs covered %d of %d paths", len(seen), len(f.b.Valid))
 	}
 	// The fourth run starts again with the oldest: run 1's paths.
-	clock = 4000
+	clock = base + 4*3600
 	f.verify(Options{BudgetBytes: 1, Now: now})
 	for name, tm := range ledgerTimes(t, state) {
-		if tm == 4000 && seen[name] != 1 {
+		if tm == clock && seen[name] != 1 {
 			t.Errorf("run 4 verified %s from run %d, not one of the oldest", name, seen[name])
 		}
+	}
+
+	// A path registered again since its last check (collected, then
+	// rebuilt or substituted) holds contents never checked: it comes
+	// first, before run 1's and run 4's paths.
+	var again string
+	for name, r := range seen {
+		if r == 3 && (again == "" || name < again) {
+			again = name
+		}
+	}
+	sdb, err := sql.Open("sqlite", "file:"+f.b.Layout.DBPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sdb.Exec("UPDATE ValidPaths SET registrationTime = ? WHERE path = ?", base+4*3600+60, f.b.Layout.StorePathOf(again)); err != nil {
+		t.Fatal(err)
+	}
+	sdb.Close()
+	clock = base + 5*3600
+	f.verify(Options{BudgetBytes: 1, Now: now})
+	var run5 []string
+	for name, tm := range ledgerTimes(t, state) {
+		if tm == clock {
+			run5 = append(run5, name)
+		}
+	}
+	if len(run5) != 1 || run5[0] != again {
+		t.Errorf("after %s was registered again, a budget of 1 byte verified %v, want it alone", again, run5)
 	}
 }
 

@@ -75,6 +75,14 @@ func LedgerCoverage(stateDir string, g *graph.Graph, now time.Time) (Coverage, e
 	return coverageOf(g, now, func(id graph.PathID) (int64, bool) { return times[id], times[id] != noRecord }), nil
 }
 
+// checkedSinceRegistered reports whether a ledger record of time t (Unix
+// seconds) is about id's present contents: a check before the path was
+// registered was of contents deleted since (a collection, then a rebuild
+// or substitution registered the path again); these were never checked.
+func checkedSinceRegistered(g *graph.Graph, id graph.PathID, t int64) bool {
+	return int(id) >= len(g.RegTime) || t >= g.RegTime[id]
+}
+
 // noRecord marks a path without a ledger record in LedgerCoverage.
 const noRecord = math.MinInt64
 
@@ -84,10 +92,7 @@ func coverageOf(g *graph.Graph, now time.Time, record func(graph.PathID) (int64,
 	c := Coverage{ValidPaths: g.Len(), Since: now.Add(-CoverageWindow).Unix()}
 	for id := graph.PathID(0); int(id) < g.Len(); id++ {
 		t, ok := record(id)
-		if ok && int(id) < len(g.RegTime) && t < g.RegTime[id] {
-			// Checked before the path was registered: those contents
-			// were deleted and these registered since (a collection,
-			// then a rebuild or substitution); they were never checked.
+		if ok && !checkedSinceRegistered(g, id, t) {
 			ok = false
 		}
 		if !ok {

@@ -208,9 +208,17 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	budgeted := v.o.BudgetTime > 0 || v.o.BudgetBytes > 0
 	if budgeted {
 		led := v.led.entries
+		// Least recently checked first; a record from before the path's
+		// registration is of other contents: as never checked.
+		last := func(id graph.PathID, name string) int64 {
+			if t := led[name].Time; checkedSinceRegistered(g, id, t) {
+				return t
+			}
+			return 0
+		}
 		sort.Slice(order, func(a, b int) bool {
 			na, nb := g.Name(order[a]), g.Name(order[b])
-			ta, tb := led[na].Time, led[nb].Time
+			ta, tb := last(order[a], na), last(order[b], nb)
 			if ta != tb {
 				return ta < tb
 			}
