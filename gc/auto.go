@@ -11,14 +11,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	iofs "io/fs"
 	"math"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
-	"storekeeper/internal/sys"
 	"storekeeper/lock"
 	"storekeeper/store"
 	"storekeeper/store/fs"
@@ -135,9 +133,9 @@ func (l *AutoLock) Release() {
 // the process ends, however it ends, so a killed run never blocks the
 // next one.
 func AcquireAutoLock(ownStateDir string) (*AutoLock, error) {
-	dfd, err := openStateDir(ownStateDir)
+	dfd, err := fs.OpenStateDir(ownStateDir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("gc: %w", err)
 	}
 	defer unix.Close(dfd)
 	path := filepath.Join(ownStateDir, AutoLockName)
@@ -155,38 +153,4 @@ func AcquireAutoLock(ownStateDir string) (*AutoLock, error) {
 		return nil, fmt.Errorf("gc: locking %s: %w", path, err)
 	}
 	return &AutoLock{f: f}, nil
-}
-
-// openStateDir opens the directory dir, creating it (see AcquireAutoLock).
-func openStateDir(dir string) (int, error) {
-	dir = filepath.Clean(dir)
-	parent, name := filepath.Dir(dir), filepath.Base(dir)
-	pfd, err := unix.Open(parent, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("gc: opening %s: %w", parent, err)
-	}
-	defer unix.Close(pfd)
-	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := sys.OpenAt(pfd, name, flags)
-	if err == unix.ENOENT {
-		var st unix.Stat_t
-		if err := unix.Fstat(pfd, &st); err != nil {
-			return -1, fmt.Errorf("gc: stat %s: %w", parent, err)
-		}
-		if unix.Geteuid() == 0 && (st.Uid != 0 || (st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0)) {
-			return -1, fmt.Errorf("gc: not creating %s as root in %s, which uid %d owns or others may write to: create it as root (install -d -m 755 %s), or run as the store's owner: %w",
-				dir, parent, st.Uid, dir, iofs.ErrPermission)
-		}
-		if err := unix.Mkdirat(pfd, name, 0o755); err != nil && err != unix.EEXIST {
-			return -1, fmt.Errorf("gc: creating %s: %w", dir, err)
-		}
-		fd, err = sys.OpenAt(pfd, name, flags)
-	}
-	if err == unix.ELOOP || err == unix.ENOTDIR {
-		return -1, fmt.Errorf("gc: %s is a symbolic link or not a directory, which storekeeper never follows: remove it (it is made again as a directory): %w", dir, err)
-	}
-	if err != nil {
-		return -1, fmt.Errorf("gc: opening %s: %w", dir, err)
-	}
-	return fd, nil
 }

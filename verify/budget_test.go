@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,6 +165,29 @@ func TestNoRecordAndUnwritableState(t *testing.T) {
 	res = f.verify(Options{CheckContents: true, StateDir: filepath.Join(blocker, "state")})
 	if res.Problems() || res.Summary.ContentsChecked != len(f.b.Valid) || res.Summary.Recording == "yes" {
 		t.Errorf("unwritable state: %+v", res.Summary)
+	}
+}
+
+// TestSymlinkedStateDirNotFollowed: a state directory that is a symbolic
+// link (whoever controls its parent could point it anywhere) is never
+// followed: the audit runs without recording and writes nothing where it
+// points.
+func TestSymlinkedStateDirNotFollowed(t *testing.T) {
+	f := newFixture(t, smallSpec())
+	elsewhere := t.TempDir()
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.Symlink(elsewhere, state); err != nil {
+		t.Fatal(err)
+	}
+	res := f.verify(Options{CheckContents: true, StateDir: state})
+	if res.Problems() || res.Summary.ContentsChecked != len(f.b.Valid) {
+		t.Errorf("audit with a symlinked state dir: %+v", res.Summary)
+	}
+	if !strings.Contains(res.Summary.Recording, "symbolic link") {
+		t.Errorf("recording: %q, want it to name the symbolic link", res.Summary.Recording)
+	}
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Errorf("verify wrote %d entries where the symlinked state dir points", len(ents))
 	}
 }
 

@@ -42,6 +42,7 @@ import (
 	"storekeeper/report"
 	"storekeeper/store"
 	"storekeeper/store/db"
+	"storekeeper/store/fs"
 	"storekeeper/verify/finding"
 )
 
@@ -587,8 +588,8 @@ func (v *verifier) openState() {
 	writable := !v.o.NoRecord
 	why := "no: --no-record"
 	if writable {
-		if err := os.MkdirAll(v.o.StateDir, 0o755); err != nil {
-			writable, why = false, fmt.Sprintf("no: cannot create %s: %v", v.o.StateDir, err)
+		if err := checkStateDir(v.o.StateDir); err != nil {
+			writable, why = false, fmt.Sprintf("no: %v", err)
 		} else if err := unix.Access(v.o.StateDir, unix.W_OK); err != nil {
 			writable, why = false, fmt.Sprintf("no: %s is not writable: %v", v.o.StateDir, err)
 		} else if err := v.lockState(); err != nil {
@@ -617,6 +618,17 @@ func (v *verifier) openState() {
 	if !writable {
 		v.sum.Recording = why
 	}
+}
+
+// checkStateDir makes sure dir is a directory, created if missing, and
+// never a symbolic link: the ledger and manifests are opened by path in
+// it (fs.OpenStateDir).
+func checkStateDir(dir string) error {
+	fd, err := fs.OpenStateDir(dir)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
 }
 
 // lockState takes an exclusive, non-blocking flock on the state dir's lock
