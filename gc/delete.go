@@ -68,7 +68,7 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 	go func() {
 		defer close(moverDone)
 		for b := range moves {
-			n := 0
+			n, nar := 0, uint64(0)
 			for _, id := range b.ids {
 				name := c.g.Name(id)
 				if b.spare[name] {
@@ -82,9 +82,14 @@ func (c *collector) invalidateAndMove(ctx context.Context, p *plan) error {
 				}
 				mv.move(name)
 				n++
+				nar += c.g.NarSize[id]
 			}
 			c.mu.Lock()
 			c.res.PathsDeleted += n
+			c.res.PathsValid -= n
+			c.res.ValidNarBytes -= nar
+			c.res.PathsDeadLeft -= n
+			c.res.DeadNarBytesLeft -= nar
 			c.mu.Unlock()
 			c.releasePending(b.ids)
 			c.progress.Add(int64(len(b.ids)))

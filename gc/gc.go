@@ -170,6 +170,16 @@ type Result struct {
 	// system); EnoughFree says it was enough and nothing was collected.
 	FreeBytes  *uint64 `json:"free_bytes,omitempty"`
 	EnoughFree bool    `json:"enough_free,omitempty"`
+	// The store as this run left it, from the graph it loaded: valid
+	// paths and the sum of their NAR sizes (what it found, less what it
+	// invalidated), and the dead valid paths still there (all of them
+	// with PrintDead, PrintLive and DryRun; those beyond MaxFreed, or
+	// spared, when deleting). Zero when no plan was made (gc --auto with
+	// enough free space).
+	PathsValid       int    `json:"paths_valid"`
+	ValidNarBytes    uint64 `json:"valid_nar_bytes"`
+	PathsDeadLeft    int    `json:"paths_dead_left"`
+	DeadNarBytesLeft uint64 `json:"dead_nar_bytes_left"`
 	// TrashEmptied counts entries left in the trash by earlier runs that
 	// did not finish (killed or interrupted) and deleted now.
 	TrashEmptied int `json:"trash_emptied"`

@@ -460,6 +460,63 @@ func TestDryRunChangesNothingAndMaxFreed(t *testing.T) {
 	}
 }
 
+// TestResultTalliesTheStore: a run's PathsValid/ValidNarBytes and
+// PathsDeadLeft/DeadNarBytesLeft (the store metrics of --metrics-file)
+// are the database's after it: before and after a partial and a full
+// collection, and unchanged by a dry run.
+func TestResultTalliesTheStore(t *testing.T) {
+	b := storetest.MustBuild(t, storetest.Spec{Paths: 60, Seed: 8, MaxDeps: 3, Files: 2, FileSize: 5000, Roots: 2, Generations: 1})
+	lay := b.Layout
+	sums := func() (n int, nar uint64) {
+		sdb, err := sql.Open("sqlite", "file:"+lay.DBPath()+"?mode=ro")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sdb.Close()
+		if err := sdb.QueryRow("select count(*), coalesce(sum(narSize), 0) from ValidPaths").Scan(&n, &nar); err != nil {
+			t.Fatal(err)
+		}
+		return n, nar
+	}
+	deadNar := func(res *gc.Result) (n int, nar uint64) {
+		sdb, err := sql.Open("sqlite", "file:"+lay.DBPath()+"?mode=ro")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sdb.Close()
+		for _, p := range res.Dead {
+			var sz uint64
+			if sdb.QueryRow("select narSize from ValidPaths where path = ?", p).Scan(&sz) == nil {
+				n++
+				nar += sz
+			}
+		}
+		return n, nar
+	}
+	ro := storetest.OpenRO(t, lay)
+	dry := collect(t, ro, gc.Options{Action: gc.Delete, DryRun: true})
+	ro.Close()
+	n, nar := sums()
+	dn, dnar := deadNar(dry)
+	if dry.PathsValid != n || dry.ValidNarBytes != nar || dry.PathsDeadLeft != dn || dry.DeadNarBytesLeft != dnar || dn == 0 {
+		t.Fatalf("dry run: valid %d/%d dead %d/%d, the database has %d/%d and %d/%d dead",
+			dry.PathsValid, dry.ValidNarBytes, dry.PathsDeadLeft, dry.DeadNarBytesLeft, n, nar, dn, dnar)
+	}
+	rw := storetest.Open(t, lay)
+	limited := collect(t, rw, gc.Options{Action: gc.Delete, MaxFreed: dry.BytesFreed / 3})
+	n, nar = sums()
+	if limited.PathsValid != n || limited.ValidNarBytes != nar || limited.PathsDeadLeft != dn-limited.PathsDeleted || limited.PathsDeadLeft == 0 {
+		t.Errorf("partial run: valid %d/%d, %d dead left; the database has %d/%d, %d were dead and %d deleted",
+			limited.PathsValid, limited.ValidNarBytes, limited.PathsDeadLeft, n, nar, dn, limited.PathsDeleted)
+	}
+	full := collect(t, rw, gc.Options{Action: gc.Delete})
+	n, nar = sums()
+	if full.PathsValid != n || full.ValidNarBytes != nar || full.PathsDeadLeft != 0 || full.DeadNarBytesLeft != 0 {
+		t.Errorf("full run: valid %d/%d, dead left %d/%d; the database has %d/%d",
+			full.PathsValid, full.ValidNarBytes, full.PathsDeadLeft, full.DeadNarBytesLeft, n, nar)
+	}
+}
+
 // TestLeftoverTrashIsEmptied: a run finds the trash of an interrupted one
 // and empties it first.
 func TestLeftoverTrashIsEmptied(t *testing.T) {

@@ -236,6 +236,7 @@ func (c *collector) newPlan(ctx context.Context) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.tallyStore(p)
 	pl := &Plan{Roots: p.roots, Graph: c.g, c: c, p: p}
 	switch {
 	case c.o.Action == PrintDead:
@@ -345,6 +346,23 @@ type plan struct {
 	protected []string
 	// limit: with MaxFreed, only comps[:limit] are deleted (-1: all).
 	limit int
+}
+
+// tallyStore records in the result the valid paths and the dead ones
+// the plan found, with their NAR sizes; deletion subtracts what it
+// invalidates (deleteBatches' mover).
+func (c *collector) tallyStore(p *plan) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.res.PathsValid, c.res.ValidNarBytes = c.g.Len(), 0
+	c.res.PathsDeadLeft, c.res.DeadNarBytesLeft = 0, 0
+	for id := 0; id < c.g.Len(); id++ {
+		c.res.ValidNarBytes += c.g.NarSize[id]
+		if p.dead[id] {
+			c.res.PathsDeadLeft++
+			c.res.DeadNarBytesLeft += c.g.NarSize[id]
+		}
+	}
 }
 
 func (p *plan) names(c *collector) []string {

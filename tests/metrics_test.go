@@ -374,6 +374,14 @@ func TestMetricsNodeExporter(t *testing.T) {
 	expectSample(t, w, "storekeeper_gc_paths_deleted", "gc", num(res["paths_deleted"]))
 	expectSample(t, w, "storekeeper_gc_entries_deleted", "gc", num(res["entries_deleted"]))
 	expectSample(t, w, "storekeeper_gc_lock_held_seconds", "gc", num(res["lock_held_seconds"]))
+	// The store as gc left it: its size and the dead bytes it left (none
+	// after a full collection), the values of its JSON.
+	expectSample(t, w, "storekeeper_store_paths", "gc", num(res["paths_valid"]))
+	expectSample(t, w, "storekeeper_store_nar_bytes", "gc", num(res["valid_nar_bytes"]))
+	expectSample(t, w, "storekeeper_dead_nar_bytes", "gc", 0)
+	if num(res["paths_valid"]) == 0 || num(res["dead_nar_bytes_left"]) != 0 {
+		t.Errorf("gc left %v valid paths and %v dead NAR bytes", res["paths_valid"], res["dead_nar_bytes_left"])
+	}
 	for _, ph := range res["phases"].([]any) {
 		if m := ph.(map[string]any); m["name"] == "lock" {
 			expectSample(t, w, "storekeeper_lock_wait_seconds", "gc", num(m["elapsed_seconds"]))

@@ -62,7 +62,7 @@ var (
 	mOldestAge  = metricDef{"storekeeper_verify_oldest_age_seconds", "Age of the least recent content check of a valid path that has one (its ledger); absent when none has.", metrics.Gauge}
 	mNewest     = metricDef{"storekeeper_verify_newest_timestamp_seconds", "When the most recent content check of a valid path was (Unix time; verify's ledger); absent when none was.", metrics.Gauge}
 
-	mStorePaths = metricDef{"storekeeper_store_paths", "Valid paths in the store's database.", metrics.Gauge}
+	mStorePaths = metricDef{"storekeeper_store_paths", "Valid paths in the store's database (after the collection, for command=\"gc\").", metrics.Gauge}
 	mStoreBytes = metricDef{"storekeeper_store_nar_bytes", "Sum of the valid paths' NAR sizes (the database's narSize; not disk usage: hard links and blocks are not counted).", metrics.Gauge}
 	mDeadPaths  = metricDef{"storekeeper_dead_paths", "Store directory entries a collection would delete now (what gc --print-dead lists).", metrics.Gauge}
 	mDeadBytes  = metricDef{"storekeeper_dead_nar_bytes", "Sum of the NAR sizes of the dead valid paths.", metrics.Gauge}
@@ -116,6 +116,14 @@ func runFamilies(command string, end time.Time, elapsed time.Duration, o outcome
 		b.add(mGCPaths, float64(r.PathsDeleted))
 		b.add(mGCEntries, float64(r.EntriesDeleted))
 		b.add(mGCLockHeld, r.LockHeldSeconds)
+		// The store as the collection left it (its graph, less what it
+		// invalidated): size and dead bytes without a separate
+		// 'storekeeper metrics' run. No plan, no sample.
+		if r.PathsValid > 0 || r.PathsDeleted > 0 {
+			b.add(mStorePaths, float64(r.PathsValid))
+			b.add(mStoreBytes, float64(r.ValidNarBytes))
+			b.add(mDeadBytes, float64(r.DeadNarBytesLeft))
+		}
 	case *optimise.Result:
 		b.add(mOptBytesSaved, float64(r.BytesFreed))
 		b.add(mOptFilesLinked, float64(r.FilesLinked))
