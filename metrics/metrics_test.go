@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 	"unicode/utf8"
 )
 
@@ -189,32 +187,6 @@ func TestWriteFileRefusals(t *testing.T) {
 		assertOnly(t, odir)
 	}
 	assertOnly(t, dir, "d.prom", "link.prom", "other", "target", "w")
-}
-
-// TestWriteFileFailureKeepsOld: a write that fails midway (the file
-// system is full) leaves the old file and no temporary file.
-func TestWriteFileFailureKeepsOld(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8k,mode=0755"); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v", err)
-	}
-	defer syscall.Unmount(dir, syscall.MNT_DETACH)
-	p := filepath.Join(dir, "x.prom")
-	if err := WriteFile(p, sampleFams(1)); err != nil {
-		t.Fatal(err)
-	}
-	old, _ := os.ReadFile(p)
-	big := []Family{{Name: "big", Type: Gauge, Help: strings.Repeat("h", 64<<10), Samples: []Sample{{Value: 1}}}}
-	if err := WriteFile(p, big); err == nil || !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("err = %v, want ENOSPC", err)
-	}
-	if b, _ := os.ReadFile(p); !bytes.Equal(b, old) {
-		t.Errorf("the old file changed: %q", b)
-	}
-	assertOnly(t, dir, "x.prom")
 }
 
 func assertOnly(t *testing.T, dir string, names ...string) {
@@ -427,128 +399,4 @@ func unescape(s string, quote bool) (string, error) {
 		}
 	}
 	return b.String(), nil
-}
-
-// TestWriteFileDirectoryPath: root follows no symlink that another user
-// could have put in the directory's path (as the prometheus user can in
-// Debian's /var/lib/prometheus, owned by it: node-exporter swapped for a
-// link to /etc would have root write there); a real directory owned by
-// root under another user's directory (Debian's layout) and links in
-// root's own directories are fine.
-func TestWriteFileDirectoryPath(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to make a directory another user owns")
-	}
-	base := t.TempDir()
-	os.Chmod(base, 0o755)
-	target := filepath.Join(base, "etc")
-	os.Mkdir(target, 0o755)
-	prom := filepath.Join(base, "prometheus")
-	os.Mkdir(prom, 0o755)
-	os.Chown(prom, 65534, 65534)
-
-	// Debian's layout: prometheus/node-exporter, a root directory in the
-	// prometheus user's one.
-	ne := filepath.Join(prom, "node-exporter")
-	os.Mkdir(ne, 0o755)
-	if err := WriteFile(filepath.Join(ne, "gc.prom"), sampleFams(1)); err != nil {
-		t.Errorf("a root directory under another user's: %v", err)
-	}
-	// The other user swaps it for a link to a root directory.
-	os.Rename(ne, filepath.Join(prom, "old"))
-	os.Symlink(target, ne)
-	os.Lchown(ne, 65534, 65534)
-	if err := WriteFile(filepath.Join(ne, "gc.prom"), sampleFams(1)); !errors.Is(err, ErrUnsafeFile) || !strings.Contains(err.Error(), "symlink") {
-		t.Errorf("a link in another user's directory: err = %v", err)
-	}
-	// ... or further down the path: prometheus/link/x.
-	os.Remove(ne)
-	os.Mkdir(filepath.Join(target, "sub"), 0o755)
-	os.Symlink(target, ne)
-	if err := WriteFile(filepath.Join(ne, "sub", "gc.prom"), sampleFams(1)); !errors.Is(err, ErrUnsafeFile) {
-		t.Errorf("a link in another user's directory, then a subdirectory: err = %v", err)
-	}
-	assertOnly(t, target, "sub")
-	assertOnly(t, filepath.Join(target, "sub"))
-
-	// Links in root's own directories are followed, relative ones and
-	// ".." included.
-	os.Symlink("etc", filepath.Join(base, "rel"))
-	os.Symlink(filepath.Join(base, "rel", "sub", ".."), filepath.Join(base, "abs"))
-	for _, p := range []string{filepath.Join(base, "rel", "a.prom"), filepath.Join(base, "abs", "sub", "b.prom")} {
-		if err := WriteFile(p, sampleFams(1)); err != nil {
-			t.Errorf("%s: %v", p, err)
-		}
-	}
-	assertOnly(t, target, "a.prom", "sub")
-	assertOnly(t, filepath.Join(target, "sub"), "b.prom")
-	// A loop is an error, not a hang.
-	os.Symlink("loop", filepath.Join(base, "loop"))
-	if err := WriteFile(filepath.Join(base, "loop", "x.prom"), sampleFams(1)); err == nil {
-		t.Errorf("a symlink loop: no error")
-	}
-	// A relative path is resolved from the working directory.
-	wd, _ := os.Getwd()
-	defer os.Chdir(wd)
-	os.Chdir(target)
-	if err := WriteFile("c.prom", sampleFams(1)); err != nil {
-		t.Errorf("relative path: %v", err)
-	}
-	assertOnly(t, target, "a.prom", "c.prom", "sub")
-}
-
-// TestWriteFileStaleTemp: a temporary file that a writer killed between
-// creating and renaming it left behind (kill -9, a unit's stop timeout)
-// is removed by a later write of the same file once it is old; a recent
-// one (a writer at work) and other files' are left alone.
-func TestWriteFileStaleTemp(t *testing.T) {
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	old := time.Now().Add(-time.Hour)
-	for _, n := range []string{".x.prom.tmp-1-aaaaaaaaaaaa", ".x.prom.tmp-2-bbbbbbbbbbbb", ".y.prom.tmp-3-cccccccccccc", ".x.prom.tmp-dir"} {
-		if n == ".x.prom.tmp-dir" {
-			os.Mkdir(filepath.Join(dir, n), 0o755)
-		} else {
-			os.WriteFile(filepath.Join(dir, n), []byte("x 1\n"), 0o644)
-		}
-		if n != ".x.prom.tmp-2-bbbbbbbbbbbb" {
-			os.Chtimes(filepath.Join(dir, n), old, old)
-		}
-	}
-	if err := WriteFile(filepath.Join(dir, "x.prom"), sampleFams(1)); err != nil {
-		t.Fatal(err)
-	}
-	assertOnly(t, dir, ".x.prom.tmp-2-bbbbbbbbbbbb", ".x.prom.tmp-dir", ".y.prom.tmp-3-cccccccccccc", "x.prom")
-}
-
-// TestWriteFileSearchOnlyAncestor: a directory on the way that the
-// caller may search but not read (mode 0711, another user's) does not
-// stop the write, as it does not stop opening the path by name. Run as
-// root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv), as a
-// hardened unit may be.
-func TestWriteFileSearchOnlyAncestor(t *testing.T) {
-	if p := os.Getenv("METRICS_TEST_WRITE"); p != "" {
-		if err := WriteFile(p, sampleFams(1)); err != nil {
-			fmt.Println("WRITE FAILED:", err)
-		}
-		return
-	}
-	setpriv, err := exec.LookPath("setpriv")
-	if os.Geteuid() != 0 || err != nil {
-		t.Skip("needs root and setpriv")
-	}
-	base := t.TempDir()
-	os.Chmod(base, 0o755)
-	locked := filepath.Join(base, "locked")
-	os.Mkdir(locked, 0o711)
-	os.Chown(locked, 65534, 65534)
-	tf := filepath.Join(locked, "textfile")
-	os.Mkdir(tf, 0o755)
-	cmd := exec.Command(setpriv, "--bounding-set=-dac_override,-dac_read_search", os.Args[0], "-test.run=^TestWriteFileSearchOnlyAncestor$")
-	cmd.Env = append(os.Environ(), "METRICS_TEST_WRITE="+filepath.Join(tf, "x.prom"))
-	out, err := cmd.CombinedOutput()
-	if err != nil || strings.Contains(string(out), "WRITE FAILED") {
-		t.Errorf("%v\n%s", err, out)
-	}
-	assertOnly(t, tf, "x.prom")
 }

@@ -14,7 +14,7 @@ import (
 // is added for it, so a new package states its place in the README's
 // Architecture map and here.
 var importRules = map[string][]string{
-	"cmd/storekeeper": {"gc", "optimise", "repair", "report", "roots", "store", "store/db", "store/fs", "verify", "verify/finding", "substitute", "lock", "nix/nixconf", "nix/signature", "nix/storepath", "nix/validity", "register", "transfer", "metrics", "contrib/systemd"},
+	"cmd/storekeeper": {"gc", "optimise", "repair", "report", "roots", "store", "store/db", "store/fs", "verify", "verify/finding", "substitute", "lock", "nix/nixconf", "nix/signature", "nix/storepath", "nix/validity", "register", "transfer", "metrics", "contrib/systemd", "internal/atomicfile"},
 	"cmd/mkdemostore": {"store/storetest"},
 	// capabilities: each uses the layers below, never another capability
 	// (but gc → roots: the collector's roots are roots')
@@ -59,11 +59,13 @@ var importRules = map[string][]string{
 	"internal/procfs": {}, // bounded reads of /proc/PID (lock, roots)
 	"internal/varint": {},
 	"report":          {},
-	"metrics":         {}, // the text exposition format node_exporter reads: a leaf like report
-	"contrib/systemd": {}, // the systemd units (data, embedded) and Render: `systemd install`
+	"metrics":         {"internal/atomicfile"}, // the text exposition format node_exporter reads (a leaf like report but for its file writer)
+	"contrib/systemd": {},                      // the systemd units (data, embedded) and Render: `systemd install`
 	"bench/linkfloor": {"nix/nar", "internal/sys"},
 	"bench/readfloor": {},
 	"tests":           {},
+	// atomic, symlink-safe file writes (metrics files, systemd units, man pages)
+	"internal/atomicfile": {},
 }
 
 // TestImportDirection fails when a package imports one of storekeeper's
