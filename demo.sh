@@ -21,6 +21,15 @@ echo "== storekeeper info"
 bin/storekeeper "$@" info
 echo "== storekeeper roots"
 bin/storekeeper "$@" roots
+echo "== storekeeper roots size (what removing each root alone would free; the five largest)"
+bin/storekeeper "$@" roots size | head -6
+path=$(bin/storekeeper "$@" roots 2>/dev/null | head -1 | sed 's/.* -> //')
+if [ -n "$path" ]; then
+    echo "== storekeeper roots why (why a path is alive: a root and a shortest chain)"
+    bin/storekeeper "$@" roots why "$path"
+fi
+echo "== storekeeper lock status (who holds the store's locks)"
+bin/storekeeper "$@" lock status
 echo "== storekeeper gc --dry-run (what a collection would free; nothing is deleted)"
 bin/storekeeper "$@" gc --dry-run
 echo "== storekeeper verify --check-contents --no-record (read-only audit)"
