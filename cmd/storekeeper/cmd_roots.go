@@ -98,13 +98,7 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 		}
 		return p.JSON(res)
 	}
-	for _, n := range res.Notes {
-		if n.Target != "" {
-			p.Verbosef("%s: '%s' -> '%s'", n.Message, report.Name(n.Link), report.Name(n.Target))
-		} else {
-			p.Verbosef("%s: '%s'", n.Message, report.Name(n.Link))
-		}
-	}
+	printRootNotes(p, res.Notes)
 	for _, st := range res.Stale {
 		if st.Removed {
 			p.Infof("removed stale link from '%s' to '%s'", report.Name(st.Link), report.Name(st.Target))
@@ -117,4 +111,17 @@ func runRoots(cmd *cobra.Command, g *globalOptions, o *rootsOptions) error {
 		fmt.Fprintf(p.out, "%s -> %s\n", report.Name(r.Link), report.Name(r.Target))
 	}
 	return nil
+}
+
+// printRootNotes prints, with --verbose, what finding the roots noted (a
+// root pointing at an invalid path, one it could not read), as Nix
+// prints it while finding roots.
+func printRootNotes(p *printer, notes []roots.Note) {
+	for _, n := range notes {
+		if n.Target != "" {
+			p.Verbosef("%s: '%s' -> '%s'", n.Message, report.Name(n.Link), report.Name(n.Target))
+		} else {
+			p.Verbosef("%s: '%s'", n.Message, report.Name(n.Link))
+		}
+	}
 }

@@ -118,13 +118,7 @@ func runRootsSize(cmd *cobra.Command, g *globalOptions, ro *rootsOptions, o *siz
 	if err != nil {
 		return err
 	}
-	for _, n := range rep.Notes {
-		if n.Target != "" {
-			p.Verbosef("%s: '%s' -> '%s'", n.Message, report.Name(n.Link), report.Name(n.Target))
-		} else {
-			p.Verbosef("%s: '%s'", n.Message, report.Name(n.Link))
-		}
-	}
+	printRootNotes(p, rep.Notes)
 	for _, w := range rep.Warnings {
 		p.Warnf("%s", w) // escaped by the printer; with --json also in messages, as every command's warnings (and in the result, as data)
 	}
