@@ -43,7 +43,7 @@ func WriteFile(path string, fams []Family) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, atomicfile.ErrUnsafe):
-		return fmt.Errorf("%w %s: %w", ErrUnsafeFile, path, err)
+		return fmt.Errorf("%w: %w", ErrUnsafeFile, err)
 	default:
 		return fmt.Errorf("metrics: %w", err)
 	}

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/report"
 )
 
 // ErrUnsafe is wrapped by every refusal of where a file was to be
@@ -98,15 +100,19 @@ func OpenDir(dir string, owners Owners) (*os.File, error) {
 		return nil, &os.PathError{Op: "stat", Path: dir, Err: err}
 	}
 	euid := uint32(os.Geteuid())
-	ownerOK := st.Uid == euid || owners == RootOrCaller && st.Uid == 0
-	if !ownerOK || st.Mode&0o022 != 0 {
+	switch {
+	case st.Uid != euid && (owners == Caller || st.Uid != 0):
 		d.Close()
 		want := fmt.Sprintf("uid %d", euid)
 		if owners == RootOrCaller && euid != 0 {
 			want = fmt.Sprintf("root or uid %d", euid)
 		}
-		return nil, fmt.Errorf("%w: the directory %s is owned by uid %d with mode %04o; it must be owned by %s and writable by its owner only, or another user could swap what is written there (chmod go-w, or use another directory)",
-			ErrUnsafe, dir, st.Uid, st.Mode&0o7777, want)
+		return nil, fmt.Errorf("%w: the directory %s belongs to uid %d (mode %04o), and it must belong to %s: that user could swap what is written there; use a directory of your own (or root's, mode 0755)",
+			ErrUnsafe, report.Name(dir), st.Uid, st.Mode&0o7777, want)
+	case st.Mode&0o022 != 0:
+		d.Close()
+		return nil, fmt.Errorf("%w: the directory %s is writable by others than its owner (mode %04o): they could swap what is written there; make it writable by its owner only (chmod go-w), or use another directory",
+			ErrUnsafe, report.Name(dir), st.Mode&0o7777)
 	}
 	return d, nil
 }
@@ -138,7 +144,7 @@ func Mkdir(dir string, perm os.FileMode) (created bool, err error) {
 	}
 	if !mine(st.Uid) || st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0 {
 		return false, fmt.Errorf("%w: not creating %s: its parent %s is owned by uid %d with mode %04o, a directory another user controls: create it yourself, or use another directory",
-			ErrUnsafe, dir, parent, st.Uid, st.Mode&0o7777)
+			ErrUnsafe, report.Name(dir), report.Name(parent), st.Uid, st.Mode&0o7777)
 	}
 	switch err := unix.Mkdirat(pfd, base, 0o700); {
 	case errors.Is(err, unix.EEXIST):
@@ -202,7 +208,7 @@ func walk(dir string) (int, string, error) {
 		if !mine(dst.Uid) || dst.Mode&0o022 != 0 && (dst.Mode&unix.S_ISVTX == 0 || !mine(lst.Uid)) {
 			unix.Close(fd)
 			return -1, "", fmt.Errorf("%w: %s is a symlink in %s, a directory another user controls (owned by uid %d, mode %04o), which could point it anywhere: give the path it points to, if that is the directory meant",
-				ErrUnsafe, next, at, dst.Uid, dst.Mode&0o7777)
+				ErrUnsafe, report.Name(next), report.Name(at), dst.Uid, dst.Mode&0o7777)
 		}
 		if links++; links > maxLinks {
 			unix.Close(fd)
@@ -245,7 +251,7 @@ func walk(dir string) (int, string, error) {
 func Write(dir *os.File, name string, data []byte, perm os.FileMode, at AtSymlink) error {
 	path := filepath.Join(dir.Name(), name)
 	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
-		return fmt.Errorf("%w: %q names no file in %s", ErrUnsafe, name, dir.Name())
+		return fmt.Errorf("%w: %q names no file in %s", ErrUnsafe, name, report.Name(dir.Name()))
 	}
 	dfd := int(dir.Fd())
 	var st unix.Stat_t
@@ -255,10 +261,10 @@ func Write(dir *os.File, name string, data []byte, perm os.FileMode, at AtSymlin
 		return &os.PathError{Op: "lstat", Path: path, Err: err}
 	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
 		if at != ReplaceSymlink {
-			return fmt.Errorf("%w: %s is a symlink (it is never followed): remove it, or give the file it points to", ErrUnsafe, path)
+			return fmt.Errorf("%w: %s is a symlink (it is never followed): remove it, or give the file it points to", ErrUnsafe, report.Name(path))
 		}
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return fmt.Errorf("%w: %s exists and is not a regular file: remove it, or give another file", ErrUnsafe, path)
+		return fmt.Errorf("%w: %s exists and is not a regular file: remove it, or give another file", ErrUnsafe, report.Name(path))
 	}
 
 	removeStaleTemps(dfd, name)
@@ -267,7 +273,7 @@ func Write(dir *os.File, name string, data []byte, perm os.FileMode, at AtSymlin
 	tmp := fmt.Sprintf("%s%d-%s", tempPrefix(name), os.Getpid(), hex.EncodeToString(rnd[:]))
 	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("creating a temporary file in %s: %w", dir.Name(), &os.PathError{Op: "open", Path: filepath.Join(dir.Name(), tmp), Err: err})
+		return fmt.Errorf("creating a temporary file in %s: %w", report.Name(dir.Name()), &os.PathError{Op: "open", Path: filepath.Join(dir.Name(), tmp), Err: err})
 	}
 	f := os.NewFile(uintptr(fd), filepath.Join(dir.Name(), tmp))
 	err = f.Chmod(perm.Perm()) // whatever the umask
@@ -287,7 +293,7 @@ func Write(dir *os.File, name string, data []byte, perm os.FileMode, at AtSymlin
 	}
 	if err != nil {
 		unix.Unlinkat(dfd, tmp, 0)
-		return fmt.Errorf("writing %s (the old file, if any, is unchanged): %w", path, err)
+		return fmt.Errorf("writing %s (the old file, if any, is unchanged): %w", report.Name(path), err)
 	}
 	return nil
 }
@@ -304,14 +310,14 @@ func WriteFile(path string, data []byte, perm os.FileMode, owners Owners, at AtS
 	}
 	d, err := OpenDir(filepath.Clean(dir), owners) // "" is "."
 	if err != nil {
-		return fmt.Errorf("opening the directory of %s: %w", path, err)
+		return fmt.Errorf("opening the directory of %s: %w", report.Name(path), err)
 	}
 	defer d.Close()
 	if err := Write(d, base, data, perm, at); err != nil {
 		return err
 	}
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("%s was replaced, but syncing its directory failed: %w", path, err)
+		return fmt.Errorf("%s was replaced, but syncing its directory failed: %w", report.Name(path), err)
 	}
 	return nil
 }
