@@ -120,10 +120,12 @@ func OpenDir(dir string, owners Owners) (*os.File, error) {
 // Mkdir creates the directory dir with mode perm (whatever the umask)
 // unless it exists, and reports whether it created it. Its parent is
 // walked as OpenDir walks a path, and must be owned by root or the
-// caller and writable by its owner alone, or be sticky (/tmp): a
-// directory is never created where another user could replace it or
-// where their link points. The caller then opens dir with OpenDir, which
-// checks it (one that another user made first is refused there).
+// caller and writable by its owner alone, or be sticky (/tmp), for
+// Mkdir to create dir there: a directory is never created where another
+// user could replace it or where their link points. Whatever already is
+// at dir (a directory, a link) is left for OpenDir to judge: the caller
+// then opens dir with OpenDir, which refuses one that another user made
+// or linked.
 func Mkdir(dir string, perm os.FileMode) (created bool, err error) {
 	parent, base := filepath.Split(filepath.Clean(dir))
 	if base == "" || base == "." || base == ".." || base == "/" {
@@ -139,6 +141,9 @@ func Mkdir(dir string, perm os.FileMode) (created bool, err error) {
 	}
 	defer unix.Close(pfd)
 	var st unix.Stat_t
+	if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+		return false, nil // whatever it is: OpenDir judges it
+	}
 	if err := unix.Fstat(pfd, &st); err != nil {
 		return false, &os.PathError{Op: "stat", Path: at, Err: err}
 	}
