@@ -15,13 +15,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"regexp"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"storekeeper/internal/atomicfile"
 
 	"storekeeper/report"
 )
@@ -67,9 +69,11 @@ or read one in place: man -l DIR/storekeeper-gc.1
 
 func runMan(cmd *cobra.Command, g *globalOptions, dir string) error {
 	p := g.printer(cmd)
-	created := true
-	if err := os.Mkdir(dir, 0o755); errors.Is(err, os.ErrExist) {
-		created = false
+	// Created (readable by every user, as the pages are, whatever the
+	// umask) only in a parent no other user controls, reached through no
+	// link of another user's.
+	if _, err := atomicfile.Mkdir(dir, 0o755); errors.Is(err, atomicfile.ErrUnsafe) {
+		return fmt.Errorf("%w: %w", fs.ErrPermission, err)
 	} else if err != nil {
 		return fmt.Errorf("creating %s: %w", report.Name(dir), err)
 	}
@@ -78,17 +82,11 @@ func runMan(cmd *cobra.Command, g *globalOptions, dir string) error {
 		return err
 	}
 	defer d.Close()
-	if created {
-		// Readable by every user, as the pages are, whatever the umask
-		// (077 made it root's alone).
-		if err := d.Chmod(0o755); err != nil {
-			return fmt.Errorf("making %s readable by every user: %w", report.Name(dir), err)
-		}
-	}
 	res := manResult{Dir: dir}
 	for _, c := range manCommands(cmd.Root()) {
 		name := manName(c) + ".1"
-		if err := writeFileAt(d, name, manPage(c), 0o644); err != nil {
+		// A link at a page's name is replaced, never followed.
+		if err := atomicfile.Write(d, name, manPage(c), 0o644, atomicfile.ReplaceSymlink); err != nil {
 			return fmt.Errorf("writing %s: %w", report.Name(dir+"/"+name), err)
 		}
 		res.Pages = append(res.Pages, name)

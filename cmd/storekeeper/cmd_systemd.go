@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"storekeeper/contrib/systemd"
+	"storekeeper/internal/atomicfile"
 	"storekeeper/report"
 )
 
@@ -228,12 +227,18 @@ func runSystemdInstall(cmd *cobra.Command, g *globalOptions, o *systemdInstallOp
 			strings.Join(refused, ", "), fs.ErrExist)
 	}
 	if !o.dryRun {
+		// A symlink at a unit's name was refused above unless --force:
+		// then the link itself is replaced, never followed.
+		at := atomicfile.RefuseSymlink
+		if o.force {
+			at = atomicfile.ReplaceSymlink
+		}
 		wrote := false
 		for i, r := range res.Units {
 			if r.Action == "unchanged" {
 				continue
 			}
-			if err := writeFileAt(dir, r.Name, rendered[i], 0o644); err != nil {
+			if err := atomicfile.Write(dir, r.Name, rendered[i], 0o644, at); err != nil {
 				return fmt.Errorf("writing %s: %w", r.Path, err)
 			}
 			wrote = true
@@ -366,35 +371,24 @@ func metricsDirProblem(dir string) string {
 	return ""
 }
 
-// openOwnDir opens the directory name (symlinks in its name followed, as
-// any path given on the command line) to write files into it, and
-// refuses one that another user could change under us: owned by a user
-// other than root and this process's, or writable by group or others
-// (fs.ErrPermission). Everything written there is then written relative
-// to the descriptor, so the checked directory is the one written.
+// openOwnDir opens the directory name to write files into it
+// (atomicfile.OpenDir: its path walked without following a symlink that
+// another user could have put there) and refuses one that another user
+// could change under us: owned by a user other than root and this
+// process's, or writable by group or others, or reached through a link
+// of another user's (fs.ErrPermission and atomicfile.ErrUnsafe).
+// Everything written there is then written relative to the descriptor,
+// so the checked directory is the one written.
 func openOwnDir(name string) (*os.File, error) {
-	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	d, err := atomicfile.OpenDir(name, atomicfile.RootOrCaller)
+	switch {
+	case err == nil:
+		return d, nil
+	case errors.Is(err, atomicfile.ErrUnsafe):
+		return nil, fmt.Errorf("%w: %w", fs.ErrPermission, err)
+	default:
 		return nil, fmt.Errorf("opening the directory %s: %w", report.Name(name), err)
 	}
-	d := os.NewFile(uintptr(fd), name)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("%s: %w", report.Name(name), err)
-	}
-	euid := os.Geteuid()
-	switch {
-	case int(st.Uid) != euid && st.Uid != 0:
-		d.Close()
-		return nil, fmt.Errorf("%w: %s belongs to uid %d, and storekeeper runs as uid %d: that user could swap what is written there; write into a directory of your own or root's",
-			fs.ErrPermission, report.Name(name), st.Uid, euid)
-	case st.Mode&0o022 != 0:
-		d.Close()
-		return nil, fmt.Errorf("%w: %s is writable by others (mode %#o): they could swap what is written there; make it writable by its owner only (chmod go-w)",
-			fs.ErrPermission, report.Name(name), st.Mode&0o7777)
-	}
-	return d, nil
 }
 
 // maxCompared bounds how much of an existing file compareAt reads: more
@@ -443,43 +437,4 @@ func compareAt(dir *os.File, name string, want []byte) (same bool, reason string
 		return false, fmt.Sprintf("owned by uid %d", sys.Uid), nil
 	}
 	return true, "", nil
-}
-
-// writeFileAt replaces the entry name in dir with a regular file holding
-// data, mode perm: data goes to a new temporary file in dir
-// (".NAME.tmp-RANDOM", created with O_EXCL and O_NOFOLLOW), which is
-// fsynced and renamed over name. Whatever was at name (a file, a
-// symlink) is replaced, never written through; a reader sees the old
-// file or the new one, whole. An error or a crash leaves the old entry
-// as it was (a crash may leave the temporary file). The caller fsyncs
-// dir after its last write.
-func writeFileAt(dir *os.File, name string, data []byte, perm uint32) error {
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return err
-	}
-	tmp := "." + name + ".tmp-" + hex.EncodeToString(rnd[:])
-	dfd := int(dir.Fd())
-	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
-	if err != nil {
-		return err
-	}
-	f := os.NewFile(uintptr(fd), tmp)
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(os.FileMode(perm)) // whatever the umask
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = unix.Renameat(dfd, tmp, dfd, name)
-	}
-	if err != nil {
-		unix.Unlinkat(dfd, tmp, 0)
-	}
-	return err
 }
