@@ -42,11 +42,12 @@ func newManCommand(g *globalOptions) *cobra.Command {
 definitions as --help: storekeeper.1, storekeeper-gc.1, storekeeper-lock-status.1,
 ..., each with NAME, SYNOPSIS, DESCRIPTION, COMMANDS (of a parent), OPTIONS,
 GLOBAL OPTIONS, EXIT STATUS and SEE ALSO. DIR is created if it does not
-exist (its parent must; mode 0755, as the pages are 0644, whatever the
-umask); it must belong to this user or root and be
-writable by its owner only. Each page is written whole (a temporary file,
-fsynced, renamed over the name; a symlink there is replaced, never
-followed).
+exist (its parent must, belong to this user or root and be writable by
+its owner only or sticky, as /tmp; mode 0755, as the pages are 0644,
+whatever the umask); it must belong to this user or root and be
+writable by its owner only, and a symlink on its path is followed only
+where no other user could have put it. Each page is written whole (a temporary file, fsynced, renamed over
+the name; a symlink there is replaced, never followed).
 
 Install them where man looks, e.g.:
   storekeeper man /usr/local/share/man/man1 && mandb -q

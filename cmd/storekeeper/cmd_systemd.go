@@ -100,7 +100,10 @@ replaced, the symlink itself, never where it points.
 Every check is made before anything is written, so a refusal writes
 nothing. Each file is written whole (a temporary file in the directory,
 fsynced, renamed over the name), never through a symlink; the directory
-must belong to this user or root and be writable by its owner only.
+must belong to this user or root and be writable by its owner only, and
+a symlink on its path is followed only where no other user could have
+put it (in a directory of root's or this user's that only its owner can
+write, or root's or this user's link in a sticky one such as /tmp).
 
 It then prints the command that activates the timers:
   systemctl daemon-reload && systemctl enable --now storekeeper-gc.timer
