@@ -96,6 +96,20 @@ func requireRoot(t *testing.T) {
 	}
 }
 
+// requireTool skips the test (or, under STOREKEEPER_REQUIRE_NIX=1, as in
+// .ci/run, which installs them, fails it) when the file a tool needs is
+// missing: pkg is the Debian package that has it.
+func requireTool(t *testing.T, file, pkg string) {
+	t.Helper()
+	if _, err := os.Stat(file); err != nil {
+		msg := fmt.Sprintf("%v (apt-get install -y %s; .ci/run does)", err, pkg)
+		if os.Getenv("STOREKEEPER_REQUIRE_NIX") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+}
+
 // TestSystemdAnalyzeVerify: systemd's own checker accepts every unit as
 // installed, without a single line of output: unknown or misspelt
 // settings, a missing or non-executable ExecStart= binary, a unit that
@@ -103,12 +117,7 @@ func requireRoot(t *testing.T) {
 // page that man cannot find (the pages `storekeeper man` writes).
 func TestSystemdAnalyzeVerify(t *testing.T) {
 	const analyze = "/usr/bin/systemd-analyze"
-	if _, err := os.Stat(analyze); err != nil {
-		if os.Getenv("STOREKEEPER_REQUIRE_NIX") == "1" {
-			t.Fatalf("%s: %v (apt-get install -y systemd)", analyze, err)
-		}
-		t.Skipf("%s: %v", analyze, err)
-	}
+	requireTool(t, analyze, "systemd")
 	units := t.TempDir()
 	mdir := t.TempDir()
 	installUnits(t, units, "--metrics-dir", mdir)
@@ -624,11 +633,8 @@ func helpCommands(t *testing.T, path []string) []string {
 // replaced, never followed.
 func TestManPages(t *testing.T) {
 	requireRoot(t)
-	for _, tool := range []string{"man", "groff"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed (apt-get install -y man-db groff-base): %v", tool, err)
-		}
-	}
+	requireTool(t, "/usr/bin/man", "man-db")
+	requireTool(t, "/usr/bin/groff", "groff-base")
 	dir := filepath.Join(t.TempDir(), "man1")
 	victim := filepath.Join(t.TempDir(), "victim")
 	writeFileMode(t, victim, []byte("precious\n"), 0o644)
@@ -707,9 +713,7 @@ func TestManPages(t *testing.T) {
 // scripts are there too (and parsed by those shells where installed).
 func TestCompletion(t *testing.T) {
 	const bashCompletion = "/usr/share/bash-completion/bash_completion"
-	if _, err := os.Stat(bashCompletion); err != nil {
-		t.Fatalf("%s: %v: cobra's bash completion needs the bash-completion package (apt-get install -y bash-completion; .ci/run does)", bashCompletion, err)
-	}
+	requireTool(t, bashCompletion, "bash-completion") // cobra's bash script needs it
 	script := `set -e
 source ` + bashCompletion + `
 source <("$SK" completion bash)
