@@ -1,15 +1,11 @@
 package graph_test
 
 import (
-	"context"
 	"fmt"
 	"math/rand"
 	"testing"
 
 	"storekeeper/graph"
-	"storekeeper/roots"
-	"storekeeper/store/db"
-	"storekeeper/store/storetest"
 )
 
 // BenchmarkDominators300k: the dominator tree of a ~315k-path store from
@@ -17,15 +13,7 @@ import (
 // sums and an LCA per path (what roots size computes on the graph),
 // without the graph's load or the roots' search.
 func BenchmarkDominators300k(b *testing.B) {
-	s := storetest.OpenRO(b, storetest.Graph300k(b))
-	g, err := s.LoadGraph(context.Background(), db.GraphOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	rr, err := roots.Find(context.Background(), s, roots.Options{NoRuntime: true, NoTemp: true})
-	if err != nil {
-		b.Fatal(err)
-	}
+	g, rr := load300k(b)
 	var targets []graph.PathID
 	for _, r := range rr.Roots {
 		id, ok := g.Lookup(r.Target)
@@ -34,7 +22,6 @@ func BenchmarkDominators300k(b *testing.B) {
 		}
 		targets = append(targets, id)
 	}
-	g.Referrers(0)
 	benchDominators(b, graph.NewEdges(g, false, true), targets)
 }
 
