@@ -1,12 +1,9 @@
 package roots
 
 import (
-	"context"
 	"testing"
 
 	"storekeeper/graph"
-	"storekeeper/store/db"
-	"storekeeper/store/storetest"
 	"storekeeper/store/usage"
 )
 
@@ -19,16 +16,7 @@ import (
 // closure. The graph's load, the roots' search and the file walk are
 // outside the timing.
 func BenchmarkSize300k(b *testing.B) {
-	s := storetest.OpenRO(b, storetest.Graph300k(b))
-	ctx := context.Background()
-	g, err := s.LoadGraph(ctx, db.GraphOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	rr, err := Find(ctx, s, Options{NoRuntime: true, NoTemp: true})
-	if err != nil {
-		b.Fatal(err)
-	}
+	g, rr := load300k(b)
 	us := make([]usage.Usage, g.Len())
 	links := map[uint64]bool{}
 	for id := range us {
@@ -40,7 +28,6 @@ func BenchmarkSize300k(b *testing.B) {
 	for i, r := range rr.Roots {
 		targets[i], _ = g.Lookup(r.Target)
 	}
-	g.Referrers(0)
 	b.ResetTimer()
 	var rep *SizeReport
 	for i := 0; i < b.N; i++ {

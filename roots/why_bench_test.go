@@ -9,13 +9,10 @@ import (
 	"storekeeper/store/storetest"
 )
 
-// BenchmarkWhyAll300k: on the ~315k-path store (200 roots, 5
-// generations), the liveness once and then, for 20 paths spread over the
-// store, the explanation with every root that keeps it (--all): one
-// backward search per path and a chain per root. The graph's load and
-// the roots' search are outside the timing (BenchmarkWhyPaths300k has
-// them).
-func BenchmarkWhyAll300k(b *testing.B) {
+// load300k opens the ~315k-path store, loads its graph with the reverse
+// index built (once per graph) and finds its roots (without the runtime
+// and temporary ones): the setup of the 300k benchmarks.
+func load300k(b *testing.B) (*graph.Graph, *Result) {
 	s := storetest.OpenRO(b, storetest.Graph300k(b))
 	ctx := context.Background()
 	g, err := s.LoadGraph(ctx, db.GraphOptions{})
@@ -26,7 +23,18 @@ func BenchmarkWhyAll300k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	g.Referrers(0) // the reverse index, built once per graph
+	g.Referrers(0)
+	return g, rr
+}
+
+// BenchmarkWhyAll300k: on the ~315k-path store (200 roots, 5
+// generations), the liveness once and then, for 20 paths spread over the
+// store, the explanation with every root that keeps it (--all): one
+// backward search per path and a chain per root. The graph's load and
+// the roots' search are outside the timing (BenchmarkWhyPaths300k has
+// them).
+func BenchmarkWhyAll300k(b *testing.B) {
+	g, rr := load300k(b)
 	b.ResetTimer()
 	kept := 0
 	for i := 0; i < b.N; i++ {
