@@ -209,16 +209,17 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	if budgeted {
 		led := v.led.entries
 		// Least recently checked first; a record from before the path's
-		// registration is of other contents: as never checked.
-		last := func(id graph.PathID, name string) int64 {
-			if t := led[name].Time; checkedSinceRegistered(g, id, t) {
-				return t
+		// registration is of other contents: as never checked. Each
+		// path's time is looked up once, not at every comparison.
+		last := make([]int64, g.Len())
+		for _, id := range order {
+			if t := led[g.Name(id)].Time; checkedSinceRegistered(g, id, t) {
+				last[id] = t
 			}
-			return 0
 		}
 		sort.Slice(order, func(a, b int) bool {
 			na, nb := g.Name(order[a]), g.Name(order[b])
-			ta, tb := last(order[a], na), last(order[b], nb)
+			ta, tb := last[order[a]], last[order[b]]
 			if ta != tb {
 				return ta < tb
 			}
