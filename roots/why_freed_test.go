@@ -20,19 +20,10 @@ import (
 // is still freed (gc deletes the .links entry too). NarBytes does not
 // change.
 func TestWhyDeadFreedBytes(t *testing.T) {
-	b := storetest.MustBuild(t, storetest.Spec{Paths: 40, Seed: 8, MaxDeps: 3, Files: 3, FileSize: 9000, Roots: 3, Generations: 1})
-	s := storetest.OpenRO(t, b.Layout)
-	o := roots.WhyOptions{Roots: roots.Options{NoRuntime: true, NoTemp: true}}
-	es, errs, err := roots.WhyPaths(context.Background(), s, b.Valid, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, s, es := whyEvery(t, storetest.Spec{Paths: 40, Seed: 8, MaxDeps: 3, Files: 3, FileSize: 9000, Roots: 3, Generations: 1})
 	var dead, live string
 	var files []string
-	for i, e := range es {
-		if errs[i] != nil {
-			t.Fatal(errs[i])
-		}
+	for _, e := range es {
 		if e.Alive {
 			if fi, err := os.Lstat(b.Layout.RealPath(e.Path)); err == nil && fi.IsDir() {
 				live = e.Path
@@ -72,7 +63,7 @@ func TestWhyDeadFreedBytes(t *testing.T) {
 	})
 	why := func() *roots.Explanation {
 		t.Helper()
-		e, err := roots.Why(context.Background(), s, dead, o)
+		e, err := roots.Why(context.Background(), s, dead, roots.WhyOptions{Roots: roots.Options{NoRuntime: true, NoTemp: true}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,26 +7,36 @@ import (
 
 	"storekeeper/report"
 	"storekeeper/roots"
+	"storekeeper/store"
 	"storekeeper/store/storetest"
 )
+
+// whyEvery builds the fixture of spec and explains every valid path of it,
+// with the runtime and temporary roots left out; an error fails the test.
+func whyEvery(t *testing.T, spec storetest.Spec) (*storetest.Built, *store.Store, []*roots.Explanation) {
+	t.Helper()
+	b := storetest.MustBuild(t, spec)
+	s := storetest.OpenRO(t, b.Layout)
+	es, errs, err := roots.WhyPaths(context.Background(), s, b.Valid, roots.WhyOptions{Roots: roots.Options{NoRuntime: true, NoTemp: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b, s, es
+}
 
 // TestWhyDeadWarnsOfRootsLeftOut: with runtime or temporary roots left
 // out, a path reported dead may be alive for the collector, and a Warn
 // says so, naming what was left out; with only live paths asked about,
 // nothing is said.
 func TestWhyDeadWarnsOfRootsLeftOut(t *testing.T) {
-	b := storetest.MustBuild(t, storetest.Spec{Paths: 40, Seed: 8, MaxDeps: 3, Files: 1, FileSize: 16, Roots: 3, Generations: 1})
-	s := storetest.OpenRO(t, b.Layout)
-	o := roots.WhyOptions{Roots: roots.Options{NoRuntime: true, NoTemp: true}}
-	es, errs, err := roots.WhyPaths(context.Background(), s, b.Valid, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, s, es := whyEvery(t, storetest.Spec{Paths: 40, Seed: 8, MaxDeps: 3, Files: 1, FileSize: 16, Roots: 3, Generations: 1})
 	var dead, live string
-	for i, e := range es {
-		if errs[i] != nil {
-			t.Fatal(errs[i])
-		}
+	for _, e := range es {
 		if e.Alive {
 			live = e.Path
 		} else {
