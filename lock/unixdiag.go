@@ -1,17 +1,14 @@
 package lock
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/internal/procfs"
 )
 
 // Linux's unix_diag interface (linux/unix_diag.h), which x/sys/unix does
@@ -143,9 +140,6 @@ func unixListening(st *unix.Stat_t, path string) (bool, error) {
 	return false, fmt.Errorf("%w (%d): whether a process listens on the socket is unknown; 'ss -xlp' lists them", errDiagTooMany, maxDiagMessages)
 }
 
-// maxMountinfo bounds what superblockDev reads of /proc/self/mountinfo.
-const maxMountinfo = 16 << 20
-
 // superblockDev returns the device number of the file system holding
 // path (followed if a symbolic link only when follow): the major:minor that
 // /proc/self/mountinfo gives for the mount statx names (STATX_MNT_ID,
@@ -160,31 +154,6 @@ func superblockDev(path string, follow bool) (major, minor uint32, ok bool) {
 	if err := unix.Statx(unix.AT_FDCWD, path, flags, unix.STATX_MNT_ID, &sx); err != nil || sx.Mask&unix.STATX_MNT_ID == 0 {
 		return 0, 0, false
 	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return 0, 0, false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(io.LimitReader(f, maxMountinfo))
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	want := strconv.FormatUint(sx.Mnt_id, 10) + " "
-	for sc.Scan() {
-		l := sc.Text()
-		if !strings.HasPrefix(l, want) {
-			continue
-		}
-		// ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...
-		fields := strings.SplitN(l, " ", 4)
-		if len(fields) < 4 {
-			return 0, 0, false
-		}
-		ma, mi, found := strings.Cut(fields[2], ":")
-		a, err1 := strconv.ParseUint(ma, 10, 32)
-		b, err2 := strconv.ParseUint(mi, 10, 32)
-		if !found || err1 != nil || err2 != nil {
-			return 0, 0, false
-		}
-		return uint32(a), uint32(b), true
-	}
-	return 0, 0, false
+	e, ok := procfs.Mount(sx.Mnt_id)
+	return e.Major, e.Minor, ok
 }

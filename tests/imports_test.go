@@ -38,7 +38,7 @@ var importRules = map[string][]string{
 	// the store-access layer: store opens, store/db and store/fs below it
 	"store":           {"graph", "store/db", "store/fs", "nix/nixconf", "nix/storepath", "lock", "report"},
 	"store/db":        {"graph", "store/fs", "nix/nar", "nix/storepath", "lock", "report"},
-	"store/fs":        {"internal/sys", "report"},
+	"store/fs":        {"internal/sys", "internal/procfs", "report"},
 	"store/storetest": {"store", "store/db", "store/fs", "nix/nar", "nix/nixconf", "nix/storepath", "nix/derivation"},
 	"store/usage":     {"internal/sys"}, // what store entries hold on disk, counting hard links
 	// the reference graph and what is computed on it: no SQL, no file I/O
@@ -56,7 +56,7 @@ var importRules = map[string][]string{
 	"nix/narinfo":     {"nix/nar", "nix/signature", "nix/storepath"},
 	"lock":            {"internal/sys", "internal/procfs", "nix/storepath"}, // storepath: which store-directory names are path locks (lock prune)
 	"internal/sys":    {},
-	"internal/procfs": {}, // bounded reads of /proc/PID (lock, roots)
+	"internal/procfs": {}, // bounded reads of /proc/PID and /proc/self/mountinfo (lock, roots, store/fs)
 	"internal/varint": {},
 	"report":          {},
 	"metrics":         {"internal/atomicfile"}, // the text exposition format node_exporter reads (a leaf like report but for its file writer)

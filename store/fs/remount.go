@@ -1,16 +1,14 @@
 package fs
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"storekeeper/internal/procfs"
 )
 
 // Sentinel errors about the file systems the store lives on. Each error
@@ -194,45 +192,6 @@ func freeSpaceOf(st *unix.Statfs_t) (avail, total uint64) {
 // MountOf finds a mount in /proc/self/mountinfo by its id: its file-system
 // type, source and mount point, for messages (all "" if not found).
 func MountOf(mntID uint64) (fstype, source, mountedOn string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(io.LimitReader(f, 16<<20))
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	want := strconv.FormatUint(mntID, 10) + " "
-	for sc.Scan() {
-		l := sc.Text()
-		if !strings.HasPrefix(l, want) {
-			continue
-		}
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-		pre, post, ok := strings.Cut(l, " - ")
-		fp, fq := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(fp) < 5 || len(fq) < 2 {
-			return
-		}
-		return unescapeMountinfo(fq[0]), unescapeMountinfo(fq[1]), unescapeMountinfo(fp[4])
-	}
-	return
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	e, _ := procfs.Mount(mntID)
+	return e.FSType, e.Source, e.MountPoint
 }

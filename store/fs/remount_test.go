@@ -6,12 +6,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestUnescapeMountinfo(t *testing.T) {
-	if got := unescapeMountinfo(`/mnt/a\040b\134c`); got != `/mnt/a b\c` {
-		t.Errorf("unescape: %q", got)
-	}
-}
-
 // TestFreeSpaceFragmentSize: statfs counts blocks in f_frsize units
 // (statvfs(3); Nix 2.8's autoGC multiplies f_bavail by f_frsize). ZFS on
 // Linux reports f_bsize 128 KiB (its record size) and f_frsize 512, so
