@@ -12,11 +12,7 @@ import (
 )
 
 func newDBCommand(g *globalOptions) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "db",
-		Short: "Maintain the store's database (db vacuum)",
-		Args:  cobra.NoArgs,
-	}
+	cmd := parentCommand("db", "Maintain the store's database (db vacuum)")
 	var check bool
 	var timeout time.Duration
 	vacuum := &cobra.Command{

@@ -14,11 +14,7 @@ import (
 )
 
 func newLockCommand(g *globalOptions) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "lock",
-		Short: "Inspect the store's locks (lock status) and remove stale lock files (lock prune)",
-		Args:  cobra.NoArgs,
-	}
+	cmd := parentCommand("lock", "Inspect the store's locks (lock status) and remove stale lock files (lock prune)")
 	var max int
 	status := &cobra.Command{
 		Use:   "status",

@@ -49,11 +49,7 @@ type systemdInstallOptions struct {
 }
 
 func newSystemdCommand(g *globalOptions) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "systemd",
-		Short: "Install storekeeper's systemd units: daily gc and optimise, a rolling verify, gc --auto every 5 minutes",
-		Args:  cobra.NoArgs,
-	}
+	cmd := parentCommand("systemd", "Install storekeeper's systemd units: daily gc and optimise, a rolling verify, gc --auto every 5 minutes")
 	o := &systemdInstallOptions{}
 	install := &cobra.Command{
 		Use:   "install",

@@ -125,6 +125,12 @@ nix-daemon, through Nix's own database and lock protocols.
 	}
 }
 
+// parentCommand is a command that only groups subcommands (db, lock,
+// systemd): it takes no arguments and runs nothing itself.
+func parentCommand(use, short string) *cobra.Command {
+	return &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
+}
+
 // openStore resolves the layout and settings from the flags and opens the
 // store, read-only when the command only reads.
 func (g *globalOptions) openStore(ctx context.Context, readOnly bool) (*store.Store, error) {
