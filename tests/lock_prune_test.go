@@ -245,12 +245,7 @@ exec nix-store --gc`)
 	// An unprivileged user may delete nothing in root's directories:
 	// refused, naming them, and nothing changes.
 	uid, gid := realUser(t, "sk-lock-prune")
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userBin := filepath.Join(ns.Root, "storekeeper")
-	writeFileMode(t, userBin, data, 0o755)
+	userBin := userBinary(t, ns.Root)
 	before = pruneListing(t, nixDir) // with the user's binary beside nix/
 	for _, args := range [][]string{{"lock", "prune"}, {"lock", "prune", "--dry-run"}} {
 		cmd := exec.Command(userBin, append([]string{"--store", ns.Root, "--json"}, args...)...)
@@ -375,12 +370,7 @@ func TestLockPruneSkipsWhatItMayNot(t *testing.T) {
 	writeFileMode(t, rootTR, nil, 0o600)
 	writeFileMode(t, rootPL, nil, 0o600)
 
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userBin := filepath.Join(ns.Root, "storekeeper")
-	writeFileMode(t, userBin, data, 0o755)
+	userBin := userBinary(t, ns.Root)
 	cmd := exec.Command(userBin, "--store", ns.Root, "--json", "lock", "prune")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
 	ur := runCmd(t, cmd, []string{"lock", "prune"})

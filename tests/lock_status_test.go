@@ -185,12 +185,7 @@ func TestLockStatus(t *testing.T) {
 	uid, gid := realUser(t, "sk-lock-status")
 	before := treeListing(t, filepath.Join(ns.Root, "nix"))
 	// The test binary's directory is 0700: the user runs a copy.
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userBin := filepath.Join(ns.Root, "storekeeper")
-	writeFileMode(t, userBin, data, 0o755)
+	userBin := userBinary(t, ns.Root)
 	cmd := exec.Command(userBin, "--store", ns.Root, "--json", "lock", "status")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
 	ur := runCmd(t, cmd, []string{"lock", "status"})

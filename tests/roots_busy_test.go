@@ -85,6 +85,20 @@ func storeDirsAndFile(t *testing.T, ns *nixStore) (dirs []string, file string) {
 	return dirs, dirs[0] + "/nix-support/deps"
 }
 
+// userBinary copies the storekeeper binary to root/storekeeper, mode
+// 0755, for an unprivileged user to run (the test binary's directory is
+// 0700), and returns its path.
+func userBinary(t *testing.T, root string) string {
+	t.Helper()
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(root, "storekeeper")
+	writeFileMode(t, bin, data, 0o755)
+	return bin
+}
+
 // TestRootsBusy: real processes in the store's namespace hold store paths
 // every way a process can: a variable of its environment names one
 // (SK_BUSY_VAR, as sudo's SUDO_COMMAND does, NixOS/nix#7053), one's
@@ -106,12 +120,7 @@ func TestRootsBusy(t *testing.T) {
 		os.Chmod(d, 0o755)
 	}
 	uid, gid := realUser(t, "sk-roots-busy")
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userBin := filepath.Join(ns.Root, "storekeeper") // the test binary's directory is 0700
-	writeFileMode(t, userBin, data, 0o755)
+	userBin := userBinary(t, ns.Root)
 	sleepBin, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Fatal(err)

@@ -577,12 +577,7 @@ func TestRootsSizeOutputs(t *testing.T) {
 	for d := ns.Root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
-	bin := filepath.Join(ns.Root, "storekeeper")
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFileMode(t, bin, data, 0o755)
+	bin := userBinary(t, ns.Root)
 	before := snapshotTree(t, filepath.Join(ns.Root, "nix"))
 	nobody := runCmd(t, nsScript(ns.Root, `exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`, bin, "--json", "roots", "size"), nil)
 	if nobody.code != 0 {

@@ -378,12 +378,7 @@ func TestRootsWhy(t *testing.T) {
 	for d := ns.Root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
-	bin := filepath.Join(ns.Root, "storekeeper")
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFileMode(t, bin, data, 0o755)
+	bin := userBinary(t, ns.Root)
 	before := snapshotTree(t, filepath.Join(ns.Root, "nix"))
 	cmd = nsScript(ns.Root, `mount -o remount,bind,ro /nix || exit 97; exec setpriv --reuid=65534 --regid=65534 --clear-groups "$@"`, append([]string{bin, "--json", "roots", "why", "--all"}, alivePaths...)...)
 	nobody := runCmd(t, cmd, nil)
