@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"storekeeper/internal/procfs"
 	"storekeeper/internal/sys"
 	"storekeeper/nix/storepath"
 
@@ -601,7 +602,7 @@ func staleMarkOnly(f *os.File, size int64) bool {
 // running reports whether a process with pid exists (procDir/PID).
 func running(procDir string, pid int) bool {
 	var st unix.Stat_t
-	err := unix.Stat(procDir+"/"+strconv.Itoa(pid), &st)
+	err := unix.Stat(procfs.Dir(procDir, pid), &st)
 	return err == nil || err != unix.ENOENT
 }
 
