@@ -68,13 +68,24 @@ func (a Auto) Need(avail, total uint64) (collect bool, maxFreed uint64) {
 // It returns the bytes available and the file system's size, and whether
 // a collection is needed.
 func (a Auto) Check(lay store.Layout, reserved uint64) (avail, total uint64, collect bool, err error) {
-	avail, total, err = fs.FreeSpace(lay.RealStoreDir)
+	avail, total, err = storeFreeSpace(lay, reserved)
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("gc: %w", err)
+		return 0, 0, false, err
 	}
-	avail = availWithoutReserve(lay, reserved, avail)
 	collect, _ = a.Need(avail, total)
 	return avail, total, collect, nil
+}
+
+// storeFreeSpace is the store file system's free bytes as every
+// free-space decision sees them (fs.FreeSpace of the store's real
+// directory, less availWithoutReserve's share; reserved is
+// gc-reserved-space) and its size.
+func storeFreeSpace(lay store.Layout, reserved uint64) (avail, total uint64, err error) {
+	avail, total, err = fs.FreeSpace(lay.RealStoreDir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("gc: %w", err)
+	}
+	return availWithoutReserve(lay, reserved, avail), total, nil
 }
 
 // availWithoutReserve is avail (the store file system's free bytes) less

@@ -19,7 +19,6 @@ import (
 	"storekeeper/roots"
 	"storekeeper/store"
 	"storekeeper/store/db"
-	"storekeeper/store/fs"
 )
 
 // trashName is the directory in the store dir where dead paths wait for
@@ -208,11 +207,10 @@ func (c *collector) newPlan(ctx context.Context) (*Plan, error) {
 	c.addCleanup(c.closeTrash)
 
 	if c.deleting && c.o.FreeTarget != nil {
-		avail, total, err := fs.FreeSpace(c.lay.RealStoreDir)
+		avail, total, err := storeFreeSpace(c.lay, c.s.Settings.GCReservedSpace)
 		if err != nil {
-			return nil, fmt.Errorf("gc: %w", err)
+			return nil, err
 		}
-		avail = c.withoutReserve(avail)
 		c.res.FreeBytes = &avail
 		collect, max := c.o.FreeTarget(avail, total)
 		if !collect {
@@ -261,11 +259,6 @@ func (c *collector) newPlan(ctx context.Context) (*Plan, error) {
 		}
 	}
 	return pl, nil
-}
-
-// withoutReserve is availWithoutReserve for this run's store.
-func (c *collector) withoutReserve(avail uint64) uint64 {
-	return availWithoutReserve(c.lay, c.s.Settings.GCReservedSpace, avail)
 }
 
 // stopServer stops serving the gc socket (once).
