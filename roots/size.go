@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"storekeeper/graph"
-	"storekeeper/lock"
 	"storekeeper/report"
 	"storekeeper/store"
 	"storekeeper/store/db"
@@ -198,13 +197,9 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 		p = report.Discard
 	}
 	lay := s.Layout
-	onWait := func() { p.Info("waiting for the big garbage collector lock...") } // a collection runs: said, as gc does
-	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, onWait)
+	gcLock, err := readGCLock(ctx, lay, p)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		gcLock = nil // no access to the lock: a snapshot, like any read
+		return nil, err
 	}
 	defer gcLock.Release()
 

@@ -135,13 +135,9 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 	if pr == nil {
 		pr = report.Discard
 	}
-	onWait := func() { pr.Info("waiting for the big garbage collector lock...") } // as gc and roots size say it
-	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, onWait)
+	gcLock, err := readGCLock(ctx, lay, pr)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
-		}
-		gcLock = nil // no access to the lock: a snapshot, like any read
+		return nil, nil, err
 	}
 	defer gcLock.Release()
 
@@ -259,6 +255,22 @@ func WhyPaths(ctx context.Context, s *store.Store, paths []string, o WhyOptions)
 		}
 	}
 	return es, errs, nil
+}
+
+// readGCLock takes the big garbage collector lock shared, read-only,
+// waiting (and saying so on p, as gc does) while a collection runs; an
+// error only when ctx is done. Without access to the lock it is nil: a
+// snapshot, like any read.
+func readGCLock(ctx context.Context, lay store.Layout, p report.Progress) (*lock.FileLock, error) {
+	onWait := func() { p.Info("waiting for the big garbage collector lock...") }
+	gcLock, err := lock.AcquireGCLockReadOnly(ctx, lay.StateDir, lock.Shared, true, onWait)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, nil
+	}
+	return gcLock, nil
 }
 
 // hiddenRoots says what may have hidden roots from Find's result, so
