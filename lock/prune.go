@@ -283,7 +283,7 @@ func openTrustedDir(path string) (int, error) {
 			continue
 		}
 		var lst unix.Stat_t
-		if err != unix.ELOOP && err != unix.ENOTDIR || fstatatNoFollow(fd, c, &lst) != nil || lst.Mode&unix.S_IFMT != unix.S_IFLNK {
+		if err != unix.ELOOP && err != unix.ENOTDIR || sys.LstatAt(fd, c, &lst) != nil || lst.Mode&unix.S_IFMT != unix.S_IFLNK {
 			unix.Close(fd)
 			return -1, &os.PathError{Op: "open", Path: filepath.Join(cur, c), Err: err}
 		}
@@ -446,7 +446,7 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 	}
 
 	var lst unix.Stat_t
-	if err := fstatatNoFollow(d.fd, name, &lst); err != nil {
+	if err := sys.LstatAt(d.fd, name, &lst); err != nil {
 		if err == unix.ENOENT {
 			return pf, false
 		}
@@ -568,7 +568,7 @@ func (p *pruner) pruneFile(d *lockDir, kind, name string) (pf PruneFile, ok bool
 // that a path registered meanwhile is seen by one or the other.
 func (p *pruner) storePath(d *lockDir, name string) (string, error) {
 	var st unix.Stat_t
-	switch err := fstatatNoFollow(d.fd, name+".lock", &st); err {
+	switch err := sys.LstatAt(d.fd, name+".lock", &st); err {
 	case nil:
 		return "its own lock file " + name + ".lock exists: a store path being added or built (or left by one), not a lock file", nil
 	case unix.ENOENT:
@@ -628,15 +628,6 @@ func (p *pruner) holders(path string, st *unix.Stat_t) []LockUser {
 		}
 	}
 	return out
-}
-
-func fstatatNoFollow(dirfd int, name string, st *unix.Stat_t) error {
-	for {
-		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
-		if err != unix.EINTR {
-			return err
-		}
-	}
 }
 
 func unlinkAt(dirfd int, name string) error {
