@@ -106,6 +106,11 @@ func validRows(t testing.TB, dbPath string) int {
 	return n
 }
 
+// nixDBPath is the database of the Nix store ns.
+func nixDBPath(ns *nixStore) string {
+	return filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+}
+
 // fattenDB gives every path of the database at dbPath rowBytes of
 // signatures (made-up ones: Nix reads them as space-separated strings and
 // checks none unless asked), then takes them from every other path
@@ -137,7 +142,7 @@ func fattenDB(t testing.TB, dbPath string, rowBytes int) {
 // within the timeout, vacuum goes on, and Nix accepts the store after.
 func TestDBVacuumWaitsForNix(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2601, Salt: "db-vacuum-wait"})
-	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	dbPath := nixDBPath(ns)
 	fattenDB(t, dbPath, 64<<10)
 
 	serve := nsScript(ns.Root, `exec nix-store --serve`)
@@ -294,7 +299,7 @@ func TestDBVacuumAfterGC(t *testing.T) {
 // findings, exit 1, and does not vacuum: the file is unchanged.
 func TestDBVacuumCheckCorrupt(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 30, Seed: 2603, Salt: "db-vacuum-check"})
-	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	dbPath := nixDBPath(ns)
 	sdb, err := sql.Open("sqlite", "file:"+dbPath)
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +345,7 @@ func TestDBVacuumCheckCorrupt(t *testing.T) {
 // a vacuum after it finishes.
 func TestDBVacuumKill(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2604, Salt: "db-vacuum-kill"})
-	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	dbPath := nixDBPath(ns)
 	// How long a whole vacuum of such a database takes here: the kills
 	// fall within it.
 	fattenDB(t, dbPath, 1<<20)
@@ -455,7 +460,7 @@ func TestDBVacuumKill(t *testing.T) {
 // lacks room for the copy and the WAL.
 func TestDBVacuumSpace(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2605, Salt: "db-vacuum-space"})
-	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	dbPath := nixDBPath(ns)
 	fattenDB(t, dbPath, 1<<20)
 	content := dbContent(t, dbPath)
 	// Reachable once tmpfs hides /tmp (where the test's binary, store
@@ -537,7 +542,7 @@ func TestDBVacuumUnprivileged(t *testing.T) {
 	for d := ns.Root; d != "/" && d != "/tmp"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
-	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	dbPath := nixDBPath(ns)
 	before := fileSum(t, dbPath)
 	uid, gid := realUser(t, "sk-db-vacuum")
 	data, err := os.ReadFile(binary)
@@ -580,7 +585,7 @@ func TestDBVacuumUnprivileged(t *testing.T) {
 // out, and each answers only after the vacuum has finished.
 func TestDBVacuumNixStartedDuring(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2607, Salt: "db-vacuum-during"})
-	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	dbPath := nixDBPath(ns)
 	fattenDB(t, dbPath, 2<<20)
 	out := t.TempDir()
 	cmd := nsScript(ns.Root, `
@@ -630,7 +635,7 @@ grep -qx "$want" "$OUT/daemon-client.out" || echo "daemon client: wrong answer"
 // owned by root, and the user's own Nix then reads and writes the store.
 func TestDBVacuumSingleUserStore(t *testing.T) {
 	ns := buildNixStore(t, nixSpec{Paths: 20, Seed: 2608, Salt: "db-vacuum-single-user"})
-	dbPath := filepath.Join(ns.Root, "nix/var/nix/db/db.sqlite")
+	dbPath := nixDBPath(ns)
 	fattenDB(t, dbPath, 1<<20)
 	rows := validRows(t, dbPath)
 	uid, gid := realUser(t, "sk-db-vac-single")
