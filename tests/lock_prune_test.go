@@ -52,6 +52,15 @@ func parsePrune(t *testing.T, r result) lockPruneJSON {
 	return got
 }
 
+// pruneActions is what lock prune did with each file, by path.
+func pruneActions(got lockPruneJSON) map[string]lockPruneFile {
+	actions := map[string]lockPruneFile{}
+	for _, f := range got.Result.Files {
+		actions[f.Path] = f
+	}
+	return actions
+}
+
 // freePID is a pid no process has, for a stale temp-roots file's name
 // (a temp-roots file whose pid runs is kept).
 func freePID(t *testing.T, skip int) int {
@@ -273,10 +282,7 @@ exec nix-store --gc`)
 	if r.code != 0 || !got.OK || got.Result == nil {
 		t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	actions := map[string]lockPruneFile{}
-	for _, f := range got.Result.Files {
-		actions[f.Path] = f
-	}
+	actions := pruneActions(got)
 	for p, want := range map[string]string{staleTR: "removed", stalePL: "removed", markedPL: "removed", heldTR: "kept", heldPL: "kept"} {
 		if a := actions[p]; a.Action != want {
 			t.Errorf("%s: %+v, want %s", p, a, want)
@@ -378,10 +384,7 @@ func TestLockPruneSkipsWhatItMayNot(t *testing.T) {
 	if ur.code != 1 || got.OK || got.Error == nil || got.Error.Kind != "findings" || got.Result == nil {
 		t.Fatalf("unprivileged: exit %d, %+v\n%s\n%s", ur.code, got.Error, ur.stdout, ur.stderr)
 	}
-	actions := map[string]lockPruneFile{}
-	for _, f := range got.Result.Files {
-		actions[f.Path] = f
-	}
+	actions := pruneActions(got)
 	if a := actions[userTR]; a.Action != "removed" {
 		t.Errorf("the user's own stale temp-roots file: %+v", a)
 	}
@@ -529,10 +532,7 @@ func TestLockPruneKeepsStorePaths(t *testing.T) {
 	if r.code != 0 || got.Result == nil {
 		t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	actions := map[string]lockPruneFile{}
-	for _, f := range got.Result.Files {
-		actions[f.Path] = f
-	}
+	actions := pruneActions(got)
 	for _, p := range append(valid, building) {
 		if a := actions[p]; a.Action != "kept" || a.Reason != "store-path" {
 			t.Errorf("%s: %+v, want kept store-path", p, a)
@@ -631,10 +631,7 @@ func TestLockPruneWhileNixBuilds(t *testing.T) {
 		if r.code != 0 || got.Result == nil {
 			t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 		}
-		actions := map[string]lockPruneFile{}
-		for _, f := range got.Result.Files {
-			actions[f.Path] = f
-		}
+		actions := pruneActions(got)
 		for _, p := range []string{outLock, tempRoots} {
 			if a := actions[p]; a.Action != "kept" || a.Reason != "held" {
 				t.Fatalf("run %d: %s, held by nix-build: %+v\n%s", i, p, a, r.stdout)
