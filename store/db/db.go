@@ -103,23 +103,10 @@ func syncPragma(fsync bool) string {
 // Cancellation: ctx bounds the wait for the big-lock and the first query.
 func Open(ctx context.Context, dbDir string, o Options) (*DB, error) {
 	dbPath := filepath.Join(dbDir, "db.sqlite")
-	schema, err := ReadSchemaVersion(dbDir)
+	schema, err := preflight(dbDir, !o.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(dbPath); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s does not exist (is this a Nix store? run 'nix-store --init' to create one)", ErrNoDB, dbPath)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrDBAccess, err)
-	}
-	if !o.ReadOnly {
-		if err := checkWritableDBDir(dbDir); err != nil {
-			return nil, err
-		}
-	}
-
-	setTempDir(dbDir, !o.ReadOnly) // SQLite's temporary files: see tempdir.go
 	bl, err := lock.AcquireBigLock(ctx, dbDir, lock.Shared, o.ReadOnly)
 	if err != nil {
 		// A read-only user may lack even read access to big-lock; Nix
@@ -158,6 +145,31 @@ func Open(ctx context.Context, dbDir string, o Options) (*DB, error) {
 		}
 	}
 	return d, nil
+}
+
+// preflight is what Open and Vacuum check before taking the big-lock:
+// db/schema (its version), that db.sqlite exists and, for a writer
+// (write), that the directory is writable; it then points SQLite's
+// temporary files (setTempDir, tempdir.go).
+func preflight(dbDir string, write bool) (schema int, err error) {
+	dbPath := filepath.Join(dbDir, "db.sqlite")
+	schema, err = ReadSchemaVersion(dbDir)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := os.Stat(dbPath); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("%w: %s does not exist (is this a Nix store? run 'nix-store --init' to create one)", ErrNoDB, dbPath)
+		}
+		return 0, fmt.Errorf("%w: %w", ErrDBAccess, err)
+	}
+	if write {
+		if err := checkWritableDBDir(dbDir); err != nil {
+			return 0, err
+		}
+	}
+	setTempDir(dbDir, write) // SQLite's temporary files: see tempdir.go
+	return schema, nil
 }
 
 // ReadSchemaVersion reads db/schema and refuses versions storekeeper does

@@ -93,19 +93,9 @@ func Vacuum(ctx context.Context, dbDir string, o VacuumOptions) (*VacuumResult, 
 	start := time.Now()
 	dbPath := filepath.Join(dbDir, "db.sqlite")
 	res := &VacuumResult{DBPath: dbPath}
-	if _, err := ReadSchemaVersion(dbDir); err != nil {
+	if _, err := preflight(dbDir, true); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(dbPath); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s does not exist (is this a Nix store? run 'nix-store --init' to create one)", ErrNoDB, dbPath)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrDBAccess, err)
-	}
-	if err := checkWritableDBDir(dbDir); err != nil {
-		return nil, err
-	}
-	setTempDir(dbDir, true)
 
 	bl, waited, err := lockBigExclusive(ctx, dbDir, o)
 	res.LockWaitSeconds = waited.Seconds()
