@@ -223,14 +223,14 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		}
 	}
 
+	verb := "removing" // each profile generation and auto root below
+	if o.dryRun {
+		verb = "would remove"
+	}
 	var gens []gc.RemovedGeneration
 	if o.deleteOld || o.deleteOlderThan != "" || gopts.Keep > 0 || gopts.KeepSince > 0 {
 		gens, err = gc.DeleteGenerations(ctx, s.Layout.ProfilesDir(), gopts)
 		for _, r := range gens {
-			verb := "removing"
-			if o.dryRun {
-				verb = "would remove"
-			}
 			p.Infof("%s profile generation %d of %s", verb, r.Number, report.Name(r.Profile))
 		}
 		if errors.Is(err, gc.ErrNotProfile) {
@@ -245,10 +245,6 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		autoRoots, err = gc.PruneAutoRoots(ctx, filepath.Join(s.Layout.GCRootsDir(), "auto"), gc.AutoRootOptions{Since: policy.autoSince, StoreDir: s.Layout.StoreDir, ProfilesDir: s.Layout.ProfilesDir(), DryRun: o.dryRun,
 			StateDir: s.Layout.StateDir, OnWait: func() { p.Infof("waiting for the big garbage collector lock...") }})
 		for _, r := range autoRoots {
-			verb := "removing"
-			if o.dryRun {
-				verb = "would remove"
-			}
 			p.Infof("%s auto root %s (%s -> %s, modified %s)", verb, report.Name(r.Link), report.Name(r.Target), report.Name(r.StorePath), time.Unix(r.MTime, 0).UTC().Format(time.RFC3339))
 		}
 		if err != nil {
