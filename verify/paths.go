@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -193,9 +194,9 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	}
 	// Disk order: by the inode number of the path's top entry, which on
 	// ext4, xfs and btrfs follows allocation order, so that the readers
-	// together sweep the disk mostly forward instead of seeking. Paths
-	// are small next to the number of readers, so balance needs no
-	// largest-first order (the largest of a 63k-path store is ~1 MB).
+	// together sweep the disk mostly forward instead of seeking; then the
+	// paths too big to share the end of the run with others move to the
+	// front, largest first (see bigFirst).
 	byDisk := func(ids []graph.PathID) {
 		sort.Slice(ids, func(a, b int) bool {
 			if v.ino[ids[a]] != v.ino[ids[b]] {
@@ -203,6 +204,9 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 			}
 			return ids[a] < ids[b]
 		})
+		if v.o.CheckContents {
+			bigFirst(ids, g.NarSize, v.o.Jobs, runtime.NumCPU())
+		}
 	}
 	order := cand
 	budgeted := v.o.BudgetTime > 0 || v.o.BudgetBytes > 0
@@ -264,6 +268,14 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	var timeUp atomic.Bool
 	results := make(chan pathResult, 1024)
 	var wg sync.WaitGroup
+	gate := newJobGate(v.o.Jobs, v.o.Jobs) // all of them
+	if v.autoJobs && v.o.CheckContents {
+		gate = newJobGate(runtime.GOMAXPROCS(0), v.o.Jobs)
+		sampling := make(chan struct{})
+		defer close(sampling)
+		go gate.run(sampling)
+	}
+	defer context.AfterFunc(ctx, gate.stop)()
 	// Batched hashing holds descriptors open: give it to as many workers
 	// as the open-file limit allows with room to spare (the others, and
 	// the plain walker, need a few each).
@@ -284,7 +296,8 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer w.bh.Close()
-			for ctx.Err() == nil {
+			defer gate.stop() // nothing left to take, or time is up: release the parked ones
+			for gate.enter(j) && ctx.Err() == nil {
 				if !deadline.IsZero() && time.Now().After(deadline) {
 					timeUp.Store(true)
 					break
@@ -339,6 +352,39 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 		v.sum.Remaining = len(order) - done
 	}
 	return nil
+}
+
+// bigFirst moves the paths of ids whose NAR is big next to the whole
+// run's to the front, largest first, keeping the others in their order.
+// Hashing a NAR is sequential, so a path is never done faster than one
+// core hashes it; the jobs share the cores, so one that starts late
+// crawls at a jobs-th of them and then finishes alone while the other
+// cores idle. A path is big when it is at least a quarter of one job's
+// share of the total (total / (4 * cores * jobs)): started first, the
+// big ones progress together and the small ones fill in around them, so
+// the run ends with at most the difference between the two largest
+// hashed alone. On a store of small paths (the largest a few MB against
+// GBs in all) nothing moves.
+func bigFirst(ids []graph.PathID, narSize []uint64, jobs, cores int) {
+	var total uint64
+	for _, id := range ids {
+		total += narSize[id]
+	}
+	least := total / uint64(4*max(1, cores)*max(1, jobs))
+	var big, rest []graph.PathID
+	for _, id := range ids {
+		if narSize[id] > 0 && narSize[id] >= least {
+			big = append(big, id)
+		} else {
+			rest = append(rest, id)
+		}
+	}
+	if len(big) == 0 {
+		return
+	}
+	sort.SliceStable(big, func(a, b int) bool { return narSize[big[a]] > narSize[big[b]] })
+	copy(ids, big)
+	copy(ids[len(big):], rest)
 }
 
 // collect turns one worker result into findings, manifests and a ledger
