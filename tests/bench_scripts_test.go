@@ -11,8 +11,8 @@ import (
 )
 
 // TestBenchScripts runs bench/inroot.sh (which gcfloor.sh, versus.sh,
-// cold.sh and busy.sh run every command through), bench/busy.sh and
-// bench/cold.sh on a demo store.
+// cold.sh, busy.sh and verify27.sh run every command through),
+// bench/busy.sh, bench/verify27.sh and bench/cold.sh on a demo store.
 func TestBenchScripts(t *testing.T) {
 	requireNix(t) // root and mount namespaces, as the scripts need
 	root := t.TempDir()
@@ -57,6 +57,27 @@ func TestBenchScripts(t *testing.T) {
 	}
 	if _, code := script("cold.sh", filepath.Join(root, "missing"), "true"); code != 2 {
 		t.Fatalf("cold.sh on a root without a store: status %d, want 2", code)
+	}
+
+	// verify27.sh: one pair of each mode, the floor and the medians; the
+	// recording runs removed the state directory they made; a failing
+	// BIN is reported, not hidden.
+	out, code = script("verify27.sh", binary, root, "1")
+	v27 := regexp.MustCompile(`(?s)^== .*\nnorec:\n  nix-norec +[0-9.]+ s .*  tool-norec +[0-9.]+ s .*\nrecord:\n.*` +
+		`floor:\n.*  floor: [0-9.]+ s \(read [0-9.]+ \+ sha256 [0-9.]+ on [0-9]+ cores\); recording manifests [0-9.]+ s .*` +
+		`median norec  nix [0-9.]+ s, storekeeper [0-9.]+ s: [0-9.]+x Nix; [0-9.]+x the floor \([0-9.]+ s\)\n` +
+		`median record nix [0-9.]+ s, storekeeper [0-9.]+ s: [0-9.]+x Nix; [0-9.]+x the floor \([0-9.]+ s\)\n$`)
+	if code != 0 || !v27.MatchString(out) || strings.Contains(out, "exited with status") {
+		t.Fatalf("verify27.sh printed (status %d):\n%s", code, out)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "nix", "var", "storekeeper")); !os.IsNotExist(err) {
+		t.Fatalf("verify27.sh left the state directory behind: %v", err)
+	}
+	if out, _ := script("verify27.sh", "/bin/false", root, "1"); !strings.Contains(out, "exited with status 1") {
+		t.Fatalf("verify27.sh did not report the tool's failure:\n%s", out)
+	}
+	if _, code := script("verify27.sh", binary); code != 2 {
+		t.Fatalf("verify27.sh without a root: status %d, want 2", code)
 	}
 
 	if f, err := os.OpenFile("/proc/sys/vm/drop_caches", os.O_WRONLY, 0); err != nil {
