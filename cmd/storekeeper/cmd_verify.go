@@ -105,7 +105,7 @@ to (Nix drops such a path silently; here it stays reported until
 	f.StringVar(&o.budget, "budget", "", "verify the least recently verified paths first, for at most this duration (30m) or NAR size (10G: powers of 1024)")
 	f.StringVar(&o.subset, "subset", "", "verify only slice N of M (N/M) of the store")
 	f.IntVar(&o.sigsNeeded, "sigs-needed", 0, "report paths with fewer valid signatures by trusted-public-keys")
-	f.IntVarP(&o.jobs, "jobs", "j", 0, "parallel readers (default: 16 per core, 16 to 64)")
+	f.IntVarP(&o.jobs, "jobs", "j", 0, "parallel readers (default: with --check-contents as many as keep the cores busy, up to 16 per core (16 to 64); else 16 per core)")
 	f.BoolVar(&o.noRecord, "no-record", false, "record neither manifests nor the ledger")
 	return cmd
 }
