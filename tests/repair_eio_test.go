@@ -29,7 +29,7 @@ var (
 )
 
 // requireFUSE skips (or, under STOREKEEPER_REQUIRE_NIX=1, fails) the test
-// when the EIO file system cannot run here.
+// when testdata/eiofs.py cannot run here.
 func requireFUSE(t testing.TB) {
 	t.Helper()
 	requireNix(t)
@@ -45,7 +45,7 @@ func requireFUSE(t testing.TB) {
 	if fuseWhy == "" {
 		return
 	}
-	msg := "\n*** SKIPPING EIO TEST: " + fuseWhy + " ***\n"
+	msg := "\n*** SKIPPING FUSE TEST: " + fuseWhy + " ***\n"
 	if os.Getenv("STOREKEEPER_REQUIRE_NIX") == "1" {
 		t.Fatal(msg + "(STOREKEEPER_REQUIRE_NIX=1: these tests must run)")
 	}
@@ -59,13 +59,22 @@ func requireFUSE(t testing.TB) {
 // the bad file).
 func runWithEIO(t testing.TB, root, bad string, args ...string) (result, []string) {
 	t.Helper()
+	return runOverEIOFS(t, root, bad, "", args...)
+}
+
+// runOverEIOFS is runWithEIO with eiofs.py's DELAY_MS argument: unless
+// delay is "", every read of file data through the mount sleeps delay
+// milliseconds, and the log has eiofs's "max-reads N" and "max-paths N"
+// lines. bad may be "" (no read fails).
+func runOverEIOFS(t testing.TB, root, bad, delay string, args ...string) (result, []string) {
+	t.Helper()
 	helper, err := filepath.Abs("testdata/eiofs.py")
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := filepath.Join(t.TempDir(), "eiofs.log")
-	script := `helper=$1 bad=$2 log=$3; shift 3
-/usr/bin/python3 "$helper" /nix/store "$bad" "$log" 2>"$log.err" &
+	script := `helper=$1 bad=$2 log=$3 delay=$4; shift 4
+/usr/bin/python3 "$helper" /nix/store "$bad" "$log" $delay 2>"$log.err" &
 fpid=$!
 i=0
 until grep -q '^mounted$' "$log" 2>/dev/null; do
@@ -81,7 +90,7 @@ umount /nix/store || umount -l /nix/store
 wait $fpid
 exit $rc
 `
-	res := runCmd(t, nsScript(root, script, append([]string{helper, bad, log, binary}, args...)...), args)
+	res := runCmd(t, nsScript(root, script, append([]string{helper, bad, log, delay, binary}, args...)...), args)
 	if res.code == 98 {
 		t.Fatalf("eiofs: %s", res.stderr)
 	}

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """eiofs: a pass-through FUSE file system whose one file fails reads with EIO.
 
-usage: eiofs.py DIR BADFILE LOG
+usage: eiofs.py DIR BADFILE LOG [DELAY_MS]
 
 Mounts over DIR a view of what DIR held before the mount (every operation is
 done relative to a descriptor of DIR opened first), read-write, so that a
@@ -9,8 +9,20 @@ store mounted through it can be verified and repaired. Reading BADFILE
 (relative to DIR: HASH-NAME/sub/file) fails with EIO, as a disk's bad
 sector would; opening, stat, rename and unlink of it work. Each read
 attempt of it appends a line "read BADFILE" to LOG. Once mounted it writes
-"mounted" to LOG. tests/repair_eio_test.go runs it in a private mount
-namespace (Debian's python3-fusepy, which .ci/run installs).
+"mounted" to LOG. An empty BADFILE fails no read.
+tests/repair_eio_test.go runs it in a private mount namespace (Debian's
+python3-fusepy, which .ci/run installs).
+
+With DELAY_MS the file system is a slow disk: every read of file data
+(each read(2) the kernel passes on) sleeps DELAY_MS milliseconds first,
+and the files are opened with direct_io, so the page cache never serves a
+read and the kernel does no readahead: each read a program makes reaches
+the daemon, which serves them on many threads (libfuse's multithreaded
+loop), so they overlap. It counts the reads in flight and the store paths
+(a read's first path component, HASH-NAME) with at least one read in
+flight, and whenever either count reaches a new maximum it appends
+"max-reads N" or "max-paths N" to LOG (the last such line of each is the
+maximum). tests/verify_gate_test.go uses it.
 
 Only the operations a store needs are provided: no POSIX or flock lock
 handler (the kernel then keeps locks locally, as on a local disk) and no
@@ -19,6 +31,8 @@ rename2 (RENAME_EXCHANGE fails with EINVAL, as on NFS).
 import errno
 import os
 import sys
+import threading
+import time
 
 from fusepy import FUSE, FuseOSError
 
@@ -26,10 +40,15 @@ from fusepy import FUSE, FuseOSError
 class EIOFS:
     use_ns = True
 
-    def __init__(self, fd, bad, log):
+    def __init__(self, fd, bad, log, delay=None):
         self.fd = fd
         self.bad = "/" + bad.strip("/")
         self.log = log
+        self.delay = delay  # seconds each read sleeps, or None
+        self.lock = threading.Lock()
+        self.reads = 0  # in flight
+        self.paths = {}  # HASH-NAME -> its reads in flight
+        self.max_reads = self.max_paths = 0
 
     def __call__(self, op, *args):
         f = getattr(self, op, None)
@@ -79,7 +98,27 @@ class EIOFS:
         if path == self.bad:
             self.note("read " + path.lstrip("/"))
             raise FuseOSError(errno.EIO)
-        return os.pread(fh, size, offset)
+        if self.delay is None:
+            return os.pread(fh, size, offset)
+        top = path.lstrip("/").split("/")[0]
+        with self.lock:
+            self.reads += 1
+            self.paths[top] = self.paths.get(top, 0) + 1
+            if self.reads > self.max_reads:
+                self.max_reads = self.reads
+                self.note("max-reads %d" % self.reads)
+            if len(self.paths) > self.max_paths:
+                self.max_paths = len(self.paths)
+                self.note("max-paths %d" % len(self.paths))
+        try:
+            time.sleep(self.delay)
+            return os.pread(fh, size, offset)
+        finally:
+            with self.lock:
+                self.reads -= 1
+                self.paths[top] -= 1
+                if self.paths[top] == 0:
+                    del self.paths[top]
 
     def write(self, path, data, offset, fh):
         return os.pwrite(fh, data, offset)
@@ -140,11 +179,16 @@ class EIOFS:
 
 
 def main():
-    if len(sys.argv) != 4:
-        sys.exit("usage: eiofs.py DIR BADFILE LOG")
-    mnt, bad, log = sys.argv[1:]
+    if len(sys.argv) not in (4, 5):
+        sys.exit("usage: eiofs.py DIR BADFILE LOG [DELAY_MS]")
+    mnt, bad, log = sys.argv[1:4]
+    slow = {}
+    delay = None
+    if len(sys.argv) == 5:
+        delay = float(sys.argv[4]) / 1000
+        slow = {"direct_io": True}
     fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
-    FUSE(EIOFS(fd, bad, log), mnt, foreground=True, use_ino=True, nonempty=True, attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname="eiofs")
+    FUSE(EIOFS(fd, bad, log, delay), mnt, foreground=True, use_ino=True, nonempty=True, attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname="eiofs", **slow)
 
 
 if __name__ == "__main__":
