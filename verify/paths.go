@@ -41,6 +41,11 @@ type worker struct {
 	bh      *nar.BatchHasher // nil without io_uring: plain HashPathFiles
 	entries []Entry
 	pending int // index of the regular file whose digest is being computed, or -1
+	lh      *nar.FileHasher
+	link    int // index in v.links of the entry being hashed from this read, or -1
+	linkDev uint64
+	linkIno uint64
+	tee     teeWriter
 	path    string
 	meta    []finding.Finding
 	files   int64
@@ -58,11 +63,28 @@ type inodeUse struct {
 	file  string
 }
 
+// finishDigest completes what the previous regular file's contents were
+// streamed into: its manifest digest and the .links entry it holds. A
+// file whose read was cut short leaves the entry to checkLinks.
 func (w *worker) finishDigest() {
 	if w.pending >= 0 {
 		w.b3.Sum(w.entries[w.pending].Digest[:0])
 		w.pending = -1
 	}
+	if w.link >= 0 {
+		if h, ok := w.lh.Sum(); ok {
+			w.v.links.res[w.link] = linkResult{ok: true, dev: w.linkDev, ino: w.linkIno, hash: h}
+		}
+		w.link = -1
+	}
+}
+
+// teeWriter writes to two writers that never fail.
+type teeWriter struct{ a, b io.Writer }
+
+func (t teeWriter) Write(p []byte) (int, error) {
+	t.a.Write(p)
+	return t.b.Write(p)
 }
 
 // visit is the store.NodeFunc of a path's walk.
@@ -76,8 +98,20 @@ func (w *worker) visit(n *nar.Node) (io.Writer, error) {
 			return nil, err
 		}
 	}
+	var lw io.Writer
+	if n.Type == nar.FileRegular && w.v.links != nil {
+		st, err := n.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if i := w.v.links.claim(st); i >= 0 {
+			w.link, w.linkDev, w.linkIno = i, uint64(st.Dev), st.Ino
+			w.lh.Reset(st.Size, st.Mode&unix.S_IXUSR != 0)
+			lw = w.lh
+		}
+	}
 	if !w.collect {
-		return nil, nil
+		return lw, nil
 	}
 	st, err := n.Stat()
 	if err != nil {
@@ -88,6 +122,10 @@ func (w *worker) visit(n *nar.Node) (io.Writer, error) {
 	if n.Type == nar.FileRegular {
 		w.pending = len(w.entries) - 1
 		w.b3.Reset()
+		if lw != nil {
+			w.tee = teeWriter{blake3Writer{w.b3}, lw}
+			return w.tee, nil
+		}
 		return blake3Writer{w.b3}, nil
 	}
 	return nil, nil
@@ -138,6 +176,7 @@ func (w *worker) run(id graph.PathID) pathResult {
 	w.files = 0
 	w.entries = w.entries[:0]
 	w.pending = -1
+	w.link = -1
 	w.check = v.o.Metadata
 	real := v.lay.RealPath(w.path)
 	r := pathResult{id: id}
@@ -165,7 +204,7 @@ func (w *worker) run(id graph.PathID) pathResult {
 			w.finishDigest()
 			r.man = w.manifest(g.Name(id), r.hash)
 		}
-		w.pending = -1
+		w.pending, w.link = -1, -1
 	}
 	return r
 }
@@ -286,7 +325,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	}
 	for j := 0; j < v.o.Jobs; j++ {
 		wg.Add(1)
-		w := &worker{v: v, b3: blake3.New(), pending: -1}
+		w := &worker{v: v, b3: blake3.New(), pending: -1, link: -1, lh: nar.NewFileHasher()}
 		if v.inodes != nil {
 			w.inodes = map[devIno]*inodeUse{}
 		}

@@ -28,15 +28,12 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"storekeeper/graph"
-	"storekeeper/nix/nar"
 	"storekeeper/nix/signature"
 	"storekeeper/nix/storepath"
 	"storekeeper/report"
@@ -190,6 +187,7 @@ type verifier struct {
 	hasMan    []bool   // per PathID: a manifest for the DB's hash exists
 	storeUID  uint32
 	dirNames  []string
+	links     *linkSet // the .links entries of a whole-store --check-contents run, or nil
 	findings  []finding.Finding
 	sum       Summary
 	mlog      *manifestLog
@@ -274,12 +272,19 @@ func Verify(ctx context.Context, s *store.Store, o Options, prog report.Progress
 	v.openState()
 	defer v.closeState()
 	if o.CheckContents && v.fullRun {
-		if err := v.checkLinks(ctx); err != nil {
+		// Listed before the paths are hashed, so that each entry whose
+		// inode a path holds is hashed in that path's read (see linkSet).
+		if err := v.listLinks(); err != nil {
 			return nil, err
 		}
 	}
 	if o.CheckContents || o.Metadata {
 		if err := v.checkPaths(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if v.links != nil {
+		if err := v.checkLinks(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -678,78 +683,6 @@ func (v *verifier) closeState() {
 		v.lockFile.Close()
 		v.lockFile = nil
 	}
-}
-
-// checkLinks NAR-hashes every .links entry and compares with its name.
-func (v *verifier) checkLinks(ctx context.Context) error {
-	dir := v.lay.LinksDir()
-	d, err := os.Open(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("verify: reading %s: %w", dir, err)
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return fmt.Errorf("verify: reading %s: %w", dir, err)
-	}
-	sort.Strings(names)
-	v.prog.Phase("checking links", int64(len(names)), false)
-	type res struct {
-		name string
-		got  nar.Hash
-		err  error
-	}
-	out := make([]res, len(names))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < v.o.Jobs; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= len(names) {
-					return
-				}
-				h, _, err := nar.HashPathFiles(filepath.Join(dir, names[i]), nil)
-				out[i] = res{names[i], h, err}
-				v.prog.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	v.sum.Links = len(names)
-	for _, r := range out {
-		lp := filepath.Join(v.lay.StoreDir, ".links", r.name)
-		if r.err != nil {
-			if errors.Is(r.err, os.ErrNotExist) {
-				continue // removed meanwhile (gc, optimise)
-			}
-			if errors.Is(r.err, nar.ErrUnsupportedFileType) {
-				// A fifo, socket or device (at the top or inside a
-				// directory): no NAR has one, so no link can be one.
-				v.add(finding.Finding{Kind: finding.KindLinkModified, File: lp, Expected: r.name, Got: r.err.Error(),
-					Message: fmt.Sprintf("link '%s' cannot be a link of Nix's: %s", report.Name(lp), report.Name(r.err.Error())),
-					Remedy:  finding.NewRemedy(finding.RemedyRemoveLinksEntry, lp)})
-				continue
-			}
-			v.add(finding.Finding{Kind: finding.KindIOError, File: lp, Got: r.err.Error(),
-				Message: fmt.Sprintf("error checking link '%s': %s", report.Name(lp), report.Name(r.err.Error()))})
-			continue
-		}
-		if got := r.got.Base32(); got != r.name {
-			v.add(finding.Finding{Kind: finding.KindLinkModified, File: lp, Expected: r.name, Got: got,
-				Message: fmt.Sprintf("link '%s' was modified! expected hash '%s', got '%s'", report.Name(lp), report.Name(r.name), got),
-				Remedy:  finding.NewRemedy(finding.RemedyRemoveLinksEntry, lp)})
-		}
-	}
-	return nil
 }
 
 // dropRaced re-reads the validity of every path with a finding and drops

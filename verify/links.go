@@ -1,0 +1,181 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"storekeeper/nix/nar"
+	"storekeeper/report"
+	"storekeeper/verify/finding"
+)
+
+// linkSet is the store's .links directory as listed before the paths are
+// hashed. Every .links entry is checked against its name (the NAR hash
+// of the file it is), which Nix never does. After `optimise` nearly every
+// file of a store is also a .links entry, so reading each entry on its
+// own would read the store twice: instead, when a worker meets a file
+// whose inode an entry was listed with, it claims the entry and computes
+// the entry's hash from the same read (nar.FileHasher), and only the
+// entries nobody claimed are read afterwards.
+//
+// Concurrency: claim is safe from any number of workers; each entry is
+// claimed at most once, and its result is written only by its claimer,
+// before the workers are waited for; checkLinks reads the results after.
+// A claimed result counts only if the entry is still that inode when it
+// is checked (an fstatat of the entry), so an entry replaced meanwhile,
+// or a file system whose directory listings give other inode numbers than
+// stat (overlayfs), is read on its own as before.
+type linkSet struct {
+	dir     string
+	dev     uint64
+	names   []string       // sorted
+	byIno   map[uint64]int // inode number at listing -> index in names
+	claimed []atomic.Bool
+	res     []linkResult // by index, written by the claimer
+}
+
+// linkResult is an entry's hash as computed from a path's read of the
+// same inode.
+type linkResult struct {
+	ok       bool
+	dev, ino uint64
+	hash     nar.Hash
+}
+
+// listLinks lists the .links directory (names and inode numbers, one
+// getdents pass). A store without one has no linkSet.
+func (v *verifier) listLinks() error {
+	dir := v.lay.LinksDir()
+	d, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("verify: reading %s: %w", dir, err)
+	}
+	defer d.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(d.Fd()), &st); err != nil {
+		return fmt.Errorf("verify: %s: %w", dir, err)
+	}
+	ents, err := readDirInodes(int(d.Fd()))
+	if err != nil {
+		return fmt.Errorf("verify: reading %s: %w", dir, err)
+	}
+	sort.Slice(ents, func(i, j int) bool { return ents[i].name < ents[j].name })
+	s := &linkSet{dir: dir, dev: uint64(st.Dev), names: make([]string, len(ents)), byIno: make(map[uint64]int, len(ents))}
+	for i, e := range ents {
+		s.names[i] = e.name
+		if _, dup := s.byIno[e.ino]; !dup {
+			s.byIno[e.ino] = i
+		}
+	}
+	s.claimed = make([]atomic.Bool, len(ents))
+	s.res = make([]linkResult, len(ents))
+	v.links = s
+	return nil
+}
+
+// claim returns the index of the entry listed with st's inode if the
+// caller is the first to ask for it, or -1: not a multiply linked regular
+// file of the .links directory's file system, no entry has its inode, or
+// another worker has it.
+func (s *linkSet) claim(st *unix.Stat_t) int {
+	if s == nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink < 2 || uint64(st.Dev) != s.dev {
+		return -1
+	}
+	i, ok := s.byIno[st.Ino]
+	if !ok || !s.claimed[i].CompareAndSwap(false, true) {
+		return -1
+	}
+	return i
+}
+
+// checkLinks checks every listed .links entry against its name: from the
+// hash a path's read gave for its inode when the entry is still that
+// inode, else by NAR-hashing the entry. Entries removed meanwhile (gc,
+// optimise) are skipped.
+func (v *verifier) checkLinks(ctx context.Context) error {
+	s := v.links
+	dir := s.dir
+	v.prog.Phase("checking links", int64(len(s.names)), false)
+	type res struct {
+		got nar.Hash
+		err error
+	}
+	out := make([]res, len(s.names))
+	dirf, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // removed since it was listed: nothing left to check
+	}
+	if err != nil {
+		return fmt.Errorf("verify: reading %s: %w", dir, err)
+	}
+	defer dirf.Close()
+	dirfd := int(dirf.Fd())
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < v.o.Jobs; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= len(s.names) {
+					return
+				}
+				if r := &s.res[i]; r.ok {
+					var st unix.Stat_t
+					err := unix.Fstatat(dirfd, s.names[i], &st, unix.AT_SYMLINK_NOFOLLOW)
+					if err == nil && uint64(st.Dev) == r.dev && st.Ino == r.ino {
+						out[i] = res{got: r.hash}
+						v.prog.Add(1)
+						continue
+					}
+				}
+				h, _, err := nar.HashPathFiles(filepath.Join(dir, s.names[i]), nil)
+				out[i] = res{h, err}
+				v.prog.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v.sum.Links = len(s.names)
+	for i, r := range out {
+		name := s.names[i]
+		lp := filepath.Join(v.lay.StoreDir, ".links", name)
+		if r.err != nil {
+			if errors.Is(r.err, os.ErrNotExist) {
+				continue // removed meanwhile (gc, optimise)
+			}
+			if errors.Is(r.err, nar.ErrUnsupportedFileType) {
+				// A fifo, socket or device (at the top or inside a
+				// directory): no NAR has one, so no link can be one.
+				v.add(finding.Finding{Kind: finding.KindLinkModified, File: lp, Expected: name, Got: r.err.Error(),
+					Message: fmt.Sprintf("link '%s' cannot be a link of Nix's: %s", report.Name(lp), report.Name(r.err.Error())),
+					Remedy:  finding.NewRemedy(finding.RemedyRemoveLinksEntry, lp)})
+				continue
+			}
+			v.add(finding.Finding{Kind: finding.KindIOError, File: lp, Got: r.err.Error(),
+				Message: fmt.Sprintf("error checking link '%s': %s", report.Name(lp), report.Name(r.err.Error()))})
+			continue
+		}
+		if got := r.got.Base32(); got != name {
+			v.add(finding.Finding{Kind: finding.KindLinkModified, File: lp, Expected: name, Got: got,
+				Message: fmt.Sprintf("link '%s' was modified! expected hash '%s', got '%s'", report.Name(lp), report.Name(name), got),
+				Remedy:  finding.NewRemedy(finding.RemedyRemoveLinksEntry, lp)})
+		}
+	}
+	return nil
+}
