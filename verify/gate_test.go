@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -120,5 +121,181 @@ func TestBigFirst(t *testing.T) {
 	bigFirst(ids, even, 1, 1)
 	if want := []graph.PathID{2, 0, 3, 1, 8, 7, 6, 5, 4}; !slices.Equal(ids, want) {
 		t.Errorf("even sizes reordered: %v", ids)
+	}
+}
+
+// simulate feeds a gate samples from a model of the run, busy as a
+// function of the limit at each sample, and returns the limits after each.
+func simulate(g *jobGate, samples int, busy func(sample, limit int) float64) []int {
+	out := make([]int, samples)
+	for i := range out {
+		g.adjust(busy(i, g.current()))
+		out[i] = g.current()
+	}
+	return out
+}
+
+// TestJobGateDoesNotSwing: a run the cores keep busy with 4 workers but
+// not with 2 (the cores idle at 75%) must settle near 4, not swing
+// between 2 and 4 every third sample (a third of the run at 75%).
+func TestJobGateDoesNotSwing(t *testing.T) {
+	g := newJobGate(2, 32)
+	limits := simulate(g, 200, func(_, limit int) float64 {
+		if limit <= 2 {
+			return 1.5
+		}
+		return 1.99
+	})
+	at2 := 0
+	for _, l := range limits {
+		if l == 2 {
+			at2++
+		}
+	}
+	if at2 > len(limits)/8 {
+		t.Errorf("%d of %d samples at the limit that leaves the cores idle: %v", at2, len(limits), limits)
+	}
+	if limits[len(limits)-1] > 4 {
+		t.Errorf("ended at %d, want at most 4", limits[len(limits)-1])
+	}
+}
+
+// TestJobGateComesDown: a cold start (the cores idle: up to max), then
+// the page cache: the cores saturated whatever the limit. The limit comes
+// down to the cores, also after halvings that an idle sample right after
+// seemed to contradict, and goes up again when the disk is cold again.
+func TestJobGateComesDown(t *testing.T) {
+	for _, blips := range []int{0, 1, 3} {
+		g := newJobGate(2, 32)
+		prev, left := 0, blips
+		limits := simulate(g, 150, func(i, limit int) float64 {
+			halved := limit < prev
+			prev = limit
+			switch {
+			case i < 6:
+				return 0.3
+			case halved && left > 0:
+				left--
+				return 0.3
+			}
+			return 1.99
+		})
+		if limits[5] != 32 {
+			t.Errorf("%d blips: cold start reached %d, want 32: %v", blips, limits[5], limits)
+		}
+		if left > 0 {
+			t.Errorf("%d blips: only %d after a halving: %v", blips, blips-left, limits)
+		}
+		if l := limits[len(limits)-1]; l != 2 {
+			t.Errorf("%d blips: saturated cores left the limit at %d, want 2: %v", blips, l, limits)
+		}
+		if l := simulate(g, 5, func(int, int) float64 { return 0.5 }); l[4] != 32 {
+			t.Errorf("%d blips: cold again: %v, want 32", blips, l)
+		}
+	}
+}
+
+// fakeClock gives run its ticks, CPU readings and wall clock: each tick
+// reads cpu[i] and wall[i] (index 0: the readings when run starts).
+type fakeClock struct {
+	cpu  []time.Duration
+	err  []error
+	wall []time.Duration
+	i, j int
+}
+
+func (c *fakeClock) readCPU() (time.Duration, error) {
+	i := c.i
+	c.i++
+	if i < len(c.err) && c.err[i] != nil {
+		return 0, c.err[i]
+	}
+	return c.cpu[i], nil
+}
+
+func (c *fakeClock) now() time.Time {
+	j := c.j
+	c.j++
+	return time.Unix(0, 0).Add(c.wall[j])
+}
+
+// runGate runs g.run over ticks carrying the times in ticks (as a
+// time.Ticker's would: when each was due), then stops it.
+func runGate(t *testing.T, g *jobGate, c *fakeClock, ticks []time.Duration) {
+	t.Helper()
+	done, tick, ended := make(chan struct{}), make(chan time.Time), make(chan struct{})
+	go func() {
+		defer close(ended)
+		g.run(done, tick, c.readCPU, c.now)
+	}()
+	for _, d := range ticks {
+		select {
+		case tick <- time.Unix(0, 0).Add(d):
+		case <-ended: // run returned (its clock failed)
+		}
+	}
+	close(done)
+	<-ended
+}
+
+// TestJobGateRunMeasuresWhenItReads: a sampler scheduled 25 ms late on
+// saturated cores reads the CPU time of 125 ms after the first tick and
+// of 75 ms after the second; both are 2 cores busy. Taking the ticks'
+// own times as the spans (100 ms each) makes the second sample 1.5 cores
+// busy, below 80%, and the limit would double.
+func TestJobGateRunMeasuresWhenItReads(t *testing.T) {
+	g := newJobGate(2, 32)
+	ms := time.Millisecond
+	c := &fakeClock{cpu: []time.Duration{0, 250 * ms, 400 * ms}, wall: []time.Duration{0, 125 * ms, 200 * ms}}
+	runGate(t, g, c, []time.Duration{100 * ms, 200 * ms})
+	if c.i != 3 {
+		t.Fatalf("%d CPU readings, want 3", c.i)
+	}
+	if g.current() != 2 {
+		t.Errorf("limit %d after two samples of 2 cores busy, want 2", g.current())
+	}
+}
+
+// TestJobGateRunClockFaults: CPU time going backwards is no sample (and
+// not an idle one), and a CPU clock that fails opens the gate to every
+// worker, at the start or later.
+func TestJobGateRunClockFaults(t *testing.T) {
+	ms := time.Millisecond
+	g := newJobGate(2, 32)
+	c := &fakeClock{cpu: []time.Duration{500 * ms, 400 * ms, 600 * ms}, wall: []time.Duration{0, 100 * ms, 200 * ms}}
+	runGate(t, g, c, []time.Duration{100 * ms, 200 * ms})
+	if g.current() != 2 {
+		t.Errorf("backwards CPU time: limit %d, want 2", g.current())
+	}
+	fail := errors.New("getrusage: EFAULT")
+	for _, at := range []int{0, 1, 2} {
+		g := newJobGate(2, 32)
+		c := &fakeClock{cpu: []time.Duration{0, 200 * ms, 400 * ms, 600 * ms}, err: make([]error, 4), wall: []time.Duration{0, 100 * ms, 200 * ms, 300 * ms}}
+		c.err[at] = fail
+		runGate(t, g, c, []time.Duration{100 * ms, 200 * ms, 300 * ms})
+		if g.current() != 32 {
+			t.Errorf("CPU clock failing at reading %d: limit %d, want all 32", at, g.current())
+		}
+		if c.i != at+1 {
+			t.Errorf("CPU clock failing at reading %d: read %d times after, want run to stop", at, c.i-at-1)
+		}
+	}
+	if _, err := processCPU(); err != nil {
+		t.Errorf("processCPU: %v", err)
+	}
+}
+
+// TestJobGateSampleStops: the sampler's stop returns only once its
+// goroutine has ended.
+func TestJobGateSampleStops(t *testing.T) {
+	old := gateInterval
+	gateInterval = time.Millisecond
+	defer func() { gateInterval = old }()
+	g := newJobGate(2, 32)
+	stop := g.sample()
+	time.Sleep(20 * time.Millisecond)
+	stop()
+	if gs := gateGoroutines(); len(gs) > 0 {
+		t.Errorf("after stop: %v", gs)
 	}
 }

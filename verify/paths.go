@@ -215,7 +215,10 @@ func (w *worker) manifest(name string, h nar.Hash) *Manifest {
 
 // checkPaths hashes (or walks) the selected paths in parallel and
 // collects the results in one goroutine, which alone writes manifests and
-// the ledger.
+// the ledger. Each selected path is taken at most once, by one worker, and
+// every one is unless ctx is cancelled (checkPaths returns ctx's error)
+// or the time budget is spent (Summary.Remaining counts the rest).
+// checkPaths returns once its workers and the gate's sampler have ended.
 func (v *verifier) checkPaths(ctx context.Context) error {
 	g := v.g
 	n := g.Len()
@@ -310,9 +313,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 	gate := newJobGate(v.o.Jobs, v.o.Jobs) // all of them
 	if v.autoJobs && v.o.CheckContents {
 		gate = newJobGate(runtime.GOMAXPROCS(0), v.o.Jobs)
-		sampling := make(chan struct{})
-		defer close(sampling)
-		go gate.run(sampling)
+		defer gate.sample()()
 	}
 	defer context.AfterFunc(ctx, gate.stop)()
 	// Batched hashing holds descriptors open: give it to as many workers
