@@ -2,6 +2,7 @@ package verify
 
 import (
 	"errors"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -298,4 +299,36 @@ func TestJobGateSampleStops(t *testing.T) {
 	if gs := gateGoroutines(); len(gs) > 0 {
 		t.Errorf("after stop: %v", gs)
 	}
+}
+
+func TestBigFirstExtremes(t *testing.T) {
+	// Sizes whose sum overflows 64 bits: the total saturates, so the
+	// huge one alone is big and the others keep their order (a wrapped
+	// total of 59 would make the 100-byte path big too, ahead of the
+	// 10-byte one).
+	size := []uint64{math.MaxUint64 - 50, 10, 100}
+	ids := []graph.PathID{1, 2, 0}
+	bigFirst(ids, size, 1, 1)
+	if want := []graph.PathID{0, 1, 2}; !slices.Equal(ids, want) {
+		t.Errorf("overflowing sizes: %v, want %v", ids, want)
+	}
+	// jobs*cores*4 overflowing an int (to 0 here) is no division by
+	// zero: each job's share is 0 bytes, every path is big.
+	ids = []graph.PathID{1, 2, 0}
+	bigFirst(ids, []uint64{5, 6, 7}, 1<<61, 2)
+	if want := []graph.PathID{2, 1, 0}; !slices.Equal(ids, want) {
+		t.Errorf("huge jobs: %v, want %v", ids, want)
+	}
+	// Unknown sizes (0) are never big; equal sizes keep their order.
+	ids = []graph.PathID{0, 1, 2, 3}
+	bigFirst(ids, []uint64{0, 0, 0, 0}, 1, 1)
+	if want := []graph.PathID{0, 1, 2, 3}; !slices.Equal(ids, want) {
+		t.Errorf("unknown sizes: %v", ids)
+	}
+	ids = []graph.PathID{3, 0, 2, 1}
+	bigFirst(ids, []uint64{7, 7, 0, 7}, 1, 1)
+	if want := []graph.PathID{3, 0, 1, 2}; !slices.Equal(ids, want) {
+		t.Errorf("equal sizes: %v, want %v", ids, want)
+	}
+	bigFirst(nil, nil, 4, 2)
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -247,7 +249,7 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 			return ids[a] < ids[b]
 		})
 		if v.o.CheckContents {
-			bigFirst(ids, g.NarSize, v.o.Jobs, runtime.NumCPU())
+			bigFirst(ids, g.NarSize, v.o.Jobs, runtime.GOMAXPROCS(0))
 		}
 	}
 	order := cand
@@ -395,22 +397,28 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 }
 
 // bigFirst moves the paths of ids whose NAR is big next to the whole
-// run's to the front, largest first, keeping the others in their order.
-// Hashing a NAR is sequential, so a path is never done faster than one
-// core hashes it; the jobs share the cores, so one that starts late
-// crawls at a jobs-th of them and then finishes alone while the other
-// cores idle. A path is big when it is at least a quarter of one job's
-// share of the total (total / (4 * cores * jobs)): started first, the
-// big ones progress together and the small ones fill in around them, so
-// the run ends with at most the difference between the two largest
-// hashed alone. On a store of small paths (the largest a few MB against
-// GBs in all) nothing moves.
+// run's to the front, largest first (equal sizes in their order), keeping
+// the others in their order. Hashing a NAR is sequential, so a path is
+// never done faster than one core hashes it; the jobs share the cores,
+// so one that starts late crawls at a jobs-th of them and may then
+// finish alone while the other cores idle. A path is big when its NAR
+// size (NarSize; 0, unknown, is never big) is at least total / (4 *
+// cores * jobs), total the sum of the NAR sizes of ids (saturating at
+// 2^64-1): started first, the big ones progress together and the small
+// ones fill in around them. On a store of small paths (the largest a few
+// MB against GBs in all) nothing moves. The order depends only on ids'
+// order and the sizes.
 func bigFirst(ids []graph.PathID, narSize []uint64, jobs, cores int) {
 	var total uint64
 	for _, id := range ids {
-		total += narSize[id]
+		var carry uint64
+		if total, carry = bits.Add64(total, narSize[id], 0); carry != 0 {
+			total = math.MaxUint64
+			break
+		}
 	}
-	least := total / uint64(4*max(1, cores)*max(1, jobs))
+	// Divided one factor at a time: their product may overflow.
+	least := total / 4 / uint64(max(1, cores)) / uint64(max(1, jobs))
 	var big, rest []graph.PathID
 	for _, id := range ids {
 		if narSize[id] > 0 && narSize[id] >= least {
