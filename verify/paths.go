@@ -332,14 +332,19 @@ func (v *verifier) checkPaths(ctx context.Context) error {
 		if v.inodes != nil {
 			w.inodes = map[devIno]*inodeUse{}
 		}
-		if v.o.CheckContents && j < batchers {
-			w.bh, _ = nar.NewBatchHasher() // on error nil, which hashes path by path
-		}
+		batched := v.o.CheckContents && j < batchers
 		go func() {
 			defer wg.Done()
-			defer w.bh.Close()
+			defer func() { w.bh.Close() }()
 			defer gate.stop() // nothing left to take, or time is up: release the parked ones
 			for gate.enter(j) && ctx.Err() == nil {
+				if batched {
+					// Made once the gate first lets this worker in: a
+					// warm run's parked workers hold no ring or
+					// descriptors.
+					w.bh, _ = nar.NewBatchHasher() // on error nil, which hashes path by path
+					batched = false
+				}
 				if !deadline.IsZero() && time.Now().After(deadline) {
 					timeUp.Store(true)
 					break
