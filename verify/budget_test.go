@@ -27,19 +27,27 @@ func ledgerTimes(t *testing.T, dir string) map[string]int64 {
 	return m
 }
 
-func TestBudgetCoversStoreOldestFirst(t *testing.T) {
-	f := newFixture(t, smallSpec())
-	state := f.b.Layout.OwnStateDir()
-	var total int64
+// totalNarSize returns the sum of the fixture's valid paths' NAR sizes
+// in its database.
+func (f *fixture) totalNarSize() int64 {
+	f.t.Helper()
 	s := f.open(true)
-	g, err := s.LoadGraph(t.Context(), db.GraphOptions{})
+	g, err := s.LoadGraph(f.t.Context(), db.GraphOptions{})
 	s.Close()
 	if err != nil {
-		t.Fatal(err)
+		f.t.Fatal(err)
 	}
+	var total int64
 	for i := 0; i < g.Len(); i++ {
 		total += int64(g.NarSize[i])
 	}
+	return total
+}
+
+func TestBudgetCoversStoreOldestFirst(t *testing.T) {
+	f := newFixture(t, smallSpec())
+	state := f.b.Layout.OwnStateDir()
+	total := f.totalNarSize()
 	// Runs an hour apart, after the paths were registered (a record from
 	// before a path's registration is of other contents).
 	base := time.Now().Unix()
