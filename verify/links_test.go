@@ -1,15 +1,22 @@
 package verify
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"storekeeper/nix/nar"
+	"storekeeper/nix/storepath"
 	"storekeeper/report"
 	"storekeeper/verify/finding"
 )
@@ -121,14 +128,438 @@ func TestCheckLinksUsesOnlyTheSameInode(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Entry 0: a wrong hash for its real inode: used, so reported.
-	s.res[0] = linkResult{ok: true, dev: uint64(st.Dev), ino: st.Ino}
+	s.res[0] = linkResult{ok: true, key: linkKey{dev: uint64(st.Dev), ino: st.Ino}}
 	// Entry 1: a wrong hash for another inode (replaced meanwhile, or
 	// overlayfs's listing): not used, so read again and clean.
-	s.res[1] = linkResult{ok: true, dev: uint64(st.Dev), ino: st.Ino + 1<<40}
+	s.res[1] = linkResult{ok: true, key: linkKey{dev: uint64(st.Dev), ino: st.Ino + 1<<40}}
 	if err := v.checkLinks(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if len(v.findings) != 1 || v.findings[0].Expected != s.names[0] || v.sum.Links != len(made) {
 		t.Fatalf("links %d of %d, findings %+v", v.sum.Links, len(made), v.findings)
+	}
+}
+
+// linkRun is how one run hashed the claimed .links entries.
+type linkRun struct{ skipped, inRead, readOwn, recorded int64 }
+
+func lastLinkRun() linkRun {
+	return linkRun{testLinksSkipped.Load(), testLinksInRead.Load(), testLinksReadOwn.Load(), testLinksRecorded.Load()}
+}
+
+func linkRecordPath(f *fixture) string {
+	return filepath.Join(f.b.Layout.OwnStateDir(), linkRecordName)
+}
+
+// readRecord decodes the fixture's links record, failing the test if it
+// is missing or invalid.
+func readRecord(t *testing.T, f *fixture) map[[32]byte]linkKey {
+	t.Helper()
+	b, err := os.ReadFile(linkRecordPath(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := decodeLinkRecord(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// currentRecord is a record of every .links entry with its inode's state
+// now, as if each had been found matching its name as it is.
+func currentRecord(t *testing.T, f *fixture) map[[32]byte]linkKey {
+	t.Helper()
+	dir := f.b.Layout.LinksDir()
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[[32]byte]linkKey{}
+	for _, e := range names {
+		b, err := storepath.DecodeBase32(e.Name())
+		if err != nil || len(b) != 32 {
+			t.Fatalf("%s: %v", e.Name(), err)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(dir, e.Name()), &st); err != nil {
+			t.Fatal(err)
+		}
+		m[[32]byte(b)] = keyOf(&st)
+	}
+	return m
+}
+
+// cleanRun verifies, wants no findings and every entry counted, and
+// returns how the entries were hashed.
+func cleanRun(t *testing.T, f *fixture, o Options, made map[string]string, what string) linkRun {
+	t.Helper()
+	res := f.verify(o)
+	if len(res.Findings) != 0 || res.Summary.Links != len(made) {
+		t.Fatalf("%s: links %d of %d, findings %+v", what, res.Summary.Links, len(made), res.Findings)
+	}
+	return lastLinkRun()
+}
+
+// TestLinkRecordSkipsKnownEntries: a recording run records every entry it
+// found matching from a clean path's read; a later run, recording or
+// not, hashes none of them again (no FileHasher, no read of its own),
+// stays clean and counts every entry; the record is rewritten whole.
+func TestLinkRecordSkipsKnownEntries(t *testing.T) {
+	f := newFixture(t, smallSpec())
+	made := linkEvery(t, f)
+	n := int64(len(made))
+	rec := Options{CheckContents: true}
+	if r := cleanRun(t, f, rec, made, "first run"); r != (linkRun{0, n, 0, n}) {
+		t.Fatalf("first run: %+v, want all %d hashed in the paths' reads and recorded", r, n)
+	}
+	if m := readRecord(t, f); len(m) != len(made) {
+		t.Fatalf("record of %d entries, want %d", len(m), len(made))
+	}
+	os.Remove(linkRecordPath(f))
+	// Without a record (but with manifests now): hashed again, recorded.
+	if r := cleanRun(t, f, rec, made, "record removed"); r != (linkRun{0, n, 0, n}) {
+		t.Fatalf("record removed: %+v", r)
+	}
+	if r := cleanRun(t, f, rec, made, "second run"); r != (linkRun{n, 0, 0, n}) {
+		t.Fatalf("second run: %+v, want all %d skipped and recorded again", r, n)
+	}
+	if m := readRecord(t, f); len(m) != len(made) {
+		t.Fatalf("rewritten record of %d entries, want %d", len(m), len(made))
+	}
+	if r := cleanRun(t, f, Options{CheckContents: true, NoRecord: true}, made, "--no-record"); r != (linkRun{n, 0, 0, 0}) {
+		t.Fatalf("--no-record run: %+v, want all %d skipped", r, n)
+	}
+}
+
+// TestLinkRecordSoundness: what the record knows never hides damage.
+func TestLinkRecordSoundness(t *testing.T) {
+	for _, record := range []bool{false, true} {
+		f := newFixture(t, smallSpec())
+		made := linkEvery(t, f)
+		o := Options{CheckContents: true, NoRecord: !record}
+		cleanRun(t, f, Options{CheckContents: true}, made, "recording run")
+		saved, err := os.ReadFile(linkRecordPath(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		restore := func() {
+			if err := os.WriteFile(linkRecordPath(f), saved, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		names := make([]string, 0, len(made))
+		for name := range made {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+
+		// A store file hard-linked under a wrong name: the name is in
+		// no record, so it is hashed (and the record knows every other
+		// entry as it is now, so all are skipped but the two of that
+		// inode: the read claims the first listed, the wrong name, and
+		// hashes it; the right one is read on its own).
+		wrong := strings.Repeat("0", 52)
+		wl := filepath.Join(f.b.Layout.LinksDir(), wrong)
+		if err := os.Link(made[names[0]], wl); err != nil {
+			t.Fatal(err)
+		}
+		cur := currentRecord(t, f)
+		delete(cur, [32]byte{})
+		if err := writeLinkRecord(f.b.Layout.OwnStateDir(), cur); err != nil {
+			t.Fatal(err)
+		}
+		k := byKind(f.verify(o))
+		if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != wrong || len(k) != 1 {
+			t.Fatalf("record=%v: a store file under a wrong name: %+v", record, k)
+		}
+		if r := lastLinkRun(); r.skipped != int64(len(made)-1) || r.inRead != 1 || r.readOwn != 1 {
+			t.Fatalf("record=%v: wrong name: %+v, want %d right entries skipped", record, r, len(made)-1)
+		}
+		// The same wrong name known from a record for the same inode
+		// number in another state (as after the number was reused by a
+		// new file, or the inode changed): hashed, reported.
+		for _, change := range []func(k *linkKey){
+			func(k *linkKey) { k.ctSec-- },
+			func(k *linkKey) { k.ctNsec ^= 1 },
+			func(k *linkKey) { k.size++ },
+		} {
+			var st unix.Stat_t
+			if err := unix.Lstat(wl, &st); err != nil {
+				t.Fatal(err)
+			}
+			key := keyOf(&st)
+			change(&key)
+			cur[[32]byte{}] = key
+			if err := writeLinkRecord(f.b.Layout.OwnStateDir(), cur); err != nil {
+				t.Fatal(err)
+			}
+			k := byKind(f.verify(o))
+			if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != wrong || len(k) != 1 {
+				t.Fatalf("record=%v: a wrong name known for another state of its inode: %+v", record, k)
+			}
+		}
+		os.Remove(wl)
+		restore()
+
+		// An entry replaced by another inode (same name, other
+		// contents): not the recorded inode, so hashed, and reported.
+		repl := filepath.Join(f.b.Layout.LinksDir(), names[1])
+		tmp := repl + ".new"
+		if err := os.Link(made[names[2]], tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, repl); err != nil {
+			t.Fatal(err)
+		}
+		k = byKind(f.verify(o))
+		if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != names[1] || len(k) != 1 {
+			t.Fatalf("record=%v: an entry replaced by another inode: %+v", record, k)
+		}
+		if err := os.Remove(repl); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Link(made[names[1]], repl); err != nil {
+			t.Fatal(err)
+		}
+		cleanRun(t, f, Options{CheckContents: true}, made, "entry restored")
+		saved, _ = os.ReadFile(linkRecordPath(f))
+
+		// A linked file damaged in place after the recorded run: its
+		// path and its entry are reported. It is one of two linked
+		// files of a path, so that the other's entry is found matching
+		// in the read of a path that failed.
+		byDir := map[string][]string{}
+		for _, name := range names {
+			byDir[filepath.Dir(made[name])] = append(byDir[filepath.Dir(made[name])], name)
+		}
+		var victim, sibling string
+		for _, name := range names {
+			if d := byDir[filepath.Dir(made[name])]; len(d) >= 2 {
+				victim, sibling = d[0], d[1]
+				break
+			}
+		}
+		if victim == "" {
+			t.Fatal("no path with two linked files")
+		}
+		flipByte(t, made[victim])
+		checkDamage := func(what string) {
+			t.Helper()
+			k := byKind(f.verify(o))
+			if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != victim || len(k[finding.KindModified]) < 1 {
+				t.Fatalf("record=%v: %s: %+v", record, what, k)
+			}
+		}
+		checkDamage("a linked file damaged in place")
+		restore()
+		// A record crafted to know the damaged inode as it is now (as
+		// bit rot, which leaves the ctime alone, would leave it): the
+		// skip is taken, but the path failed, so the entry is read on
+		// its own and reported.
+		if err := writeLinkRecord(f.b.Layout.OwnStateDir(), currentRecord(t, f)); err != nil {
+			t.Fatal(err)
+		}
+		checkDamage("damage the record knows the inode state of")
+		if r := lastLinkRun(); r.skipped != int64(len(made)) || r.readOwn < 1 {
+			t.Fatalf("record=%v: crafted record: %+v, want all skipped and the damaged one read on its own", record, r)
+		}
+		if record {
+			// Recorded only the entries of clean paths: not the
+			// sibling's, although it matched its name in the read.
+			os.Remove(linkRecordPath(f))
+			checkDamage("without a record")
+			if r := lastLinkRun(); r.skipped != 0 || r.readOwn != 0 {
+				t.Fatalf("without a record: %+v", r)
+			}
+			m := readRecord(t, f)
+			for _, name := range []string{victim, sibling} {
+				b, _ := storepath.DecodeBase32(name)
+				if _, ok := m[[32]byte(b)]; ok || len(m) == 0 {
+					t.Fatalf("the damaged path's entry %s was recorded (%d recorded)", name, len(m))
+				}
+			}
+		}
+	}
+}
+
+// TestLinkRecordInvalidIgnored: a record that is not a whole, valid one
+// of this format (damaged, truncated, too big, foreign magic or version,
+// not a regular file) is ignored: every entry is hashed, nothing is
+// reported, and the next recording run replaces it with a valid one.
+func TestLinkRecordInvalidIgnored(t *testing.T) {
+	f := newFixture(t, smallSpec())
+	made := linkEvery(t, f)
+	n := int64(len(made))
+	rec := Options{CheckContents: true}
+	cleanRun(t, f, rec, made, "recording run")
+	good, err := os.ReadFile(linkRecordPath(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCRC := func(b []byte) []byte {
+		b = b[:len(b)-4]
+		return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crc32c))
+	}
+	mod := func(fn func(b []byte) []byte) []byte { return fn(append([]byte(nil), good...)) }
+	limit := linkRecordLimit(len(made))
+	bad := map[string][]byte{
+		"a flipped bit": mod(func(b []byte) []byte { b[len(b)/2] ^= 1; return b }),
+		"truncated":     good[:len(good)-1],
+		"half":          good[:len(good)/2],
+		"header only":   good[:linkRecordHeader],
+		"empty":         {},
+		"wrong magic":   mod(func(b []byte) []byte { b[0] = 'X'; return withCRC(b) }),
+		"wrong version": mod(func(b []byte) []byte { b[8] = 2; return withCRC(b) }),
+		"wrong count": mod(func(b []byte) []byte {
+			binary.LittleEndian.PutUint32(b[12:], uint32(n-1))
+			return withCRC(b)
+		}),
+		"duplicate record": mod(func(b []byte) []byte {
+			copy(b[linkRecordHeader:], b[linkRecordHeader+linkRecordSize:linkRecordHeader+2*linkRecordSize])
+			return withCRC(b)
+		}),
+		// Valid records, padded past the limit (the count says so).
+		"too big": mod(func(b []byte) []byte {
+			b = b[:len(b)-4]
+			for int64(len(b)) <= limit {
+				b = append(b, b[linkRecordHeader:linkRecordHeader+linkRecordSize]...)
+				b[linkRecordHeader+len(b)%32]++ // distinct hashes
+			}
+			binary.LittleEndian.PutUint32(b[12:], uint32((len(b)-linkRecordHeader)/linkRecordSize))
+			return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crc32c))
+		}),
+	}
+	if m, err := decodeLinkRecord(bad["too big"]); err != nil || int64(len(bad["too big"])) <= limit || len(m) == 0 {
+		t.Fatalf("the oversized record is not otherwise valid: %v", err)
+	}
+	for what, b := range bad {
+		if err := os.WriteFile(linkRecordPath(f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if r := cleanRun(t, f, Options{CheckContents: true, NoRecord: true}, made, what); r != (linkRun{0, n, 0, 0}) {
+			t.Fatalf("%s: %+v, want every entry hashed", what, r)
+		}
+		if r := cleanRun(t, f, rec, made, what+", recording"); r != (linkRun{0, n, 0, n}) {
+			t.Fatalf("%s, recording: %+v, want every entry hashed and recorded", what, r)
+		}
+		if m := readRecord(t, f); len(m) != len(made) {
+			t.Fatalf("%s: rewritten record of %d entries, want %d", what, len(m), len(made))
+		}
+	}
+	// Not a regular file: a symbolic link to the good record, a fifo.
+	p := linkRecordPath(f)
+	os.WriteFile(p+".real", good, 0o644)
+	for what, mk := range map[string]func() error{
+		"symlink": func() error { return os.Symlink(p+".real", p) },
+		"fifo":    func() error { return unix.Mkfifo(p, 0o644) },
+	} {
+		os.Remove(p)
+		if err := mk(); err != nil {
+			t.Fatal(err)
+		}
+		if r := cleanRun(t, f, Options{CheckContents: true, NoRecord: true}, made, what); r != (linkRun{0, n, 0, 0}) {
+			t.Fatalf("%s: %+v, want every entry hashed", what, r)
+		}
+	}
+}
+
+// TestLinkRecordCrash: a crash at any step of writing the record leaves
+// the old record or the new one, whole; an old record never hides a
+// change made after it (the changed inode is hashed again) nor reports
+// anything false.
+func TestLinkRecordCrash(t *testing.T) {
+	for _, step := range []string{"half", "synced", "renamed"} {
+		f := newFixture(t, smallSpec())
+		made := linkEvery(t, f)
+		n := int64(len(made))
+		rec := Options{CheckContents: true}
+		cleanRun(t, f, rec, made, "recording run")
+		old, err := os.ReadFile(linkRecordPath(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Replace a path's file by a copy (a new inode, as repair
+		// leaves it), with its entry linked to the copy: the next
+		// record has another key for it.
+		var name string
+		for name = range made {
+			break
+		}
+		q := made[name]
+		data, err := os.ReadFile(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := os.Stat(q)
+		writable(t, filepath.Dir(q), func() {
+			os.Remove(q)
+			if err := os.WriteFile(q, data, fi.Mode().Perm()); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(q, fi.Mode().Perm())
+			os.Chtimes(q, time.Unix(1, 0), time.Unix(1, 0))
+		})
+		lp := filepath.Join(f.b.Layout.LinksDir(), name)
+		os.Remove(lp)
+		if err := os.Link(q, lp); err != nil {
+			t.Fatal(err)
+		}
+
+		crashed := errors.New("crashed")
+		testLinkRecordCrash = func(s string) {
+			if s == step {
+				panic(crashed)
+			}
+		}
+		func() {
+			defer func() {
+				if r := recover(); r != crashed {
+					t.Fatalf("%s: not crashed: %v", step, r)
+				}
+			}()
+			f.verify(rec)
+		}()
+		testLinkRecordCrash = func(string) {}
+		now, err := os.ReadFile(linkRecordPath(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := decodeLinkRecord(now)
+		if err != nil || len(m) != len(made) {
+			t.Fatalf("%s: record after the crash: %v, %d entries", step, err, len(m))
+		}
+		// The old record, byte for byte, or the new one: the only
+		// entry whose key changed has its new key.
+		oldM, err := decodeLinkRecord(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := storepath.DecodeBase32(name)
+		isNew := m[[32]byte(b)] != oldM[[32]byte(b)]
+		if want := step == "renamed"; isNew != want || (!isNew && !bytes.Equal(now, old)) {
+			t.Fatalf("%s: the new record is in place: %v, want %v", step, isNew, want)
+		}
+		for h, k := range m {
+			if k != oldM[h] && h != [32]byte(b) {
+				t.Fatalf("%s: an unchanged entry's key changed", step)
+			}
+		}
+
+		// With the old record in place, the copy (not the recorded
+		// inode) is hashed, the rest skipped; and then damaged in
+		// place, it is reported.
+		if err := os.WriteFile(linkRecordPath(f), old, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		no := Options{CheckContents: true, NoRecord: true}
+		if r := cleanRun(t, f, no, made, step+": old record"); r != (linkRun{n - 1, 1, 0, 0}) {
+			t.Fatalf("%s: old record: %+v, want all but the new inode skipped", step, r)
+		}
+		flipByte(t, q)
+		k := byKind(f.verify(no))
+		if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != name || len(k[finding.KindModified]) != 1 {
+			t.Fatalf("%s: old record, damage after it: %+v", step, k)
+		}
 	}
 }

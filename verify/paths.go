@@ -45,8 +45,8 @@ type worker struct {
 	pending int // index of the regular file whose digest is being computed, or -1
 	lh      *nar.FileHasher
 	link    int // index in v.links of the entry being hashed from this read, or -1
-	linkDev uint64
-	linkIno uint64
+	linkKey linkKey
+	claims  []int // the .links entries claimed in the current path's read
 	tee     teeWriter
 	path    string
 	meta    []finding.Finding
@@ -75,7 +75,7 @@ func (w *worker) finishDigest() {
 	}
 	if w.link >= 0 {
 		if h, ok := w.lh.Sum(); ok {
-			w.v.links.res[w.link] = linkResult{ok: true, dev: w.linkDev, ino: w.linkIno, hash: h}
+			w.v.links.res[w.link] = linkResult{ok: true, key: w.linkKey, hash: h}
 		}
 		w.link = -1
 	}
@@ -106,10 +106,19 @@ func (w *worker) visit(n *nar.Node) (io.Writer, error) {
 		if err != nil {
 			return nil, err
 		}
-		if i := w.v.links.claim(st); i >= 0 {
-			w.link, w.linkDev, w.linkIno = i, uint64(st.Dev), st.Ino
-			w.lh.Reset(st.Size, st.Mode&unix.S_IXUSR != 0)
-			lw = w.lh
+		if s := w.v.links; s != nil {
+			if i := s.claim(st); i >= 0 {
+				w.claims = append(w.claims, i)
+				if s.skip(i, st) {
+					// Matched its name in this inode state before:
+					// counts once this path is found clean (run).
+					s.res[i] = linkResult{skipped: true, key: keyOf(st), hash: s.known[i].hash}
+				} else {
+					w.link, w.linkKey = i, keyOf(st)
+					w.lh.Reset(st.Size, st.Mode&unix.S_IXUSR != 0)
+					lw = w.lh
+				}
+			}
 		}
 	}
 	if !w.collect {
@@ -179,6 +188,7 @@ func (w *worker) run(id graph.PathID) pathResult {
 	w.entries = w.entries[:0]
 	w.pending = -1
 	w.link = -1
+	w.claims = w.claims[:0]
 	w.check = v.o.Metadata
 	real := v.lay.RealPath(w.path)
 	r := pathResult{id: id}
@@ -193,6 +203,7 @@ func (w *worker) run(id graph.PathID) pathResult {
 	w.finishDigest()
 	r.meta, r.files = w.meta, w.files
 	if r.err != nil {
+		w.settleClaims(id, &r)
 		return r
 	}
 	if w.collect {
@@ -208,7 +219,29 @@ func (w *worker) run(id graph.PathID) pathResult {
 		}
 		w.pending, w.link = -1, -1
 	}
+	w.settleClaims(id, &r)
 	return r
+}
+
+// settleClaims marks the .links entries claimed in path id's read with
+// whether the path verified clean (its NAR hash the DB's): an entry
+// known from the links record counts as matching only then, and only
+// then is an entry recorded. It runs before the result is sent, so
+// before checkLinks reads the entries.
+func (w *worker) settleClaims(id graph.PathID, r *pathResult) {
+	if len(w.claims) == 0 {
+		return
+	}
+	db := w.v.g.NarHash[id]
+	clean := r.err == nil && db != (nar.Hash{}) && r.hash == db
+	for _, i := range w.claims {
+		lr := &w.v.links.res[i]
+		lr.clean = clean
+		if lr.skipped {
+			lr.ok = clean
+		}
+	}
+	w.claims = w.claims[:0]
 }
 
 func (w *worker) manifest(name string, h nar.Hash) *Manifest {

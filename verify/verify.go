@@ -187,7 +187,8 @@ type verifier struct {
 	hasMan    []bool   // per PathID: a manifest for the DB's hash exists
 	storeUID  uint32
 	dirNames  []string
-	links     *linkSet // the .links entries of a whole-store --check-contents run, or nil
+	links     *linkSet             // the .links entries of a whole-store --check-contents run, or nil
+	linkRec   map[[32]byte]linkKey // what checkLinks found to record, or nil
 	findings  []finding.Finding
 	sum       Summary
 	mlog      *manifestLog
@@ -211,7 +212,10 @@ type verifier struct {
 // collector deletes during the audit is not reported (validity is checked
 // again before reporting). Cancellation: ctx stops the workers; manifests
 // and ledger entries written so far are kept (the ledger stays consistent
-// at any instant, even under kill -9) and Verify returns ctx's error.
+// at any instant, even under kill -9) and Verify returns ctx's error. The
+// links record (which .links entries need no second hash; linkrecord.go)
+// is replaced whole at the end of a recording whole-store run, never
+// after a cancelled one, and is read by any whole-store run.
 //
 // prog receives the progress (nil: report.Discard); if it also implements
 // Verifications, each path whose contents were checked is reported to it.
@@ -667,6 +671,11 @@ func (v *verifier) commitState() error {
 	}
 	if lerr := v.led.commit(valid); err == nil {
 		err = lerr
+	}
+	if v.linkRec != nil {
+		if lerr := writeLinkRecord(v.o.StateDir, v.linkRec); err == nil {
+			err = lerr
+		}
 	}
 	v.recording = false
 	return err
