@@ -5,10 +5,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // The ledger says when each store path was last content-verified. It is
@@ -146,31 +149,17 @@ func (l *ledger) commit(keep func(name string) bool) error {
 		}
 	}
 	sort.Strings(names)
-	tmp := filepath.Join(l.dir, ledgerName+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	err := replaceFile(l.dir, ledgerName, func(f io.Writer) error {
+		w := bufio.NewWriterSize(f, 1<<20)
+		for _, n := range names {
+			e := l.entries[n]
+			fmt.Fprintf(w, "%d %s %s\n", e.Time, e.Status, n)
+		}
+		return w.Flush()
+	})
 	if err != nil {
 		return err
 	}
-	w := bufio.NewWriterSize(f, 1<<20)
-	for _, n := range names {
-		e := l.entries[n]
-		fmt.Fprintf(w, "%d %s %s\n", e.Time, e.Status, n)
-	}
-	err = w.Flush()
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(l.dir, ledgerName))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	syncDir(l.dir)
 	if l.log != nil {
 		l.log.Close()
 		l.log, l.w = nil, nil
@@ -189,6 +178,43 @@ func (l *ledger) close() {
 		l.log, l.w = nil, nil
 	}
 }
+
+// replaceFile replaces the file name in dir whole: fill writes the new
+// contents to name.tmp beside it (never through a symlink), which is
+// synced and renamed over name, then the directory is synced. A crash at
+// any instant leaves the old file or the new one, never a part of
+// either (at worst a name.tmp, which the next write truncates). On error
+// name is unchanged and name.tmp removed.
+func replaceFile(dir, name string, fill func(io.Writer) error) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return err
+	}
+	err = fill(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		testReplaceCrash(name, "synced")
+		err = os.Rename(tmp, filepath.Join(dir, name))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	testReplaceCrash(name, "renamed")
+	syncDir(dir)
+	return nil
+}
+
+// testReplaceCrash is a test's hook to die at a step of replaceFile (the
+// temporary file synced, before the rename; after the rename); a no-op
+// outside tests.
+var testReplaceCrash = func(name, step string) {}
 
 func syncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {

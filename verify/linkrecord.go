@@ -162,43 +162,22 @@ func readLinkRecord(dir string, limit int64) (map[[32]byte]linkKey, error) {
 	return m, nil
 }
 
-// writeLinkRecord replaces dir's links record by one of m: written to a
-// temporary file, fsynced, renamed over the old one, and the directory
-// fsynced. The caller holds the state directory's lock (only it writes
-// the temporary file). A crash leaves the old record or the new one; an
-// error leaves the old one and removes the temporary file.
+// writeLinkRecord replaces dir's links record by one of m (replaceFile):
+// a crash leaves the old record or the new one, an error the old one.
+// The caller holds the state directory's lock (only it writes the
+// temporary file).
 func writeLinkRecord(dir string, m map[[32]byte]linkKey) error {
-	tmp := filepath.Join(dir, linkRecordName+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o644)
-	if err != nil {
-		return fmt.Errorf("verify: links record: %w", err)
-	}
 	b := encodeLinkRecord(m)
-	_, err = f.Write(b[:len(b)/2])
-	if err == nil {
-		testLinkRecordCrash("half")
-		_, err = f.Write(b[len(b)/2:])
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		testLinkRecordCrash("synced")
-		err = os.Rename(tmp, filepath.Join(dir, linkRecordName))
-	}
+	err := replaceFile(dir, linkRecordName, func(f io.Writer) error {
+		if _, err := f.Write(b[:len(b)/2]); err != nil {
+			return err
+		}
+		testReplaceCrash(linkRecordName, "half")
+		_, err := f.Write(b[len(b)/2:])
+		return err
+	})
 	if err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("verify: links record: %w", err)
 	}
-	testLinkRecordCrash("renamed")
-	syncDir(dir)
 	return nil
 }
-
-// testLinkRecordCrash is a test's hook to die at a step of
-// writeLinkRecord (half the temporary file written, it synced before the
-// rename, after the rename); a no-op outside tests.
-var testLinkRecordCrash = func(step string) {}

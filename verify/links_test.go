@@ -507,8 +507,8 @@ func TestLinkRecordCrash(t *testing.T) {
 		}
 
 		crashed := errors.New("crashed")
-		testLinkRecordCrash = func(s string) {
-			if s == step {
+		testReplaceCrash = func(name, s string) {
+			if name == linkRecordName && s == step {
 				panic(crashed)
 			}
 		}
@@ -520,7 +520,7 @@ func TestLinkRecordCrash(t *testing.T) {
 			}()
 			f.verify(rec)
 		}()
-		testLinkRecordCrash = func(string) {}
+		testReplaceCrash = func(string, string) {}
 		now, err := os.ReadFile(linkRecordPath(f))
 		if err != nil {
 			t.Fatal(err)
