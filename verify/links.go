@@ -42,10 +42,12 @@ import (
 // Concurrency: claim is safe from any number of workers; each entry is
 // claimed at most once, and its result is written only by its claimer,
 // before the workers are waited for; checkLinks reads the results after.
-// A claimed result counts only if the entry is still that inode when it
-// is checked (an fstatat of the entry), so an entry replaced meanwhile,
-// or a file system whose directory listings give other inode numbers than
-// stat (overlayfs), is read on its own as before.
+// A claimed result counts only if the entry is still that inode, in the
+// state (linkKey: ctime, size) the claim's stat saw, when it is checked
+// (an fstatat of the entry), so an entry replaced meanwhile, an inode
+// written, grown or truncated during or after the read, or a file system
+// whose directory listings give other inode numbers than stat
+// (overlayfs), is read on its own as before.
 type linkSet struct {
 	dir     string
 	dev     uint64
@@ -167,7 +169,8 @@ func (s *linkSet) claim(st *unix.Stat_t) int {
 
 // checkLinks checks every listed .links entry against its name: from the
 // hash a path's read gave for its inode (or the links record knew for its
-// state, the path clean) when the entry is still that inode, else by
+// state, the path clean) when the entry is still that inode in the state
+// the claim saw, else by
 // NAR-hashing the entry. Entries removed meanwhile (gc, optimise) are
 // skipped. On a recording run it leaves in v.linkRec the entries to
 // record: found matching from a clean path's read, the inode still in
@@ -191,7 +194,8 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 	defer dirf.Close()
 	dirfd := int(dirf.Fd())
 	// fromRead[i]: out[i] is a claimed result whose inode was still the
-	// entry's, in the state it was claimed in (so recordable).
+	// entry's, in the state it was claimed in, from a clean path's read
+	// (so recordable).
 	fromRead := make([]bool, len(s.names))
 	var readOwn atomic.Int64
 	var next atomic.Int64
@@ -208,9 +212,14 @@ func (v *verifier) checkLinks(ctx context.Context) error {
 				if r := &s.res[i]; r.ok {
 					var st unix.Stat_t
 					err := unix.Fstatat(dirfd, s.names[i], &st, unix.AT_SYMLINK_NOFOLLOW)
-					if err == nil && uint64(st.Dev) == r.key.dev && st.Ino == r.key.ino {
+					// The inode in the state the read began with: a
+					// file written, grown or cut during the read (whose
+					// hash may be of neither contents: the FileHasher
+					// only sees as many bytes as announced) is read
+					// again, as is an entry replaced meanwhile.
+					if err == nil && keyOf(&st) == r.key {
 						out[i] = res{got: r.hash}
-						fromRead[i] = r.clean && keyOf(&st) == r.key
+						fromRead[i] = r.clean
 						v.prog.Add(1)
 						continue
 					}

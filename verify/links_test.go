@@ -127,8 +127,9 @@ func TestCheckLinksUsesOnlyTheSameInode(t *testing.T) {
 	if err := unix.Stat(filepath.Join(s.dir, s.names[0]), &st); err != nil {
 		t.Fatal(err)
 	}
-	// Entry 0: a wrong hash for its real inode: used, so reported.
-	s.res[0] = linkResult{ok: true, key: linkKey{dev: uint64(st.Dev), ino: st.Ino}}
+	// Entry 0: a wrong hash for its real inode (in its state now): used,
+	// so reported.
+	s.res[0] = linkResult{ok: true, key: keyOf(&st)}
 	// Entry 1: a wrong hash for another inode (replaced meanwhile, or
 	// overlayfs's listing): not used, so read again and clean.
 	s.res[1] = linkResult{ok: true, key: linkKey{dev: uint64(st.Dev), ino: st.Ino + 1<<40}}
@@ -561,5 +562,168 @@ func TestLinkRecordCrash(t *testing.T) {
 		if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != name || len(k[finding.KindModified]) != 1 {
 			t.Fatalf("%s: old record, damage after it: %+v", step, k)
 		}
+	}
+}
+
+// optimiseAll links every regular file and symlink of the store's valid
+// paths into .links as Nix's optimise does on Linux: a file whose
+// contents an entry already has is replaced by a hard link to it, so
+// shared contents are one inode held by several paths. It returns the
+// entries (name -> one store file it is) and the files of regular
+// entries held by two or more paths.
+func optimiseAll(t *testing.T, f *fixture) (made map[string]string, shared []string) {
+	t.Helper()
+	links := f.b.Layout.LinksDir()
+	if err := os.MkdirAll(links, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	made = map[string]string{}
+	holders := map[string]int{}
+	touched := map[string]bool{}
+	defer func() {
+		// Canonical again, as optimise leaves them.
+		for d := range touched {
+			os.Chmod(d, 0o555)
+			os.Chtimes(d, time.Unix(1, 0), time.Unix(1, 0))
+		}
+	}()
+	for _, p := range f.b.Valid {
+		filepath.Walk(f.real(p), func(q string, fi os.FileInfo, err error) error {
+			if err != nil || !(fi.Mode().IsRegular() || fi.Mode()&os.ModeSymlink != 0) {
+				return nil
+			}
+			h, _, err := nar.HashPath(q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := h.Base32()
+			e := filepath.Join(links, name)
+			if _, ok := made[name]; !ok {
+				if err := os.Link(q, e); err != nil {
+					t.Fatal(err)
+				}
+				made[name] = q
+			} else {
+				touched[filepath.Dir(q)] = true
+				os.Chmod(filepath.Dir(q), 0o755)
+				if err := os.Link(e, q+".tmp"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(q+".tmp", q); err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode().IsRegular() {
+					holders[name]++
+					if holders[name] == 1 {
+						shared = append(shared, name)
+					}
+				}
+			}
+			return nil
+		})
+	}
+	return made, shared
+}
+
+// TestLinksVariedStore: on a fully optimised store (executable files,
+// files read in the io_uring batch and files read while the NAR is
+// written, symlink entries, inodes held by several paths), with and
+// without --metadata, a recording run and a run skipping by the record
+// are both clean; a large shared file damaged in place is reported as
+// its entry and in every path holding it, in both kinds of run.
+func TestLinksVariedStore(t *testing.T) {
+	spec := smallSpec()
+	spec.FileSize = 8 << 10
+	spec.Dup = 0.5
+	for _, meta := range []bool{false, true} {
+		f := newFixture(t, spec)
+		made, shared := optimiseAll(t, f)
+		var big, exec, syml int
+		var victim string
+		for _, q := range made {
+			var st unix.Stat_t
+			if err := unix.Lstat(q, &st); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+				syml++
+			case st.Size > 16<<10:
+				big++
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o100 != 0 {
+				exec++
+			}
+		}
+		for _, name := range shared {
+			var st unix.Stat_t
+			if unix.Stat(made[name], &st) == nil && st.Size > 16<<10 {
+				victim = name
+			}
+		}
+		if big == 0 || exec == 0 || syml == 0 || victim == "" {
+			t.Fatalf("fixture: %d big, %d executable, %d symlink entries, shared big %q", big, exec, syml, victim)
+		}
+		o := Options{CheckContents: true, Metadata: meta}
+		r1 := cleanRun(t, f, o, made, "recording run")
+		r2 := cleanRun(t, f, o, made, "second run")
+		if r1.inRead == 0 || r2.skipped != r1.recorded || r2.recorded != r1.recorded {
+			t.Fatalf("metadata=%v: first %+v, second %+v", meta, r1, r2)
+		}
+		saved, err := os.ReadFile(linkRecordPath(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(filepath.Dir(made[victim]), 0o755)
+		flipByte(t, made[victim])
+		for _, with := range []string{"record", "crafted record"} {
+			if with == "crafted record" {
+				if err := writeLinkRecord(f.b.Layout.OwnStateDir(), currentRecord(t, f)); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := os.WriteFile(linkRecordPath(f), saved, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			k := byKind(f.verify(Options{CheckContents: true, Metadata: meta, NoRecord: true}))
+			if len(k[finding.KindLinkModified]) != 1 || k[finding.KindLinkModified][0].Expected != victim || len(k[finding.KindModified]) < 2 {
+				t.Fatalf("metadata=%v, %s: a shared big file damaged: %+v", meta, with, k)
+			}
+		}
+	}
+}
+
+// TestCheckLinksUsesOnlyTheSameInodeState: a result computed in a path's
+// read counts only while the entry's inode is in the state the read
+// began with (a file that grew or was written during the read has a
+// hash of neither contents): otherwise the entry is read again.
+func TestCheckLinksUsesOnlyTheSameInodeState(t *testing.T) {
+	f := newFixture(t, smallSpec())
+	made := linkEvery(t, f)
+	v := &verifier{lay: f.b.Layout, o: Options{Jobs: 2}, prog: report.Discard}
+	if err := v.listLinks(); err != nil || v.links == nil {
+		t.Fatalf("listLinks: %v", err)
+	}
+	s := v.links
+	for i, change := range []func(k *linkKey){
+		func(k *linkKey) { k.size-- },
+		func(k *linkKey) { k.ctSec-- },
+		func(k *linkKey) { k.ctNsec ^= 1 },
+	} {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(s.dir, s.names[i]), &st); err != nil {
+			t.Fatal(err)
+		}
+		// The hash of what the read saw (the empty file's, as a read
+		// of a file found empty at its fstat gives) for an inode in
+		// another state now: not used.
+		k := keyOf(&st)
+		change(&k)
+		s.res[i] = linkResult{ok: true, clean: true, key: k}
+	}
+	if err := v.checkLinks(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.findings) != 0 || v.sum.Links != len(made) {
+		t.Fatalf("links %d of %d, findings %+v", v.sum.Links, len(made), v.findings)
 	}
 }
