@@ -727,3 +727,83 @@ func TestCheckLinksUsesOnlyTheSameInodeState(t *testing.T) {
 		t.Fatalf("links %d of %d, findings %+v", v.sum.Links, len(made), v.findings)
 	}
 }
+
+// cancelAt is a Progress that cancels its context when a phase of the
+// given name starts, or when the given number of units of the current
+// phase are done.
+type cancelAt struct {
+	report.Progress
+	phase  string
+	after  int64
+	cur    string
+	done   int64
+	cancel context.CancelFunc
+}
+
+func (c *cancelAt) Phase(name string, total int64, bytes bool) {
+	c.cur, c.done = name, 0
+	if name == c.phase && c.after == 0 {
+		c.cancel()
+	}
+}
+
+func (c *cancelAt) Add(n int64) {
+	c.done += n
+	if c.cur == c.phase && c.after > 0 && c.done >= c.after {
+		c.cancel()
+	}
+}
+
+// TestLinkRecordOnlyWholeRuns: the record is written only by a recording
+// whole-store run that ran to its end: a run cancelled while the paths
+// or the entries are checked, a budgeted run and a run of some paths
+// leave it byte for byte as it was (and a missing one missing).
+func TestLinkRecordOnlyWholeRuns(t *testing.T) {
+	f := newFixture(t, smallSpec())
+	made := linkEvery(t, f)
+	rec := Options{CheckContents: true}
+	cleanRun(t, f, rec, made, "recording run")
+	old, err := os.ReadFile(linkRecordPath(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A changed inode state for one entry (a chmod there and back: a
+	// new ctime), so that a run that wrote the record would change it.
+	for _, q := range made {
+		os.Chmod(q, 0o644)
+		os.Chmod(q, 0o444)
+		break
+	}
+	for _, c := range []struct {
+		what  string
+		o     Options
+		phase string
+		after int64
+	}{
+		{"cancelled checking contents", rec, "checking contents", 1},
+		{"cancelled at checking links", rec, "checking links", 0},
+		{"cancelled checking links", rec, "checking links", 5},
+		{"byte budget", Options{CheckContents: true, BudgetBytes: 1 << 40}, "", 0},
+		{"some paths", Options{CheckContents: true, Paths: f.b.Valid[:3]}, "", 0},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		s := f.open(true)
+		_, err := Verify(ctx, s, c.o, &cancelAt{Progress: report.Discard, phase: c.phase, after: c.after, cancel: cancel})
+		s.Close()
+		cancel()
+		if c.phase != "" && !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: %v, want cancelled", c.what, err)
+		} else if c.phase == "" && err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		now, err := os.ReadFile(linkRecordPath(f))
+		if err != nil || !bytes.Equal(now, old) {
+			t.Fatalf("%s: record changed (%v)", c.what, err)
+		}
+	}
+	// The control: a whole run to its end rewrites it.
+	cleanRun(t, f, rec, made, "whole run")
+	if now, _ := os.ReadFile(linkRecordPath(f)); bytes.Equal(now, old) {
+		t.Fatal("a whole recording run left the record as it was")
+	}
+}
