@@ -713,9 +713,9 @@ func TestCheckLinksUsesOnlyTheSameInodeState(t *testing.T) {
 		if err := unix.Lstat(filepath.Join(s.dir, s.names[i]), &st); err != nil {
 			t.Fatal(err)
 		}
-		// The hash of what the read saw (the empty file's, as a read
-		// of a file found empty at its fstat gives) for an inode in
-		// another state now: not used.
+		// A hash of what the read saw (here of neither contents) for
+		// an inode in another state now (grown, cut or rewritten since
+		// the claim's stat): not used, the entry is read again.
 		k := keyOf(&st)
 		change(&k)
 		s.res[i] = linkResult{ok: true, clean: true, key: k}
