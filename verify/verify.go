@@ -215,7 +215,7 @@ type verifier struct {
 // at any instant, even under kill -9) and Verify returns ctx's error. The
 // links record (which .links entries need no second hash; linkrecord.go)
 // is replaced whole at the end of a recording whole-store run, never
-// after a cancelled one, and is read by any whole-store run.
+// after a cancelled one, and is read by any whole-store --check-contents run.
 //
 // prog receives the progress (nil: report.Discard); if it also implements
 // Verifications, each path whose contents were checked is reported to it.
