@@ -112,16 +112,24 @@ func TestLinksHashedInPathReads(t *testing.T) {
 	}
 }
 
-// TestCheckLinksUsesOnlyTheSameInode: a result computed in a path's read
-// is used only while the entry is still the inode it was computed from;
-// otherwise the entry is read again.
-func TestCheckLinksUsesOnlyTheSameInode(t *testing.T) {
+// listedLinks returns a verifier of a fixture whose every file is linked
+// (linkEvery), with its .links entries listed, and the entries made.
+func listedLinks(t *testing.T) (*verifier, map[string]string) {
+	t.Helper()
 	f := newFixture(t, smallSpec())
 	made := linkEvery(t, f)
 	v := &verifier{lay: f.b.Layout, o: Options{Jobs: 2}, prog: report.Discard}
 	if err := v.listLinks(); err != nil || v.links == nil {
 		t.Fatalf("listLinks: %v", err)
 	}
+	return v, made
+}
+
+// TestCheckLinksUsesOnlyTheSameInode: a result computed in a path's read
+// is used only while the entry is still the inode it was computed from;
+// otherwise the entry is read again.
+func TestCheckLinksUsesOnlyTheSameInode(t *testing.T) {
+	v, made := listedLinks(t)
 	s := v.links
 	var st unix.Stat_t
 	if err := unix.Stat(filepath.Join(s.dir, s.names[0]), &st); err != nil {
@@ -697,12 +705,7 @@ func TestLinksVariedStore(t *testing.T) {
 // began with (a file that grew or was written during the read has a
 // hash of neither contents): otherwise the entry is read again.
 func TestCheckLinksUsesOnlyTheSameInodeState(t *testing.T) {
-	f := newFixture(t, smallSpec())
-	made := linkEvery(t, f)
-	v := &verifier{lay: f.b.Layout, o: Options{Jobs: 2}, prog: report.Discard}
-	if err := v.listLinks(); err != nil || v.links == nil {
-		t.Fatalf("listLinks: %v", err)
-	}
+	v, made := listedLinks(t)
 	s := v.links
 	for i, change := range []func(k *linkKey){
 		func(k *linkKey) { k.size-- },
