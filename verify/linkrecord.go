@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -60,8 +59,6 @@ func keyOf(st *unix.Stat_t) linkKey {
 	return linkKey{dev: uint64(st.Dev), ino: st.Ino, ctSec: st.Ctim.Sec, ctNsec: st.Ctim.Nsec, size: st.Size}
 }
 
-var crc32c = crc32.MakeTable(crc32.Castagnoli)
-
 // errBadLinkRecord is wrapped by the errors of a links record that is not
 // one (foreign, truncated, damaged, too big).
 var errBadLinkRecord = errors.New("not a valid links record")
@@ -80,7 +77,7 @@ func encodeLinkRecord(m map[[32]byte]linkKey) []byte {
 		b = binary.LittleEndian.AppendUint64(b, uint64(k.ctNsec))
 		b = binary.LittleEndian.AppendUint64(b, uint64(k.size))
 	}
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crc32c))
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
 // decodeLinkRecord parses a whole record file.
@@ -96,7 +93,7 @@ func decodeLinkRecord(b []byte) (map[[32]byte]linkKey, error) {
 		return nil, fmt.Errorf("%w: %d bytes for %d records", errBadLinkRecord, len(b), n)
 	}
 	body := b[:len(b)-4]
-	if crc32.Checksum(body, crc32c) != binary.LittleEndian.Uint32(b[len(body):]) {
+	if crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(b[len(body):]) {
 		return nil, fmt.Errorf("%w: checksum mismatch", errBadLinkRecord)
 	}
 	m := make(map[[32]byte]linkKey, n)
@@ -148,7 +145,7 @@ func readLinkRecord(dir string, limit int64) (map[[32]byte]linkKey, error) {
 	}
 	// At most limit+1 bytes whatever the size said: a file growing
 	// meanwhile is refused too.
-	b, err := io.ReadAll(io.LimitReader(bufio.NewReaderSize(f, 1<<20), limit+1))
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("verify: links record: %w", err)
 	}

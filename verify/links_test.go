@@ -408,7 +408,7 @@ func TestLinkRecordInvalidIgnored(t *testing.T) {
 	}
 	withCRC := func(b []byte) []byte {
 		b = b[:len(b)-4]
-		return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crc32c))
+		return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 	}
 	mod := func(fn func(b []byte) []byte) []byte { return fn(append([]byte(nil), good...)) }
 	limit := linkRecordLimit(len(made))
@@ -436,7 +436,7 @@ func TestLinkRecordInvalidIgnored(t *testing.T) {
 				b[linkRecordHeader+len(b)%32]++ // distinct hashes
 			}
 			binary.LittleEndian.PutUint32(b[12:], uint32((len(b)-linkRecordHeader)/linkRecordSize))
-			return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crc32c))
+			return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 		}),
 	}
 	if m, err := decodeLinkRecord(bad["too big"]); err != nil || int64(len(bad["too big"])) <= limit || len(m) == 0 {
