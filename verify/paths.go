@@ -101,23 +101,21 @@ func (w *worker) visit(n *nar.Node) (io.Writer, error) {
 		}
 	}
 	var lw io.Writer
-	if n.Type == nar.FileRegular && w.v.links != nil {
+	if s := w.v.links; s != nil && n.Type == nar.FileRegular {
 		st, err := n.Stat()
 		if err != nil {
 			return nil, err
 		}
-		if s := w.v.links; s != nil {
-			if i := s.claim(st); i >= 0 {
-				w.claims = append(w.claims, i)
-				if s.skip(i, st) {
-					// Matched its name in this inode state before:
-					// counts once this path is found clean (run).
-					s.res[i] = linkResult{skipped: true, key: keyOf(st), hash: s.known[i].hash}
-				} else {
-					w.link, w.linkKey = i, keyOf(st)
-					w.lh.Reset(st.Size, st.Mode&unix.S_IXUSR != 0)
-					lw = w.lh
-				}
+		if i := s.claim(st); i >= 0 {
+			w.claims = append(w.claims, i)
+			if s.skip(i, st) {
+				// Matched its name in this inode state before:
+				// counts once this path is found clean (run).
+				s.res[i] = linkResult{skipped: true, key: keyOf(st), hash: s.known[i].hash}
+			} else {
+				w.link, w.linkKey = i, keyOf(st)
+				w.lh.Reset(st.Size, st.Mode&unix.S_IXUSR != 0)
+				lw = w.lh
 			}
 		}
 	}
@@ -135,7 +133,7 @@ func (w *worker) visit(n *nar.Node) (io.Writer, error) {
 		w.b3.Reset()
 		if lw != nil {
 			w.tee = teeWriter{blake3Writer{w.b3}, lw}
-			return w.tee, nil
+			return &w.tee, nil // the worker's own: no allocation per file
 		}
 		return blake3Writer{w.b3}, nil
 	}
