@@ -2,6 +2,7 @@ package lock
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -125,6 +126,19 @@ func TestStatusCapsTheListing(t *testing.T) {
 	}
 }
 
+// listenGCSocket listens on state's gc socket, creating its directory.
+func listenGCSocket(t *testing.T, state string) *net.UnixListener {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(state, "gc-socket"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := ListenUnix(GCSocketPath(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 // TestStatusRealLocksAndSocket: with the real /proc, a lock this process
 // holds is seen with its pid, the file is not stale, and a listening gc
 // socket accepts.
@@ -140,13 +154,7 @@ func TestStatusRealLocksAndSocket(t *testing.T) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(state, "gc-socket"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	l, err := ListenUnix(GCSocketPath(state))
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := listenGCSocket(t, state)
 	defer l.Close()
 	r, err := Status(state, store, StatusOptions{})
 	if err != nil {
@@ -167,18 +175,12 @@ func TestStatusRealLocksAndSocket(t *testing.T) {
 // inode) is not taken for it.
 func TestStatusNeverConnectsToGCSocket(t *testing.T) {
 	state, store := t.TempDir(), t.TempDir()
-	if err := os.MkdirAll(filepath.Join(state, "gc-socket"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	other, err := ListenUnix(filepath.Join(state, "other-socket"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	l, err := ListenUnix(GCSocketPath(state))
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := listenGCSocket(t, state)
 	accepted := make(chan struct{}, 1)
 	go func() {
 		if c, err := l.Accept(); err == nil {

@@ -62,15 +62,10 @@ func TestUnixListeningBound(t *testing.T) {
 func TestStatusGCSocketOnBtrfsSubvolume(t *testing.T) {
 	mnt := btrfsSubvolume(t)
 	state, store := filepath.Join(mnt, "var"), filepath.Join(mnt, "store")
-	for _, d := range []string{filepath.Join(state, "gc-socket"), store} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l, err := ListenUnix(GCSocketPath(state))
-	if err != nil {
+	if err := os.MkdirAll(store, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	l := listenGCSocket(t, state)
 	defer l.Close()
 	r, err := Status(state, store, StatusOptions{})
 	if err != nil {
