@@ -52,6 +52,18 @@ func parsePrune(t *testing.T, r result) lockPruneJSON {
 	return got
 }
 
+// pruneJSON runs 'lock prune --json' on the store at root and stops the
+// test unless it exits 0 with a result.
+func pruneJSON(t *testing.T, root string) (result, lockPruneJSON) {
+	t.Helper()
+	r := run(t, "--store", root, "--json", "lock", "prune")
+	got := parsePrune(t, r)
+	if r.code != 0 || got.Result == nil {
+		t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	return r, got
+}
+
 // pruneActions is what lock prune did with each file, by path.
 func pruneActions(got lockPruneJSON) map[string]lockPruneFile {
 	actions := map[string]lockPruneFile{}
@@ -527,11 +539,7 @@ func TestLockPruneKeepsStorePaths(t *testing.T) {
 	stale := filepath.Join(storeDir, "33333333333333333333333333333333-stale.lock")
 	writeFileMode(t, stale, nil, 0o600)
 
-	r := run(t, "--store", ns.Root, "--json", "lock", "prune")
-	got := parsePrune(t, r)
-	if r.code != 0 || got.Result == nil {
-		t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
+	_, got := pruneJSON(t, ns.Root)
 	actions := pruneActions(got)
 	for _, p := range append(valid, building) {
 		if a := actions[p]; a.Action != "kept" || a.Reason != "store-path" {
@@ -626,11 +634,7 @@ func TestLockPruneWhileNixBuilds(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		writeFileMode(t, staleTR, nil, 0o600)
 		writeFileMode(t, stalePL, nil, 0o600)
-		r := run(t, "--store", ns.Root, "--json", "lock", "prune")
-		got := parsePrune(t, r)
-		if r.code != 0 || got.Result == nil {
-			t.Fatalf("lock prune: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-		}
+		r, got := pruneJSON(t, ns.Root)
 		actions := pruneActions(got)
 		for _, p := range []string{outLock, tempRoots} {
 			if a := actions[p]; a.Action != "kept" || a.Reason != "held" {
