@@ -59,7 +59,8 @@ type storeHealth struct {
 // runMetrics computes the store's health: the dead set through gc's plan
 // (PrintDead: read-only, gc.lock held shared while it is computed, so no
 // collection runs under it), sizes from the graph that plan loaded (one
-// snapshot of the database), the coverage from verify's ledger.
+// snapshot of the database, tallied by the plan), the coverage from
+// verify's ledger.
 func runMetrics(cmd *cobra.Command, g *globalOptions) error {
 	ctx := cmd.Context()
 	p := g.printer(cmd)
@@ -74,18 +75,12 @@ func runMetrics(cmd *cobra.Command, g *globalOptions) error {
 		return err
 	}
 	pl.Close()
-	gr := pl.Graph
+	// The plan tallied the valid and dead paths' NAR sizes from its graph.
+	r := pl.Result()
 	now := time.Now()
-	h := &storeHealth{Now: now.Unix(), Paths: gr.Len(), DeadPaths: len(pl.Dead)}
-	for _, n := range gr.NarSize {
-		h.NarBytes += n
-	}
-	for _, d := range pl.Dead {
-		if id, ok := gr.Lookup(d); ok {
-			h.DeadNarBytes += gr.NarSize[id]
-		}
-	}
-	h.Audit, err = verify.LedgerCoverage(s.Layout.OwnStateDir(), gr, now)
+	h := &storeHealth{Now: now.Unix(), Paths: r.PathsValid, NarBytes: r.ValidNarBytes,
+		DeadPaths: len(pl.Dead), DeadNarBytes: r.DeadNarBytesLeft}
+	h.Audit, err = verify.LedgerCoverage(s.Layout.OwnStateDir(), pl.Graph, now)
 	if err != nil {
 		return err
 	}
