@@ -28,27 +28,6 @@ func setMtime(t *testing.T, p string, at time.Time) {
 	}
 }
 
-// profileDir makes dir/profile with generations 1..n, generation g
-// ages[g-1] old, the current one cur.
-func profileDir(t *testing.T, dir string, ages []time.Duration, cur int, now time.Time) string {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for i, age := range ages {
-		link := filepath.Join(dir, fmt.Sprintf("profile-%d-link", i+1))
-		if err := os.Symlink(fmt.Sprintf("/nix/store/%032d-env", i+1), link); err != nil {
-			t.Fatal(err)
-		}
-		setMtime(t, link, now.Add(-age))
-	}
-	prof := filepath.Join(dir, "profile")
-	if err := os.Symlink(fmt.Sprintf("profile-%d-link", cur), prof); err != nil {
-		t.Fatal(err)
-	}
-	return prof
-}
-
 func numbers(rs []gc.RemovedGeneration) []int {
 	out := []int{}
 	for _, r := range rs {
@@ -84,7 +63,7 @@ func TestKeepPolicy(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			for _, dry := range []bool{true, false} {
 				dir := filepath.Join(t.TempDir(), "profiles")
-				prof := profileDir(t, dir, ages, 2, now)
+				prof := profile(t, dir, "profile", ages, 2, now)
 				got, err := gc.DeleteGenerations(context.Background(), dir, gc.GenerationOptions{Keep: c.keep, KeepSince: c.keepSince, DryRun: dry, Now: now})
 				if err != nil {
 					t.Fatal(err)
@@ -121,8 +100,8 @@ func TestKeepProfiles(t *testing.T) {
 	now := time.Now()
 	ages := []time.Duration{3 * day, 2 * day, day}
 	top := t.TempDir()
-	a := profileDir(t, filepath.Join(top, "a"), ages, 3, now)
-	b := profileDir(t, filepath.Join(top, "b"), ages, 3, now)
+	a := profile(t, filepath.Join(top, "a"), "profile", ages, 3, now)
+	b := profile(t, filepath.Join(top, "b"), "profile", ages, 3, now)
 	got, err := gc.DeleteGenerations(context.Background(), "/nonexistent", gc.GenerationOptions{Keep: 1, Profiles: []string{a, a}, Now: now})
 	if err != nil || !reflect.DeepEqual(numbers(got), []int{1, 2}) {
 		t.Fatalf("--profile a: %v, %v", numbers(got), err)
