@@ -84,7 +84,7 @@ func TestVerifyLinksRecordAsUserAndHostile(t *testing.T) {
 	}
 	audit("root, symlinked record", runInNS(t, ns.Root, "--json", "verify", "--check-contents"))
 	if data, _ := os.ReadFile(victim); string(data) != "not a record\n" {
-		t.Errorf("the symlink's target was written: %q", data)
+		t.Errorf("the symlink's target was written (%d bytes)", len(data))
 	}
 	if fi, err := os.Lstat(rec); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("links.rec after the run: %v, %v (want a regular file in place of the symlink)", fi, err)
