@@ -58,6 +58,22 @@ func TestCompareAtUnsafeSameBytes(t *testing.T) {
 	}
 }
 
+// mkdirOwned creates the directory p with mode (whatever the umask) and
+// owner and group uid.
+func mkdirOwned(t testing.TB, p string, mode os.FileMode, uid int) string {
+	t.Helper()
+	if err := os.Mkdir(p, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestMetricsDirProblem: install warns about a metrics directory where
 // the units, which run as root, could not write (metrics.WriteFile wants
 // a directory owned by its writer and writable by it alone), as it does
@@ -68,17 +84,7 @@ func TestMetricsDirProblem(t *testing.T) {
 	}
 	base := t.TempDir()
 	mk := func(name string, mode os.FileMode, uid int) string {
-		p := filepath.Join(base, name)
-		if err := os.Mkdir(p, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(p, uid, uid); err != nil {
-			t.Fatal(err)
-		}
-		return p
+		return mkdirOwned(t, filepath.Join(base, name), mode, uid)
 	}
 	file := filepath.Join(base, "file")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
@@ -117,19 +123,6 @@ func TestBinaryProblem(t *testing.T) {
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mkdir := func(p string, mode os.FileMode, uid int) string {
-		t.Helper()
-		if err := os.Mkdir(p, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(p, uid, uid); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	bin := func(p string, uid int) string {
 		t.Helper()
 		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
@@ -140,17 +133,17 @@ func TestBinaryProblem(t *testing.T) {
 		}
 		return p
 	}
-	good := bin(filepath.Join(mkdir(filepath.Join(base, "rootbin"), 0o755, 0), "sk"), 0)
-	alices := bin(filepath.Join(mkdir(filepath.Join(base, "alicebin"), 0o755, 4242), "sk"), 0)
+	good := bin(filepath.Join(mkdirOwned(t, filepath.Join(base, "rootbin"), 0o755, 0), "sk"), 0)
+	alices := bin(filepath.Join(mkdirOwned(t, filepath.Join(base, "alicebin"), 0o755, 4242), "sk"), 0)
 	ownedByAlice := bin(filepath.Join(base, "rootbin", "alice-sk"), 4242)
-	groupw := bin(filepath.Join(mkdir(filepath.Join(base, "groupw"), 0o775, 0), "sk"), 0)
-	sticky := bin(filepath.Join(mkdir(filepath.Join(base, "sticky"), 0o775|os.ModeSticky, 0), "sk"), 0)
+	groupw := bin(filepath.Join(mkdirOwned(t, filepath.Join(base, "groupw"), 0o775, 0), "sk"), 0)
+	sticky := bin(filepath.Join(mkdirOwned(t, filepath.Join(base, "sticky"), 0o775|os.ModeSticky, 0), "sk"), 0)
 	worldFile := bin(filepath.Join(base, "rootbin", "world-sk"), 0)
 	if err := os.Chmod(worldFile, 0o777); err != nil {
 		t.Fatal(err)
 	}
 	// A link in alice's directory to root's binary: alice can repoint it.
-	linkDir := mkdir(filepath.Join(base, "alicelinks"), 0o755, 4242)
+	linkDir := mkdirOwned(t, filepath.Join(base, "alicelinks"), 0o755, 4242)
 	link := filepath.Join(linkDir, "sk")
 	if err := os.Symlink(good, link); err != nil {
 		t.Fatal(err)
