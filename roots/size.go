@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
-	"strings"
 
 	"storekeeper/graph"
 	"storekeeper/report"
@@ -275,7 +274,7 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 func sizeWarnings(notes []Note, partialRuntime bool) []string {
 	var out []string
 	for _, n := range notes {
-		if strings.HasPrefix(n.Message, "cannot read potential root") {
+		if unreadRoot(n) {
 			out = append(out, n.Link+": "+n.Message+": a path only this root keeps counts here as freed, but the collector keeps it")
 		}
 	}

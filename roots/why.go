@@ -284,7 +284,7 @@ func readGCLock(ctx context.Context, lay store.Layout, p report.Progress) (*lock
 // Nix does), and the kinds of roots o left out.
 func hiddenRoots(lay store.Layout, rr *Result, o Options) (unread []Note, unseen []string) {
 	for _, n := range rr.Notes {
-		if strings.HasPrefix(n.Message, "cannot read") || n.Link == lay.TempRootsDir() {
+		if unreadRoot(n) || n.Link == lay.TempRootsDir() {
 			unread = append(unread, n)
 		}
 	}
@@ -302,6 +302,10 @@ func hiddenRoots(lay store.Layout, rr *Result, o Options) (unread []Note, unseen
 	}
 	return unread, unseen
 }
+
+// unreadRoot reports whether n is Find's note on a potential root it
+// could not read (roots.go's "cannot read potential root: ...").
+func unreadRoot(n Note) bool { return strings.HasPrefix(n.Message, "cannot read potential root") }
 
 // explainer is what WhyPaths computes once for all its paths.
 type explainer struct {
