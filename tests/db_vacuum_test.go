@@ -135,6 +135,36 @@ func fattenDB(t testing.TB, dbPath string, rowBytes int) {
 	}
 }
 
+// stageUnderNix copies the test's binary to ROOT/nix/sk-bin and the
+// store's nix.conf to ROOT/nix/sk-etc-nix/nix.conf: reachable once tmpfs
+// hides /tmp (where the binary, store and nix.conf are), under /nix, the
+// bind mount of ROOT/nix.
+func stageUnderNix(t testing.TB, ns *nixStore) {
+	t.Helper()
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-bin"), data, 0o755)
+	conf, err := os.ReadFile(filepath.Join(ns.Root, "etc-nix/nix.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustMkdir(t, filepath.Join(ns.Root, "nix/sk-etc-nix"))
+	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-etc-nix/nix.conf"), conf, 0o644)
+}
+
+// fullTmp begins a script run by nsScript after stageUnderNix: nix.conf
+// from /nix/sk-etc-nix, /tmp and /var/tmp tiny full tmpfs mounts.
+const fullTmp = `
+export NIX_CONF_DIR=/nix/sk-etc-nix
+for d in /tmp /var/tmp; do
+	mount -t tmpfs -o size=256k sk-full "$d" || exit 97
+	dd if=/dev/zero of="$d/fill" bs=4k 2>/dev/null
+	[ "$(stat -f -c %a "$d")" = 0 ] || { echo "$d is not full" >&2; exit 98; }
+done
+`
+
 // TestDBVacuumWaitsForNix: a real `nix-store --serve` has the database
 // open (it holds db/big-lock shared for as long as it runs). db vacuum
 // waits for it, naming it (pid, command line), and after --timeout fails
@@ -463,28 +493,7 @@ func TestDBVacuumSpace(t *testing.T) {
 	dbPath := nixDBPath(ns)
 	fattenDB(t, dbPath, 1<<20)
 	content := dbContent(t, dbPath)
-	// Reachable once tmpfs hides /tmp (where the test's binary, store
-	// and nix.conf are): under /nix, the bind mount of ROOT/nix.
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-bin"), data, 0o755)
-	conf, err := os.ReadFile(filepath.Join(ns.Root, "etc-nix/nix.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustMkdir(t, filepath.Join(ns.Root, "nix/sk-etc-nix"))
-	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-etc-nix/nix.conf"), conf, 0o644)
-
-	const fullTmp = `
-export NIX_CONF_DIR=/nix/sk-etc-nix
-for d in /tmp /var/tmp; do
-	mount -t tmpfs -o size=256k sk-full "$d" || exit 97
-	dd if=/dev/zero of="$d/fill" bs=4k 2>/dev/null
-	[ "$(stat -f -c %a "$d")" = 0 ] || { echo "$d is not full" >&2; exit 98; }
-done
-`
+	stageUnderNix(t, ns)
 	r := runCmd(t, nsScript(ns.Root, fullTmp+`TMPDIR=/tmp exec /nix/sk-bin --json db vacuum`), nil)
 	e, v := vacuumEnvelope(t, r)
 	if r.code != 0 || !e.OK || v == nil || !v.Vacuumed || v.TempDir != "/nix/var/nix/db" {
@@ -642,29 +651,12 @@ func TestDBVacuumSingleUserStore(t *testing.T) {
 	for d := ns.Root; d != "/" && d != "/tmp"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-bin"), data, 0o755)
-	conf, err := os.ReadFile(filepath.Join(ns.Root, "etc-nix/nix.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustMkdir(t, filepath.Join(ns.Root, "nix/sk-etc-nix"))
-	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-etc-nix/nix.conf"), conf, 0o644)
+	stageUnderNix(t, ns)
 	writeFileMode(t, filepath.Join(ns.Root, "nix/sk-add.txt"), []byte("added by the store's owner after the vacuum\n"), 0o644)
 	if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, gid), filepath.Join(ns.Root, "nix/store"), filepath.Join(ns.Root, "nix/var")).CombinedOutput(); err != nil {
 		t.Fatalf("chown: %v\n%s", err, out)
 	}
-	cmd := nsScript(ns.Root, `
-export NIX_CONF_DIR=/nix/sk-etc-nix
-for d in /tmp /var/tmp; do
-	mount -t tmpfs -o size=256k sk-full "$d" || exit 97
-	dd if=/dev/zero of="$d/fill" bs=4k 2>/dev/null
-	[ "$(stat -f -c %a "$d")" = 0 ] || { echo "$d is not full" >&2; exit 98; }
-done
-TMPDIR=/tmp /nix/sk-bin --json db vacuum; rc=$?
+	cmd := nsScript(ns.Root, fullTmp+`TMPDIR=/tmp /nix/sk-bin --json db vacuum; rc=$?
 find /nix/var/nix/db ! -user "$U" -printf 'NOT-THE-OWNER %p\n' >&2
 p=$(ls -d /nix/store/*-* | grep -v '\.drv$' | head -1)
 HOME=/nonexistent setpriv --reuid="$U" --regid="$G" --clear-groups nix-store -q --hash "$p" >&2 || echo "USER-NIX-FAILED query" >&2
