@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -98,10 +97,10 @@ nix-store -r "$(cat "$NSROOT/src/path7")" --add-root /nix/home/result-new --indi
 				t.Fatal(err)
 			}
 			f.Gen[link] = target
-			touchLink(t, filepath.Join(root, link), now.Add(-keepAges[g-1]))
+			touchSymlink(t, filepath.Join(root, link), now.Add(-keepAges[g-1]))
 		}
 	}
-	touchLink(t, filepath.Join(root, "nix/home/result-old"), now.Add(-40*24*time.Hour))
+	touchSymlink(t, filepath.Join(root, "nix/home/result-old"), now.Add(-40*24*time.Hour))
 	// keepUser's profile directory and links are the user's, as if the
 	// user's nix-env had made them.
 	udir := filepath.Join(root, "nix/var/nix/profiles/per-user", keepUser)
@@ -123,15 +122,6 @@ nix-store -r "$(cat "$NSROOT/src/path7")" --add-root /nix/home/result-new --indi
 		t.Fatal(err)
 	}
 	return f
-}
-
-// touchLink sets the mtime of the link p itself (touch -h, as Nix reads a
-// generation's time).
-func touchLink(t *testing.T, p string, at time.Time) {
-	t.Helper()
-	if out, err := exec.Command("touch", "-h", "-d", at.UTC().Format("2006-01-02 15:04:05.000000000 UTC"), p).CombinedOutput(); err != nil {
-		t.Fatalf("touch -h %s: %v %s", p, err, out)
-	}
 }
 
 // listGenerations is real `nix-env --list-generations` for profile.
