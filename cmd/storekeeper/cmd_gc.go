@@ -228,7 +228,7 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		verb = "would remove"
 	}
 	var gens []gc.RemovedGeneration
-	if o.deleteOld || o.deleteOlderThan != "" || gopts.Keep > 0 || gopts.KeepSince > 0 {
+	if o.deleteOld || o.deleteOlderThan != "" || policy.gens {
 		gens, err = gc.DeleteGenerations(ctx, s.Layout.ProfilesDir(), gopts)
 		for _, r := range gens {
 			p.Infof("%s profile generation %d of %s", verb, r.Number, report.Name(r.Profile))
