@@ -67,6 +67,18 @@ func parseBusy(t *testing.T, who string, r result) (busyJSON, map[int][]busyHeld
 	return b, byPID
 }
 
+// rootLinesUnder is rootLines(out) limited to the roots whose link
+// starts with prefix (a process's "/proc/PID/").
+func rootLinesUnder(out, prefix string) map[string]bool {
+	set := map[string]bool{}
+	for l := range rootLines(out) {
+		if strings.HasPrefix(l, prefix) {
+			set[l] = true
+		}
+	}
+	return set
+}
+
 // storeDirsAndFile returns the output paths of ns that are directories,
 // and a regular file inside one of them.
 func storeDirsAndFile(t *testing.T, ns *nixStore) (dirs []string, file string) {
@@ -486,13 +498,7 @@ kill $pid
 	}
 	mine := func(file string) map[string]bool {
 		data, _ := os.ReadFile(filepath.Join(out, file))
-		set := map[string]bool{}
-		for l := range rootLines(string(data)) {
-			if strings.HasPrefix(l, fmt.Sprintf("/proc/%d/", pid)) {
-				set[l] = true
-			}
-		}
-		return set
+		return rootLinesUnder(string(data), fmt.Sprintf("/proc/%d/", pid))
 	}
 	ours, nix := mine("ours.txt"), mine("nix.txt")
 	mapsEnd := fmt.Sprintf("/proc/%d/maps -> %s", pid, end)
@@ -603,16 +609,7 @@ nix-store --gc --print-roots > "$OUT/nix.txt" 2>"$OUT/nix.err"; echo "NIXRC $?"
 	if !strings.Contains(string(res), "RC 0\n") || !strings.Contains(string(res), "NIXRC 0\n") {
 		t.Fatalf("%s\nstorekeeper: %s\nnix: %s", res, read("ours.err"), read("nix.err"))
 	}
-	procLines := func(s string) map[string]bool {
-		set := map[string]bool{}
-		for l := range rootLines(s) {
-			if strings.HasPrefix(l, "/proc/") {
-				set[l] = true
-			}
-		}
-		return set
-	}
-	ours, nix := procLines(read("ours.txt")), procLines(read("nix.txt"))
+	ours, nix := rootLinesUnder(read("ours.txt"), "/proc/"), rootLinesUnder(read("nix.txt"), "/proc/")
 	// The cases the tree is made of are all there (the fake /proc was read).
 	for _, w := range []string{"/proc/100/exe -> " + P(1), "/proc/101/cwd -> " + P(17), "/proc/sys/kernel/poweroff_cmd -> " + P(20)} {
 		if !nix[w] {
