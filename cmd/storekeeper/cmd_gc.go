@@ -182,8 +182,11 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		if err != nil {
 			return err
 		}
-		if err := ensureWritableStore(lay); err != nil {
-			return err
+		// gc --auto's startAuto did it before taking gc-auto.lock.
+		if auto == nil {
+			if err := ensureWritableStore(lay); err != nil {
+				return err
+			}
 		}
 		if (opts.Action == gc.Delete || opts.Action == gc.DeleteSpecific) && !o.dryRun && diskNearlyFull(lay.DBDir()) {
 			// On a full disk even opening SQLite needs room: free the
