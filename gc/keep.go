@@ -146,19 +146,17 @@ func (w *genWalk) profiles(paths []string) error {
 		if err != nil {
 			return err
 		}
-		all = append(all, opened{dir, name})
-		if full := filepath.Join(dir.Name(), name); seen[full] {
-			all[len(all)-1].name = ""
-		} else {
-			seen[full] = true
+		full := filepath.Join(dir.Name(), name)
+		if seen[full] {
+			dir.Close() // given twice
+			continue
 		}
+		seen[full] = true
+		all = append(all, opened{dir, name})
 	}
 	for _, o := range all {
 		if err := w.ctx.Err(); err != nil {
 			return err
-		}
-		if o.name == "" {
-			continue // given twice
 		}
 		if err := w.profile(o.dir, o.dir.Name(), o.name); err != nil {
 			return err
