@@ -257,6 +257,10 @@ func PruneAutoRoots(ctx context.Context, autoDir string, o AutoRootOptions) ([]A
 		return nil, fmt.Errorf("gc: listing %s: %w", autoDir, err)
 	}
 	sort.Slice(ents, func(i, j int) bool { return ents[i].Name < ents[j].Name })
+	profilesPrefix := ""
+	if o.ProfilesDir != "" {
+		profilesPrefix = filepath.Clean(o.ProfilesDir) + "/"
+	}
 	var out []AutoRoot
 	for _, e := range ents {
 		if err := ctx.Err(); err != nil {
@@ -272,7 +276,7 @@ func PruneAutoRoots(ctx context.Context, autoDir string, o AutoRootOptions) ([]A
 		}
 		target = filepath.Clean(target)
 		if genLink.MatchString(filepath.Base(target)) ||
-			(o.ProfilesDir != "" && strings.HasPrefix(target, filepath.Clean(o.ProfilesDir)+"/")) {
+			(profilesPrefix != "" && strings.HasPrefix(target, profilesPrefix)) {
 			continue
 		}
 		var st unix.Stat_t
@@ -280,14 +284,18 @@ func PruneAutoRoots(ctx context.Context, autoDir string, o AutoRootOptions) ([]A
 			continue
 		}
 		sp, err := os.Readlink(target)
-		if err != nil || !storepath.IsInStore(o.StoreDir, filepath.Clean(sp)) {
+		if err != nil {
+			continue
+		}
+		sp = filepath.Clean(sp)
+		if !storepath.IsInStore(o.StoreDir, sp) {
 			continue
 		}
 		mtime := time.Unix(st.Mtim.Unix())
 		if !mtime.Before(cutoff) {
 			continue
 		}
-		r := AutoRoot{Link: filepath.Join(autoDir, e.Name), Target: target, StorePath: filepath.Clean(sp), MTime: st.Mtim.Sec}
+		r := AutoRoot{Link: filepath.Join(autoDir, e.Name), Target: target, StorePath: sp, MTime: st.Mtim.Sec}
 		if o.DryRun {
 			out = append(out, r)
 			continue
