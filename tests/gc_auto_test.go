@@ -331,10 +331,9 @@ wait $p1; echo "RC1 $?"
 // available to users), gc --auto collects, and its JSON says what it
 // read: free_bytes 0 under gc.lock (present, not left out as if no free
 // space had been read) and free_bytes_before 0.
-func TestGCAutoFullStore(t *testing.T) {
-	f := buildAutoFixture(t, 265)
-	args := []string{"gc", "--auto", "--json", "--min-free", fmt.Sprint(f.Avail), "--max-free", fmt.Sprint(f.Avail + f.Garbage/2)}
-	script := `exec 9<"$BIN"
+// fullStoreScript runs $BIN (opened first) with the script's arguments
+// after filling the store's file system to its last block.
+const fullStoreScript = `exec 9<"$BIN"
 fallocate -l $(( $(stat -f -c '%a * %S' "$NSROOT") )) "$NSROOT/filler2" 2>/dev/null
 dd if=/dev/zero of="$NSROOT/filler3" bs=4k 2>/dev/null
 [ "$(stat -f -c %a "$NSROOT")" -eq 0 ] || { echo "NOT FULL"; exit 99; }
@@ -342,7 +341,45 @@ rm -f "$NSROOT/filler2" "$NSROOT/filler3"
 fallocate -l $(( $(stat -f -c '%a * %S' "$NSROOT") )) "$NSROOT/filler2" 2>/dev/null
 dd if=/dev/zero of="$NSROOT/filler3" bs=4k 2>/dev/null
 /dev/fd/9 "$@"`
-	cmd := nsScript(f.Root, script, args...)
+
+// TestGCEnsureFreeFullStoreKeepsReserve: on a full store, a gc with
+// nothing to do leaves Nix's db/reserved in place, and --ensure-free
+// measures the free space before the reserve is released (with it
+// released the disk looked 8 MiB freer: "already has 4M free", nothing
+// collected, and the reserve left deleted).
+func TestGCEnsureFreeFullStoreKeepsReserve(t *testing.T) {
+	f := buildAutoFixture(t, 266)
+	reserved := filepath.Join(f.Root, "nix", "var", "nix", "db", "reserved")
+	var st unix.Stat_t
+	if err := unix.Stat(reserved, &st); err != nil || st.Blocks*512 < 4<<20 {
+		t.Fatalf("the fixture has no db/reserved of at least 4 MiB: %v, %d blocks", err, st.Blocks)
+	}
+	run := func(args ...string) result {
+		cmd := nsScript(f.Root, fullStoreScript, args...)
+		cmd.Env = append(cmd.Env, "BIN="+binary)
+		return runCmd(t, cmd, args)
+	}
+	if r := run("gc", "--max-freed", "0"); r.code != 0 {
+		t.Fatalf("gc --max-freed 0 on a full store: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if err := unix.Stat(reserved, &st); err != nil {
+		t.Fatalf("gc --max-freed 0 left db/reserved deleted: %v", err)
+	}
+	r := run("gc", "--ensure-free", "4M", "--json")
+	e := parseAuto(t, "gc --ensure-free on a full store", r.stdout)
+	if r.code != 0 || e.Result.PathsDeleted == 0 {
+		t.Fatalf("gc --ensure-free 4M on a full store: exit %d, %d paths deleted\n%s\n%s", r.code, e.Result.PathsDeleted, r.stdout, r.stderr)
+	}
+	if err := unix.Stat(reserved, &st); err != nil {
+		t.Errorf("gc --ensure-free left db/reserved deleted: %v", err)
+	}
+	nixVerify(t, f.Root)
+}
+
+func TestGCAutoFullStore(t *testing.T) {
+	f := buildAutoFixture(t, 265)
+	args := []string{"gc", "--auto", "--json", "--min-free", fmt.Sprint(f.Avail), "--max-free", fmt.Sprint(f.Avail + f.Garbage/2)}
+	cmd := nsScript(f.Root, fullStoreScript, args...)
 	cmd.Env = append(cmd.Env, "BIN="+binary)
 	r := runCmd(t, cmd, args)
 	var raw struct {

@@ -177,6 +177,20 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 	if o.deleteOld || o.deleteOlderThan != "" || policy.any() {
 		readOnly = false
 	}
+	// --ensure-free's shortfall, read before db/reserved may be released
+	// below: with it released the disk would look freer than it is, and a
+	// run that then has nothing to do would leave it released.
+	var ensureWant uint64
+	if ensureFree != nil {
+		lay, err := g.layout()
+		if err != nil {
+			return err
+		}
+		if ensureWant, err = freeBytesToReach(lay.RealStoreDir, *ensureFree); err != nil {
+			return err
+		}
+	}
+	nothingToDo := (o.maxFreed != "" && opts.MaxFreed == 0) || (ensureFree != nil && ensureWant == 0)
 	if !readOnly {
 		lay, err := g.layout()
 		if err != nil {
@@ -188,7 +202,7 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 				return err
 			}
 		}
-		if (opts.Action == gc.Delete || opts.Action == gc.DeleteSpecific) && !o.dryRun && diskNearlyFull(lay.DBDir()) {
+		if (opts.Action == gc.Delete || opts.Action == gc.DeleteSpecific) && !o.dryRun && !nothingToDo && diskNearlyFull(lay.DBDir()) {
 			// On a full disk even opening SQLite needs room: free the
 			// reserved space before (Collect would do it right after).
 			if err := gc.ReleaseReserved(lay); err != nil {
@@ -213,10 +227,7 @@ func runGC(cmd *cobra.Command, g *globalOptions, o *gcOptions, args []string) er
 		return nil
 	}
 	if ensureFree != nil {
-		want, err := freeBytesToReach(s.Layout.RealStoreDir, *ensureFree)
-		if err != nil {
-			return err
-		}
+		want := ensureWant
 		if want == 0 {
 			p.Infof("the store's file system already has %s free", o.ensureFree)
 			return nil
