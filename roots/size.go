@@ -264,17 +264,17 @@ func Size(ctx context.Context, s *store.Store, o SizeOptions) (*SizeReport, erro
 	a := newSizer(g, e, dt, us, links, o.MeasureDead)
 	rep := a.report(rr, targets, o.MaxShared, o.ListFreed)
 	rep.DeadBytes += unusedLinks
-	rep.Warnings = sizeWarnings(rr.Notes, !ro.NoRuntime && os.Geteuid() != 0)
+	rep.Warnings = sizeWarnings(lay, rr.Notes, !ro.NoRuntime && os.Geteuid() != 0)
 	return rep, ctx.Err()
 }
 
 // sizeWarnings lists what may make the freed numbers too high: each root
-// Find could not read (its note), and with partialRuntime the runtime
+// or temp-roots file Find could not read (its note), and with partialRuntime the runtime
 // roots of other users' processes, not searched.
-func sizeWarnings(notes []Note, partialRuntime bool) []string {
+func sizeWarnings(lay store.Layout, notes []Note, partialRuntime bool) []string {
 	var out []string
 	for _, n := range notes {
-		if unreadRoot(n) {
+		if hidesRoots(lay, n) {
 			out = append(out, n.Link+": "+n.Message+": a path only this root keeps counts here as freed, but the collector keeps it")
 		}
 	}

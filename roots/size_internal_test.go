@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"math/rand"
 	"sort"
+	"strings"
 	"testing"
 
 	"storekeeper/graph"
+	"storekeeper/store"
 	"storekeeper/store/usage"
 )
 
@@ -313,5 +315,31 @@ func TestSizeAgainstRemoval(t *testing.T) {
 					iter, i, ls.FreedPaths, ls.FreedBytes, deleted, freed-rep.DeadBytes, rep.DeadBytes)
 			}
 		}
+	}
+}
+
+// TestSizeWarningsHiddenRoots: roots size warns about every note roots
+// why counts as hiding roots: an unreadable potential root and an
+// unreadable temp-roots directory or file (a build's paths would then
+// count as freed), not about other notes.
+func TestSizeWarningsHiddenRoots(t *testing.T) {
+	lay := store.Layout{StateDir: "/nix/var/nix"}
+	notes := []Note{
+		{Link: "/nix/var/nix/gcroots/a", Message: "cannot read potential root: permission denied"},
+		{Link: lay.TempRootsDir(), Message: "open /nix/var/nix/temproots: permission denied"},
+		{Link: "/nix/var/nix/gcroots/b", Message: "skipping a link to outside the store"},
+	}
+	got := sizeWarnings(lay, notes, false)
+	if len(got) != 2 || !strings.HasPrefix(got[0], notes[0].Link+": ") || !strings.HasPrefix(got[1], notes[1].Link+": ") {
+		t.Fatalf("warnings %q, want one for each of the first two notes", got)
+	}
+	var hidden []string
+	for _, n := range notes {
+		if hidesRoots(lay, n) {
+			hidden = append(hidden, n.Link)
+		}
+	}
+	if len(hidden) != 2 {
+		t.Errorf("hidesRoots: %q, want the first two notes", hidden)
 	}
 }

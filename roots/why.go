@@ -284,7 +284,7 @@ func readGCLock(ctx context.Context, lay store.Layout, p report.Progress) (*lock
 // Nix does), and the kinds of roots o left out.
 func hiddenRoots(lay store.Layout, rr *Result, o Options) (unread []Note, unseen []string) {
 	for _, n := range rr.Notes {
-		if unreadRoot(n) || n.Link == lay.TempRootsDir() {
+		if hidesRoots(lay, n) {
 			unread = append(unread, n)
 		}
 	}
@@ -306,6 +306,13 @@ func hiddenRoots(lay store.Layout, rr *Result, o Options) (unread []Note, unseen
 // unreadRoot reports whether n is Find's note on a potential root it
 // could not read (roots.go's "cannot read potential root: ...").
 func unreadRoot(n Note) bool { return strings.HasPrefix(n.Message, "cannot read potential root") }
+
+// hidesRoots reports whether n says roots may have gone unseen: a
+// potential root Find could not read, or a temp-roots file or directory
+// it could not read (a build's paths it would keep).
+func hidesRoots(lay store.Layout, n Note) bool {
+	return unreadRoot(n) || n.Link == lay.TempRootsDir()
+}
 
 // explainer is what WhyPaths computes once for all its paths.
 type explainer struct {
