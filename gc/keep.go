@@ -74,7 +74,10 @@ func openProfileDir(p string) (*os.File, string, error) {
 	p = filepath.Clean(p)
 	dirPath, name := filepath.Split(p)
 	dirPath = filepath.Clean(dirPath)
-	if name == "" || genLink.MatchString(name) {
+	if name == "" {
+		return nil, "", fmt.Errorf("%w: %s is a directory, not a profile link: give the profile (e.g. /nix/var/nix/profiles/system)", ErrNotProfile, p)
+	}
+	if genLink.MatchString(name) {
 		return nil, "", fmt.Errorf("%w: %s is a generation link, not a profile: give the profile (the link named without -N-link)", ErrNotProfile, p)
 	}
 	fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)

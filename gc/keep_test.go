@@ -133,6 +133,11 @@ func TestKeepProfiles(t *testing.T) {
 	if _, err := os.Lstat(b + "-1-link"); err != nil {
 		t.Fatalf("profile b was changed by a refused run: %v", err)
 	}
+	// The root directory: refused as a directory, not called a generation.
+	_, err = gc.DeleteGenerations(context.Background(), "/nonexistent", gc.GenerationOptions{Keep: 1, Profiles: []string{"/"}, Now: now})
+	if !errors.Is(err, gc.ErrNotProfile) || strings.Contains(err.Error(), "generation link") || !strings.Contains(err.Error(), "is a directory") {
+		t.Errorf("--profile /: %v; want ErrNotProfile saying it is a directory", err)
+	}
 }
 
 // TestPruneAutoRoots: only auto links whose indirect root (a symlink into
