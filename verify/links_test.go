@@ -773,8 +773,12 @@ func TestLinkRecordOnlyWholeRuns(t *testing.T) {
 	// A changed inode state for one entry (a chmod there and back: a
 	// new ctime), so that a run that wrote the record would change it.
 	for _, q := range made {
+		fi, err := os.Stat(q)
+		if err != nil {
+			t.Fatal(err)
+		}
 		os.Chmod(q, 0o644)
-		os.Chmod(q, 0o444)
+		os.Chmod(q, fi.Mode().Perm()) // its own mode back: an executable stays one
 		break
 	}
 	for _, c := range []struct {
